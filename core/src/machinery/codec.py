@@ -1,0 +1,848 @@
+"""Go Machinery's JSON wire format, so Python and Go producers and workers can share queues and stores.
+
+Signatures, task states and group records encode exactly as Go's ``encoding/json`` writes
+``tasks.Signature``, ``tasks.TaskState`` and ``tasks.GroupMeta``: PascalCase keys in Go's field order,
+every key present, ``null`` for nil slices, maps and pointers. Decoding follows Go's rules: keys match
+case-insensitively (the last duplicate wins), unknown keys are ignored, ``null`` leaves a field at its
+default. Anything malformed raises :class:`~machinery.errors.MessageError`; nothing is ever pickled.
+
+Python-only data travels in ways a Go worker notices rather than silently mis-runs:
+
+* keyword arguments go in an extra ``"Kwargs"`` object (absent when empty; Go ignores it);
+* a positional argument Go cannot type (dict, None, nested or mixed list, int beyond 64 bits...) keeps
+  its place in ``Args`` with the non-Go ``Type`` ``"json"``, so a Go worker fails the task with
+  "json is not one of supported types" instead of calling it with an argument missing.
+
+``orjson`` is used when importable (it is faster) with a fallback to the standard library for what it
+cannot handle (integers beyond 64 bits); both give the same bytes for the same message.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import importlib
+import json
+import math
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from machinery.errors import MessageError
+from machinery.signature import Arg, GroupMeta, Signature, State, TaskState
+
+__all__ = [
+    "ArgumentError",
+    "decode_group_meta",
+    "decode_signature",
+    "decode_state",
+    "decode_value",
+    "encode_group_meta",
+    "encode_signature",
+    "encode_state",
+    "encode_value",
+    "format_time",
+    "group_meta_from_dict",
+    "group_meta_to_dict",
+    "infer_type",
+    "parse_time",
+    "results_from_return",
+    "signature_from_dict",
+    "signature_to_dict",
+    "state_from_dict",
+    "state_to_dict",
+    "values_from_results",
+]
+
+JSON_TYPE: Final = "json"
+"""The ``Type`` of a positional argument or result that only Python understands."""
+
+ZERO_TIME: Final = "0001-01-01T00:00:00Z"
+"""Go's zero ``time.Time`` as JSON: what Go writes for a missing ``CreatedAt``; decodes to None."""
+
+_INT64_MIN: Final = -(2**63)
+_INT64_MAX: Final = 2**63 - 1
+_UINT64_MAX: Final = 2**64 - 1
+_UTC: Final = UTC
+
+
+class ArgumentError(MessageError):
+    """A well-formed task message whose argument values do not match their ``Type``.
+
+    Go fails such a task rather than dropping the message; ``signature`` lets a worker do the same
+    (record FAILURE under the right UUID). Its offending arguments keep their raw JSON values.
+    """
+
+    def __init__(self, message: str, signature: Signature) -> None:
+        super().__init__(message)
+        self.signature = signature
+
+
+# --------------------------------------------------------------------------------------------------
+# JSON layer: orjson when present, stdlib otherwise or when orjson refuses.
+
+_orjson: Any
+try:
+    _orjson = importlib.import_module("orjson")
+except ImportError:  # pragma: no cover - depends on the environment
+    _orjson = None
+
+# Datetimes and dataclasses must fail in both backends alike, so orjson is told not to handle them.
+_ORJSON_OPTS: Final[int] = (
+    0 if _orjson is None else _orjson.OPT_PASSTHROUGH_DATETIME | _orjson.OPT_PASSTHROUGH_DATACLASS
+)
+# orjson.loads turns integers beyond 64 bits into floats; any literal of 19+ digits goes to stdlib.
+_LONG_DIGITS_B: Final = re.compile(rb"\d{19}")
+_LONG_DIGITS_S: Final = re.compile(r"\d{19}")
+
+
+def _reject_constant(name: str) -> Any:
+    raise MessageError(f"invalid JSON: {name} is not allowed")
+
+
+_STD_ENCODER: Final = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), allow_nan=False, check_circular=False
+)
+_STD_DECODER: Final = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def _dumps(obj: Any) -> bytes:
+    if _orjson is not None:
+        try:
+            return _orjson.dumps(obj, option=_ORJSON_OPTS)  # type: ignore[no-any-return]
+        except TypeError:
+            pass  # big int, non-str key, unsupported type: stdlib encodes it or says why not
+    try:
+        return _STD_ENCODER.encode(obj).encode("utf-8")
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise MessageError(f"cannot encode as JSON: {exc}") from None
+
+
+def _loads(data: bytes | bytearray | memoryview | str) -> Any:
+    if _orjson is not None:
+        long_digits = _LONG_DIGITS_S if isinstance(data, str) else _LONG_DIGITS_B
+        if long_digits.search(data) is None:  # type: ignore[arg-type]
+            try:
+                return _orjson.loads(data)
+            except _orjson.JSONDecodeError:
+                pass  # stdlib decides: it replaces invalid UTF-8 as Go does, or gives the error
+    if not isinstance(data, str):
+        # Go replaces invalid UTF-8 with U+FFFD instead of failing; so do we.
+        data = bytes(data).decode("utf-8", "replace")
+    try:
+        return _STD_DECODER.decode(data)
+    except ValueError as exc:
+        raise MessageError(f"invalid JSON: {exc}") from None
+    except RecursionError:
+        raise MessageError("invalid JSON: nested too deeply") from None
+
+
+def _loads_object(data: bytes | bytearray | memoryview | str, what: str) -> dict[str, Any]:
+    obj = _loads(data)
+    if not isinstance(obj, dict):
+        raise MessageError(f"invalid {what}: expected a JSON object, got {_kind(obj)}")
+    return obj
+
+
+# --------------------------------------------------------------------------------------------------
+# Small helpers for error messages and field checks.
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _kind(value: Any) -> str:
+    """The JSON kind of a decoded value, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"boolean {value!r}"
+    if isinstance(value, (int, float)):
+        return f"number {_short(value)}"
+    if isinstance(value, str):
+        return f"string {_short(value)}"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _fold(key: str) -> str:
+    # Go matches keys with simple Unicode case folding; only the long s needs help beyond lower().
+    return key.lower().replace("\u017f", "s")
+
+
+def _fold_table(names: dict[str, str]) -> dict[str, str]:
+    return {_fold(k): v for k, v in names.items()}
+
+
+def _canonical(d: dict[str, Any], exact: dict[str, str], folded: dict[str, str]) -> dict[str, Any]:
+    """Map a decoded object's keys to attribute names; the last of case-variant duplicates wins (Go)."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        attr = exact.get(key)
+        if attr is None:
+            attr = folded.get(_fold(key)) if isinstance(key, str) else None
+            if attr is None:
+                continue  # unknown keys are ignored, as in Go
+        out[attr] = value
+    return out
+
+
+def _want_str(value: Any, where: str) -> str:
+    if isinstance(value, str):
+        return value
+    raise MessageError(f"{where}: expected a string, got {_kind(value)}")
+
+
+def _want_bool(value: Any, where: str) -> bool:
+    if value is True or value is False:
+        return value
+    raise MessageError(f"{where}: expected true or false, got {_kind(value)}")
+
+
+def _want_int(value: Any, where: str, lo: int = _INT64_MIN, hi: int = _INT64_MAX) -> int:
+    if type(value) is int and lo <= value <= hi:
+        return value
+    if type(value) is int:
+        raise MessageError(f"{where}: {_short(value)} is out of range [{lo}, {hi}]")
+    raise MessageError(f"{where}: expected an integer, got {_kind(value)}")
+
+
+def _want_time(value: Any, where: str) -> datetime | None:
+    text = _want_str(value, where)
+    try:
+        parsed = parse_time(text)
+    except MessageError as exc:
+        raise MessageError(f"{where}: {exc}") from None
+    return None if parsed == _ZERO_DT else parsed
+
+
+# --------------------------------------------------------------------------------------------------
+# Times: RFC 3339, UTC, fraction trimmed (Go's time.Time MarshalJSON).
+
+_TIME_RE: Final = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:[.,](\d{1,9}))?(?:[Zz]|([+-])(\d{2}):(\d{2}))"
+)
+_ZERO_DT: Final = datetime(1, 1, 1, tzinfo=_UTC)
+
+
+def format_time(dt: datetime) -> str:
+    """Format ``dt`` as Go does: RFC 3339 in UTC, fraction with trailing zeros trimmed.
+
+    A naive datetime is taken as UTC. ``2025-11-15T12:07:02.1Z``, ``2025-11-15T12:07:02Z``.
+    """
+    if dt.tzinfo is not _UTC:
+        dt = dt.replace(tzinfo=_UTC) if dt.tzinfo is None else dt.astimezone(_UTC)
+    if dt.microsecond:
+        return dt.isoformat(timespec="microseconds")[:-6].rstrip("0") + "Z"
+    return dt.isoformat(timespec="seconds")[:-6] + "Z"
+
+
+def parse_time(text: str) -> datetime:
+    """Parse an RFC 3339 timestamp (any offset, 'Z', up to 9 fractional digits) to an aware UTC datetime.
+
+    Digits beyond microseconds are truncated. Raises :class:`MessageError` on anything else.
+    """
+    m = _TIME_RE.fullmatch(text) if isinstance(text, str) else None
+    if m is None:
+        raise MessageError(f"invalid RFC 3339 time {_short(text)}")
+    year, month, day, hour, minute, second, frac, sign, off_h, off_m = m.groups()
+    micro = int(frac[:6].ljust(6, "0")) if frac else 0
+    try:
+        dt = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), micro, _UTC)
+        if sign:
+            offset = timedelta(hours=int(off_h), minutes=int(off_m))
+            if int(off_h) > 23 or int(off_m) > 59:
+                raise ValueError("offset out of range")
+            dt = dt - offset if sign == "+" else dt + offset
+    except (ValueError, OverflowError) as exc:
+        raise MessageError(f"invalid RFC 3339 time {_short(text)}: {exc}") from None
+    return dt
+
+
+# --------------------------------------------------------------------------------------------------
+# Typed values (Go's tasks/reflect.go).
+
+_INT_RANGES: Final[dict[str, tuple[int, int]]] = {
+    "int": (_INT64_MIN, _INT64_MAX),
+    "int8": (-(2**7), 2**7 - 1),
+    "int16": (-(2**15), 2**15 - 1),
+    "int32": (-(2**31), 2**31 - 1),
+    "int64": (_INT64_MIN, _INT64_MAX),
+    "uint": (0, _UINT64_MAX),
+    "uint8": (0, 2**8 - 1),
+    "uint16": (0, 2**16 - 1),
+    "uint32": (0, 2**32 - 1),
+    "uint64": (0, _UINT64_MAX),
+}
+_BYTES_TYPES: Final = frozenset({"[]uint8", "[]byte"})
+_BYTES_LIKE: Final = (bytes, bytearray, memoryview)
+
+_Decoder = Callable[[Any], Any]
+
+
+class _BadValueError(Exception):
+    """Internal: a value does not fit its type; the caller adds the type and location."""
+
+
+def _dec_bool(value: Any) -> bool:
+    if value is True or value is False:
+        return value
+    raise _BadValueError(f"expected true or false, got {_kind(value)}")
+
+
+def _int_decoder(lo: int, hi: int) -> _Decoder:
+    def decode(value: Any) -> int:
+        if type(value) is not int:  # bool is not an int here; 1.0 and "1" are refused like Go
+            raise _BadValueError(f"expected an integer, got {_kind(value)}")
+        if not lo <= value <= hi:  # Go would silently truncate; we refuse
+            raise _BadValueError(f"{_short(value)} is out of range [{lo}, {hi}]")
+        return value
+
+    return decode
+
+
+def _dec_float(value: Any) -> float:
+    if type(value) is float:
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:
+            raise _BadValueError(f"{_short(value)} is too large for a float") from None
+    raise _BadValueError(f"expected a number, got {_kind(value)}")
+
+
+def _dec_str(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    raise _BadValueError(f"expected a string, got {_kind(value)}")
+
+
+def _slice_decoder(element: _Decoder) -> _Decoder:
+    def decode(value: Any) -> list[Any]:
+        if value is None:
+            return []  # Go: null gives an empty slice
+        if not isinstance(value, (list, tuple)):
+            raise _BadValueError(f"expected an array, got {_kind(value)}")
+        out = []
+        for i, item in enumerate(value):
+            try:
+                out.append(element(item))
+            except _BadValueError as exc:
+                raise _BadValueError(f"element {i}: {exc}") from None
+        return out
+
+    return decode
+
+
+def _dec_bytes(value: Any) -> bytes:
+    if isinstance(value, str):
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise _BadValueError(f"invalid base64 string {_short(value)}") from None
+    if value is None:
+        return b""
+    if isinstance(value, _BYTES_LIKE):
+        return bytes(value)
+    if isinstance(value, list):
+        return bytes(_slice_decoder(_int_decoder(0, 255))(value))
+    raise _BadValueError(f"expected a base64 string or an array of bytes, got {_kind(value)}")
+
+
+def _dec_json(value: Any) -> Any:
+    return value
+
+
+def _build_decoders() -> dict[str, _Decoder]:
+    scalars: dict[str, _Decoder] = {"bool": _dec_bool, "float32": _dec_float, "float64": _dec_float}
+    scalars["string"] = _dec_str
+    for name, (lo, hi) in _INT_RANGES.items():
+        scalars[name] = _int_decoder(lo, hi)
+    table = dict(scalars)
+    for name, element in scalars.items():
+        table["[]" + name] = _slice_decoder(element)
+    table["[]uint8"] = table["[]byte"] = _dec_bytes
+    table[JSON_TYPE] = _dec_json
+    return table
+
+
+_DECODERS: Final = _build_decoders()
+
+
+def decode_value(type_: str, value: Any) -> Any:
+    """Turn a decoded JSON ``value`` of Go type ``type_`` into its Python value.
+
+    Every type of Go Machinery's ``reflect.go`` is supported (``bool``, ``int``...``int64``,
+    ``uint``...``uint64``, ``float32``/``float64``, ``string``, slices of those, ``[]uint8``/``[]byte``
+    from base64 or an array of numbers) plus ``"json"`` (returned as is). Integers must be JSON integers
+    within the type's range; a slice may be ``null`` (empty list). Raises :class:`MessageError`.
+    """
+    decoder = _DECODERS.get(type_)
+    if decoder is None:
+        raise MessageError(f"{type_} is not one of supported types")
+    try:
+        return decoder(value)
+    except _BadValueError as exc:
+        raise MessageError(f"invalid {type_} value {_short(value)}: {exc}") from None
+
+
+def _infer_list(values: list[Any] | tuple[Any, ...]) -> str:
+    if not values:
+        return JSON_TYPE  # element type unknown: Go fails loudly rather than guessing a slice type
+    first = type(values[0])
+    if not all(type(v) is first for v in values):
+        return JSON_TYPE  # mixed lists (incl. int+float, which []float64 would turn into floats)
+    if first is int:
+        if all(_INT64_MIN <= v <= _INT64_MAX for v in values):
+            return "[]int64"
+        return "[]uint64" if all(0 <= v <= _UINT64_MAX for v in values) else JSON_TYPE
+    return _LIST_TYPES.get(first, JSON_TYPE)
+
+
+_LIST_TYPES: Final[dict[type, str]] = {bool: "[]bool", float: "[]float64", str: "[]string"}
+_SCALAR_TYPES: Final[dict[type, str]] = {
+    bool: "bool",
+    float: "float64",
+    str: "string",
+    bytes: "[]uint8",
+    bytearray: "[]uint8",
+    memoryview: "[]uint8",
+}
+
+
+def infer_type(value: Any) -> str:
+    """The wire ``Type`` for a Python value: a Go type name when Go can read it, else ``"json"``.
+
+    bool → ``bool``; int → ``int64`` (``uint64`` in [2^63, 2^64), ``json`` beyond); float → ``float64``;
+    str → ``string``; bytes → ``[]uint8``; a non-empty list or tuple whose elements all have the same
+    type bool/int/float/str → ``[]bool``/``[]int64``/``[]float64``/``[]string``. Everything else
+    (dicts, None, empty, nested or mixed lists...) → ``json``.
+    """
+    cls = type(value)
+    if cls is int:  # exact type check: bool, a subclass of int, never lands here
+        if _INT64_MIN <= value <= _INT64_MAX:
+            return "int64"
+        return "uint64" if 0 <= value <= _UINT64_MAX else JSON_TYPE
+    found = _SCALAR_TYPES.get(cls)
+    if found is not None:
+        return found
+    if cls is list or cls is tuple:
+        return _infer_list(value)
+    # Subclasses (IntEnum, str enums...) encode as their base type.
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return infer_type(int(value))
+    if isinstance(value, float):
+        return "float64"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, _BYTES_LIKE):
+        return "[]uint8"
+    return JSON_TYPE
+
+
+def encode_value(type_: str, value: Any) -> Any:
+    """The JSON-ready form of ``value`` sent with ``Type`` ``type_`` (bytes become base64).
+
+    Checks ``value`` against an explicit Go type so a bad argument fails at the producer, not in a
+    Go worker. Raises :class:`MessageError`.
+    """
+    if type_ in _BYTES_TYPES and isinstance(value, _BYTES_LIKE):
+        return base64.b64encode(value).decode("ascii")
+    if type_ == JSON_TYPE:
+        return value
+    decode_value(type_, value)  # validation only: the original value is sent
+    if type(value) is float and not math.isfinite(value):
+        raise MessageError(f"invalid {type_} value {value!r}: not representable in JSON")
+    return value
+
+
+def _typed_to_wire(arg: Arg) -> tuple[str, Any]:
+    value = arg.value
+    type_ = arg.type
+    if not type_:
+        type_ = infer_type(value)
+        if type_ == "int64" or type_ == "string" or type_ == "bool":
+            return type_, value  # the hot path: nothing to check or convert
+    return type_, encode_value(type_, value)
+
+
+# --------------------------------------------------------------------------------------------------
+# Signatures (tasks.Signature).
+
+_SIG_KEYS: Final[dict[str, str]] = {
+    "UUID": "uuid",
+    "Name": "name",
+    "RoutingKey": "routing_key",
+    "ETA": "eta",
+    "GroupUUID": "group_uuid",
+    "GroupTaskCount": "group_task_count",
+    "Args": "args",
+    "Headers": "headers",
+    "Priority": "priority",
+    "Immutable": "immutable",
+    "RetryCount": "retry_count",
+    "RetryTimeout": "retry_timeout",
+    "OnSuccess": "on_success",
+    "OnError": "on_error",
+    "ChordCallback": "chord_callback",
+    "BrokerMessageGroupId": "broker_message_group_id",
+    "SQSReceiptHandle": "sqs_receipt_handle",
+    "StopTaskDeletionOnError": "stop_task_deletion_on_error",
+    "IgnoreWhenTaskNotRegistered": "ignore_when_task_not_registered",
+    "Kwargs": "kwargs",  # Python extra; does not fold to any Go field, so Go ignores it
+}
+_SIG_FOLDED: Final = _fold_table(_SIG_KEYS)
+_ARG_KEYS: Final = {"Name": "name", "Type": "type", "Value": "value"}
+_ARG_FOLDED: Final = _fold_table(_ARG_KEYS)
+
+
+def _arg_to_dict(arg: Arg) -> dict[str, Any]:
+    type_, value = _typed_to_wire(arg)
+    return {"Name": arg.name, "Type": type_, "Value": value}
+
+
+def _sigs_to_list(sigs: list[Signature]) -> list[dict[str, Any]] | None:
+    return [signature_to_dict(s) for s in sigs] if sigs else None  # empty → null (Go's nil slice)
+
+
+def signature_to_dict(sig: Signature) -> dict[str, Any]:
+    """``sig`` as Go's JSON object: every key in Go's field order, values JSON-ready.
+
+    Bytes become base64 and times RFC 3339 strings; headers, kwargs and ``json`` values are shared,
+    not copied. ``Kwargs`` is added only when non-empty. Raises :class:`MessageError` for arguments
+    that cannot be sent (a value not matching its explicit type, NaN...).
+    """
+    d: dict[str, Any] = {
+        "UUID": sig.uuid,
+        "Name": sig.name,
+        "RoutingKey": sig.routing_key,
+        "ETA": None if sig.eta is None else format_time(sig.eta),
+        "GroupUUID": sig.group_uuid,
+        "GroupTaskCount": sig.group_task_count,
+        "Args": [_arg_to_dict(a) for a in sig.args],
+        "Headers": sig.headers if sig.headers is not None else {},
+        "Priority": sig.priority,
+        "Immutable": sig.immutable,
+        "RetryCount": sig.retry_count,
+        "RetryTimeout": sig.retry_timeout,
+        "OnSuccess": _sigs_to_list(sig.on_success),
+        "OnError": _sigs_to_list(sig.on_error),
+        "ChordCallback": None if sig.chord_callback is None else signature_to_dict(sig.chord_callback),
+        "BrokerMessageGroupId": sig.broker_message_group_id,
+        "SQSReceiptHandle": sig.sqs_receipt_handle,
+        "StopTaskDeletionOnError": sig.stop_task_deletion_on_error,
+        "IgnoreWhenTaskNotRegistered": sig.ignore_when_task_not_registered,
+    }
+    if sig.kwargs:
+        d["Kwargs"] = sig.kwargs
+    return d
+
+
+def encode_signature(sig: Signature) -> bytes:
+    """The task message for ``sig``: UTF-8 JSON byte-compatible with Go Machinery's."""
+    return _dumps(signature_to_dict(sig))
+
+
+def _arg_from_dict(raw: Any, where: str, errors: list[str]) -> Arg:
+    if not isinstance(raw, dict):
+        raise MessageError(f"{where}: expected an object, got {_kind(raw)}")
+    f = _canonical(raw, _ARG_KEYS, _ARG_FOLDED)
+    type_ = f.get("type")
+    if type_ is None:
+        raise MessageError(f"{where}: Type is missing")
+    type_ = _want_str(type_, f"{where}.Type")
+    name = f.get("name")
+    name = "" if name is None else _want_str(name, f"{where}.Name")
+    value = f.get("value")
+    try:
+        value = decode_value(type_, value)
+    except MessageError as exc:
+        errors.append(f"{where}: {exc}")  # Go fails the task, so the worker must still see it
+    return Arg(value=value, type=type_, name=name)
+
+
+def _args_from(raw: Any, where: str, errors: list[str]) -> list[Arg]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise MessageError(f"{where}: expected an array, got {_kind(raw)}")
+    return [_arg_from_dict(a, f"{where}[{i}]", errors) for i, a in enumerate(raw)]
+
+
+def _sigs_from(raw: Any, where: str, errors: list[str]) -> list[Signature]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise MessageError(f"{where}: expected an array, got {_kind(raw)}")
+    return [_sig_from(s, f"{where}[{i}]", errors) for i, s in enumerate(raw)]
+
+
+def _object_from(raw: Any, where: str) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if isinstance(raw, dict):
+        return raw
+    raise MessageError(f"{where}: expected an object, got {_kind(raw)}")
+
+
+def _str_or_default(f: dict[str, Any], attr: str, where: str) -> str:
+    value = f.get(attr)
+    return "" if value is None else _want_str(value, where)
+
+
+def _sig_from(d: Any, where: str, errors: list[str]) -> Signature:
+    if not isinstance(d, dict):
+        raise MessageError(f"{where}: expected an object, got {_kind(d)}")
+    f = _canonical(d, _SIG_KEYS, _SIG_FOLDED)
+    p = f"{where}." if where else ""
+    name = f.get("name")
+    if not isinstance(name, str) or not name:
+        got = "missing" if name is None else f"not a task name: {_kind(name)}"
+        raise MessageError(f"{p}Name is {got}")
+    sig = Signature(name=name)
+    sig.uuid = _str_or_default(f, "uuid", p + "UUID")
+    sig.args = _args_from(f.get("args"), p + "Args", errors)
+    kwargs = f.get("kwargs")
+    if kwargs is not None:
+        sig.kwargs = _object_from(kwargs, p + "Kwargs")
+    for attr, key in _SIG_SCALARS:
+        value = f.get(attr)
+        if value is not None:  # Go: null leaves the field at its zero value
+            setattr(sig, attr, _SIG_CHECKS[attr](value, p + key))
+    headers = f.get("headers")
+    if headers is not None:
+        sig.headers = _object_from(headers, p + "Headers")
+    eta = f.get("eta")
+    if eta is not None:
+        sig.eta = _want_time(eta, p + "ETA")
+    sig.on_success = _sigs_from(f.get("on_success"), p + "OnSuccess", errors)
+    sig.on_error = _sigs_from(f.get("on_error"), p + "OnError", errors)
+    callback = f.get("chord_callback")
+    if callback is not None:
+        sig.chord_callback = _sig_from(callback, p + "ChordCallback", errors)
+    return sig
+
+
+def _uint8(value: Any, where: str) -> int:
+    return _want_int(value, where, 0, 255)
+
+
+_SIG_CHECKS: Final[dict[str, Callable[[Any, str], Any]]] = {
+    "routing_key": _want_str,
+    "group_uuid": _want_str,
+    "group_task_count": _want_int,
+    "priority": _uint8,
+    "immutable": _want_bool,
+    "retry_count": _want_int,
+    "retry_timeout": _want_int,
+    "broker_message_group_id": _want_str,
+    "sqs_receipt_handle": _want_str,
+    "stop_task_deletion_on_error": _want_bool,
+    "ignore_when_task_not_registered": _want_bool,
+}
+_ATTR_TO_KEY: Final = {v: k for k, v in _SIG_KEYS.items()}
+_SIG_SCALARS: Final = tuple((attr, _ATTR_TO_KEY[attr]) for attr in _SIG_CHECKS)
+
+
+def signature_from_dict(d: Any) -> Signature:
+    """Build a :class:`Signature` from a decoded Go JSON object (keys matched case-insensitively).
+
+    Argument values are decoded by their ``Type``. Raises :class:`ArgumentError` (a
+    :class:`MessageError` carrying the decoded signature) when only argument values are wrong, and
+    :class:`MessageError` for any other malformed input.
+    """
+    errors: list[str] = []
+    sig = _sig_from(d, "", errors)
+    if errors:
+        raise ArgumentError("; ".join(errors), sig)
+    return sig
+
+
+def decode_signature(data: bytes | bytearray | memoryview | str) -> Signature:
+    """Decode a task message (Go Machinery's JSON). See :func:`signature_from_dict` for errors."""
+    return signature_from_dict(_loads_object(data, "task message"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Results and task states (tasks.TaskResult, tasks.TaskState).
+
+
+def results_from_return(value: Any) -> list[Arg] | None:
+    """Typed results for a task's return value: a tuple gives one result per element, None gives
+    None (Go's ``Results: null``), anything else one result."""
+    if value is None:
+        return None
+    if type(value) is tuple:
+        return [Arg(value=v, type=infer_type(v)) for v in value]
+    return [Arg(value=value, type=infer_type(value))]
+
+
+def values_from_results(results: list[Arg] | None) -> Any:
+    """The inverse of :func:`results_from_return`: None/[] → None, one → its value, several → a tuple.
+
+    ``results`` hold decoded values (as :func:`decode_state` produces).
+    """
+    if not results:
+        return None
+    if len(results) == 1:
+        return results[0].value
+    return tuple(r.value for r in results)
+
+
+def _result_to_dict(result: Arg) -> dict[str, Any]:
+    type_, value = _typed_to_wire(result)
+    return {"Type": type_, "Value": value}
+
+
+def _result_from(raw: Any, where: str) -> Arg:
+    if not isinstance(raw, dict):
+        raise MessageError(f"{where}: expected an object, got {_kind(raw)}")
+    f = _canonical(raw, _RESULT_KEYS, _RESULT_FOLDED)
+    type_ = f.get("type")
+    type_ = "" if type_ is None else _want_str(type_, f"{where}.Type")
+    value = f.get("value")
+    if type_ in _DECODERS:
+        try:
+            value = _DECODERS[type_](value)
+        except _BadValueError as exc:
+            raise MessageError(f"{where}: invalid {type_} value {_short(value)}: {exc}") from None
+    # Other types (a Go struct such as "main.Foo") keep their JSON value: more useful than Go's error.
+    return Arg(value=value, type=type_)
+
+
+_RESULT_KEYS: Final = {"Type": "type", "Value": "value"}
+_RESULT_FOLDED: Final = _fold_table(_RESULT_KEYS)
+_STATE_KEYS: Final = {
+    "TaskUUID": "task_uuid",
+    "TaskName": "task_name",
+    "State": "state",
+    "Results": "results",
+    "Error": "error",
+    "CreatedAt": "created_at",
+    "TTL": "ttl",
+}
+_STATE_FOLDED: Final = _fold_table(_STATE_KEYS)
+_STATES: Final = {s.value: s for s in State}
+
+
+def state_to_dict(state: TaskState) -> dict[str, Any]:
+    """``state`` as Go's TaskState JSON object (keys in Go's order; CreatedAt None → Go's zero time)."""
+    results = state.results
+    return {
+        "TaskUUID": state.task_uuid,
+        "TaskName": state.task_name,
+        "State": State(state.state).value,
+        "Results": None if results is None else [_result_to_dict(r) for r in results],
+        "Error": state.error,
+        "CreatedAt": ZERO_TIME if state.created_at is None else format_time(state.created_at),
+        "TTL": state.ttl,
+    }
+
+
+def state_from_dict(d: Any) -> TaskState:
+    """Build a :class:`TaskState` from Go's TaskState JSON object; result values are decoded by Type.
+
+    ``State`` must be one of Machinery's states. Raises :class:`MessageError`.
+    """
+    if not isinstance(d, dict):
+        raise MessageError(f"invalid task state: expected an object, got {_kind(d)}")
+    f = _canonical(d, _STATE_KEYS, _STATE_FOLDED)
+    raw_state = f.get("state")
+    state = _STATES.get(raw_state) if isinstance(raw_state, str) else None
+    if state is None:
+        got = "missing" if raw_state is None else f"not a task state: {_kind(raw_state)}"
+        raise MessageError(f"State is {got}")
+    out = TaskState(task_uuid=_str_or_default(f, "task_uuid", "TaskUUID"), state=state)
+    out.task_name = _str_or_default(f, "task_name", "TaskName")
+    out.error = _str_or_default(f, "error", "Error")
+    results = f.get("results")
+    if results is not None:
+        if not isinstance(results, list):
+            raise MessageError(f"Results: expected an array, got {_kind(results)}")
+        out.results = [_result_from(r, f"Results[{i}]") for i, r in enumerate(results)]
+    created = f.get("created_at")
+    if created is not None:
+        out.created_at = _want_time(created, "CreatedAt")
+    ttl = f.get("ttl")
+    if ttl is not None:
+        out.ttl = _want_int(ttl, "TTL")
+    return out
+
+
+def encode_state(state: TaskState) -> bytes:
+    """A task state record as Go Machinery's JSON."""
+    return _dumps(state_to_dict(state))
+
+
+def decode_state(data: bytes | bytearray | memoryview | str) -> TaskState:
+    """Decode a task state record (Go Machinery's JSON). Raises :class:`MessageError`."""
+    return state_from_dict(_loads_object(data, "task state"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Group records (tasks.GroupMeta).
+
+_GROUP_KEYS: Final = {
+    "GroupUUID": "group_uuid",
+    "TaskUUIDs": "task_uuids",
+    "ChordTriggered": "chord_triggered",
+    "Lock": "lock",
+    "CreatedAt": "created_at",
+    "TTL": "ttl",
+}
+_GROUP_FOLDED: Final = _fold_table(_GROUP_KEYS)
+
+
+def group_meta_to_dict(meta: GroupMeta) -> dict[str, Any]:
+    """``meta`` as Go's GroupMeta JSON object (keys in Go's order; CreatedAt None → Go's zero time)."""
+    return {
+        "GroupUUID": meta.group_uuid,
+        "TaskUUIDs": list(meta.task_uuids),
+        "ChordTriggered": meta.chord_triggered,
+        "Lock": meta.lock,
+        "CreatedAt": ZERO_TIME if meta.created_at is None else format_time(meta.created_at),
+        "TTL": meta.ttl,
+    }
+
+
+def group_meta_from_dict(d: Any) -> GroupMeta:
+    """Build a :class:`GroupMeta` from Go's GroupMeta JSON object. Raises :class:`MessageError`."""
+    if not isinstance(d, dict):
+        raise MessageError(f"invalid group record: expected an object, got {_kind(d)}")
+    f = _canonical(d, _GROUP_KEYS, _GROUP_FOLDED)
+    meta = GroupMeta(group_uuid=_str_or_default(f, "group_uuid", "GroupUUID"))
+    uuids = f.get("task_uuids")
+    if uuids is not None:
+        if not isinstance(uuids, list):
+            raise MessageError(f"TaskUUIDs: expected an array, got {_kind(uuids)}")
+        meta.task_uuids = [_want_str(u, f"TaskUUIDs[{i}]") for i, u in enumerate(uuids)]
+    for attr, key in (("chord_triggered", "ChordTriggered"), ("lock", "Lock")):
+        value = f.get(attr)
+        if value is not None:
+            setattr(meta, attr, _want_bool(value, key))
+    created = f.get("created_at")
+    if created is not None:
+        meta.created_at = _want_time(created, "CreatedAt")
+    ttl = f.get("ttl")
+    if ttl is not None:
+        meta.ttl = _want_int(ttl, "TTL")
+    return meta
+
+
+def encode_group_meta(meta: GroupMeta) -> bytes:
+    """A group record as Go Machinery's JSON."""
+    return _dumps(group_meta_to_dict(meta))
+
+
+def decode_group_meta(data: bytes | bytearray | memoryview | str) -> GroupMeta:
+    """Decode a group record (Go Machinery's JSON). Raises :class:`MessageError`."""
+    return group_meta_from_dict(_loads_object(data, "group record"))
