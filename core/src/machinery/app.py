@@ -1,0 +1,227 @@
+"""The ``Machinery`` app: task registry, producer API and the factory for workers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
+
+from . import plugins
+from .config import Config
+from .errors import NotRegisteredError
+from .redact import redact_url
+from .result import AsyncResult, ChainResult, ChordResult, GroupResult
+from .signature import Signature, State, TaskState, now_utc
+from .task import Task, TaskOptions
+from .workflow import Chain, Chord, Group
+
+if TYPE_CHECKING:
+    from .backend import Backend
+    from .broker import Broker
+    from .lock import Lock
+    from .worker import Worker
+
+__all__ = ["Machinery"]
+
+log = logging.getLogger("machinery")
+P = ParamSpec("P")
+R = TypeVar("R")
+PrePublishHandler = Callable[[Signature], None]
+
+
+class Machinery:
+    """A Machinery server: config, the registered tasks, and the broker, backend and lock.
+
+    URLs are resolved to plugins here (an unknown scheme fails at once, naming the package to
+    install); connections open lazily on first use. Ready-made objects may be passed instead, like
+    Go Machinery v2's ``NewServer(cnf, broker, backend, lock)``.
+    """
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        broker: Broker | None = None,
+        backend: Backend | None = None,
+        lock: Lock | None = None,
+    ) -> None:
+        self.config = config or Config()
+        if self.config.eager:
+            broker = broker or plugins.resolve_broker("memory://", self.config)
+            backend = backend or plugins.resolve_backend("memory://", self.config)
+        self.broker: Broker = broker or plugins.resolve_broker(self.config.broker, self.config)
+        self.backend: Backend = backend or plugins.resolve_backend(self.config.result_backend, self.config)
+        self._lock = lock
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self._pre_publish: PrePublishHandler | None = None
+        self._eager_runner: Any = None
+
+    # registry --------------------------------------------------------------------------------
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(
+        self,
+        *,
+        name: str | None = None,
+        soft_time_limit: float | None = None,
+        time_limit: float | None = None,
+        retry_count: int = 0,
+        retry_timeout: int = 0,
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def task(self, fn: Callable[..., Any] | None = None, /, *, name: str | None = None, **options: Any) -> Any:
+        """Register a function as a task, under its own name or ``name``.
+
+        ``@app.task`` or ``@app.task(name="sum_ints", time_limit=30)``; see :class:`TaskOptions`.
+        """
+
+        def register(func: Callable[P, R]) -> Task[P, R]:
+            return self.register_task(name or func.__name__, func, **options)
+
+        return register(fn) if fn is not None else register
+
+    def register_task(self, name: str, fn: Callable[P, R], **options: Any) -> Task[P, R]:
+        """Register ``fn`` under ``name`` (Machinery's ``RegisterTask``)."""
+        if not callable(fn):
+            raise TypeError(f"task {name!r} must be callable, got {type(fn).__name__}")
+        task = fn if isinstance(fn, Task) else Task(self, name, fn, TaskOptions(**options))
+        self.tasks[name] = task
+        return task
+
+    def register_tasks(self, tasks: Mapping[str, Callable[..., Any]]) -> None:
+        """Register several tasks at once (Machinery's ``RegisterTasks``)."""
+        for name, fn in tasks.items():
+            self.register_task(name, fn)
+
+    def is_registered(self, name: str) -> bool:
+        return name in self.tasks
+
+    def get_task(self, name: str) -> Task[Any, Any]:
+        try:
+            return self.tasks[name]
+        except KeyError:
+            raise NotRegisteredError(f"task {name!r} is not registered") from None
+
+    # lazily built pieces ---------------------------------------------------------------------
+    @property
+    def lock(self) -> Lock:
+        """The lock used by periodic tasks: ``Config.lock``, else the backend's or broker's URL
+        when a plugin offers a lock for it, else an in-process lock."""
+        if self._lock is None:
+            candidates = [self.config.lock] if self.config.lock else []
+            candidates += [self.config.result_backend, self.config.broker, "memory://"]
+            for url in candidates:
+                try:
+                    self._lock = plugins.resolve_lock(url, self.config)
+                    break
+                except plugins.PluginNotFoundError:
+                    if url == self.config.lock:
+                        raise
+        assert self._lock is not None
+        return self._lock
+
+    def set_pre_publish_handler(self, handler: PrePublishHandler | None) -> None:
+        """Call ``handler(signature)`` before each task is published (after PENDING is stored)."""
+        self._pre_publish = handler
+
+    # sending ---------------------------------------------------------------------------------
+    def _prepare(self, sig: Signature) -> Signature:
+        sig.ensure_uuid()
+        if not sig.routing_key:
+            sig.routing_key = self.config.default_queue
+        return sig
+
+    @staticmethod
+    def _pending(sig: Signature) -> TaskState:
+        return TaskState(sig.uuid, State.PENDING, task_name=sig.name, created_at=now_utc())
+
+    def send_task(self, signature: Signature) -> AsyncResult:
+        """Store PENDING, then publish (Machinery's ``SendTask``)."""
+        sig = self._prepare(signature)
+        self.backend.set_state(self._pending(sig))
+        self._publish([sig])
+        return AsyncResult(self.backend, sig.uuid, sig.name)
+
+    def send_tasks(self, signatures: Sequence[Signature]) -> list[AsyncResult]:
+        """Send several tasks with one state write and one publish round trip where possible."""
+        sigs = [self._prepare(s) for s in signatures]
+        self.backend.set_states([self._pending(s) for s in sigs])
+        self._publish(sigs)
+        return [AsyncResult(self.backend, s.uuid, s.name) for s in sigs]
+
+    def _publish(self, sigs: list[Signature], concurrency: int = 0) -> None:
+        if self._pre_publish is not None:
+            for sig in sigs:
+                self._pre_publish(sig)
+        if self.config.eager:
+            for sig in sigs:
+                self._run_eagerly(sig)
+        elif concurrency <= 0 or len(sigs) == 1:
+            if len(sigs) == 1:
+                self.broker.publish(sigs[0])
+            else:
+                self.broker.publish_many(sigs)
+        else:
+            with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="machinery-send") as pool:
+                list(pool.map(self.broker.publish, sigs))
+
+    def send_group(self, group: Group | Iterable[Signature], concurrency: int = 0) -> GroupResult:
+        """Record the group, store PENDING for every member, then publish them with at most
+        ``concurrency`` publishes in flight (0 = all at once)."""
+        group = group if isinstance(group, Group) else Group(group)
+        sigs = [self._prepare(s) for s in group.signatures]
+        self.backend.init_group(group.group_uuid, [s.uuid for s in sigs])
+        self.backend.set_states([self._pending(s) for s in sigs])
+        self._publish(sigs, concurrency)
+        return GroupResult([AsyncResult(self.backend, s.uuid, s.name) for s in sigs], group.group_uuid)
+
+    def send_chord(self, chord: Chord, concurrency: int = 0) -> ChordResult:
+        """Send the chord's group; the callback is sent by the worker that finishes it last."""
+        group_result = self.send_group(chord.group, concurrency)
+        return ChordResult(self.backend, group_result, chord.callback.uuid, chord.callback.name)
+
+    def send_chain(self, chain: Chain | Iterable[Signature]) -> ChainResult:
+        """Send the first task; the rest travel nested in its ``on_success``."""
+        chain = chain if isinstance(chain, Chain) else Chain(chain)
+        self.send_task(chain.signatures[0])
+        links = [AsyncResult(self.backend, s.uuid, s.name) for s in chain.signatures]
+        return ChainResult(self.backend, links)
+
+    def _run_eagerly(self, sig: Signature) -> None:
+        from . import codec
+        from .worker import TaskRunner
+
+        if self._eager_runner is None:
+            self._eager_runner = TaskRunner(self)
+        self._eager_runner.run(codec.decode_signature(codec.encode_signature(sig)))
+
+    # workers ---------------------------------------------------------------------------------
+    def worker(
+        self,
+        consumer_tag: str = "",
+        concurrency: int = 0,
+        queue: str | Sequence[str] | None = None,
+        pool: Literal["thread", "process"] = "thread",
+    ) -> Worker:
+        """A worker consuming ``queue`` (default: ``Config.default_queue``; a list or a
+        comma-separated string for several). ``concurrency`` 0 means
+        ``Config.worker.default_concurrency``."""
+        from .worker import Worker
+
+        return Worker(self, consumer_tag=consumer_tag, concurrency=concurrency, queue=queue, pool=pool)
+
+    def close(self) -> None:
+        """Close the broker, backend and lock connections."""
+        self.broker.close()
+        self.backend.close()
+        if self._lock is not None:
+            self._lock.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"<Machinery broker={redact_url(self.config.broker)} "
+            f"backend={redact_url(self.config.result_backend)} tasks={len(self.tasks)}>"
+        )

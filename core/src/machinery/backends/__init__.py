@@ -1,0 +1,1 @@
+"""Built-in backends: memory:// and sqlite://."""

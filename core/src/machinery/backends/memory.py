@@ -1,0 +1,107 @@
+"""``memory://NAME``: a result backend inside one process, with push-based ``wait``."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+from ..backend import BaseBackend
+from ..capabilities import Capability
+from ..config import Config
+from ..errors import UnknownGroupError
+from ..memory_store import shared, store_name
+from ..signature import GroupMeta, State, TaskState, now_utc
+
+__all__ = ["MemoryBackend"]
+
+
+class _Store:
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.states: dict[str, tuple[TaskState, float]] = {}  # uuid -> (state, expires at, monotonic)
+        self.groups: dict[str, tuple[GroupMeta, float]] = {}
+
+
+class MemoryBackend(BaseBackend):
+    """In-process backend: states, groups, exactly-once chord trigger, expiry, push wait."""
+
+    capabilities = frozenset({Capability.PUSH_WAIT, Capability.EXPIRY})
+
+    def __init__(self, config: Config | None = None, name: str = "") -> None:
+        super().__init__(config)
+        self._store = shared("backend", f"memory://{name}", _Store)
+
+    @classmethod
+    def from_url(cls, url: str, config: Config) -> MemoryBackend:
+        return cls(config, store_name(url))
+
+    def _expiry(self) -> float:
+        return time.monotonic() + self.expires_in
+
+    def _live_state(self, task_uuid: str) -> TaskState | None:
+        item = self._store.states.get(task_uuid)
+        if item is None or item[1] <= time.monotonic():
+            return None
+        return item[0]
+
+    def set_state(self, state: TaskState) -> None:
+        self.set_states([state])
+
+    def set_states(self, states: Sequence[TaskState]) -> None:
+        store = self._store
+        with store.cond:
+            for state in states:
+                merged = state.merged_over(self._live_state(state.task_uuid))
+                if merged.created_at is None:
+                    merged.created_at = now_utc()
+                store.states[state.task_uuid] = (merged, self._expiry())
+            store.cond.notify_all()
+
+    def get_state(self, task_uuid: str) -> TaskState | None:
+        with self._store.cond:
+            return self._live_state(task_uuid)
+
+    def wait(self, task_uuids: Sequence[str], timeout: float) -> dict[str, TaskState]:
+        deadline = time.monotonic() + timeout
+        wanted = set(task_uuids)
+        with self._store.cond:
+            while True:
+                done = {u: s for u in wanted if (s := self._live_state(u)) is not None and s.is_completed}
+                remaining = deadline - time.monotonic()
+                if len(done) == len(wanted) or remaining <= 0:
+                    return done
+                self._store.cond.wait(remaining)
+
+    def init_group(self, group_uuid: str, task_uuids: Sequence[str]) -> None:
+        meta = GroupMeta(group_uuid, list(task_uuids), created_at=now_utc())
+        with self._store.cond:
+            self._store.groups[group_uuid] = (meta, self._expiry())
+
+    def _group(self, group_uuid: str) -> GroupMeta:
+        item = self._store.groups.get(group_uuid)
+        if item is None or item[1] <= time.monotonic():
+            raise UnknownGroupError(f"group {group_uuid!r} is unknown or expired")
+        self._store.groups[group_uuid] = (item[0], self._expiry())  # a running workflow keeps it
+        return item[0]
+
+    def group_states(self, group_uuid: str) -> list[TaskState]:
+        with self._store.cond:
+            meta = self._group(group_uuid)
+            return [self._live_state(u) or TaskState(u, State.PENDING) for u in meta.task_uuids]
+
+    def trigger_chord(self, group_uuid: str) -> bool:
+        with self._store.cond:
+            meta = self._group(group_uuid)
+            if meta.chord_triggered:
+                return False
+            meta.chord_triggered = True
+            return True
+
+    def purge_state(self, task_uuid: str) -> None:
+        with self._store.cond:
+            self._store.states.pop(task_uuid, None)
+
+    def purge_group(self, group_uuid: str) -> None:
+        with self._store.cond:
+            self._store.groups.pop(group_uuid, None)

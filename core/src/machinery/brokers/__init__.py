@@ -1,0 +1,1 @@
+"""Built-in brokers: memory:// and sqlite://."""

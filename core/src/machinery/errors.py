@@ -1,0 +1,90 @@
+"""Exceptions raised by Machinery and the ones a task may raise to steer the worker."""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendError",
+    "BrokerError",
+    "ConfigError",
+    "MachineryError",
+    "MessageError",
+    "NotRegisteredError",
+    "PluginNotFoundError",
+    "ResultTimeoutError",
+    "Retry",
+    "TaskError",
+    "TimeLimitExceeded",
+    "UnknownGroupError",
+]
+
+
+class MachineryError(Exception):
+    """Base class of Machinery's own errors."""
+
+
+class ConfigError(MachineryError, ValueError):
+    """The configuration (a field, a URL, a YAML file) is invalid; the message says how to fix it."""
+
+
+class PluginNotFoundError(ConfigError):
+    """No installed plugin claims a URL's scheme; the message names the package to install."""
+
+
+class BrokerError(MachineryError):
+    """The broker failed (unreachable, refused, protocol error). URLs in the message are redacted."""
+
+
+class BackendError(MachineryError):
+    """The result backend failed. URLs in the message are redacted."""
+
+
+class UnknownGroupError(BackendError, KeyError):
+    """The group uuid is not known to the backend (never initialised, purged or expired)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unknown group"
+
+
+class ResultTimeoutError(MachineryError, TimeoutError):
+    """``AsyncResult.get(timeout=...)`` ran out of time before the task finished."""
+
+
+class NotRegisteredError(MachineryError, LookupError):
+    """No task is registered under this name in this process."""
+
+
+class TaskError(MachineryError):
+    """The task ended in FAILURE. ``str(exc)`` is exactly the task's error text."""
+
+    def __init__(self, message: str, *, task_uuid: str = "", task_name: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.task_uuid = task_uuid
+        self.task_name = task_name
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class Retry(Exception):  # noqa: N818 - the name users raise, like Machinery's ErrRetryTaskLater
+    """Raise inside a task to run it again in ``countdown`` seconds.
+
+    Unlike Go Machinery (#640) this uses up one of the signature's ``retry_count``; with none left
+    the task fails with ``message`` (or "retry limit reached").
+    """
+
+    def __init__(self, countdown: float = 0.0, message: str = "") -> None:
+        super().__init__(message or f"Task will retry in {countdown}s")
+        self.countdown = countdown
+        self.message = message
+
+
+class TimeLimitExceeded(Exception):  # noqa: N818 - reads as what happened
+    """Raised inside a task whose soft time limit ran out; the task fails with "time limit exceeded"."""
+
+    def __init__(self, message: str = "time limit exceeded") -> None:
+        super().__init__(message)
+
+
+class MessageError(MachineryError, ValueError):
+    """A message or record could not be decoded (bad JSON, missing field, wrong argument type)."""

@@ -1,0 +1,22 @@
+"""The Lock protocol: a named, expiring mutex across processes (periodic tasks fire once per tick)."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+__all__ = ["Lock"]
+
+
+@runtime_checkable
+class Lock(Protocol):
+    """Each Lock object is one owner: ``release`` by another owner does nothing.
+    ``from_url(url, config)`` builds one without I/O."""
+
+    def acquire(self, key: str, ttl: float) -> bool:
+        """Take ``key`` for ``ttl`` seconds if nobody holds it; True when taken."""
+
+    def release(self, key: str) -> None:
+        """Give ``key`` back if this owner holds it."""
+
+    def close(self) -> None:
+        """Release connections. Idempotent."""

@@ -1,0 +1,13 @@
+"""Retry back-off, as Go Machinery computes it."""
+
+from __future__ import annotations
+
+__all__ = ["fibonacci_next"]
+
+
+def fibonacci_next(current: int) -> int:
+    """The next Fibonacci number after ``current``: 0→1, 1→2, 2→3, 3→5, 4→5, 5→8, 8→13."""
+    previous, value = 1, 1
+    while value <= current:
+        previous, value = value, previous + value
+    return value

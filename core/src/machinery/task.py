@@ -1,0 +1,85 @@
+"""Registered tasks: a thin wrapper that keeps the function callable and builds signatures."""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from .signature import Signature
+
+if TYPE_CHECKING:
+    from .app import Machinery
+    from .result import AsyncResult
+
+__all__ = ["Task", "TaskOptions", "current_signature"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_current: contextvars.ContextVar[Signature | None] = contextvars.ContextVar("machinery_signature", default=None)
+
+
+def current_signature() -> Signature | None:
+    """The Signature of the task running in this thread or coroutine (Go's
+    ``tasks.SignatureFromContext``); ``None`` outside a task. Read ``retry_count``, ``uuid``,
+    ``headers`` and the rest from it."""
+    return _current.get()
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """Per-task settings given to ``@app.task(...)``.
+
+    ``soft_time_limit``: seconds after which :class:`~machinery.errors.TimeLimitExceeded` is raised
+    inside the task. ``time_limit``: seconds after which the task is failed with "time limit
+    exceeded" (its process is killed under ``pool="process"``; under threads its late result is
+    discarded). ``retry_count``/``retry_timeout``: defaults for signatures built with ``.s()``.
+    """
+
+    soft_time_limit: float | None = None
+    time_limit: float | None = None
+    retry_count: int = 0
+    retry_timeout: int = 0
+
+
+class Task(Generic[P, R]):
+    """A function registered under ``name``. Calling it runs the function here; ``.s()`` builds a
+    Signature to send; ``.delay()`` sends it."""
+
+    def __init__(self, app: Machinery, name: str, fn: Callable[P, R], options: TaskOptions) -> None:
+        self.app = app
+        self.name = name
+        self.fn = fn
+        self.options = options
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """A signature of this task with these arguments (Machinery's ``NewSignature``)."""
+        return Signature(
+            self.name,
+            args=list(args),
+            kwargs=kwargs,
+            retry_count=self.options.retry_count,
+            retry_timeout=self.options.retry_timeout,
+        )
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """An immutable signature: its results are not appended to the next task's arguments."""
+        sig = self.s(*args, **kwargs)
+        sig.immutable = True
+        return sig
+
+    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
+        """Send this task now with these arguments."""
+        return self.app.send_task(self.s(*args, **kwargs))
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name}>"

@@ -1,0 +1,1 @@
+"""The contract kit for transport plugins (see core/README.md, "Write a plugin")."""

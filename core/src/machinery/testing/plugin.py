@@ -1,0 +1,1 @@
+"""pytest plugin entry point (``pytest11``): registers the contract kit's options and report."""
