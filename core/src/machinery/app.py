@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 
 from . import plugins
 from .config import Config
-from .errors import NotRegisteredError
+from .errors import NotRegisteredError, PluginNotFoundError
 from .redact import redact_url
 from .result import AsyncResult, ChainResult, ChordResult, GroupResult
 from .signature import Signature, State, TaskState, now_utc
@@ -72,7 +72,9 @@ class Machinery:
         retry_timeout: int = 0,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
-    def task(self, fn: Callable[..., Any] | None = None, /, *, name: str | None = None, **options: Any) -> Any:
+    def task(  # type: ignore[misc]  # options are spelled out in the overload above
+        self, fn: Callable[..., Any] | None = None, /, *, name: str | None = None, **options: Any
+    ) -> Any:
         """Register a function as a task, under its own name or ``name``.
 
         ``@app.task`` or ``@app.task(name="sum_ints", time_limit=30)``; see :class:`TaskOptions`.
@@ -117,7 +119,7 @@ class Machinery:
                 try:
                     self._lock = plugins.resolve_lock(url, self.config)
                     break
-                except plugins.PluginNotFoundError:
+                except PluginNotFoundError:
                     if url == self.config.lock:
                         raise
         assert self._lock is not None
@@ -192,7 +194,7 @@ class Machinery:
 
     def _run_eagerly(self, sig: Signature) -> None:
         from . import codec
-        from .worker import TaskRunner
+        from .runner import TaskRunner
 
         if self._eager_runner is None:
             self._eager_runner = TaskRunner(self)

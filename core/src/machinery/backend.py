@@ -8,7 +8,7 @@ from typing import Protocol, runtime_checkable
 from .config import Config
 from .signature import TaskState
 
-__all__ = ["BaseBackend", "Backend"]
+__all__ = ["Backend", "BaseBackend"]
 
 
 @runtime_checkable

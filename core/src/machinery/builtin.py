@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .plugins import SchemeRow, hookimpl, scheme_of
+from .plugins import Kind, SchemeRow, hookimpl, scheme_of
 
 if TYPE_CHECKING:
     from .backend import Backend
@@ -17,15 +17,12 @@ if TYPE_CHECKING:
     from .lock import Lock
 
 DISTRIBUTION = "machinery-core"
+KINDS: tuple[Kind, ...] = ("broker", "backend", "lock")
 
 
 @hookimpl
 def machinery_schemes() -> list[SchemeRow]:
-    return [
-        SchemeRow(scheme, kind, DISTRIBUTION)
-        for scheme in ("memory", "sqlite")
-        for kind in ("broker", "backend", "lock")  # type: ignore[attr-defined]
-    ]
+    return [SchemeRow(scheme, kind, DISTRIBUTION) for scheme in ("memory", "sqlite") for kind in KINDS]
 
 
 @hookimpl

@@ -73,15 +73,15 @@ class MachinerySpec:
     """Hook specifications. Factories must not open connections: connect lazily on first use."""
 
     @hookspec(firstresult=True)
-    def machinery_broker(self, url: str, config: Config) -> Broker | None:  # type: ignore[empty-body]
+    def machinery_broker(self, url: str, config: Config) -> Broker | None:
         """Return a broker for ``url``, or None when the URL is not this plugin's."""
 
     @hookspec(firstresult=True)
-    def machinery_backend(self, url: str, config: Config) -> Backend | None:  # type: ignore[empty-body]
+    def machinery_backend(self, url: str, config: Config) -> Backend | None:
         """Return a result backend for ``url``, or None when the URL is not this plugin's."""
 
     @hookspec(firstresult=True)
-    def machinery_lock(self, url: str, config: Config) -> Lock | None:  # type: ignore[empty-body]
+    def machinery_lock(self, url: str, config: Config) -> Lock | None:
         """Return a lock for ``url``, or None when the URL is not this plugin's."""
 
     @hookspec

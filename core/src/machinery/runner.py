@@ -116,9 +116,13 @@ class TaskRunner:
                 return self._run_async(task.fn(*sig.arg_values, **sig.kwargs), options.soft_time_limit)
             thread_id = threading.get_ident()
             if options.soft_time_limit:
-                handles.append(self._limits.schedule(options.soft_time_limit, lambda: self._interrupt(guard, thread_id)))
+                handles.append(
+                    self._limits.schedule(options.soft_time_limit, lambda: self._interrupt(guard, thread_id))
+                )
             if options.time_limit:
-                handles.append(self._limits.schedule(options.time_limit, lambda: self._hard_limit(guard, sig, thread_id)))
+                handles.append(
+                    self._limits.schedule(options.time_limit, lambda: self._hard_limit(guard, sig, thread_id))
+                )
             try:
                 return task.fn(*sig.arg_values, **sig.kwargs)
             finally:
@@ -175,7 +179,11 @@ class TaskRunner:
         self._write(sig, State.RETRY, error=error_text(exc))
         logger.info(
             "task %s[%s] failed (%s); retrying in %ss, %d retries left",
-            sig.name, sig.uuid, error_text(exc), countdown, sig.retry_count,
+            sig.name,
+            sig.uuid,
+            error_text(exc),
+            countdown,
+            sig.retry_count,
         )
         sig.eta = now_utc() + timedelta(seconds=countdown)
         self.app.send_task(sig)

@@ -10,8 +10,8 @@ import copy
 import uuid as _uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from enum import Enum
+from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 __all__ = [
@@ -24,7 +24,7 @@ __all__ = [
 ]
 
 
-class State(str, Enum):
+class State(StrEnum):
     """Task states, equal to Machinery's strings (``State.SUCCESS == "SUCCESS"``)."""
 
     PENDING = "PENDING"
@@ -33,9 +33,6 @@ class State(str, Enum):
     RETRY = "RETRY"
     SUCCESS = "SUCCESS"
     FAILURE = "FAILURE"
-
-    def __str__(self) -> str:
-        return self.value
 
     @property
     def is_completed(self) -> bool:
@@ -51,12 +48,12 @@ def new_uuid(prefix: str = "task") -> str:
 def utc(value: datetime) -> datetime:
     """Return ``value`` as an aware UTC datetime; a naive datetime is taken as UTC."""
     if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
 
 
 def now_utc() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass

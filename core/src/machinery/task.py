@@ -19,7 +19,9 @@ __all__ = ["Task", "TaskOptions", "current_signature"]
 P = ParamSpec("P")
 R = TypeVar("R")
 
-_current: contextvars.ContextVar[Signature | None] = contextvars.ContextVar("machinery_signature", default=None)
+_current: contextvars.ContextVar[Signature | None] = contextvars.ContextVar(
+    "machinery_signature", default=None
+)
 
 
 def current_signature() -> Signature | None:

@@ -21,7 +21,9 @@ __all__ = ["TimeLimits", "raise_in_thread"]
 
 def raise_in_thread(thread_id: int, exc_type: type[BaseException]) -> bool:
     """Ask CPython to raise ``exc_type`` in the thread ``thread_id``; True if the thread exists."""
-    changed = ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc_type))
+    changed = ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread_id), ctypes.py_object(exc_type)
+    )
     return bool(changed == 1)
 
 
@@ -53,7 +55,11 @@ class TimeLimits:
     def soft_limit(self, delay: float) -> int:
         """Raise TimeLimitExceeded in the calling thread after ``delay`` seconds."""
         thread_id = threading.get_ident()
-        return self.schedule(delay, lambda: raise_in_thread(thread_id, TimeLimitExceeded) and None)
+
+        def interrupt() -> None:
+            raise_in_thread(thread_id, TimeLimitExceeded)
+
+        return self.schedule(delay, interrupt)
 
     def _loop(self) -> None:
         while True:

@@ -112,7 +112,9 @@ class Worker:
         restore = self._install_signal_handlers()
         try:
             self._log_start()
-            self._executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"{self.consumer_tag}-task")
+            self._executor = ThreadPoolExecutor(
+                self.concurrency, thread_name_prefix=f"{self.consumer_tag}-task"
+            )
             self._started.set()
             self._consume_loop()
         finally:
@@ -142,8 +144,12 @@ class Worker:
         cfg = self.app.config
         logger.info(
             "worker %s: broker %s, backend %s, queues %s, concurrency %d, %d tasks registered",
-            self.consumer_tag, redact_url(cfg.broker), redact_url(cfg.result_backend),
-            ",".join(self.queues), self.concurrency, len(self.app.tasks),
+            self.consumer_tag,
+            redact_url(cfg.broker),
+            redact_url(cfg.result_backend),
+            ",".join(self.queues),
+            self.concurrency,
+            len(self.app.tasks),
         )
 
     def _install_signal_handlers(self) -> Callable[[], None]:
@@ -157,12 +163,19 @@ class Worker:
                 logger.warning("second signal: returning running tasks to the queue and quitting now")
                 self.quit(abort=True)
             else:
-                logger.warning("signal %d: waiting for running tasks to finish (signal again to quit now)", signum)
+                logger.warning(
+                    "signal %d: waiting for running tasks to finish (signal again to quit now)", signum
+                )
                 self.quit()
 
         for sig in signals:
             signal.signal(sig, handle)
-        return lambda: [signal.signal(s, h) for s, h in previous.items()] and None
+
+        def restore() -> None:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+        return restore
 
     # consuming ---------------------------------------------------------------------------------
     def _free_slots(self) -> int:
@@ -205,7 +218,9 @@ class Worker:
         received = [
             TaskState(d.signature.uuid, State.RECEIVED, task_name=d.signature.name)
             for d in deliveries
-            if d.signature is not None and self.app.is_registered(d.signature.name) and not _early(d.signature)
+            if d.signature is not None
+            and self.app.is_registered(d.signature.name)
+            and not _early(d.signature)
         ]
         if received and self.app.config.worker.store_intermediate_states:
             try:
@@ -263,7 +278,9 @@ class Worker:
         since = float(sig.headers.get(UNREGISTERED_SINCE, time.time()))
         if count > cfg.unregistered_requeue_limit and time.time() - since >= cfg.unregistered_requeue_seconds:
             error = f"task {sig.name!r} is not registered"
-            logger.error("%s in any worker that saw it (%d tries); uuid %s failed", error, count - 1, sig.uuid)
+            logger.error(
+                "%s in any worker that saw it (%d tries); uuid %s failed", error, count - 1, sig.uuid
+            )
             self.app.backend.set_state(TaskState(sig.uuid, State.FAILURE, task_name=sig.name, error=error))
             tracked.settle(delivery.ack)
             return
