@@ -92,9 +92,10 @@ except ImportError:  # pragma: no cover - depends on the environment
 _ORJSON_OPTS: Final[int] = (
     0 if _orjson is None else _orjson.OPT_PASSTHROUGH_DATETIME | _orjson.OPT_PASSTHROUGH_DATACLASS
 )
-# orjson.loads turns integers beyond 64 bits into floats; any literal of 19+ digits goes to stdlib.
-_LONG_DIGITS_B: Final = re.compile(rb"\d{19}")
-_LONG_DIGITS_S: Final = re.compile(r"\d{19}")
+# orjson.loads turns integers beyond 64 bits into floats, so input holding a run of 19+ digits goes to
+# stdlib. Mapping digits to "0" and the rest to " " finds such a run far faster than a regex.
+_DIGIT_MAP: Final = bytes(0x30 if 0x30 <= i <= 0x39 else 0x20 for i in range(256))
+_LONG_RUN: Final = b"0" * 19
 
 
 def _reject_constant(name: str) -> Any:
@@ -121,10 +122,10 @@ def _dumps(obj: Any) -> bytes:
 
 def _loads(data: bytes | bytearray | memoryview | str) -> Any:
     if _orjson is not None:
-        long_digits = _LONG_DIGITS_S if isinstance(data, str) else _LONG_DIGITS_B
-        if long_digits.search(data) is None:  # type: ignore[arg-type]
+        raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
+        if _LONG_RUN not in raw.translate(_DIGIT_MAP):
             try:
-                return _orjson.loads(data)
+                return _orjson.loads(raw)
             except _orjson.JSONDecodeError:
                 pass  # stdlib decides: it replaces invalid UTF-8 as Go does, or gives the error
     if not isinstance(data, str):
@@ -136,13 +137,6 @@ def _loads(data: bytes | bytearray | memoryview | str) -> Any:
         raise MessageError(f"invalid JSON: {exc}") from None
     except RecursionError:
         raise MessageError("invalid JSON: nested too deeply") from None
-
-
-def _loads_object(data: bytes | bytearray | memoryview | str, what: str) -> dict[str, Any]:
-    obj = _loads(data)
-    if not isinstance(obj, dict):
-        raise MessageError(f"invalid {what}: expected a JSON object, got {_kind(obj)}")
-    return obj
 
 
 # --------------------------------------------------------------------------------------------------
@@ -176,21 +170,26 @@ def _fold(key: str) -> str:
     return key.lower().replace("\u017f", "s")
 
 
-def _fold_table(names: dict[str, str]) -> dict[str, str]:
-    return {_fold(k): v for k, v in names.items()}
+class _Keys:
+    """A record's Go field names: the exact set for the fast path, a folded map for Go's matching."""
 
+    __slots__ = ("exact", "folded")
 
-def _canonical(d: dict[str, Any], exact: dict[str, str], folded: dict[str, str]) -> dict[str, Any]:
-    """Map a decoded object's keys to attribute names; the last of case-variant duplicates wins (Go)."""
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        attr = exact.get(key)
-        if attr is None:
-            attr = folded.get(_fold(key)) if isinstance(key, str) else None
-            if attr is None:
-                continue  # unknown keys are ignored, as in Go
-        out[attr] = value
-    return out
+    def __init__(self, *names: str) -> None:
+        self.exact = frozenset(names)
+        self.folded = {_fold(n): n for n in names}
+
+    def canonical(self, d: dict[str, Any]) -> dict[str, Any]:
+        """``d`` with keys spelled as Go's field names; unknown keys dropped, last duplicate wins."""
+        if d.keys() <= self.exact:
+            return d  # the usual case: a Go or Python producer wrote the exact names
+        out: dict[str, Any] = {}
+        for key, value in d.items():
+            if key in self.exact:
+                out[key] = value
+            elif isinstance(key, str) and (name := self.folded.get(_fold(key))) is not None:
+                out[name] = value
+        return out
 
 
 def _want_str(value: Any, where: str) -> str:
@@ -214,6 +213,8 @@ def _want_int(value: Any, where: str, lo: int = _INT64_MIN, hi: int = _INT64_MAX
 
 
 def _want_time(value: Any, where: str) -> datetime | None:
+    if value == ZERO_TIME:
+        return None  # what Go writes for an unset time.Time
     text = _want_str(value, where)
     try:
         parsed = parse_time(text)
@@ -478,31 +479,29 @@ def _typed_to_wire(arg: Arg) -> tuple[str, Any]:
 # --------------------------------------------------------------------------------------------------
 # Signatures (tasks.Signature).
 
-_SIG_KEYS: Final[dict[str, str]] = {
-    "UUID": "uuid",
-    "Name": "name",
-    "RoutingKey": "routing_key",
-    "ETA": "eta",
-    "GroupUUID": "group_uuid",
-    "GroupTaskCount": "group_task_count",
-    "Args": "args",
-    "Headers": "headers",
-    "Priority": "priority",
-    "Immutable": "immutable",
-    "RetryCount": "retry_count",
-    "RetryTimeout": "retry_timeout",
-    "OnSuccess": "on_success",
-    "OnError": "on_error",
-    "ChordCallback": "chord_callback",
-    "BrokerMessageGroupId": "broker_message_group_id",
-    "SQSReceiptHandle": "sqs_receipt_handle",
-    "StopTaskDeletionOnError": "stop_task_deletion_on_error",
-    "IgnoreWhenTaskNotRegistered": "ignore_when_task_not_registered",
-    "Kwargs": "kwargs",  # Python extra; does not fold to any Go field, so Go ignores it
-}
-_SIG_FOLDED: Final = _fold_table(_SIG_KEYS)
-_ARG_KEYS: Final = {"Name": "name", "Type": "type", "Value": "value"}
-_ARG_FOLDED: Final = _fold_table(_ARG_KEYS)
+_SIG_KEYS: Final = _Keys(
+    "UUID",
+    "Name",
+    "RoutingKey",
+    "ETA",
+    "GroupUUID",
+    "GroupTaskCount",
+    "Args",
+    "Headers",
+    "Priority",
+    "Immutable",
+    "RetryCount",
+    "RetryTimeout",
+    "OnSuccess",
+    "OnError",
+    "ChordCallback",
+    "BrokerMessageGroupId",
+    "SQSReceiptHandle",
+    "StopTaskDeletionOnError",
+    "IgnoreWhenTaskNotRegistered",
+    "Kwargs",  # Python extra; folds to no Go field name, so Go ignores it
+)
+_ARG_KEYS: Final = _Keys("Name", "Type", "Value")
 
 
 def _arg_to_dict(arg: Arg) -> dict[str, Any]:
@@ -529,7 +528,7 @@ def signature_to_dict(sig: Signature) -> dict[str, Any]:
         "GroupUUID": sig.group_uuid,
         "GroupTaskCount": sig.group_task_count,
         "Args": [_arg_to_dict(a) for a in sig.args],
-        "Headers": sig.headers if sig.headers is not None else {},
+        "Headers": {} if sig.headers is None else sig.headers,
         "Priority": sig.priority,
         "Immutable": sig.immutable,
         "RetryCount": sig.retry_count,
@@ -552,105 +551,104 @@ def encode_signature(sig: Signature) -> bytes:
     return _dumps(signature_to_dict(sig))
 
 
-def _arg_from_dict(raw: Any, where: str, errors: list[str]) -> Arg:
-    if not isinstance(raw, dict):
+def _arg_from(raw: Any, index: int, where: str, errors: list[str]) -> Arg:
+    # The location string is only built on error: this runs for every argument of every message.
+    if type(raw) is not dict:
+        where = f"{where}[{index}]"
         raise MessageError(f"{where}: expected an object, got {_kind(raw)}")
-    f = _canonical(raw, _ARG_KEYS, _ARG_FOLDED)
-    type_ = f.get("type")
-    if type_ is None:
-        raise MessageError(f"{where}: Type is missing")
-    type_ = _want_str(type_, f"{where}.Type")
-    name = f.get("name")
-    name = "" if name is None else _want_str(name, f"{where}.Name")
-    value = f.get("value")
+    f = _ARG_KEYS.canonical(raw)
+    type_ = f.get("Type")
+    if type(type_) is not str:
+        raise MessageError(f"{where}[{index}].Type: expected a type name, got {_kind(type_)}")
+    name = f.get("Name")
+    if name is None:
+        name = ""
+    elif type(name) is not str:
+        raise MessageError(f"{where}[{index}].Name: expected a string, got {_kind(name)}")
+    value = f.get("Value")
+    decoder = _DECODERS.get(type_)
+    if decoder is None:
+        errors.append(f"{where}[{index}]: {type_} is not one of supported types")
+        return Arg(value=value, type=type_, name=name)
     try:
-        value = decode_value(type_, value)
-    except MessageError as exc:
-        errors.append(f"{where}: {exc}")  # Go fails the task, so the worker must still see it
+        value = decoder(value)
+    except _BadValueError as exc:
+        # Go fails such a task rather than dropping it; collect and let the caller decide.
+        errors.append(f"{where}[{index}]: invalid {type_} value {_short(value)}: {exc}")
     return Arg(value=value, type=type_, name=name)
 
 
 def _args_from(raw: Any, where: str, errors: list[str]) -> list[Arg]:
     if raw is None:
         return []
-    if not isinstance(raw, list):
+    if type(raw) is not list:
         raise MessageError(f"{where}: expected an array, got {_kind(raw)}")
-    return [_arg_from_dict(a, f"{where}[{i}]", errors) for i, a in enumerate(raw)]
+    return [_arg_from(a, i, where, errors) for i, a in enumerate(raw)]
 
 
 def _sigs_from(raw: Any, where: str, errors: list[str]) -> list[Signature]:
     if raw is None:
         return []
-    if not isinstance(raw, list):
+    if type(raw) is not list:
         raise MessageError(f"{where}: expected an array, got {_kind(raw)}")
     return [_sig_from(s, f"{where}[{i}]", errors) for i, s in enumerate(raw)]
 
 
 def _object_from(raw: Any, where: str) -> dict[str, Any]:
-    if raw is None:
-        return {}
-    if isinstance(raw, dict):
+    if type(raw) is dict:
         return raw
     raise MessageError(f"{where}: expected an object, got {_kind(raw)}")
-
-
-def _str_or_default(f: dict[str, Any], attr: str, where: str) -> str:
-    value = f.get(attr)
-    return "" if value is None else _want_str(value, where)
-
-
-def _sig_from(d: Any, where: str, errors: list[str]) -> Signature:
-    if not isinstance(d, dict):
-        raise MessageError(f"{where}: expected an object, got {_kind(d)}")
-    f = _canonical(d, _SIG_KEYS, _SIG_FOLDED)
-    p = f"{where}." if where else ""
-    name = f.get("name")
-    if not isinstance(name, str) or not name:
-        got = "missing" if name is None else f"not a task name: {_kind(name)}"
-        raise MessageError(f"{p}Name is {got}")
-    sig = Signature(name=name)
-    sig.uuid = _str_or_default(f, "uuid", p + "UUID")
-    sig.args = _args_from(f.get("args"), p + "Args", errors)
-    kwargs = f.get("kwargs")
-    if kwargs is not None:
-        sig.kwargs = _object_from(kwargs, p + "Kwargs")
-    for attr, key in _SIG_SCALARS:
-        value = f.get(attr)
-        if value is not None:  # Go: null leaves the field at its zero value
-            setattr(sig, attr, _SIG_CHECKS[attr](value, p + key))
-    headers = f.get("headers")
-    if headers is not None:
-        sig.headers = _object_from(headers, p + "Headers")
-    eta = f.get("eta")
-    if eta is not None:
-        sig.eta = _want_time(eta, p + "ETA")
-    sig.on_success = _sigs_from(f.get("on_success"), p + "OnSuccess", errors)
-    sig.on_error = _sigs_from(f.get("on_error"), p + "OnError", errors)
-    callback = f.get("chord_callback")
-    if callback is not None:
-        sig.chord_callback = _sig_from(callback, p + "ChordCallback", errors)
-    return sig
 
 
 def _uint8(value: Any, where: str) -> int:
     return _want_int(value, where, 0, 255)
 
 
-_SIG_CHECKS: Final[dict[str, Callable[[Any, str], Any]]] = {
-    "routing_key": _want_str,
-    "group_uuid": _want_str,
-    "group_task_count": _want_int,
-    "priority": _uint8,
-    "immutable": _want_bool,
-    "retry_count": _want_int,
-    "retry_timeout": _want_int,
-    "broker_message_group_id": _want_str,
-    "sqs_receipt_handle": _want_str,
-    "stop_task_deletion_on_error": _want_bool,
-    "ignore_when_task_not_registered": _want_bool,
-}
-_ATTR_TO_KEY: Final = {v: k for k, v in _SIG_KEYS.items()}
-_SIG_SCALARS: Final = tuple((attr, _ATTR_TO_KEY[attr]) for attr in _SIG_CHECKS)
+# (key, attribute, check, Go's zero value): fields that need no more than a type check. A field
+# whose JSON value *is* the zero value is skipped; JSON decoders reuse the "", 0 and False singletons.
+_SIG_SCALARS: Final[tuple[tuple[str, str, Callable[[Any, str], Any], Any], ...]] = (
+    ("UUID", "uuid", _want_str, ""),
+    ("RoutingKey", "routing_key", _want_str, ""),
+    ("GroupUUID", "group_uuid", _want_str, ""),
+    ("GroupTaskCount", "group_task_count", _want_int, 0),
+    ("Priority", "priority", _uint8, 0),
+    ("Immutable", "immutable", _want_bool, False),
+    ("RetryCount", "retry_count", _want_int, 0),
+    ("RetryTimeout", "retry_timeout", _want_int, 0),
+    ("BrokerMessageGroupId", "broker_message_group_id", _want_str, ""),
+    ("SQSReceiptHandle", "sqs_receipt_handle", _want_str, ""),
+    ("StopTaskDeletionOnError", "stop_task_deletion_on_error", _want_bool, False),
+    ("IgnoreWhenTaskNotRegistered", "ignore_when_task_not_registered", _want_bool, False),
+)
+
+
+def _sig_from(d: Any, where: str, errors: list[str]) -> Signature:
+    if type(d) is not dict:
+        raise MessageError(f"{where or 'task message'}: expected an object, got {_kind(d)}")
+    f = _SIG_KEYS.canonical(d)
+    p = f"{where}." if where else ""
+    name = f.get("Name")
+    if type(name) is not str or not name:
+        got = "missing" if name is None else f"not a task name: {_kind(name)}"
+        raise MessageError(f"{p}Name is {got}")
+    sig = Signature(name=name, args=_args_from(f.get("Args"), p + "Args", errors))
+    for key, attr, check, zero in _SIG_SCALARS:
+        value = f.get(key)
+        if value is not None and value is not zero:  # Go: null leaves the field at its zero value
+            setattr(sig, attr, check(value, p + key))
+    if (eta := f.get("ETA")) is not None:
+        sig.eta = _want_time(eta, p + "ETA")
+    if (headers := f.get("Headers")) is not None:
+        sig.headers = _object_from(headers, p + "Headers")
+    if (kwargs := f.get("Kwargs")) is not None:
+        sig.kwargs = _object_from(kwargs, p + "Kwargs")
+    if (on_success := f.get("OnSuccess")) is not None:
+        sig.on_success = _sigs_from(on_success, p + "OnSuccess", errors)
+    if (on_error := f.get("OnError")) is not None:
+        sig.on_error = _sigs_from(on_error, p + "OnError", errors)
+    if (callback := f.get("ChordCallback")) is not None:
+        sig.chord_callback = _sig_from(callback, p + "ChordCallback", errors)
+    return sig
 
 
 def signature_from_dict(d: Any) -> Signature:
@@ -669,7 +667,7 @@ def signature_from_dict(d: Any) -> Signature:
 
 def decode_signature(data: bytes | bytearray | memoryview | str) -> Signature:
     """Decode a task message (Go Machinery's JSON). See :func:`signature_from_dict` for errors."""
-    return signature_from_dict(_loads_object(data, "task message"))
+    return signature_from_dict(_loads(data))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -677,8 +675,11 @@ def decode_signature(data: bytes | bytearray | memoryview | str) -> Signature:
 
 
 def results_from_return(value: Any) -> list[Arg] | None:
-    """Typed results for a task's return value: a tuple gives one result per element, None gives
-    None (Go's ``Results: null``), anything else one result."""
+    """Typed results for a task's return value.
+
+    A tuple gives one result per element, None gives None (Go's ``Results: null``), anything else
+    one result. Types are inferred as for arguments (:func:`infer_type`).
+    """
     if value is None:
         return None
     if type(value) is tuple:
@@ -689,7 +690,7 @@ def results_from_return(value: Any) -> list[Arg] | None:
 def values_from_results(results: list[Arg] | None) -> Any:
     """The inverse of :func:`results_from_return`: None/[] → None, one → its value, several → a tuple.
 
-    ``results`` hold decoded values (as :func:`decode_state` produces).
+    ``results`` hold decoded values, as :func:`decode_state` produces them.
     """
     if not results:
         return None
@@ -703,34 +704,30 @@ def _result_to_dict(result: Arg) -> dict[str, Any]:
     return {"Type": type_, "Value": value}
 
 
+_RESULT_KEYS: Final = _Keys("Type", "Value")
+
+
 def _result_from(raw: Any, where: str) -> Arg:
-    if not isinstance(raw, dict):
+    if type(raw) is not dict:
         raise MessageError(f"{where}: expected an object, got {_kind(raw)}")
-    f = _canonical(raw, _RESULT_KEYS, _RESULT_FOLDED)
-    type_ = f.get("type")
-    type_ = "" if type_ is None else _want_str(type_, f"{where}.Type")
-    value = f.get("value")
-    if type_ in _DECODERS:
+    f = _RESULT_KEYS.canonical(raw)
+    type_ = f.get("Type")
+    if type_ is None:
+        type_ = ""
+    elif type(type_) is not str:
+        raise MessageError(f"{where}.Type: expected a type name, got {_kind(type_)}")
+    value = f.get("Value")
+    decoder = _DECODERS.get(type_)
+    if decoder is not None:
         try:
-            value = _DECODERS[type_](value)
+            value = decoder(value)
         except _BadValueError as exc:
             raise MessageError(f"{where}: invalid {type_} value {_short(value)}: {exc}") from None
     # Other types (a Go struct such as "main.Foo") keep their JSON value: more useful than Go's error.
     return Arg(value=value, type=type_)
 
 
-_RESULT_KEYS: Final = {"Type": "type", "Value": "value"}
-_RESULT_FOLDED: Final = _fold_table(_RESULT_KEYS)
-_STATE_KEYS: Final = {
-    "TaskUUID": "task_uuid",
-    "TaskName": "task_name",
-    "State": "state",
-    "Results": "results",
-    "Error": "error",
-    "CreatedAt": "created_at",
-    "TTL": "ttl",
-}
-_STATE_FOLDED: Final = _fold_table(_STATE_KEYS)
+_STATE_KEYS: Final = _Keys("TaskUUID", "TaskName", "State", "Results", "Error", "CreatedAt", "TTL")
 _STATES: Final = {s.value: s for s in State}
 
 
@@ -748,32 +745,35 @@ def state_to_dict(state: TaskState) -> dict[str, Any]:
     }
 
 
+def _optional_str(f: dict[str, Any], key: str) -> str:
+    value = f.get(key)
+    return "" if value is None else _want_str(value, key)
+
+
 def state_from_dict(d: Any) -> TaskState:
     """Build a :class:`TaskState` from Go's TaskState JSON object; result values are decoded by Type.
 
-    ``State`` must be one of Machinery's states. Raises :class:`MessageError`.
+    ``State`` must be one of Machinery's states. Results whose Type is not a Go type this codec knows
+    (e.g. a Go struct) keep their JSON value. Raises :class:`MessageError`.
     """
-    if not isinstance(d, dict):
-        raise MessageError(f"invalid task state: expected an object, got {_kind(d)}")
-    f = _canonical(d, _STATE_KEYS, _STATE_FOLDED)
-    raw_state = f.get("state")
-    state = _STATES.get(raw_state) if isinstance(raw_state, str) else None
+    if type(d) is not dict:
+        raise MessageError(f"task state: expected an object, got {_kind(d)}")
+    f = _STATE_KEYS.canonical(d)
+    raw_state = f.get("State")
+    state = _STATES.get(raw_state) if type(raw_state) is str else None
     if state is None:
         got = "missing" if raw_state is None else f"not a task state: {_kind(raw_state)}"
         raise MessageError(f"State is {got}")
-    out = TaskState(task_uuid=_str_or_default(f, "task_uuid", "TaskUUID"), state=state)
-    out.task_name = _str_or_default(f, "task_name", "TaskName")
-    out.error = _str_or_default(f, "error", "Error")
-    results = f.get("results")
-    if results is not None:
-        if not isinstance(results, list):
+    out = TaskState(task_uuid=_optional_str(f, "TaskUUID"), state=state)
+    out.task_name = _optional_str(f, "TaskName")
+    out.error = _optional_str(f, "Error")
+    if (results := f.get("Results")) is not None:
+        if type(results) is not list:
             raise MessageError(f"Results: expected an array, got {_kind(results)}")
         out.results = [_result_from(r, f"Results[{i}]") for i, r in enumerate(results)]
-    created = f.get("created_at")
-    if created is not None:
+    if (created := f.get("CreatedAt")) is not None:
         out.created_at = _want_time(created, "CreatedAt")
-    ttl = f.get("ttl")
-    if ttl is not None:
+    if (ttl := f.get("TTL")) is not None:
         out.ttl = _want_int(ttl, "TTL")
     return out
 
@@ -785,21 +785,13 @@ def encode_state(state: TaskState) -> bytes:
 
 def decode_state(data: bytes | bytearray | memoryview | str) -> TaskState:
     """Decode a task state record (Go Machinery's JSON). Raises :class:`MessageError`."""
-    return state_from_dict(_loads_object(data, "task state"))
+    return state_from_dict(_loads(data))
 
 
 # --------------------------------------------------------------------------------------------------
 # Group records (tasks.GroupMeta).
 
-_GROUP_KEYS: Final = {
-    "GroupUUID": "group_uuid",
-    "TaskUUIDs": "task_uuids",
-    "ChordTriggered": "chord_triggered",
-    "Lock": "lock",
-    "CreatedAt": "created_at",
-    "TTL": "ttl",
-}
-_GROUP_FOLDED: Final = _fold_table(_GROUP_KEYS)
+_GROUP_KEYS: Final = _Keys("GroupUUID", "TaskUUIDs", "ChordTriggered", "Lock", "CreatedAt", "TTL")
 
 
 def group_meta_to_dict(meta: GroupMeta) -> dict[str, Any]:
@@ -816,24 +808,21 @@ def group_meta_to_dict(meta: GroupMeta) -> dict[str, Any]:
 
 def group_meta_from_dict(d: Any) -> GroupMeta:
     """Build a :class:`GroupMeta` from Go's GroupMeta JSON object. Raises :class:`MessageError`."""
-    if not isinstance(d, dict):
-        raise MessageError(f"invalid group record: expected an object, got {_kind(d)}")
-    f = _canonical(d, _GROUP_KEYS, _GROUP_FOLDED)
-    meta = GroupMeta(group_uuid=_str_or_default(f, "group_uuid", "GroupUUID"))
-    uuids = f.get("task_uuids")
-    if uuids is not None:
-        if not isinstance(uuids, list):
+    if type(d) is not dict:
+        raise MessageError(f"group record: expected an object, got {_kind(d)}")
+    f = _GROUP_KEYS.canonical(d)
+    meta = GroupMeta(group_uuid=_optional_str(f, "GroupUUID"))
+    if (uuids := f.get("TaskUUIDs")) is not None:
+        if type(uuids) is not list:
             raise MessageError(f"TaskUUIDs: expected an array, got {_kind(uuids)}")
         meta.task_uuids = [_want_str(u, f"TaskUUIDs[{i}]") for i, u in enumerate(uuids)]
-    for attr, key in (("chord_triggered", "ChordTriggered"), ("lock", "Lock")):
-        value = f.get(attr)
-        if value is not None:
-            setattr(meta, attr, _want_bool(value, key))
-    created = f.get("created_at")
-    if created is not None:
+    if (triggered := f.get("ChordTriggered")) is not None:
+        meta.chord_triggered = _want_bool(triggered, "ChordTriggered")
+    if (lock := f.get("Lock")) is not None:
+        meta.lock = _want_bool(lock, "Lock")
+    if (created := f.get("CreatedAt")) is not None:
         meta.created_at = _want_time(created, "CreatedAt")
-    ttl = f.get("ttl")
-    if ttl is not None:
+    if (ttl := f.get("TTL")) is not None:
         meta.ttl = _want_int(ttl, "TTL")
     return meta
 
@@ -845,4 +834,4 @@ def encode_group_meta(meta: GroupMeta) -> bytes:
 
 def decode_group_meta(data: bytes | bytearray | memoryview | str) -> GroupMeta:
     """Decode a group record (Go Machinery's JSON). Raises :class:`MessageError`."""
-    return group_meta_from_dict(_loads_object(data, "group record"))
+    return group_meta_from_dict(_loads(data))
