@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 from machinery import (
+    AsyncResult,
     Machinery,
     Retry,
     Signature,
@@ -202,9 +203,6 @@ def test_malformed_message_fails_and_worker_keeps_running(app: Machinery, starte
         return sum(args)
 
     with pytest.raises(TaskError, match="malformed message"):
-        app.send_task(Signature("noop")) if False else None
-        from machinery import AsyncResult
-
         AsyncResult(app, "task_bad").get(timeout=5)
     assert app.send_task(add.s(1, 2)).get(timeout=5) == 3
     deadline = time.monotonic() + 5
