@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 
-from . import plugins
+from . import plugins, tracing
 from .config import Config
 from .errors import NotRegisteredError, PluginNotFoundError
 from .redact import redact_url
@@ -155,6 +155,10 @@ class Machinery:
         return [AsyncResult(self.backend, s.uuid, s.name) for s in sigs]
 
     def _publish(self, sigs: list[Signature], concurrency: int = 0) -> None:
+        if tracing.ENABLED:
+            for sig in sigs:
+                with tracing.publish_span(sig):
+                    pass  # the span marks the hand-over; its context rides in the headers
         if self._pre_publish is not None:
             for sig in sigs:
                 self._pre_publish(sig)

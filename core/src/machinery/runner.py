@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from . import codec
+from . import codec, tracing
 from .errors import Retry, TimeLimitExceeded
 from .log import logger
 from .retry import fibonacci_next
@@ -92,7 +92,8 @@ class TaskRunner:
         try:
             guard = _Guard()
             try:
-                value = self._call(task, sig, guard)
+                with tracing.execute_span(sig):
+                    value = self._call(task, sig, guard)
             except Retry as retry:
                 self._retry(sig, retry, countdown=retry.countdown)
             except Exception as exc:  # the task's own failure, any type

@@ -1,0 +1,63 @@
+"""OpenTelemetry spans for publish and execute, carried in the message headers.
+
+Active only when ``opentelemetry-api`` is installed (``pip install 'machinery-core[otel]'``);
+otherwise every function here is a no-op costing one attribute check. Header values are strings,
+so Go Machinery (whose carrier is a text map) can read the same headers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from .signature import Signature
+
+__all__ = ["ENABLED", "execute_span", "publish_span"]
+
+try:
+    from opentelemetry import propagate, trace
+
+    _tracer: Any = trace.get_tracer("machinery")
+    ENABLED = True
+except ImportError:  # pragma: no cover - exercised in the wheel test's bare venv
+    ENABLED = False
+
+
+def _attributes(sig: Signature) -> dict[str, str]:
+    attrs = {"machinery.task.name": sig.name, "machinery.task.uuid": sig.uuid}
+    if sig.group_uuid:
+        attrs["machinery.group.uuid"] = sig.group_uuid
+    if sig.chord_callback is not None:
+        attrs["machinery.chord.callback.uuid"] = sig.chord_callback.uuid
+    return attrs
+
+
+@contextmanager
+def publish_span(sig: Signature) -> Iterator[None]:
+    """A PRODUCER span around publishing ``sig``; its context is injected into ``sig.headers``."""
+    if not ENABLED:
+        yield
+        return
+    with _tracer.start_as_current_span(
+        f"send {sig.name}", kind=trace.SpanKind.PRODUCER, attributes=_attributes(sig)
+    ):
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        if carrier:
+            sig.headers = {**sig.headers, **carrier}
+        yield
+
+
+@contextmanager
+def execute_span(sig: Signature) -> Iterator[None]:
+    """A CONSUMER span around running ``sig``, a child of the producer's context when present."""
+    if not ENABLED:
+        yield
+        return
+    carrier = {k: v for k, v in sig.headers.items() if isinstance(v, str)}
+    parent = propagate.extract(carrier)
+    with _tracer.start_as_current_span(
+        sig.name, context=parent, kind=trace.SpanKind.CONSUMER, attributes=_attributes(sig)
+    ):
+        yield
