@@ -275,3 +275,35 @@ def test_graceful_shutdown_returns_unfinished_tasks(app: Machinery) -> None:
     assert isinstance(broker, MemoryBroker)
     assert [s.uuid for s in broker.pending(app.config.default_queue)] == [result.uuid]
     release.set()
+
+
+def test_process_pool_runs_tasks_and_kills_on_hard_limit(app: Machinery) -> None:
+    import os
+
+    @app.task
+    def whoami() -> int:
+        return os.getpid()
+
+    @app.task(time_limit=0.5)
+    def stuck() -> None:
+        time.sleep(30)
+
+    @app.task(soft_time_limit=0.2)
+    def soft() -> str:
+        try:
+            time.sleep(30)
+        except TimeLimitExceeded:
+            return "stopped in time"
+        return "not stopped"
+
+    worker = app.worker("proc", concurrency=2, pool="process")
+    thread = worker.launch_async()
+    try:
+        assert app.send_task(whoami.s()).get(timeout=10) != os.getpid()
+        with pytest.raises(TaskError, match="time limit exceeded"):
+            app.send_task(stuck.s()).get(timeout=10)
+        assert app.send_task(soft.s()).get(timeout=10) == "stopped in time"
+        assert app.send_task(whoami.s()).get(timeout=10) != os.getpid()  # the pool recovered
+    finally:
+        worker.quit()
+        thread.join(10)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from . import codec, tracing
 from .errors import Retry, TimeLimitExceeded
 from .log import logger
+from .procpool import ChildFailure, ProcessPool, Results
 from .retry import fibonacci_next
 from .signature import Arg, Signature, State, TaskState, now_utc
 from .task import Task, _current
@@ -72,6 +73,8 @@ class TaskRunner:
         self._limits = TimeLimits()
         self._async: _AsyncLoop | None = None
         self._async_lock = threading.Lock()
+        #: set by a worker with ``pool="process"``: task functions run in its children
+        self.process_pool: ProcessPool | None = None
 
     @property
     def backend(self) -> Any:
@@ -110,6 +113,11 @@ class TaskRunner:
 
     def _call(self, task: Task[Any, Any], sig: Signature, guard: _Guard) -> Any:
         options = task.options
+        if self.process_pool is not None and not task.is_async:
+            try:
+                return self.process_pool.call(codec.encode_signature(sig), options)
+            except ChildFailure as failure:
+                raise RuntimeError(str(failure)) from None
         token = _current.set(sig)
         handles: list[int] = []
         try:
@@ -157,7 +165,7 @@ class TaskRunner:
 
     # outcomes --------------------------------------------------------------------------------
     def _succeeded(self, sig: Signature, value: Any) -> None:
-        results = codec.results_from_return(value)
+        results = value if isinstance(value, Results) else codec.results_from_return(value)
         self._write(sig, State.SUCCESS, results=results)
         logger.debug("task %s[%s] succeeded: %r", sig.name, sig.uuid, value)
         for callback in sig.on_success:

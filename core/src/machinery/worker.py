@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .broker import Delivery
 from .log import logger
+from .procpool import ProcessPool
 from .redact import redact_url
 from .runner import ErrorHandler, SignatureHandler, TaskRunner
 from .signature import Signature, State, TaskState, now_utc
@@ -112,6 +113,8 @@ class Worker:
         restore = self._install_signal_handlers()
         try:
             self._log_start()
+            if self.pool == "process":
+                self.runner.process_pool = ProcessPool(self.app, self.concurrency)
             self._executor = ThreadPoolExecutor(
                 self.concurrency, thread_name_prefix=f"{self.consumer_tag}-task"
             )
@@ -309,6 +312,9 @@ class Worker:
             logger.warning("returned %d unfinished tasks to the queue", len(leftovers))
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
+        if self.runner.process_pool is not None:
+            self.runner.process_pool.close()
+            self.runner.process_pool = None
         logger.info("worker %s stopped", self.consumer_tag)
 
 
