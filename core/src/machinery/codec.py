@@ -227,7 +227,8 @@ def _want_time(value: Any, where: str) -> datetime | None:
 # Times: RFC 3339, UTC, fraction trimmed (Go's time.Time MarshalJSON).
 
 _TIME_RE: Final = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:[.,](\d{1,9}))?(?:[Zz]|([+-])(\d{2}):(\d{2}))"
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:[.,]([0-9]{1,9}))?"
+    r"(?:[Zz]|([+-])([0-9]{2}):([0-9]{2}))"
 )
 _ZERO_DT: Final = datetime(1, 1, 1, tzinfo=_UTC)
 
@@ -282,6 +283,8 @@ _INT_RANGES: Final[dict[str, tuple[int, int]]] = {
     "uint64": (0, _UINT64_MAX),
 }
 _BYTES_TYPES: Final = frozenset({"[]uint8", "[]byte"})
+_FLOAT_TYPES: Final = frozenset({"float32", "float64"})
+_FLOAT_SLICE_TYPES: Final = frozenset({"[]float32", "[]float64"})
 _BYTES_LIKE: Final = (bytes, bytearray, memoryview)
 
 _Decoder = Callable[[Any], Any]
@@ -352,9 +355,12 @@ def _dec_bytes(value: Any) -> bytes:
         return b""
     if isinstance(value, _BYTES_LIKE):
         return bytes(value)
-    if isinstance(value, list):
-        return bytes(_slice_decoder(_int_decoder(0, 255))(value))
+    if isinstance(value, (list, tuple)):
+        return bytes(_byte_list(value))
     raise _BadValueError(f"expected a base64 string or an array of bytes, got {_kind(value)}")
+
+
+_byte_list: Final = _slice_decoder(_int_decoder(0, 255))
 
 
 def _dec_json(value: Any) -> Any:
@@ -461,19 +467,26 @@ def encode_value(type_: str, value: Any) -> Any:
     if type_ == JSON_TYPE:
         return value
     decode_value(type_, value)  # validation only: the original value is sent
-    if type(value) is float and not math.isfinite(value):
+    if type_ in _FLOAT_TYPES and not math.isfinite(value):
         raise MessageError(f"invalid {type_} value {value!r}: not representable in JSON")
+    if type_ in _FLOAT_SLICE_TYPES and not all(map(math.isfinite, value or ())):
+        raise MessageError(f"invalid {type_} value {_short(value)}: not representable in JSON")
     return value
 
 
 def _typed_to_wire(arg: Arg) -> tuple[str, Any]:
     value = arg.value
-    type_ = arg.type
-    if not type_:
-        type_ = infer_type(value)
-        if type_ == "int64" or type_ == "string" or type_ == "bool":
-            return type_, value  # the hot path: nothing to check or convert
-    return type_, encode_value(type_, value)
+    if arg.type:
+        return arg.type, encode_value(arg.type, value)
+    # An inferred type fits its value by construction; only bytes and non-finite floats need care.
+    type_ = infer_type(value)
+    if type_ == "[]uint8":
+        return type_, base64.b64encode(value).decode("ascii")
+    if (type_ == "float64" and not math.isfinite(value)) or (
+        type_ == "[]float64" and not all(map(math.isfinite, value))
+    ):
+        raise MessageError(f"invalid {type_} value {_short(value)}: not representable in JSON")
+    return type_, value
 
 
 # --------------------------------------------------------------------------------------------------
@@ -554,8 +567,7 @@ def encode_signature(sig: Signature) -> bytes:
 def _arg_from(raw: Any, index: int, where: str, errors: list[str]) -> Arg:
     # The location string is only built on error: this runs for every argument of every message.
     if type(raw) is not dict:
-        where = f"{where}[{index}]"
-        raise MessageError(f"{where}: expected an object, got {_kind(raw)}")
+        raise MessageError(f"{where}[{index}]: expected an object, got {_kind(raw)}")
     f = _ARG_KEYS.canonical(raw)
     type_ = f.get("Type")
     if type(type_) is not str:
