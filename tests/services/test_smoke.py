@@ -5,6 +5,7 @@ Each test reads its address from the variables printed by `scripts/services env`
     scripts/services run -- python -m pytest tests/services
 A missing variable means that server is not running: a failure when CI=true, a skip otherwise.
 """
+
 import os
 import subprocess
 import time
@@ -14,6 +15,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+pytestmark = pytest.mark.services
 RUN = uuid.uuid4().hex[:8]
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "services"
 
@@ -153,7 +155,7 @@ def test_memcached():
 
     url = env("MEMCACHE_URL", "memcached")
     assert url.startswith("memcache://")
-    servers = hostports(url[len("memcache://"):])
+    servers = hostports(url[len("memcache://") :])
     assert len(servers) == 2
     for server in servers:  # each instance on its own
         c = Client(server, connect_timeout=5, timeout=5)
