@@ -7,9 +7,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 
-from . import plugins, tracing
+from . import periodic, plugins, tracing
 from .config import Config
 from .errors import NotRegisteredError, PluginNotFoundError
+from .periodic import PeriodicEntry
 from .redact import redact_url
 from .result import AsyncResult, ChainResult, ChordResult, GroupResult
 from .signature import Signature, State, TaskState, now_utc
@@ -56,6 +57,8 @@ class Machinery:
         self.tasks: dict[str, Task[Any, Any]] = {}
         self._pre_publish: PrePublishHandler | None = None
         self._eager_runner: Any = None
+        #: periodic entries by name (see :mod:`machinery.periodic`)
+        self.periodic: dict[str, PeriodicEntry] = {}
 
     # registry --------------------------------------------------------------------------------
     @overload
@@ -203,6 +206,38 @@ class Machinery:
         if self._eager_runner is None:
             self._eager_runner = TaskRunner(self)
         self._eager_runner.run(codec.decode_signature(codec.encode_signature(sig)))
+
+    # periodic tasks (Machinery's RegisterPeriodic*) ------------------------------------------------
+    def register_periodic_task(self, spec: str, name: str, signature: Signature) -> None:
+        """Send a copy of ``signature`` on every tick of the cron ``spec``, once across processes."""
+        self._register_periodic(name, spec, periodic.task_sender(signature))
+
+    def register_periodic_group(
+        self, spec: str, name: str, signatures: Sequence[Signature], concurrency: int = 0
+    ) -> None:
+        """Send a new group of copies of ``signatures`` on every tick."""
+        self._register_periodic(name, spec, periodic.group_sender(signatures, concurrency))
+
+    def register_periodic_chord(
+        self, spec: str, name: str, signatures: Sequence[Signature], callback: Signature, concurrency: int = 0
+    ) -> None:
+        """Send a new chord on every tick."""
+        self._register_periodic(name, spec, periodic.chord_sender(signatures, callback, concurrency))
+
+    def register_periodic_chain(self, spec: str, name: str, signatures: Sequence[Signature]) -> None:
+        """Send a new chain on every tick."""
+        self._register_periodic(name, spec, periodic.chain_sender(signatures))
+
+    def unregister_periodic(self, name: str) -> bool:
+        """Remove a periodic entry; True if it existed (Go Machinery has no way to do this, #621)."""
+        return self.periodic.pop(name, None) is not None
+
+    def _register_periodic(self, name: str, spec: str, send: Callable[[Machinery], object]) -> None:
+        self.periodic[name] = periodic.PeriodicEntry(name, periodic.Schedule(spec), send)
+
+    def beat(self) -> periodic.Beat:
+        """A scheduler for the periodic entries: ``app.beat().start()`` or ``.run()``."""
+        return periodic.Beat(self)
 
     # workers ---------------------------------------------------------------------------------
     def worker(
