@@ -30,7 +30,7 @@ __all__ = ["Beat", "PeriodicEntry", "Schedule"]
 
 def _croniter() -> Any:
     try:
-        from croniter import croniter
+        from croniter import croniter  # type: ignore[import-untyped]
     except ImportError:
         raise ConfigError("periodic tasks need croniter: pip install 'machinery-core[cron]'") from None
     return croniter
