@@ -889,3 +889,28 @@ def test_memoryview_and_bytearray_input() -> None:
 def test_never_pickles() -> None:
     source = Path(codec.__file__).read_text()
     assert "import pickle" not in source and "pickle." not in source
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"priority": 300}, "Signature.priority (Priority): 300 is out of range [0, 255]"),
+        ({"priority": -1}, "out of range"),
+        ({"name": ""}, "Signature.name must be a non-empty string"),
+        ({"immutable": 1}, "Signature.immutable (Immutable): expected true or false"),
+        ({"retry_count": "3"}, "Signature.retry_count (RetryCount): expected an integer"),
+        ({"retry_timeout": 2**63}, "out of range"),
+        ({"uuid": None}, "Signature.uuid (UUID): expected a string"),
+        ({"group_task_count": 1.0}, "expected an integer"),
+    ],
+)
+def test_encode_refuses_fields_go_cannot_read(changes: dict[str, Any], message: str) -> None:
+    sig = Signature(name="f")
+    for attr, value in changes.items():
+        setattr(sig, attr, value)
+    with pytest.raises(MessageError) as info:
+        encode_signature(sig)
+    assert message in str(info.value)
+    nested = Signature(name="outer", on_success=[sig])
+    with pytest.raises(MessageError):
+        encode_signature(nested)

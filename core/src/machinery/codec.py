@@ -64,7 +64,6 @@ ZERO_TIME: Final = "0001-01-01T00:00:00Z"
 _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
 _UINT64_MAX: Final = 2**64 - 1
-_UTC: Final = UTC
 
 
 class ArgumentError(MessageError):
@@ -230,7 +229,7 @@ _TIME_RE: Final = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:[.,]([0-9]{1,9}))?"
     r"(?:[Zz]|([+-])([0-9]{2}):([0-9]{2}))"
 )
-_ZERO_DT: Final = datetime(1, 1, 1, tzinfo=_UTC)
+_ZERO_DT: Final = datetime(1, 1, 1, tzinfo=UTC)
 
 
 def format_time(dt: datetime) -> str:
@@ -238,8 +237,8 @@ def format_time(dt: datetime) -> str:
 
     A naive datetime is taken as UTC. ``2025-11-15T12:07:02.1Z``, ``2025-11-15T12:07:02Z``.
     """
-    if dt.tzinfo is not _UTC:
-        dt = dt.replace(tzinfo=_UTC) if dt.tzinfo is None else dt.astimezone(_UTC)
+    if dt.tzinfo is not UTC:
+        dt = dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
     if dt.microsecond:
         return dt.isoformat(timespec="microseconds")[:-6].rstrip("0") + "Z"
     return dt.isoformat(timespec="seconds")[:-6] + "Z"
@@ -256,7 +255,7 @@ def parse_time(text: str) -> datetime:
     year, month, day, hour, minute, second, frac, sign, off_h, off_m = m.groups()
     micro = int(frac[:6].ljust(6, "0")) if frac else 0
     try:
-        dt = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), micro, _UTC)
+        dt = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), micro, UTC)
         if sign:
             offset = timedelta(hours=int(off_h), minutes=int(off_m))
             if int(off_h) > 23 or int(off_m) > 59:
@@ -526,13 +525,44 @@ def _sigs_to_list(sigs: list[Signature]) -> list[dict[str, Any]] | None:
     return [signature_to_dict(s) for s in sigs] if sigs else None  # empty → null (Go's nil slice)
 
 
+def _check_fields(sig: Signature) -> None:
+    """Refuse to write what Go (or our decoder) would refuse to read, e.g. ``priority=300``."""
+    if (
+        type(sig.name) is str
+        and sig.name
+        and type(sig.uuid) is str
+        and type(sig.routing_key) is str
+        and type(sig.group_uuid) is str
+        and type(sig.group_task_count) is int
+        and type(sig.priority) is int
+        and 0 <= sig.priority <= 255
+        and type(sig.retry_count) is int
+        and type(sig.retry_timeout) is int
+        and type(sig.immutable) is bool
+        and type(sig.broker_message_group_id) is str
+        and type(sig.sqs_receipt_handle) is str
+        and type(sig.stop_task_deletion_on_error) is bool
+        and type(sig.ignore_when_task_not_registered) is bool
+        and _INT64_MIN <= sig.group_task_count <= _INT64_MAX
+        and _INT64_MIN <= sig.retry_count <= _INT64_MAX
+        and _INT64_MIN <= sig.retry_timeout <= _INT64_MAX
+    ):
+        return  # the usual case, checked in one expression
+    if type(sig.name) is not str or not sig.name:
+        raise MessageError(f"Signature.name must be a non-empty string, got {_short(sig.name)}")
+    for key, attr, check, _zero in _SIG_SCALARS:
+        check(getattr(sig, attr), f"Signature.{attr} ({key})")
+
+
 def signature_to_dict(sig: Signature) -> dict[str, Any]:
     """``sig`` as Go's JSON object: every key in Go's field order, values JSON-ready.
 
     Bytes become base64 and times RFC 3339 strings; headers, kwargs and ``json`` values are shared,
-    not copied. ``Kwargs`` is added only when non-empty. Raises :class:`MessageError` for arguments
-    that cannot be sent (a value not matching its explicit type, NaN...).
+    not copied. ``Kwargs`` is added only when non-empty. Raises :class:`MessageError` for what could
+    not be decoded again: a field of the wrong type or range (``priority`` is Go's uint8), an argument
+    not matching its explicit type, a NaN...
     """
+    _check_fields(sig)
     d: dict[str, Any] = {
         "UUID": sig.uuid,
         "Name": sig.name,
