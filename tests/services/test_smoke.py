@@ -6,6 +6,7 @@ Each test reads its address from the variables printed by `scripts/services env`
 A missing variable means that server is not running: a failure when CI=true, a skip otherwise.
 """
 
+import datetime
 import os
 import subprocess
 import time
@@ -230,6 +231,13 @@ def test_mongodb():
     try:
         db.tasks.insert_one({"_id": "t1", "state": "PENDING"})
         assert db.tasks.find_one({"_id": "t1"})["state"] == "PENDING"
+        # the TTL sweep runs every second (mongod's: every 60 s)
+        db.ttl.create_index("created_at", expireAfterSeconds=1)
+        db.ttl.insert_one({"_id": "old", "created_at": datetime.datetime(2000, 1, 1)})
+        deadline = time.monotonic() + 10
+        while db.ttl.find_one({"_id": "old"}) is not None:
+            assert time.monotonic() < deadline, "the TTL sweep did not delete the expired document"
+            time.sleep(0.2)
     finally:
         client.drop_database(db.name)
         client.close()
