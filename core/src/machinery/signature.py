@@ -84,7 +84,8 @@ class Signature:
     """
 
     name: str
-    args: list[Arg] = field(default_factory=list)
+    #: positional arguments; plain values are wrapped as :class:`Arg` on construction
+    args: list[Any] = field(default_factory=list)
     kwargs: dict[str, Any] = field(default_factory=dict)
     uuid: str = ""
     routing_key: str = ""
