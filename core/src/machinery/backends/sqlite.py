@@ -1,0 +1,255 @@
+"""``sqlite:///path.db``: task states and group records on one SQLite file, safe across processes.
+
+States are Go Machinery's TaskState JSON (``record``) plus the columns needed to merge and query
+without decoding (state, task name, creation time). Results expire ``results_expire_in`` seconds
+(0 means 3600) after their last write: expired rows are invisible at once and deleted by a sweep
+that runs with later writes. A group lives as long as its members keep writing states, so a long
+workflow does not lose its group (Go Machinery #352). ``trigger_chord`` is one conditional UPDATE:
+true exactly once per group across every process.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Sequence
+from datetime import datetime
+
+from .. import codec
+from ..backend import BaseBackend
+from ..capabilities import Capability
+from ..config import Config
+from ..errors import BackendError, UnknownGroupError
+from ..signature import State, TaskState, now_utc
+from ..sqlite_store import SQLiteStore, SQLiteTarget, chunks, parse_sqlite_url, placeholders
+
+__all__ = ["SQLiteBackend"]
+
+STATES = "states"
+_COMPLETED = (State.SUCCESS.value, State.FAILURE.value)
+
+
+class SQLiteBackend(BaseBackend):
+    """Result backend on a SQLite file (WAL)."""
+
+    capabilities = frozenset({Capability.EXPIRY, Capability.MULTI_PROCESS})
+    #: at most this many seconds between sweeps of expired rows
+    sweep_interval = 60.0
+
+    def __init__(self, path: str | os.PathLike[str] | SQLiteTarget, config: Config | None = None) -> None:
+        super().__init__(config)
+        target = path if isinstance(path, SQLiteTarget) else SQLiteTarget(os.path.abspath(os.fspath(path)))
+        self.target = target
+        self._store = SQLiteStore(target, BackendError)
+        self._next_sweep = 0.0
+
+    @classmethod
+    def from_url(cls, url: str, config: Config) -> SQLiteBackend:
+        """``sqlite:///relative.db`` or ``sqlite:////absolute.db``. No I/O."""
+        return cls(parse_sqlite_url(url), config)
+
+    def __repr__(self) -> str:
+        return f"<SQLiteBackend {self.target.path}>"
+
+    @property
+    def path(self) -> str:
+        return self.target.path
+
+    # states ----------------------------------------------------------------------------------
+    def set_state(self, state: TaskState) -> None:
+        self.set_states([state])
+
+    def set_states(self, states: Sequence[TaskState]) -> None:
+        """Store ``states`` in one transaction, each merged over the stored one (task name and
+        creation time kept), and keep their groups alive."""
+        if not states:
+            return
+        now = time.time()
+        expires_at = now + self.expires_in
+        uuids = list(dict.fromkeys(s.task_uuid for s in states))
+        with self._store.write("set_states") as conn:
+            old: dict[str, tuple[str, str | None]] = {}
+            for part in chunks(uuids):
+                cursor = conn.execute(
+                    f"SELECT uuid, task_name, created_at FROM states "
+                    f"WHERE uuid IN ({placeholders(len(part))}) AND expires_at > ?",
+                    (*part, now),
+                )
+                old.update((u, (name, created)) for u, name, created in cursor)
+            rows = []
+            for state in states:
+                merged = copy.copy(state)
+                previous = old.get(merged.task_uuid)
+                if previous is not None:
+                    merged.task_name = merged.task_name or previous[0]
+                    if merged.created_at is None and previous[1]:
+                        merged.created_at = datetime.fromisoformat(previous[1])
+                if merged.created_at is None:
+                    merged.created_at = now_utc()
+                created = merged.created_at.isoformat()
+                old[merged.task_uuid] = (merged.task_name, created)  # a later state in this batch
+                rows.append(
+                    (
+                        merged.task_uuid,
+                        State(merged.state).value,
+                        merged.task_name,
+                        created,
+                        codec.encode_state(merged),
+                        expires_at,
+                    )
+                )
+            conn.executemany(
+                "INSERT OR REPLACE INTO states (uuid, state, task_name, created_at, record, expires_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            for part in chunks(uuids):
+                conn.execute(
+                    f"UPDATE groups SET expires_at = ? WHERE expires_at > ? AND group_uuid IN ("
+                    f"SELECT group_uuid FROM group_members WHERE task_uuid IN ({placeholders(len(part))}))",
+                    (expires_at, now, *part),
+                )
+            if now >= self._next_sweep:
+                self._sweep(conn, now)
+        self._store.hub.notify(STATES)
+
+    def get_state(self, task_uuid: str) -> TaskState | None:
+        row = self._store.execute(
+            "get_state",
+            "SELECT record FROM states WHERE uuid = ? AND expires_at > ?",
+            (task_uuid, time.time()),
+        ).fetchone()
+        return None if row is None else self._decode(task_uuid, row[0])
+
+    def _decode(self, task_uuid: str, record: bytes) -> TaskState:
+        try:
+            return codec.decode_state(record)
+        except Exception as exc:
+            raise BackendError(
+                f"sqlite backend {self.path!r}: state of {task_uuid!r} is unreadable: {exc}"
+            ) from exc
+
+    def _completed(self, uuids: Sequence[str]) -> dict[str, TaskState]:
+        done: dict[str, TaskState] = {}
+        now = time.time()
+        with self._store.read("wait") as conn:
+            for part in chunks(uuids):
+                cursor = conn.execute(
+                    f"SELECT uuid, record FROM states WHERE uuid IN ({placeholders(len(part))}) "
+                    f"AND state IN (?, ?) AND expires_at > ?",
+                    (*part, *_COMPLETED, now),
+                )
+                done.update((u, self._decode(u, record)) for u, record in cursor)
+        return done
+
+    def wait(self, task_uuids: Sequence[str], timeout: float) -> dict[str, TaskState]:
+        """Block until every task is SUCCESS or FAILURE or ``timeout`` passed; the completed
+        states found. Woken at once by writes in this process, within a few ms by others."""
+        wanted = list(dict.fromkeys(task_uuids))
+        deadline = time.monotonic() + max(0.0, timeout)
+        done: dict[str, TaskState] = {}
+        store = self._store
+        while True:
+            seen = store.snapshot(STATES)
+            missing = [u for u in wanted if u not in done]
+            if missing:
+                done.update(self._completed(missing))
+            remaining = deadline - time.monotonic()
+            if len(done) == len(wanted) or remaining <= 0:
+                return done
+            store.wait_change(STATES, seen, remaining)
+
+    def purge_state(self, task_uuid: str) -> None:
+        self._store.execute("purge_state", "DELETE FROM states WHERE uuid = ?", (task_uuid,))
+
+    # groups ----------------------------------------------------------------------------------
+    def init_group(self, group_uuid: str, task_uuids: Sequence[str]) -> None:
+        """Record the group's members in order (replacing an earlier record of the same uuid)."""
+        now = time.time()
+        members = list(task_uuids)
+        with self._store.write("init_group") as conn:
+            conn.execute("DELETE FROM group_members WHERE group_uuid = ?", (group_uuid,))
+            conn.execute(
+                "INSERT OR REPLACE INTO groups "
+                "(group_uuid, task_uuids, chord_triggered, created_at, expires_at) VALUES (?, ?, 0, ?, ?)",
+                (group_uuid, json.dumps(members), now_utc().isoformat(), now + self.expires_in),
+            )
+            conn.executemany(
+                "INSERT OR IGNORE INTO group_members (task_uuid, group_uuid) VALUES (?, ?)",
+                [(u, group_uuid) for u in members],
+            )
+
+    def _unknown(self, group_uuid: str) -> UnknownGroupError:
+        return UnknownGroupError(
+            f"group {group_uuid!r} is unknown to the sqlite backend {self.path!r}: never initialised, "
+            f"purged, or expired ({self.expires_in}s after its last activity)"
+        )
+
+    def group_states(self, group_uuid: str) -> list[TaskState]:
+        """Every member's state in group order; PENDING for members without a state yet."""
+        now = time.time()
+        with self._store.read("group_states") as conn:
+            row = conn.execute(
+                "SELECT task_uuids FROM groups WHERE group_uuid = ? AND expires_at > ?", (group_uuid, now)
+            ).fetchone()
+            if row is None:
+                raise self._unknown(group_uuid)
+            members: list[str] = json.loads(row[0])
+            records: dict[str, bytes] = {}
+            unique = list(dict.fromkeys(members))
+            for part in chunks(unique):
+                cursor = conn.execute(
+                    f"SELECT uuid, record FROM states "
+                    f"WHERE uuid IN ({placeholders(len(part))}) AND expires_at > ?",
+                    (*part, now),
+                )
+                records.update(cursor.fetchall())
+        return [self._decode(u, records[u]) if u in records else TaskState(u, State.PENDING) for u in members]
+
+    def trigger_chord(self, group_uuid: str) -> bool:
+        """True exactly once per group, whoever asks (one conditional UPDATE); keeps the group alive."""
+        now = time.time()
+        expires_at = now + self.expires_in
+        with self._store.write("trigger_chord") as conn:
+            won = conn.execute(
+                "UPDATE groups SET chord_triggered = 1, expires_at = ? "
+                "WHERE group_uuid = ? AND chord_triggered = 0 AND expires_at > ?",
+                (expires_at, group_uuid, now),
+            ).rowcount
+            if won:
+                return True
+            known = conn.execute(
+                "UPDATE groups SET expires_at = ? WHERE group_uuid = ? AND expires_at > ?",
+                (expires_at, group_uuid, now),
+            ).rowcount
+        if not known:
+            raise self._unknown(group_uuid)
+        return False
+
+    def purge_group(self, group_uuid: str) -> None:
+        with self._store.write("purge_group") as conn:
+            conn.execute("DELETE FROM groups WHERE group_uuid = ?", (group_uuid,))
+            conn.execute("DELETE FROM group_members WHERE group_uuid = ?", (group_uuid,))
+
+    # expiry ----------------------------------------------------------------------------------
+    def sweep(self) -> None:
+        """Delete expired states and groups now (writes also do it every ``sweep_interval`` s)."""
+        with self._store.write("sweep") as conn:
+            self._sweep(conn, time.time())
+
+    def _sweep(self, conn: sqlite3.Connection, now: float) -> None:
+        conn.execute("DELETE FROM states WHERE expires_at <= ?", (now,))
+        conn.execute(
+            "DELETE FROM group_members "
+            "WHERE group_uuid IN (SELECT group_uuid FROM groups WHERE expires_at <= ?)",
+            (now,),
+        )
+        conn.execute("DELETE FROM groups WHERE expires_at <= ?", (now,))
+        self._next_sweep = now + min(self.sweep_interval, float(self.expires_in))
+
+    def close(self) -> None:
+        """Close the connections. Idempotent."""
+        self._store.close()

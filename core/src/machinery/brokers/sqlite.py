@@ -1,0 +1,428 @@
+"""``sqlite:///path.db``: a broker on one SQLite file, safe for many processes and threads.
+
+A message is a row of ``messages``. Consuming leases rows in one transaction: the row gets this
+broker's owner id and ``visible_at`` moves to the end of the lease. A daemon thread renews every
+lease this broker still holds every ``sqlite.renew`` seconds (one UPDATE), so a long task is not
+redelivered while its process lives. When the process dies, its leases run out after
+``sqlite.lease`` seconds and the messages are consumed again (``redelivered=True``).
+
+``ack`` deletes the row, ``nack`` makes it visible again (optionally later), ``nack(requeue=False)``
+moves it to ``dead_letters``. Acks and nacks carry the lease they belong to: after a lease ran out
+and another consumer took the message, the stale delivery's ack does nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from .. import codec
+from ..broker import BaseBroker, Delivery
+from ..capabilities import Capability
+from ..config import Config
+from ..errors import BrokerError
+from ..signature import Signature
+from ..sqlite_store import SQLiteStore, SQLiteTarget, chunks, on_fork, parse_sqlite_url, placeholders
+
+__all__ = ["DeadLetter", "SQLiteBroker", "SQLiteDelivery"]
+
+logger = logging.getLogger("machinery.sqlite")
+
+MESSAGES = "messages"
+
+_LEASE_SQL = """
+UPDATE messages SET lease_owner = ?, visible_at = ?, delivery_count = delivery_count + 1
+WHERE id IN (
+    SELECT id FROM messages INDEXED BY messages_order
+    WHERE queue = ? AND visible_at <= ? ORDER BY priority DESC, id LIMIT ?
+)
+RETURNING id, body, priority, delivery_count
+"""
+_INSERT_SQL = "INSERT INTO messages (queue, body, priority, visible_at, created) VALUES (?, ?, ?, ?, ?)"
+
+
+def _decode(body: bytes) -> tuple[Signature | None, str]:
+    try:
+        return codec.decode_signature(body), ""
+    except Exception as exc:  # MessageError, or anything else a broken body provokes
+        return None, str(exc) or type(exc).__name__
+
+
+class SQLiteDelivery:
+    """One leased message. ``signature`` is None (and ``error`` says why) when the body is malformed."""
+
+    def __init__(
+        self,
+        broker: SQLiteBroker,
+        id: int,
+        queue: str,
+        body: bytes,
+        priority: int,
+        delivery_count: int,
+        owner: str,
+    ) -> None:
+        self._broker = broker
+        self.id = id
+        self.queue = queue
+        self.body = body
+        self.priority = priority
+        self.delivery_count = delivery_count
+        self.redelivered = delivery_count > 1
+        self.owner = owner
+        self.signature, self.error = _decode(body)
+        self.settled = False
+
+    def __repr__(self) -> str:
+        what = self.signature if self.signature is not None else f"malformed: {self.error}"
+        return f"<SQLiteDelivery #{self.id} {self.queue} {what}>"
+
+    def ack(self) -> None:
+        """Delete the message (a no-op when already settled or the lease was lost)."""
+        self._broker.ack_many([self])
+
+    def nack(self, requeue: bool = True, delay: float | None = None) -> None:
+        """Make the message visible again (after ``delay`` seconds), or dead-letter it."""
+        self._broker._nack(self, requeue, delay)
+
+    def extend(self, seconds: float) -> None:
+        """Keep the lease at least ``seconds`` more from now."""
+        self._broker._extend(self, seconds)
+
+
+@dataclass
+class DeadLetter:
+    """A message nacked with ``requeue=False``."""
+
+    id: int
+    queue: str
+    body: bytes
+    priority: int
+    delivery_count: int
+    created: float
+    died_at: float
+
+    @property
+    def signature(self) -> Signature | None:
+        return _decode(self.body)[0]
+
+
+class SQLiteBroker(BaseBroker):
+    """Broker on a SQLite file (WAL). See the module docstring for the lease model."""
+
+    capabilities = frozenset(
+        {
+            Capability.DELAY,
+            Capability.PRIORITY,
+            Capability.PENDING_LIST,
+            Capability.DELAYED_LIST,
+            Capability.DEAD_LETTER,
+            Capability.EXTEND_VISIBILITY,
+            Capability.FIFO,
+            Capability.REDELIVERY,
+            Capability.MULTI_PROCESS,
+        }
+    )
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | SQLiteTarget,
+        config: Config | None = None,
+        *,
+        lease: float | None = None,
+        renew: float | None = None,
+    ) -> None:
+        super().__init__(config)
+        target = path if isinstance(path, SQLiteTarget) else SQLiteTarget(os.path.abspath(os.fspath(path)))
+        if lease is not None or renew is not None:
+            target = SQLiteTarget(
+                target.path,
+                lease if lease is not None else target.lease,
+                renew if renew is not None else target.renew,
+            )
+        self.target = target
+        self._store = SQLiteStore(target, BrokerError)
+        self._init_process_state()
+        on_fork(self)
+
+    def _init_process_state(self) -> None:
+        self.owner = uuid.uuid4().hex
+        self._lock = threading.Lock()
+        self._outstanding: set[int] = set()
+        self._renewer: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._closed = False
+
+    def _after_fork(self) -> None:
+        # The parent's leases stay the parent's: this process starts with none and a new owner id.
+        self._init_process_state()
+
+    @classmethod
+    def from_url(cls, url: str, config: Config) -> SQLiteBroker:
+        """``sqlite:///relative.db`` or ``sqlite:////absolute.db`` (``?lease=&renew=`` override the
+        config). No I/O: the file is opened on first use."""
+        return cls(parse_sqlite_url(url), config)
+
+    def __repr__(self) -> str:
+        return f"<SQLiteBroker {self.target.path}>"
+
+    @property
+    def path(self) -> str:
+        return self.target.path
+
+    @property
+    def lease(self) -> float:
+        """Seconds a consumed message stays leased without renewal (read each time: reloadable)."""
+        return self.target.lease_seconds(self.config)
+
+    @property
+    def renew(self) -> float:
+        """Seconds between lease renewals (read each time: reloadable)."""
+        return self.target.renew_seconds(self.config)
+
+    # producing -------------------------------------------------------------------------------
+    def _row(self, signature: Signature, now: float) -> tuple[str, bytes, int, float, float]:
+        queue = signature.routing_key or self.config.default_queue
+        visible_at = signature.eta.timestamp() if signature.eta is not None else now
+        return queue, codec.encode_signature(signature), int(signature.priority), visible_at, now
+
+    def publish(self, signature: Signature) -> None:
+        row = self._row(signature, time.time())
+        self._store.execute("publish", _INSERT_SQL, row)
+        self._store.hub.notify(MESSAGES)
+
+    def publish_many(self, signatures: Sequence[Signature]) -> None:
+        """Publish all of ``signatures`` in one transaction (all or none)."""
+        if not signatures:
+            return
+        now = time.time()
+        rows = [self._row(s, now) for s in signatures]
+        with self._store.write("publish_many") as conn:
+            conn.executemany(_INSERT_SQL, rows)
+        self._store.hub.notify(MESSAGES)
+
+    def publish_raw(self, queue: str, body: bytes, *, priority: int = 0, eta: float | None = None) -> int:
+        """Put ``body`` on ``queue`` as is (tests use it for malformed messages); returns the row id."""
+        now = time.time()
+        cursor = self._store.execute(
+            "publish_raw", _INSERT_SQL, (queue, bytes(body), priority, now if eta is None else eta, now)
+        )
+        self._store.hub.notify(MESSAGES)
+        return int(cursor.lastrowid or 0)
+
+    # consuming -------------------------------------------------------------------------------
+    def consume(self, queue: str, max_messages: int, timeout: float) -> list[Delivery]:
+        """Lease up to ``max_messages`` visible messages of ``queue`` (priority first, then publish
+        order), waiting up to ``timeout`` seconds for the first one."""
+        if max_messages <= 0:
+            return []
+        store = self._store
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            seen = store.snapshot(MESSAGES)
+            now = time.time()
+            with store.errors("consume"):
+                next_at = (
+                    store.conn()
+                    .execute("SELECT MIN(visible_at) FROM messages WHERE queue = ?", (queue,))
+                    .fetchone()[0]
+                )
+            if next_at is not None and next_at <= now:
+                deliveries = self._lease(queue, max_messages)
+                if deliveries:
+                    return list(deliveries)
+                continue  # another consumer was faster; look again
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            if next_at is not None:  # a delayed message or a lease runs out before the deadline?
+                remaining = min(remaining, max(0.0, next_at - time.time()) + 0.001)
+            store.wait_change(MESSAGES, seen, remaining)
+
+    def _lease(self, queue: str, max_messages: int) -> list[SQLiteDelivery]:
+        now = time.time()
+        owner = self.owner
+        with self._store.write("consume") as conn:
+            rows = conn.execute(_LEASE_SQL, (owner, now + self.lease, queue, now, max_messages)).fetchall()
+        if not rows:
+            return []
+        rows.sort(key=lambda r: (-r[2], r[0]))
+        with self._lock:
+            self._outstanding.update(r[0] for r in rows)
+        self._ensure_renewer()
+        return [SQLiteDelivery(self, r[0], queue, bytes(r[1]), r[2], r[3], owner) for r in rows]
+
+    # settling --------------------------------------------------------------------------------
+    def _settle(self, deliveries: Iterable[SQLiteDelivery]) -> list[SQLiteDelivery]:
+        """Mark ``deliveries`` settled; the ones that were not yet."""
+        todo: list[SQLiteDelivery] = []
+        with self._lock:
+            for delivery in deliveries:
+                if not delivery.settled:
+                    delivery.settled = True
+                    self._outstanding.discard(delivery.id)
+                    todo.append(delivery)
+        return todo
+
+    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """Ack several deliveries of this broker in one transaction (a fast path for workers)."""
+        mine = [d for d in deliveries if isinstance(d, SQLiteDelivery)]
+        for other in deliveries:
+            if not isinstance(other, SQLiteDelivery):
+                other.ack()
+        todo = self._settle(mine)
+        if not todo:
+            return
+        params = [(d.id, d.owner, d.delivery_count) for d in todo]
+        sql = "DELETE FROM messages WHERE id = ? AND lease_owner = ? AND delivery_count = ?"
+        if len(params) == 1:
+            self._store.execute("ack", sql, params[0])
+        else:
+            with self._store.write("ack") as conn:
+                conn.executemany(sql, params)
+
+    def _nack(self, delivery: SQLiteDelivery, requeue: bool, delay: float | None) -> None:
+        if not self._settle([delivery]):
+            return
+        key = (delivery.id, delivery.owner, delivery.delivery_count)
+        if requeue:
+            visible_at = time.time() + max(0.0, delay or 0.0)
+            self._store.execute(
+                "nack",
+                "UPDATE messages SET visible_at = ?, lease_owner = NULL "
+                "WHERE id = ? AND lease_owner = ? AND delivery_count = ?",
+                (visible_at, *key),
+            )
+            self._store.hub.notify(MESSAGES)
+            return
+        with self._store.write("dead-letter") as conn:
+            moved = conn.execute(
+                "INSERT INTO dead_letters (queue, body, priority, delivery_count, created, died_at) "
+                "SELECT queue, body, priority, delivery_count, created, ? FROM messages "
+                "WHERE id = ? AND lease_owner = ? AND delivery_count = ?",
+                (time.time(), *key),
+            ).rowcount
+            if moved:
+                conn.execute("DELETE FROM messages WHERE id = ?", (delivery.id,))
+
+    def _extend(self, delivery: SQLiteDelivery, seconds: float) -> None:
+        if delivery.settled:
+            return
+        self._store.execute(
+            "extend",
+            "UPDATE messages SET visible_at = max(visible_at, ?) "
+            "WHERE id = ? AND lease_owner = ? AND delivery_count = ?",
+            (time.time() + seconds, delivery.id, delivery.owner, delivery.delivery_count),
+        )
+
+    # lease renewal ---------------------------------------------------------------------------
+    def _ensure_renewer(self) -> None:
+        with self._lock:
+            if self._renewer is not None and self._renewer.is_alive():
+                return
+            self._stop = threading.Event()
+            self._renewer = threading.Thread(
+                target=self._renew_loop,
+                args=(self._stop,),
+                name=f"sqlite-lease-renewer-{self.owner[:8]}",
+                daemon=True,
+            )
+            self._renewer.start()
+
+    def _renew_loop(self, stop: threading.Event) -> None:
+        while not stop.wait(self.renew):
+            try:
+                self.renew_leases()
+            except Exception:
+                logger.exception("sqlite broker %s: renewing leases failed", self.path)
+
+    def renew_leases(self) -> int:
+        """Push every lease this broker holds to ``now + lease`` (one UPDATE); the number renewed."""
+        with self._lock:
+            if not self._outstanding:
+                return 0
+        cursor = self._store.execute(
+            "renew leases",
+            "UPDATE messages SET visible_at = max(visible_at, ?) WHERE lease_owner = ?",
+            (time.time() + self.lease, self.owner),
+        )
+        return int(cursor.rowcount)
+
+    # inspecting ------------------------------------------------------------------------------
+    def pending(self, queue: str) -> list[Signature]:
+        """Signatures waiting in ``queue`` (visible, not leased), in consume order. Malformed
+        bodies are skipped."""
+        cursor = self._store.execute(
+            "pending",
+            "SELECT body FROM messages INDEXED BY messages_order WHERE queue = ? AND visible_at <= ? "
+            "ORDER BY priority DESC, id",
+            (queue, time.time()),
+        )
+        return [sig for (body,) in cursor.fetchall() if (sig := _decode(body)[0]) is not None]
+
+    def delayed(self) -> list[Signature]:
+        """Signatures waiting for their ETA (or a nack delay), every queue, in ETA order."""
+        cursor = self._store.execute(
+            "delayed",
+            "SELECT body FROM messages WHERE lease_owner IS NULL AND visible_at > ? ORDER BY visible_at, id",
+            (time.time(),),
+        )
+        return [sig for (body,) in cursor.fetchall() if (sig := _decode(body)[0]) is not None]
+
+    def dead_letters(self, queue: str) -> list[DeadLetter]:
+        """Messages of ``queue`` nacked with ``requeue=False``, oldest first."""
+        cursor = self._store.execute(
+            "dead_letters",
+            "SELECT id, queue, body, priority, delivery_count, created, died_at FROM dead_letters "
+            "WHERE queue = ? ORDER BY id",
+            (queue,),
+        )
+        return [DeadLetter(r[0], r[1], bytes(r[2]), r[3], r[4], r[5], r[6]) for r in cursor.fetchall()]
+
+    def count(self, queue: str | None = None) -> int:
+        """Messages stored (waiting, delayed or leased) in ``queue``, or in every queue."""
+        if queue is None:
+            cursor = self._store.execute("count", "SELECT COUNT(*) FROM messages")
+        else:
+            cursor = self._store.execute("count", "SELECT COUNT(*) FROM messages WHERE queue = ?", (queue,))
+        return int(cursor.fetchone()[0])
+
+    def purge(self, queue: str) -> None:
+        """Delete every message of ``queue`` that is not leased (waiting or delayed)."""
+        self._store.execute(
+            "purge",
+            "DELETE FROM messages WHERE queue = ? AND (lease_owner IS NULL OR visible_at <= ?)",
+            (queue, time.time()),
+        )
+
+    def purge_dead_letters(self, queue: str) -> None:
+        self._store.execute("purge_dead_letters", "DELETE FROM dead_letters WHERE queue = ?", (queue,))
+
+    # closing ---------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop renewing, give back unsettled leases at once (they are redelivered), close the
+        connections. Idempotent."""
+        with self._lock:
+            self._stop.set()
+            renewer, self._renewer = self._renewer, None
+            outstanding = sorted(self._outstanding)
+            self._outstanding.clear()
+        if renewer is not None and renewer is not threading.current_thread():
+            renewer.join(timeout=5.0)
+        if outstanding:
+            try:
+                with self._store.write("returning leases") as conn:
+                    for ids in chunks(outstanding):
+                        conn.execute(
+                            f"UPDATE messages SET visible_at = ?, lease_owner = NULL "
+                            f"WHERE lease_owner = ? AND id IN ({placeholders(len(ids))})",
+                            (time.time(), self.owner, *ids),
+                        )
+                self._store.hub.notify(MESSAGES)
+            except Exception:
+                logger.warning("sqlite broker %s: could not return %d leases", self.path, len(outstanding))
+        self._store.close()

@@ -1,0 +1,469 @@
+"""What the ``sqlite://`` broker, backend and lock share: URL parsing, connections, schema, wake-ups.
+
+One SQLite file in WAL mode holds everything. Each thread of each process gets its own connection
+(SQLite connections must not cross a ``fork``; those inherited by a child are set aside, never used
+or closed). Writes run in ``BEGIN IMMEDIATE`` transactions, so concurrent writers queue up on the
+file lock (``busy_timeout``) instead of failing with a stale snapshot.
+
+Waiting (``consume``, ``wait``) is woken two ways: in-process by a :class:`threading.Condition`
+shared by every store on the same file, and across processes by polling ``PRAGMA data_version``
+(a few microseconds; it changes when another connection commits), with a short backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, unquote
+
+from .config import Config
+from .errors import ConfigError, MachineryError
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Hub",
+    "SQLiteStore",
+    "SQLiteTarget",
+    "chunks",
+    "parse_sqlite_url",
+]
+
+logger = logging.getLogger("machinery.sqlite")
+
+SCHEMA_VERSION = 1
+#: seconds a writer waits for the file lock before failing
+BUSY_TIMEOUT = 30.0
+#: largest number of ``?`` in one ``IN (...)`` list (SQLite's old default limit was 999)
+MAX_PARAMS = 900
+
+_URL_FORM = (
+    "use sqlite:///relative/path.db (three slashes, path relative to the working directory) or "
+    "sqlite:////absolute/path.db (four slashes), optionally with ?lease=SECONDS&renew=SECONDS"
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue TEXT NOT NULL,
+    body BLOB NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0,
+    -- unix time the message may be consumed (while leased: the end of the lease)
+    visible_at REAL NOT NULL,
+    -- the broker instance holding (or that last held) the lease, NULL when never leased or nacked
+    lease_owner TEXT,
+    delivery_count INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_order ON messages (queue, priority DESC, id, visible_at);
+CREATE INDEX IF NOT EXISTS messages_due ON messages (queue, visible_at);
+CREATE INDEX IF NOT EXISTS messages_owner ON messages (lease_owner) WHERE lease_owner IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY,
+    queue TEXT NOT NULL,
+    body BLOB NOT NULL,
+    priority INTEGER NOT NULL,
+    delivery_count INTEGER NOT NULL,
+    created REAL NOT NULL,
+    died_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_queue ON dead_letters (queue, id);
+
+CREATE TABLE IF NOT EXISTS states (
+    uuid TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    task_name TEXT NOT NULL,
+    created_at TEXT,
+    record BLOB NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS states_expiry ON states (expires_at);
+
+CREATE TABLE IF NOT EXISTS groups (
+    group_uuid TEXT PRIMARY KEY,
+    task_uuids TEXT NOT NULL,
+    chord_triggered INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS groups_expiry ON groups (expires_at);
+
+CREATE TABLE IF NOT EXISTS group_members (
+    task_uuid TEXT NOT NULL,
+    group_uuid TEXT NOT NULL,
+    PRIMARY KEY (task_uuid, group_uuid)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS group_members_group ON group_members (group_uuid);
+
+CREATE TABLE IF NOT EXISTS locks (
+    key TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+"""
+
+T = TypeVar("T")
+
+
+def chunks(items: Sequence[T], size: int = MAX_PARAMS) -> Iterator[Sequence[T]]:
+    """``items`` in slices of at most ``size`` (for ``IN (?, ?, ...)`` lists)."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def placeholders(count: int) -> str:
+    return ",".join("?" * count)
+
+
+# --------------------------------------------------------------------------------------------------
+# URLs
+
+
+@dataclass(frozen=True)
+class SQLiteTarget:
+    """A parsed ``sqlite://`` URL: the absolute file path and optional lease overrides."""
+
+    path: str
+    lease: float | None = None
+    renew: float | None = None
+
+    def lease_seconds(self, config: Config) -> float:
+        return self.lease if self.lease is not None else float(config.sqlite.lease)
+
+    def renew_seconds(self, config: Config) -> float:
+        return self.renew if self.renew is not None else float(config.sqlite.renew)
+
+
+def _seconds(name: str, text: str, url: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"sqlite URL {url!r}: {name}={text!r} must be a number of seconds > 0")
+    return value
+
+
+def parse_sqlite_url(url: str) -> SQLiteTarget:
+    """Parse ``sqlite:///rel.db`` / ``sqlite:////abs.db`` (SQLAlchemy's form). No I/O.
+
+    A relative path is resolved against the current directory now, so a later ``chdir`` does not
+    move the database. Raises :class:`ConfigError` explaining the expected form.
+    """
+    prefix = "sqlite://"
+    if not url.lower().startswith(prefix):
+        raise ConfigError(f"not a sqlite URL: {url!r}; {_URL_FORM}")
+    rest = url[len(prefix) :]
+    rest, _, query = rest.partition("?")
+    rest = rest.partition("#")[0]
+    if not rest.startswith("/"):
+        host = rest.split("/", 1)[0]
+        raise ConfigError(
+            f"sqlite URL {url!r} has a host part ({host!r}) but sqlite URLs have none; {_URL_FORM}"
+            if host
+            else f"sqlite URL {url!r} names no database file; {_URL_FORM}"
+        )
+    path = unquote(rest[1:])
+    if not path or path.endswith("/"):
+        raise ConfigError(f"sqlite URL {url!r} names no database file; {_URL_FORM}")
+    if path == ":memory:" or path.startswith("file:"):
+        raise ConfigError(
+            f"sqlite URL {url!r}: in-memory and file: URIs are not supported (each thread has its own "
+            f"connection, so they would not share data); use memory:// for an in-process store, "
+            f"or {_URL_FORM}"
+        )
+    lease: float | None = None
+    renew: float | None = None
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError as exc:
+        raise ConfigError(f"sqlite URL {url!r}: bad query string ({exc}); {_URL_FORM}") from None
+    for key, value in pairs:
+        if key == "lease":
+            lease = _seconds(key, value, url)
+        elif key == "renew":
+            renew = _seconds(key, value, url)
+        else:
+            raise ConfigError(f"sqlite URL {url!r}: unknown parameter {key!r}; {_URL_FORM}")
+    if lease is not None and renew is not None and renew >= lease:
+        raise ConfigError(
+            f"sqlite URL {url!r}: renew ({renew:g}) must be shorter than lease ({lease:g}), "
+            "or leases expire before they are renewed"
+        )
+    return SQLiteTarget(os.path.abspath(path), lease, renew)
+
+
+# --------------------------------------------------------------------------------------------------
+# In-process wake-ups
+
+
+class Hub:
+    """Change counters per topic ("messages", "states") for one database file in this process."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition(threading.Lock())
+        self._generations: dict[str, int] = {}
+
+    def generation(self, topic: str) -> int:
+        with self.cond:
+            return self._generations.get(topic, 0)
+
+    def notify(self, topic: str) -> None:
+        with self.cond:
+            self._generations[topic] = self._generations.get(topic, 0) + 1
+            self.cond.notify_all()
+
+    def wait(self, topic: str, seen: int, timeout: float) -> bool:
+        """Block until ``topic`` moved past ``seen`` or ``timeout`` passed; True when it moved."""
+        with self.cond:
+            if self._generations.get(topic, 0) != seen:
+                return True
+            if timeout > 0:
+                self.cond.wait(timeout)
+            return self._generations.get(topic, 0) != seen
+
+
+_hubs: dict[str, Hub] = {}
+_hubs_lock = threading.Lock()
+
+
+def _hub_for(path: str) -> Hub:
+    with _hubs_lock:
+        hub = _hubs.get(path)
+        if hub is None:
+            hub = _hubs[path] = Hub()
+        return hub
+
+
+# --------------------------------------------------------------------------------------------------
+# Fork safety
+
+#: connections inherited from a parent process: kept alive, never used or closed (closing an
+#: inherited SQLite connection in a child can disturb the parent's locks and WAL)
+_abandoned: list[Any] = []
+_fork_aware: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def on_fork(obj: Any) -> None:
+    """Call ``obj._after_fork()`` in a child process right after ``os.fork``."""
+    _fork_aware.add(obj)
+
+
+def _after_fork_in_child() -> None:
+    global _hubs_lock
+    _hubs_lock = threading.Lock()
+    _hubs.clear()
+    for obj in list(_fork_aware):
+        try:
+            obj._after_fork()
+        except Exception:  # pragma: no cover - must never break a fork
+            logger.exception("sqlite: resetting %r after fork failed", obj)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# --------------------------------------------------------------------------------------------------
+# Connections
+
+
+class _Local(threading.local):
+    conn: sqlite3.Connection | None = None
+    generation: int = -1
+
+
+class SQLiteStore:
+    """Connections (one per thread and process), the schema, transactions and wake-ups for one file.
+
+    ``error`` is the exception class SQLite failures are wrapped in (``BrokerError`` for the broker,
+    ``BackendError`` for the backend). Nothing is opened until first use.
+    """
+
+    #: cross-process poll: first and longest interval between ``PRAGMA data_version`` checks
+    poll_min = 0.002
+    poll_max = 0.025
+
+    def __init__(self, target: SQLiteTarget, error: type[MachineryError]) -> None:
+        self.target = target
+        self.path = target.path
+        self.error = error
+        self._lock = threading.Lock()
+        self._local = _Local()
+        self._conns: list[tuple[threading.Thread, sqlite3.Connection]] = []
+        self._generation = 0  # bumped by close(): thread-local connections of older generations are stale
+        self._schema_ready = False
+        self._pid = os.getpid()
+        self.hub = _hub_for(self.path)
+        on_fork(self)
+
+    def __repr__(self) -> str:
+        return f"<SQLiteStore {self.path}>"
+
+    def _after_fork(self) -> None:
+        _abandoned.extend(conn for _, conn in self._conns)
+        if self._local.conn is not None:
+            _abandoned.append(self._local.conn)
+        self._lock = threading.Lock()
+        self._local = _Local()
+        self._conns = []
+        self._pid = os.getpid()
+        self.hub = _hub_for(self.path)
+
+    # connections -------------------------------------------------------------------------------
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection (opened, configured and schema-checked on first use)."""
+        local = self._local
+        conn = local.conn
+        if conn is not None and local.generation == self._generation and self._pid == os.getpid():
+            return conn
+        if self._pid != os.getpid():  # forked without os.register_at_fork (should not happen)
+            self._after_fork()
+            local = self._local
+        conn = self._open()
+        local.conn, local.generation = conn, self._generation
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
+        directory = os.path.dirname(self.path) or "."
+        if not os.path.isdir(directory):
+            raise ConfigError(
+                f"sqlite database {self.path!r}: directory {directory!r} does not exist; "
+                "create it first or fix the URL"
+            )
+        try:
+            conn = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise self.error(f"sqlite database {self.path!r}: cannot open: {exc}") from exc
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                logger.warning("sqlite database %s: WAL mode refused (journal_mode=%s)", self.path, mode)
+            conn.execute("PRAGMA synchronous = NORMAL")
+            if not self._schema_ready:
+                self._create_schema(conn)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise self.error(f"sqlite database {self.path!r}: {exc}") from exc
+        with self._lock:
+            # close connections of threads that ended (thread pools come and go)
+            alive: list[tuple[threading.Thread, sqlite3.Connection]] = []
+            for thread, old in self._conns:
+                if thread.is_alive():
+                    alive.append((thread, old))
+                else:
+                    old.close()
+            alive.append((threading.current_thread(), conn))
+            self._conns = alive
+        return conn
+
+    def _create_schema(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise self.error(
+                f"sqlite database {self.path!r} has schema version {version}, newer than this "
+                f"machinery's ({SCHEMA_VERSION}); upgrade machinery-core"
+            )
+        if version < SCHEMA_VERSION:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        self._schema_ready = True
+
+    def close(self) -> None:
+        """Close every connection this store opened in this process. Idempotent; a later use
+        opens new ones."""
+        with self._lock:
+            conns, self._conns = self._conns, []
+            self._generation += 1
+        for _, conn in conns:
+            try:
+                conn.close()
+            except sqlite3.Error:  # pragma: no cover - closing a busy connection from another thread
+                logger.debug("sqlite: closing a connection failed", exc_info=True)
+
+    # transactions ------------------------------------------------------------------------------
+    @contextmanager
+    def errors(self, what: str) -> Iterator[None]:
+        """Wrap :class:`sqlite3.Error` in :attr:`error`, naming the file and the operation."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise self.error(f"sqlite database {self.path!r}: {what} failed: {exc}") from exc
+
+    @contextmanager
+    def write(self, what: str) -> Iterator[sqlite3.Connection]:
+        """A ``BEGIN IMMEDIATE`` transaction, committed at the end, rolled back on error."""
+        with self.errors(what):
+            conn = self.conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    @contextmanager
+    def read(self, what: str) -> Iterator[sqlite3.Connection]:
+        """A read transaction: every query inside sees the same snapshot."""
+        with self.errors(what):
+            conn = self.conn()
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+
+    def execute(self, what: str, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        """One autocommit statement."""
+        with self.errors(what):
+            return self.conn().execute(sql, params)
+
+    # waiting -----------------------------------------------------------------------------------
+    def data_version(self) -> int:
+        with self.errors("reading data_version"):
+            value: int = self.conn().execute("PRAGMA data_version").fetchone()[0]
+            return value
+
+    def snapshot(self, topic: str) -> tuple[int, int]:
+        """What :meth:`wait_change` compares against: (in-process generation, data_version).
+        Take it *before* looking at the data, so a change in between is not missed."""
+        return self.hub.generation(topic), self.data_version()
+
+    def wait_change(self, topic: str, seen: tuple[int, int], timeout: float) -> None:
+        """Return when ``topic`` changed in this process, another connection committed, or
+        ``timeout`` seconds passed (whichever first)."""
+        deadline = time.monotonic() + timeout
+        interval = self.poll_min
+        generation, version = seen
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            if self.hub.wait(topic, generation, min(interval, remaining)):
+                return
+            if self.data_version() != version:
+                return
+            interval = min(interval * 1.5, self.poll_max)
