@@ -849,6 +849,9 @@ def _plain(value: Any) -> Any:
 
 
 def _shown(spec: _Spec, value: Any) -> str:
+    """A value for an error message: secret fields are masked whatever their type."""
+    if _SECRET_FIELD_RE.search(spec.path[-1]):
+        return "'***'"
     text = repr(_display(spec.path[-1], value))
     return text if len(text) <= 80 else text[:77] + "..."
 

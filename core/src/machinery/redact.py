@@ -10,9 +10,12 @@
   ``X-Amz-Credential``/``Signature``/``Security-Token``, ...) are dropped; the others are kept. The
   fragment is always dropped.
 - Several URLs in one string (a broker list joined by ``multiple_broker_separator``) are each redacted.
-- A password holding raw ``@``, ``/``, ``?`` or ``#`` (not percent-encoded) is still removed: everything up
-  to the last ``@`` of the authority is treated as user info. A URL whose *path or query* holds an ``@``
-  after a host therefore loses that part too; that is the price of never leaking.
+- A password holding raw ``@``, ``/``, ``?``, ``#`` or ``&`` (not percent-encoded) is still removed:
+  unless the authority is empty (``sqlite:///a@b.db``), everything up to the *last* ``@`` is dropped. A URL
+  whose path or query holds an ``@`` after a host therefore loses that part too (``redis://h/0?x=a@b`` →
+  ``redis://b``); that is the price of never leaking.
+- Known limit: a password holding a raw ``://`` cannot be told from a second URL in a list, so a part of
+  it may show. Percent-encode such passwords (clients need that anyway).
 - Never raises: any ``str`` (garbage included) gives a ``str`` back.
 """
 
@@ -62,14 +65,10 @@ def redact_url(url: str) -> str:
 def _redact_body(body: str) -> str:
     """Redact what follows ``scheme://`` (or a whole scheme-less string such as ``user:pw@host``)."""
     # 1. User info. An empty authority (body starts with "/") has none: a "@" is then part of a path
-    #    (sqlite:///a@b.db). Otherwise everything up to the last "@" before the first "/" that follows the
-    #    first "@" is user info, even when the password holds raw "/", "?" or "#".
-    first_at = body.find("@")
-    if first_at != -1 and not body.startswith("/"):
-        slash_after = body.find("/", first_at)
-        if slash_after == -1:
-            slash_after = len(body)
-        body = body[body.rfind("@", 0, slash_after) + 1 :]
+    #    (sqlite:///a@b.db). Otherwise everything up to the last "@" is dropped, so a password holding raw
+    #    "@", "/", "?", "#" or "&" never survives, whatever its shape.
+    if not body.startswith("/"):
+        body = body[body.rfind("@") + 1 :]
     # 2. Fragment: always dropped.
     hash_pos = body.find("#")
     if hash_pos != -1:
