@@ -289,9 +289,8 @@ class SQLiteStore:
     ``BackendError`` for the backend). Nothing is opened until first use.
     """
 
-    #: cross-process poll: first and longest interval between ``PRAGMA data_version`` checks
+    #: cross-process poll: first interval between ``PRAGMA data_version`` checks (then x1.5 each time)
     poll_min = 0.002
-    poll_max = 0.025
 
     def __init__(self, target: SQLiteTarget, error: type[MachineryError]) -> None:
         self.target = target
@@ -452,18 +451,24 @@ class SQLiteStore:
         Take it *before* looking at the data, so a change in between is not missed."""
         return self.hub.generation(topic), self.data_version()
 
-    def wait_change(self, topic: str, seen: tuple[int, int], timeout: float) -> None:
+    def wait_change(
+        self, topic: str, seen: tuple[int, int], timeout: float, interval: float, poll_max: float
+    ) -> float:
         """Return when ``topic`` changed in this process, another connection committed, or
-        ``timeout`` seconds passed (whichever first)."""
+        ``timeout`` seconds passed (whichever first).
+
+        Another process's commit is seen by polling ``PRAGMA data_version`` every ``interval``
+        seconds, growing x1.5 up to ``poll_max``. Returns the interval to pass next time, so a
+        caller woken by unrelated writes keeps backing off instead of polling at full speed.
+        """
         deadline = time.monotonic() + timeout
-        interval = self.poll_min
         generation, version = seen
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return
+                return interval
             if self.hub.wait(topic, generation, min(interval, remaining)):
-                return
+                return interval
+            interval = min(interval * 1.5, poll_max)
             if self.data_version() != version:
-                return
-            interval = min(interval * 1.5, self.poll_max)
+                return interval

@@ -36,6 +36,8 @@ class SQLiteBackend(BaseBackend):
     """Result backend on a SQLite file (WAL)."""
 
     capabilities = frozenset({Capability.EXPIRY, Capability.MULTI_PROCESS})
+    #: a state written by another process wakes ``wait`` within this many seconds
+    poll_interval = 0.02
     #: at most this many seconds between sweeps of expired rows
     sweep_interval = 60.0
 
@@ -152,6 +154,7 @@ class SQLiteBackend(BaseBackend):
         deadline = time.monotonic() + max(0.0, timeout)
         done: dict[str, TaskState] = {}
         store = self._store
+        interval = store.poll_min
         while True:
             seen = store.snapshot(STATES)
             missing = [u for u in wanted if u not in done]
@@ -160,7 +163,7 @@ class SQLiteBackend(BaseBackend):
             remaining = deadline - time.monotonic()
             if len(done) == len(wanted) or remaining <= 0:
                 return done
-            store.wait_change(STATES, seen, remaining)
+            interval = store.wait_change(STATES, seen, remaining, interval, self.poll_interval)
 
     def purge_state(self, task_uuid: str) -> None:
         self._store.execute("purge_state", "DELETE FROM states WHERE uuid = ?", (task_uuid,))

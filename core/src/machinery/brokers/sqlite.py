@@ -128,6 +128,9 @@ class SQLiteBroker(BaseBroker):
         }
     )
 
+    #: a message published by another process is seen within this many seconds by a waiting consumer
+    poll_max = 0.05
+
     def __init__(
         self,
         path: str | os.PathLike[str] | SQLiteTarget,
@@ -222,6 +225,7 @@ class SQLiteBroker(BaseBroker):
             return []
         store = self._store
         deadline = time.monotonic() + max(0.0, timeout)
+        interval = store.poll_min
         while True:
             seen = store.snapshot(MESSAGES)
             now = time.time()
@@ -241,7 +245,7 @@ class SQLiteBroker(BaseBroker):
                 return []
             if next_at is not None:  # a delayed message or a lease runs out before the deadline?
                 remaining = min(remaining, max(0.0, next_at - time.time()) + 0.001)
-            store.wait_change(MESSAGES, seen, remaining)
+            interval = store.wait_change(MESSAGES, seen, remaining, interval, self.poll_max)
 
     def _lease(self, queue: str, max_messages: int) -> list[SQLiteDelivery]:
         now = time.time()
