@@ -122,6 +122,27 @@ def test_from_url_does_no_io_and_missing_directory_is_clear(tmp_path: Path) -> N
     assert str(missing.parent) in str(info.value)
 
 
+def _first_use(url: str, barrier: Any, i: int) -> None:
+    barrier.wait(10)
+    if i % 3 == 0:
+        SQLiteBroker.from_url(url, Config()).publish(sig(f"m{i}"))
+    elif i % 3 == 1:
+        SQLiteBackend.from_url(url, Config()).set_state(TaskState(f"s{i}", State.PENDING))
+    else:
+        SQLiteLock.from_url(url, Config()).acquire(f"k{i}", 10)
+
+
+def test_many_processes_create_a_new_file_at_once(url: str) -> None:
+    barrier = CTX.Barrier(8)
+    procs = [CTX.Process(target=_first_use, args=(url, barrier, i)) for i in range(8)]
+    for p in procs:
+        p.start()
+    join_all(procs)
+    broker = SQLiteBroker.from_url(url, Config())
+    assert broker.count(Q) == 3
+    broker.close()
+
+
 def test_capabilities() -> None:
     assert {Capability.DELAY, Capability.DEAD_LETTER, Capability.REDELIVERY, Capability.MULTI_PROCESS} <= (
         SQLiteBroker.capabilities

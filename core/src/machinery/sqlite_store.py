@@ -347,9 +347,7 @@ class SQLiteStore:
             raise self.error(f"sqlite database {self.path!r}: cannot open: {exc}") from exc
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                logger.warning("sqlite database %s: WAL mode refused (journal_mode=%s)", self.path, mode)
+            self._enable_wal(conn)
             conn.execute("PRAGMA synchronous = NORMAL")
             if not self._schema_ready:
                 self._create_schema(conn)
@@ -367,6 +365,27 @@ class SQLiteStore:
             alive.append((threading.current_thread(), conn))
             self._conns = alive
         return conn
+
+    def _enable_wal(self, conn: sqlite3.Connection) -> None:
+        """Switch the file to WAL (persistent). Switching needs an exclusive lock and SQLite may
+        answer "locked" at once, without its busy handler, while other processes open the new
+        file too: retry until the busy timeout."""
+        deadline = time.monotonic() + BUSY_TIMEOUT
+        delay = 0.001
+        while True:
+            try:
+                mode = str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+                if mode != "wal":
+                    mode = str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower()
+                if mode != "wal":
+                    logger.warning("sqlite database %s: WAL mode refused (journal_mode=%s)", self.path, mode)
+                return
+            except sqlite3.OperationalError as exc:
+                text = str(exc).lower()
+                if ("locked" not in text and "busy" not in text) or time.monotonic() > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
     def _create_schema(self, conn: sqlite3.Connection) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
