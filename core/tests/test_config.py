@@ -729,6 +729,31 @@ def test_failing_listener_does_not_stop_the_watcher(
     assert "listener bug" not in caplog.text
 
 
+def test_listeners_run_outside_the_lock(
+    yaml_file: Path, watched: tuple[Config, queue.Queue[ReloadEvent]]
+) -> None:
+    cnf, events = watched
+    results: list[int] = []
+
+    def read_from_another_thread(event: ReloadEvent) -> None:
+        thread = threading.Thread(target=lambda: results.append(cnf.snapshot().results_expire_in))
+        thread.start()
+        thread.join(WAIT)  # would time out if listeners were called with the config lock held
+        assert not thread.is_alive()
+
+    cnf.on_reload(read_from_another_thread)
+    write(yaml_file, "broker: redis://:pw@old-host:6379/0\nresults_expire_in: 13\n")
+    next_event(events)
+    write(yaml_file, "results_expire_in: [broken\n")
+    assert next_event(events).error
+    # the listener runs after events.put; a further event proves it has finished for both reloads
+    write(yaml_file, "broker: redis://:pw@old-host:6379/0\nresults_expire_in: 14\n")
+    next_event(events)
+    write(yaml_file, "broker: redis://:pw@old-host:6379/0\nresults_expire_in: 15\n")
+    next_event(events)
+    assert results[:3] == [13, 13, 14]
+
+
 def test_deleted_file_is_reported_and_config_kept(
     yaml_file: Path, watched: tuple[Config, queue.Queue[ReloadEvent]], caplog: pytest.LogCaptureFixture
 ) -> None:

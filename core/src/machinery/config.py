@@ -52,9 +52,10 @@ set in code stays until the file changes that same field.
 Each changed field is either applied in place, under a lock, one attribute assignment per field (a
 reader sees the old or the new value, never a mix; use :meth:`Config.snapshot` for a consistent view
 of several fields), or, when it needs a restart, left alone with a WARNING
-``field X changed in <file>; restart to apply``. A file that cannot be read, parsed or validated logs
-a WARNING and changes nothing. Listeners registered with :meth:`Config.on_reload` get a
-:class:`ReloadEvent` after every processed change (also for failures).
+``field X changed in <file>; restart to apply``. A file that cannot be read, parsed or validated (or is
+empty: probably half-written) logs a WARNING and changes nothing. Listeners registered with
+:meth:`Config.on_reload` get a :class:`ReloadEvent` after every processed change (also for failures);
+they run outside the lock.
 
 Safe at run time (:data:`RELOADABLE_FIELDS`): the values that brokers, backends and workers read each time
 they use them (plugins must not cache these):
@@ -603,19 +604,17 @@ class Config:
         _notify(listeners, event)
         return event
 
-    def _apply_file(self, data: bytes) -> ReloadEvent:
-        source = self._require_source()
-        digest = _digest(data)
+    def _merge_file(
+        self, data: bytes, source: str, digest: bytes
+    ) -> tuple[dict[_Path, tuple[Any, Any]], dict[_Path, tuple[Any, Any]], list[ReloadListener]]:
+        """Parse and validate ``data``, then apply its safe changes under the lock (raises ConfigError)."""
+        if not data.strip():
+            raise ConfigError("the file is empty")
+        fresh = type(self)()
+        _apply_values(fresh, _parse_yaml(data, source))
+        fresh.validate()
+        new_file = _values_of(fresh)
         with self._mutex:
-            try:
-                if not data.strip():
-                    raise ConfigError("the file is empty")
-                fresh = type(self)()
-                _apply_values(fresh, _parse_yaml(data, source))
-                fresh.validate()
-            except ConfigError as exc:
-                return self._reload_failed(source, str(exc), digest)
-            new_file = _values_of(fresh)
             live = _values_of(self)
             applied: dict[_Path, tuple[Any, Any]] = {}
             restart: dict[_Path, tuple[Any, Any]] = {}
@@ -629,15 +628,21 @@ class Config:
                 candidate = self.snapshot()
                 for path, (_, new) in applied.items():
                     _set_value(candidate, path, new)
-                try:
-                    candidate.validate()
-                except ConfigError as exc:
-                    return self._reload_failed(source, str(exc), digest)
+                candidate.validate()
                 for path, (_, new) in applied.items():
                     _set_value(self, path, new)
             self._file_values = new_file
             self._file_digest = digest
-            listeners = list(self._listeners)
+            return applied, restart, list(self._listeners)
+
+    def _apply_file(self, data: bytes) -> ReloadEvent:
+        source = self._require_source()
+        digest = _digest(data)
+        try:
+            applied, restart, listeners = self._merge_file(data, source, digest)
+        except ConfigError as exc:
+            # Outside the lock: listeners may take time or touch the config from other threads.
+            return self._reload_failed(source, str(exc), digest)
         for path, (old, new) in applied.items():
             logger.info("Config %s changed in %s: %r -> %r (applied)", _dotted(path), source, old, new)
         shown: dict[str, tuple[Any, Any]] = {}
