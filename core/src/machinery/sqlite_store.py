@@ -56,15 +56,18 @@ CREATE TABLE IF NOT EXISTS messages (
     queue TEXT NOT NULL,
     body BLOB NOT NULL,
     priority INTEGER NOT NULL DEFAULT 0,
-    -- unix time the message may be consumed (while leased: the end of the lease)
+    -- 1: waiting, consumable now; 0: delayed (ETA, nack delay) or leased, until visible_at
+    ready INTEGER NOT NULL,
+    -- unix time a message that is not ready becomes consumable (for a leased one: the lease end)
     visible_at REAL NOT NULL,
     -- the broker instance holding (or that last held) the lease, NULL when never leased or nacked
     lease_owner TEXT,
     delivery_count INTEGER NOT NULL DEFAULT 0,
     created REAL NOT NULL
 );
-CREATE INDEX IF NOT EXISTS messages_order ON messages (queue, priority DESC, id, visible_at);
-CREATE INDEX IF NOT EXISTS messages_due ON messages (queue, visible_at);
+-- every message is in exactly one of these two: consume never scans delayed or leased messages
+CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, priority DESC, id) WHERE ready = 1;
+CREATE INDEX IF NOT EXISTS messages_waiting ON messages (queue, visible_at) WHERE ready = 0;
 CREATE INDEX IF NOT EXISTS messages_owner ON messages (lease_owner) WHERE lease_owner IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS dead_letters (
@@ -118,6 +121,18 @@ def chunks(items: Sequence[T], size: int = MAX_PARAMS) -> Iterator[Sequence[T]]:
     """``items`` in slices of at most ``size`` (for ``IN (?, ?, ...)`` lists)."""
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The SQL statements of ``script`` (comments may contain semicolons)."""
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            yield buffer
+            buffer = ""
+    if buffer.strip():
+        raise ValueError(f"incomplete SQL statement: {buffer!r}")
 
 
 def placeholders(count: int) -> str:
@@ -212,6 +227,8 @@ class Hub:
     def __init__(self) -> None:
         self.cond = threading.Condition(threading.Lock())
         self._generations: dict[str, int] = {}
+        #: writers of this process take turns here, so only other processes wait on the file lock
+        self.writer = threading.Lock()
 
     def generation(self, topic: str) -> int:
         with self.cond:
@@ -397,9 +414,8 @@ class SQLiteStore:
         if version < SCHEMA_VERSION:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for statement in SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
+                for statement in _statements(SCHEMA):
+                    conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 conn.execute("COMMIT")
             except BaseException:
@@ -433,14 +449,15 @@ class SQLiteStore:
         """A ``BEGIN IMMEDIATE`` transaction, committed at the end, rolled back on error."""
         with self.errors(what):
             conn = self.conn()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+            with self.hub.writer:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
 
     @contextmanager
     def read(self, what: str) -> Iterator[sqlite3.Connection]:
@@ -455,9 +472,16 @@ class SQLiteStore:
                     conn.execute("COMMIT")
 
     def execute(self, what: str, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
-        """One autocommit statement."""
+        """One autocommit statement that reads."""
         with self.errors(what):
             return self.conn().execute(sql, params)
+
+    def execute_write(self, what: str, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        """One autocommit statement that writes (in turn with this process's other writers)."""
+        with self.errors(what):
+            conn = self.conn()
+            with self.hub.writer:
+                return conn.execute(sql, params)
 
     # waiting -----------------------------------------------------------------------------------
     def data_version(self) -> int:

@@ -166,7 +166,7 @@ class SQLiteBackend(BaseBackend):
             interval = store.wait_change(STATES, seen, remaining, interval, self.poll_interval)
 
     def purge_state(self, task_uuid: str) -> None:
-        self._store.execute("purge_state", "DELETE FROM states WHERE uuid = ?", (task_uuid,))
+        self._store.execute_write("purge_state", "DELETE FROM states WHERE uuid = ?", (task_uuid,))
 
     # groups ----------------------------------------------------------------------------------
     def init_group(self, group_uuid: str, task_uuids: Sequence[str]) -> None:

@@ -1,7 +1,10 @@
 """``sqlite:///path.db``: a broker on one SQLite file, safe for many processes and threads.
 
-A message is a row of ``messages``. Consuming leases rows in one transaction: the row gets this
-broker's owner id and ``visible_at`` moves to the end of the lease. A daemon thread renews every
+A message is a row of ``messages``, either *ready* (consumable now, indexed by queue, priority and
+id) or *waiting* until ``visible_at`` (an ETA, a nack delay, or a lease; indexed by queue and time),
+so consuming never scans past delayed or leased messages however many there are. Consuming first
+makes the queue's due waiting messages ready, then leases the first ``max_messages`` ready ones, in
+one transaction: they get this broker's owner id and wait until the lease's end. A daemon thread renews every
 lease this broker still holds every ``sqlite.renew`` seconds (one UPDATE), so a long task is not
 redelivered while its process lives. When the process dies, its leases run out after
 ``sqlite.lease`` seconds and the messages are consumed again (``redelivered=True``).
@@ -35,15 +38,22 @@ logger = logging.getLogger("machinery.sqlite")
 
 MESSAGES = "messages"
 
+_PROMOTE_SQL = "UPDATE messages SET ready = 1 WHERE queue = ? AND ready = 0 AND visible_at <= ?"
 _LEASE_SQL = """
-UPDATE messages SET lease_owner = ?, visible_at = ?, delivery_count = delivery_count + 1
+UPDATE messages SET ready = 0, lease_owner = ?, visible_at = ?, delivery_count = delivery_count + 1
 WHERE id IN (
-    SELECT id FROM messages INDEXED BY messages_order
-    WHERE queue = ? AND visible_at <= ? ORDER BY priority DESC, id LIMIT ?
+    SELECT id FROM messages INDEXED BY messages_ready
+    WHERE queue = ? AND ready = 1 ORDER BY priority DESC, id LIMIT ?
 )
 RETURNING id, body, priority, delivery_count
 """
-_INSERT_SQL = "INSERT INTO messages (queue, body, priority, visible_at, created) VALUES (?, ?, ?, ?, ?)"
+_PROBE_SQL = """
+SELECT EXISTS (SELECT 1 FROM messages INDEXED BY messages_ready WHERE queue = ?1 AND ready = 1),
+       (SELECT MIN(visible_at) FROM messages INDEXED BY messages_waiting WHERE queue = ?1 AND ready = 0)
+"""
+_INSERT_SQL = (
+    "INSERT INTO messages (queue, body, priority, ready, visible_at, created) VALUES (?, ?, ?, ?, ?, ?)"
+)
 
 
 def _decode(body: bytes) -> tuple[Signature | None, str]:
@@ -188,14 +198,15 @@ class SQLiteBroker(BaseBroker):
         return self.target.renew_seconds(self.config)
 
     # producing -------------------------------------------------------------------------------
-    def _row(self, signature: Signature, now: float) -> tuple[str, bytes, int, float, float]:
+    def _row(self, signature: Signature, now: float) -> tuple[str, bytes, int, bool, float, float]:
         queue = signature.routing_key or self.config.default_queue
         visible_at = signature.eta.timestamp() if signature.eta is not None else now
-        return queue, codec.encode_signature(signature), int(signature.priority), visible_at, now
+        body = codec.encode_signature(signature)
+        return queue, body, int(signature.priority), visible_at <= now, visible_at, now
 
     def publish(self, signature: Signature) -> None:
         row = self._row(signature, time.time())
-        self._store.execute("publish", _INSERT_SQL, row)
+        self._store.execute_write("publish", _INSERT_SQL, row)
         self._store.hub.notify(MESSAGES)
 
     def publish_many(self, signatures: Sequence[Signature]) -> None:
@@ -211,8 +222,9 @@ class SQLiteBroker(BaseBroker):
     def publish_raw(self, queue: str, body: bytes, *, priority: int = 0, eta: float | None = None) -> int:
         """Put ``body`` on ``queue`` as is (tests use it for malformed messages); returns the row id."""
         now = time.time()
-        cursor = self._store.execute(
-            "publish_raw", _INSERT_SQL, (queue, bytes(body), priority, now if eta is None else eta, now)
+        visible_at = now if eta is None else eta
+        cursor = self._store.execute_write(
+            "publish_raw", _INSERT_SQL, (queue, bytes(body), priority, visible_at <= now, visible_at, now)
         )
         self._store.hub.notify(MESSAGES)
         return int(cursor.lastrowid or 0)
@@ -226,32 +238,33 @@ class SQLiteBroker(BaseBroker):
         store = self._store
         deadline = time.monotonic() + max(0.0, timeout)
         interval = store.poll_min
+        seen: tuple[int, int] | None = None  # the first look is optimistic: no snapshot
         while True:
-            seen = store.snapshot(MESSAGES)
             now = time.time()
             with store.errors("consume"):
-                next_at = (
-                    store.conn()
-                    .execute("SELECT MIN(visible_at) FROM messages WHERE queue = ?", (queue,))
-                    .fetchone()[0]
-                )
-            if next_at is not None and next_at <= now:
+                ready, next_at = store.conn().execute(_PROBE_SQL, (queue,)).fetchone()
+            if ready or (next_at is not None and next_at <= now):
                 deliveries = self._lease(queue, max_messages)
                 if deliveries:
                     return list(deliveries)
                 continue  # another consumer was faster; look again
+            if seen is None:  # snapshot, then look once more: a change in between is not missed
+                seen = store.snapshot(MESSAGES)
+                continue
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
             if next_at is not None:  # a delayed message or a lease runs out before the deadline?
                 remaining = min(remaining, max(0.0, next_at - time.time()) + 0.001)
             interval = store.wait_change(MESSAGES, seen, remaining, interval, self.poll_max)
+            seen = store.snapshot(MESSAGES)
 
     def _lease(self, queue: str, max_messages: int) -> list[SQLiteDelivery]:
         now = time.time()
         owner = self.owner
         with self._store.write("consume") as conn:
-            rows = conn.execute(_LEASE_SQL, (owner, now + self.lease, queue, now, max_messages)).fetchall()
+            conn.execute(_PROMOTE_SQL, (queue, now))
+            rows = conn.execute(_LEASE_SQL, (owner, now + self.lease, queue, max_messages)).fetchall()
         if not rows:
             return []
         rows.sort(key=lambda r: (-r[2], r[0]))
@@ -284,7 +297,7 @@ class SQLiteBroker(BaseBroker):
         params = [(d.id, d.owner, d.delivery_count) for d in todo]
         sql = "DELETE FROM messages WHERE id = ? AND lease_owner = ? AND delivery_count = ?"
         if len(params) == 1:
-            self._store.execute("ack", sql, params[0])
+            self._store.execute_write("ack", sql, params[0])
         else:
             with self._store.write("ack") as conn:
                 conn.executemany(sql, params)
@@ -294,12 +307,13 @@ class SQLiteBroker(BaseBroker):
             return
         key = (delivery.id, delivery.owner, delivery.delivery_count)
         if requeue:
-            visible_at = time.time() + max(0.0, delay or 0.0)
-            self._store.execute(
+            now = time.time()
+            visible_at = now + max(0.0, delay or 0.0)
+            self._store.execute_write(
                 "nack",
-                "UPDATE messages SET visible_at = ?, lease_owner = NULL "
+                "UPDATE messages SET ready = ?, visible_at = ?, lease_owner = NULL "
                 "WHERE id = ? AND lease_owner = ? AND delivery_count = ?",
-                (visible_at, *key),
+                (visible_at <= now, visible_at, *key),
             )
             self._store.hub.notify(MESSAGES)
             return
@@ -316,9 +330,9 @@ class SQLiteBroker(BaseBroker):
     def _extend(self, delivery: SQLiteDelivery, seconds: float) -> None:
         if delivery.settled:
             return
-        self._store.execute(
+        self._store.execute_write(
             "extend",
-            "UPDATE messages SET visible_at = max(visible_at, ?) "
+            "UPDATE messages SET ready = 0, visible_at = max(visible_at, ?) "
             "WHERE id = ? AND lease_owner = ? AND delivery_count = ?",
             (time.time() + seconds, delivery.id, delivery.owner, delivery.delivery_count),
         )
@@ -349,9 +363,9 @@ class SQLiteBroker(BaseBroker):
         with self._lock:
             if not self._outstanding:
                 return 0
-        cursor = self._store.execute(
+        cursor = self._store.execute_write(
             "renew leases",
-            "UPDATE messages SET visible_at = max(visible_at, ?) WHERE lease_owner = ?",
+            "UPDATE messages SET ready = 0, visible_at = max(visible_at, ?) WHERE lease_owner = ?",
             (time.time() + self.lease, self.owner),
         )
         return int(cursor.rowcount)
@@ -362,17 +376,21 @@ class SQLiteBroker(BaseBroker):
         bodies are skipped."""
         cursor = self._store.execute(
             "pending",
-            "SELECT body FROM messages INDEXED BY messages_order WHERE queue = ? AND visible_at <= ? "
-            "ORDER BY priority DESC, id",
+            "SELECT priority, id, body FROM messages INDEXED BY messages_ready "
+            "WHERE queue = ?1 AND ready = 1 "
+            "UNION ALL SELECT priority, id, body FROM messages INDEXED BY messages_waiting "
+            "WHERE queue = ?1 AND ready = 0 AND visible_at <= ?2 "
+            "ORDER BY 1 DESC, 2",
             (queue, time.time()),
         )
-        return [sig for (body,) in cursor.fetchall() if (sig := _decode(body)[0]) is not None]
+        return [sig for (_, _, body) in cursor.fetchall() if (sig := _decode(body)[0]) is not None]
 
     def delayed(self) -> list[Signature]:
         """Signatures waiting for their ETA (or a nack delay), every queue, in ETA order."""
         cursor = self._store.execute(
             "delayed",
-            "SELECT body FROM messages WHERE lease_owner IS NULL AND visible_at > ? ORDER BY visible_at, id",
+            "SELECT body FROM messages WHERE ready = 0 AND lease_owner IS NULL AND visible_at > ? "
+            "ORDER BY visible_at, id",
             (time.time(),),
         )
         return [sig for (body,) in cursor.fetchall() if (sig := _decode(body)[0]) is not None]
@@ -396,15 +414,17 @@ class SQLiteBroker(BaseBroker):
         return int(cursor.fetchone()[0])
 
     def purge(self, queue: str) -> None:
-        """Delete every message of ``queue`` that is not leased (waiting or delayed)."""
-        self._store.execute(
+        """Delete every message of ``queue`` except those leased right now (their consumer still
+        acks or nacks them): ready ones, delayed ones and ones whose lease ran out."""
+        self._store.execute_write(
             "purge",
-            "DELETE FROM messages WHERE queue = ? AND (lease_owner IS NULL OR visible_at <= ?)",
+            "DELETE FROM messages WHERE queue = ? "
+            "AND NOT (ready = 0 AND lease_owner IS NOT NULL AND visible_at > ?)",
             (queue, time.time()),
         )
 
     def purge_dead_letters(self, queue: str) -> None:
-        self._store.execute("purge_dead_letters", "DELETE FROM dead_letters WHERE queue = ?", (queue,))
+        self._store.execute_write("purge_dead_letters", "DELETE FROM dead_letters WHERE queue = ?", (queue,))
 
     # closing ---------------------------------------------------------------------------------
     def close(self) -> None:
@@ -422,7 +442,7 @@ class SQLiteBroker(BaseBroker):
                 with self._store.write("returning leases") as conn:
                     for ids in chunks(outstanding):
                         conn.execute(
-                            f"UPDATE messages SET visible_at = ?, lease_owner = NULL "
+                            f"UPDATE messages SET ready = 1, visible_at = ?, lease_owner = NULL "
                             f"WHERE lease_owner = ? AND id IN ({placeholders(len(ids))})",
                             (time.time(), self.owner, *ids),
                         )

@@ -39,7 +39,7 @@ class SQLiteLock:
     def acquire(self, key: str, ttl: float) -> bool:
         """Take ``key`` for ``ttl`` seconds if nobody holds it (an expired holder is replaced)."""
         now = time.time()
-        cursor = self._store.execute(
+        cursor = self._store.execute_write(
             "lock acquire",
             "INSERT INTO locks (key, owner, expires_at) VALUES (?, ?, ?) "
             "ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at "
@@ -50,7 +50,7 @@ class SQLiteLock:
 
     def release(self, key: str) -> None:
         """Give ``key`` back if this owner holds it."""
-        self._store.execute(
+        self._store.execute_write(
             "lock release", "DELETE FROM locks WHERE key = ? AND owner = ?", (key, self.owner)
         )
 
