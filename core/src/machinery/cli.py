@@ -30,6 +30,8 @@ import logging
 import os
 import re
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -87,6 +89,11 @@ def _describe(exc: BaseException) -> str:
     return f"{name}: {text}" if text else name
 
 
+def _want_traceback() -> bool:
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx is not None and ctx.find_root().params.get("traceback"))
+
+
 def _friendly(fn: Callable[P, R]) -> Callable[P, R]:
     """Turn any exception escaping a command into a one-line :class:`CLIError`."""
 
@@ -99,8 +106,7 @@ def _friendly(fn: Callable[P, R]) -> Callable[P, R]:
         except KeyboardInterrupt:
             raise click.exceptions.Exit(EXIT_ABORTED) from None
         except Exception as exc:
-            ctx = click.get_current_context(silent=True)
-            if ctx is not None and ctx.find_root().params.get("traceback"):
+            if _want_traceback():
                 raise
             raise CLIError(_describe(exc)) from None
 
@@ -130,18 +136,15 @@ def load_app(spec: str | None) -> Machinery:
             module = importlib.import_module(module_name)
     except CLIError:
         raise
-    except ModuleNotFoundError as exc:
-        missing = exc.name or ""
+    except Exception as exc:
+        if _want_traceback():
+            raise
+        missing = exc.name or "" if isinstance(exc, ModuleNotFoundError) else ""
         if missing and (module_name == missing or module_name.startswith(missing + ".")):
             raise CLIError(
                 f"cannot load app {spec!r}: no module named {missing!r} "
                 f"(looked in the current directory {cwd} and sys.path)"
             ) from None
-        raise CLIError(f"cannot load app {spec!r}: {_describe(exc)}") from None
-    except Exception as exc:
-        ctx = click.get_current_context(silent=True)
-        if ctx is not None and ctx.find_root().params.get("traceback"):
-            raise
         raise CLIError(f"cannot load app {spec!r}: {_describe(exc)}") from None
     obj: Any = module
     for part in attr_path.split("."):
@@ -357,7 +360,7 @@ def worker(
     Example:
       machinery worker -A myapp:app --concurrency 8 --queue machinery_tasks,emails
     """
-    logging.basicConfig(level=loglevel.upper(), format=LOG_FORMAT, stream=sys.stderr, force=True)
+    logging.basicConfig(level=loglevel.upper(), format=LOG_FORMAT, stream=sys.stderr)
     log = logging.getLogger("machinery.cli")
     app = load_app(app_spec)
     queue_list = [q.strip() for item in queues for q in item.split(",") if q.strip()]
@@ -376,8 +379,31 @@ def worker(
     aborted = getattr(the_worker, "aborted", None)
     if aborted is None:
         aborted = the_worker._abort.is_set()
-    if aborted:
-        raise click.exceptions.Exit(EXIT_ABORTED)
+    code = EXIT_ABORTED if aborted else 0
+    stragglers = _running_threads(timeout=1.0)
+    if stragglers:
+        # Tasks still running after an abort or after the shutdown grace: their messages are
+        # already back in the queue, but the interpreter would join their threads at exit (a task
+        # may sleep for hours). Leave now.
+        log.warning(
+            "leaving %d task thread(s) behind; their tasks were returned to the queue", len(stragglers)
+        )
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    if code:
+        raise click.exceptions.Exit(code)
+
+
+def _running_threads(timeout: float) -> list[threading.Thread]:
+    """Non-daemon threads still alive after up to ``timeout`` seconds (idle pool threads that were
+    told to stop get that long to end)."""
+    deadline = time.monotonic() + timeout
+    others = [t for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
+    for thread in others:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return [t for t in others if t.is_alive()]
 
 
 def _parse_kwargs(pairs: Sequence[str]) -> dict[str, Any]:
