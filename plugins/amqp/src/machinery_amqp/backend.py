@@ -1,0 +1,315 @@
+"""``amqp://`` / ``amqps://`` result backend: Go Machinery's AMQP layout, with its defect fixed.
+
+Layout
+------
+- **Task state**: a durable queue named by the task uuid, bound to the exchange with the uuid as
+  routing key, holding **the latest state as its only message** (``x-max-length: 1``,
+  ``x-overflow: drop-head``: publishing a new state drops the old one on the server, atomically).
+  ``x-expires`` = ``results_expire_in`` (ms): the queue disappears that long after it was last
+  declared (each write) or read. Go declared these queues non-durable and auto-delete; here they
+  are durable with persistent messages, so results survive a RabbitMQ restart.
+- **Reading does not consume** (Go's ``GetState`` popped the state, so two pollers stole each other's
+  results): a reader takes the message with ``basic.get`` (no ack) and gives it straight back with
+  ``basic.nack(requeue)``; RabbitMQ puts it back in place. A message followed by a newer one (the
+  GetOk ``message_count`` says so) is acked, i.e. dropped. While one reader holds the message, a
+  concurrent reader finds the queue empty but existing, and retries for a moment: an existing queue is
+  never empty for long. A missing queue (404) means "no state".
+- **Group**: a queue named by the group uuid holding the :class:`~machinery.signature.GroupMeta` the
+  same way (members in order); ``<group>_chord_triggered`` holds one token message from
+  ``init_group`` on. ``trigger_chord`` takes it with an auto-ack ``basic.get``: RabbitMQ gives a
+  message to exactly one getter, so exactly one caller in any process gets ``True``.
+- **Waiting** is pushed: ``wait`` binds a private exclusive queue to the exchange with each uuid, so
+  every state written afterwards is copied to it (a direct exchange routes to all matching queues),
+  reads the states written before, then blocks on its queue until the states are final.
+
+See the README for where this backend is weaker than Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import pika.exceptions as pex
+from pika.adapters.blocking_connection import BlockingChannel
+from pika.spec import Basic, BasicProperties
+
+from machinery import codec
+from machinery.backend import BaseBackend
+from machinery.capabilities import Capability
+from machinery.config import Config
+from machinery.errors import UnknownGroupError
+from machinery.redact import redact_url
+from machinery.signature import GroupMeta, State, TaskState, now_utc
+
+from .connection import Link, LinkPool, UnroutableError, declare_exchange, split_urls
+
+__all__ = ["AMQPBackend"]
+
+logger = logging.getLogger("machinery.amqp")
+
+TOKEN_SUFFIX = "_chord_triggered"
+#: How long a reader retries an existing but momentarily empty state queue (another reader holds it).
+HELD_WAIT = 2.0
+_TOKEN = b"chord-token"
+
+
+def _props() -> BasicProperties:
+    return BasicProperties(content_type="application/json", delivery_mode=2)
+
+
+class AMQPBackend(BaseBackend):
+    """RabbitMQ result backend (see the module docs for the layout)."""
+
+    capabilities = frozenset({Capability.PUSH_WAIT, Capability.EXPIRY, Capability.MULTI_PROCESS})
+
+    def __init__(self, url: str, config: Config | None = None, *, retry_timeout: float = 30.0) -> None:
+        super().__init__(config)
+        self.url = url
+        self.urls = split_urls(url, self.config)
+        amqp = self.config.amqp
+        exchange = amqp.exchange or "machinery_exchange"
+        # States are routed by uuid through a direct exchange: the broker's exchange when it is direct
+        # (Go's layout), a sibling otherwise (a topic/fanout/headers exchange would route states into
+        # task queues, and declaring it as direct would clash with its type).
+        self.exchange = exchange if (amqp.exchange_type or "direct") == "direct" else f"{exchange}.results"
+        self._pool = LinkPool(self.urls, self.config, "backend", retry_timeout=retry_timeout)
+
+    @classmethod
+    def from_url(cls, url: str, config: Config) -> AMQPBackend:
+        """Build from a URL (or failover list) without any I/O."""
+        return cls(url, config)
+
+    def __repr__(self) -> str:
+        return f"<AMQPBackend {redact_url(self.url)} exchange={self.exchange!r}>"
+
+    # queues ------------------------------------------------------------------------------------
+    def _args(self, max_length: bool = True) -> dict[str, Any]:
+        args: dict[str, Any] = {"x-expires": int(self.expires_in * 1000)}
+        if max_length:
+            args["x-max-length"] = 1
+            args["x-overflow"] = "drop-head"
+        return args
+
+    def _declare(self, link: Link, name: str, *, bind: bool, replace: bool = True) -> None:
+        """Declare a result queue (renewing its ``x-expires``); one declared by someone else with
+        other arguments (an older expiry, Go's backend) is replaced when ``replace``."""
+        args = self._args()
+        try:
+            link.channel.queue_declare(name, durable=True, arguments=args)
+        except pex.ChannelClosedByBroker as exc:
+            if exc.reply_code != 406 or not replace:
+                raise
+            link.reset_channel()
+            logger.info("result queue %s had other arguments (%s); replacing it", name, exc.reply_text)
+            link.channel.queue_delete(name)
+            link.declared.discard("b:" + name)
+            link.channel.queue_declare(name, durable=True, arguments=args)
+        if bind and "b:" + name not in link.declared:
+            declare_exchange(link, self.exchange, "direct")
+            link.channel.queue_bind(name, self.exchange, routing_key=name)
+            link.declared.add("b:" + name)
+
+    def _read(self, link: Link, name: str) -> tuple[bytes | None, bool]:
+        """``(latest message, queue exists)`` of a last-value queue, leaving the message in place."""
+        channel = link.channel
+        deadline = time.monotonic() + HELD_WAIT
+        pause = 0.002
+        while True:
+            try:
+                method, _props, body = channel.basic_get(name, auto_ack=False)
+            except pex.ChannelClosedByBroker as exc:
+                if exc.reply_code != 404:
+                    raise
+                link.reset_channel()
+                return None, False
+            if method is None or body is None:
+                if time.monotonic() > deadline:
+                    return None, True  # declared but never written (a writer died in between)
+                time.sleep(pause)  # another reader holds it for a moment
+                pause = min(pause * 2, 0.05)
+                continue
+            tag = method.delivery_tag or 0
+            if method.message_count:
+                channel.basic_ack(tag)  # a newer message follows: this one is stale
+                continue
+            channel.basic_nack(tag, requeue=True)
+            return body, True
+
+    def _publish(self, link: Link, name: str, body: bytes, *, via_exchange: bool) -> None:
+        exchange = self.exchange if via_exchange else ""
+        try:
+            link.channel.basic_publish(exchange, name, body, _props(), mandatory=True)
+        except pex.UnroutableError:
+            # the queue was deleted (purged, expired) since this connection bound it: declare again
+            link.declared.discard("b:" + name)
+            self._declare(link, name, bind=via_exchange)
+            try:
+                link.channel.basic_publish(exchange, name, body, _props(), mandatory=True)
+            except pex.UnroutableError:
+                raise UnroutableError(f"result for {name!r} could not be routed to its queue") from None
+
+    # states ------------------------------------------------------------------------------------
+    def set_state(self, state: TaskState) -> None:
+        self.set_states([state])
+
+    def set_states(self, states: Sequence[TaskState]) -> None:
+        if not states:
+            return
+
+        def fn(link: Link) -> None:
+            for state in states:
+                if not state.task_name or state.created_at is None:
+                    body, _exists = self._read(link, state.task_uuid)
+                    state.merged_over(codec.decode_state(body) if body else None)
+                if state.created_at is None:
+                    state.created_at = now_utc()
+                self._declare(link, state.task_uuid, bind=True)
+                self._publish(link, state.task_uuid, codec.encode_state(state), via_exchange=True)
+
+        self._pool.run(fn)
+
+    def get_state(self, task_uuid: str) -> TaskState | None:
+        def fn(link: Link) -> TaskState | None:
+            body, _exists = self._read(link, task_uuid)
+            return codec.decode_state(body) if body else None
+
+        return self._pool.run(fn)
+
+    def wait(self, task_uuids: Sequence[str], timeout: float) -> dict[str, TaskState]:
+        """Block until every task is SUCCESS/FAILURE or ``timeout`` passed; woken by the writes."""
+        wanted = list(dict.fromkeys(task_uuids))
+        deadline = time.monotonic() + max(0.0, timeout)
+        done: dict[str, TaskState] = {}
+
+        def on_message(_ch: BlockingChannel, _m: Basic.Deliver, _p: BasicProperties, body: bytes) -> None:
+            try:
+                state = codec.decode_state(body)
+            except Exception as exc:
+                logger.warning("wait: skipped an unreadable state: %s", exc)
+                return
+            if state.is_completed and state.task_uuid in wanted:
+                done[state.task_uuid] = state
+
+        def fn(link: Link) -> None:
+            todo = [u for u in wanted if u not in done]
+            if not todo:
+                return
+            channel = link.connection.channel()
+            private = ctag = ""
+            try:
+                if timeout > 0:
+                    declare_exchange(link, self.exchange, "direct")
+                    private = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue or ""
+                    for uuid in todo:
+                        channel.queue_bind(private, self.exchange, routing_key=uuid)
+                for uuid in todo:  # states written before the bindings existed
+                    body, _exists = self._read(link, uuid)
+                    state = codec.decode_state(body) if body else None
+                    if state is not None and state.is_completed:
+                        done[uuid] = state
+                if not private or len(done) == len(wanted):
+                    return
+                ctag = channel.basic_consume(private, on_message, auto_ack=True)
+                while len(done) < len(wanted):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    link.connection.process_data_events(time_limit=min(remaining, 1.0))
+            finally:
+                if channel.is_open:
+                    # an exclusive queue lives as long as the (pooled) connection: remove it now;
+                    # cancelling its consumer deletes it (auto_delete)
+                    if ctag:
+                        channel.basic_cancel(ctag)
+                    elif private:
+                        channel.queue_delete(private)
+                    channel.close()
+
+        self._pool.run(fn, retry_timeout=max(self._pool.retry_timeout, timeout))
+        return {u: done[u] for u in wanted if u in done}
+
+    # groups ------------------------------------------------------------------------------------
+    def init_group(self, group_uuid: str, task_uuids: Sequence[str]) -> None:
+        meta = GroupMeta(group_uuid, list(task_uuids), created_at=now_utc())
+        token = group_uuid + TOKEN_SUFFIX
+
+        def fn(link: Link) -> None:
+            self._declare(link, token, bind=False)
+            self._publish(link, token, _TOKEN, via_exchange=False)
+            self._declare(link, group_uuid, bind=False)
+            self._publish(link, group_uuid, codec.encode_group_meta(meta), via_exchange=False)
+
+        self._pool.run(fn)
+
+    def _meta(self, link: Link, group_uuid: str) -> GroupMeta:
+        body, _exists = self._read(link, group_uuid)
+        if body is None:
+            raise UnknownGroupError(f"group {group_uuid!r} is unknown or expired")
+        return codec.decode_group_meta(body)
+
+    def group_states(self, group_uuid: str) -> list[TaskState]:
+        def fn(link: Link) -> list[TaskState]:
+            meta = self._meta(link, group_uuid)
+            try:  # renew the token's x-expires while the group is in use (a declare renews it)
+                link.channel.queue_declare(group_uuid + TOKEN_SUFFIX, durable=True, arguments=self._args())
+            except pex.ChannelClosedByBroker:
+                link.reset_channel()
+            states = [self._member(link, uuid) for uuid in meta.task_uuids]
+            # A read can be stale for a moment when several readers race a write (see the README);
+            # near the end of a group, where that would hide the chord's last member, look again.
+            for pause in (0.005, 0.02):
+                late = [i for i, s in enumerate(states) if not s.is_completed]
+                if not late or len(late) > 2:
+                    break
+                time.sleep(pause)
+                for i in late:
+                    states[i] = self._member(link, meta.task_uuids[i])
+            return states
+
+        return self._pool.run(fn)
+
+    def _member(self, link: Link, uuid: str) -> TaskState:
+        body, _exists = self._read(link, uuid)
+        return codec.decode_state(body) if body else TaskState(uuid, State.PENDING)
+
+    def trigger_chord(self, group_uuid: str) -> bool:
+        """True for exactly one caller: the one whose ``basic.get`` receives the group's token."""
+
+        def fn(link: Link) -> bool:
+            try:
+                method, _props, _body = link.channel.basic_get(group_uuid + TOKEN_SUFFIX, auto_ack=True)
+            except pex.ChannelClosedByBroker as exc:
+                if exc.reply_code != 404:
+                    raise
+                link.reset_channel()
+                self._meta(link, group_uuid)  # raises UnknownGroupError for an unknown group
+                return False  # the token queue expired after the group's last use
+            return method is not None
+
+        return self._pool.run(fn)
+
+    # purging -----------------------------------------------------------------------------------
+    def _delete(self, *names: str) -> None:
+        def fn(link: Link) -> None:
+            for name in names:
+                try:
+                    link.channel.queue_delete(name)
+                except pex.ChannelClosedByBroker as exc:
+                    if exc.reply_code != 404:
+                        raise
+                    link.reset_channel()
+                link.declared.discard("b:" + name)
+
+        self._pool.run(fn)
+
+    def purge_state(self, task_uuid: str) -> None:
+        self._delete(task_uuid)
+
+    def purge_group(self, group_uuid: str) -> None:
+        self._delete(group_uuid, group_uuid + TOKEN_SUFFIX)
+
+    def close(self) -> None:
+        self._pool.close()

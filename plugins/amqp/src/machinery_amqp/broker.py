@@ -1,0 +1,872 @@
+"""``amqp://`` / ``amqps://``: the RabbitMQ broker, with Go Machinery's topology and wire format.
+
+Threading (pika is not thread-safe: a connection and its channels belong to one thread)
+-----------------------------------------------------------------------------------------
+- **Consuming**: one I/O thread per broker owns one ``BlockingConnection`` with one channel per
+  consumed queue. RabbitMQ pushes deliveries into that thread (``basic_consume``), which puts them
+  into a ``queue.Queue`` per queue; :meth:`AMQPBroker.consume` (the worker's consumer thread) takes at
+  most ``max_messages`` from it. ``ack``/``nack`` come from task threads: they are queued as commands
+  and run by the I/O thread, woken with ``connection.add_callback_threadsafe`` (the one thread-safe
+  method of ``BlockingConnection``). The I/O thread also answers heartbeats, since it calls
+  ``process_data_events`` all the time, so a long task never starves the connection. We chose one
+  I/O thread over "a connection per thread" for the consumer because delivery tags belong to the
+  channel that received the message: acks must go to that same channel, so the channel must outlive
+  any single task thread.
+- **Producing**: publishes use a small pool of separate connections (:class:`~.connection.LinkPool`),
+  each link held by one thread for one publish, with publisher confirms and ``mandatory=True``. A
+  publish therefore never waits behind the consumer and runs in parallel from several threads.
+
+Prefetch
+--------
+``basic.qos`` is per consumer and set to ``min(prefetch_count, unsettled + max_messages)``: the
+deliveries this process holds (handed to the worker and not yet acked, plus buffered ones) never exceed
+the worker's concurrency, because the worker asks for exactly its free slots. ``prefetch_count = 0``
+means "follow the worker" (Go: unlimited). The value only grows (RabbitMQ cannot change the prefetch of a
+live consumer, so a larger value re-creates the consumer); a consumer left without :meth:`consume` calls
+for :data:`IDLE_RELEASE` seconds while holding buffered messages is cancelled and those messages go back
+to the queue, so a stopped worker does not keep messages hostage.
+
+Reconnect
+---------
+The I/O thread reconnects with exponential back-off (reset once a connection lived a few seconds) and
+re-creates its consumers. Messages unacked when a connection dropped are redelivered by RabbitMQ; acks
+for them (delivery tags of a dead channel) are dropped, never sent to a new channel. Publishes retry on
+a new connection for up to ``retry_timeout`` seconds. A refused login or vhost fails at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import math
+import os
+import queue as queue_mod
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from functools import partial
+from typing import Any
+
+import pika.exceptions as pex
+from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
+from pika.connection import Parameters
+from pika.spec import Basic, BasicProperties
+
+from machinery import codec
+from machinery.broker import BaseBroker, Delivery
+from machinery.capabilities import Capability
+from machinery.config import Config
+from machinery.redact import redact_url
+from machinery.signature import Signature, now_utc
+
+from .connection import (
+    AMQPAccessError,
+    AMQPError,
+    AMQPUnavailableError,
+    Backoff,
+    Link,
+    LinkPool,
+    UnroutableError,
+    connect,
+    connection_parameters,
+    split_urls,
+)
+
+__all__ = ["AMQPBroker", "AMQPDelivery"]
+
+logger = logging.getLogger("machinery.amqp")
+
+#: Seconds without a consume() call after which buffered (unhanded) deliveries go back to RabbitMQ.
+IDLE_RELEASE = 10.0
+#: Longest TTL of one delay hop; a longer ETA arrives early and the worker sends it round again.
+MAX_DELAY_MS = 2**30
+#: The dead-letter queue of ``<queue>`` when the queue has no server-side dead-letter exchange.
+DEAD_SUFFIX = ".dead"
+_UNLIMITED = 1 << 30
+
+
+def _decode(body: bytes) -> tuple[Signature | None, str]:
+    try:
+        return codec.decode_signature(body), ""
+    except Exception as exc:  # MessageError, or anything else a broken body provokes
+        return None, str(exc) or type(exc).__name__
+
+
+def _header_value(value: Any) -> Any:
+    """AMQP tables take str, bytes, bool, int, Decimal, datetime, dict, list and None; pika has no float."""
+    if value is None or isinstance(value, str | bytes | bool | int | Decimal | datetime):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _header_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_header_value(v) for v in value]
+    return str(value)
+
+
+def _properties(headers: dict[str, Any] | None, priority: int, message_id: str = "") -> BasicProperties:
+    return BasicProperties(
+        content_type="application/json",
+        delivery_mode=2,
+        headers=_header_value(headers or {}),
+        priority=priority,
+        message_id=message_id or None,
+    )
+
+
+@dataclass
+class _Outgoing:
+    """One message to publish: the task queue it is for, its AMQP routing key, body and properties."""
+
+    queue: str
+    key: str
+    body: bytes
+    properties: BasicProperties
+    delay_ms: int = 0
+
+
+class AMQPDelivery:
+    """One message delivered by RabbitMQ and handed to the worker."""
+
+    def __init__(
+        self,
+        broker: AMQPBroker,
+        queue: str,
+        serial: int,
+        tag: int,
+        redelivered: bool,
+        body: bytes,
+        properties: BasicProperties,
+    ) -> None:
+        self._broker = broker
+        self.queue = queue
+        self._serial = serial
+        self._tag = tag
+        self.redelivered = redelivered
+        self.body = body
+        self._properties = properties
+        self.signature, self.error = _decode(body)
+        self._lock = threading.Lock()
+        self._settled = False
+
+    def __repr__(self) -> str:
+        what = self.signature or f"malformed: {self.error}"
+        return f"<AMQPDelivery {self.queue}#{self._tag} {what}>"
+
+    def _claim(self) -> bool:
+        with self._lock:
+            if self._settled:
+                return False
+            self._settled = True
+            return True
+
+    def ack(self) -> None:
+        if self._claim():
+            self._broker._settle(self._serial, self._tag, ack=True)
+
+    def nack(self, requeue: bool = True, delay: float | None = None) -> None:
+        if not self._claim():
+            return
+        broker = self._broker
+        if requeue and delay is not None and delay > 0:
+            # RabbitMQ cannot requeue "later": send a copy through a delay queue, then ack this one.
+            try:
+                broker._republish(self.queue, self.body, self._properties, math.ceil(delay * 1000))
+            except Exception as exc:
+                logger.warning("could not requeue %r with a delay (%s); requeued now instead", self, exc)
+                broker._settle(self._serial, self._tag, ack=False, requeue=True)
+            else:
+                broker._settle(self._serial, self._tag, ack=True)
+        elif requeue:
+            broker._settle(self._serial, self._tag, ack=False, requeue=True)
+        elif broker._server_dead_letters:
+            broker._settle(self._serial, self._tag, ack=False, requeue=False)
+        else:
+            try:
+                broker._dead_letter(self.queue, self.body, self._properties)
+            except Exception as exc:
+                logger.error("could not dead-letter %r (%s); requeued instead", self, exc)
+                broker._settle(self._serial, self._tag, ack=False, requeue=True)
+            else:
+                broker._settle(self._serial, self._tag, ack=True)
+
+    def extend(self, seconds: float) -> None:
+        """Nothing to do: RabbitMQ keeps an unacked message leased as long as the channel lives."""
+        return None
+
+
+class AMQPBroker(BaseBroker):
+    """RabbitMQ broker (see the module docs for threading, prefetch and reconnects).
+
+    ``url`` may be a failover list joined by ``config.multiple_broker_separator``. Nothing connects
+    until the first publish or consume.
+    """
+
+    def __init__(self, url: str, config: Config | None = None, *, retry_timeout: float = 30.0) -> None:
+        super().__init__(config)
+        self.url = url
+        self.urls = split_urls(url, self.config)
+        amqp = self.config.amqp
+        self.exchange = amqp.exchange
+        self.exchange_type = amqp.exchange_type or "direct"
+        self.binding_key = amqp.binding_key
+        self.queue_args: dict[str, Any] = dict(amqp.queue_declare_args or {})
+        self.binding_args: dict[str, Any] = dict(amqp.queue_binding_args or {})
+        caps = {
+            Capability.DELAY,
+            Capability.PENDING_LIST,
+            Capability.DEAD_LETTER,
+            Capability.FIFO,
+            Capability.REDELIVERY,
+            Capability.MULTI_PROCESS,
+        }
+        if "x-max-priority" in self.queue_args:
+            caps.add(Capability.PRIORITY)
+        self.capabilities = frozenset(caps)
+        #: nack(requeue=False) lets RabbitMQ dead-letter when the task queues have their own DLX
+        self._server_dead_letters = "x-dead-letter-exchange" in self.queue_args
+        self._producers = LinkPool(self.urls, self.config, "producer", retry_timeout=retry_timeout)
+        self._consumer: _Consumer | None = None
+        self._consumer_lock = threading.Lock()
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, url: str, config: Config) -> AMQPBroker:
+        """Build from a URL (or failover list) without any I/O."""
+        return cls(url, config)
+
+    def __repr__(self) -> str:
+        return f"<AMQPBroker {redact_url(self.url)} exchange={self.exchange!r}>"
+
+    # topology ----------------------------------------------------------------------------------
+    @property
+    def _direct(self) -> bool:
+        return self.exchange_type == "direct"
+
+    def route(self, routing_key: str) -> tuple[str, str]:
+        """``(queue, AMQP routing key)`` for a signature's routing key (a queue name here).
+
+        Direct exchange (Go's default): the default queue is bound with ``binding_key`` and messages
+        for it are published with that key, as Go producers do (so a Go worker consumes them); its
+        ``binding_key`` spelling (``machinery_task``) also names the default queue. Any other queue is
+        declared under its own name and bound with that name, as Go's producer does for a custom
+        routing key. No queue named after the binding key is created (Go's #484). Other exchange
+        types: the key is the queue name and every queue is bound with ``binding_key`` and the
+        binding arguments (e.g. a headers exchange).
+        """
+        default = self.config.default_queue
+        name = routing_key or default
+        if self._direct and name in (default, self.binding_key):
+            return default, self.binding_key
+        return name, name
+
+    def _binding_key_for(self, queue: str) -> str:
+        if self._direct:
+            return self.binding_key if queue == self.config.default_queue else queue
+        return self.binding_key
+
+    def _queue_arguments(self) -> dict[str, Any] | None:
+        return dict(self.queue_args) or None
+
+    def declare_queue(self, channel: BlockingChannel, declared: set[str], queue: str) -> None:
+        """Declare (once per connection) the exchange, the durable task queue and its binding."""
+        if "x:" + self.exchange not in declared and self.exchange:
+            channel.exchange_declare(self.exchange, exchange_type=self.exchange_type, durable=True)
+            declared.add("x:" + self.exchange)
+        if "q:" + queue in declared:
+            return
+        channel.queue_declare(queue, durable=True, arguments=self._queue_arguments())
+        if self.exchange:
+            channel.queue_bind(
+                queue,
+                self.exchange,
+                routing_key=self._binding_key_for(queue),
+                arguments=dict(self.binding_args) or None,
+            )
+        declared.add("q:" + queue)
+
+    def _delay_target(self, link: Link, key: str, delay_ms: int) -> tuple[str, int, str]:
+        """Declare the delay queue for ``delay_ms`` and return ``(queue name, delay, expiration)``.
+
+        Automatic mode (Go's ``delay.<ms>.<exchange>.<key>``): a durable queue whose
+        ``x-message-ttl`` is the delay and which dead-letters into the exchange with the task's
+        routing key. ``x-max-priority`` of the task queues is kept on the delay queue and the message
+        keeps its priority property, so priority survives the delay (Go's #824). The queue expires
+        ``max(2 * delay, delay + 5 s)`` after its last declare (Go: 2 * delay, which a very short delay
+        could outrun). If a queue of that name exists with other arguments (another producer's), the
+        delay is moved one millisecond later (never earlier) and a fresh name tried.
+
+        Fixed mode (``amqp.delayed_queue`` set): one queue, per-message ``expiration``; RabbitMQ only
+        expires the head of a queue, so a long delay holds back shorter ones behind it.
+        """
+        amqp = self.config.amqp
+        extra: dict[str, Any] = {}
+        if "x-max-priority" in self.queue_args:
+            extra["x-max-priority"] = self.queue_args["x-max-priority"]
+        if amqp.delayed_queue:
+            default_key = self._direct and key == self.binding_key
+            name = amqp.delayed_queue if default_key else f"{amqp.delayed_queue}.{key}"
+            if "d:" + name not in link.declared:
+                args = {"x-dead-letter-exchange": self.exchange, "x-dead-letter-routing-key": key, **extra}
+                link.channel.queue_declare(name, durable=True, arguments=args)
+                link.declared.add("d:" + name)
+            return name, delay_ms, str(delay_ms)
+        for _ in range(5):
+            name = f"delay.{delay_ms}.{self.exchange}.{key}"
+            args = {
+                "x-dead-letter-exchange": self.exchange,
+                "x-dead-letter-routing-key": key,
+                "x-message-ttl": delay_ms,
+                "x-expires": max(2 * delay_ms, delay_ms + 5000),
+                **extra,
+            }
+            try:
+                link.channel.queue_declare(name, durable=True, auto_delete=amqp.auto_delete, arguments=args)
+            except pex.ChannelClosedByBroker as exc:
+                if exc.reply_code != 406:
+                    raise
+                link.reset_channel()
+                delay_ms += 1
+                continue
+            return name, delay_ms, ""
+        raise AMQPError(f"could not declare a delay queue for routing key {key!r} (argument conflicts)")
+
+    # producing ---------------------------------------------------------------------------------
+    def _outgoing(self, sig: Signature) -> _Outgoing:
+        body = codec.encode_signature(sig)
+        queue, key = self.route(sig.routing_key)
+        delay_ms = 0
+        if sig.eta is not None:
+            delay_ms = max(0, math.ceil((sig.eta - now_utc()).total_seconds() * 1000))
+        return _Outgoing(queue, key, body, _properties(sig.headers, sig.priority, sig.uuid), delay_ms)
+
+    def publish(self, signature: Signature) -> None:
+        """Publish with a publisher confirm; an unroutable message raises :class:`UnroutableError`."""
+        self._send([self._outgoing(signature)])
+
+    def publish_many(self, signatures: Sequence[Signature]) -> None:
+        """Publish several messages on one connection, each confirmed."""
+        if signatures:
+            self._send([self._outgoing(s) for s in signatures])
+
+    def publish_raw(self, queue: str, body: bytes, *, priority: int = 0, delay: float = 0.0) -> None:
+        """Put ``body`` on ``queue`` as is (tests use it for malformed messages)."""
+        q, key = self.route(queue)
+        self._send([_Outgoing(q, key, body, _properties({}, priority), math.ceil(delay * 1000))])
+
+    def _republish(self, queue: str, body: bytes, properties: BasicProperties, delay_ms: int) -> None:
+        q, key = self.route(queue)
+        props = _properties(
+            dict(properties.headers or {}), properties.priority or 0, properties.message_id or ""
+        )
+        self._send([_Outgoing(q, key, body, props, delay_ms)])
+
+    def _dead_letter(self, queue: str, body: bytes, properties: BasicProperties) -> None:
+        """Copy the message to ``<queue>.dead`` (durable, never consumed by Machinery)."""
+        name = queue + DEAD_SUFFIX
+
+        def fn(link: Link) -> None:
+            if "q:" + name not in link.declared:
+                link.channel.queue_declare(name, durable=True)
+                link.declared.add("q:" + name)
+            props = _properties(
+                dict(properties.headers or {}), properties.priority or 0, properties.message_id or ""
+            )
+            link.channel.basic_publish("", name, body, props, mandatory=True)
+
+        self._check_open()
+        self._producers.run(fn)
+
+    def dead_letters(self, queue: str) -> list[bytes]:
+        """Bodies waiting in ``<queue>.dead`` (oldest first), left in place."""
+        return self._peek(queue + DEAD_SUFFIX)
+
+    def _send(self, messages: list[_Outgoing]) -> None:
+        self._check_open()
+        done = 0
+
+        def fn(link: Link) -> None:
+            nonlocal done
+            while done < len(messages):
+                self._publish_one(link, messages[done])
+                done += 1
+
+        self._producers.run(fn)
+
+    def _publish_one(self, link: Link, msg: _Outgoing) -> None:
+        for attempt in (1, 2):
+            self.declare_queue(link.channel, link.declared, msg.queue)
+            exchange, key, props = self.exchange, msg.key, msg.properties
+            if msg.delay_ms > 0:
+                hop = min(msg.delay_ms, MAX_DELAY_MS)
+                name, hop, expiration = self._delay_target(link, msg.key, hop)
+                exchange, key = "", name  # the default exchange routes straight to the delay queue
+                if expiration:
+                    props = _with_expiration(props, expiration)
+            try:
+                link.channel.basic_publish(exchange, key, msg.body, props, mandatory=True)
+                return
+            except pex.UnroutableError:
+                # A queue we declared earlier on this connection may have been deleted: declare again.
+                link.declared.clear()
+                if attempt == 2:
+                    raise UnroutableError(
+                        f"RabbitMQ returned a message for queue {msg.queue!r} as unroutable: exchange "
+                        f"{self.exchange!r} has no queue bound with routing key {msg.key!r} "
+                        f"(check amqp.exchange, amqp.exchange_type and amqp.binding_key)"
+                    ) from None
+            except pex.NackError:
+                raise AMQPError(f"RabbitMQ refused (nacked) a message for queue {msg.queue!r}") from None
+
+    # consuming ---------------------------------------------------------------------------------
+    def consume(self, queue: str, max_messages: int, timeout: float) -> list[Delivery]:
+        if max_messages <= 0:
+            return []
+        self._check_open()
+        return self._get_consumer().take(queue, max_messages, timeout)
+
+    def _get_consumer(self) -> _Consumer:
+        with self._consumer_lock:
+            if self._consumer is None or not self._consumer.is_alive() or self._consumer.pid != os.getpid():
+                self._consumer = _Consumer(self)
+                self._consumer.start()
+            return self._consumer
+
+    def _settle(self, serial: int, tag: int, *, ack: bool, requeue: bool = True) -> None:
+        consumer = self._consumer
+        if consumer is not None:
+            consumer.settle(serial, tag, ack=ack, requeue=requeue)
+
+    # inspecting --------------------------------------------------------------------------------
+    def _peek(self, queue: str) -> list[bytes]:
+        """Bodies of every ready message of ``queue``, in order, left in the queue.
+
+        Gets them one by one without ack on a private channel, then requeues them all at once
+        (RabbitMQ puts them back at their original places, marked redelivered). Meanwhile no other
+        consumer can take them. A missing queue has no messages.
+        """
+
+        def fn(link: Link) -> list[bytes]:
+            channel = link.connection.channel()
+            bodies: list[bytes] = []
+            try:
+                while True:
+                    method, _props, body = channel.basic_get(queue, auto_ack=False)
+                    if method is None or body is None:
+                        break
+                    bodies.append(body)
+                    if method.message_count == 0:
+                        break
+                if bodies:
+                    channel.basic_nack(delivery_tag=0, multiple=True, requeue=True)
+            except pex.ChannelClosedByBroker as exc:
+                if exc.reply_code == 404:
+                    return []
+                raise
+            finally:
+                if channel.is_open:
+                    channel.close()
+            return bodies
+
+        self._check_open()
+        return self._producers.run(fn)
+
+    def pending(self, queue: str) -> list[Signature]:
+        """Signatures waiting in ``queue`` in delivery order (malformed bodies are skipped)."""
+        result = []
+        for body in self._peek(queue):
+            sig, error = _decode(body)
+            if sig is None:
+                logger.warning("pending(%s): skipped a malformed message: %s", queue, error)
+            else:
+                result.append(sig)
+        return result
+
+    def purge(self, queue: str) -> None:
+        """Delete every ready message of ``queue`` (delay queues are not touched)."""
+
+        def fn(link: Link) -> None:
+            try:
+                link.channel.queue_purge(queue)
+            except pex.ChannelClosedByBroker as exc:
+                if exc.reply_code != 404:
+                    raise
+                link.reset_channel()
+
+        self._check_open()
+        self._producers.run(fn)
+
+    def delete_queues(self, *queues: str) -> None:
+        """Delete queues (tests clean up with it); missing ones are ignored."""
+
+        def fn(link: Link) -> None:
+            for name in queues:
+                try:
+                    link.channel.queue_delete(name)
+                except pex.ChannelClosedByBroker as exc:
+                    if exc.reply_code != 404:
+                        raise
+                    link.reset_channel()
+            link.declared.clear()
+
+        self._producers.run(fn)
+
+    # life cycle --------------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise AMQPError("the AMQP broker is closed")
+
+    def close(self) -> None:
+        """Stop consuming (unacked messages go back to their queues) and close every connection."""
+        if self._closed:
+            return
+        self._closed = True
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            consumer.stop()
+        self._producers.close()
+
+
+def _with_expiration(props: BasicProperties, expiration: str) -> BasicProperties:
+    return BasicProperties(
+        content_type=props.content_type,
+        delivery_mode=props.delivery_mode,
+        headers=props.headers,
+        priority=props.priority,
+        message_id=props.message_id,
+        expiration=expiration,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# The consumer's I/O thread
+
+
+@dataclass
+class _Item:
+    serial: int
+    tag: int
+    redelivered: bool
+    body: bytes
+    properties: BasicProperties
+
+
+@dataclass
+class _QueueState:
+    """One consumed queue. Fields below ``# I/O thread`` are touched only by the I/O thread."""
+
+    name: str
+    buffer: queue_mod.Queue[_Item | None] = field(default_factory=queue_mod.Queue)
+    target: int = 0  # wanted prefetch (only grows)
+    active: bool = True  # asked for recently
+    last_asked: float = 0.0
+    error: AMQPError | None = None
+    # I/O thread
+    channel: BlockingChannel | None = None
+    serial: int = 0
+    ctag: str | None = None
+    consumer_target: int = 0
+    declared: set[str] = field(default_factory=set)
+
+
+class _Consumer(threading.Thread):
+    """Owns the consuming connection (see the module docs)."""
+
+    def __init__(self, broker: AMQPBroker) -> None:
+        super().__init__(name="machinery-amqp-consumer", daemon=True)
+        self.broker = broker
+        self.pid = os.getpid()
+        self.params: list[Parameters] | None = None
+        self.lock = threading.Lock()
+        self.queues: dict[str, _QueueState] = {}
+        self.commands: deque[Callable[[], None]] = deque()
+        self.connection: BlockingConnection | None = None
+        self.connected = threading.Event()
+        self.attempted = threading.Event()
+        self.stopping = threading.Event()
+        self.error: AMQPError | None = None
+        self.serials = itertools.count(1)
+        self.live: dict[int, BlockingChannel] = {}  # serial -> open channel
+        self.handed: dict[tuple[int, int], str] = {}  # (serial, tag) -> queue, handed to the worker
+        self.ctags = itertools.count(1)
+
+    # called from other threads -----------------------------------------------------------------
+    def take(self, name: str, max_messages: int, timeout: float) -> list[Delivery]:
+        deadline = time.monotonic() + timeout
+        prefetch = self.broker.config.amqp.prefetch_count or _UNLIMITED
+        with self.lock:
+            state = self.queues.get(name)
+            if state is None:
+                state = self.queues[name] = _QueueState(name)
+            state.last_asked = time.monotonic()
+            wake = not state.active or state.ctag is None
+            state.active = True
+            want = max(1, min(prefetch, len(self.handed) + max_messages))
+            if want > state.target:
+                state.target = want
+                wake = True
+        error = self._pop_error(state)
+        if error is not None:
+            raise error
+        if wake:
+            self.wake()
+        if not self.connected.is_set():
+            self.attempted.wait(max(0.0, deadline - time.monotonic()))
+            if isinstance(self.error, AMQPAccessError):
+                raise self.error
+            if not self.connected.wait(max(0.0, deadline - time.monotonic())):
+                raise self.error or AMQPUnavailableError("not connected to RabbitMQ yet")
+        items: list[_Item] = []
+        while len(items) < max_messages:
+            try:
+                if items:
+                    item = state.buffer.get_nowait()
+                else:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    item = state.buffer.get(timeout=remaining)
+            except queue_mod.Empty:
+                break
+            if item is None:  # the I/O thread woke us: the queue cannot be consumed
+                error = self._pop_error(state)
+                if error is not None and not items:
+                    raise error
+                if error is not None:
+                    with self.lock:
+                        state.error = error  # reported by the next call
+                    break
+                continue
+            with self.lock:
+                if item.serial not in self.live:
+                    continue  # its channel died: RabbitMQ redelivers it
+                self.handed[(item.serial, item.tag)] = name
+            items.append(item)
+        return [
+            AMQPDelivery(self.broker, name, i.serial, i.tag, i.redelivered, i.body, i.properties)
+            for i in items
+        ]
+
+    def _pop_error(self, state: _QueueState) -> AMQPError | None:
+        with self.lock:
+            error, state.error = state.error, None
+            return error
+
+    def settle(self, serial: int, tag: int, *, ack: bool, requeue: bool = True) -> None:
+        with self.lock:
+            self.handed.pop((serial, tag), None)
+            if serial not in self.live:
+                logger.debug("ack of delivery %d dropped: its channel is gone (RabbitMQ redelivers it)", tag)
+                return
+        done = threading.Event()
+        self.commands.append(partial(self._run_settle, serial, tag, ack, requeue, done))
+        if threading.current_thread() is self:
+            self._run_commands()
+            return
+        self.wake()
+        done.wait(5.0)
+
+    def wake(self) -> None:
+        connection = self.connection
+        if connection is not None:
+            with contextlib.suppress(Exception):  # closed: the loop notices on its own
+                connection.add_callback_threadsafe(self._run_commands)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.wake()
+        if threading.current_thread() is not self:
+            self.join(10.0)
+
+    # the I/O thread ----------------------------------------------------------------------------
+    def run(self) -> None:
+        backoff = Backoff(0.2, 5.0)
+        broker = self.broker
+        while not self.stopping.is_set():
+            try:
+                if self.params is None:
+                    self.params = connection_parameters(broker.urls, broker.config, "consumer")
+                connection = connect(self.params, broker.urls)
+            except Exception as exc:
+                self._fail(exc if isinstance(exc, AMQPError) else AMQPUnavailableError(str(exc)))
+                self.stopping.wait(backoff.next())
+                continue
+            began = time.monotonic()
+            self.connection = connection
+            with self.lock:
+                self.error = None
+            self.connected.set()
+            self.attempted.set()
+            if backoff.attempt:
+                logger.warning("amqp consumer: connected again to RabbitMQ")
+            try:
+                self._serve(connection)
+            except Exception as exc:
+                if not self.stopping.is_set():
+                    logger.warning("amqp consumer: lost the connection to RabbitMQ (%s); reconnecting", exc)
+                    self._fail(AMQPUnavailableError(f"lost the connection to RabbitMQ: {exc}"))
+            finally:
+                self._teardown(connection)
+            if time.monotonic() - began > 3.0:
+                backoff.reset()
+            if not self.stopping.is_set():
+                self.stopping.wait(backoff.next())
+
+    def _fail(self, exc: AMQPError) -> None:
+        with self.lock:
+            self.error = exc
+        self.connected.clear()
+        self.attempted.set()
+        if not self.stopping.is_set():
+            logger.warning("amqp consumer: %s", exc)
+
+    def _serve(self, connection: BlockingConnection) -> None:
+        while not self.stopping.is_set():
+            self._run_commands()
+            self._sync(connection)
+            connection.process_data_events(time_limit=0.25)
+        self._run_commands()
+
+    def _run_commands(self) -> None:
+        while True:
+            try:
+                command = self.commands.popleft()
+            except IndexError:
+                return
+            command()
+
+    def _run_settle(self, serial: int, tag: int, ack: bool, requeue: bool, done: threading.Event) -> None:
+        try:
+            channel = self.live.get(serial)
+            if channel is None or not channel.is_open:
+                return
+            if ack:
+                channel.basic_ack(tag)
+            else:
+                channel.basic_nack(tag, requeue=requeue)
+        finally:
+            done.set()
+
+    def _sync(self, connection: BlockingConnection) -> None:
+        """Create, re-create or release consumers as the states ask."""
+        with self.lock:
+            states = list(self.queues.values())
+        now = time.monotonic()
+        for state in states:
+            if state.channel is not None and not state.channel.is_open:
+                self._forget_channel(state)
+            if (
+                state.ctag is not None
+                and state.channel is not None
+                and state.ctag not in state.channel.consumer_tags
+            ):
+                state.ctag = None  # cancelled by RabbitMQ (the queue was deleted)
+            if (
+                state.ctag is not None
+                and state.active
+                and now - state.last_asked > IDLE_RELEASE
+                and not state.buffer.empty()
+            ):
+                logger.info(
+                    "amqp consumer: %s not consumed for %.0fs; releasing its prefetch",
+                    state.name,
+                    IDLE_RELEASE,
+                )
+                self._cancel(state)
+                state.active = False
+                continue
+            if not state.active or state.target <= 0:
+                continue
+            if state.ctag is not None and state.consumer_target >= state.target:
+                continue
+            try:
+                self._start_consumer(connection, state)
+            except pex.ChannelClosedByBroker as exc:
+                self._forget_channel(state)
+                with self.lock:
+                    state.error = AMQPError(
+                        f"cannot consume queue {state.name!r}: RabbitMQ said ({exc.reply_code}) "
+                        f"{exc.reply_text} (a queue declared with other arguments? check "
+                        "amqp.queue_declare_args)"
+                    )
+                state.buffer.put(None)
+
+    def _start_consumer(self, connection: BlockingConnection, state: _QueueState) -> None:
+        if state.channel is None:
+            channel = connection.channel()
+            state.declared = set()
+            self.broker.declare_queue(channel, state.declared, state.name)
+            with self.lock:
+                state.serial = next(self.serials)
+                self.live[state.serial] = channel
+            state.channel = channel
+        channel = state.channel
+        if state.ctag is not None:
+            self._cancel(state)
+        with self.lock:
+            mine = sum(1 for key, q in self.handed.items() if q == state.name and key[0] == state.serial)
+        # at creation, the deliveries this process holds for the queue never exceed the target
+        prefetch = max(1, state.target - mine)
+        channel.basic_qos(prefetch_count=prefetch)
+        tag = f"machinery-{os.getpid()}-{state.name}-{next(self.ctags)}"
+        state.ctag = channel.basic_consume(
+            state.name, partial(self._on_message, state, state.serial), auto_ack=False, consumer_tag=tag
+        )
+        state.consumer_target = state.target
+        logger.debug("amqp consumer: consuming %s with prefetch %d", state.name, prefetch)
+
+    def _on_message(
+        self,
+        state: _QueueState,
+        serial: int,
+        _channel: BlockingChannel,
+        method: Basic.Deliver,
+        properties: BasicProperties,
+        body: bytes,
+    ) -> None:
+        state.buffer.put(_Item(serial, method.delivery_tag or 0, bool(method.redelivered), body, properties))
+
+    def _cancel(self, state: _QueueState) -> None:
+        """Cancel the queue's consumer and give its buffered deliveries back to RabbitMQ."""
+        channel, tag, state.ctag = state.channel, state.ctag, None
+        if channel is None or tag is None or not channel.is_open:
+            return
+        channel.basic_cancel(tag)
+        while True:
+            try:
+                item = state.buffer.get_nowait()
+            except queue_mod.Empty:
+                break
+            if item is not None and item.serial == state.serial:
+                channel.basic_nack(item.tag, requeue=True)
+
+    def _forget_channel(self, state: _QueueState) -> None:
+        with self.lock:
+            self.live.pop(state.serial, None)
+            for key in [k for k in self.handed if k[0] == state.serial]:
+                del self.handed[key]
+        state.channel = None
+        state.ctag = None
+        state.consumer_target = 0
+
+    def _teardown(self, connection: BlockingConnection) -> None:
+        """After the connection ended: every delivery of it is void (RabbitMQ requeued them)."""
+        self.connected.clear()
+        self.connection = None
+        with self.lock:
+            states = list(self.queues.values())
+        for state in states:
+            self._forget_channel(state)
+            while True:
+                try:
+                    state.buffer.get_nowait()
+                except queue_mod.Empty:
+                    break
+        self._run_commands()  # pending acks find no channel: dropped, their waiters released
+        with contextlib.suppress(Exception):  # already broken
+            if connection.is_open:
+                connection.close()
