@@ -312,6 +312,43 @@ def test_extend_pushes_the_lease(url: str) -> None:
         b.close()
 
 
+def expire_leases(path: str) -> None:
+    """Make every lease run out now, as if its consumer had stopped renewing."""
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE messages SET visible_at = 0 WHERE lease_owner IS NOT NULL AND ready = 0")
+
+
+def test_stale_ack_after_redelivery_does_nothing(url: str) -> None:
+    a = SQLiteBroker.from_url(url, Config())
+    b = SQLiteBroker.from_url(url, Config())
+    try:
+        a.publish(sig("a"))
+        [stale] = a.consume(Q, 1, 1.0)
+        expire_leases(a.path)
+        [fresh] = b.consume(Q, 1, 1.0)
+        assert fresh.redelivered
+        stale.ack()  # the lease was lost and the message handed to b: a cannot delete it any more
+        assert b.count(Q) == 1
+        fresh.ack()
+        assert b.count(Q) == 0
+    finally:
+        a.close()
+        b.close()
+
+
+def test_late_ack_before_redelivery_still_deletes(url: str) -> None:
+    a = SQLiteBroker.from_url(url, Config())
+    try:
+        a.publish(sig("a"))
+        [late] = a.consume(Q, 1, 1.0)
+        expire_leases(a.path)
+        assert [s.uuid for s in a.pending(Q)] == ["a"]  # visible again ...
+        late.ack()  # ... but nobody took it yet: the task did finish, so the ack counts
+        assert a.count(Q) == 0
+    finally:
+        a.close()
+
+
 def test_close_returns_unsettled_leases_at_once(url: str) -> None:
     a = SQLiteBroker.from_url(url, Config())
     b = SQLiteBroker.from_url(url, Config())
@@ -696,6 +733,21 @@ def test_lock_expiry_and_owner_only_release(url: str) -> None:
         first.close()
         second.close()
         second.close()
+
+
+def test_forked_lock_is_another_owner(url: str) -> None:
+    lock = SQLiteLock.from_url(url, Config())
+    assert lock.acquire("k", 30)
+
+    def child() -> None:
+        lock.release("k")  # the copy in the child is not the owner
+        assert not lock.acquire("k", 30)
+
+    p = CTX.Process(target=child)
+    p.start()
+    join_all([p])
+    assert lock.holder("k") == lock.owner
+    lock.close()
 
 
 def test_errors_name_the_file(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import uuid
 
 from ..config import Config
 from ..errors import MachineryError
-from ..sqlite_store import SQLiteStore, SQLiteTarget, parse_sqlite_url
+from ..sqlite_store import SQLiteStore, SQLiteTarget, on_fork, parse_sqlite_url
 
 __all__ = ["SQLiteLock"]
 
@@ -27,6 +27,10 @@ class SQLiteLock:
         self.target = target
         self.owner = uuid.uuid4().hex
         self._store = SQLiteStore(target, MachineryError)
+        on_fork(self)
+
+    def _after_fork(self) -> None:
+        self.owner = uuid.uuid4().hex  # a forked copy is another owner: it cannot release our keys
 
     @classmethod
     def from_url(cls, url: str, config: Config) -> SQLiteLock:
