@@ -3,7 +3,10 @@
 One SQLite file in WAL mode holds everything. Each thread of each process gets its own connection
 (SQLite connections must not cross a ``fork``; those inherited by a child are set aside, never used
 or closed). Writes run in ``BEGIN IMMEDIATE`` transactions, so concurrent writers queue up on the
-file lock (``busy_timeout``) instead of failing with a stale snapshot.
+file lock (``busy_timeout``) instead of failing with a stale snapshot; the writers of one process
+take turns on a :class:`threading.Lock` first, so only other processes wait in SQLite's busy handler
+(which sleeps in steps of milliseconds). ``synchronous=NORMAL``: a commit is not fsynced (WAL keeps
+the file consistent; a power cut may lose the last commits, a process crash loses nothing).
 
 Waiting (``consume``, ``wait``) is woken two ways: in-process by a :class:`threading.Condition`
 shared by every store on the same file, and across processes by polling ``PRAGMA data_version``

@@ -168,7 +168,6 @@ class SQLiteBroker(BaseBroker):
         self._outstanding: set[int] = set()
         self._renewer: threading.Thread | None = None
         self._stop = threading.Event()
-        self._closed = False
 
     def _after_fork(self) -> None:
         # The parent's leases stay the parent's: this process starts with none and a new owner id.
