@@ -1,0 +1,322 @@
+"""The AMQP broker against a real RabbitMQ: topology, publish/consume/ack, prefetch, delays, priority."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from machinery import Config, Signature
+from machinery.capabilities import Capability
+from machinery_amqp import AMQPBroker, UnroutableError
+
+from amqp_testlib import Admin, Names
+
+pytestmark = pytest.mark.services
+
+
+def sig(n: int, **kw: object) -> Signature:
+    return Signature("add", [n, 1], uuid=f"task_{n}", **kw)  # type: ignore[arg-type]
+
+
+def take(broker: AMQPBroker, queue: str, count: int, timeout: float = 5.0) -> list:  # type: ignore[type-arg]
+    """Consume until ``count`` deliveries arrived (each call asks for the rest)."""
+    got: list = []  # type: ignore[type-arg]
+    deadline = time.monotonic() + timeout
+    while len(got) < count and time.monotonic() < deadline:
+        got += broker.consume(queue, count - len(got), 0.5)
+    return got
+
+
+def test_publish_consume_ack_in_order(broker: AMQPBroker, names: Names, admin: Admin) -> None:
+    for n in range(5):
+        broker.publish(sig(n))
+    assert admin.count(names.queue) == 5
+    got = take(broker, names.queue, 5)
+    assert [d.signature.uuid for d in got] == [f"task_{n}" for n in range(5)]
+    assert not any(d.redelivered for d in got)
+    for d in got:
+        d.ack()
+    assert broker.consume(names.queue, 5, 0.3) == []
+    assert admin.count(names.queue) == 0
+
+
+def test_wire_format_is_go_machinery(broker: AMQPBroker, names: Names, admin: Admin) -> None:
+    """Default direct exchange: routing key = binding key, JSON body, persistent, headers, priority."""
+    broker.publish(sig(1, headers={"trace": "abc", "n": 2}))
+    method, props, body = admin.get(names.queue)
+    assert method.exchange == names.exchange  # type: ignore[attr-defined]
+    assert method.routing_key == names.binding_key  # type: ignore[attr-defined]
+    assert props.content_type == "application/json"  # type: ignore[attr-defined]
+    assert props.delivery_mode == 2  # type: ignore[attr-defined]
+    assert props.headers == {"trace": "abc", "n": 2}  # type: ignore[attr-defined]
+    assert props.priority == 0  # type: ignore[attr-defined]
+    data = json.loads(body or b"")
+    assert data["UUID"] == "task_1" and data["Name"] == "add"
+    assert data["Args"] == [{"Name": "", "Type": "int64", "Value": 1}, {"Name": "", "Type": "int64", "Value": 1}]
+
+
+def test_no_stray_queue_named_after_the_routing_key(broker: AMQPBroker, names: Names, admin: Admin) -> None:
+    """Go's direct-exchange producer declared a second queue named after the binding key (#484)."""
+    broker.publish(sig(1))
+    assert admin.exists(names.queue)
+    assert not admin.exists(names.binding_key)
+    # a Go message whose RoutingKey is the binding key is routed to the default queue too
+    assert broker.route(names.binding_key) == (names.queue, names.binding_key)
+
+
+def test_published_before_any_worker_is_kept(amqp_url: str, config: Config, names: Names, admin: Admin) -> None:
+    producer = AMQPBroker(amqp_url, config)
+    producer.publish(sig(7))
+    producer.close()
+    consumer = AMQPBroker(amqp_url, config)
+    try:
+        [d] = take(consumer, names.queue, 1)
+        assert d.signature.uuid == "task_7"
+        d.ack()
+    finally:
+        consumer.close()
+
+
+def test_custom_queue_routing(broker: AMQPBroker, names: Names, admin: Admin) -> None:
+    other = names.other("other")
+    admin.queues.add(other)
+    broker.publish(sig(1, routing_key=other))
+    broker.publish(sig(2))
+    assert admin.count(other) == 1
+    assert admin.count(names.queue) == 1
+    [d] = take(broker, other, 1)
+    assert d.signature.uuid == "task_1"
+    d.ack()
+
+
+def test_nack_requeue_comes_back_redelivered(broker: AMQPBroker, names: Names) -> None:
+    broker.publish(sig(1))
+    [d] = take(broker, names.queue, 1)
+    d.nack(requeue=True)
+    [again] = take(broker, names.queue, 1)
+    assert again.signature.uuid == "task_1"
+    assert again.redelivered
+    again.ack()
+
+
+def test_nack_with_delay_is_not_early(broker: AMQPBroker, names: Names) -> None:
+    broker.publish(sig(1))
+    [d] = take(broker, names.queue, 1)
+    start = time.monotonic()
+    d.nack(requeue=True, delay=1.0)
+    assert broker.consume(names.queue, 1, 0.7) == []
+    [again] = take(broker, names.queue, 1)
+    assert time.monotonic() - start >= 1.0
+    assert again.signature.uuid == "task_1"
+    again.ack()
+
+
+def test_nack_without_requeue_dead_letters(broker: AMQPBroker, names: Names, admin: Admin) -> None:
+    broker.publish(sig(1))
+    [d] = take(broker, names.queue, 1)
+    d.nack(requeue=False)
+    assert broker.consume(names.queue, 1, 0.3) == []
+    [body] = broker.dead_letters(names.queue)
+    assert json.loads(body)["UUID"] == "task_1"
+    assert admin.count(names.queue + ".dead") == 1  # dead_letters() leaves it there
+
+
+def test_settling_twice_is_ignored(broker: AMQPBroker, names: Names) -> None:
+    broker.publish(sig(1))
+    [d] = take(broker, names.queue, 1)
+    d.ack()
+    d.ack()
+    d.nack()
+    assert broker.consume(names.queue, 1, 0.3) == []
+
+
+def test_malformed_body_is_a_delivery_with_an_error(broker: AMQPBroker, names: Names) -> None:
+    broker.publish_raw(names.queue, b"{not json")
+    broker.publish_raw(names.queue, b'{"UUID": "task_x", "Name": 5}')
+    got = take(broker, names.queue, 2)
+    assert [d.signature for d in got] == [None, None]
+    assert all(d.error for d in got)
+    assert got[0].body == b"{not json"
+    for d in got:
+        d.nack(requeue=False)
+    assert len(broker.dead_letters(names.queue)) == 2
+
+
+def test_never_more_than_max_messages_and_prefetch_bound(broker: AMQPBroker, names: Names, admin: Admin) -> None:
+    """Each consume hands out at most max_messages, and RabbitMQ sends this process only as many
+    messages as the worker has slots for (prefetch = unsettled + free slots)."""
+    for n in range(10):
+        broker.publish(sig(n))
+    first = take(broker, names.queue, 3)  # a worker with 3 free slots
+    assert len(first) == 3
+    time.sleep(0.3)
+    assert admin.count(names.queue) == 7  # nothing beyond the 3 slots left the server
+    assert broker.consume(names.queue, 0, 0.1) == []
+    for d in first:
+        d.ack()
+    second = broker.consume(names.queue, 2, 2.0)
+    assert 1 <= len(second) <= 2
+    for d in second:
+        d.ack()
+
+
+def test_prefetch_count_caps_the_prefetch(make_config: Callable[..., Config], amqp_url: str, names: Names, admin: Admin) -> None:
+    broker = AMQPBroker(amqp_url, make_config(prefetch_count=2))
+    try:
+        for n in range(6):
+            broker.publish(sig(n))
+        got = take(broker, names.queue, 5, timeout=1.5)
+        assert len(got) == 2  # prefetch_count 2 < 5 free slots
+        time.sleep(0.2)
+        assert admin.count(names.queue) == 4
+        for d in got:
+            d.ack()
+        rest = []
+        for _ in range(2):
+            batch = take(broker, names.queue, 2)
+            for d in batch:
+                d.ack()
+            rest += batch
+        assert [d.signature.uuid for d in rest] == [f"task_{n}" for n in range(2, 6)]
+    finally:
+        broker.close()
+
+
+def test_idle_consumer_releases_its_prefetch(broker: AMQPBroker, names: Names, admin: Admin, monkeypatch: pytest.MonkeyPatch) -> None:
+    from machinery_amqp import broker as broker_mod
+
+    monkeypatch.setattr(broker_mod, "IDLE_RELEASE", 0.5)
+    for n in range(4):
+        broker.publish(sig(n))
+    [d] = broker.consume(names.queue, 1, 2.0)
+    # now ask for 4 (prefetch grows to 5), take nothing more and go idle
+    assert len(take(broker, names.queue, 3)) == 3
+    time.sleep(0.1)
+    for _ in range(40):
+        if admin.count(names.queue) == 0:
+            break
+        time.sleep(0.05)
+    d.ack()
+
+
+def test_eta_not_early_and_priority_kept_through_the_delay(
+    make_config: Callable[..., Config], amqp_url: str, names: Names, admin: Admin
+) -> None:
+    """#824: a delayed message keeps its priority (the delay queue keeps x-max-priority)."""
+    broker = AMQPBroker(amqp_url, make_config(queue_declare_args={"x-max-priority": 10}))
+    assert Capability.PRIORITY in broker.capabilities
+    try:
+        eta = datetime.now(UTC) + timedelta(seconds=1.5)
+        broker.publish(sig(1, eta=eta, priority=1))
+        broker.publish(sig(2, eta=eta, priority=9))
+        broker.publish(sig(3, eta=eta, priority=5))
+        time.sleep(1.0)
+        assert admin.count(names.queue) == 0  # still in their delay queues: not early
+        time.sleep(max(0.0, (eta - datetime.now(UTC)).total_seconds()) + 0.3)
+        assert admin.count(names.queue) == 3
+        got = take(broker, names.queue, 3)
+        assert datetime.now(UTC) >= eta
+        assert [d.signature.uuid for d in got] == ["task_2", "task_3", "task_1"]
+        assert [d._properties.priority for d in got] == [9, 5, 1]
+        for d in got:
+            d.ack()
+    finally:
+        broker.close()
+
+
+def test_priority_without_delay(make_config: Callable[..., Config], amqp_url: str, names: Names, admin: Admin) -> None:
+    broker = AMQPBroker(amqp_url, make_config(queue_declare_args={"x-max-priority": 10}, prefetch_count=1))
+    try:
+        for n, priority in ((1, 0), (2, 9), (3, 4)):
+            broker.publish(sig(n, priority=priority))
+        order = []
+        for _ in range(3):
+            [d] = take(broker, names.queue, 1)
+            order.append(d.signature.uuid)
+            d.ack()
+        assert order == ["task_2", "task_3", "task_1"]
+    finally:
+        broker.close()
+
+
+def test_fixed_delayed_queue_mode(make_config: Callable[..., Config], amqp_url: str, names: Names, admin: Admin) -> None:
+    delayed = names.other("delayed")
+    admin.queues.add(delayed)
+    broker = AMQPBroker(amqp_url, make_config(delayed_queue=delayed))
+    try:
+        start = time.monotonic()
+        broker.publish(sig(1, eta=datetime.now(UTC) + timedelta(seconds=0.8)))
+        assert admin.count(delayed) == 1
+        [d] = take(broker, names.queue, 1)
+        assert time.monotonic() - start >= 0.75
+        d.ack()
+    finally:
+        broker.close()
+
+
+def test_unroutable_publish_raises(make_config: Callable[..., Config], amqp_url: str, names: Names, admin: Admin) -> None:
+    """A topic exchange whose binding key matches no routing key: RabbitMQ returns the message."""
+    broker = AMQPBroker(amqp_url, make_config(exchange_type="topic", binding_key="nothing.matches.this"))
+    try:
+        with pytest.raises(UnroutableError, match="unroutable"):
+            broker.publish(sig(1))
+        assert admin.count(names.queue) == 0
+    finally:
+        broker.close()
+
+
+def test_pending_in_order_and_purge(broker: AMQPBroker, names: Names, admin: Admin) -> None:
+    for n in (1, 3, 6):
+        broker.publish(sig(n))
+    pending = broker.pending(names.queue)
+    assert [s.uuid for s in pending] == ["task_1", "task_3", "task_6"]
+    assert [s.arg_values for s in pending] == [[1, 1], [3, 1], [6, 1]]
+    assert admin.count(names.queue) == 3  # left in place
+    assert [s.uuid for s in broker.pending(names.queue)] == ["task_1", "task_3", "task_6"]
+    broker.purge(names.queue)
+    assert broker.pending(names.queue) == []
+    assert broker.pending(names.other("never_declared")) == []
+    broker.purge(names.other("never_declared"))
+
+
+def test_publish_many(broker: AMQPBroker, names: Names, admin: Admin) -> None:
+    broker.publish_many([sig(n) for n in range(20)])
+    assert admin.count(names.queue) == 20
+
+
+def test_two_consumers_share_a_queue(amqp_url: str, config: Config, names: Names, admin: Admin) -> None:
+    a, b = AMQPBroker(amqp_url, config), AMQPBroker(amqp_url, config)
+    try:
+        a.publish_many([sig(n) for n in range(6)])
+        got_a = take(a, names.queue, 3)
+        got_b = take(b, names.queue, 3)
+        uuids = sorted(d.signature.uuid for d in got_a + got_b)
+        assert uuids == sorted(f"task_{n}" for n in range(6))
+        for d in got_a + got_b:
+            d.ack()
+    finally:
+        a.close()
+        b.close()
+
+
+def test_close_returns_unacked_messages(amqp_url: str, config: Config, names: Names, admin: Admin) -> None:
+    a = AMQPBroker(amqp_url, config)
+    a.publish_many([sig(n) for n in range(3)])
+    got = take(a, names.queue, 3)
+    assert len(got) == 3
+    a.close()
+    a.close()  # idempotent
+    b = AMQPBroker(amqp_url, config)
+    try:
+        again = take(b, names.queue, 3)
+        assert sorted(d.signature.uuid for d in again) == ["task_0", "task_1", "task_2"]
+        assert all(d.redelivered for d in again)
+        for d in again:
+            d.ack()
+        got[0].ack()  # an ack after close is ignored, not an error
+    finally:
+        b.close()
