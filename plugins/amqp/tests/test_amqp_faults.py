@@ -1,0 +1,130 @@
+"""Fault tests: a worker killed with tasks STARTED, and RabbitMQ restarted mid-run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from machinery import AsyncResult, State
+
+from amqp_apps import make_app, read_log
+from amqp_testlib import SERVICES, Admin, Names
+
+pytestmark = [pytest.mark.services, pytest.mark.slow]
+HERE = Path(__file__).resolve().parent
+
+
+def start_worker(amqp_url: str, names: Names, runlog: Path, concurrency: int) -> subprocess.Popen[str]:
+    settings = {
+        "broker": amqp_url,
+        "backend": amqp_url,
+        "suffix": names.suffix,
+        "runlog": str(runlog),
+        "concurrency": concurrency,
+    }
+    env = {**os.environ, "AMQP_TEST_APP": json.dumps(settings), "PYTHONPATH": str(HERE)}
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "amqp_apps.py")], env=env, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def wait_for(probe, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not probe():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_sigkill_with_tasks_started_redelivers_each_once(
+    amqp_url: str, names: Names, admin: Admin, tmp_path: Path
+) -> None:
+    runlog = tmp_path / "runs.log"
+    app = make_app(amqp_url, amqp_url, names.suffix)
+    slow = app.get_task("slow")
+    first = start_worker(amqp_url, names, runlog, concurrency=4)
+    second: subprocess.Popen[str] | None = None
+    try:
+        results = [app.send_task(slow.s(n, 2.0)) for n in range(8)]
+        wait_for(lambda: len(read_log(str(runlog))) >= 4, 30, "4 tasks STARTED in the first worker")
+        started = [n for event, n, pid in read_log(str(runlog)) if event == "start" and pid == first.pid]
+        assert len(started) == 4  # prefetch = concurrency: nothing more left RabbitMQ
+        for n in started:
+            assert results[n].state in (State.STARTED, State.RECEIVED)
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        second = start_worker(amqp_url, names, runlog, concurrency=8)
+        assert sorted(r.get(timeout=60) for r in results) == list(range(8))
+        log = read_log(str(runlog))
+        done = Counter(n for event, n, _ in log if event == "done")
+        assert done == Counter(range(8))  # every task finished exactly once
+        assert all(pid != first.pid for event, _, pid in log if event == "done")
+        restarted = Counter(n for event, n, _ in log if event == "start")
+        assert sorted(n for n, c in restarted.items() if c == 2) == sorted(started)
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        app.close()
+
+
+def restart_rabbitmq() -> None:
+    if "rabbitmq" not in os.environ.get("MACHINERY_SERVICES", "").split():
+        reason = "RabbitMQ is not managed by scripts/services here (MACHINERY_SERVICES)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    subprocess.run([str(SERVICES), "restart", "rabbitmq"], check=True, timeout=180, capture_output=True)
+
+
+def test_rabbitmq_restart_mid_run_every_task_completes(amqp_url: str, names: Names, admin: Admin) -> None:
+    """#150/#411/#427: producer and consumer reconnect by themselves; nothing sent is lost."""
+    if "rabbitmq" not in os.environ.get("MACHINERY_SERVICES", "").split():
+        restart_rabbitmq()  # skips (or fails in CI) with the reason
+    app = make_app(amqp_url, amqp_url, names.suffix)
+    slow = app.get_task("slow")
+    worker = app.worker(concurrency=4)
+    thread = worker.launch_async()
+    results: list[AsyncResult] = []
+    errors: list[BaseException] = []
+    try:
+        results += [app.send_task(slow.s(n, 0.3)) for n in range(12)]
+        wait_for(lambda: results[0].state is not State.PENDING, 20, "the worker to start")
+
+        def send_during_restart() -> None:
+            try:
+                for n in range(100, 106):
+                    results.append(app.send_task(slow.s(n, 0.1)))
+                    time.sleep(0.5)
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        sender = threading.Thread(target=send_during_restart)
+        sender.start()
+        restart_rabbitmq()
+        sender.join(60)
+        results += [app.send_task(slow.s(n, 0.1)) for n in range(200, 206)]
+        assert errors == []
+        values = sorted(r.get(timeout=120) for r in results)
+        assert values == sorted([*range(12), *range(100, 106), *range(200, 206)])
+    finally:
+        worker.quit()
+        thread.join(30)
+        app.close()
+    assert not thread.is_alive()
