@@ -148,6 +148,7 @@ def test_capabilities() -> None:
         SQLiteBroker.capabilities
     )
     assert SQLiteBackend.capabilities == {Capability.EXPIRY, Capability.MULTI_PROCESS}
+    assert SQLiteLock.capabilities == {Capability.MULTI_PROCESS}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import os
 import time
 import uuid
 
+from ..capabilities import Capability
 from ..config import Config
 from ..errors import MachineryError
 from ..sqlite_store import SQLiteStore, SQLiteTarget, on_fork, parse_sqlite_url
@@ -20,6 +21,8 @@ __all__ = ["SQLiteLock"]
 
 class SQLiteLock:
     """Cross-process lock on a SQLite file. Not re-entrant: a key this owner holds is not taken again."""
+
+    capabilities = frozenset({Capability.MULTI_PROCESS})
 
     def __init__(self, path: str | os.PathLike[str] | SQLiteTarget, config: Config | None = None) -> None:
         self.config = config or Config()
