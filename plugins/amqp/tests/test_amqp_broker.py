@@ -320,3 +320,26 @@ def test_close_returns_unacked_messages(amqp_url: str, config: Config, names: Na
         got[0].ack()  # an ack after close is ignored, not an error
     finally:
         b.close()
+
+
+def test_ack_from_a_dead_connection_is_dropped_and_the_message_redelivered(
+    broker: AMQPBroker, names: Names, admin: Admin
+) -> None:
+    """Delivery tags belong to a channel: after a drop, the old ack must not reach the new channel."""
+    import socket
+
+    broker.publish(sig(1))
+    [old] = take(broker, names.queue, 1)
+    consumer = broker._consumer
+    assert consumer is not None and consumer.connection is not None
+    sock = consumer.connection._impl._transport._sock  # type: ignore[union-attr]
+    sock.shutdown(socket.SHUT_RDWR)  # the TCP connection drops under the consumer
+    [again] = take(broker, names.queue, 1, timeout=15)
+    assert again.signature.uuid == "task_1" and again.redelivered
+    old.ack()  # dropped: its channel is gone (same tag number as `again` on the new channel!)
+    again.nack(requeue=True)  # had old.ack() reached the new channel, the message would be gone
+    [third] = take(broker, names.queue, 1)
+    assert third.signature.uuid == "task_1"
+    third.ack()
+    assert broker.consume(names.queue, 1, 0.3) == []
+    assert admin.count(names.queue) == 0

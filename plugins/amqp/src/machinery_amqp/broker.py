@@ -707,8 +707,7 @@ class _Consumer(threading.Thread):
                 self._serve(connection)
             except Exception as exc:
                 if not self.stopping.is_set():
-                    logger.warning("amqp consumer: lost the connection to RabbitMQ (%s); reconnecting", exc)
-                    self._fail(AMQPUnavailableError(f"lost the connection to RabbitMQ: {exc}"))
+                    self._fail(AMQPUnavailableError(f"lost the connection to RabbitMQ ({exc}); reconnecting"))
             finally:
                 self._teardown(connection)
             if time.monotonic() - began > 3.0:
