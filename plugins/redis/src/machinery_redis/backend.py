@@ -1,0 +1,308 @@
+"""``redis://`` result backend: Go Machinery's layout, push-based waits, exactly-once chords.
+
+- A task state is Go's ``TaskState`` JSON at the bare task uuid, ``SET <uuid> <json> EX
+  results_expire_in`` (the expiry is reset on each write). A state without a task name or creation time
+  keeps the previous state's (a Lua script merges them in the same round trip, as Go's backend does
+  with a GET and a SET). ``set_states`` writes a batch in one pipeline.
+- A group is Go's ``GroupMeta`` JSON at the bare group uuid; ``group_states`` refreshes its expiry, so a
+  long-running group does not vanish before its members finish (#352).
+- ``wait`` is push-based: the waiter marks ``{uuid}:machinery:waiter`` and reads the state in one round
+  trip, then blocks on ``{uuid}:machinery:done``, a list the state script pushes to when a final state
+  lands and somebody waits. Results written by Go workers (which do not notify) are picked up by a
+  fallback re-read every second at most.
+- ``trigger_chord`` flips ``ChordTriggered`` with an atomic compare-and-set in Lua, per group: true
+  exactly once. It also respects Go Machinery's global ``TriggerChordMutex`` (redsync): while a Go worker
+  holds it, the script declines and is retried, so a mixed Go/Python fleet never fires a chord twice.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+from redis.exceptions import NoScriptError, RedisError
+
+from machinery import codec
+from machinery.backend import BaseBackend
+from machinery.capabilities import Capability
+from machinery.config import Config
+from machinery.errors import BackendError, MessageError, UnknownGroupError
+from machinery.signature import GroupMeta, State, TaskState, now_utc
+
+from . import scripts
+from .client import Connection, outage_errors
+from .url import RedisTarget, parse_bool, parse_url
+
+__all__ = ["RedisBackend"]
+
+#: Go Machinery's redsync mutex around TriggerChord (one global name).
+GO_CHORD_MUTEX = "TriggerChordMutex"
+#: Seconds a "done" notification list lives (only written while somebody waits).
+NOTIFY_TTL = 10
+#: Seconds a waiter's mark lives; refreshed on every turn of the wait loop.
+WAITER_TTL = 5
+#: Longest single block of a wait before the state is read again (Go-written results do not notify).
+FALLBACK_POLL = 1.0
+_NAME_MARK = b'"TaskName":""'
+_CREATED_MARK = b'"CreatedAt":"' + codec.ZERO_TIME.encode() + b'"'
+_GROUP_CACHE = 1024
+
+
+def done_key(task_uuid: str) -> str:
+    return "{" + task_uuid + "}:machinery:done"
+
+
+def waiter_key(task_uuid: str) -> str:
+    return "{" + task_uuid + "}:machinery:waiter"
+
+
+class RedisBackend(BaseBackend):
+    """The Redis result backend. Build it with :meth:`from_url`; it connects on first use."""
+
+    capabilities = frozenset({Capability.PUSH_WAIT, Capability.EXPIRY, Capability.MULTI_PROCESS})
+
+    def __init__(
+        self,
+        target: RedisTarget | str,
+        config: Config | None = None,
+        *,
+        go_compatible_chords: bool | None = None,
+    ) -> None:
+        super().__init__(config)
+        self.target = parse_url(target) if isinstance(target, str) else target
+        if go_compatible_chords is None:
+            text = self.target.options.get("go_compatible_chords")
+            if text is not None:
+                go_compatible_chords = parse_bool(text, "go_compatible_chords")
+            else:
+                go_compatible_chords = bool(getattr(self.config.redis, "go_compatible_chords", True))
+        #: Respect Go Machinery's ``TriggerChordMutex`` (on by default: one EXISTS inside the script).
+        self.go_compatible_chords = go_compatible_chords
+        self.conn = Connection(self.target, self.config, BackendError)
+        self._groups: OrderedDict[str, list[str]] = OrderedDict()
+        self._groups_lock = threading.Lock()
+
+    @classmethod
+    def from_url(cls, url: str, config: Config, **options: Any) -> RedisBackend:
+        """A backend for ``url`` (see :mod:`machinery_redis.url`). No I/O."""
+        return cls(parse_url(url), config, **options)
+
+    def __repr__(self) -> str:
+        return f"<RedisBackend {self.target.describe()}>"
+
+    # states ----------------------------------------------------------------------------------
+    def _queue_state(self, pipe: Any, state: TaskState, ttl: int, fallback: bytes) -> bool:
+        """Add the write of ``state`` to ``pipe``; True when it uses the script."""
+        body = codec.encode_state(state)
+        name_pos = 0 if state.task_name else body.find(_NAME_MARK) + 1
+        created_pos = 0 if state.created_at is not None else body.rfind(_CREATED_MARK) + 1
+        final = state.state is State.SUCCESS or state.state is State.FAILURE
+        uuid = state.task_uuid
+        if not (name_pos or created_pos or final):
+            pipe.set(uuid, body, ex=ttl)
+            return False
+        scripts.SET_STATE.queue(
+            pipe,
+            [uuid, done_key(uuid), waiter_key(uuid)],
+            [body, name_pos, created_pos, fallback, ttl, NOTIFY_TTL if final else 0],
+        )
+        return True
+
+    def set_state(self, state: TaskState) -> None:
+        self.set_states((state,))
+
+    def set_states(self, states: Sequence[TaskState]) -> None:
+        """Write every state in one round trip (a pipeline)."""
+        if not states:
+            return
+        ttl = self.expires_in
+        fallback = codec.format_time(now_utc()).encode()
+        client = self.conn.client
+        try:
+            pipe = client.pipeline(transaction=False)
+            for state in states:
+                self._queue_state(pipe, state, ttl, fallback)
+            try:
+                pipe.execute()
+            except NoScriptError:
+                scripts.SET_STATE.load(client)  # a restarted server forgot it: write them all again
+                pipe = client.pipeline(transaction=False)
+                for state in states:
+                    self._queue_state(pipe, state, ttl, fallback)
+                pipe.execute()
+        except RedisError as exc:
+            raise self.conn.error("storing task states", exc) from None
+        if self.conn.health.down_since is not None:
+            self.conn.health.ok()
+
+    def _decode_state(self, uuid: str, raw: bytes | None) -> TaskState | None:
+        if raw is None:
+            return None
+        try:
+            return codec.decode_state(raw)
+        except MessageError as exc:
+            raise BackendError(f"the state stored for {uuid!r} is not a valid TaskState: {exc}") from None
+
+    def get_state(self, task_uuid: str) -> TaskState | None:
+        raw = self.conn.call("reading a task state", lambda: self.conn.client.get(task_uuid))
+        return self._decode_state(task_uuid, raw)
+
+    def get_states(self, task_uuids: Sequence[str]) -> list[TaskState | None]:
+        """Several states in one round trip (``None`` for unknown ones), in order."""
+        if not task_uuids:
+            return []
+        raws = self.conn.call("reading task states", lambda: self.conn.client.mget(task_uuids))
+        return [self._decode_state(u, r) for u, r in zip(task_uuids, raws, strict=True)]
+
+    def wait(self, task_uuids: Sequence[str], timeout: float) -> dict[str, TaskState]:
+        """Block until every task is SUCCESS or FAILURE or ``timeout`` passed; wakes as soon as a Python
+        worker stores the final state (push), within a second for a Go worker's."""
+        wanted = list(dict.fromkeys(task_uuids))
+        done: dict[str, TaskState] = {}
+        deadline = time.monotonic() + max(0.0, timeout)
+        woke_for_nothing = False
+        failures = 0
+        while True:
+            pending = [u for u in wanted if u not in done]
+            try:
+                found = self._mark_and_read(pending)
+                failures = 0
+            except BackendError:
+                failures += 1
+                if failures > 3 or deadline - time.monotonic() <= 0:
+                    raise
+                time.sleep(min(0.25 * failures, max(0.0, deadline - time.monotonic())))
+                continue
+            progressed = False
+            for uuid, state in zip(pending, found, strict=True):
+                if state is not None and state.is_completed:
+                    done[uuid] = state
+                    progressed = True
+            pending = [u for u in wanted if u not in done]
+            remaining = deadline - time.monotonic()
+            if not pending or remaining <= 0:
+                return done
+            block = min(remaining, FALLBACK_POLL)
+            if woke_for_nothing and not progressed:
+                time.sleep(min(block, 0.1))  # a stale notification: do not spin on it
+                woke_for_nothing = False
+                continue
+            key = done_key(pending[0])
+            try:
+                woke = self.conn.blocking.blmove(key, key, round(max(block, 0.001), 3), "LEFT", "RIGHT")
+            except RedisError as exc:
+                if not isinstance(exc, outage_errors):
+                    raise self.conn.error("waiting for a result", exc) from None
+                self.conn.health.failed(exc)
+                time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
+                continue
+            woke_for_nothing = woke is not None
+
+    def _mark_and_read(self, uuids: list[str]) -> list[TaskState | None]:
+        def run() -> list[Any]:
+            pipe = self.conn.client.pipeline(transaction=False)
+            for uuid in uuids:
+                pipe.set(waiter_key(uuid), b"1", ex=WAITER_TTL)
+            pipe.mget(uuids)
+            return pipe.execute()[-1]  # type: ignore[no-any-return]
+
+        raws = self.conn.call("waiting for a result", run)
+        return [self._decode_state(u, r) for u, r in zip(uuids, raws, strict=True)]
+
+    # groups ----------------------------------------------------------------------------------
+    def init_group(self, group_uuid: str, task_uuids: Sequence[str]) -> None:
+        meta = GroupMeta(group_uuid, list(task_uuids), created_at=now_utc())
+        body = codec.encode_group_meta(meta)
+        self.conn.call("storing a group", lambda: self.conn.client.set(group_uuid, body, ex=self.expires_in))
+        self._remember(group_uuid, list(task_uuids))
+
+    def _remember(self, group_uuid: str, task_uuids: list[str]) -> None:
+        with self._groups_lock:
+            self._groups[group_uuid] = task_uuids
+            self._groups.move_to_end(group_uuid)
+            while len(self._groups) > _GROUP_CACHE:
+                self._groups.popitem(last=False)
+
+    def group_meta(self, group_uuid: str) -> GroupMeta:
+        """The group's record (refreshing its expiry). Raises UnknownGroupError."""
+        raw = self.conn.call(
+            "reading a group", lambda: self.conn.client.getex(group_uuid, ex=self.expires_in)
+        )
+        if raw is None:
+            raise UnknownGroupError(f"group {group_uuid!r} is unknown or expired")
+        try:
+            meta = codec.decode_group_meta(raw)
+        except MessageError as exc:
+            raise BackendError(
+                f"the record of group {group_uuid!r} is not a valid GroupMeta: {exc}"
+            ) from None
+        self._remember(group_uuid, list(meta.task_uuids))
+        return meta
+
+    def group_states(self, group_uuid: str) -> list[TaskState]:
+        """Every member's state in group order (PENDING for members without one), refreshing the group's
+        expiry. One round trip when this process knows the members (it sent the group or read it)."""
+        with self._groups_lock:
+            members = self._groups.get(group_uuid)
+        if members is None:
+            members = self.group_meta(group_uuid).task_uuids
+            found = self.get_states(members)
+        else:
+            uuids = members
+
+            def run() -> list[Any]:
+                pipe = self.conn.client.pipeline(transaction=False)
+                pipe.expire(group_uuid, self.expires_in)
+                if uuids:
+                    pipe.mget(uuids)
+                return pipe.execute()  # type: ignore[no-any-return]
+
+            replies = self.conn.call("reading group states", run)
+            if not replies[0]:
+                with self._groups_lock:
+                    self._groups.pop(group_uuid, None)
+                raise UnknownGroupError(f"group {group_uuid!r} is unknown or expired")
+            raws = replies[1] if uuids else []
+            found = [self._decode_state(u, r) for u, r in zip(uuids, raws, strict=True)]
+        return [s or TaskState(u, State.PENDING) for u, s in zip(members, found, strict=True)]
+
+    def trigger_chord(self, group_uuid: str) -> bool:
+        """True exactly once per group, whoever asks (atomic compare-and-set of ``ChordTriggered``)."""
+        mutex = GO_CHORD_MUTEX if self.go_compatible_chords else "{" + group_uuid + "}:machinery:no-mutex"
+        for attempt in range(64):
+            result = self.conn.call(
+                "triggering a chord",
+                lambda: scripts.TRIGGER_CHORD(self.conn.client, [group_uuid, mutex], [self.expires_in]),
+            )
+            if result == 1:
+                return True
+            if result == 0:
+                return False
+            if result == -2:
+                raise UnknownGroupError(f"group {group_uuid!r} is unknown or expired")
+            if result == -3:
+                raise BackendError(f"the record of group {group_uuid!r} has no ChordTriggered flag")
+            # -1: a Go worker holds TriggerChordMutex; redsync retries 50-250 ms apart, so do we
+            time.sleep(random.uniform(0.05, 0.25) if attempt else 0.05)
+        raise BackendError(
+            f"chord of group {group_uuid!r}: Go Machinery's {GO_CHORD_MUTEX} stayed held for too long"
+        )
+
+    # purging ---------------------------------------------------------------------------------
+    def purge_state(self, task_uuid: str) -> None:
+        self.conn.call(
+            "purging a state",
+            lambda: self.conn.client.delete(task_uuid, done_key(task_uuid), waiter_key(task_uuid)),
+        )
+
+    def purge_group(self, group_uuid: str) -> None:
+        with self._groups_lock:
+            self._groups.pop(group_uuid, None)
+        self.conn.call("purging a group", lambda: self.conn.client.delete(group_uuid))
+
+    def close(self) -> None:
+        self.conn.close()

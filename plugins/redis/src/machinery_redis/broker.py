@@ -1,0 +1,766 @@
+"""``redis://``: Go Machinery's Redis broker layout, delivered at least once, without polling.
+
+Layout (Go Machinery's, so Go producers and workers can share the queues):
+
+- one LIST per queue, named by the routing key (default ``machinery_tasks``); publish = ``RPUSH``;
+- the ``delayed_tasks`` ZSET (``Config.redis.delayed_tasks_key``) for ETAs: score = ETA in Unix ns,
+  member = the message JSON, shared by every queue.
+
+Reliability (Go's ``BLPOP`` loses the task when a worker dies, #586/#692): a consumer moves messages
+atomically (``BLMOVE``) from the queue into its own **processing list**
+``{queue}:machinery:processing:<consumer>``, registered in ``{queue}:machinery:consumers`` and guarded by
+a heartbeat key ``{queue}:machinery:heartbeat:<consumer>`` with a TTL of ``lease`` seconds (default 30),
+which a daemon thread refreshes every ``heartbeat`` seconds (default 10) while the process lives. ``ack``
+removes the message from the processing list (``LREM``). When a heartbeat key expired (its process died),
+any live consumer's recovery step (a Lua script, run on a consume at most every few seconds and by the
+heartbeat thread) moves that consumer's messages back to the head of the queue, exactly once, marked as
+redelivered. Worst case from a SIGKILL to redelivery: ``lease + heartbeat`` (40 s by default).
+
+Fetching: one round trip per batch. ``BLMOVE`` blocks for the first message (no polling, #49), and a
+Lua script in the same pipeline moves up to the other free slots (#559): never more than asked.
+
+Delayed tasks: a daemon thread per consuming broker moves due messages to their queue, oldest first,
+through a Lua script (atomic, so any number of movers is safe), sleeping until the next due time or
+``delayed_tasks_poll_period``, whichever is sooner; switch it off with ``delayed_tasks_mover=false``
+(#466) on processes that should not move them.
+
+Priority (opt-in, ``priority=true``): messages with ``Priority > 0`` go to a ZSET
+``{queue}:machinery:priority`` consumed before the plain list (FIFO within a priority); priority 0 always
+uses the Go-compatible list. A high-priority message published while a consumer is blocked on the empty
+plain list is seen within ``normal_tasks_poll_period``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from redis.exceptions import NoScriptError, RedisError
+
+from machinery import codec
+from machinery.broker import BaseBroker, Delivery
+from machinery.capabilities import Capability
+from machinery.config import Config
+from machinery.errors import BrokerError, ConfigError, MachineryError
+from machinery.signature import Signature
+
+from . import scripts
+from .client import Connection, outage_errors
+from .url import RedisTarget, parse_bool, parse_url
+
+__all__ = ["RedisBroker", "RedisDelivery", "queue_keys"]
+
+logger = logging.getLogger("machinery.redis")
+
+DEFAULT_LEASE = 30.0
+DEFAULT_HEARTBEAT = 10.0
+#: Longest interval between two recovery passes started by consume() (the heartbeat thread runs one
+#: every ``heartbeat`` seconds too).
+RECOVERY_INTERVAL = 5.0
+#: Most messages moved by one fetch (Lua's unpack limits; far above any worker's free slots).
+MAX_BATCH = 1000
+MOVE_BATCH = 100
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _eta_ns(eta: datetime) -> int:
+    delta = eta - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+
+
+def _decode(body: bytes) -> tuple[Signature | None, str]:
+    try:
+        return codec.decode_signature(body), ""
+    except Exception as exc:  # MessageError, or whatever a broken body provokes
+        return None, str(exc) or type(exc).__name__
+
+
+@dataclass(frozen=True)
+class QueueKeys:
+    """The Redis keys of one queue. Everything but the queue and its dead list carries the hash tag
+    ``{queue}``, i.e. lives in the queue's Redis Cluster slot."""
+
+    queue: str
+    tag: str
+    registry: str
+    redelivered: str
+    priority: str
+    priority_seq: str
+    dead: str
+
+    def processing(self, consumer: str) -> str:
+        return f"{self.tag}:machinery:processing:{consumer}"
+
+    def heartbeat(self, consumer: str) -> str:
+        return f"{self.tag}:machinery:heartbeat:{consumer}"
+
+    @property
+    def processing_prefix(self) -> str:
+        return f"{self.tag}:machinery:processing:"
+
+    @property
+    def heartbeat_prefix(self) -> str:
+        return f"{self.tag}:machinery:heartbeat:"
+
+
+def queue_keys(queue: str) -> QueueKeys:
+    tag = "{" + queue + "}"
+    return QueueKeys(
+        queue=queue,
+        tag=tag,
+        registry=f"{tag}:machinery:consumers",
+        redelivered=f"{tag}:machinery:redelivered",
+        priority=f"{tag}:machinery:priority",
+        priority_seq=f"{tag}:machinery:priority_seq",
+        dead=f"{queue}.dead",
+    )
+
+
+@dataclass(eq=False)
+class _Lease:
+    """One consumer identity on one queue: its processing list and heartbeat key."""
+
+    keys: QueueKeys
+    consumer: str
+    processing: str
+    heartbeat: str
+    outstanding: int = 0
+    registered: bool = False
+    retired: bool = False
+
+
+class RedisDelivery:
+    """One leased message. ``signature`` is None (and ``error`` says why) for a malformed body."""
+
+    __slots__ = ("_broker", "_lease", "body", "error", "redelivered", "settled", "signature")
+
+    def __init__(self, broker: RedisBroker, lease: _Lease, body: bytes, redelivered: bool) -> None:
+        self._broker = broker
+        self._lease = lease
+        self.body = body
+        self.redelivered = redelivered
+        self.settled = False
+        self.signature: Signature | None
+        self.signature, self.error = _decode(body)
+
+    @property
+    def queue(self) -> str:
+        return self._lease.keys.queue
+
+    def __repr__(self) -> str:
+        what = self.signature if self.signature is not None else f"malformed: {self.error}"
+        return f"<RedisDelivery {self.queue} {what}>"
+
+    def ack(self) -> None:
+        """Remove the message for good."""
+        self._broker._settle(self, "ack")
+
+    def nack(self, requeue: bool = True, delay: float | None = None) -> None:
+        """Back to the head of its queue, into ``delayed_tasks`` after ``delay`` seconds, or with
+        ``requeue=False`` onto the dead-letter list ``<queue>.dead``."""
+        if not requeue:
+            self._broker._settle(self, "dead")
+        elif delay is not None and delay > 0:
+            self._broker._settle(self, "delay", delay)
+        else:
+            self._broker._settle(self, "requeue")
+
+    def extend(self, seconds: float) -> None:
+        """Nothing to do: the broker's heartbeat keeps every message it holds leased while the process
+        lives, however long the task runs."""
+        return None
+
+
+class RedisBroker(BaseBroker):
+    """The Redis broker. Build it with :meth:`from_url`; it connects on first use."""
+
+    capabilities = frozenset(
+        {
+            Capability.DELAY,
+            Capability.PENDING_LIST,
+            Capability.DELAYED_LIST,
+            Capability.DEAD_LETTER,
+            Capability.EXTEND_VISIBILITY,
+            Capability.FIFO,
+            Capability.REDELIVERY,
+            Capability.MULTI_PROCESS,
+        }
+    )
+
+    def __init__(
+        self,
+        target: RedisTarget | str,
+        config: Config | None = None,
+        *,
+        lease: float | None = None,
+        heartbeat: float | None = None,
+        priority: bool | None = None,
+        delayed_tasks_mover: bool | None = None,
+    ) -> None:
+        super().__init__(config)
+        self.target = parse_url(target) if isinstance(target, str) else target
+        options = self.target.options
+        redis_cfg = self.config.redis
+
+        def option(name: str, given: Any, default: Any, kind: type) -> Any:
+            if given is not None:
+                return given
+            if name in options:
+                text = options[name]
+                return parse_bool(text, name) if kind is bool else kind(text)
+            return getattr(redis_cfg, name, default)
+
+        self.lease = float(option("lease", lease, DEFAULT_LEASE, float))
+        self.heartbeat = float(option("heartbeat", heartbeat, DEFAULT_HEARTBEAT, float))
+        if self.lease <= 0 or self.heartbeat <= 0:
+            raise ConfigError("Redis broker: lease and heartbeat must be positive numbers of seconds")
+        if self.heartbeat > self.lease / 2:
+            raise ConfigError(
+                f"Redis broker: heartbeat ({self.heartbeat:g} s) must be at most half the lease "
+                f"({self.lease:g} s), or a busy process could lose its messages to recovery"
+            )
+        self.priority = bool(option("priority", priority, False, bool))
+        self.delayed_tasks_mover = bool(option("delayed_tasks_mover", delayed_tasks_mover, True, bool))
+        if self.priority:
+            self.capabilities = type(self).capabilities | {Capability.PRIORITY}
+        self.conn = Connection(self.target, self.config, BrokerError)
+        self._init_process_state()
+        _after_fork.add(self)
+
+    def _init_process_state(self) -> None:
+        self._lock = threading.Lock()
+        self._leases: dict[str, _Lease] = {}
+        self._retired: list[_Lease] = []
+        self._later: list[tuple[RedisDelivery, str, float]] = []
+        self._last_recovery: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._mover_wake = threading.Event()
+        self._heartbeat_thread: threading.Thread | None = None
+        self._mover_thread: threading.Thread | None = None
+        self._host = f"{socket.gethostname()}-{os.getpid()}"
+
+    @classmethod
+    def from_url(cls, url: str, config: Config, **options: Any) -> RedisBroker:
+        """A broker for ``url`` (see :mod:`machinery_redis.url`). No I/O."""
+        return cls(parse_url(url), config, **options)
+
+    def __repr__(self) -> str:
+        return f"<RedisBroker {self.target.describe()}>"
+
+    # settings read on each use (reloadable) ----------------------------------------------------
+    @property
+    def delayed_key(self) -> str:
+        return self.config.redis.delayed_tasks_key or "delayed_tasks"
+
+    @property
+    def poll_period(self) -> float:
+        """Machinery's ``normal_tasks_poll_period`` in seconds (0 → 1 s)."""
+        ms = self.config.redis.normal_tasks_poll_period
+        return (ms if ms and ms > 0 else 1000) / 1000.0
+
+    @property
+    def delayed_poll_period(self) -> float:
+        """Machinery's ``delayed_tasks_poll_period`` in seconds (0 → 0.5 s)."""
+        ms = self.config.redis.delayed_tasks_poll_period
+        return (ms if ms and ms > 0 else 500) / 1000.0
+
+    # producing -------------------------------------------------------------------------------
+    def publish(self, signature: Signature) -> None:
+        """One ``RPUSH`` (or ``ZADD delayed_tasks`` for a future ETA)."""
+        queue = signature.routing_key or self.config.default_queue
+        body = codec.encode_signature(signature)
+        client = self.conn.client
+        try:
+            eta = signature.eta
+            if eta is not None and eta.timestamp() > time.time():
+                client.zadd(self.delayed_key, {body: _eta_ns(eta)})
+                self._mover_wake.set()
+            elif self.priority and signature.priority > 0:
+                keys = queue_keys(queue)
+                scripts.PUBLISH_PRIORITY(
+                    client, [keys.priority, keys.priority_seq], [signature.priority, body]
+                )
+            else:
+                client.rpush(queue, body)
+        except RedisError as exc:
+            raise self.conn.error("publish", exc) from None
+        if self.conn.health.down_since is not None:
+            self.conn.health.ok()
+
+    def publish_many(self, signatures: Sequence[Signature]) -> None:
+        """One pipeline: one ``RPUSH`` per queue with every body, one ``ZADD`` for the ETAs."""
+        if not signatures:
+            return
+        now = time.time()
+        plain: dict[str, list[bytes]] = {}
+        prioritised: dict[tuple[str, int], list[bytes]] = {}
+        delayed: dict[bytes, int] = {}
+        default = self.config.default_queue
+        for sig in signatures:
+            body = codec.encode_signature(sig)
+            eta = sig.eta
+            if eta is not None and eta.timestamp() > now:
+                delayed[body] = _eta_ns(eta)
+            elif self.priority and sig.priority > 0:
+                prioritised.setdefault((sig.routing_key or default, sig.priority), []).append(body)
+            else:
+                plain.setdefault(sig.routing_key or default, []).append(body)
+        client = self.conn.client
+        try:
+            pipe = client.pipeline(transaction=False)
+            for queue, bodies in plain.items():
+                pipe.rpush(queue, *bodies)
+            if delayed:
+                pipe.zadd(self.delayed_key, delayed)
+            for (queue, prio), bodies in prioritised.items():
+                keys = queue_keys(queue)
+                scripts.PUBLISH_PRIORITY.queue(pipe, [keys.priority, keys.priority_seq], [prio, *bodies])
+            try:
+                pipe.execute()
+            except NoScriptError:
+                # Only the priority scripts can miss; the plain pushes already happened: redo those only.
+                scripts.PUBLISH_PRIORITY.load(client)
+                pipe = client.pipeline(transaction=False)
+                for (queue, prio), bodies in prioritised.items():
+                    keys = queue_keys(queue)
+                    scripts.PUBLISH_PRIORITY.queue(pipe, [keys.priority, keys.priority_seq], [prio, *bodies])
+                pipe.execute()
+        except RedisError as exc:
+            raise self.conn.error("publish", exc) from None
+        if delayed:
+            self._mover_wake.set()
+
+    def publish_raw(self, queue: str, body: bytes | str) -> None:
+        """``RPUSH`` ``body`` as is (tests and Go interop checks use it)."""
+        self.conn.call("publish", lambda: self.conn.client.rpush(queue, body))
+
+    # consuming -------------------------------------------------------------------------------
+    def _lease_for(self, queue: str) -> _Lease:
+        lease = self._leases.get(queue)
+        if lease is None:
+            with self._lock:
+                lease = self._leases.get(queue)
+                if lease is None:
+                    keys = queue_keys(queue)
+                    consumer = f"{self._host}-{uuid.uuid4().hex[:12]}"
+                    lease = _Lease(keys, consumer, keys.processing(consumer), keys.heartbeat(consumer))
+                    self._leases[queue] = lease
+        if not lease.registered:
+            self._register(lease)
+            self._start_threads()
+        return lease
+
+    def _register(self, lease: _Lease) -> None:
+        def register() -> None:
+            pipe = self.conn.client.pipeline(transaction=False)
+            pipe.set(lease.heartbeat, b"1", px=int(self.lease * 1000))
+            pipe.sadd(lease.keys.registry, lease.consumer)
+            pipe.execute()
+
+        self.conn.call("register consumer", register)
+        lease.registered = True
+
+    def consume(self, queue: str, max_messages: int, timeout: float) -> list[Delivery]:
+        """Lease up to ``max_messages`` messages of ``queue`` (one round trip per batch), waiting up to
+        ``timeout`` seconds for the first."""
+        if max_messages <= 0:
+            return []
+        if self._stop.is_set():
+            self._init_process_state()  # used again after close(): start afresh
+        count = min(max_messages, MAX_BATCH)
+        lease = self._lease_for(queue)
+        now = time.monotonic()
+        if now - self._last_recovery.get(queue, 0.0) >= min(RECOVERY_INTERVAL, self.heartbeat):
+            self._last_recovery[queue] = now
+            self._recover(lease.keys)
+        keys = lease.keys
+        take_keys = [queue, lease.processing, keys.redelivered, keys.priority, keys.registry, lease.heartbeat]
+        lease_ms = int(self.lease * 1000)
+        use_priority = b"1" if self.priority else b"0"
+        deadline = now + max(0.0, timeout)
+        socket_timeout = max(self.config.redis.read_timeout or 0, self.config.redis.write_timeout or 0)
+        while True:
+            if self.priority:
+                # A non-blocking look first, so waiting prioritised messages go before the plain list.
+                bodies, flags = self._take(lease, take_keys, count, use_priority, lease_ms)
+                if bodies:
+                    return self._deliveries(lease, bodies, flags)
+            block = deadline - time.monotonic()
+            if self.priority:
+                block = min(block, self.poll_period)
+            if socket_timeout > 0:
+                block = min(block, max(0.1, socket_timeout - 1.0))
+            if block <= 0.001:
+                bodies, flags = self._take(lease, take_keys, count, use_priority, lease_ms)
+                return self._deliveries(lease, bodies, flags)
+            bodies, flags = self._blocking_take(lease, take_keys, count, use_priority, lease_ms, block)
+            if bodies or time.monotonic() >= deadline:
+                return self._deliveries(lease, bodies, flags)
+
+    def _take(
+        self, lease: _Lease, keys: list[str], count: int, use_priority: bytes, lease_ms: int
+    ) -> tuple[list[bytes], list[int]]:
+        try:
+            out, flags, _marked = scripts.TAKE(
+                self.conn.blocking, keys, [count, use_priority, lease.consumer, lease_ms]
+            )
+        except RedisError as exc:
+            self._retire(lease)
+            raise self.conn.error("consume", exc) from None
+        return out, flags
+
+    def _blocking_take(
+        self, lease: _Lease, keys: list[str], count: int, use_priority: bytes, lease_ms: int, block: float
+    ) -> tuple[list[bytes], list[int]]:
+        client = self.conn.blocking
+        args = [count - 1, use_priority, lease.consumer, lease_ms]
+        try:
+            pipe = client.pipeline(transaction=False)
+            pipe.blmove(lease.keys.queue, lease.processing, round(block, 3), "LEFT", "RIGHT")
+            scripts.TAKE.queue(pipe, keys, args)
+            first, taken = pipe.execute(raise_on_error=False)
+            if isinstance(first, Exception):
+                raise first
+            if isinstance(taken, NoScriptError):
+                taken = scripts.TAKE(client, keys, args)
+            elif isinstance(taken, Exception):
+                raise taken
+            out, flags, marked = taken
+            if first is not None:
+                first_flag = 0
+                if marked:
+                    first_flag = int(client.hexists(lease.keys.redelivered, _sha1(first)))
+                out = [first, *out]
+                flags = [first_flag, *flags] if flags else ([first_flag] if first_flag else [])
+        except RedisError as exc:
+            self._retire(lease)
+            raise self.conn.error("consume", exc) from None
+        if self.conn.health.down_since is not None:
+            self.conn.health.ok()
+        return out, flags
+
+    def _deliveries(self, lease: _Lease, bodies: list[bytes], flags: list[int]) -> list[Delivery]:
+        if not bodies:
+            return []
+        if flags:
+            out = [RedisDelivery(self, lease, b, bool(f)) for b, f in zip(bodies, flags, strict=False)]
+        else:
+            out = [RedisDelivery(self, lease, b, False) for b in bodies]
+        with self._lock:
+            lease.outstanding += len(out)
+        return list(out)
+
+    def _retire(self, lease: _Lease) -> None:
+        """After a failed fetch a message may sit in this processing list unknown to us: switch to a new
+        consumer id; the old one is released (its leftovers requeued) once its deliveries are settled."""
+        with self._lock:
+            if self._leases.get(lease.keys.queue) is lease:
+                del self._leases[lease.keys.queue]
+                if lease.registered:
+                    lease.retired = True
+                    self._retired.append(lease)
+
+    # settling --------------------------------------------------------------------------------
+    def _settle(self, delivery: RedisDelivery, action: str, delay: float = 0.0) -> None:
+        with self._lock:
+            if delivery.settled:
+                return
+            delivery.settled = True
+        try:
+            self._apply(delivery, action, delay)
+        except RedisError as exc:
+            if not isinstance(exc, outage_errors):
+                self._done(delivery)
+                raise self.conn.error(action, exc) from None
+            self.conn.health.failed(exc)
+            logger.warning(
+                "Redis at %s: %s of a message failed (%s); retrying in the background",
+                self.target.describe(),
+                action,
+                exc,
+            )
+            with self._lock:
+                self._later.append((delivery, action, delay))
+            return
+        self._done(delivery)
+
+    def _done(self, delivery: RedisDelivery) -> None:
+        with self._lock:
+            delivery._lease.outstanding -= 1
+
+    def _apply(self, delivery: RedisDelivery, action: str, delay: float) -> None:
+        lease = delivery._lease
+        keys = lease.keys
+        client = self.conn.client
+        body = delivery.body
+        if action == "ack":
+            if delivery.redelivered:
+                scripts.ACK_REDELIVERED(client, [lease.processing, keys.redelivered], [body])
+            else:
+                client.lrem(lease.processing, 1, body)
+        elif action == "requeue":
+            score = b""
+            sig = delivery.signature
+            if self.priority and sig is not None and sig.priority > 0:
+                score = str((255 - min(sig.priority, 255)) * scripts.PRIORITY_BAND).encode()
+            scripts.NACK_REQUEUE(
+                client, [lease.processing, keys.queue, keys.redelivered, keys.priority], [body, score]
+            )
+        elif action == "delay":
+            due = time.time_ns() + int(delay * 1e9)
+            scripts.NACK_DELAY(client, [lease.processing, self.delayed_key, keys.redelivered], [body, due])
+            self._mover_wake.set()
+        elif action == "dead":
+            scripts.DEAD(client, [lease.processing, keys.dead, keys.redelivered], [body])
+        else:  # pragma: no cover - internal
+            raise ValueError(action)
+
+    def _retry_later(self) -> None:
+        with self._lock:
+            todo, self._later = self._later, []
+        for index, (delivery, action, delay) in enumerate(todo):
+            try:
+                self._apply(delivery, action, delay)
+            except RedisError:
+                with self._lock:
+                    self._later.extend(todo[index:])
+                return
+            self._done(delivery)
+        if todo:
+            logger.info("Redis at %s: %d delayed acks/nacks done", self.target.describe(), len(todo))
+
+    # recovery and heartbeat ------------------------------------------------------------------
+    def _recover(self, keys: QueueKeys, only: str = "") -> int:
+        """Requeue the messages of dead consumers of one queue (or of consumer ``only``)."""
+        try:
+            moved = scripts.RECOVER(
+                self.conn.client,
+                [keys.registry, keys.queue, keys.redelivered, keys.priority],
+                [keys.processing_prefix, keys.heartbeat_prefix, only, b"1" if self.priority else b"0"],
+            )
+        except RedisError as exc:
+            raise self.conn.error("recovery", exc) from None
+        if moved and not only:
+            logger.warning(
+                "Redis at %s: requeued %d message(s) of dead consumer(s) of queue %r",
+                self.target.describe(),
+                moved,
+                keys.queue,
+            )
+        return int(moved)
+
+    def recover(self, queue: str) -> int:
+        """Run the recovery step for ``queue`` now; the number of messages requeued."""
+        return self._recover(queue_keys(queue))
+
+    def _start_threads(self) -> None:
+        with self._lock:
+            if self._heartbeat_thread is None or not self._heartbeat_thread.is_alive():
+                self._heartbeat_thread = threading.Thread(
+                    target=self._heartbeat_loop,
+                    args=(self._stop,),
+                    name="redis-broker-heartbeat",
+                    daemon=True,
+                )
+                self._heartbeat_thread.start()
+            if self.delayed_tasks_mover and (self._mover_thread is None or not self._mover_thread.is_alive()):
+                self._mover_thread = threading.Thread(
+                    target=self._mover_loop, args=(self._stop,), name="redis-delayed-mover", daemon=True
+                )
+                self._mover_thread.start()
+
+    def _heartbeat_loop(self, stop: threading.Event) -> None:
+        while not stop.wait(self.heartbeat):
+            try:
+                self.beat()
+            except MachineryError as exc:
+                logger.debug("heartbeat failed: %s", exc)
+            except Exception:
+                logger.exception("Redis broker heartbeat failed")
+
+    def beat(self) -> None:
+        """One heartbeat: refresh this process's leases, retry failed acks, release retired consumer ids,
+        recover dead consumers' messages. The daemon thread calls it every ``heartbeat`` seconds."""
+        with self._lock:
+            live = [lease for lease in self._leases.values() if lease.registered]
+            retired = list(self._retired)
+        holding = live + [lease for lease in retired if lease.outstanding > 0]
+        if holding:
+
+            def refresh() -> None:
+                pipe = self.conn.client.pipeline(transaction=False)
+                for lease in holding:
+                    pipe.set(lease.heartbeat, b"1", px=int(self.lease * 1000))
+                    pipe.sadd(lease.keys.registry, lease.consumer)
+                pipe.execute()
+
+            self.conn.call("heartbeat", refresh)
+        if self._later:
+            self._retry_later()
+        for lease in retired:
+            if lease.outstanding <= 0:
+                self._recover(lease.keys, only=lease.consumer)
+                with self._lock:
+                    if lease in self._retired:
+                        self._retired.remove(lease)
+        now = time.monotonic()
+        for lease in live:
+            self._last_recovery[lease.keys.queue] = now
+            self._recover(lease.keys)
+
+    def _mover_loop(self, stop: threading.Event) -> None:
+        failures = 0
+        while not stop.is_set():
+            try:
+                wait = self.move_delayed()
+                failures = 0
+            except MachineryError as exc:
+                failures += 1
+                wait = min(0.25 * 2**failures, 5.0)
+                logger.debug("delayed-task mover failed: %s", exc)
+            except Exception:
+                failures += 1
+                wait = 5.0
+                logger.exception("delayed-task mover failed")
+            if wait > 0:
+                self._mover_wake.wait(wait)
+                self._mover_wake.clear()
+
+    def move_delayed(self) -> float:
+        """Move due delayed messages to their queues (oldest first); seconds until the next may be due."""
+        client = self.conn.client
+        args = [MOVE_BATCH, self.config.default_queue, b"1" if self.priority else b"0"]
+        try:
+            moved, next_score, now = scripts.MOVE_DUE(client, [self.delayed_key], args)
+        except RedisError as exc:
+            raise self.conn.error("moving delayed tasks", exc) from None
+        if self.conn.health.down_since is not None:
+            self.conn.health.ok()
+        if moved >= MOVE_BATCH:
+            return 0.0
+        period = self.delayed_poll_period
+        if next_score is None:
+            return period
+        return max(0.0, min(period, (float(next_score) - float(now)) / 1e9))
+
+    # inspecting ------------------------------------------------------------------------------
+    def _signatures(self, bodies: Iterable[bytes]) -> list[Signature]:
+        return [sig for body in bodies if (sig := _decode(body)[0]) is not None]
+
+    def pending(self, queue: str) -> list[Signature]:
+        """Messages waiting in ``queue`` in consume order (Machinery's ``LRANGE``); malformed ones are
+        skipped. With priority on, the prioritised ones come first."""
+        keys = queue_keys(queue)
+
+        def read() -> list[bytes]:
+            if not self.priority:
+                return list(self.conn.client.lrange(queue, 0, -1))
+            pipe = self.conn.client.pipeline(transaction=False)
+            pipe.zrange(keys.priority, 0, -1)
+            pipe.lrange(queue, 0, -1)
+            prioritised, plain = pipe.execute()
+            return [*prioritised, *plain]
+
+        return self._signatures(self.conn.call("pending", read))
+
+    def delayed(self) -> list[Signature]:
+        """Messages waiting for their ETA, every queue, soonest first (Machinery's ``ZRANGE``)."""
+        return self._signatures(
+            self.conn.call("delayed", lambda: self.conn.client.zrange(self.delayed_key, 0, -1))
+        )
+
+    def purge(self, queue: str) -> None:
+        """Delete the waiting messages of ``queue`` (its list, its priority set and its delayed ones).
+        Messages leased by consumers are left to them."""
+        keys = queue_keys(queue)
+
+        def purge() -> None:
+            self.conn.client.delete(queue, keys.priority)
+            scripts.PURGE_DELAYED(self.conn.client, [self.delayed_key], [queue, self.config.default_queue])
+
+        self.conn.call("purge", purge)
+
+    def dead_letters(self, queue: str) -> list[bytes]:
+        """Bodies nacked with ``requeue=False`` (the list ``<queue>.dead``), oldest first."""
+        return list(
+            self.conn.call("dead letters", lambda: self.conn.client.lrange(queue_keys(queue).dead, 0, -1))
+        )
+
+    def purge_dead_letters(self, queue: str) -> None:
+        self.conn.call("purge dead letters", lambda: self.conn.client.delete(queue_keys(queue).dead))
+
+    def processing(self, queue: str) -> list[bytes]:
+        """Messages this process holds from ``queue`` (its processing lists), oldest first."""
+        with self._lock:
+            leases = [
+                lease for lease in [*self._leases.values(), *self._retired] if lease.keys.queue == queue
+            ]
+
+        def read() -> list[bytes]:
+            return [body for lease in leases for body in self.conn.client.lrange(lease.processing, 0, -1)]
+
+        return self.conn.call("processing", read)
+
+    # closing ---------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the threads, give every unsettled message back to its queue at once, disconnect.
+        Idempotent; the broker may be used again afterwards (it starts afresh)."""
+        with self._lock:
+            self._stop.set()
+            threads = [t for t in (self._heartbeat_thread, self._mover_thread) if t is not None]
+            leases = [lease for lease in [*self._leases.values(), *self._retired] if lease.registered]
+            self._leases, self._retired = {}, []
+        self._mover_wake.set()
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout=5.0)
+        if self._later:
+            try:
+                self._retry_later()
+            except Exception:  # pragma: no cover - best effort
+                logger.debug("late acks failed at close", exc_info=True)
+        for lease in leases:
+            try:
+                returned = self._recover(lease.keys, only=lease.consumer)
+            except MachineryError as exc:
+                logger.warning(
+                    "could not return unsettled messages of %r at close: %s", lease.keys.queue, exc
+                )
+                continue
+            if returned:
+                logger.info("returned %d unsettled message(s) to %r", returned, lease.keys.queue)
+        self.conn.close()
+
+
+def _sha1(body: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha1(body).hexdigest()
+
+
+class _ForkRegistry:
+    """After ``fork()`` a child must not share its parent's consumer ids or threads."""
+
+    def __init__(self) -> None:
+        self._brokers: weakref.WeakSet[RedisBroker] = weakref.WeakSet()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._after_fork)
+
+    def add(self, broker: RedisBroker) -> None:
+        self._brokers.add(broker)
+
+    def _after_fork(self) -> None:
+        for broker in list(self._brokers):
+            broker._init_process_state()
+
+
+_after_fork = _ForkRegistry()

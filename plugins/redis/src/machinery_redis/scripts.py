@@ -1,0 +1,315 @@
+"""The Lua scripts: each runs atomically on the server, which is what makes recovery exactly-once,
+chords fire once, and lets one round trip do the work of many.
+
+Key names built inside a script (``{queue}:machinery:...``) share the queue's hash slot by design, so
+these scripts stay valid on Redis Cluster (issue 8), except where noted (the delayed mover, the
+``delay`` and ``dead`` nacks, and the chord's look at Go's global ``TriggerChordMutex`` cross slots).
+"""
+
+from __future__ import annotations
+
+from .client import Script
+
+__all__ = [
+    "ACK_REDELIVERED",
+    "DEAD",
+    "MOVE_DUE",
+    "NACK_DELAY",
+    "NACK_REQUEUE",
+    "PUBLISH_PRIORITY",
+    "PURGE_DELAYED",
+    "RECOVER",
+    "RELEASE_LOCK",
+    "SET_STATE",
+    "TAKE",
+    "TRIGGER_CHORD",
+]
+
+#: 2^40: the priority band width of a priority ZSET score: ``(255 - priority) * 2^40 + sequence``.
+PRIORITY_BAND = 1 << 40
+#: Seconds the "redelivered" marks of a queue live after their last change.
+REDELIVERED_TTL = 7 * 24 * 3600
+
+_PUSH = """
+local function push(cmd, key, items)
+  for i = 1, #items, 1000 do
+    redis.call(cmd, key, unpack(items, i, math.min(i + 999, #items)))
+  end
+end
+local function priority_of(m)
+  local ok, d = pcall(cjson.decode, m)
+  if ok and type(d) == 'table' and type(d['Priority']) == 'number' and d['Priority'] > 0 then
+    return math.min(math.floor(d['Priority']), 255)
+  end
+  return 0
+end
+"""
+
+#: Move up to ARGV[1] messages from the queue (the priority ZSET first when ARGV[2] == '1') to the
+#: consumer's processing list; register the consumer while it holds any; report redelivery marks.
+#: KEYS: queue, processing, redelivered, priority, registry, heartbeat
+#: ARGV: count, use_priority, consumer id, lease ms
+TAKE = Script(
+    "take",
+    _PUSH
+    + """
+local n = tonumber(ARGV[1])
+local out = {}
+if n > 0 and ARGV[2] == '1' then
+  local popped = redis.call('ZPOPMIN', KEYS[4], n)
+  for i = 1, #popped, 2 do out[#out + 1] = popped[i] end
+  if #out > 0 then push('RPUSH', KEYS[2], out) end
+  n = n - #out
+end
+if n > 0 then
+  local items = redis.call('LRANGE', KEYS[1], 0, n - 1)
+  if #items > 0 then
+    redis.call('LTRIM', KEYS[1], #items, -1)
+    push('RPUSH', KEYS[2], items)
+    for i = 1, #items do out[#out + 1] = items[i] end
+  end
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('SET', KEYS[6], '1', 'PX', ARGV[4])
+  redis.call('SADD', KEYS[5], ARGV[3])
+end
+local flags = {}
+local marked = redis.call('EXISTS', KEYS[3])
+if marked == 1 then
+  for i = 1, #out do flags[i] = redis.call('HEXISTS', KEYS[3], redis.sha1hex(out[i])) end
+end
+return {out, flags, marked}
+""",
+)
+
+#: Give the messages of dead consumers (heartbeat key gone) back to the queue, oldest at the head,
+#: marked as redelivered; with ARGV[3] set, release that one consumer unconditionally (close()).
+#: KEYS: registry, queue, redelivered, priority
+#: ARGV: processing key prefix, heartbeat key prefix, only this consumer id (or ''), use_priority, seq key
+RECOVER = Script(
+    "recover",
+    _PUSH
+    + """
+local ids
+if ARGV[3] ~= '' then ids = {ARGV[3]} else ids = redis.call('SMEMBERS', KEYS[1]) end
+local moved = 0
+for _, id in ipairs(ids) do
+  if ARGV[3] ~= '' or redis.call('EXISTS', ARGV[2] .. id) == 0 then
+    local proc = ARGV[1] .. id
+    local items = redis.call('LRANGE', proc, 0, -1)
+    if #items > 0 then
+      local plain = {}
+      for i = #items, 1, -1 do
+        local m = items[i]
+        local p = 0
+        if ARGV[4] == '1' then p = priority_of(m) end
+        if p > 0 then
+          redis.call('ZADD', KEYS[4], string.format('%.0f', (255 - p) * 1099511627776), m)
+        else
+          plain[#plain + 1] = m
+        end
+        redis.call('HINCRBY', KEYS[3], redis.sha1hex(m), 1)
+      end
+      if #plain > 0 then push('LPUSH', KEYS[2], plain) end
+      redis.call('EXPIRE', KEYS[3], @TTL@)
+      moved = moved + #items
+    end
+    redis.call('DEL', proc, ARGV[2] .. id)
+    redis.call('SREM', KEYS[1], id)
+  end
+end
+return moved
+""".replace("@TTL@", str(REDELIVERED_TTL)),
+)
+
+#: Ack of a message that carried a redelivery mark: remove it and its mark.
+#: KEYS: processing, redelivered   ARGV: body
+ACK_REDELIVERED = Script(
+    "ack_redelivered",
+    """
+local n = redis.call('LREM', KEYS[1], 1, ARGV[1])
+redis.call('HDEL', KEYS[2], redis.sha1hex(ARGV[1]))
+return n
+""",
+)
+
+#: Give one message back to its queue (head), or to the priority ZSET when ARGV[2] is a score.
+#: KEYS: processing, queue, redelivered, priority   ARGV: body, priority score or ''
+NACK_REQUEUE = Script(
+    "nack_requeue",
+    """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+if ARGV[2] ~= '' then
+  redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
+else
+  redis.call('LPUSH', KEYS[2], ARGV[1])
+end
+redis.call('HINCRBY', KEYS[3], redis.sha1hex(ARGV[1]), 1)
+redis.call('EXPIRE', KEYS[3], @TTL@)
+return 1
+""".replace("@TTL@", str(REDELIVERED_TTL)),
+)
+
+#: Give one message back later: into the delayed ZSET with score = due time in ns.
+#: KEYS: processing, delayed, redelivered   ARGV: body, score
+NACK_DELAY = Script(
+    "nack_delay",
+    """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('HINCRBY', KEYS[3], redis.sha1hex(ARGV[1]), 1)
+redis.call('EXPIRE', KEYS[3], @TTL@)
+return 1
+""".replace("@TTL@", str(REDELIVERED_TTL)),
+)
+
+#: Dead-letter one message: from the processing list to the queue's dead list.
+#: KEYS: processing, dead, redelivered   ARGV: body
+DEAD = Script(
+    "dead",
+    """
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], redis.sha1hex(ARGV[1]))
+return 1
+""",
+)
+
+#: Publish messages of one priority (> 0) to a queue's priority ZSET, FIFO within the priority.
+#: KEYS: priority, sequence   ARGV: priority, body...
+PUBLISH_PRIORITY = Script(
+    "publish_priority",
+    """
+local base = (255 - tonumber(ARGV[1])) * 1099511627776
+for i = 2, #ARGV do
+  local seq = redis.call('INCR', KEYS[2]) % 1099511627776
+  redis.call('ZADD', KEYS[1], string.format('%.0f', base + seq), ARGV[i])
+end
+return #ARGV - 1
+""",
+)
+
+#: Move due delayed messages (score <= the server's clock in ns) to their queues, oldest first, as
+#: Go's poller does one by one (RPUSH to the message's RoutingKey, or ARGV[2] when it has none).
+#: Returns {moved, next due score or false, server time in ns}.
+#: KEYS: delayed   ARGV: limit, default queue, use_priority
+MOVE_DUE = Script(
+    "move_due",
+    _PUSH
+    + """
+local t = redis.call('TIME')
+local now = t[1] .. string.format('%06d', tonumber(t[2])) .. '000'
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+for _, m in ipairs(due) do
+  redis.call('ZREM', KEYS[1], m)
+  local q = ARGV[2]
+  local p = 0
+  local ok, d = pcall(cjson.decode, m)
+  if ok and type(d) == 'table' then
+    local rk = d['RoutingKey']
+    if type(rk) == 'string' and rk ~= '' then q = rk end
+    if ARGV[3] == '1' and type(d['Priority']) == 'number' and d['Priority'] > 0 then
+      p = math.min(math.floor(d['Priority']), 255)
+    end
+  end
+  if p > 0 then
+    local tag = '{' .. q .. '}:machinery:'
+    local seq = redis.call('INCR', tag .. 'priority_seq') % 1099511627776
+    redis.call('ZADD', tag .. 'priority', string.format('%.0f', (255 - p) * 1099511627776 + seq), m)
+  else
+    redis.call('RPUSH', q, m)
+  end
+end
+local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {#due, nxt[2] or false, now}
+""",
+)
+
+#: Remove the delayed messages bound for one queue. KEYS: delayed   ARGV: queue, default queue
+PURGE_DELAYED = Script(
+    "purge_delayed",
+    """
+local n = 0
+for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local q = ARGV[2]
+  local ok, d = pcall(cjson.decode, m)
+  if ok and type(d) == 'table' and type(d['RoutingKey']) == 'string' and d['RoutingKey'] ~= '' then
+    q = d['RoutingKey']
+  end
+  if q == ARGV[1] then
+    redis.call('ZREM', KEYS[1], m)
+    n = n + 1
+  end
+end
+return n
+""",
+)
+
+#: Store a task state (Go's layout: the JSON at the bare uuid, EX results_expire_in), keeping the
+#: task name and creation time of the previous state when this one has none (Go merges the same
+#: way), and wake waiters when the state is final.
+#: KEYS: state key, notify key, waiter key (the notify list is written only while somebody waits)
+#: ARGV: json, position of '"TaskName":""' (1-based, 0 = has a name), position of the zero
+#:       '"CreatedAt":"0001-01-01T00:00:00Z"' (0 = has a time), fallback creation time, ttl s,
+#:       notify ttl s (0 = not final)
+SET_STATE = Script(
+    "set_state",
+    """
+local json = ARGV[1]
+local name_pos = tonumber(ARGV[2])
+local created_pos = tonumber(ARGV[3])
+if name_pos > 0 or created_pos > 0 then
+  local old = redis.call('GET', KEYS[1])
+  local created = ARGV[4]
+  local name = ''
+  if old then
+    local c = string.match(old, '.*"CreatedAt":"([^"]*)"')
+    if c and c ~= '0001-01-01T00:00:00Z' then created = c end
+    local n = string.match(old, '"TaskName":"(.-)","State":"')
+    if n then name = n end
+  end
+  if created_pos > 0 then
+    json = string.sub(json, 1, created_pos + 12) .. created .. string.sub(json, created_pos + 33)
+  end
+  if name_pos > 0 then
+    json = string.sub(json, 1, name_pos + 11) .. name .. string.sub(json, name_pos + 12)
+  end
+end
+redis.call('SET', KEYS[1], json, 'EX', ARGV[5])
+if ARGV[6] ~= '0' and redis.call('EXISTS', KEYS[3]) == 1 then
+  redis.call('RPUSH', KEYS[2], '1')
+  redis.call('EXPIRE', KEYS[2], ARGV[6])
+end
+return 1
+""",
+)
+
+#: Set ChordTriggered on a group record, once: 1 = this caller fired it, 0 = already fired,
+#: -1 = a Go worker holds TriggerChordMutex (try again shortly), -2 = no such group, -3 = malformed.
+#: KEYS: group key, Go's chord mutex key   ARGV: ttl s
+TRIGGER_CHORD = Script(
+    "trigger_chord",
+    """
+if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+local meta = redis.call('GET', KEYS[1])
+if not meta then return -2 end
+local s, e = string.find(meta, '"ChordTriggered":false', 1, true)
+if not s then
+  if string.find(meta, '"ChordTriggered":true', 1, true) then return 0 end
+  return -3
+end
+meta = string.sub(meta, 1, s - 1) .. '"ChordTriggered":true' .. string.sub(meta, e + 1)
+redis.call('SET', KEYS[1], meta, 'EX', ARGV[1])
+return 1
+""",
+)
+
+#: Compare-and-delete: release a lock only when this owner's token is still there.
+#: KEYS: lock key   ARGV: token
+RELEASE_LOCK = Script(
+    "release_lock",
+    """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+""",
+)
