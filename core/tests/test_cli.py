@@ -503,3 +503,23 @@ def test_python_dash_m_machinery_matches_the_console_script() -> None:
         [sys.executable, "-m", "machinery", "--help"], capture_output=True, text=True, timeout=60, check=True
     )
     assert out.stdout.startswith("Usage: machinery ")
+
+
+def test_errors_in_a_real_process_are_one_line_on_stderr(
+    sqlite_app: tuple[str, Machinery], tmp_path: Path
+) -> None:
+    name, _ = sqlite_app
+    env = dict(os.environ, PYTHONPATH=str(tmp_path), MACHINERY_APP=f"{name}:app")
+    out = subprocess.run(
+        [sys.executable, "-m", "machinery", "result", "task_nope"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1
+    assert out.stdout == ""
+    assert out.stderr.splitlines() == [
+        "Error: unknown task uuid 'task_nope' (never sent, purged, or its result expired)"
+    ]

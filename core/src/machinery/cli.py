@@ -55,6 +55,7 @@ EXIT_ERROR = 1
 EXIT_TIMEOUT = 3
 EXIT_ABORTED = 130
 LOG_FORMAT = "%(asctime)s %(levelname)-7s [%(threadName)s] %(name)s: %(message)s"
+SHORT_LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>]+")
 
@@ -292,7 +293,14 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 @click.group(context_settings=CONTEXT)
 @click.version_option(package_name="machinery-core", prog_name="machinery")
 @click.option("--traceback", is_flag=True, help="Show the full traceback of an error.")
-def cli(traceback: bool) -> None:
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    help="Log more in send/result/inspect/purge: -v warnings (e.g. reconnects), -vv info, -vvv debug.",
+)
+@click.pass_context
+def cli(ctx: click.Context, traceback: bool, verbose: int) -> None:
     """Machinery for Python: a distributed task queue (Go Machinery's model and wire format).
 
     \b
@@ -303,6 +311,27 @@ def cli(traceback: bool) -> None:
     -A names the app (module:attribute) in every command; MACHINERY_APP=myapp:app sets it once.
     Run `machinery COMMAND --help` for each command's options and an example.
     """
+    if ctx.invoked_subcommand != "worker":  # the worker has its own --loglevel
+        _quiet_logging(verbose)
+
+
+def _is_ours(record: logging.LogRecord) -> bool:
+    return record.name.split(".", 1)[0].startswith("machinery")
+
+
+def _quiet_logging(verbose: int) -> None:
+    """One-shot commands: only the final error line by default; -v shows Machinery's warnings
+    (reconnects), -vv its info lines, -vvv everything at debug level, client libraries included."""
+    root = logging.getLogger()
+    if root.handlers:  # configured by the embedding program (or a test runner): leave it alone
+        return
+    levels = (logging.ERROR, logging.WARNING, logging.INFO, logging.DEBUG)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(SHORT_LOG_FORMAT))
+    if verbose < 3:
+        handler.addFilter(_is_ours)
+    root.addHandler(handler)
+    root.setLevel(levels[min(verbose, 3)])
 
 
 @cli.command(context_settings=CONTEXT, short_help="Run a worker until SIGTERM or Ctrl-C.")
