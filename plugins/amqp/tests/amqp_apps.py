@@ -1,6 +1,6 @@
 """A Machinery app for the end-to-end and fault tests; also run as a worker process:
 
-    python amqp_apps.py   (settings from the environment: see ``from_env``)
+python amqp_apps.py   (settings from the environment: see ``from_env``)
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ import time
 from machinery import Config, Machinery
 
 
-def make_app(broker: str, backend: str, suffix: str, runlog: str = "", concurrency_hint: int = 0) -> Machinery:
-    config = Config(broker=broker, result_backend=backend, default_queue=f"mq_{suffix}", results_expire_in=300)
+def make_app(broker: str, backend: str, suffix: str, runlog: str = "") -> Machinery:
+    config = Config(
+        broker=broker, result_backend=backend, default_queue=f"mq_{suffix}", results_expire_in=300
+    )
     config.amqp.exchange = f"mx_{suffix}"
     config.amqp.binding_key = f"mk_{suffix}"
     config.amqp.prefetch_count = 0

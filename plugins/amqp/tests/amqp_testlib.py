@@ -7,6 +7,7 @@ afterwards, so tests never see each other's messages.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -119,15 +120,11 @@ class Admin:
 
     def cleanup(self) -> None:
         for queue in self.queues:
-            try:
+            with contextlib.suppress(Exception):
                 self._ch().queue_delete(queue)
-            except Exception:
-                pass
         for exchange in self.exchanges:
-            try:
+            with contextlib.suppress(Exception):
                 self._ch().exchange_delete(exchange)
-            except Exception:
-                pass
         self.connection.close()
 
 

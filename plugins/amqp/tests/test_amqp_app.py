@@ -8,12 +8,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from amqp_apps import make_app
+from amqp_testlib import Admin, Names
 
 from machinery import Chain, Chord, Group, Machinery
 from machinery.plugins import list_schemes
-
-from amqp_apps import make_app
-from amqp_testlib import Admin, Names
 
 pytestmark = pytest.mark.services
 
@@ -26,7 +25,9 @@ def backends() -> list[str]:
 
 
 @pytest.fixture(params=backends())
-def app(request: pytest.FixtureRequest, amqp_url: str, names: Names, admin: Admin, tmp_path: Path) -> Iterator[Machinery]:
+def app(
+    request: pytest.FixtureRequest, amqp_url: str, names: Names, admin: Admin, tmp_path: Path
+) -> Iterator[Machinery]:
     backend = amqp_url if request.param == "amqp" else f"sqlite:///{tmp_path / 'results.db'}"
     application = make_app(amqp_url, backend, names.suffix)
     worker = application.worker(concurrency=4)

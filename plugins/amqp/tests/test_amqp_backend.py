@@ -9,12 +9,11 @@ import time
 from datetime import UTC, datetime
 
 import pytest
+from amqp_testlib import Admin, Names
 
 from machinery import Arg, Config, State, TaskState
 from machinery.errors import UnknownGroupError
 from machinery_amqp import AMQPBackend
-
-from amqp_testlib import Admin, Names
 
 pytestmark = pytest.mark.services
 
@@ -68,7 +67,9 @@ def test_reading_does_not_consume(backend: AMQPBackend, names: Names, amqp_url: 
     assert backend.get_state(u) is not None
 
 
-def test_latest_state_wins_under_concurrent_reads(backend: AMQPBackend, names: Names, amqp_url: str, config: Config) -> None:
+def test_latest_state_wins_under_concurrent_reads(
+    backend: AMQPBackend, names: Names, amqp_url: str, config: Config
+) -> None:
     u = uid(names, "race")
     stop = threading.Event()
     readers = [AMQPBackend(amqp_url, config) for _ in range(3)]
@@ -169,7 +170,9 @@ print(len(wins))
 """
 
 
-def test_trigger_chord_exactly_once_across_processes(backend: AMQPBackend, names: Names, amqp_url: str) -> None:
+def test_trigger_chord_exactly_once_across_processes(
+    backend: AMQPBackend, names: Names, amqp_url: str
+) -> None:
     for round_ in range(3):
         g = f"group_{names.suffix}_{round_}"
         backend.init_group(g, [uid(names, 1)])
@@ -181,10 +184,12 @@ def test_trigger_chord_exactly_once_across_processes(backend: AMQPBackend, names
             )
             for _ in range(3)
         ]
-        local = []
-        local_threads = [
-            threading.Thread(target=lambda: local.append(backend.trigger_chord(g))) for _ in range(3)
-        ]
+        local: list[bool] = []
+
+        def trigger(group: str = g, out: list[bool] = local) -> None:
+            out.append(backend.trigger_chord(group))
+
+        local_threads = [threading.Thread(target=trigger) for _ in range(3)]
         for t in local_threads:
             t.start()
         for t in local_threads:

@@ -8,12 +8,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from amqp_testlib import Admin, Names
 
 from machinery import Config, Signature
 from machinery.capabilities import Capability
 from machinery_amqp import AMQPBroker, UnroutableError
-
-from amqp_testlib import Admin, Names
 
 pytestmark = pytest.mark.services
 
@@ -56,7 +55,10 @@ def test_wire_format_is_go_machinery(broker: AMQPBroker, names: Names, admin: Ad
     assert props.priority == 0  # type: ignore[attr-defined]
     data = json.loads(body or b"")
     assert data["UUID"] == "task_1" and data["Name"] == "add"
-    assert data["Args"] == [{"Name": "", "Type": "int64", "Value": 1}, {"Name": "", "Type": "int64", "Value": 1}]
+    assert data["Args"] == [
+        {"Name": "", "Type": "int64", "Value": 1},
+        {"Name": "", "Type": "int64", "Value": 1},
+    ]
 
 
 def test_no_stray_queue_named_after_the_routing_key(broker: AMQPBroker, names: Names, admin: Admin) -> None:
@@ -68,7 +70,9 @@ def test_no_stray_queue_named_after_the_routing_key(broker: AMQPBroker, names: N
     assert broker.route(names.binding_key) == (names.queue, names.binding_key)
 
 
-def test_published_before_any_worker_is_kept(amqp_url: str, config: Config, names: Names, admin: Admin) -> None:
+def test_published_before_any_worker_is_kept(
+    amqp_url: str, config: Config, names: Names, admin: Admin
+) -> None:
     producer = AMQPBroker(amqp_url, config)
     producer.publish(sig(7))
     producer.close()
@@ -146,7 +150,9 @@ def test_malformed_body_is_a_delivery_with_an_error(broker: AMQPBroker, names: N
     assert len(broker.dead_letters(names.queue)) == 2
 
 
-def test_never_more_than_max_messages_and_prefetch_bound(broker: AMQPBroker, names: Names, admin: Admin) -> None:
+def test_never_more_than_max_messages_and_prefetch_bound(
+    broker: AMQPBroker, names: Names, admin: Admin
+) -> None:
     """Each consume hands out at most max_messages, and RabbitMQ sends this process only as many
     messages as the worker has slots for (prefetch = unsettled + free slots)."""
     for n in range(10):
@@ -164,7 +170,9 @@ def test_never_more_than_max_messages_and_prefetch_bound(broker: AMQPBroker, nam
         d.ack()
 
 
-def test_prefetch_count_caps_the_prefetch(make_config: Callable[..., Config], amqp_url: str, names: Names, admin: Admin) -> None:
+def test_prefetch_count_caps_the_prefetch(
+    make_config: Callable[..., Config], amqp_url: str, names: Names, admin: Admin
+) -> None:
     broker = AMQPBroker(amqp_url, make_config(prefetch_count=2))
     try:
         for n in range(6):
@@ -186,7 +194,9 @@ def test_prefetch_count_caps_the_prefetch(make_config: Callable[..., Config], am
         broker.close()
 
 
-def test_idle_consumer_releases_its_prefetch(broker: AMQPBroker, names: Names, admin: Admin, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_idle_consumer_releases_its_prefetch(
+    broker: AMQPBroker, names: Names, admin: Admin, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from machinery_amqp import broker as broker_mod
 
     monkeypatch.setattr(broker_mod, "IDLE_RELEASE", 0.5)
@@ -228,7 +238,9 @@ def test_eta_not_early_and_priority_kept_through_the_delay(
         broker.close()
 
 
-def test_priority_without_delay(make_config: Callable[..., Config], amqp_url: str, names: Names, admin: Admin) -> None:
+def test_priority_without_delay(
+    make_config: Callable[..., Config], amqp_url: str, names: Names, admin: Admin
+) -> None:
     broker = AMQPBroker(amqp_url, make_config(queue_declare_args={"x-max-priority": 10}, prefetch_count=1))
     try:
         for n, priority in ((1, 0), (2, 9), (3, 4)):
@@ -243,7 +255,9 @@ def test_priority_without_delay(make_config: Callable[..., Config], amqp_url: st
         broker.close()
 
 
-def test_fixed_delayed_queue_mode(make_config: Callable[..., Config], amqp_url: str, names: Names, admin: Admin) -> None:
+def test_fixed_delayed_queue_mode(
+    make_config: Callable[..., Config], amqp_url: str, names: Names, admin: Admin
+) -> None:
     delayed = names.other("delayed")
     admin.queues.add(delayed)
     broker = AMQPBroker(amqp_url, make_config(delayed_queue=delayed))
@@ -258,7 +272,9 @@ def test_fixed_delayed_queue_mode(make_config: Callable[..., Config], amqp_url: 
         broker.close()
 
 
-def test_unroutable_publish_raises(make_config: Callable[..., Config], amqp_url: str, names: Names, admin: Admin) -> None:
+def test_unroutable_publish_raises(
+    make_config: Callable[..., Config], amqp_url: str, names: Names, admin: Admin
+) -> None:
     """A topic exchange whose binding key matches no routing key: RabbitMQ returns the message."""
     broker = AMQPBroker(amqp_url, make_config(exchange_type="topic", binding_key="nothing.matches.this"))
     try:

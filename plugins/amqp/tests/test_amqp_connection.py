@@ -7,14 +7,13 @@ import time
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from amqp_testlib import Admin, Names, amqp_url_or_skip
 
 from machinery import Config, Machinery, Signature
 from machinery.errors import BackendError, BrokerError, ConfigError
 from machinery.plugins import list_schemes, resolve_backend, resolve_broker
 from machinery_amqp import AMQPAccessError, AMQPBackend, AMQPBroker, AMQPUnavailableError
 from machinery_amqp.connection import connection_parameters, split_urls
-
-from amqp_testlib import Admin, Names, amqp_url_or_skip
 
 
 def with_userinfo(url: str, user: str, password: str, path: str | None = None) -> str:

@@ -13,11 +13,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
-from machinery import AsyncResult, State
-
 from amqp_apps import make_app, read_log
 from amqp_testlib import SERVICES, Admin, Names
+
+from machinery import AsyncResult, State
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 HERE = Path(__file__).resolve().parent
