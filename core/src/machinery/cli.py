@@ -340,6 +340,7 @@ def _quiet_logging(verbose: int) -> None:
     "-c",
     "--concurrency",
     type=click.IntRange(min=0),
+    metavar="N",
     default=0,
     show_default=True,
     help="Tasks run at once (threads or processes); 0 = Config.worker.default_concurrency (8).",
@@ -474,22 +475,35 @@ def _wait_state(app: Machinery, uuid: str, timeout: float) -> TaskState:
 )
 @click.option("-Q", "--queue", default="", help="Queue to send to (default Config.default_queue).")
 @click.option(
-    "--countdown", type=click.FloatRange(min=0), default=None, help="Run no sooner than S seconds from now."
+    "--countdown",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="SECONDS",
+    help="Run no sooner than SECONDS from now.",
 )
 @click.option(
     "--eta", default=None, metavar="TIME", help="Run no sooner than this ISO 8601 time (naive = local)."
 )
 @click.option(
-    "--retry-count", type=click.IntRange(min=0), default=None, help="Retries on failure (Fibonacci back-off)."
+    "--retry-count",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help="Retries on failure (Fibonacci back-off).",
 )
 @click.option(
-    "--priority", type=click.IntRange(0, 255), default=0, help="Message priority where the broker has them."
+    "--priority",
+    type=click.IntRange(0, 255),
+    default=0,
+    metavar="0-255",
+    help="Message priority where the broker has them.",
 )
 @click.option("-w", "--wait", is_flag=True, help="Wait for the task to finish and print its value.")
 @click.option(
     "-t",
     "--timeout",
     type=click.FloatRange(min=0),
+    metavar="SECONDS",
     default=30.0,
     show_default=True,
     help="Seconds --wait waits.",
@@ -571,6 +585,7 @@ def send(
     "-t",
     "--timeout",
     type=click.FloatRange(min=0),
+    metavar="SECONDS",
     default=30.0,
     show_default=True,
     help="Seconds --wait waits.",
