@@ -1,1 +1,53 @@
-"""The contract kit for transport plugins (see core/README.md, "Write a plugin")."""
+"""The contract kit for transport plugins (see core/README.md, "Write a plugin").
+
+Abstract pytest classes a plugin author subclasses (their names have no ``Test`` prefix, so they are
+not collected themselves)::
+
+    import pytest
+    from machinery.testing import BrokerContract, BackendContract
+
+    class TestFooBroker(BrokerContract, BackendContract):
+        @pytest.fixture
+        def broker_url(self) -> str:
+            return "foo://localhost:1234"
+
+        @pytest.fixture
+        def backend_url(self) -> str:
+            return "foo://localhost:1234"
+
+Declared capabilities (:class:`machinery.capabilities.Capability`) decide which tests run: an
+undeclared one is skipped with the reason ``capability X not declared by <Class>``, a declared one
+must pass. The pytest plugin (entry point ``pytest11``, loaded automatically) prints per combination
+the tests run, the skips and a few measurements at the end of the session.
+
+Needs pytest: ``pip install 'machinery-core[testing]'``.
+"""
+
+from ._base import ContractBase, NotApplicable, capabilities_of, default_contract_config, not_applicable, requires
+from .backend_contract import RESULT_VALUES, BackendContract
+from .broker_contract import BrokerContract
+from .lock_contract import LockContract
+from .tasks import make_app
+from .worker_contract import FaultContract, WorkerContract
+
+
+class TransportContract(BrokerContract, BackendContract, LockContract, WorkerContract):
+    """Every non-fault contract at once: broker, backend, lock and workers."""
+
+
+__all__ = [
+    "RESULT_VALUES",
+    "BackendContract",
+    "BrokerContract",
+    "ContractBase",
+    "FaultContract",
+    "LockContract",
+    "NotApplicable",
+    "TransportContract",
+    "WorkerContract",
+    "capabilities_of",
+    "default_contract_config",
+    "make_app",
+    "not_applicable",
+    "requires",
+]

@@ -1,0 +1,431 @@
+"""``BrokerContract``: what every broker must do, and what each declared capability promises."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from datetime import timedelta
+from typing import Any, ClassVar
+
+import pytest
+
+from ..broker import Broker, Delivery
+from ..capabilities import Capability
+from ..signature import Signature, new_uuid, now_utc
+from ._base import ContractBase, requires
+from ._util import Child, ms, unique
+
+__all__ = ["BrokerContract"]
+
+#: a name no worker registers: the broker tests never run tasks
+TASK = "contract_broker_task"
+
+
+class BrokerContract(ContractBase):
+    """Subclass with a ``broker_url`` fixture (or override ``make_broker``).
+
+    ``eta_late_allowance``: how late (seconds) an ETA message may be delivered.
+    """
+
+    eta_late_allowance: ClassVar[float] = 1.0
+
+    @pytest.fixture
+    def queue(self) -> str:
+        """A queue name used by this test only."""
+        return unique("q")
+
+    @pytest.fixture
+    def broker(self) -> Broker:
+        broker: Broker = self._maybe_new("broker")
+        return broker
+
+    # helpers -----------------------------------------------------------------------------------
+    @staticmethod
+    def sig(queue: str, *args: Any, **fields: Any) -> Signature:
+        return Signature(TASK, args=list(args), uuid=new_uuid(), routing_key=queue, **fields)
+
+    def collect(
+        self, broker: Broker, queue: str, count: int, timeout: float, max_messages: int = 10, ack: bool = True
+    ) -> list[Delivery]:
+        """Consume until ``count`` deliveries arrived or ``timeout`` passed."""
+        got: list[Delivery] = []
+        deadline = time.monotonic() + timeout
+        while len(got) < count:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            limit = min(max_messages, count - len(got))
+            batch = broker.consume(queue, limit, min(remaining, 1.0))
+            assert len(batch) <= limit, f"consume returned {len(batch)} > max_messages {limit}"
+            for delivery in batch:
+                if ack:
+                    delivery.ack()
+            got.extend(batch)
+        return got
+
+    @staticmethod
+    def uuids(deliveries: list[Delivery]) -> list[str]:
+        return [d.signature.uuid if d.signature is not None else "<malformed>" for d in deliveries]
+
+    def assert_empty(self, broker: Broker, queue: str, wait: float = 0.3) -> None:
+        left = broker.consume(queue, 10, wait)
+        for delivery in left:
+            delivery.nack(requeue=True)
+        assert not left, f"queue {queue} still delivers {self.uuids(left)}"
+
+    # basics ------------------------------------------------------------------------------------
+    def test_broker_publish_consume_ack(self, broker: Broker, queue: str) -> None:
+        sent = self.sig(queue, 1, "two", kwargs={"k": [1, 2]}, headers={"h": "v"})
+        broker.publish(sent)
+        deliveries = self.collect(broker, queue, 1, self.t(5), ack=False)
+        assert len(deliveries) == 1, "the published message was not consumed"
+        delivery = deliveries[0]
+        assert delivery.signature is not None, f"decoding failed: {delivery.error}"
+        assert not delivery.error
+        got = delivery.signature
+        assert (got.uuid, got.name, got.routing_key) == (sent.uuid, sent.name, queue)
+        assert got.arg_values == [1, "two"]
+        assert got.kwargs == {"k": [1, 2]}
+        assert got.headers.get("h") == "v"
+        assert isinstance(delivery.body, bytes | bytearray) and delivery.body
+        delivery.ack()
+        self.assert_empty(broker, queue)
+        self.assert_empty(self.new_broker(), queue)
+
+    def test_broker_consume_waits_for_timeout(self, broker: Broker, queue: str) -> None:
+        start = time.monotonic()
+        assert broker.consume(queue, 5, 1.0) == []
+        elapsed = time.monotonic() - start
+        assert elapsed >= 0.5, f"consume(timeout=1.0) on an empty queue returned after {ms(elapsed)} (hot loop)"
+        assert elapsed <= 1.0 + self.t(2), f"consume(timeout=1.0) blocked for {elapsed:.1f}s"
+
+    def test_broker_consume_wakes_on_publish(self, broker: Broker, queue: str) -> None:
+        result: list[tuple[float, list[Delivery]]] = []
+        waiting = threading.Event()
+
+        def consume() -> None:
+            consumer = self.new_broker()
+            consumer.consume(unique("warmup"), 1, 0.01)
+            waiting.set()
+            got = consumer.consume(queue, 1, self.t(10))
+            result.append((time.monotonic(), got))
+            for d in got:
+                d.ack()
+
+        thread = threading.Thread(target=consume)
+        thread.start()
+        assert waiting.wait(self.t(10))
+        time.sleep(0.1)  # let the consumer block (part of the measurement, not synchronisation)
+        sent_at = time.monotonic()
+        broker.publish(self.sig(queue))
+        thread.join(self.t(15))
+        assert result and len(result[0][1]) == 1, "a blocked consume did not receive the message"
+        latency = result[0][0] - sent_at
+        self.record("consume wake latency", ms(latency))
+        assert latency < self.t(2.0), f"a blocked consume woke {latency:.2f}s after the publish"
+
+    def test_broker_nack_requeue(self, broker: Broker, queue: str) -> None:
+        sent = self.sig(queue)
+        broker.publish(sent)
+        first = self.collect(broker, queue, 1, self.t(5), ack=False)
+        assert self.uuids(first) == [sent.uuid]
+        first[0].nack(requeue=True)
+        again = self.collect(broker, queue, 1, self.t(5), ack=False)
+        assert self.uuids(again) == [sent.uuid], "a nacked message (requeue=True) did not come back"
+        again[0].ack()
+        self.assert_empty(broker, queue)
+
+    def test_broker_nack_without_requeue(self, broker: Broker, queue: str) -> None:
+        sent = self.sig(queue)
+        broker.publish(sent)
+        first = self.collect(broker, queue, 1, self.t(5), ack=False)
+        assert self.uuids(first) == [sent.uuid]
+        first[0].nack(requeue=False)
+        self.assert_empty(broker, queue, 0.5)
+
+    @requires(Capability.DEAD_LETTER, of="broker")
+    def test_broker_dead_letter(self, broker: Broker, queue: str) -> None:
+        sent = self.sig(queue)
+        broker.publish(sent)
+        first = self.collect(broker, queue, 1, self.t(5), ack=False)
+        first[0].nack(requeue=False)
+        self.assert_empty(broker, queue, 0.3)
+        reader = getattr(broker, "dead_letters", None)
+        if reader is None:
+            pytest.skip(f"{type(broker).__name__} declares dead_letter but has no dead_letters(queue) to read")
+        letters = reader(queue)
+        bodies = [getattr(x, "body", x) for x in letters]
+        assert first[0].body in bodies, "the dead-lettered message is not in dead_letters(queue)"
+
+    @requires(Capability.DELAY, of="broker")
+    def test_broker_nack_with_delay(self, broker: Broker, queue: str) -> None:
+        broker.publish(self.sig(queue))
+        first = self.collect(broker, queue, 1, self.t(5), ack=False)
+        nacked_at = time.monotonic()
+        first[0].nack(requeue=True, delay=1.0)
+        again = self.collect(broker, queue, 1, self.t(8), ack=True)
+        elapsed = time.monotonic() - nacked_at
+        assert again, "a message nacked with delay=1.0 never came back"
+        assert elapsed >= 0.95, f"a message nacked with delay=1.0 came back after {ms(elapsed)}"
+        assert elapsed <= 1.0 + self.eta_late_allowance + self.t(1), f"came back {elapsed:.2f}s later"
+
+    def test_broker_consume_never_exceeds_max_messages(self, broker: Broker, queue: str) -> None:
+        sent = [self.sig(queue, i) for i in range(10)]
+        broker.publish_many(sent)
+        got: list[Delivery] = []
+        deadline = time.monotonic() + self.t(10)
+        for limit in [1, 3, 3, 1, 5, 5, 10]:
+            while time.monotonic() < deadline and len(got) < len(sent):
+                batch = broker.consume(queue, limit, 1.0)
+                assert len(batch) <= limit, f"consume(max_messages={limit}) returned {len(batch)}"
+                for d in batch:
+                    d.ack()
+                got.extend(batch)
+                if batch:
+                    break
+        ids = self.uuids(got)
+        assert sorted(ids) == sorted(s.uuid for s in sent), "publish_many + consume lost or added messages"
+        assert len(set(ids)) == len(ids), "a message was delivered twice"
+        assert broker.consume(queue, 0, 0.1) == [], "consume(max_messages=0) returned messages"
+
+    @requires(Capability.FIFO, of="broker")
+    def test_broker_fifo(self, broker: Broker, queue: str) -> None:
+        sent = [self.sig(queue, i) for i in range(20)]
+        for s in sent[:10]:
+            broker.publish(s)
+        broker.publish_many(sent[10:])
+        got = self.collect(broker, queue, 20, self.t(10), max_messages=4)
+        assert self.uuids(got) == [s.uuid for s in sent], "messages were not delivered in publish order"
+
+    @requires(Capability.DELAY, of="broker")
+    def test_broker_eta(self, broker: Broker, queue: str) -> None:
+        eta = now_utc() + timedelta(seconds=1.0)
+        later = self.sig(queue, "eta", eta=eta)
+        broker.publish(later)
+        now = self.sig(queue, "now")
+        broker.publish(now)
+        first = self.collect(broker, queue, 1, self.t(5))
+        assert self.uuids(first) == [now.uuid], "a message with an ETA blocked (or overtook) one without"
+        got = self.collect(broker, queue, 1, 1.0 + self.eta_late_allowance + self.t(5))
+        received = now_utc()
+        assert self.uuids(got) == [later.uuid], "the ETA message never arrived"
+        early = (eta - received).total_seconds()
+        assert early <= 0, f"the ETA message arrived {ms(early)} early"
+        late = -early
+        self.record("ETA lateness", ms(late))
+        assert late <= self.eta_late_allowance, f"the ETA message arrived {late:.2f}s late"
+
+    @requires(Capability.PRIORITY, of="broker")
+    def test_broker_priority(self, broker: Broker, queue: str) -> None:
+        sent = [self.sig(queue, p, priority=p) for p in (0, 9, 5, 1)]
+        for s in sent:
+            broker.publish(s)
+        got = self.collect(broker, queue, 4, self.t(5), max_messages=1)
+        assert [d.signature.priority for d in got if d.signature] == [9, 5, 1, 0]
+
+    @requires(Capability.PENDING_LIST, of="broker")
+    def test_broker_pending_list(self, broker: Broker, queue: str) -> None:
+        assert broker.pending(queue) == []
+        sent = [self.sig(queue, 1, 2), self.sig(queue, 3, 5), self.sig(queue, 6, 7, 8)]
+        for s in sent:
+            broker.publish(s)
+        pending = broker.pending(queue)
+        assert [p.uuid for p in pending] == [s.uuid for s in sent], "pending() is not what was sent, in order"
+        assert [p.name for p in pending] == [TASK] * 3
+        assert [len(p.args) for p in pending] == [2, 2, 3]
+        self.collect(broker, queue, 3, self.t(5))
+        assert broker.pending(queue) == []
+
+    @requires(Capability.DELAYED_LIST, of="broker")
+    def test_broker_delayed_list(self, broker: Broker, queue: str) -> None:
+        delayed = self.sig(queue, eta=now_utc() + timedelta(seconds=120))
+        broker.publish(delayed)
+        assert delayed.uuid in [s.uuid for s in broker.delayed()], "delayed() does not list an ETA message"
+        assert delayed.uuid not in [s.uuid for s in broker.pending(queue)]
+        broker.purge(queue)
+
+    def test_broker_purge(self, broker: Broker, queue: str) -> None:
+        other = unique("q")
+        broker.publish_many([self.sig(queue, i) for i in range(5)])
+        kept = self.sig(other)
+        broker.publish(kept)
+        broker.purge(queue)
+        self.assert_empty(broker, queue, 0.5)
+        assert self.uuids(self.collect(broker, other, 1, self.t(5))) == [kept.uuid], "purge hit another queue"
+        broker.purge(unique("never-used"))
+
+    def test_broker_many_producers_and_consumers(self, queue: str) -> None:
+        producers, consumers, per_producer = 4, 4, 100
+        total = producers * per_producer
+        sent: list[str] = []
+        got: Counter[str] = Counter()
+        errors: list[BaseException] = []
+        mutex = threading.Lock()
+        done = threading.Event()
+        start = threading.Barrier(producers + consumers)
+        brokers = [self.new_broker() for _ in range(producers + consumers)]
+
+        def produce(broker: Broker, n: int) -> None:
+            try:
+                start.wait(30)
+                batch = [self.sig(queue, n, i) for i in range(per_producer)]
+                with mutex:
+                    sent.extend(s.uuid for s in batch)
+                for s in batch[: per_producer // 2]:
+                    broker.publish(s)
+                for i in range(per_producer // 2, per_producer, 10):
+                    broker.publish_many(batch[i : i + 10])
+            except BaseException as exc:
+                errors.append(exc)
+
+        def consume(broker: Broker) -> None:
+            try:
+                start.wait(30)
+                while not done.is_set():
+                    for d in broker.consume(queue, 8, 0.2):
+                        d.ack()
+                        with mutex:
+                            got[d.signature.uuid if d.signature else "<malformed>"] += 1
+                            if sum(got.values()) >= total:
+                                done.set()
+            except BaseException as exc:
+                errors.append(exc)
+                done.set()
+
+        started = time.monotonic()
+        threads = [threading.Thread(target=produce, args=(brokers[i], i)) for i in range(producers)]
+        threads += [threading.Thread(target=consume, args=(b,)) for b in brokers[producers:]]
+        for thread in threads:
+            thread.start()
+        done.wait(self.t(60))
+        elapsed = time.monotonic() - started
+        time.sleep(0.3)  # a duplicate delivered right after the last one still gets counted
+        done.set()
+        for thread in threads:
+            thread.join(self.t(10))
+        assert not errors, f"producer/consumer errors: {errors[:3]!r}"
+        missing = set(sent) - set(got)
+        duplicated = {u: n for u, n in got.items() if n > 1}
+        unknown = set(got) - set(sent)
+        assert not missing, f"{len(missing)} of {total} messages lost"
+        assert not duplicated, f"{len(duplicated)} messages delivered more than once"
+        assert not unknown, f"{len(unknown)} unexpected messages"
+        self.record("4x4 producers/consumers", f"{total} messages in {elapsed:.2f}s")
+
+    def test_broker_payloads_round_trip(self, broker: Broker, queue: str) -> None:
+        big = "x" * (256 * 1024)
+        text = "unicode ☃ 日本語 Ωμέγα עברית 🎉 \u2028 \\ \" \n\t"
+        ints = [2**100, -(2**100), 2**64 - 1, 2**63 - 1, -(2**63)]
+        cases = [
+            self.sig(queue, big),
+            self.sig(queue, text, headers={"note": text}),
+            self.sig(queue, *ints),
+            self.sig(queue, b"\x00\x01\xfe\xff", 1.5, True, kwargs={"nested": {"a": [1, [2, {"b": None}]]}}),
+        ]
+        for s in cases:
+            broker.publish(s)
+        got = {d.signature.uuid: d.signature for d in self.collect(broker, queue, len(cases), self.t(10)) if d.signature}
+        assert set(got) == {s.uuid for s in cases}, "a message with a large or unusual payload was lost"
+        for s in cases:
+            assert got[s.uuid].arg_values == s.arg_values
+            assert got[s.uuid].kwargs == s.kwargs
+        assert got[cases[1].uuid].headers.get("note") == text
+
+    def test_broker_malformed_message(self, broker: Broker, queue: str, publish_raw: Any) -> None:
+        put = self.need("publish_raw", publish_raw)
+        garbage = b"\xff\xfe this is not JSON {"
+        put(queue, garbage)
+        good = self.sig(queue)
+        broker.publish(good)
+        got = self.collect(broker, queue, 2, self.t(10), ack=False)
+        bad = [d for d in got if d.signature is None]
+        fine = [d for d in got if d.signature is not None]
+        assert len(bad) == 1, f"the malformed message did not surface as a Delivery with signature None: {got}"
+        assert bad[0].error, "a malformed Delivery must say why in .error"
+        assert bytes(bad[0].body) == garbage
+        assert self.uuids(fine) == [good.uuid], "consumption did not go on after a malformed message"
+        bad[0].nack(requeue=False)
+        fine[0].ack()
+        self.assert_empty(broker, queue)
+
+    def test_broker_close_is_idempotent(self, queue: str) -> None:
+        unused = self.new_broker()
+        unused.close()
+        unused.close()
+        used = self.new_broker()
+        used.publish(self.sig(queue))
+        self.collect(used, queue, 1, self.t(5))
+        used.close()
+        used.close()
+
+    # redelivery --------------------------------------------------------------------------------
+    @requires(Capability.REDELIVERY, of="broker")
+    def test_broker_redelivery_after_connection_loss(self, broker: Broker, queue: str) -> None:
+        """A consumer that closes (loses its connection) without acking gives its messages back."""
+        acked, unacked = self.sig(queue, "acked"), self.sig(queue, "unacked")
+        broker.publish_many([acked, unacked])
+        lost = self.new_broker()
+        got = self.collect(lost, queue, 2, self.t(5), max_messages=2, ack=False)
+        by_uuid = {d.signature.uuid: d for d in got if d.signature}
+        assert set(by_uuid) == {acked.uuid, unacked.uuid}
+        by_uuid[acked.uuid].ack()
+        lost.close()
+        started = time.monotonic()
+        back = self.collect(self.new_broker(), queue, 1, self.t(2 * self.lease_seconds + 3))
+        assert self.uuids(back) == [unacked.uuid], (
+            f"an unacked message did not come back within {2 * self.lease_seconds + 3:.0f}s of its consumer "
+            f"closing (lease_seconds={self.lease_seconds})"
+        )
+        self.record("redelivery after close", f"{time.monotonic() - started:.2f}s")
+        self.assert_empty(broker, queue, 0.5)
+
+    @requires(Capability.REDELIVERY, of="broker")
+    @requires(Capability.MULTI_PROCESS, of="broker")
+    def test_broker_redelivery_after_consumer_killed(self, broker: Broker, queue: str) -> None:
+        """A consumer process killed with SIGKILL loses nothing: after the lease its unacked
+        message is delivered again (``redelivered=True``); the acked one never comes back."""
+        url = self.need_url("broker")
+        acked, unacked = self.sig(queue, "acked"), self.sig(queue, "unacked")
+        broker.publish_many([acked, unacked])
+        child = Child(
+            "machinery.testing.procs",
+            {
+                "cmd": "consume",
+                "url": url,
+                "config": self.config,
+                "queue": queue,
+                "count": 2,
+                "ack": [acked.uuid],
+                "plugin_modules": list(self.plugin_modules),
+            },
+            self.workdir,
+            "consumer",
+        )
+        self.closing(child.close)
+        consumed = child.expect_json("consumed", self.t(20))
+        assert sorted(consumed) == sorted([acked.uuid, unacked.uuid]), f"the child consumed {consumed}"
+        child.expect("acked", self.t(10))
+        child.kill()
+        killed = time.monotonic()
+        timeout = self.t(2 * self.lease_seconds + 3)
+        back = self.collect(broker, queue, 1, timeout, ack=False)
+        assert self.uuids(back) == [unacked.uuid], (
+            f"the unacked message of a killed consumer did not come back within {timeout:.0f}s "
+            f"(lease_seconds={self.lease_seconds})"
+        )
+        self.record("redelivery after SIGKILL", f"{time.monotonic() - killed:.2f}s")
+        assert back[0].redelivered, "a redelivered message must have redelivered=True"
+        back[0].ack()
+        self.assert_empty(broker, queue, 0.5)
+
+    @requires(Capability.EXTEND_VISIBILITY, of="broker")
+    def test_broker_extend_keeps_the_lease(self, broker: Broker, queue: str) -> None:
+        broker.publish(self.sig(queue))
+        got = self.collect(broker, queue, 1, self.t(5), ack=False)
+        got[0].extend(self.lease_seconds * 4)
+        other = self.new_broker()
+        stolen = other.consume(queue, 1, self.lease_seconds * 1.5)
+        assert not stolen, "an extended lease ran out: another consumer got the message"
+        got[0].ack()
+        self.assert_empty(broker, queue)
