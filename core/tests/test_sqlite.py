@@ -751,6 +751,15 @@ def test_forked_lock_is_another_owner(url: str) -> None:
     lock.close()
 
 
+def test_schema_version_is_checked(tmp_path: Path) -> None:
+    for version, match in ((99, "newer"), (1, "pre-release")):
+        path = tmp_path / f"v{version}.db"
+        with sqlite3.connect(path) as db:
+            db.execute(f"PRAGMA user_version = {version}")
+        with pytest.raises(BrokerError, match=match):
+            SQLiteBroker.from_url(f"sqlite:///{path}", Config()).pending(Q)
+
+
 def test_errors_name_the_file(tmp_path: Path) -> None:
     path = tmp_path / "not-a-db.db"
     path.write_bytes(b"this is not a database file" * 100)

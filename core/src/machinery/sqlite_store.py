@@ -42,7 +42,8 @@ __all__ = [
 
 logger = logging.getLogger("machinery.sqlite")
 
-SCHEMA_VERSION = 1
+#: 1 was a pre-release layout (no ready/waiting split); there is no upgrade path from it
+SCHEMA_VERSION = 2
 #: seconds a writer waits for the file lock before failing
 BUSY_TIMEOUT = 30.0
 #: largest number of ``?`` in one ``IN (...)`` list (SQLite's old default limit was 999)
@@ -71,7 +72,6 @@ CREATE TABLE IF NOT EXISTS messages (
 -- every message is in exactly one of these two: consume never scans delayed or leased messages
 CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, priority DESC, id) WHERE ready = 1;
 CREATE INDEX IF NOT EXISTS messages_waiting ON messages (queue, visible_at) WHERE ready = 0;
-CREATE INDEX IF NOT EXISTS messages_owner ON messages (lease_owner) WHERE lease_owner IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY,
@@ -91,7 +91,7 @@ CREATE TABLE IF NOT EXISTS states (
     created_at TEXT,
     record BLOB NOT NULL,
     expires_at REAL NOT NULL
-);
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS states_expiry ON states (expires_at);
 
 CREATE TABLE IF NOT EXISTS groups (
@@ -413,6 +413,11 @@ class SQLiteStore:
             raise self.error(
                 f"sqlite database {self.path!r} has schema version {version}, newer than this "
                 f"machinery's ({SCHEMA_VERSION}); upgrade machinery-core"
+            )
+        if 0 < version < SCHEMA_VERSION:
+            raise self.error(
+                f"sqlite database {self.path!r} has schema version {version}, written by a pre-release "
+                f"machinery; delete the file (and its -wal/-shm files) to start afresh"
             )
         if version < SCHEMA_VERSION:
             conn.execute("BEGIN IMMEDIATE")
