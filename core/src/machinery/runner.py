@@ -18,6 +18,7 @@ from .log import logger
 from .procpool import ChildFailure, ProcessPool, Results
 from .retry import fibonacci_next
 from .signature import Arg, Signature, State, TaskState, now_utc
+from .statewriter import StateWriter
 from .task import Task, _current
 from .timelimit import TimeLimits, raise_in_thread
 
@@ -75,21 +76,40 @@ class TaskRunner:
         self._async_lock = threading.Lock()
         #: set by a worker with ``pool="process"``: task functions run in its children
         self.process_pool: ProcessPool | None = None
+        #: set by a worker: batches state writes (see :mod:`machinery.statewriter`)
+        self.writer: StateWriter | None = None
 
     @property
     def backend(self) -> Any:
         return self.app.backend
 
+    def _store(self, state: TaskState) -> None:
+        """Store ``state`` now, after any state of this task still queued in the writer."""
+        if self.writer is not None:
+            self.writer.write_now(state)
+        else:
+            self.backend.set_state(state)
+
     def _write(self, sig: Signature, state: State, **fields: Any) -> None:
-        self.backend.set_state(TaskState(sig.uuid, state, task_name=sig.name, **fields))
+        self._store(TaskState(sig.uuid, state, task_name=sig.name, **fields))
 
     # the pipeline ----------------------------------------------------------------------------
-    def run(self, sig: Signature) -> None:
+    def run(self, sig: Signature) -> TaskState | None:
         """Run one registered task to its end state. Raises only when the backend or broker
-        fails (the caller then returns the message to the queue)."""
+        fails (the caller then returns the message to the queue).
+
+        With a :attr:`writer` (the worker's batching state writer) every state goes through it in
+        order, and a plain SUCCESS (no callbacks, no chord, no post-task handler) is **returned**
+        unwritten, so the caller can store it and ack the message in one batch; otherwise every
+        state is stored here and None is returned.
+        """
         task = self.app.get_task(sig.name)
         if self.app.config.worker.store_intermediate_states:
-            self._write(sig, State.STARTED)
+            started = TaskState(sig.uuid, State.STARTED, task_name=sig.name)
+            if self.writer is not None:
+                self.writer.put_state(started)
+            else:
+                self.backend.set_state(started)
         if self.pre_task_handler is not None:
             self.pre_task_handler(sig)
         try:
@@ -101,15 +121,28 @@ class TaskRunner:
                 self._retry(sig, retry, countdown=retry.countdown)
             except Exception as exc:  # the task's own failure, any type
                 if guard.timed_out:
-                    return  # the hard limit already failed it; discard the late outcome
+                    return None  # the hard limit already failed it; discard the late outcome
                 logger.debug("task %s[%s] raised", sig.name, sig.uuid, exc_info=True)
                 self._retry(sig, exc)
             else:
-                if not guard.timed_out:
-                    self._succeeded(sig, value)
+                if guard.timed_out:
+                    return None
+                if self.writer is not None and self._deferrable(sig):
+                    return self._success_state(sig, value)
+                self._succeeded(sig, value)
         finally:
             if self.post_task_handler is not None:
                 self.post_task_handler(sig)
+        return None
+
+    def _deferrable(self, sig: Signature) -> bool:
+        """A SUCCESS may be stored later (batched with its ack) when nothing waits on it here."""
+        return not sig.on_success and sig.chord_callback is None and self.post_task_handler is None
+
+    @staticmethod
+    def _success_state(sig: Signature, value: Any) -> TaskState:
+        results = value if isinstance(value, Results) else codec.results_from_return(value)
+        return TaskState(sig.uuid, State.SUCCESS, task_name=sig.name, results=results)
 
     def _call(self, task: Task[Any, Any], sig: Signature, guard: _Guard) -> Any:
         options = task.options
@@ -165,8 +198,9 @@ class TaskRunner:
 
     # outcomes --------------------------------------------------------------------------------
     def _succeeded(self, sig: Signature, value: Any) -> None:
-        results = value if isinstance(value, Results) else codec.results_from_return(value)
-        self._write(sig, State.SUCCESS, results=results)
+        state = self._success_state(sig, value)
+        results = state.results
+        self._store(state)
         logger.debug("task %s[%s] succeeded: %r", sig.name, sig.uuid, value)
         for callback in sig.on_success:
             callback = callback.copy()
@@ -224,7 +258,7 @@ class TaskRunner:
         failed = [s for s in states if s.is_failure]
         if failed:
             first = failed[0]
-            self.backend.set_state(
+            self._store(
                 TaskState(
                     callback.uuid,
                     State.FAILURE,

@@ -27,6 +27,7 @@ from .procpool import ProcessPool
 from .redact import redact_url
 from .runner import ErrorHandler, SignatureHandler, TaskRunner
 from .signature import Signature, State, TaskState, now_utc
+from .statewriter import StateWriter
 
 if TYPE_CHECKING:
     from .app import Machinery
@@ -48,12 +49,17 @@ class _Tracked:
         self._lock = threading.Lock()
         self.settled = False
 
-    def settle(self, action: Callable[[], None]) -> None:
+    def claim(self) -> bool:
+        """True for the first caller only: that caller settles the message."""
         with self._lock:
             if self.settled:
-                return
+                return False
             self.settled = True
-        action()
+            return True
+
+    def settle(self, action: Callable[[], None]) -> None:
+        if self.claim():
+            action()
 
 
 class Worker:
@@ -89,6 +95,7 @@ class Worker:
         self._slots = threading.Condition()
         self._in_flight: dict[int, _Tracked] = {}
         self._executor: ThreadPoolExecutor | None = None
+        self._writer: StateWriter = None  # type: ignore[assignment]  # set by launch()
 
     # handlers (Machinery's names) --------------------------------------------------------------
     def set_error_handler(self, handler: ErrorHandler | None) -> None:
@@ -113,6 +120,7 @@ class Worker:
         restore = self._install_signal_handlers()
         try:
             self._log_start()
+            self._writer = self.runner.writer = StateWriter(self.app)
             if self.pool == "process":
                 self.runner.process_pool = ProcessPool(self.app, self.concurrency)
             self._executor = ThreadPoolExecutor(
@@ -218,18 +226,11 @@ class Worker:
 
     def _dispatch(self, deliveries: list[Delivery]) -> None:
         assert self._executor is not None
-        received = [
-            TaskState(d.signature.uuid, State.RECEIVED, task_name=d.signature.name)
-            for d in deliveries
-            if d.signature is not None
-            and self.app.is_registered(d.signature.name)
-            and not _early(d.signature)
-        ]
-        if received and self.app.config.worker.store_intermediate_states:
-            try:
-                self.app.backend.set_states(received)
-            except Exception as exc:
-                logger.warning("could not store RECEIVED states: %s", exc)
+        if self.app.config.worker.store_intermediate_states:
+            for d in deliveries:
+                sig = d.signature
+                if sig is not None and self.app.is_registered(sig.name) and not _early(sig):
+                    self._writer.put_state(TaskState(sig.uuid, State.RECEIVED, task_name=sig.name))
         for delivery in deliveries:
             tracked = _Tracked(delivery)
             with self._slots:
@@ -249,17 +250,22 @@ class Worker:
                 delay = (sig.eta - now_utc()).total_seconds()
                 tracked.settle(lambda: delivery.nack(requeue=True, delay=delay))
             else:
-                self.runner.run(sig)
+                final = self.runner.run(sig)
+                if final is not None:  # stored and acked in a batch; the slot frees after that
+                    self._writer.put_final(final, tracked, lambda: self._release(tracked))
+                    return
                 tracked.settle(delivery.ack)
         except Exception as exc:
             logger.exception("could not finish handling a message; returning it to the queue")
             if self.runner.error_handler is not None:
                 self.runner.error_handler(exc)
             tracked.settle(lambda: delivery.nack(requeue=True, delay=1.0))
-        finally:
-            with self._slots:
-                self._in_flight.pop(id(tracked), None)
-                self._slots.notify_all()
+        self._release(tracked)
+
+    def _release(self, tracked: _Tracked) -> None:
+        with self._slots:
+            self._in_flight.pop(id(tracked), None)
+            self._slots.notify_all()
 
     def _malformed(self, tracked: _Tracked) -> None:
         delivery = tracked.delivery
@@ -312,6 +318,9 @@ class Worker:
             logger.warning("returned %d unfinished tasks to the queue", len(leftovers))
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._writer is not None:
+            self._writer.close()
+            self.runner.writer = None
         if self.runner.process_pool is not None:
             self.runner.process_pool.close()
             self.runner.process_pool = None
