@@ -13,7 +13,18 @@ from typing import Protocol, runtime_checkable
 from .config import Config
 from .signature import Signature
 
-__all__ = ["BaseBroker", "Broker", "Delivery"]
+__all__ = ["BaseBroker", "Broker", "Delivery", "decode_body"]
+
+
+def decode_body(body: bytes) -> tuple[Signature | None, str]:
+    """Decode a message body for a :class:`Delivery`: ``(signature, "")``, or ``(None, reason)``
+    when it is malformed, so a bad message never raises out of ``consume``."""
+    from . import codec
+
+    try:
+        return codec.decode_signature(body), ""
+    except Exception as exc:  # MessageError, or whatever else a broken body provokes
+        return None, str(exc) or type(exc).__name__
 
 
 @runtime_checkable

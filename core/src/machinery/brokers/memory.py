@@ -14,10 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .. import codec
-from ..broker import BaseBroker, Delivery
+from ..broker import BaseBroker, Delivery, decode_body
 from ..capabilities import Capability
 from ..config import Config
-from ..errors import MessageError
 from ..memory_store import shared
 from ..signature import Signature
 
@@ -49,12 +48,7 @@ class MemoryDelivery:
         self._entry = entry
         self.body = entry.body
         self.redelivered = entry.deliveries > 1
-        self.error = ""
-        self.signature: Signature | None
-        try:
-            self.signature = codec.decode_signature(entry.body)
-        except MessageError as exc:
-            self.signature, self.error = None, str(exc)
+        self.signature, self.error = decode_body(entry.body)
         self._settled = False
 
     def ack(self) -> None:

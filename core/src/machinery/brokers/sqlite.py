@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from .. import codec
-from ..broker import BaseBroker, Delivery
+from ..broker import BaseBroker, Delivery, decode_body
 from ..capabilities import Capability
 from ..config import Config
 from ..errors import BrokerError
@@ -56,13 +56,6 @@ _INSERT_SQL = (
 )
 
 
-def _decode(body: bytes) -> tuple[Signature | None, str]:
-    try:
-        return codec.decode_signature(body), ""
-    except Exception as exc:  # MessageError, or anything else a broken body provokes
-        return None, str(exc) or type(exc).__name__
-
-
 class SQLiteDelivery:
     """One leased message. ``signature`` is None (and ``error`` says why) when the body is malformed."""
 
@@ -84,7 +77,7 @@ class SQLiteDelivery:
         self.delivery_count = delivery_count
         self.redelivered = delivery_count > 1
         self.owner = owner
-        self.signature, self.error = _decode(body)
+        self.signature, self.error = decode_body(body)
         self.settled = False
 
     def __repr__(self) -> str:
@@ -118,7 +111,7 @@ class DeadLetter:
 
     @property
     def signature(self) -> Signature | None:
-        return _decode(self.body)[0]
+        return decode_body(self.body)[0]
 
 
 class SQLiteBroker(BaseBroker):
@@ -388,7 +381,7 @@ class SQLiteBroker(BaseBroker):
             "ORDER BY 1 DESC, 2",
             (queue, time.time()),
         )
-        return [sig for (_, _, body) in cursor.fetchall() if (sig := _decode(body)[0]) is not None]
+        return [sig for (_, _, body) in cursor.fetchall() if (sig := decode_body(body)[0]) is not None]
 
     def delayed(self) -> list[Signature]:
         """Signatures waiting for their ETA (or a nack delay), every queue, in ETA order."""
@@ -398,7 +391,7 @@ class SQLiteBroker(BaseBroker):
             "ORDER BY visible_at, id",
             (time.time(),),
         )
-        return [sig for (body,) in cursor.fetchall() if (sig := _decode(body)[0]) is not None]
+        return [sig for (body,) in cursor.fetchall() if (sig := decode_body(body)[0]) is not None]
 
     def dead_letters(self, queue: str) -> list[DeadLetter]:
         """Messages of ``queue`` nacked with ``requeue=False``, oldest first."""
