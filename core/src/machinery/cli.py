@@ -266,22 +266,14 @@ def _call_args(sig: Signature) -> str:
 
 
 def _print_state(state: TaskState) -> None:
-    _table(
-        ["", ""],
-        [
-            ["uuid", state.task_uuid],
-            ["name", state.task_name or "-"],
-            ["state", state.state.value],
-            *(
-                [["result", _shown(codec.values_from_results(state.results))]]
-                if state.is_success
-                else [["error", state.error]]
-                if state.error
-                else []
-            ),
-            ["created", _iso(state.created_at) or "-"],
-        ],
-    )
+    fields = [("uuid", state.task_uuid), ("name", state.task_name or "-"), ("state", state.state.value)]
+    if state.is_success:
+        fields.append(("result", _shown(codec.values_from_results(state.results))))
+    elif state.error:
+        fields.append(("error", state.error))
+    fields.append(("created", _iso(state.created_at) or "-"))
+    for key, value in fields:
+        click.echo(f"{key:<8} {value}")
 
 
 # --------------------------------------------------------------------------------------------------
