@@ -255,7 +255,9 @@ class BackendContract(ContractBase):
         backend.set_states([TaskState(u, State.SUCCESS, NAME) for u in members])
         answers = [backend.trigger_chord(group) for _ in range(4)]
         answers.append(self.new_backend().trigger_chord(group))
-        assert answers == [True, False, False, False, False]
+        assert answers == [True, False, False, False, False], (
+            f"trigger_chord answered {answers}: it must be true exactly once per group"
+        )
 
     def _chord_groups(self, backend: Backend) -> list[str]:
         groups = [new_uuid("group") for _ in range(self.chord_groups)]

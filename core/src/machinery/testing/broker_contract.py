@@ -294,11 +294,19 @@ class BrokerContract(ContractBase):
                 done.set()
 
         started = time.monotonic()
-        threads = [threading.Thread(target=produce, args=(brokers[i], i)) for i in range(producers)]
-        threads += [threading.Thread(target=consume, args=(b,)) for b in brokers[producers:]]
+        producing = [threading.Thread(target=produce, args=(brokers[i], i)) for i in range(producers)]
+        threads = producing + [threading.Thread(target=consume, args=(b,)) for b in brokers[producers:]]
         for thread in threads:
             thread.start()
-        done.wait(self.t(60))
+        deadline = started + self.t(60)
+        last_count, last_progress = -1, time.monotonic()
+        while not done.wait(0.1) and time.monotonic() < deadline:
+            with mutex:
+                count = sum(got.values())
+            if count != last_count or any(t.is_alive() for t in producing):
+                last_count, last_progress = count, time.monotonic()
+            elif time.monotonic() - last_progress > self.t(3):
+                break  # nothing new for 3 s after the producers finished: the rest is lost
         elapsed = time.monotonic() - started
         time.sleep(0.3)  # a duplicate delivered right after the last one still gets counted
         done.set()

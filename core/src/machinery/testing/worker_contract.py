@@ -19,7 +19,15 @@ import pytest
 from ..app import Machinery
 from ..capabilities import Capability
 from ..config import Config
-from ..errors import BackendError, BrokerError, MachineryError, PluginNotFoundError, ResultTimeoutError, TaskError
+from ..errors import (
+    BackendError,
+    BrokerError,
+    ConfigError,
+    MachineryError,
+    PluginNotFoundError,
+    ResultTimeoutError,
+    TaskError,
+)
 from ..redact import redact_url
 from ..result import AsyncResult
 from ..signature import Signature, State, new_uuid, now_utc
@@ -420,8 +428,9 @@ class FaultContract(_WorkerBase):
             self.closing(obj.close)
             error, elapsed = _run_bounded(lambda o=obj, op=operation: op(o), self.t(self.error_timeout))
             assert error is not None, f"{kind} on {redact_url(url)} ({what}): no error within {self.error_timeout}s"
-            assert isinstance(error, expected), (
-                f"{kind} on {what} raised {type(error).__name__}, expected a {expected.__name__}: {error}"
+            assert isinstance(error, expected | ConfigError), (
+                f"{kind} on {what} raised {type(error).__name__}, expected a {expected.__name__} "
+                f"(or a ConfigError when the URL itself is wrong): {error}"
             )
             chain = _chain_text(error)
             if password:
