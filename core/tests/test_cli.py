@@ -127,6 +127,7 @@ def assert_one_line_error(result: Result, *fragments: str, code: int = 1) -> Non
         ["inspect", "delayed"],
         ["purge"],
         ["plugins"],
+        ["beat"],
     ],
 )
 def test_every_command_has_help_with_an_example(runner: CliRunner, command: list[str]) -> None:
@@ -140,7 +141,7 @@ def test_every_command_has_help_with_an_example(runner: CliRunner, command: list
 def test_top_level_help_lists_the_commands(runner: CliRunner) -> None:
     result = invoke(runner, "--help")
     assert result.exit_code == 0
-    for command in ("worker", "send", "result", "inspect", "purge", "plugins"):
+    for command in ("worker", "send", "result", "inspect", "purge", "plugins", "beat"):
         assert f"  {command} " in result.output
 
 

@@ -30,8 +30,6 @@ import logging
 import os
 import re
 import sys
-import threading
-import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -364,6 +362,13 @@ def _quiet_logging(verbose: int) -> None:
     show_default=True,
     help="Log level.",
 )
+@click.option(
+    "-B",
+    "--beat",
+    "with_beat",
+    is_flag=True,
+    help="Also send the app's periodic tasks (see `machinery beat`).",
+)
 @_friendly
 def worker(
     app_spec: str | None,
@@ -372,6 +377,7 @@ def worker(
     consumer_tag: str,
     pool: str,
     loglevel: str,
+    with_beat: bool,
 ) -> None:
     """Run a worker: consume tasks and store their results, until SIGTERM or Ctrl-C.
 
@@ -396,36 +402,51 @@ def worker(
         log.info("registered tasks: %s", ", ".join(sorted(app.tasks)))
     else:
         log.warning("no tasks registered in %s: every message will be requeued for other workers", app_spec)
-    the_worker.launch()
-    # Worker.launch() returns after a graceful stop; a second signal sets the abort flag.
-    aborted = getattr(the_worker, "aborted", None)
-    if aborted is None:
-        aborted = the_worker._abort.is_set()
-    code = EXIT_ABORTED if aborted else 0
-    stragglers = _running_threads(timeout=1.0)
-    if stragglers:
-        # Tasks still running after an abort or after the shutdown grace: their messages are
-        # already back in the queue, but the interpreter would join their threads at exit (a task
-        # may sleep for hours). Leave now.
-        log.warning(
-            "leaving %d task thread(s) behind; their tasks were returned to the queue", len(stragglers)
-        )
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    if code:
-        raise click.exceptions.Exit(code)
+    beat = app.beat() if with_beat else None
+    if beat is not None:
+        beat.start()
+    try:
+        the_worker.launch()
+    finally:
+        if beat is not None:
+            beat.stop()
+    if the_worker.aborted:
+        # Task threads are daemons and their messages are back in the queue: leave now.
+        raise click.exceptions.Exit(EXIT_ABORTED)
 
 
-def _running_threads(timeout: float) -> list[threading.Thread]:
-    """Non-daemon threads still alive after up to ``timeout`` seconds (idle pool threads that were
-    told to stop get that long to end)."""
-    deadline = time.monotonic() + timeout
-    others = [t for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
-    for thread in others:
-        thread.join(max(0.0, deadline - time.monotonic()))
-    return [t for t in others if t.is_alive()]
+@cli.command(context_settings=CONTEXT, short_help="Send the app's periodic tasks on their schedule.")
+@app_option
+@click.option(
+    "-l",
+    "--loglevel",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="info",
+    show_default=True,
+    help="Log level.",
+)
+@_friendly
+def beat(app_spec: str | None, loglevel: str) -> None:
+    """Send the periodic tasks registered with app.register_periodic_* on their cron schedule,
+    until SIGTERM or Ctrl-C. Run as many beats as you like: each tick is sent once, through the
+    app's lock (Config.lock; by default the result backend's).
+
+    \b
+    Example (myapp.py):
+      app.register_periodic_task("*/5 * * * *", "report", report.s())
+    then:
+      machinery beat -A myapp:app
+    """
+    import signal
+
+    logging.basicConfig(level=loglevel.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    app = load_app(app_spec)
+    if not app.periodic:
+        raise click.ClickException("no periodic tasks registered: use app.register_periodic_task(...)")
+    scheduler = app.beat()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: scheduler.stop())
+    scheduler.run()
 
 
 def _parse_kwargs(pairs: Sequence[str]) -> dict[str, Any]:

@@ -12,11 +12,11 @@
 from __future__ import annotations
 
 import json
+import queue as queue_module
 import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Literal
@@ -94,7 +94,8 @@ class Worker:
         self._started = threading.Event()
         self._slots = threading.Condition()
         self._in_flight: dict[int, _Tracked] = {}
-        self._executor: ThreadPoolExecutor | None = None
+        self._jobs: queue_module.SimpleQueue[_Tracked | None] = queue_module.SimpleQueue()
+        self._threads: list[threading.Thread] = []
         self._writer: StateWriter = None  # type: ignore[assignment]  # set by launch()
 
     # handlers (Machinery's names) --------------------------------------------------------------
@@ -123,9 +124,12 @@ class Worker:
             self._writer = self.runner.writer = StateWriter(self.app)
             if self.pool == "process":
                 self.runner.process_pool = ProcessPool(self.app, self.concurrency)
-            self._executor = ThreadPoolExecutor(
-                self.concurrency, thread_name_prefix=f"{self.consumer_tag}-task"
-            )
+            self._threads = [
+                threading.Thread(target=self._task_loop, name=f"{self.consumer_tag}-task-{n}", daemon=True)
+                for n in range(self.concurrency)
+            ]
+            for thread in self._threads:
+                thread.start()
             self._started.set()
             self._consume_loop()
         finally:
@@ -146,6 +150,11 @@ class Worker:
         self._stop.set()
         with self._slots:
             self._slots.notify_all()
+
+    @property
+    def aborted(self) -> bool:
+        """True when the worker was told to quit at once (``quit(abort=True)``, a second signal)."""
+        return self._abort.is_set()
 
     @property
     def running(self) -> bool:
@@ -225,7 +234,6 @@ class Worker:
         self._stop.wait(delay)
 
     def _dispatch(self, deliveries: list[Delivery]) -> None:
-        assert self._executor is not None
         if self.app.config.worker.store_intermediate_states:
             for d in deliveries:
                 sig = d.signature
@@ -235,7 +243,13 @@ class Worker:
             tracked = _Tracked(delivery)
             with self._slots:
                 self._in_flight[id(tracked)] = tracked
-            self._executor.submit(self._handle, tracked)
+            self._jobs.put(tracked)
+
+    def _task_loop(self) -> None:
+        # Daemon threads: a task still running after the shutdown grace (its message already
+        # returned to the queue) must not keep the process alive.
+        while (tracked := self._jobs.get()) is not None:
+            self._handle(tracked)
 
     def _handle(self, tracked: _Tracked) -> None:
         delivery = tracked.delivery
@@ -316,8 +330,9 @@ class Worker:
             tracked.settle(lambda d=tracked.delivery: d.nack(requeue=True))  # type: ignore[misc]
         if leftovers:
             logger.warning("returned %d unfinished tasks to the queue", len(leftovers))
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        for _ in self._threads:
+            self._jobs.put(None)  # each idle task thread takes one and ends
+        self._threads = []
         if self._writer is not None:
             self._writer.close()
             self.runner.writer = None
