@@ -24,7 +24,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 from machinery import codec
 from machinery.backend import BaseBackend
@@ -95,49 +95,47 @@ class RedisBackend(BaseBackend):
         return f"<RedisBackend {self.target.describe()}>"
 
     # states ----------------------------------------------------------------------------------
-    def _queue_state(self, pipe: Any, state: TaskState, ttl: int, fallback: bytes) -> bool:
-        """Add the write of ``state`` to ``pipe``; True when it uses the script."""
+    def _command(self, state: TaskState, ttl: int, fallback: bytes) -> tuple[Any, ...]:
+        """The one Redis command that stores ``state``."""
         body = codec.encode_state(state)
         name_pos = 0 if state.task_name else body.find(_NAME_MARK) + 1
         created_pos = 0 if state.created_at is not None else body.rfind(_CREATED_MARK) + 1
         final = state.state is State.SUCCESS or state.state is State.FAILURE
         uuid = state.task_uuid
         if not (name_pos or created_pos or final):
-            pipe.set(uuid, body, ex=ttl)
-            return False
-        scripts.SET_STATE.queue(
-            pipe,
-            [uuid, done_key(uuid), waiter_key(uuid)],
-            [body, name_pos, created_pos, fallback, ttl, NOTIFY_TTL if final else 0],
+            return ("SET", uuid, body, "EX", ttl)
+        return (
+            "EVALSHA",
+            scripts.SET_STATE.sha,
+            3,
+            uuid,
+            done_key(uuid),
+            waiter_key(uuid),
+            body,
+            name_pos,
+            created_pos,
+            fallback,
+            ttl,
+            NOTIFY_TTL if final else 0,
         )
-        return True
 
     def set_state(self, state: TaskState) -> None:
         self.set_states((state,))
 
     def set_states(self, states: Sequence[TaskState]) -> None:
-        """Write every state in one round trip (a pipeline)."""
+        """Store every state in one round trip, in order."""
         if not states:
             return
         ttl = self.expires_in
         fallback = codec.format_time(now_utc()).encode()
-        client = self.conn.client
+        commands = [self._command(state, ttl, fallback) for state in states]
         try:
-            pipe = client.pipeline(transaction=False)
-            for state in states:
-                self._queue_state(pipe, state, ttl, fallback)
-            try:
-                pipe.execute()
-            except NoScriptError:
-                scripts.SET_STATE.load(client)  # a restarted server forgot it: write them all again
-                pipe = client.pipeline(transaction=False)
-                for state in states:
-                    self._queue_state(pipe, state, ttl, fallback)
-                pipe.execute()
+            replies = self.conn.run(commands)
         except RedisError as exc:
             raise self.conn.error("storing task states", exc) from None
-        if self.conn.health.down_since is not None:
-            self.conn.health.ok()
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise self.conn.error("storing task states", reply)
 
     def _decode_state(self, uuid: str, raw: bytes | None) -> TaskState | None:
         if raw is None:
@@ -203,6 +201,7 @@ class RedisBackend(BaseBackend):
             woke_for_nothing = woke is not None
 
     def _mark_and_read(self, uuids: list[str]) -> list[TaskState | None]:
+
         def run() -> list[Any]:
             pipe = self.conn.client.pipeline(transaction=False)
             for uuid in uuids:

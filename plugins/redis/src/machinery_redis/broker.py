@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 from machinery import codec
 from machinery.broker import BaseBroker, Delivery
@@ -69,6 +69,8 @@ RECOVERY_INTERVAL = 5.0
 #: Most messages moved by one fetch (Lua's unpack limits; far above any worker's free slots).
 MAX_BATCH = 1000
 MOVE_BATCH = 100
+#: Seconds an ack may wait for the next fetch to carry it before the ack thread sends it.
+ACK_DELAY = 0.02
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -241,6 +243,9 @@ class RedisBroker(BaseBroker):
         self._leases: dict[str, _Lease] = {}
         self._retired: list[_Lease] = []
         self._later: list[tuple[RedisDelivery, str, float]] = []
+        self._acks: list[tuple[RedisDelivery, tuple[Any, ...]]] = []
+        self._ack_wake = threading.Event()
+        self._ack_thread: threading.Thread | None = None
         self._last_recovery: dict[str, float] = {}
         self._stop = threading.Event()
         self._mover_wake = threading.Event()
@@ -278,23 +283,25 @@ class RedisBroker(BaseBroker):
         """One ``RPUSH`` (or ``ZADD delayed_tasks`` for a future ETA)."""
         queue = signature.routing_key or self.config.default_queue
         body = codec.encode_signature(signature)
-        client = self.conn.client
+        eta = signature.eta
+        command: tuple[Any, ...]
+        if eta is not None and eta.timestamp() > time.time():
+            command = ("ZADD", self.delayed_key, _eta_ns(eta), body)
+        elif self.priority and signature.priority > 0:
+            keys = queue_keys(queue)
+            command = scripts.PUBLISH_PRIORITY.command(
+                [keys.priority, keys.priority_seq], [signature.priority, body]
+            )
+        else:
+            command = ("RPUSH", queue, body)
         try:
-            eta = signature.eta
-            if eta is not None and eta.timestamp() > time.time():
-                client.zadd(self.delayed_key, {body: _eta_ns(eta)})
-                self._mover_wake.set()
-            elif self.priority and signature.priority > 0:
-                keys = queue_keys(queue)
-                scripts.PUBLISH_PRIORITY(
-                    client, [keys.priority, keys.priority_seq], [signature.priority, body]
-                )
-            else:
-                client.rpush(queue, body)
+            (reply,) = self.conn.run([command])
         except RedisError as exc:
             raise self.conn.error("publish", exc) from None
-        if self.conn.health.down_since is not None:
-            self.conn.health.ok()
+        if isinstance(reply, BaseException):
+            raise self.conn.error("publish", reply)
+        if command[0] == "ZADD":
+            self._mover_wake.set()
 
     def publish_many(self, signatures: Sequence[Signature]) -> None:
         """One pipeline: one ``RPUSH`` per queue with every body, one ``ZADD`` for the ETAs."""
@@ -314,28 +321,20 @@ class RedisBroker(BaseBroker):
                 prioritised.setdefault((sig.routing_key or default, sig.priority), []).append(body)
             else:
                 plain.setdefault(sig.routing_key or default, []).append(body)
-        client = self.conn.client
+        commands: list[tuple[Any, ...]] = [("RPUSH", queue, *bodies) for queue, bodies in plain.items()]
+        if delayed:
+            commands.append(("ZADD", self.delayed_key, *(x for b, s in delayed.items() for x in (s, b))))
+        for (queue, prio), bodies in prioritised.items():
+            keys = queue_keys(queue)
+            command = scripts.PUBLISH_PRIORITY.command([keys.priority, keys.priority_seq], [prio, *bodies])
+            commands.append(command)
         try:
-            pipe = client.pipeline(transaction=False)
-            for queue, bodies in plain.items():
-                pipe.rpush(queue, *bodies)
-            if delayed:
-                pipe.zadd(self.delayed_key, delayed)
-            for (queue, prio), bodies in prioritised.items():
-                keys = queue_keys(queue)
-                scripts.PUBLISH_PRIORITY.queue(pipe, [keys.priority, keys.priority_seq], [prio, *bodies])
-            try:
-                pipe.execute()
-            except NoScriptError:
-                # Only the priority scripts can miss; the plain pushes already happened: redo those only.
-                scripts.PUBLISH_PRIORITY.load(client)
-                pipe = client.pipeline(transaction=False)
-                for (queue, prio), bodies in prioritised.items():
-                    keys = queue_keys(queue)
-                    scripts.PUBLISH_PRIORITY.queue(pipe, [keys.priority, keys.priority_seq], [prio, *bodies])
-                pipe.execute()
+            replies = self.conn.run(commands)
         except RedisError as exc:
             raise self.conn.error("publish", exc) from None
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise self.conn.error("publish", reply)
         if delayed:
             self._mover_wake.set()
 
@@ -391,7 +390,7 @@ class RedisBroker(BaseBroker):
         while True:
             if self.priority:
                 # A non-blocking look first, so waiting prioritised messages go before the plain list.
-                bodies, flags = self._take(lease, take_keys, count, use_priority, lease_ms)
+                bodies, flags = self._fetch(lease, take_keys, count, use_priority, lease_ms, 0.0)
                 if bodies:
                     return self._deliveries(lease, bodies, flags)
             block = deadline - time.monotonic()
@@ -400,52 +399,48 @@ class RedisBroker(BaseBroker):
             if socket_timeout > 0:
                 block = min(block, max(0.1, socket_timeout - 1.0))
             if block <= 0.001:
-                bodies, flags = self._take(lease, take_keys, count, use_priority, lease_ms)
+                bodies, flags = self._fetch(lease, take_keys, count, use_priority, lease_ms, 0.0)
                 return self._deliveries(lease, bodies, flags)
-            bodies, flags = self._blocking_take(lease, take_keys, count, use_priority, lease_ms, block)
+            bodies, flags = self._fetch(lease, take_keys, count, use_priority, lease_ms, block)
             if bodies or time.monotonic() >= deadline:
                 return self._deliveries(lease, bodies, flags)
 
-    def _take(
-        self, lease: _Lease, keys: list[str], count: int, use_priority: bytes, lease_ms: int
-    ) -> tuple[list[bytes], list[int]]:
-        try:
-            out, flags, _marked = scripts.TAKE(
-                self.conn.blocking, keys, [count, use_priority, lease.consumer, lease_ms]
-            )
-        except RedisError as exc:
-            self._retire(lease)
-            raise self.conn.error("consume", exc) from None
-        return out, flags
-
-    def _blocking_take(
+    def _fetch(
         self, lease: _Lease, keys: list[str], count: int, use_priority: bytes, lease_ms: int, block: float
     ) -> tuple[list[bytes], list[int]]:
-        client = self.conn.blocking
-        args = [count - 1, use_priority, lease.consumer, lease_ms]
+        """One round trip: the pending acks, then ``BLMOVE`` (when ``block`` > 0) and the TAKE script for
+        the other free slots."""
+        with self._lock:
+            acks, self._acks = self._acks, []
+        commands = [command for _, command in acks]
+        if block > 0:
+            commands.append(("BLMOVE", lease.keys.queue, lease.processing, "LEFT", "RIGHT", round(block, 3)))
+        commands.append(
+            scripts.TAKE.command(keys, [count - (block > 0), use_priority, lease.consumer, lease_ms])
+        )
         try:
-            pipe = client.pipeline(transaction=False)
-            pipe.blmove(lease.keys.queue, lease.processing, round(block, 3), "LEFT", "RIGHT")
-            scripts.TAKE.queue(pipe, keys, args)
-            first, taken = pipe.execute(raise_on_error=False)
-            if isinstance(first, Exception):
-                raise first
-            if isinstance(taken, NoScriptError):
-                taken = scripts.TAKE(client, keys, args)
-            elif isinstance(taken, Exception):
-                raise taken
+            replies = self.conn.run(commands, blocking=True)
+        except RedisError as exc:
+            self._unsent_acks(acks)
+            self._retire(lease)
+            raise self.conn.error("consume", exc) from None
+        self._acked(acks)
+        first = replies[-2] if block > 0 else None
+        taken = replies[-1]
+        try:
+            for reply in (first, taken):
+                if isinstance(reply, Exception):
+                    raise reply
             out, flags, marked = taken
             if first is not None:
                 first_flag = 0
                 if marked:
-                    first_flag = int(client.hexists(lease.keys.redelivered, _sha1(first)))
+                    first_flag = int(self.conn.client.hexists(lease.keys.redelivered, _sha1(first)))
                 out = [first, *out]
                 flags = [first_flag, *flags] if flags else ([first_flag] if first_flag else [])
         except RedisError as exc:
             self._retire(lease)
             raise self.conn.error("consume", exc) from None
-        if self.conn.health.down_since is not None:
-            self.conn.health.ok()
         return out, flags
 
     def _deliveries(self, lease: _Lease, bodies: list[bytes], flags: list[int]) -> list[Delivery]:
@@ -470,73 +465,152 @@ class RedisBroker(BaseBroker):
                     self._retired.append(lease)
 
     # settling --------------------------------------------------------------------------------
+    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """Ack several deliveries in one round trip (the worker's batching writer uses it)."""
+        mine: list[RedisDelivery] = []
+        for delivery in deliveries:
+            if isinstance(delivery, RedisDelivery) and delivery._broker is self:
+                mine.append(delivery)
+            else:
+                delivery.ack()
+        self._settle_many(mine, "ack")
+
     def _settle(self, delivery: RedisDelivery, action: str, delay: float = 0.0) -> None:
+        self._settle_many([delivery], action, delay)
+
+    def _settle_many(self, deliveries: list[RedisDelivery], action: str, delay: float = 0.0) -> None:
         with self._lock:
-            if delivery.settled:
-                return
-            delivery.settled = True
+            todo = [d for d in deliveries if not d.settled]
+            for delivery in todo:
+                delivery.settled = True
+            if action == "ack" and todo:
+                # Sent with the next fetch (no round trip of their own), or by the ack thread within
+                # ACK_DELAY when no fetch comes: the task's final state is already stored; should the
+                # process die before they are sent, the messages are redelivered (at least once).
+                self._acks.extend((d, self._command(d, "ack", 0.0)) for d in todo)
+                self._start_ack_thread()
+        if not todo or action == "ack":
+            if todo:
+                self._ack_wake.set()
+            return
+        commands = [self._command(d, action, delay) for d in todo]
         try:
-            self._apply(delivery, action, delay)
+            replies = self.conn.run(commands)
         except RedisError as exc:
             if not isinstance(exc, outage_errors):
-                self._done(delivery)
+                self._done(todo)
                 raise self.conn.error(action, exc) from None
-            self.conn.health.failed(exc)
+            # The messages stay in our processing list (leased by our heartbeat); settle them when
+            # the server is back rather than losing the intent.
             logger.warning(
-                "Redis at %s: %s of a message failed (%s); retrying in the background",
+                "Redis at %s: %s of %d message(s) failed (%s); retrying in the background",
                 self.target.describe(),
                 action,
+                len(todo),
                 exc,
             )
             with self._lock:
-                self._later.append((delivery, action, delay))
+                self._later.extend((d, action, delay) for d in todo)
             return
-        self._done(delivery)
+        self._done(todo)
+        if action == "delay":
+            self._mover_wake.set()
+        errors = [reply for reply in replies if isinstance(reply, BaseException)]
+        if errors:
+            raise self.conn.error(action, errors[0])
 
-    def _done(self, delivery: RedisDelivery) -> None:
+    def _acked(self, acks: list[tuple[RedisDelivery, tuple[Any, ...]]]) -> None:
+        if acks:
+            self._done([d for d, _ in acks])
+
+    def _unsent_acks(self, acks: list[tuple[RedisDelivery, tuple[Any, ...]]]) -> None:
+        """Acks whose round trip failed: send them again later (LREM twice is harmless)."""
+        if acks:
+            with self._lock:
+                self._acks[:0] = acks
+
+    def flush_acks(self) -> None:
+        """Send the acks not yet sent, now. Raises when Redis cannot be reached (they stay queued)."""
         with self._lock:
-            delivery._lease.outstanding -= 1
+            acks, self._acks = self._acks, []
+        if not acks:
+            return
+        try:
+            replies = self.conn.run([command for _, command in acks])
+        except RedisError as exc:
+            self._unsent_acks(acks)
+            raise self.conn.error("ack", exc) from None
+        self._acked(acks)
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                logger.warning("Redis at %s: an ack failed: %s", self.target.describe(), reply)
 
-    def _apply(self, delivery: RedisDelivery, action: str, delay: float) -> None:
+    def _start_ack_thread(self) -> None:
+        # called with self._lock held
+        if self._ack_thread is None or not self._ack_thread.is_alive():
+            self._ack_thread = threading.Thread(
+                target=self._ack_loop, args=(self._stop,), name="redis-broker-acks", daemon=True
+            )
+            self._ack_thread.start()
+
+    def _ack_loop(self, stop: threading.Event) -> None:
+        failures = 0
+        while not stop.is_set():
+            self._ack_wake.wait()
+            self._ack_wake.clear()
+            if stop.wait(ACK_DELAY * (2**failures)):
+                return
+            try:
+                self.flush_acks()
+                failures = 0
+            except MachineryError as exc:
+                failures = min(failures + 1, 7)
+                self._ack_wake.set()
+                logger.debug("sending acks failed: %s", exc)
+
+    def _done(self, deliveries: list[RedisDelivery]) -> None:
+        with self._lock:
+            for delivery in deliveries:
+                delivery._lease.outstanding -= 1
+
+    def _command(self, delivery: RedisDelivery, action: str, delay: float) -> tuple[Any, ...]:
         lease = delivery._lease
         keys = lease.keys
-        client = self.conn.client
         body = delivery.body
         if action == "ack":
             if delivery.redelivered:
-                scripts.ACK_REDELIVERED(client, [lease.processing, keys.redelivered], [body])
-            else:
-                client.lrem(lease.processing, 1, body)
-        elif action == "requeue":
+                return scripts.ACK_REDELIVERED.command([lease.processing, keys.redelivered], [body])
+            return ("LREM", lease.processing, 1, body)
+        if action == "requeue":
             score = b""
             sig = delivery.signature
             if self.priority and sig is not None and sig.priority > 0:
                 score = str((255 - min(sig.priority, 255)) * scripts.PRIORITY_BAND).encode()
-            scripts.NACK_REQUEUE(
-                client, [lease.processing, keys.queue, keys.redelivered, keys.priority], [body, score]
+            return scripts.NACK_REQUEUE.command(
+                [lease.processing, keys.queue, keys.redelivered, keys.priority], [body, score]
             )
-        elif action == "delay":
+        if action == "delay":
             due = time.time_ns() + int(delay * 1e9)
-            scripts.NACK_DELAY(client, [lease.processing, self.delayed_key, keys.redelivered], [body, due])
-            self._mover_wake.set()
-        elif action == "dead":
-            scripts.DEAD(client, [lease.processing, keys.dead, keys.redelivered], [body])
-        else:  # pragma: no cover - internal
-            raise ValueError(action)
+            return scripts.NACK_DELAY.command(
+                [lease.processing, self.delayed_key, keys.redelivered], [body, due]
+            )
+        if action == "dead":
+            return scripts.DEAD.command([lease.processing, keys.dead, keys.redelivered], [body])
+        raise ValueError(action)  # pragma: no cover - internal
 
     def _retry_later(self) -> None:
         with self._lock:
             todo, self._later = self._later, []
-        for index, (delivery, action, delay) in enumerate(todo):
-            try:
-                self._apply(delivery, action, delay)
-            except RedisError:
-                with self._lock:
-                    self._later.extend(todo[index:])
-                return
-            self._done(delivery)
-        if todo:
-            logger.info("Redis at %s: %d delayed acks/nacks done", self.target.describe(), len(todo))
+        if not todo:
+            return
+        try:
+            self.conn.run([self._command(d, action, delay) for d, action, delay in todo])
+        except RedisError:
+            with self._lock:
+                self._later[:0] = todo
+            return
+        self._done([d for d, _, _ in todo])
+        logger.info("Redis at %s: %d delayed ack(s)/nack(s) done", self.target.describe(), len(todo))
 
     # recovery and heartbeat ------------------------------------------------------------------
     def _recover(self, keys: QueueKeys, only: str = "") -> int:
@@ -708,6 +782,7 @@ class RedisBroker(BaseBroker):
         def read() -> list[bytes]:
             return [body for lease in leases for body in self.conn.client.lrange(lease.processing, 0, -1)]
 
+        self.flush_acks()
         return self.conn.call("processing", read)
 
     # closing ---------------------------------------------------------------------------------
@@ -716,13 +791,20 @@ class RedisBroker(BaseBroker):
         Idempotent; the broker may be used again afterwards (it starts afresh)."""
         with self._lock:
             self._stop.set()
-            threads = [t for t in (self._heartbeat_thread, self._mover_thread) if t is not None]
+            threads = [
+                t for t in (self._heartbeat_thread, self._mover_thread, self._ack_thread) if t is not None
+            ]
             leases = [lease for lease in [*self._leases.values(), *self._retired] if lease.registered]
             self._leases, self._retired = {}, []
         self._mover_wake.set()
+        self._ack_wake.set()
         for thread in threads:
             if thread is not threading.current_thread():
                 thread.join(timeout=5.0)
+        try:
+            self.flush_acks()
+        except MachineryError as exc:
+            logger.warning("could not send %d ack(s) at close: %s", len(self._acks), exc)
         if self._later:
             try:
                 self._retry_later()

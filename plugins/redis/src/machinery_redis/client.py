@@ -116,13 +116,23 @@ class _Retry(Retry):
                 time.sleep(self._backoff.compute(failures))
 
 
+#: Every script, loaded on each new connection (so a pipeline never meets NOSCRIPT after a restart).
+_SCRIPTS: list[Script] = []
+
+
 class Script:
-    """A Lua script run by EVALSHA, loaded on demand (again after a server restart flushed it)."""
+    """A Lua script run by EVALSHA. Loaded on each new connection of this plugin's pools, and again on
+    NOSCRIPT (a user-supplied client's connections, or a ``SCRIPT FLUSH``)."""
 
     def __init__(self, name: str, source: str) -> None:
         self.name = name
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
+        _SCRIPTS.append(self)
+
+    def command(self, keys: Sequence[Any], args: Sequence[Any] = ()) -> tuple[Any, ...]:
+        """The EVALSHA command, for :meth:`Connection.run`."""
+        return ("EVALSHA", self.sha, len(keys), *keys, *args)
 
     def __call__(self, client: RedisClient, keys: Sequence[Any], args: Sequence[Any] = ()) -> Any:
         try:
@@ -131,12 +141,15 @@ class Script:
             client.script_load(self.source)
             return client.evalsha(self.sha, len(keys), *keys, *args)
 
-    def queue(self, pipe: Any, keys: Sequence[Any], args: Sequence[Any] = ()) -> None:
-        """Add an EVALSHA to a pipeline; on :class:`NoScriptError` call :meth:`load` and run again."""
-        pipe.evalsha(self.sha, len(keys), *keys, *args)
 
-    def load(self, client: RedisClient) -> None:
-        client.script_load(self.source)
+def _load_scripts(connection: Any) -> None:
+    """``redis_connect_func`` of our pools: the usual handshake, then every script in one round trip."""
+    connection.on_connect()
+    commands = [("SCRIPT", "LOAD", script.source) for script in _SCRIPTS]
+    if commands:
+        connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+        for _ in commands:
+            connection.read_response()
 
 
 def _timeout(value: float) -> float | None:
@@ -201,6 +214,7 @@ class Connection:
             "socket_timeout": _timeout(timeout),
             "socket_connect_timeout": _timeout(cfg.connect_timeout),
             "retry": _Retry(self.health, retries),
+            "redis_connect_func": _load_scripts,
             "health_check_interval": max(0, int(cfg.idle_timeout or 0)),
             "client_name": target.client_name or cfg.client_name or None,
             "username": target.username,
@@ -278,6 +292,7 @@ class Connection:
             return user  # a sentinel or blocking pool: use it as it is
         kwargs = dict(pool.connection_kwargs)
         kwargs["retry"] = _Retry(self.health, 0)
+        kwargs["redis_connect_func"] = _load_scripts
         return redis.Redis(
             connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
         )
@@ -315,6 +330,55 @@ class Connection:
         if self.health.down_since is not None:
             self.health.ok()
         return result
+
+    def run(self, commands: Sequence[tuple[Any, ...]], *, blocking: bool = False) -> list[Any]:
+        """Send ``commands`` in one round trip and return their raw replies, error replies as exception
+        objects (the caller decides). Skips redis-py's pipeline machinery: this is the hot path.
+
+        The retrying client retries connection errors with back-off (the commands must be safe to send
+        twice); ``blocking=True`` uses the client without retries (for BLMOVE) and raises at once.
+        Raises redis-py's exceptions; callers translate them with :meth:`error`.
+        """
+        client = self.blocking if blocking else self.client
+        pool = client.connection_pool
+        failures = 0
+        while True:
+            conn = pool.get_connection()
+            try:
+                conn.send_packed_command(conn.pack_commands(commands))
+                replies: list[Any] = []
+                for _ in commands:
+                    try:
+                        replies.append(conn.read_response())
+                    except ResponseError as exc:
+                        replies.append(exc)
+            except AuthenticationError:
+                conn.disconnect()
+                raise
+            except outage_errors as exc:
+                conn.disconnect()
+                failures += 1
+                if blocking or failures > RETRIES:
+                    raise
+                self.health.failed(exc)
+                time.sleep(min(0.05 * 2 ** (failures - 1), 1.0))
+                continue
+            except BaseException:
+                conn.disconnect()
+                raise
+            finally:
+                pool.release(conn)
+            break
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:  # a user-supplied client's connection, or SCRIPT FLUSH: load and send those again
+            for script in _SCRIPTS:
+                client.script_load(script.source)
+            again = self.run([commands[i] for i in missing], blocking=blocking)
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
+        if self.health.down_since is not None:
+            self.health.ok()
+        return replies
 
     def close(self) -> None:
         """Disconnect the pools this connection built (a user-supplied client is left open)."""
