@@ -204,12 +204,16 @@ def test_results_expire(make_config, amqp_url: str, names: Names, admin: Admin) 
     config.results_expire_in = 1
     backend = AMQPBackend(amqp_url, config)
     try:
-        u = uid(names, "exp")
+        u, polled = uid(names, "exp"), uid(names, "polled")
         backend.set_state(TaskState(u, State.SUCCESS, task_name="x", results=[]))
+        backend.set_state(TaskState(polled, State.SUCCESS, task_name="x", results=[]))
         assert admin.exists(u)
-        time.sleep(2.5)
+        deadline = time.monotonic() + 2.5
+        while time.monotonic() < deadline:  # reads renew the queue, not the result in it
+            backend.get_state(polled)
         assert not admin.exists(u)
         assert backend.get_state(u) is None
+        assert backend.get_state(polled) is None
     finally:
         backend.close()
 
@@ -219,7 +223,14 @@ def test_state_queue_is_durable_with_expiry(backend: AMQPBackend, names: Names, 
     backend.set_state(TaskState(u, State.PENDING, task_name="x"))
     # redeclaring with the documented arguments succeeds only if they are exactly these
     admin.channel.queue_declare(
-        u, durable=True, arguments={"x-expires": 120_000, "x-max-length": 1, "x-overflow": "drop-head"}
+        u,
+        durable=True,
+        arguments={
+            "x-expires": 120_000,
+            "x-message-ttl": 120_000,
+            "x-max-length": 1,
+            "x-overflow": "drop-head",
+        },
     )
     assert admin.count(u) == 1
     backend.purge_state(u)

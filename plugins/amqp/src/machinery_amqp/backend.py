@@ -57,7 +57,7 @@ _TOKEN = b"chord-token"
 
 
 def _props() -> BasicProperties:
-    return BasicProperties(content_type="application/json", delivery_mode=2)
+    return BasicProperties(content_type="application/json", delivery_mode=2, timestamp=int(time.time()))
 
 
 class AMQPBackend(BaseBackend):
@@ -65,7 +65,7 @@ class AMQPBackend(BaseBackend):
 
     capabilities = frozenset({Capability.PUSH_WAIT, Capability.EXPIRY, Capability.MULTI_PROCESS})
 
-    def __init__(self, url: str, config: Config | None = None, *, retry_timeout: float = 30.0) -> None:
+    def __init__(self, url: str, config: Config | None = None, *, retry_timeout: float = 15.0) -> None:
         super().__init__(config)
         self.url = url
         self.urls = split_urls(url, self.config)
@@ -86,21 +86,23 @@ class AMQPBackend(BaseBackend):
         return f"<AMQPBackend {redact_url(self.url)} exchange={self.exchange!r}>"
 
     # queues ------------------------------------------------------------------------------------
-    def _args(self, max_length: bool = True) -> dict[str, Any]:
-        args: dict[str, Any] = {"x-expires": int(self.expires_in * 1000)}
-        if max_length:
-            args["x-max-length"] = 1
-            args["x-overflow"] = "drop-head"
-        return args
+    def _args(self, token: bool = False) -> dict[str, Any]:
+        """Arguments of a result queue: expires (unused) and its message expires (since written)
+        ``results_expire_in`` after; at most one message. The chord token has no message TTL: only
+        ``trigger_chord`` may remove it."""
+        ms = int(self.expires_in * 1000)
+        if token:
+            return {"x-expires": ms, "x-max-length": 1}
+        return {"x-expires": ms, "x-message-ttl": ms, "x-max-length": 1, "x-overflow": "drop-head"}
 
-    def _declare(self, link: Link, name: str, *, bind: bool, replace: bool = True) -> None:
+    def _declare(self, link: Link, name: str, *, bind: bool, token: bool = False) -> None:
         """Declare a result queue (renewing its ``x-expires``); one declared by someone else with
-        other arguments (an older expiry, Go's backend) is replaced when ``replace``."""
-        args = self._args()
+        other arguments (an older expiry, Go's backend) is replaced."""
+        args = self._args(token)
         try:
             link.channel.queue_declare(name, durable=True, arguments=args)
         except pex.ChannelClosedByBroker as exc:
-            if exc.reply_code != 406 or not replace:
+            if exc.reply_code != 406:
                 raise
             link.reset_channel()
             logger.info("result queue %s had other arguments (%s); replacing it", name, exc.reply_text)
@@ -114,20 +116,24 @@ class AMQPBackend(BaseBackend):
 
     def _read(self, link: Link, name: str) -> tuple[bytes | None, bool]:
         """``(latest message, queue exists)`` of a last-value queue, leaving the message in place."""
+        body, exists, _props = self._read_props(link, name)
+        return body, exists
+
+    def _read_props(self, link: Link, name: str) -> tuple[bytes | None, bool, BasicProperties | None]:
         channel = link.channel
         deadline = time.monotonic() + HELD_WAIT
         pause = 0.002
         while True:
             try:
-                method, _props, body = channel.basic_get(name, auto_ack=False)
+                method, props, body = channel.basic_get(name, auto_ack=False)
             except pex.ChannelClosedByBroker as exc:
                 if exc.reply_code != 404:
                     raise
                 link.reset_channel()
-                return None, False
+                return None, False, None
             if method is None or body is None:
                 if time.monotonic() > deadline:
-                    return None, True  # declared but never written (a writer died in between)
+                    return None, True, None  # expired, or declared but never written
                 time.sleep(pause)  # another reader holds it for a moment
                 pause = min(pause * 2, 0.05)
                 continue
@@ -135,17 +141,19 @@ class AMQPBackend(BaseBackend):
             if method.message_count:
                 channel.basic_ack(tag)  # a newer message follows: this one is stale
                 continue
-            channel.basic_nack(tag, requeue=True)
-            return body, True
+            channel.basic_nack(tag, requeue=True)  # back in place, keeping its original expiry
+            return body, True, props
 
-    def _publish(self, link: Link, name: str, body: bytes, *, via_exchange: bool) -> None:
+    def _publish(
+        self, link: Link, name: str, body: bytes, *, via_exchange: bool, token: bool = False
+    ) -> None:
         exchange = self.exchange if via_exchange else ""
         try:
             link.channel.basic_publish(exchange, name, body, _props(), mandatory=True)
         except pex.UnroutableError:
             # the queue was deleted (purged, expired) since this connection bound it: declare again
             link.declared.discard("b:" + name)
-            self._declare(link, name, bind=via_exchange)
+            self._declare(link, name, bind=via_exchange, token=token)
             try:
                 link.channel.basic_publish(exchange, name, body, _props(), mandatory=True)
             except pex.UnroutableError:
@@ -237,24 +245,31 @@ class AMQPBackend(BaseBackend):
         token = group_uuid + TOKEN_SUFFIX
 
         def fn(link: Link) -> None:
-            self._declare(link, token, bind=False)
-            self._publish(link, token, _TOKEN, via_exchange=False)
+            self._declare(link, token, bind=False, token=True)
+            self._publish(link, token, _TOKEN, via_exchange=False, token=True)
             self._declare(link, group_uuid, bind=False)
             self._publish(link, group_uuid, codec.encode_group_meta(meta), via_exchange=False)
 
         self._pool.run(fn)
 
-    def _meta(self, link: Link, group_uuid: str) -> GroupMeta:
-        body, _exists = self._read(link, group_uuid)
+    def _meta(self, link: Link, group_uuid: str, *, refresh: bool = False) -> GroupMeta:
+        body, _exists, props = self._read_props(link, group_uuid)
         if body is None:
             raise UnknownGroupError(f"group {group_uuid!r} is unknown or expired")
+        stamp = props.timestamp if props is not None else None
+        # a running workflow keeps its group: past half its lifetime the record is written again
+        if refresh and stamp is not None and time.time() - stamp > self.expires_in / 2:
+            self._declare(link, group_uuid, bind=False)
+            self._publish(link, group_uuid, body, via_exchange=False)
         return codec.decode_group_meta(body)
 
     def group_states(self, group_uuid: str) -> list[TaskState]:
         def fn(link: Link) -> list[TaskState]:
-            meta = self._meta(link, group_uuid)
+            meta = self._meta(link, group_uuid, refresh=True)
             try:  # renew the token's x-expires while the group is in use (a declare renews it)
-                link.channel.queue_declare(group_uuid + TOKEN_SUFFIX, durable=True, arguments=self._args())
+                link.channel.queue_declare(
+                    group_uuid + TOKEN_SUFFIX, durable=True, arguments=self._args(True)
+                )
             except pex.ChannelClosedByBroker:
                 link.reset_channel()
             states = [self._member(link, uuid) for uuid in meta.task_uuids]

@@ -206,7 +206,7 @@ class AMQPBroker(BaseBroker):
     until the first publish or consume.
     """
 
-    def __init__(self, url: str, config: Config | None = None, *, retry_timeout: float = 30.0) -> None:
+    def __init__(self, url: str, config: Config | None = None, *, retry_timeout: float = 15.0) -> None:
         super().__init__(config)
         self.url = url
         self.urls = split_urls(url, self.config)
@@ -615,11 +615,12 @@ class _Consumer(threading.Thread):
         if wake:
             self.wake()
         if not self.connected.is_set():
-            self.attempted.wait(max(0.0, deadline - time.monotonic()))
+            if not self.attempted.wait(max(0.0, deadline - time.monotonic())):
+                return []  # still connecting for the first time: nothing to report yet
             if isinstance(self.error, AMQPAccessError):
                 raise self.error
             if not self.connected.wait(max(0.0, deadline - time.monotonic())):
-                raise self.error or AMQPUnavailableError("not connected to RabbitMQ yet")
+                raise self.error or AMQPUnavailableError("not connected to RabbitMQ")
         items: list[_Item] = []
         while len(items) < max_messages:
             try:

@@ -274,7 +274,7 @@ class LinkPool:
         role: str,
         *,
         max_idle: int = 8,
-        retry_timeout: float = 30.0,
+        retry_timeout: float = 15.0,
     ) -> None:
         self.urls = urls
         self.config = config

@@ -1,0 +1,94 @@
+"""The shared contract kit (``machinery.testing``) on amqp/amqp and amqp/sqlite.
+
+Each test gets its own exchange and binding key (``contract_config``); the kit picks fresh queue names.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+from amqp_testlib import SERVICES, amqp_url_or_skip
+
+from machinery import Config
+
+testing = pytest.importorskip("machinery.testing")
+if not hasattr(testing, "TransportContract"):
+    pytest.skip("machinery.testing has no contract classes yet", allow_module_level=True)
+
+from machinery.testing import (  # noqa: E402
+    BackendContract,
+    BrokerContract,
+    FaultContract,
+    WorkerContract,
+    default_contract_config,
+)
+
+pytestmark = pytest.mark.services
+IN_CI = os.environ.get("CI") == "true"
+
+
+def _with_password(url: str, password: str) -> str:
+    parts = urlsplit(url)
+    netloc = f"{parts.username or 'guest'}:{password}@{parts.hostname}:{parts.port or 5672}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+
+
+class _AMQPFixtures:
+    strict_fixtures = IN_CI
+
+    @pytest.fixture
+    def broker_url(self) -> str:
+        return amqp_url_or_skip()
+
+    @pytest.fixture
+    def contract_config(self) -> Config:
+        config = default_contract_config()
+        suffix = uuid.uuid4().hex[:10]
+        config.amqp.exchange = f"cx_{suffix}"
+        config.amqp.binding_key = f"ck_{suffix}"
+        config.amqp.prefetch_count = 0
+        config.amqp.queue_declare_args = {"x-max-priority": 10}
+        config.results_expire_in = 300
+        return config
+
+    @pytest.fixture
+    def restart_server(self) -> Callable[[], None] | None:
+        if "rabbitmq" not in os.environ.get("MACHINERY_SERVICES", "").split():
+            return None
+
+        def restart() -> None:
+            subprocess.run(
+                [str(SERVICES), "restart", "rabbitmq"], check=True, timeout=180, capture_output=True
+            )
+
+        return restart
+
+    @pytest.fixture
+    def bad_credentials_url(self) -> str:
+        return _with_password(amqp_url_or_skip(), "wrong-password-123")
+
+    @pytest.fixture
+    def unreachable_url(self) -> str:
+        return "amqp://guest:secret-pw-456@127.0.0.1:1/"
+
+
+class TestAMQPWithAMQPBackend(_AMQPFixtures, BrokerContract, BackendContract, WorkerContract, FaultContract):
+    contract_name = "amqp/amqp"
+
+    @pytest.fixture
+    def backend_url(self) -> str:
+        return amqp_url_or_skip()
+
+
+class TestAMQPWithSQLiteBackend(_AMQPFixtures, WorkerContract):
+    contract_name = "amqp/sqlite"
+
+    @pytest.fixture
+    def backend_url(self, tmp_path: Path) -> str:
+        return f"sqlite:///{tmp_path / 'results.db'}"
