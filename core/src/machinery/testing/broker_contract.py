@@ -25,10 +25,14 @@ TASK = "contract_broker_task"
 class BrokerContract(ContractBase):
     """Subclass with a ``broker_url`` fixture (or override ``make_broker``).
 
-    ``eta_late_allowance``: how late (seconds) an ETA message may be delivered.
+    ``eta_late_allowance``: how late (seconds) an ETA message may be delivered. ``ack_grace``: how long
+    after ``ack()`` returned an ack may still be in flight (brokers that batch acks).
     """
 
     eta_late_allowance: ClassVar[float] = 1.0
+    #: an ack may reach the server asynchronously, but this many seconds after ``ack()`` returned it
+    #: must be durable (a consumer killed later must not get the message redelivered)
+    ack_grace: ClassVar[float] = 0.5
 
     @pytest.fixture
     def queue(self) -> str:
@@ -405,6 +409,7 @@ class BrokerContract(ContractBase):
                 "queue": queue,
                 "count": 2,
                 "ack": [acked.uuid],
+                "ack_grace": self.ack_grace,
                 "plugin_modules": list(self.plugin_modules),
             },
             self.workdir,

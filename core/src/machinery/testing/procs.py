@@ -3,7 +3,8 @@
 The spec is a pickled dict written by the test (see :class:`machinery.testing._util.Child`):
 
 - ``{"cmd": "consume", "url", "config", "queue", "count", "ack": [uuids]}``: lease ``count`` messages,
-  print ``consumed [uuids]``, ack the listed ones, print ``acked``, then wait to be killed.
+  print ``consumed [uuids]``, ack the listed ones, wait ``ack_grace`` seconds, print ``acked``,
+  then wait to be killed.
 - ``{"cmd": "chord-race", "url", "config", "groups", "threads"}``: print ``ready``, wait for ``go`` on
   stdin, call ``trigger_chord`` on every group from ``threads`` threads (each with its own backend),
   print ``result {"won": [...], "errors": [...]}``.
@@ -53,6 +54,7 @@ def consume(spec: dict[str, Any]) -> None:
     for d in deliveries:
         if d.signature is not None and d.signature.uuid in spec["ack"]:
             d.ack()
+    time.sleep(float(spec.get("ack_grace", 0.0)))  # batched acks reach the server meanwhile
     say("acked")
     sys.stdin.read()  # until the parent kills us or closes the pipe
     time.sleep(3600)
