@@ -267,6 +267,11 @@ class RedisBroker(BaseBroker):
         return self.config.redis.delayed_tasks_key or "delayed_tasks"
 
     @property
+    def wake_key(self) -> str:
+        """A list a delayed publish pushes to, so one waiting mover re-reads the next due time at once."""
+        return "{" + self.delayed_key + "}:machinery:wake"
+
+    @property
     def poll_period(self) -> float:
         """Machinery's ``normal_tasks_poll_period`` in seconds (0 → 1 s)."""
         ms = self.config.redis.normal_tasks_poll_period
@@ -294,12 +299,15 @@ class RedisBroker(BaseBroker):
             )
         else:
             command = ("RPUSH", queue, body)
+        commands = [command]
+        if command[0] == "ZADD":
+            commands += [("LPUSH", self.wake_key, 1), ("LTRIM", self.wake_key, 0, 0)]
         try:
-            (reply,) = self.conn.run([command])
+            replies = self.conn.run(commands)
         except RedisError as exc:
             raise self.conn.error("publish", exc) from None
-        if isinstance(reply, BaseException):
-            raise self.conn.error("publish", reply)
+        if isinstance(replies[0], BaseException):
+            raise self.conn.error("publish", replies[0])
         if command[0] == "ZADD":
             self._mover_wake.set()
 
@@ -324,6 +332,7 @@ class RedisBroker(BaseBroker):
         commands: list[tuple[Any, ...]] = [("RPUSH", queue, *bodies) for queue, bodies in plain.items()]
         if delayed:
             commands.append(("ZADD", self.delayed_key, *(x for b, s in delayed.items() for x in (s, b))))
+            commands += [("LPUSH", self.wake_key, 1), ("LTRIM", self.wake_key, 0, 0)]
         for (queue, prio), bodies in prioritised.items():
             keys = queue_keys(queue)
             command = scripts.PUBLISH_PRIORITY.command([keys.priority, keys.priority_seq], [prio, *bodies])
@@ -592,7 +601,7 @@ class RedisBroker(BaseBroker):
         if action == "delay":
             due = time.time_ns() + int(delay * 1e9)
             return scripts.NACK_DELAY.command(
-                [lease.processing, self.delayed_key, keys.redelivered], [body, due]
+                [lease.processing, self.delayed_key, keys.redelivered, self.wake_key], [body, due]
             )
         if action == "dead":
             return scripts.DEAD.command([lease.processing, keys.dead, keys.redelivered], [body])
@@ -705,9 +714,21 @@ class RedisBroker(BaseBroker):
                 failures += 1
                 wait = 5.0
                 logger.exception("delayed-task mover failed")
-            if wait > 0:
-                self._mover_wake.wait(wait)
-                self._mover_wake.clear()
+            if wait > 0 and not stop.is_set():
+                self._mover_sleep(wait, failures > 0)
+
+    def _mover_sleep(self, seconds: float, failing: bool) -> None:
+        """Sleep until a delayed publish (any process: the wake list; this one: an event) or ``seconds``."""
+        if failing or self._mover_wake.is_set():
+            self._mover_wake.wait(seconds)
+            self._mover_wake.clear()
+            return
+        try:
+            self.conn.run([("BLPOP", self.wake_key, round(max(seconds, 0.001), 3))], blocking=True)
+        except RedisError as exc:
+            logger.debug("delayed-task mover: waiting failed: %s", exc)
+            self._mover_wake.wait(min(seconds, 1.0))
+        self._mover_wake.clear()
 
     def move_delayed(self) -> float:
         """Move due delayed messages to their queues (oldest first); seconds until the next may be due."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from machinery.capabilities import Capability
 from machinery.config import Config
 from machinery.errors import BackendError
 
@@ -21,6 +22,8 @@ __all__ = ["RedisLock"]
 
 class RedisLock:
     """A named, expiring mutex across processes. Build it with :meth:`from_url`; no I/O until used."""
+
+    capabilities = frozenset({Capability.MULTI_PROCESS})
 
     def __init__(self, target: RedisTarget | str, config: Config | None = None) -> None:
         self.config = config or Config()

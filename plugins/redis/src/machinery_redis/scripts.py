@@ -150,13 +150,15 @@ return 1
 """.replace("@TTL@", str(REDELIVERED_TTL)),
 )
 
-#: Give one message back later: into the delayed ZSET with score = due time in ns.
-#: KEYS: processing, delayed, redelivered   ARGV: body, score
+#: Give one message back later: into the delayed ZSET with score = due time in ns; wake a mover.
+#: KEYS: processing, delayed, redelivered, mover wake list   ARGV: body, score
 NACK_DELAY = Script(
     "nack_delay",
     """
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('LPUSH', KEYS[4], '1')
+redis.call('LTRIM', KEYS[4], 0, 0)
 redis.call('HINCRBY', KEYS[3], redis.sha1hex(ARGV[1]), 1)
 redis.call('EXPIRE', KEYS[3], @TTL@)
 return 1
