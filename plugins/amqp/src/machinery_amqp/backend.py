@@ -5,9 +5,10 @@ Layout
 - **Task state**: a durable queue named by the task uuid, bound to the exchange with the uuid as
   routing key, holding **the latest state as its only message** (``x-max-length: 1``,
   ``x-overflow: drop-head``: publishing a new state drops the old one on the server, atomically).
-  ``x-expires`` = ``results_expire_in`` (ms): the queue disappears that long after it was last
-  declared (each write) or read. Go declared these queues non-durable and auto-delete; here they
-  are durable with persistent messages, so results survive a RabbitMQ restart.
+  The message expires ``results_expire_in`` after it was written (``x-message-ttl``; a requeue keeps
+  the original expiry, so readers cannot keep it alive) and the queue that long after its last use
+  (``x-expires``). Go declared these queues non-durable and auto-delete; here they are durable with
+  persistent messages, so results survive a RabbitMQ restart.
 - **Reading does not consume** (Go's ``GetState`` popped the state, so two pollers stole each other's
   results): a reader takes the message with ``basic.get`` (no ack) and gives it straight back with
   ``basic.nack(requeue)``; RabbitMQ puts it back in place. A message followed by a newer one (the
@@ -15,12 +16,13 @@ Layout
   concurrent reader finds the queue empty but existing, and retries for a moment: an existing queue is
   never empty for long. A missing queue (404) means "no state".
 - **Group**: a queue named by the group uuid holding the :class:`~machinery.signature.GroupMeta` the
-  same way (members in order); ``<group>_chord_triggered`` holds one token message from
-  ``init_group`` on. ``trigger_chord`` takes it with an auto-ack ``basic.get``: RabbitMQ gives a
-  message to exactly one getter, so exactly one caller in any process gets ``True``.
-- **Waiting** is pushed: ``wait`` binds a private exclusive queue to the exchange with each uuid, so
-  every state written afterwards is copied to it (a direct exchange routes to all matching queues),
-  reads the states written before, then blocks on its queue until the states are final.
+  same way (members in order; written again by ``group_states`` past half its lifetime, so a running
+  workflow keeps it); ``<group>_chord_triggered`` holds one token message from ``init_group`` on.
+  ``trigger_chord`` takes it with an auto-ack ``basic.get``: RabbitMQ gives a message to exactly one
+  getter, so exactly one caller in any process gets ``True``.
+- **Waiting** is pushed: each pooled connection has an exclusive *inbox* queue that ``wait`` binds to
+  the exchange with the awaited uuids, so every state written for them is copied into it (a direct
+  exchange routes to all matching queues); the states written before are read once.
 
 See the README for where this backend is weaker than Redis.
 """
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,6 +59,41 @@ HELD_WAIT = 2.0
 _TOKEN = b"chord-token"
 
 
+class _Inbox:
+    """A connection's private queue that receives copies of the states a ``wait`` watches."""
+
+    def __init__(self, channel: BlockingChannel) -> None:
+        self.channel = channel
+        self.queue = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue or ""
+        self.bound: set[str] = set()
+        self.states: dict[str, TaskState] = {}
+        channel.basic_consume(self.queue, self._on_message, auto_ack=True)
+
+    def _on_message(self, _ch: BlockingChannel, _m: Basic.Deliver, _p: BasicProperties, body: bytes) -> None:
+        try:
+            state = codec.decode_state(body)
+        except Exception as exc:
+            logger.warning("wait: skipped an unreadable state: %s", exc)
+            return
+        if state.is_completed and state.task_uuid in self.bound:
+            self.states[state.task_uuid] = state
+
+    def watch(self, uuids: list[str], exchange: str) -> None:
+        wanted = set(uuids)
+        for uuid in self.bound - wanted:
+            self.channel.queue_unbind(self.queue, exchange, routing_key=uuid)
+            self.bound.discard(uuid)
+        self.states = {u: s for u, s in self.states.items() if u in wanted}
+        for uuid in uuids:
+            if uuid not in self.bound:
+                self.channel.queue_bind(self.queue, exchange, routing_key=uuid)
+                self.bound.add(uuid)
+
+    def take(self, wanted: list[str]) -> dict[str, TaskState]:
+        found = {u: self.states.pop(u) for u in wanted if u in self.states}
+        return found
+
+
 def _props() -> BasicProperties:
     return BasicProperties(content_type="application/json", delivery_mode=2, timestamp=int(time.time()))
 
@@ -76,6 +114,7 @@ class AMQPBackend(BaseBackend):
         # task queues, and declaring it as direct would clash with its type).
         self.exchange = exchange if (amqp.exchange_type or "direct") == "direct" else f"{exchange}.results"
         self._pool = LinkPool(self.urls, self.config, "backend", retry_timeout=retry_timeout)
+        self._inboxes: weakref.WeakKeyDictionary[Link, _Inbox] = weakref.WeakKeyDictionary()
 
     @classmethod
     def from_url(cls, url: str, config: Config) -> AMQPBackend:
@@ -95,24 +134,29 @@ class AMQPBackend(BaseBackend):
             return {"x-expires": ms, "x-max-length": 1}
         return {"x-expires": ms, "x-message-ttl": ms, "x-max-length": 1, "x-overflow": "drop-head"}
 
-    def _declare(self, link: Link, name: str, *, bind: bool, token: bool = False) -> None:
-        """Declare a result queue (renewing its ``x-expires``); one declared by someone else with
-        other arguments (an older expiry, Go's backend) is replaced."""
+    def _declare(self, link: Link, name: str, *, bind: bool, token: bool = False) -> int:
+        """Declare a result queue (renewing its ``x-expires``) and return its ready message count;
+        one declared by someone else with other arguments (an older expiry, Go's backend) is replaced."""
         args = self._args(token)
         try:
-            link.channel.queue_declare(name, durable=True, arguments=args)
+            ok = link.channel.queue_declare(name, durable=True, arguments=args)
         except pex.ChannelClosedByBroker as exc:
             if exc.reply_code != 406:
                 raise
             link.reset_channel()
             logger.info("result queue %s had other arguments (%s); replacing it", name, exc.reply_text)
+            kept = None if token else self._read(link, name)[0]  # the token is never read: only taken
             link.channel.queue_delete(name)
             link.declared.discard("b:" + name)
-            link.channel.queue_declare(name, durable=True, arguments=args)
+            ok = link.channel.queue_declare(name, durable=True, arguments=args)
+            if kept is not None:
+                link.channel.basic_publish("", name, kept, _props(), mandatory=True)
+                ok = link.channel.queue_declare(name, durable=True, arguments=args)
         if bind and "b:" + name not in link.declared:
             declare_exchange(link, self.exchange, "direct")
             link.channel.queue_bind(name, self.exchange, routing_key=name)
             link.declared.add("b:" + name)
+        return int(ok.method.message_count or 0)
 
     def _read(self, link: Link, name: str) -> tuple[bytes | None, bool]:
         """``(latest message, queue exists)`` of a last-value queue, leaving the message in place."""
@@ -169,12 +213,13 @@ class AMQPBackend(BaseBackend):
 
         def fn(link: Link) -> None:
             for state in states:
-                if not state.task_name or state.created_at is None:
+                count = self._declare(link, state.task_uuid, bind=True)
+                if count and (not state.task_name or state.created_at is None):
+                    # keep task_name / created_at of the previous state (none in a new queue)
                     body, _exists = self._read(link, state.task_uuid)
                     state.merged_over(codec.decode_state(body) if body else None)
                 if state.created_at is None:
                     state.created_at = now_utc()
-                self._declare(link, state.task_uuid, bind=True)
                 self._publish(link, state.task_uuid, codec.encode_state(state), via_exchange=True)
 
         self._pool.run(fn)
@@ -187,57 +232,50 @@ class AMQPBackend(BaseBackend):
         return self._pool.run(fn)
 
     def wait(self, task_uuids: Sequence[str], timeout: float) -> dict[str, TaskState]:
-        """Block until every task is SUCCESS/FAILURE or ``timeout`` passed; woken by the writes."""
+        """Block until every task is SUCCESS/FAILURE or ``timeout`` passed; woken by the writes.
+
+        Each pooled connection has an *inbox*: an exclusive queue, consumed all the time, that a wait
+        binds to the exchange with the uuids it waits for, so the server copies every state written
+        for them into it. Bindings of the previous wait are removed at the start of the next one
+        (not on the way out, which would delay the wake-up), and with the connection.
+        """
         wanted = list(dict.fromkeys(task_uuids))
         deadline = time.monotonic() + max(0.0, timeout)
         done: dict[str, TaskState] = {}
-
-        def on_message(_ch: BlockingChannel, _m: Basic.Deliver, _p: BasicProperties, body: bytes) -> None:
-            try:
-                state = codec.decode_state(body)
-            except Exception as exc:
-                logger.warning("wait: skipped an unreadable state: %s", exc)
-                return
-            if state.is_completed and state.task_uuid in wanted:
-                done[state.task_uuid] = state
 
         def fn(link: Link) -> None:
             todo = [u for u in wanted if u not in done]
             if not todo:
                 return
-            channel = link.connection.channel()
-            private = ctag = ""
-            try:
-                if timeout > 0:
-                    declare_exchange(link, self.exchange, "direct")
-                    private = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue or ""
-                    for uuid in todo:
-                        channel.queue_bind(private, self.exchange, routing_key=uuid)
-                for uuid in todo:  # states written before the bindings existed
-                    body, _exists = self._read(link, uuid)
-                    state = codec.decode_state(body) if body else None
-                    if state is not None and state.is_completed:
-                        done[uuid] = state
-                if not private or len(done) == len(wanted):
-                    return
-                ctag = channel.basic_consume(private, on_message, auto_ack=True)
-                while len(done) < len(wanted):
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    link.connection.process_data_events(time_limit=min(remaining, 1.0))
-            finally:
-                if channel.is_open:
-                    # an exclusive queue lives as long as the (pooled) connection: remove it now;
-                    # cancelling its consumer deletes it (auto_delete)
-                    if ctag:
-                        channel.basic_cancel(ctag)
-                    elif private:
-                        channel.queue_delete(private)
-                    channel.close()
+            inbox: _Inbox | None = None
+            if timeout > 0:
+                inbox = self._inbox(link)
+                inbox.watch(todo, self.exchange)
+            for uuid in todo:  # states written before the bindings existed
+                body, _exists = self._read(link, uuid)
+                state = codec.decode_state(body) if body else None
+                if state is not None and state.is_completed:
+                    done[uuid] = state
+            if inbox is None:
+                return
+            while len(done) < len(wanted):
+                for uuid, state in inbox.take(wanted).items():
+                    done.setdefault(uuid, state)
+                remaining = deadline - time.monotonic()
+                if len(done) == len(wanted) or remaining <= 0:
+                    break
+                link.connection.process_data_events(time_limit=min(remaining, 1.0))
 
         self._pool.run(fn, retry_timeout=max(self._pool.retry_timeout, timeout))
         return {u: done[u] for u in wanted if u in done}
+
+    def _inbox(self, link: Link) -> _Inbox:
+        inbox = self._inboxes.get(link)
+        if inbox is None or not inbox.channel.is_open:
+            declare_exchange(link, self.exchange, "direct")
+            inbox = _Inbox(link.connection.channel())
+            self._inboxes[link] = inbox
+        return inbox
 
     # groups ------------------------------------------------------------------------------------
     def init_group(self, group_uuid: str, task_uuids: Sequence[str]) -> None:
