@@ -59,7 +59,7 @@ class PollingPushBackend(MemoryBackend):
     """Claims push_wait, but wait() polls every 0.2 s."""
 
     poll_interval = 0.2
-    wait = BaseBackend.wait  # type: ignore[assignment]
+    wait = BaseBackend.wait
 
 
 class AckEarlyBroker(SQLiteBroker):

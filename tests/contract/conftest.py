@@ -16,7 +16,9 @@ def require_env(name: str) -> str:
     """The value of ``name``; without it the test fails in CI (``CI=true``) and is skipped elsewhere."""
     value = os.environ.get(name, "")
     if not value:
-        message = f"{name} is not set: start the servers with scripts/services (eval \"$(scripts/services env)\")"
+        message = (
+            f'{name} is not set: start the servers with scripts/services (eval "$(scripts/services env)")'
+        )
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)

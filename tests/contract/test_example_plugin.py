@@ -13,7 +13,9 @@ from machinery.testing import BackendContract, BrokerContract, LockContract, Wor
 from .conftest import IN_CI
 
 if importlib.util.find_spec("machinery_example") is None:
-    message = "machinery-example is not installed: pip install -e tests/contract/example_plugin (make venv does)"
+    message = (
+        "machinery-example is not installed: pip install -e tests/contract/example_plugin (make venv does)"
+    )
     if IN_CI:
         raise RuntimeError(message)
     pytest.skip(message, allow_module_level=True)
@@ -22,7 +24,9 @@ if importlib.util.find_spec("machinery_example") is None:
 def test_found_by_its_url_scheme() -> None:
     from machinery_example import ExampleBackend, ExampleBroker, ExampleLock
 
-    app = Machinery(Config(broker="example://found", result_backend="example://found", lock="example://found"))
+    app = Machinery(
+        Config(broker="example://found", result_backend="example://found", lock="example://found")
+    )
     assert isinstance(app.broker, ExampleBroker)
     assert isinstance(app.backend, ExampleBackend)
     assert isinstance(app.lock, ExampleLock)

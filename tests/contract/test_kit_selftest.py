@@ -22,7 +22,10 @@ EXPECTED: dict[str, tuple[str, str]] = {
     "TestDoubleChordBackend::test_backend_trigger_chord_once": ("failed", "must be true exactly once"),
     "TestDoubleChordBackend::test_backend_trigger_chord_race_threads": ("failed", "more than once"),
     "TestDroppingBroker::test_broker_many_producers_and_consumers": ("failed", "messages lost"),
-    "TestNeverRedeliversBroker::test_broker_redelivery_after_connection_loss": ("failed", "did not come back"),
+    "TestNeverRedeliversBroker::test_broker_redelivery_after_connection_loss": (
+        "failed",
+        "did not come back",
+    ),
     "TestAckEarlyBroker::test_broker_nack_requeue": ("failed", "did not come back"),
     "TestAckEarlyBroker::test_broker_redelivery_after_consumer_killed": ("failed", "did not come back"),
     "TestAckEarlyBroker::test_fault_sigkill_worker_with_started_tasks": ("failed", "not finished"),
@@ -33,7 +36,10 @@ EXPECTED: dict[str, tuple[str, str]] = {
         "capability redelivery not declared by DroppingBroker",
     ),
     "TestStrictMissingFixture::test_fault_server_restart": ("failed", "fixture restart_server not provided"),
-    "TestLenientMissingFixture::test_fault_server_restart": ("skipped", "fixture restart_server not provided"),
+    "TestLenientMissingFixture::test_fault_server_restart": (
+        "skipped",
+        "fixture restart_server not provided",
+    ),
 }
 
 
@@ -45,8 +51,20 @@ def selftest_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, tu
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH", "")]))
     nodes = [f"{CASES}::{node}" for node in EXPECTED]
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", *nodes, "-p", "no:cacheprovider", "-q", f"--junitxml={xml}",
-         "--basetemp", str(out / "tmp"), "-o", "addopts="],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            *nodes,
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            f"--junitxml={xml}",
+            "--basetemp",
+            str(out / "tmp"),
+            "-o",
+            "addopts=",
+        ],
         cwd=HERE.parents[1],
         env=env,
         capture_output=True,

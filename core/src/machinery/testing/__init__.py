@@ -23,7 +23,14 @@ the tests run, the skips and a few measurements at the end of the session.
 Needs pytest: ``pip install 'machinery-core[testing]'``.
 """
 
-from ._base import ContractBase, NotApplicable, capabilities_of, default_contract_config, not_applicable, requires
+from ._base import (
+    ContractBase,
+    NotApplicable,
+    capabilities_of,
+    default_contract_config,
+    not_applicable,
+    requires,
+)
 from .backend_contract import RESULT_VALUES, BackendContract
 from .broker_contract import BrokerContract
 from .lock_contract import LockContract

@@ -197,7 +197,7 @@ class ContractBase:
         self.workdir = tmp_path
         self.config = contract_config
         self.urls: dict[str, str | None] = {"broker": broker_url, "backend": backend_url, "lock": lock_url}
-        self._closers: list[Callable[[], None]] = []
+        self._closers: list[Callable[[], object]] = []
         self._probes: dict[str, Any] = {}
         self.register_plugin_modules(self.plugin_modules)
         for mark in request.node.iter_markers("machinery_requires"):
@@ -234,7 +234,7 @@ class ContractBase:
         if report is not None:
             report.record(self.combination, metric, text)
 
-    def closing(self, close: Callable[[], None]) -> None:
+    def closing(self, close: Callable[[], object]) -> None:
         """Call ``close`` when the test ends (in reverse order of registration)."""
         self._closers.append(close)
 
@@ -289,5 +289,7 @@ class ContractBase:
         """The URL of ``kind``: tests with separate processes rebuild objects from URLs."""
         url = self.urls[kind]
         if not url:
-            pytest.skip(f"fixture {kind}_url not provided by {type(self).__name__} (needed by child processes)")
+            pytest.skip(
+                f"fixture {kind}_url not provided by {type(self).__name__} (needed by child processes)"
+            )
         return url

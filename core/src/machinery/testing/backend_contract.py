@@ -18,7 +18,7 @@ from ..signature import Arg, State, TaskState, new_uuid, now_utc
 from ._base import ContractBase, requires
 from ._util import Child, eventually, median, ms
 
-__all__ = ["BackendContract", "RESULT_VALUES"]
+__all__ = ["RESULT_VALUES", "BackendContract"]
 
 NAME = "contract_backend_task"
 
@@ -37,7 +37,7 @@ RESULT_VALUES: list[Any] = [
     1e-300,
     "",
     "plain",
-    "unicode ☃ 日本語 Ωμέγα 🎉 \" \\ \n\t",
+    'unicode ☃ 日本語 Ωμέγα 🎉 " \\ \n\t',
     "x" * 100_000,
     True,
     False,
@@ -123,7 +123,9 @@ class BackendContract(ContractBase):
             uuids[uuid] = value
             backend.set_state(TaskState(uuid, State.SUCCESS, NAME, results=codec.results_from_return(value)))
         multi = new_uuid()
-        backend.set_state(TaskState(multi, State.SUCCESS, NAME, results=codec.results_from_return(("foo", "bar"))))
+        backend.set_state(
+            TaskState(multi, State.SUCCESS, NAME, results=codec.results_from_return(("foo", "bar")))
+        )
         empty = new_uuid()
         backend.set_state(TaskState(empty, State.SUCCESS, NAME, results=None))
         for uuid, value in uuids.items():
@@ -131,8 +133,12 @@ class BackendContract(ContractBase):
             assert got is not None
             assert got.results is not None and len(got.results) == 1
             back = got.results[0]
-            assert back.value == value and type(back.value) is type(value), f"{value!r:.60} came back as {back.value!r:.60}"
-            assert back.type == codec.infer_type(value), f"type of {value!r:.60}: {back.type} != {codec.infer_type(value)}"
+            assert back.value == value and type(back.value) is type(value), (
+                f"{value!r:.60} came back as {back.value!r:.60}"
+            )
+            assert back.type == codec.infer_type(value), (
+                f"type of {value!r:.60}: {back.type} != {codec.infer_type(value)}"
+            )
         got_multi = backend.get_state(multi)
         assert got_multi is not None and got_multi.values == ["foo", "bar"]
         got_empty = backend.get_state(empty)
@@ -157,8 +163,12 @@ class BackendContract(ContractBase):
             result: list[tuple[float, dict[str, TaskState]]] = []
             waiting = threading.Event()
 
-            def wait(u: str = uuid, out: list[tuple[float, dict[str, TaskState]]] = result) -> None:
-                waiting.set()
+            def wait(
+                u: str = uuid,
+                out: list[tuple[float, dict[str, TaskState]]] = result,
+                ready: threading.Event = waiting,
+            ) -> None:
+                ready.set()
                 found = waiter_backend.wait([u], self.t(10))
                 out.append((time.monotonic(), found))
 
@@ -184,7 +194,9 @@ class BackendContract(ContractBase):
             f"median {ms(median(latencies))}, max {ms(max(latencies))} over {len(latencies)} wakes"
             f" (push_wait {'declared' if push else 'not declared'})",
         )
-        assert median(latencies) < self.t(1.0), f"wait() woke a median {median(latencies):.2f}s after the write"
+        assert median(latencies) < self.t(1.0), (
+            f"wait() woke a median {median(latencies):.2f}s after the write"
+        )
 
     def test_backend_wait_several_and_partial(self, backend: Backend) -> None:
         first, second = new_uuid(), new_uuid()

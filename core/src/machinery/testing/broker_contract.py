@@ -101,7 +101,9 @@ class BrokerContract(ContractBase):
         start = time.monotonic()
         assert broker.consume(queue, 5, 1.0) == []
         elapsed = time.monotonic() - start
-        assert elapsed >= 0.5, f"consume(timeout=1.0) on an empty queue returned after {ms(elapsed)} (hot loop)"
+        assert elapsed >= 0.5, (
+            f"consume(timeout=1.0) on an empty queue returned after {ms(elapsed)} (hot loop)"
+        )
         assert elapsed <= 1.0 + self.t(2), f"consume(timeout=1.0) blocked for {elapsed:.1f}s"
 
     def test_broker_consume_wakes_on_publish(self, broker: Broker, queue: str) -> None:
@@ -157,7 +159,9 @@ class BrokerContract(ContractBase):
         self.assert_empty(broker, queue, 0.3)
         reader = getattr(broker, "dead_letters", None)
         if reader is None:
-            pytest.skip(f"{type(broker).__name__} declares dead_letter but has no dead_letters(queue) to read")
+            pytest.skip(
+                f"{type(broker).__name__} declares dead_letter but has no dead_letters(queue) to read"
+            )
         letters = reader(queue)
         bodies = [getattr(x, "body", x) for x in letters]
         assert first[0].body in bodies, "the dead-lettered message is not in dead_letters(queue)"
@@ -327,7 +331,7 @@ class BrokerContract(ContractBase):
 
     def test_broker_payloads_round_trip(self, broker: Broker, queue: str) -> None:
         big = "x" * (256 * 1024)
-        text = "unicode ☃ 日本語 Ωμέγα עברית 🎉 \u2028 \\ \" \n\t"
+        text = 'unicode ☃ 日本語 Ωμέγα עברית 🎉 \u2028 \\ " \n\t'
         ints = [2**100, -(2**100), 2**64 - 1, 2**63 - 1, -(2**63)]
         cases = [
             self.sig(queue, big),
@@ -337,7 +341,11 @@ class BrokerContract(ContractBase):
         ]
         for s in cases:
             broker.publish(s)
-        got = {d.signature.uuid: d.signature for d in self.collect(broker, queue, len(cases), self.t(10)) if d.signature}
+        got = {
+            d.signature.uuid: d.signature
+            for d in self.collect(broker, queue, len(cases), self.t(10))
+            if d.signature
+        }
         assert set(got) == {s.uuid for s in cases}, "a message with a large or unusual payload was lost"
         for s in cases:
             assert got[s.uuid].arg_values == s.arg_values
@@ -353,7 +361,9 @@ class BrokerContract(ContractBase):
         got = self.collect(broker, queue, 2, self.t(10), ack=False)
         bad = [d for d in got if d.signature is None]
         fine = [d for d in got if d.signature is not None]
-        assert len(bad) == 1, f"the malformed message did not surface as a Delivery with signature None: {got}"
+        assert len(bad) == 1, (
+            f"the malformed message did not surface as a Delivery with signature None: {got}"
+        )
         assert bad[0].error, "a malformed Delivery must say why in .error"
         assert bytes(bad[0].body) == garbage
         assert self.uuids(fine) == [good.uuid], "consumption did not go on after a malformed message"

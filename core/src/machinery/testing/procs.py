@@ -106,7 +106,9 @@ def main(argv: list[str] | None = None) -> None:
     if cmd == "consume":
         consume(spec)
     elif cmd == "chord-race":
-        race(spec, lambda: plugins.resolve_backend(spec["url"], config), lambda b, k: bool(b.trigger_chord(k)))
+        race(
+            spec, lambda: plugins.resolve_backend(spec["url"], config), lambda b, k: bool(b.trigger_chord(k))
+        )
     elif cmd == "lock-race":
         ttl = float(spec["ttl"])
         race(spec, lambda: plugins.resolve_lock(spec["url"], config), lambda lk, k: bool(lk.acquire(k, ttl)))

@@ -78,11 +78,11 @@ def make_app(
 
     def return_just_error(message: str, fail: bool) -> None:
         if fail:
-            raise Exception(message)  # noqa: TRY002 - Go's plain errors.New
+            raise Exception(message)
 
     def return_multiple_values(a: str, b: str, fail: bool) -> tuple[str, str]:
         if fail:
-            raise Exception("some error")  # noqa: TRY002
+            raise Exception("some error")
         return a, b
 
     def panic() -> str:

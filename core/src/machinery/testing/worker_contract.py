@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -51,7 +52,7 @@ class RunningWorker:
 
     mode: str
     tag: str
-    stop: Callable[[], None]
+    stop: Callable[[], object]
     child: Child | None = None
     app: Machinery | None = None
 
@@ -67,12 +68,12 @@ class _WorkerBase(ContractBase):
     #: seconds a ``get()`` of the scenarios may wait
     result_timeout: ClassVar[float] = 20.0
 
-    queue: str
+    task_queue: str
     runlog: RunLog
 
     @pytest.fixture(autouse=True)
     def _worker_setup(self, _contract_setup: None) -> None:
-        self.queue = unique("q")
+        self.task_queue = unique("q")
         self.runlog = RunLog(self.workdir / "runs")
 
     @property
@@ -80,7 +81,7 @@ class _WorkerBase(ContractBase):
         return self.t(self.result_timeout)
 
     def app_config(self, **worker_changes: Any) -> Config:
-        config = self.config_copy(default_queue=self.queue)
+        config = self.config_copy(default_queue=self.task_queue)
         for name, value in worker_changes.items():
             setattr(config.worker, name, value)
         return config
@@ -118,7 +119,7 @@ class _WorkerBase(ContractBase):
                 broker=self.new_broker(config),
                 backend=self.new_backend(config),
             )
-            worker = app.worker(tag, concurrency=concurrency, queue=self.queue)
+            worker = app.worker(tag, concurrency=concurrency, queue=self.task_queue)
             thread = worker.launch_async()
             eventually(lambda: worker.running, self.t(10), "the worker thread to start")
 
@@ -139,7 +140,7 @@ class _WorkerBase(ContractBase):
                 "runlog": str(self.runlog.dir),
                 "only": None if only is None else list(only),
                 "concurrency": concurrency,
-                "queue": self.queue,
+                "queue": self.task_queue,
                 "tag": tag,
                 "plugin_modules": list(self.plugin_modules),
             },
@@ -246,7 +247,9 @@ class WorkerContract(_WorkerBase):
         ok = app.send_task(s("flaky", ok_key, 2, retry_count=3))
         failing = app.send_task(s("flaky", fail_key, 5, retry_count=1))
         assert self.get(ok) == 3
-        assert self.runlog.count(ok_key, "run") == 3, "a task failing twice with retry_count=3 must run 3 times"
+        assert self.runlog.count(ok_key, "run") == 3, (
+            "a task failing twice with retry_count=3 must run 3 times"
+        )
         with pytest.raises(TaskError) as info:
             self.get(failing)
         assert str(info.value) == "flaky failure 2"
@@ -256,13 +259,13 @@ class WorkerContract(_WorkerBase):
     def test_worker_pending_tasks(self, worker_mode: str) -> None:
         app = self.producer()
         sent = [app.send_task(s("add", 1, 2)), app.send_task(s("add", 3, 5)), app.send_task(s("add", 6, 7))]
-        pending = app.broker.pending(self.queue)
+        pending = app.broker.pending(self.task_queue)
         assert [p.uuid for p in pending] == [r.uuid for r in sent]
         assert [p.name for p in pending] == ["add"] * 3
         assert [len(p.args) for p in pending] == [2, 2, 2]
         self.start_worker(worker_mode)
         assert [self.get(r) for r in sent] == [3, 8, 13]
-        eventually(lambda: app.broker.pending(self.queue) == [], self.t(10), "pending() to be empty")
+        eventually(lambda: app.broker.pending(self.task_queue) == [], self.t(10), "pending() to be empty")
 
     def test_worker_registered_only(self, worker_mode: str) -> None:
         """Two workers on one queue, each knowing one task: unregistered tasks go to the other."""
@@ -287,8 +290,8 @@ class WorkerContract(_WorkerBase):
         self.start_worker("thread")
         readable = new_uuid()
         body = {"UUID": readable, "Name": "add", "Args": [{"Type": "int64", "Value": "not a number"}]}
-        put(self.queue, json.dumps(body).encode())
-        put(self.queue, b"\xff\xfe garbage")
+        put(self.task_queue, json.dumps(body).encode())
+        put(self.task_queue, b"\xff\xfe garbage")
         state = AsyncResult(app, readable).wait_state(self.timeout)
         assert state.state == State.FAILURE
         assert state.error.startswith("malformed message"), state.error
@@ -306,7 +309,7 @@ class WorkerContract(_WorkerBase):
         try:
             for _ in range(3):
                 app = make_app(config=self.app_config(), broker=self.new_broker(), backend=self.new_backend())
-                worker = app.worker(unique("quit"), concurrency=2, queue=self.queue)
+                worker = app.worker(unique("quit"), concurrency=2, queue=self.task_queue)
                 start = time.monotonic()
                 thread = worker.launch_async()
                 worker.quit()
@@ -323,7 +326,7 @@ class WorkerContract(_WorkerBase):
         app = make_app(config=self.app_config(), broker=self.new_broker(), backend=self.new_backend())
         self.closing(app.close)
         called = threading.Event()
-        worker = app.worker(unique("w"), concurrency=1, queue=self.queue)
+        worker = app.worker(unique("w"), concurrency=1, queue=self.task_queue)
 
         def handler(w: Any) -> bool:
             called.set()
@@ -420,14 +423,20 @@ class FaultContract(_WorkerBase):
             ("backend", _backend_operation, BackendError),
             ("lock", _lock_operation, MachineryError),
         ):
-            factory = {"broker": self.make_broker, "backend": self.make_backend, "lock": self.make_lock}[kind]
+            factories: dict[str, Callable[[str, Config], Any]] = {
+                "broker": self.make_broker,
+                "backend": self.make_backend,
+                "lock": self.make_lock,
+            }
             try:
-                obj = factory(url, self.config)
+                obj: Any = factories[kind](url, self.config)
             except PluginNotFoundError:
                 continue
             self.closing(obj.close)
-            error, elapsed = _run_bounded(lambda o=obj, op=operation: op(o), self.t(self.error_timeout))
-            assert error is not None, f"{kind} on {redact_url(url)} ({what}): no error within {self.error_timeout}s"
+            error, elapsed = _run_bounded(partial(operation, obj), self.t(self.error_timeout))
+            assert error is not None, (
+                f"{kind} on {redact_url(url)} ({what}): no error within {self.error_timeout}s"
+            )
             assert isinstance(error, expected | ConfigError), (
                 f"{kind} on {what} raised {type(error).__name__}, expected a {expected.__name__} "
                 f"(or a ConfigError when the URL itself is wrong): {error}"

@@ -25,7 +25,9 @@ def main(argv: list[str] | None = None) -> None:
     with open(args[0], "rb") as f:
         spec: dict[str, Any] = pickle.load(f)
     logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s",
     )
     _register(spec.get("plugin_modules", []))
     config: Config = spec["config"]

@@ -32,7 +32,7 @@ SCHEME = "example"
 DISTRIBUTION = "machinery-example"
 
 
-# -- the hooks: the URL scheme picks this plugin -------------------------------------------------------
+# -- the hooks: the URL scheme picks this plugin ---------------------------------------------------
 @hookimpl
 def machinery_schemes() -> list[SchemeRow]:
     kinds: tuple[Kind, ...] = ("broker", "backend", "lock")
@@ -54,7 +54,7 @@ def machinery_lock(url: str, config: Config) -> ExampleLock | None:
     return ExampleLock(url, config) if scheme_of(url) == SCHEME else None
 
 
-# -- the shared store ------------------------------------------------------------------------------------
+# -- the shared store ------------------------------------------------------------------------------
 @dataclass
 class _Message:
     id: int
@@ -87,7 +87,7 @@ def _parse(url: str) -> tuple[_Store, dict[str, list[str]]]:
     return store, parse_qs(parts.query)
 
 
-# -- broker -------------------------------------------------------------------------------------------------
+# -- broker ----------------------------------------------------------------------------------------
 class ExampleDelivery:
     """One leased message; ``signature`` is None (and ``error`` says why) for a malformed body."""
 
@@ -127,7 +127,11 @@ class ExampleDelivery:
         with store.cond:
             leased = store.leased.get(self._message.id)
             if leased is not None and leased[2] == self._broker.owner:
-                store.leased[self._message.id] = (leased[0], max(leased[1], time.monotonic() + seconds), leased[2])
+                store.leased[self._message.id] = (
+                    leased[0],
+                    max(leased[1], time.monotonic() + seconds),
+                    leased[2],
+                )
 
 
 class ExampleBroker(BaseBroker):
@@ -230,7 +234,7 @@ class ExampleBroker(BaseBroker):
             store.cond.notify_all()
 
 
-# -- result backend ----------------------------------------------------------------------------------------
+# -- result backend --------------------------------------------------------------------------------
 class ExampleBackend(BaseBackend):
     """States and groups in a dict; ``wait`` sleeps on a condition the writers notify."""
 
@@ -302,7 +306,7 @@ class ExampleBackend(BaseBackend):
             self._store.groups.pop(group_uuid, None)
 
 
-# -- lock -----------------------------------------------------------------------------------------------------
+# -- lock ------------------------------------------------------------------------------------------
 class ExampleLock:
     """Each object is one owner; an expired key is free again."""
 
