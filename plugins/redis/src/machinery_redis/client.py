@@ -63,6 +63,8 @@ outage_errors: tuple[type[Exception], ...] = (
 
 #: Retries of the retrying client: 0.05 s doubling to 1 s, jittered: about 5 s in all.
 RETRIES = 8
+#: Retries before the server ever answered (a wrong address fails in well under a second).
+FIRST_CONTACT_RETRIES = 2
 
 
 class _Health:
@@ -71,6 +73,9 @@ class _Health:
     def __init__(self, where: str) -> None:
         self.where = where
         self.down_since: float | None = None
+        #: the server answered at least once: before that, a connection error fails fast (a wrong
+        #: address should not take the retry budget to be reported)
+        self.reached = False
         self._lock = threading.Lock()
 
     def failed(self, exc: BaseException) -> None:
@@ -104,13 +109,17 @@ class _Retry(Retry):
         failures = 0
         while True:
             try:
-                return do()
+                result = do()
+                self._health.reached = True
+                return result
             except AuthenticationError:
                 raise
             except self._supported_errors as error:
                 failures += 1
                 fail(error)
-                if failures > self._retries:
+                if failures > (
+                    self._retries if self._health.reached else min(self._retries, FIRST_CONTACT_RETRIES)
+                ):
                     raise error
                 self._health.failed(error)
                 time.sleep(self._backoff.compute(failures))
@@ -358,7 +367,7 @@ class Connection:
             except outage_errors as exc:
                 conn.disconnect()
                 failures += 1
-                if blocking or failures > RETRIES:
+                if blocking or failures > (RETRIES if self.health.reached else FIRST_CONTACT_RETRIES):
                     raise
                 self.health.failed(exc)
                 time.sleep(min(0.05 * 2 ** (failures - 1), 1.0))
@@ -369,6 +378,7 @@ class Connection:
             finally:
                 pool.release(conn)
             break
+        self.health.reached = True
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:  # a user-supplied client's connection, or SCRIPT FLUSH: load and send those again
             for script in _SCRIPTS:
