@@ -1,0 +1,1 @@
+"""Machinery's benchmark: ``make bench`` (see README.md in this folder)."""

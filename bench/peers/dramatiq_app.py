@@ -1,0 +1,43 @@
+"""Dramatiq's side of the peer benchmark: Redis broker, Redis results, ``add(x, y)``.
+
+Environment: ``BENCH_REDIS_URL``, ``BENCH_QUEUE``, and ``MACHINERY_BENCH_READY`` (a file the worker
+writes the wall-clock time into once it has booted and consumes). Worker:
+``dramatiq bench.peers.dramatiq_app --processes 1 --threads 8``.
+"""
+# mypy: ignore-errors
+
+from __future__ import annotations
+
+import os
+import time
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import Middleware
+from dramatiq.results import Results
+from dramatiq.results.backends import RedisBackend
+
+URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+QUEUE = os.environ.get("BENCH_QUEUE", "bench")
+
+
+class Ready(Middleware):
+    """Writes the time into ``MACHINERY_BENCH_READY`` once the worker has started its consumers."""
+
+    def after_worker_boot(self, broker, worker):
+        path = os.environ.get("MACHINERY_BENCH_READY", "")
+        if path:
+            with open(path, "w") as f:
+                f.write(f"{time.time():.6f}\n")
+
+
+results = RedisBackend(url=URL)
+broker = RedisBroker(url=URL)
+broker.add_middleware(Results(backend=results))
+broker.add_middleware(Ready())
+dramatiq.set_broker(broker)
+
+
+@dramatiq.actor(store_results=True, queue_name=QUEUE, max_retries=0)
+def add(x, y):
+    return x + y

@@ -1,0 +1,244 @@
+"""Summaries of a benchmark run: medians and ranges, ratios to the baseline, the markdown tables, the chart."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from .harness import summary
+
+BASELINE = "redis-py minimal loop"
+#: Metrics summarised per system (Outcome fields).
+METRICS = (
+    "processed_per_s",
+    "enqueue_one_per_s",
+    "enqueue_batch_per_s",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "after_idle_ms",
+    "worker_cpu_us_per_task",
+    "worker_peak_rss_mb",
+    "idle_cpu_percent",
+)
+#: Metrics compared with the baseline, as ``system / baseline``.
+RATIO_METRICS = (
+    "processed_per_s",
+    "enqueue_one_per_s",
+    "enqueue_batch_per_s",
+    "p50_ms",
+    "after_idle_ms",
+    "worker_cpu_us_per_task",
+)
+
+
+def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per system: each metric's median/min/max over its runs, and each ratio to the baseline.
+
+    A system measured in the same round as the baseline (the interleaved Redis repeats) is compared
+    round by round, and the median of those ratios reported; others against the baseline's median.
+    """
+    systems: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        systems.setdefault(run["outcome"]["system"], []).append(run)
+    base_by_round = {r["round"]: r["outcome"] for r in systems.get(BASELINE, []) if not r["outcome"]["error"]}
+    out: dict[str, dict[str, Any]] = {}
+    for name, items in systems.items():
+        good = [r for r in items if not r["outcome"]["error"]]
+        entry: dict[str, Any] = {
+            "runs": len(items),
+            "ok": len(good),
+            "n": items[0]["outcome"]["n"],
+            "errors": sorted({r["outcome"]["error"] for r in items if r["outcome"]["error"]}),
+            "notes": sorted({note for r in items for note in r["outcome"]["notes"]}),
+            "timed_out": any(r["outcome"]["timed_out"] for r in items),
+            "version": items[0]["outcome"].get("version", ""),
+        }
+        for metric in METRICS:
+            entry[metric] = summary([float(r["outcome"][metric]) for r in good])
+        ratios: dict[str, float] = {}
+        for metric in RATIO_METRICS:
+            paired = [
+                float(r["outcome"][metric]) / float(base_by_round[r["round"]][metric])
+                for r in good
+                if r["round"] in base_by_round and _finite(base_by_round[r["round"]][metric])
+            ]
+            if paired and all(_finite(v) for v in paired):
+                ratios[metric] = summary(paired)["median"]
+            elif base_by_round:
+                base = summary([float(b[metric]) for b in base_by_round.values()])["median"]
+                ratios[metric] = entry[metric]["median"] / base if _finite(base) and base else math.nan
+        entry["ratio"] = ratios
+        out[name] = entry
+    return out
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value != 0
+
+
+# ------------------------------------------------------------------------------------------------ text
+def _num(value: float, digits: int = 0) -> str:
+    if not math.isfinite(value):
+        return "–"
+    if digits == 0:
+        return f"{value:,.0f}"
+    return f"{value:,.{digits}f}"
+
+
+def _cell(stat: dict[str, float], digits: int = 0) -> str:
+    text = _num(stat["median"], digits)
+    if stat.get("n", 0) > 1 and math.isfinite(stat["min"]):
+        text += f" ({_num(stat['min'], digits)}–{_num(stat['max'], digits)})"
+    return text
+
+
+def _pct(ratio: float) -> str:
+    return "–" if not math.isfinite(ratio) else f"{ratio * 100:.1f} %"
+
+
+def _times(ratio: float) -> str:
+    return "–" if not math.isfinite(ratio) else f"{ratio:.2f}×"
+
+
+def order(summ: dict[str, dict[str, Any]]) -> list[str]:
+    def key(name: str) -> tuple[int, str]:
+        if name == BASELINE:
+            return (0, name)
+        if name.startswith("machinery redis"):
+            return (1, name)
+        if name.startswith("machinery"):
+            return (2, name)
+        return (3, name)
+
+    return sorted(summ, key=key)
+
+
+def tables(summ: dict[str, dict[str, Any]]) -> str:
+    """The two result tables (throughput/latency, resources) in markdown."""
+    lines = [
+        "| system | tasks | processed/s | vs minimal | enqueue/s one by one | vs minimal | "
+        "enqueue/s batched | vs minimal | send→result p50 ms | vs minimal | p90 / p99 ms | "
+        "after 1 s idle ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in order(summ):
+        e = summ[name]
+        r = e["ratio"]
+        label = name + (f" {e['version']}" if e["version"] else "")
+        if e["ok"] == 0:
+            lines.append(f"| {label} | – | failed: {'; '.join(e['errors'])[:120]} |" + " |" * 9)
+            continue
+        tasks = f"{2 * e['n']:,}" + (f" ×{e['ok']}" if e["ok"] > 1 else "") + (" (cut)" if e["timed_out"] else "")
+        is_base = name == BASELINE
+        lines.append(
+            f"| {label} | {tasks} | {_cell(e['processed_per_s'])} | "
+            f"{'=' if is_base else _pct(r.get('processed_per_s', math.nan))} | "
+            f"{_cell(e['enqueue_one_per_s'])} | {'=' if is_base else _pct(r.get('enqueue_one_per_s', math.nan))} | "
+            f"{_cell(e['enqueue_batch_per_s'])} | "
+            f"{'=' if is_base else _pct(r.get('enqueue_batch_per_s', math.nan))} | "
+            f"{_cell(e['p50_ms'], 2)} | {'=' if is_base else _times(r.get('p50_ms', math.nan))} | "
+            f"{_num(e['p90_ms']['median'], 2)} / {_num(e['p99_ms']['median'], 2)} | "
+            f"{_num(e['after_idle_ms']['median'], 2)} |"
+        )
+    lines += [
+        "",
+        "| system | worker CPU µs/task | vs minimal | peak RSS of the worker MB | idle worker CPU % of a core |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name in order(summ):
+        e = summ[name]
+        if e["ok"] == 0:
+            continue
+        r = e["ratio"]
+        lines.append(
+            f"| {name} | {_cell(e['worker_cpu_us_per_task'])} | "
+            f"{'=' if name == BASELINE else _times(r.get('worker_cpu_us_per_task', math.nan))} | "
+            f"{_num(e['worker_peak_rss_mb']['median'], 1)} | {_num(e['idle_cpu_percent']['median'], 2)} |"
+        )
+    return "\n".join(lines)
+
+
+def targets(summ: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Issue 10's targets, each with the measured value and whether it is met (None: not measured)."""
+    ours = summ.get("machinery redis/redis")
+    sqlite = summ.get("machinery sqlite/sqlite")
+    dramatiq = next((v for k, v in summ.items() if k.startswith("dramatiq")), None)
+    rows: list[dict[str, Any]] = []
+
+    def add(text: str, value: float, shown: str, ok: bool | None) -> None:
+        rows.append({"target": text, "value": value, "shown": shown, "met": ok if math.isfinite(value) else None})
+
+    if ours and ours["ok"]:
+        r = ours["ratio"]
+        v = r.get("processed_per_s", math.nan)
+        add("Redis processed/s ≥ 30 % of the minimal loop", v, _pct(v), v >= 0.30)
+        v = r.get("enqueue_batch_per_s", math.nan)
+        add("Redis batch enqueue ≥ 30 % of the minimal batch", v, _pct(v), v >= 0.30)
+        if dramatiq and dramatiq["ok"]:
+            v = ours["enqueue_one_per_s"]["median"] / dramatiq["enqueue_one_per_s"]["median"]
+            add("Redis one-by-one enqueue ≥ 1.5× Dramatiq's", v, _times(v), v >= 1.5)
+        else:
+            v = r.get("enqueue_one_per_s", math.nan)
+            add(
+                "Redis one-by-one enqueue ≥ 1.5× Dramatiq's (no --peers: proxy ≥ 0.94× the minimal "
+                "one-by-one, from DESIGN §7's Dramatiq 4,400 vs minimal 7,000)",
+                v,
+                _times(v),
+                v >= 0.94,
+            )
+        v = ours["p50_ms"]["median"]
+        add("Redis send→result p50 ≤ 1 ms", v, f"{_num(v, 2)} ms", v <= 1.0)
+        v = ours["worker_cpu_us_per_task"]["median"]
+        add("Redis worker CPU ≤ 100 µs per task", v, f"{_num(v)} µs", v <= 100)
+        v = ours["idle_cpu_percent"]["median"]
+        add("Redis idle worker CPU ≈ 0 (< 0.5 % of a core)", v, f"{_num(v, 2)} %", v < 0.5)
+    if sqlite and sqlite["ok"]:
+        v = sqlite["processed_per_s"]["median"]
+        add("sqlite:// ≥ 2,000 tasks/s processed", v, f"{_num(v)}/s", v >= 2000)
+    return rows
+
+
+def targets_table(rows: Sequence[dict[str, Any]]) -> str:
+    lines = ["| target (issue 10) | measured | met |", "|---|---:|:---:|"]
+    for row in rows:
+        mark = "–" if row["met"] is None else ("yes" if row["met"] else "**no**")
+        lines.append(f"| {row['target']} | {row['shown']} | {mark} |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ chart
+def chart(summ: dict[str, dict[str, Any]], path: str, subtitle: str) -> None:
+    """Two bar charts: processed tasks/s (log scale) and send→result p50, with the range of repeats."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in order(summ) if summ[n]["ok"]][::-1]
+    colours = [
+        "#888888" if n == BASELINE else ("#1f77b4" if n.startswith("machinery") else "#ff7f0e") for n in names
+    ]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.55 * len(names) + 2.2))
+    for ax, metric, title, log in (
+        (axes[0], "processed_per_s", "processed tasks/s (one worker process, log scale)", True),
+        (axes[1], "p50_ms", "send → result p50, ms (idle worker)", False),
+    ):
+        med = [summ[n][metric]["median"] for n in names]
+        lo = [max(0.0, m - summ[n][metric]["min"]) if math.isfinite(m) else 0 for n, m in zip(names, med, strict=True)]
+        hi = [max(0.0, summ[n][metric]["max"] - m) if math.isfinite(m) else 0 for n, m in zip(names, med, strict=True)]
+        vals = [m if math.isfinite(m) else 0 for m in med]
+        ax.barh(names, vals, xerr=[lo, hi], color=colours, capsize=3)
+        for y, v in enumerate(vals):
+            ax.text(v, y, f" {v:,.0f}" if metric == "processed_per_s" else f" {v:.2f}", va="center", fontsize=8)
+        if log:
+            ax.set_xscale("log")
+        ax.set_title(title, fontsize=10)
+        ax.tick_params(axis="y", labelsize=8)
+        ax.grid(axis="x", alpha=0.3)
+    axes[1].set_yticklabels([])
+    fig.suptitle("Machinery for Python: add(x, y), results stored, one local Redis\n" + subtitle, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

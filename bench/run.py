@@ -1,0 +1,451 @@
+"""Machinery's benchmark (issue 10): every broker/backend combination against a minimal redis-py loop
+measured in the same run, optionally next to Dramatiq and Celery. See bench/README.md.
+
+    make bench                                   # = scripts/services run -- .venv/bin/python bench/run.py
+    .venv/bin/python bench/run.py [--quick] [--peers] [--n N] [--repeats R] [--only redis/redis,...]
+
+Needs REDIS_URL (and AMQP_URL for the amqp combinations) in the environment, as
+``eval "$(scripts/services env)"`` sets them; a combination whose plugin or server is missing is
+skipped with the reason. Writes bench/results/<stamp>.json and .md (and bench/latest.md and
+bench/latest.png after a full run), and prints the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import importlib.util
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from bench import harness, report  # noqa: E402
+
+BENCH = os.path.join(ROOT, "bench")
+RESULTS = os.path.join(BENCH, "results")
+PEERS_VENV = os.environ.get("MACHINERY_BENCH_PEERS_VENV", "/tmp/machinery-bench-peers")
+PEER_REQUIREMENTS = ["dramatiq[redis]==2.2.1", "celery[redis]==5.7.0", "redis==8.1.0", "hiredis==3.5.0"]
+#: Rough rates (enqueue one by one, batched, processed per second) for the ETA of each step.
+GUESS = {
+    "baseline": (3000, 60000, 30000),
+    "redis/redis": (1200, 12000, 4000),
+    "sqlite/sqlite": (2500, 20000, 2500),
+    "amqp/redis": (800, 800, 1200),
+    "amqp/amqp": (110, 130, 200),
+    "dramatiq": (1800, 1800, 1600),
+    "celery": (600, 600, 250),
+}
+FIXED = 9.0  # seconds of W2 + W3 + start-up per step
+
+
+@dataclass
+class Step:
+    key: str  # GUESS key
+    label: str
+    n: int
+    round: int
+    make: Callable[[], Any] | None = None  # a harness.System, for systems of this virtualenv
+    peer: str = ""  # a peer name, run in the peers' virtualenv
+    estimate: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def _estimate(key: str, n: int) -> float:
+    one, batch, processed = GUESS[key]
+    return n / one + n / batch + 2 * n / processed + FIXED
+
+
+def _with_db(url: str, db: int | None) -> str:
+    if db is None:
+        return url
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{db}", parts.query, parts.fragment))
+
+
+def _redis_ok(url: str) -> str:
+    """'' when Redis answers at ``url``, else why not."""
+    try:
+        import redis
+
+        redis.Redis.from_url(url, socket_connect_timeout=3).ping()
+    except Exception as exc:
+        return f"Redis at {url} does not answer ({exc})"
+    return ""
+
+
+def _amqp_ok(url: str) -> str:
+    try:
+        import pika
+
+        params = pika.URLParameters(url)
+        params.socket_timeout = 3
+        pika.BlockingConnection(params).close()
+    except Exception as exc:
+        return f"RabbitMQ at {url.split('@')[-1]} does not answer ({type(exc).__name__} {exc})"
+    return ""
+
+
+def _plugin_ok(module: str, package: str) -> str:
+    return "" if importlib.util.find_spec(module) else f"{package} is not installed"
+
+
+# --------------------------------------------------------------------------------------------- machine
+def machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    commit = ""
+    with contextlib.suppress(Exception):
+        commit = subprocess.run(
+            ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", ROOT, "status", "--porcelain", "--", "core", "plugins"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        commit += "+dirty" if dirty else ""
+    load = ""
+    with contextlib.suppress(OSError):
+        load = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    return {
+        "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "nproc": os.cpu_count(),
+        "cpu": model or platform.processor(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "commit": commit,
+        "load_at_start": load,
+    }
+
+
+def redis_versions(url: str) -> str:
+    try:
+        import redis
+
+        return str(redis.Redis.from_url(url).info("server")["redis_version"])
+    except Exception:
+        return "?"
+
+
+def redis_benchmark(url: str, n: int) -> dict[str, Any]:
+    """``redis-benchmark -q -t set,lpush,rpop -n N``: the server's own limit (50 clients, pipeline 1)."""
+    exe = shutil.which("redis-benchmark")
+    if exe is None:
+        return {"error": "redis-benchmark is not installed (apt-get install redis-tools)"}
+    parts = urlsplit(url)
+    argv = [exe, "-h", parts.hostname or "127.0.0.1", "-p", str(parts.port or 6379)]
+    db = (parts.path or "/0").strip("/") or "0"
+    argv += ["--dbnum", db, "-q", "-t", "set,lpush,rpop", "-n", str(n)]
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=120).stdout
+    except subprocess.TimeoutExpired:
+        return {"error": "redis-benchmark took more than 120 s"}
+    rates: dict[str, Any] = {"command": " ".join(["redis-benchmark", *argv[5:]])}
+    for name, value, p50 in re.findall(r"([A-Z]+): ([\d.]+) requests per second(?:, p50=([\d.]+) msec)?", out):
+        rates[name] = {"per_s": float(value), "p50_ms": float(p50) if p50 else math.nan}
+    with contextlib.suppress(Exception):
+        import redis
+
+        redis.Redis.from_url(url).delete("key:__rand_int__", "mylist")
+    return rates
+
+
+# ----------------------------------------------------------------------------------------------- peers
+def peers_python(progress: Callable[[str], None]) -> str:
+    """The peers' virtualenv's python, created (pinned versions) when missing."""
+    python = os.path.join(PEERS_VENV, "bin", "python")
+    marker = os.path.join(PEERS_VENV, ".bench-requirements")
+    wanted = "\n".join(PEER_REQUIREMENTS)
+    if os.path.exists(python) and os.path.exists(marker):
+        with open(marker) as f:
+            if f.read() == wanted:
+                return python
+    progress(f"peers: installing {', '.join(PEER_REQUIREMENTS)} into {PEERS_VENV}")
+    if not os.path.exists(python):
+        subprocess.run([sys.executable, "-m", "venv", PEERS_VENV], check=True)
+    subprocess.run(
+        [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *PEER_REQUIREMENTS],
+        check=True,
+    )
+    with open(marker, "w") as f:
+        f.write(wanted)
+    return python
+
+
+def run_peer(
+    python: str, peer: str, url: str, opts: harness.Options, progress: Callable[[str], None]
+) -> dict[str, Any]:
+    fd, out = tempfile.mkstemp(prefix="machinery-bench-peer-", suffix=".json")
+    os.close(fd)
+    argv = [python, os.path.join(BENCH, "peers", "runner.py"), peer, url, out]
+    argv += ["--n", str(opts.n), "--batch", str(opts.batch), "--rounds", str(opts.rounds)]
+    argv += ["--idle", str(opts.idle_seconds), "--limit", str(opts.drain_limit), "--log-dir", opts.log_dir]
+    try:
+        proc = subprocess.run(argv, cwd=ROOT, timeout=opts.drain_limit * 2 + 600)
+        with open(out) as f:
+            text = f.read()
+        if proc.returncode or not text:
+            raise RuntimeError(f"the peer runner exited with code {proc.returncode}")
+        return json.loads(text)  # type: ignore[no-any-return]
+    except Exception as exc:
+        progress(f"{peer}: FAILED: {exc}")
+        return harness.Outcome(peer, opts.n, error=f"{type(exc).__name__}: {exc}").as_dict()
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(out)
+
+
+# ------------------------------------------------------------------------------------------------ main
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Machinery's benchmark (bench/README.md).")
+    p.add_argument("--quick", action="store_true", help="N=2000, 1 repeat, no peers; latest.* untouched")
+    p.add_argument("--peers", action="store_true", help="also Dramatiq and Celery (own virtualenv)")
+    p.add_argument("--n", type=int, help="tasks per enqueue phase (default 10,000; 2,000 with --quick)")
+    p.add_argument("--amqp-n", type=int, help="N for amqp/amqp (default min(N, 2,000): one queue per result)")
+    p.add_argument("--repeats", type=int, help="interleaved repeats on Redis (default 3; 1 with --quick)")
+    p.add_argument("--rounds", type=int, default=300, help="W2 round trips (default 300)")
+    p.add_argument("--batch", type=int, default=1000, help="send_tasks / pipeline batch size (default 1000)")
+    p.add_argument("--only", default="", help="comma-separated: baseline,redis/redis,sqlite/sqlite,...")
+    p.add_argument("--redis-url", default=os.environ.get("REDIS_URL", ""), help="default $REDIS_URL")
+    p.add_argument("--redis-db", type=int, default=9, help="Redis database used (default 9; -1: the URL's)")
+    p.add_argument("--amqp-url", default=os.environ.get("AMQP_URL", ""), help="default $AMQP_URL")
+    p.add_argument("--limit", type=float, default=240.0, help="seconds a drain may take (default 240)")
+    p.add_argument("--budget", type=float, default=19 * 60, help="seconds for the whole run (default 1140)")
+    p.add_argument("--no-latest", action="store_true", help="do not update bench/latest.md and .png")
+    return p.parse_args(argv)
+
+
+def plan(args: argparse.Namespace, progress: Callable[[str], None]) -> tuple[list[Step], list[str]]:
+    from bench.systems import BaselineSystem, MachinerySystem
+
+    n = args.n or (2000 if args.quick else 10_000)
+    repeats = args.repeats or (1 if args.quick else 3)
+    amqp_n = args.amqp_n or min(n, 500 if args.quick else 2000)
+    only = {s.strip() for s in args.only.split(",") if s.strip()}
+    redis_url = _with_db(args.redis_url, None if args.redis_db < 0 else args.redis_db) if args.redis_url else ""
+    amqp_url = args.amqp_url
+    skipped: list[str] = []
+
+    def why_not(key: str) -> str:
+        needs_redis = "redis" in key or key in ("baseline", "dramatiq", "celery")
+        needs_amqp = "amqp" in key
+        reasons = []
+        if needs_redis:
+            reasons.append("REDIS_URL is not set" if not redis_url else _redis_ok(redis_url))
+            if key.startswith(("redis", "amqp/redis")):
+                reasons.append(_plugin_ok("machinery_redis", "machinery-redis"))
+        if needs_amqp:
+            reasons.append("AMQP_URL is not set" if not amqp_url else _amqp_ok(amqp_url))
+            reasons.append(_plugin_ok("machinery_amqp", "machinery-amqp"))
+        return "; ".join(r for r in reasons if r)
+
+    def wanted(key: str) -> bool:
+        if only and key not in only:
+            return False
+        reason = why_not(key)
+        if reason:
+            skipped.append(f"{key}: skipped ({reason})")
+            progress(f"{key}: skipped: {reason}")
+            return False
+        return True
+
+    steps: list[Step] = []
+    peers = args.peers and not args.quick
+    use = {k: wanted(k) for k in GUESS if k not in ("dramatiq", "celery") or peers}
+    for r in range(repeats):
+        if use.get("baseline"):
+            steps.append(Step("baseline", "redis-py minimal loop", n, r, lambda: BaselineSystem(redis_url)))
+        if use.get("redis/redis"):
+            steps.append(
+                Step("redis/redis", "machinery redis/redis", n, r, lambda: MachinerySystem("redis/redis", redis_url, redis_url))
+            )
+        for peer in ("dramatiq", "celery"):
+            if use.get(peer):
+                steps.append(Step(peer, peer, n, r, peer=peer))
+        if r == 0:
+            if use.get("sqlite/sqlite"):
+                steps.append(
+                    Step("sqlite/sqlite", "machinery sqlite/sqlite", n, -1, lambda: MachinerySystem("sqlite/sqlite", "sqlite", "sqlite"))
+                )
+            if use.get("amqp/redis"):
+                steps.append(
+                    Step("amqp/redis", "machinery amqp/redis", n, -1, lambda: MachinerySystem("amqp/redis", amqp_url, redis_url))
+                )
+            if use.get("amqp/amqp"):
+                note = [f"amqp/amqp ran with N = {amqp_n:,} (each result is a RabbitMQ queue)"] if amqp_n != n else []
+                steps.append(
+                    Step("amqp/amqp", "machinery amqp/amqp", amqp_n, -1, lambda: MachinerySystem("amqp/amqp", amqp_url, amqp_url), notes=note)
+                )
+    for step in steps:
+        step.estimate = _estimate(step.key, step.n)
+    return steps, skipped
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    t_start = time.monotonic()
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    os.makedirs(RESULTS, exist_ok=True)
+    log_dir = os.path.join(RESULTS, f"{stamp}-logs")
+    os.makedirs(log_dir, exist_ok=True)
+    progress = harness.Progress()
+    info = machine()
+    progress(f"machine: {info['nproc']} × {info['cpu']}, load {info['load_at_start']}; logs in {log_dir}")
+    steps, skipped = plan(args, progress)
+    if not steps:
+        print("nothing to measure: " + "; ".join(skipped) if skipped else "nothing selected", file=sys.stderr)
+        return 2
+    redis_url = _with_db(args.redis_url, None if args.redis_db < 0 else args.redis_db) if args.redis_url else ""
+    bench_n = 100_000 if not args.quick else 20_000
+    peers_setup = 60.0 if any(s.peer for s in steps) else 0.0
+    progress.planned = sum(s.estimate for s in steps) + (6.0 if redis_url else 0.0) + peers_setup
+    progress(f"plan: {len(steps)} measurements, about {progress.planned / 60:.0f} min")
+
+    rb: dict[str, Any] = {}
+    if redis_url and (not args.only or "baseline" in args.only):
+        progress(f"redis-benchmark -q -t set,lpush,rpop -n {bench_n:,} (the server's own limit)")
+        rb = redis_benchmark(redis_url, bench_n)
+        rb["redis_version"] = redis_versions(redis_url)
+        progress.step_done(6.0)
+    python = ""
+    if any(s.peer for s in steps):
+        try:
+            python = peers_python(progress)
+        except Exception as exc:
+            skipped.append(f"peers: skipped (could not install them: {exc})")
+            steps = [s for s in steps if not s.peer]
+        progress.step_done(peers_setup)
+
+    runs: list[dict[str, Any]] = []
+    notes: list[str] = []
+    for index, step in enumerate(steps, 1):
+        if time.monotonic() - t_start + step.estimate > args.budget:
+            msg = f"{step.label} (round {step.round + 1}) not run: the {args.budget / 60:.0f}-minute budget was reached"
+            progress(msg)
+            notes.append(msg)
+            continue
+        where = f" round {step.round + 1}" if step.round >= 0 else ""
+        progress(f"[{index}/{len(steps)}] {step.label}{where}: N = {step.n:,}")
+        opts = harness.Options(
+            n=step.n, batch=args.batch, rounds=args.rounds, drain_limit=args.limit, log_dir=log_dir
+        )
+        if step.peer:
+            outcome = run_peer(python, step.peer, redis_url, opts, progress)
+        else:
+            assert step.make is not None
+            outcome = harness.run_workload(step.make(), opts, progress).as_dict()
+        outcome["notes"] = outcome.get("notes", []) + step.notes
+        runs.append({"round": step.round, "key": step.key, "outcome": outcome})
+        progress(_one_line(outcome))
+        progress.step_done(step.estimate)
+
+    summ = report.summarise(runs)
+    rows = report.targets(summ)
+    duration = time.monotonic() - t_start
+    command = " ".join(["bench/run.py", *(argv if argv is not None else sys.argv[1:])])
+    text = render(info, rb, summ, rows, skipped + notes, duration, command)
+    data = {
+        "machine": info,
+        "command": command,
+        "duration_s": duration,
+        "options": vars(args),
+        "redis_benchmark": rb,
+        "skipped": skipped,
+        "notes": notes,
+        "runs": runs,
+        "summary": summ,
+        "targets": rows,
+    }
+    json_path = os.path.join(RESULTS, f"{stamp}.json")
+    with open(json_path, "w") as f:
+        json.dump(data, f, indent=1, default=str)
+    with open(os.path.join(RESULTS, f"{stamp}.md"), "w") as f:
+        f.write(text)
+    full = not (args.quick or args.only or args.no_latest or args.n or args.repeats)
+    png = os.path.join(BENCH, "latest.png") if full else os.path.join(RESULTS, f"{stamp}.png")
+    subtitle = f"{info['date'][:10]}, {info['nproc']} × {info['cpu']}, load at start {info['load_at_start']}"
+    try:
+        report.chart(summ, png, subtitle)
+    except Exception as exc:
+        print(f"no chart ({type(exc).__name__}: {exc}); pip install matplotlib", file=sys.stderr)
+        png = ""
+    if full:
+        with open(os.path.join(BENCH, "latest.md"), "w") as f:
+            f.write(text)
+    print(text)
+    progress(f"done in {duration / 60:.1f} min: {json_path}" + (f", {png}" if png else ""))
+    return 0
+
+
+def _one_line(o: dict[str, Any]) -> str:
+    if o.get("error"):
+        return f"  {o['system']}: error: {o['error']}"
+    return (
+        f"  {o['system']}: {o['processed_per_s']:,.0f} processed/s, enqueue {o['enqueue_one_per_s']:,.0f}/s "
+        f"one by one, {o['enqueue_batch_per_s']:,.0f}/s batched, p50 {o['p50_ms']:.2f} ms, "
+        f"{o['worker_cpu_us_per_task']:,.0f} µs CPU/task, {o['worker_peak_rss_mb']:.0f} MB, "
+        f"idle {o['idle_cpu_percent']:.2f} %"
+    )
+
+
+def render(
+    info: dict[str, Any],
+    rb: dict[str, Any],
+    summ: dict[str, dict[str, Any]],
+    rows: list[dict[str, Any]],
+    notes: list[str],
+    duration: float,
+    command: str,
+) -> str:
+    lines = [
+        f"# Benchmark: {info['date']}",
+        "",
+        f"Machine: {info['nproc']} × {info['cpu']}, Linux {info['kernel']}, Python {info['python']}, "
+        f"load average at start {info['load_at_start']}; commit {info['commit'] or '?'}; "
+        f"`{command}` took {duration / 60:.1f} min.",
+        "",
+        "Task `add(x, y)`, every result stored; ONE worker process with 8 threads (start-up excluded); "
+        "`tasks` is what one drain ran (N one by one + N batched), ×R for interleaved repeats (median, "
+        "range in brackets). Ratios compare with the minimal redis-py loop of the same run (same round "
+        "for the repeats).",
+        "",
+    ]
+    if rb and "error" not in rb:
+        parts = [
+            f"{k} {v['per_s']:,.0f}/s (p50 {v['p50_ms']:.2f} ms)" for k, v in rb.items() if isinstance(v, dict)
+        ]
+        lines += [f"Server limit (`{rb.get('command', 'redis-benchmark')}`, Redis {rb.get('redis_version', '?')}): "
+                  + ", ".join(parts) + ".", ""]
+    elif rb:
+        lines += [f"redis-benchmark: {rb['error']}", ""]
+    lines += [report.tables(summ), "", report.targets_table(rows), ""]
+    extra = notes + [f"{name}: {note}" for name, e in summ.items() for note in e["notes"]]
+    extra += [f"{name}: {err}" for name, e in summ.items() for err in e["errors"]]
+    if extra:
+        lines += ["Notes:", ""] + [f"- {n}" for n in extra] + [""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
