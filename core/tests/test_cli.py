@@ -11,7 +11,6 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from importlib import metadata
 from pathlib import Path
 from types import ModuleType
 
@@ -402,14 +401,13 @@ def test_unknown_scheme_names_the_installed_ones_and_hides_the_password(
 
 
 def test_first_party_scheme_names_the_package(runner: CliRunner, isolated_path: Path) -> None:
-    try:
-        metadata.distribution("machinery-redis")
-        pytest.skip("machinery-redis is installed")
-    except metadata.PackageNotFoundError:
-        pass
-    name = write_app(isolated_path, "redis://:s3cret@localhost:6379/0")
+    from machinery.plugins import FIRST_PARTY, list_schemes
+
+    installed = {row.scheme for row in list_schemes()}
+    scheme = next(s for s in ("gcppubsub", "memcache", "mongodb") if s not in installed)
+    name = write_app(isolated_path, f"{scheme}://:s3cret@localhost:1234/0")
     result = invoke(runner, "inspect", "pending", "-A", f"{name}:app")
-    assert_one_line_error(result, "pip install machinery-redis")
+    assert_one_line_error(result, f"pip install {FIRST_PARTY[scheme]}")
     assert "s3cret" not in result.output
 
 

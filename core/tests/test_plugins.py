@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from machinery import Config, Machinery, PluginNotFoundError
-from machinery.plugins import get_plugin_manager, list_schemes, resolve_broker
+from machinery.plugins import FIRST_PARTY, get_plugin_manager, install_hint, list_schemes, resolve_broker
 
 PLUGIN_MODULE = """
 from machinery.brokers.memory import MemoryBroker
@@ -109,7 +109,11 @@ def test_unclaimed_url_lists_installed_schemes() -> None:
     ],
 )
 def test_first_party_scheme_names_its_package(url: str, package: str) -> None:
-    if any(r.scheme == url.split("://")[0] for r in list_schemes()):
-        pytest.skip(f"{package} is installed in this environment")
-    with pytest.raises(PluginNotFoundError, match=f"pip install {package}"):
-        resolve_broker(url, Config())
+    assert install_hint(url) == f": pip install {package}"
+
+
+def test_missing_first_party_plugin_error_names_the_package() -> None:
+    installed = {row.scheme for row in list_schemes()}
+    missing = next(s for s in ("gcppubsub", "memcache", "mongodb", "dynamodb") if s not in installed)
+    with pytest.raises(PluginNotFoundError, match=f"pip install {FIRST_PARTY[missing]}"):
+        resolve_broker(f"{missing}://host", Config())
