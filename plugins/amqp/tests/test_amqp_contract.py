@@ -96,3 +96,24 @@ class TestAMQPWithSQLiteBackend(_AMQPFixtures, WorkerContract):
     @pytest.fixture
     def backend_url(self, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'results.db'}"
+
+
+def _redis_url() -> str:
+    url = os.environ.get("REDIS_URL", "")
+    if not url:
+        reason = "REDIS_URL is not set: Redis is not running (scripts/services start redis)"
+        if IN_CI:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return url
+
+
+class TestAMQPWithRedisBackend(_AMQPFixtures, WorkerContract):
+    """amqp/redis, when machinery-redis is installed."""
+
+    contract_name = "amqp/redis"
+
+    @pytest.fixture
+    def backend_url(self) -> str:
+        pytest.importorskip("machinery_redis", reason="machinery-redis is not installed")
+        return _redis_url()
