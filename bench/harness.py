@@ -10,7 +10,7 @@ completion check, one round trip). :func:`run_workload` does, in one go:
 - W1 drain: start ONE worker process, wait until it says it is consuming (start-up excluded), and
   time until every one of the ``2 n`` results is stored; peak RSS of the worker's process tree and
   its CPU time per task (``/proc/<pid>/stat`` utime + stime);
-- W2 latency: worker idle, ``rounds`` × (send one task, wait for its result); then three times
+- W2 latency: worker idle, ``rounds`` x (send one task, wait for its result); then three times
   (1 s idle, one round trip);
 - W3 idle: the worker's CPU over ``idle_seconds`` while nothing is sent.
 """
@@ -100,6 +100,24 @@ def cpu_seconds(pids: Sequence[int]) -> float:
             continue
         total += int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
     return total / CLK_TCK
+
+
+def thread_cpu_ns(pids: Sequence[int]) -> int:
+    """CPU time of the live threads of ``pids`` in ns (``/proc/<pid>/task/<tid>/schedstat``): finer than
+    the 10 ms ticks of ``stat``, for the idle measurement (threads that exit are not counted)."""
+    total = 0
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+    return total
 
 
 def rss_bytes(pids: Sequence[int]) -> tuple[int, int]:
@@ -395,10 +413,10 @@ def run_workload(system: System, opts: Options, progress: Callable[[str], None] 
         progress(f"{system.name}: W3 idle CPU over {opts.idle_seconds:.0f} s")
         time.sleep(0.5)
         pids = children(worker.pid)
-        c0, w0 = cpu_seconds(pids), time.monotonic()
+        c0, w0 = thread_cpu_ns(pids), time.monotonic()
         time.sleep(opts.idle_seconds)
-        c1, w1 = cpu_seconds(pids), time.monotonic()
-        out.idle_cpu_percent = (c1 - c0) / (w1 - w0) * 100
+        c1, w1 = thread_cpu_ns(pids), time.monotonic()
+        out.idle_cpu_percent = (c1 - c0) / 1e9 / (w1 - w0) * 100
     except Exception as exc:
         out.error = f"{type(exc).__name__}: {exc}"
         progress(f"{system.name}: FAILED: {out.error}")

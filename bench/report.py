@@ -1,4 +1,4 @@
-"""Summaries of a benchmark run: medians and ranges, ratios to the baseline, the markdown tables, the chart."""
+"""Summaries of a run: medians and ranges, ratios to the baseline, the markdown tables, the chart."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def _finite(value: Any) -> bool:
 # ------------------------------------------------------------------------------------------------ text
 def _num(value: float, digits: int = 0) -> str:
     if not math.isfinite(value):
-        return "–"
+        return "\u2013"
     if digits == 0:
         return f"{value:,.0f}"
     return f"{value:,.{digits}f}"
@@ -90,16 +90,16 @@ def _num(value: float, digits: int = 0) -> str:
 def _cell(stat: dict[str, float], digits: int = 0) -> str:
     text = _num(stat["median"], digits)
     if stat.get("n", 0) > 1 and math.isfinite(stat["min"]):
-        text += f" ({_num(stat['min'], digits)}–{_num(stat['max'], digits)})"
+        text += f" ({_num(stat['min'], digits)}\u2013{_num(stat['max'], digits)})"
     return text
 
 
 def _pct(ratio: float) -> str:
-    return "–" if not math.isfinite(ratio) else f"{ratio * 100:.1f} %"
+    return "\u2013" if not math.isfinite(ratio) else f"{ratio * 100:.1f} %"
 
 
 def _times(ratio: float) -> str:
-    return "–" if not math.isfinite(ratio) else f"{ratio:.2f}×"
+    return "\u2013" if not math.isfinite(ratio) else f"{ratio:.2f}\u00d7"
 
 
 def order(summ: dict[str, dict[str, Any]]) -> list[str]:
@@ -128,14 +128,16 @@ def tables(summ: dict[str, dict[str, Any]]) -> str:
         r = e["ratio"]
         label = name + (f" {e['version']}" if e["version"] else "")
         if e["ok"] == 0:
-            lines.append(f"| {label} | – | failed: {'; '.join(e['errors'])[:120]} |" + " |" * 9)
+            lines.append(f"| {label} | \u2013 | failed: {'; '.join(e['errors'])[:120]} |" + " |" * 9)
             continue
-        tasks = f"{2 * e['n']:,}" + (f" ×{e['ok']}" if e["ok"] > 1 else "") + (" (cut)" if e["timed_out"] else "")
+        tasks = f"{2 * e['n']:,}" + (f" \u00d7{e['ok']}" if e["ok"] > 1 else "")
+        tasks += " (cut)" if e["timed_out"] else ""
         is_base = name == BASELINE
         lines.append(
             f"| {label} | {tasks} | {_cell(e['processed_per_s'])} | "
             f"{'=' if is_base else _pct(r.get('processed_per_s', math.nan))} | "
-            f"{_cell(e['enqueue_one_per_s'])} | {'=' if is_base else _pct(r.get('enqueue_one_per_s', math.nan))} | "
+            f"{_cell(e['enqueue_one_per_s'])} | "
+            f"{'=' if is_base else _pct(r.get('enqueue_one_per_s', math.nan))} | "
             f"{_cell(e['enqueue_batch_per_s'])} | "
             f"{'=' if is_base else _pct(r.get('enqueue_batch_per_s', math.nan))} | "
             f"{_cell(e['p50_ms'], 2)} | {'=' if is_base else _times(r.get('p50_ms', math.nan))} | "
@@ -144,7 +146,7 @@ def tables(summ: dict[str, dict[str, Any]]) -> str:
         )
     lines += [
         "",
-        "| system | worker CPU µs/task | vs minimal | peak RSS of the worker MB | idle worker CPU % of a core |",
+        "| system | worker CPU µs/task | vs minimal | worker peak RSS MB | idle worker CPU % of a core |",
         "|---|---:|---:|---:|---:|",
     ]
     for name in order(summ):
@@ -168,7 +170,8 @@ def targets(summ: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
 
     def add(text: str, value: float, shown: str, ok: bool | None) -> None:
-        rows.append({"target": text, "value": value, "shown": shown, "met": ok if math.isfinite(value) else None})
+        met = ok if math.isfinite(value) else None
+        rows.append({"target": text, "value": value, "shown": shown, "met": met})
 
     if ours and ours["ok"]:
         r = ours["ratio"]
@@ -178,11 +181,11 @@ def targets(summ: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         add("Redis batch enqueue ≥ 30 % of the minimal batch", v, _pct(v), v >= 0.30)
         if dramatiq and dramatiq["ok"]:
             v = ours["enqueue_one_per_s"]["median"] / dramatiq["enqueue_one_per_s"]["median"]
-            add("Redis one-by-one enqueue ≥ 1.5× Dramatiq's", v, _times(v), v >= 1.5)
+            add("Redis one-by-one enqueue ≥ 1.5\u00d7 Dramatiq's", v, _times(v), v >= 1.5)
         else:
             v = r.get("enqueue_one_per_s", math.nan)
             add(
-                "Redis one-by-one enqueue ≥ 1.5× Dramatiq's (no --peers: proxy ≥ 0.94× the minimal "
+                "Redis one-by-one enqueue ≥ 1.5\u00d7 Dramatiq's (no --peers: proxy ≥ 0.94\u00d7 the minimal "
                 "one-by-one, from DESIGN §7's Dramatiq 4,400 vs minimal 7,000)",
                 v,
                 _times(v),
@@ -203,12 +206,16 @@ def targets(summ: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 def targets_table(rows: Sequence[dict[str, Any]]) -> str:
     lines = ["| target (issue 10) | measured | met |", "|---|---:|:---:|"]
     for row in rows:
-        mark = "–" if row["met"] is None else ("yes" if row["met"] else "**no**")
+        mark = "\u2013" if row["met"] is None else ("yes" if row["met"] else "**no**")
         lines.append(f"| {row['target']} | {row['shown']} | {mark} |")
     return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------------ chart
+def _or0(value: float) -> float:
+    return value if math.isfinite(value) else 0.0
+
+
 def chart(summ: dict[str, dict[str, Any]], path: str, subtitle: str) -> None:
     """Two bar charts: processed tasks/s (log scale) and send→result p50, with the range of repeats."""
     import matplotlib
@@ -226,12 +233,13 @@ def chart(summ: dict[str, dict[str, Any]], path: str, subtitle: str) -> None:
         (axes[1], "p50_ms", "send → result p50, ms (idle worker)", False),
     ):
         med = [summ[n][metric]["median"] for n in names]
-        lo = [max(0.0, m - summ[n][metric]["min"]) if math.isfinite(m) else 0 for n, m in zip(names, med, strict=True)]
-        hi = [max(0.0, summ[n][metric]["max"] - m) if math.isfinite(m) else 0 for n, m in zip(names, med, strict=True)]
-        vals = [m if math.isfinite(m) else 0 for m in med]
+        vals = [m if math.isfinite(m) else 0.0 for m in med]
+        lo = [max(0.0, v - _or0(summ[n][metric]["min"])) for n, v in zip(names, vals, strict=True)]
+        hi = [max(0.0, _or0(summ[n][metric]["max"]) - v) for n, v in zip(names, vals, strict=True)]
         ax.barh(names, vals, xerr=[lo, hi], color=colours, capsize=3)
         for y, v in enumerate(vals):
-            ax.text(v, y, f" {v:,.0f}" if metric == "processed_per_s" else f" {v:.2f}", va="center", fontsize=8)
+            label = f" {v:,.0f}" if metric == "processed_per_s" else f" {v:.2f}"
+            ax.text(v, y, label, va="center", fontsize=8)
         if log:
             ax.set_xscale("log")
         ax.set_title(title, fontsize=10)

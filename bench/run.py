@@ -22,6 +22,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -76,6 +77,12 @@ def _with_db(url: str, db: int | None) -> str:
         return url
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, f"/{db}", parts.query, parts.fragment))
+
+
+def bench_redis_url(args: argparse.Namespace) -> str:
+    if not args.redis_url:
+        return ""
+    return _with_db(args.redis_url, None if args.redis_db < 0 else args.redis_db)
 
 
 def _redis_ok(url: str) -> str:
@@ -162,7 +169,8 @@ def redis_benchmark(url: str, n: int) -> dict[str, Any]:
     except subprocess.TimeoutExpired:
         return {"error": "redis-benchmark took more than 120 s"}
     rates: dict[str, Any] = {"command": " ".join(["redis-benchmark", *argv[5:]])}
-    for name, value, p50 in re.findall(r"([A-Z]+): ([\d.]+) requests per second(?:, p50=([\d.]+) msec)?", out):
+    pattern = r"([A-Z]+): ([\d.]+) requests per second(?:, p50=([\d.]+) msec)?"
+    for name, value, p50 in re.findall(pattern, out):
         rates[name] = {"per_s": float(value), "p50_ms": float(p50) if p50 else math.nan}
     with contextlib.suppress(Exception):
         import redis
@@ -232,6 +240,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--amqp-url", default=os.environ.get("AMQP_URL", ""), help="default $AMQP_URL")
     p.add_argument("--limit", type=float, default=240.0, help="seconds a drain may take (default 240)")
     p.add_argument("--budget", type=float, default=19 * 60, help="seconds for the whole run (default 1140)")
+    p.add_argument(
+        "--redis-fsync",
+        default="everysec",
+        choices=["everysec", "no", "always", "keep"],
+        help="appendfsync of the Redis server during the run, restored after (default everysec; "
+        "scripts/services runs Redis with 'always', which makes every write wait for the disk)",
+    )
     p.add_argument("--no-latest", action="store_true", help="do not update bench/latest.md and .png")
     return p.parse_args(argv)
 
@@ -243,7 +258,7 @@ def plan(args: argparse.Namespace, progress: Callable[[str], None]) -> tuple[lis
     repeats = args.repeats or (1 if args.quick else 3)
     amqp_n = args.amqp_n or min(n, 500 if args.quick else 2000)
     only = {s.strip() for s in args.only.split(",") if s.strip()}
-    redis_url = _with_db(args.redis_url, None if args.redis_db < 0 else args.redis_db) if args.redis_url else ""
+    redis_url = bench_redis_url(args)
     amqp_url = args.amqp_url
     skipped: list[str] = []
 
@@ -270,6 +285,9 @@ def plan(args: argparse.Namespace, progress: Callable[[str], None]) -> tuple[lis
             return False
         return True
 
+    def machinery(label: str, broker: str, backend: str) -> Callable[[], Any]:
+        return lambda: MachinerySystem(label, broker, backend)
+
     steps: list[Step] = []
     peers = args.peers and not args.quick
     use = {k: wanted(k) for k in GUESS if k not in ("dramatiq", "celery") or peers}
@@ -277,26 +295,27 @@ def plan(args: argparse.Namespace, progress: Callable[[str], None]) -> tuple[lis
         if use.get("baseline"):
             steps.append(Step("baseline", "redis-py minimal loop", n, r, lambda: BaselineSystem(redis_url)))
         if use.get("redis/redis"):
-            steps.append(
-                Step("redis/redis", "machinery redis/redis", n, r, lambda: MachinerySystem("redis/redis", redis_url, redis_url))
-            )
+            make = machinery("redis/redis", redis_url, redis_url)
+            steps.append(Step("redis/redis", "machinery redis/redis", n, r, make))
         for peer in ("dramatiq", "celery"):
             if use.get(peer):
                 steps.append(Step(peer, peer, n, r, peer=peer))
-        if r == 0:
-            if use.get("sqlite/sqlite"):
-                steps.append(
-                    Step("sqlite/sqlite", "machinery sqlite/sqlite", n, -1, lambda: MachinerySystem("sqlite/sqlite", "sqlite", "sqlite"))
+        if r > 0:
+            continue
+        if use.get("sqlite/sqlite"):
+            make = machinery("sqlite/sqlite", "sqlite", "sqlite")
+            steps.append(Step("sqlite/sqlite", "machinery sqlite/sqlite", n, -1, make))
+        if use.get("amqp/redis"):
+            make = machinery("amqp/redis", amqp_url, redis_url)
+            steps.append(Step("amqp/redis", "machinery amqp/redis", n, -1, make))
+        if use.get("amqp/amqp"):
+            note = f"amqp/amqp ran with N = {amqp_n:,} (each result is a RabbitMQ queue)"
+            make = machinery("amqp/amqp", amqp_url, amqp_url)
+            steps.append(
+                Step(
+                    "amqp/amqp", "machinery amqp/amqp", amqp_n, -1, make, notes=[note] if amqp_n != n else []
                 )
-            if use.get("amqp/redis"):
-                steps.append(
-                    Step("amqp/redis", "machinery amqp/redis", n, -1, lambda: MachinerySystem("amqp/redis", amqp_url, redis_url))
-                )
-            if use.get("amqp/amqp"):
-                note = [f"amqp/amqp ran with N = {amqp_n:,} (each result is a RabbitMQ queue)"] if amqp_n != n else []
-                steps.append(
-                    Step("amqp/amqp", "machinery amqp/amqp", amqp_n, -1, lambda: MachinerySystem("amqp/amqp", amqp_url, amqp_url), notes=note)
-                )
+            )
     for step in steps:
         step.estimate = _estimate(step.key, step.n)
     return steps, skipped
@@ -311,22 +330,74 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(log_dir, exist_ok=True)
     progress = harness.Progress()
     info = machine()
-    progress(f"machine: {info['nproc']} × {info['cpu']}, load {info['load_at_start']}; logs in {log_dir}")
+    progress(f"machine: {info['nproc']} \u00d7 {info['cpu']}, load {info['load_at_start']}; logs: {log_dir}")
     steps, skipped = plan(args, progress)
     if not steps:
         print("nothing to measure: " + "; ".join(skipped) if skipped else "nothing selected", file=sys.stderr)
         return 2
-    redis_url = _with_db(args.redis_url, None if args.redis_db < 0 else args.redis_db) if args.redis_url else ""
-    bench_n = 100_000 if not args.quick else 20_000
+    redis_url = bench_redis_url(args)
     peers_setup = 60.0 if any(s.peer for s in steps) else 0.0
     progress.planned = sum(s.estimate for s in steps) + (6.0 if redis_url else 0.0) + peers_setup
     progress(f"plan: {len(steps)} measurements, about {progress.planned / 60:.0f} min")
 
+    restore = set_fsync(redis_url, args.redis_fsync, progress) if redis_url else None
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        return _run(args, argv, t_start, stamp, log_dir, progress, info, steps, skipped, redis_url)
+    finally:
+        if restore is not None:
+            restore()
+
+
+def set_fsync(url: str, wanted: str, progress: Callable[[str], None]) -> Callable[[], None] | None:
+    """Set Redis's ``appendfsync`` to ``wanted`` (unless "keep"); returns what restores it."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=3)
+        aof = client.config_get("appendonly").get("appendonly", "no")
+        before = str(client.config_get("appendfsync").get("appendfsync", ""))
+    except Exception as exc:
+        progress(f"cannot read the Redis configuration ({exc})")
+        return None
+    FSYNC["server"] = f"appendonly {aof}, appendfsync {before}"
+    if wanted == "keep" or wanted == before:
+        return None
+    client.config_set("appendfsync", wanted)
+    FSYNC["server"] = f"appendonly {aof}, appendfsync {wanted} for the run (server's own: {before})"
+    progress(f"Redis appendfsync {before} -> {wanted} for the run (restored at the end; --redis-fsync keep)")
+
+    def restore() -> None:
+        try:
+            redis.Redis.from_url(url, socket_connect_timeout=3).config_set("appendfsync", before)
+        except Exception as exc:
+            print(f"could not restore Redis appendfsync {before}: {exc}", file=sys.stderr)
+
+    return restore
+
+
+FSYNC: dict[str, str] = {"server": "?"}
+
+
+def _run(
+    args: argparse.Namespace,
+    argv: list[str] | None,
+    t_start: float,
+    stamp: str,
+    log_dir: str,
+    progress: harness.Progress,
+    info: dict[str, Any],
+    steps: list[Step],
+    skipped: list[str],
+    redis_url: str,
+) -> int:
+    bench_n = 100_000 if not args.quick else 20_000
     rb: dict[str, Any] = {}
     if redis_url and (not args.only or "baseline" in args.only):
         progress(f"redis-benchmark -q -t set,lpush,rpop -n {bench_n:,} (the server's own limit)")
         rb = redis_benchmark(redis_url, bench_n)
         rb["redis_version"] = redis_versions(redis_url)
+        rb["persistence"] = FSYNC["server"]
         progress.step_done(6.0)
     python = ""
     if any(s.peer for s in steps):
@@ -335,13 +406,13 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:
             skipped.append(f"peers: skipped (could not install them: {exc})")
             steps = [s for s in steps if not s.peer]
-        progress.step_done(peers_setup)
+        progress.step_done(60.0)
 
     runs: list[dict[str, Any]] = []
     notes: list[str] = []
     for index, step in enumerate(steps, 1):
         if time.monotonic() - t_start + step.estimate > args.budget:
-            msg = f"{step.label} (round {step.round + 1}) not run: the {args.budget / 60:.0f}-minute budget was reached"
+            msg = f"{step.label} (round {step.round + 1}) not run: the {args.budget:.0f} s budget was reached"
             progress(msg)
             notes.append(msg)
             continue
@@ -384,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         f.write(text)
     full = not (args.quick or args.only or args.no_latest or args.n or args.repeats)
     png = os.path.join(BENCH, "latest.png") if full else os.path.join(RESULTS, f"{stamp}.png")
-    subtitle = f"{info['date'][:10]}, {info['nproc']} × {info['cpu']}, load at start {info['load_at_start']}"
+    subtitle = f"{info['date'][:10]}, {info['nproc']} \u00d7 {info['cpu']}, load {info['load_at_start']}"
     try:
         report.chart(summ, png, subtitle)
     except Exception as exc:
@@ -421,22 +492,23 @@ def render(
     lines = [
         f"# Benchmark: {info['date']}",
         "",
-        f"Machine: {info['nproc']} × {info['cpu']}, Linux {info['kernel']}, Python {info['python']}, "
+        f"Machine: {info['nproc']} \u00d7 {info['cpu']}, Linux {info['kernel']}, Python {info['python']}, "
         f"load average at start {info['load_at_start']}; commit {info['commit'] or '?'}; "
         f"`{command}` took {duration / 60:.1f} min.",
         "",
         "Task `add(x, y)`, every result stored; ONE worker process with 8 threads (start-up excluded); "
-        "`tasks` is what one drain ran (N one by one + N batched), ×R for interleaved repeats (median, "
+        "`tasks` is what one drain ran (N one by one + N batched), \u00d7R for interleaved repeats (median, "
         "range in brackets). Ratios compare with the minimal redis-py loop of the same run (same round "
         "for the repeats).",
         "",
     ]
     if rb and "error" not in rb:
-        parts = [
-            f"{k} {v['per_s']:,.0f}/s (p50 {v['p50_ms']:.2f} ms)" for k, v in rb.items() if isinstance(v, dict)
+        parts = [f"{k} {v['per_s']:,.0f}/s (p50 {v['p50_ms']:.2f} ms)" for k, v in rb.items() if k.isupper()]
+        lines += [
+            f"Server limit (`{rb.get('command', 'redis-benchmark')}`, Redis {rb.get('redis_version', '?')}, "
+            f"{rb.get('persistence', '?')}): " + ", ".join(parts) + ".",
+            "",
         ]
-        lines += [f"Server limit (`{rb.get('command', 'redis-benchmark')}`, Redis {rb.get('redis_version', '?')}): "
-                  + ", ".join(parts) + ".", ""]
     elif rb:
         lines += [f"redis-benchmark: {rb['error']}", ""]
     lines += [report.tables(summ), "", report.targets_table(rows), ""]
