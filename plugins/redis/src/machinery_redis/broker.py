@@ -402,9 +402,9 @@ class RedisBroker(BaseBroker):
                 bodies, flags = self._fetch(lease, take_keys, count, use_priority, lease_ms, 0.0)
                 if bodies:
                     return self._deliveries(lease, bodies, flags)
-            block = deadline - time.monotonic()
-            if self.priority:
-                block = min(block, self.poll_period)
+            # Machinery's normal_tasks_poll_period is the longest single blocking wait (Go's BLPOP
+            # timeout); the loop goes on until the caller's timeout.
+            block = min(deadline - time.monotonic(), self.poll_period)
             if socket_timeout > 0:
                 block = min(block, max(0.1, socket_timeout - 1.0))
             if block <= 0.001:

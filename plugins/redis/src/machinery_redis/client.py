@@ -67,6 +67,14 @@ RETRIES = 8
 FIRST_CONTACT_RETRIES = 2
 
 
+def _permanent(exc: BaseException) -> bool:
+    """Failures that a retry cannot fix: refused credentials, a TLS certificate that does not verify."""
+    if isinstance(exc, AuthenticationError):
+        return True
+    text = str(exc)
+    return "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text
+
+
 class _Health:
     """Logs an outage once (WARNING), and once more when the server answers again (INFO)."""
 
@@ -112,9 +120,9 @@ class _Retry(Retry):
                 result = do()
                 self._health.reached = True
                 return result
-            except AuthenticationError:
-                raise
             except self._supported_errors as error:
+                if _permanent(error):
+                    raise
                 failures += 1
                 fail(error)
                 if failures > (
@@ -186,7 +194,14 @@ class Connection:
                 f"Config.redis.client must be a redis.Redis, got {type(self.user_client).__name__} "
                 "(Redis Cluster clients come with cluster support, issue 8)"
             )
-        if self.user_client is None and (target.cluster or config.redis.cluster_mode):
+        #: Sentinel master: from redis+sentinel://, or Machinery's Config.redis.master_name with the
+        #: URL's hosts as the sentinels
+        self.master_name = target.master_name or (config.redis.master_name if target.hosts else "")
+        if (
+            self.user_client is None
+            and not self.master_name
+            and (target.cluster or config.redis.cluster_mode)
+        ):
             raise ConfigError(
                 f"Redis Cluster ({target.describe()}) is not supported yet: use one node, "
                 "redis+sentinel://, or pass a redis.Redis in Config.redis.client"
@@ -233,7 +248,7 @@ class Connection:
         if target.socket_path:
             kwargs["connection_class"] = redis.UnixDomainSocketConnection
             kwargs["path"] = target.socket_path
-        elif not target.sentinel:
+        elif not self.master_name:
             kwargs["host"], kwargs["port"] = target.hosts[0]
         if target.tls:
             kwargs["connection_class"] = redis.SSLConnection
@@ -275,7 +290,7 @@ class Connection:
         if self.user_client is not None:
             return self._derive(self.user_client, retries)
         kwargs = self._kwargs(retries)
-        if self.target.sentinel:
+        if self.master_name:
             from redis.sentinel import Sentinel
 
             sentinel_kwargs: dict[str, Any] = {
@@ -289,7 +304,7 @@ class Connection:
                 sentinel_kwargs.update(self._tls_kwargs())
             sentinel: Any = Sentinel(list(self.target.hosts), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
             kwargs.pop("db")
-            return sentinel.master_for(self.target.master_name, db=self.target.db, **kwargs)
+            return sentinel.master_for(self.master_name, db=self.target.db, **kwargs)
         return redis.Redis(connection_pool=self._pool(kwargs))
 
     def _derive(self, user: redis.Redis, retries: int) -> redis.Redis:
@@ -320,6 +335,11 @@ class Connection:
             message = (
                 f"Redis at {where} refused the credentials during {operation}: {text} "
                 "(check the user and password in the URL)"
+            )
+        elif _permanent(exc):
+            message = (
+                f"TLS with Redis at {where} failed during {operation}: {text} (check Config.tls ca_file / "
+                "cert_file / key_file or the ssl_* URL parameters)"
             )
         elif isinstance(exc, outage_errors):
             self.health.failed(exc)
@@ -361,11 +381,10 @@ class Connection:
                         replies.append(conn.read_response())
                     except ResponseError as exc:
                         replies.append(exc)
-            except AuthenticationError:
-                conn.disconnect()
-                raise
             except outage_errors as exc:
                 conn.disconnect()
+                if _permanent(exc):
+                    raise
                 failures += 1
                 if blocking or failures > (RETRIES if self.health.reached else FIRST_CONTACT_RETRIES):
                     raise

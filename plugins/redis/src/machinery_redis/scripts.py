@@ -265,8 +265,23 @@ if name_pos > 0 or created_pos > 0 then
   local created = ARGV[4]
   local name = ''
   if old then
-    local c = string.match(old, '.*"CreatedAt":"([^"]*)"')
-    if c and c ~= '0001-01-01T00:00:00Z' then created = c end
+    -- the top-level CreatedAt is the last one (Go's field order puts it after Results): look near
+    -- the end first, then through the whole record
+    local s, e
+    for _, from in ipairs({math.max(1, #old - 120), 1}) do
+      local pos = from
+      while true do
+        local s2, e2 = string.find(old, '"CreatedAt":"', pos, true)
+        if not s2 then break end
+        s, e, pos = s2, e2, e2 + 1
+      end
+      if s then break end
+    end
+    if s then
+      local q = string.find(old, '"', e + 1, true)
+      local c = q and string.sub(old, e + 1, q - 1)
+      if c and c ~= '0001-01-01T00:00:00Z' then created = c end
+    end
     local n = string.match(old, '"TaskName":"(.-)","State":"')
     if n then name = n end
   end
