@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -12,7 +13,7 @@ from amqp_testlib import Admin, Names
 
 from machinery import Config, Signature
 from machinery.capabilities import Capability
-from machinery_amqp import AMQPBroker, UnroutableError
+from machinery_amqp import AMQPBroker, AMQPError, UnroutableError
 
 pytestmark = pytest.mark.services
 
@@ -359,3 +360,36 @@ def test_ack_from_a_dead_connection_is_dropped_and_the_message_redelivered(
     third.ack()
     assert broker.consume(names.queue, 1, 0.3) == []
     assert admin.count(names.queue) == 0
+
+
+def test_queue_declared_with_other_arguments_is_a_clear_error(
+    make_config: Callable[..., Config], amqp_url: str, broker: AMQPBroker, names: Names, admin: Admin
+) -> None:
+    broker.publish(sig(1))  # the queue exists without x-max-priority
+    other = AMQPBroker(amqp_url, make_config(queue_declare_args={"x-max-priority": 10}))
+    try:
+        with pytest.raises(AMQPError, match="x-max-priority"):
+            for _ in range(10):
+                other.consume(names.queue, 1, 0.5)
+        with pytest.raises(AMQPError, match="PRECONDITION_FAILED"):
+            other.publish(sig(2))
+    finally:
+        other.close()
+    [d] = take(broker, names.queue, 1)  # the first broker is unaffected
+    d.ack()
+
+
+def test_consumer_survives_its_queue_being_deleted(broker: AMQPBroker, names: Names, admin: Admin) -> None:
+    broker.publish(sig(1))
+    [d] = take(broker, names.queue, 1)
+    d.ack()
+    admin.channel.queue_delete(names.queue)  # RabbitMQ cancels the consumer
+    time.sleep(0.3)
+    broker.publish(sig(2))  # the producer declares it again
+    got: list = []  # type: ignore[type-arg]
+    deadline = time.monotonic() + 10
+    while not got and time.monotonic() < deadline:
+        with contextlib.suppress(AMQPError):
+            got = broker.consume(names.queue, 1, 0.5)
+    assert [x.signature.uuid for x in got] == ["task_2"]
+    got[0].ack()

@@ -56,6 +56,8 @@ logger = logging.getLogger("machinery.amqp")
 TOKEN_SUFFIX = "_chord_triggered"
 #: How long a reader retries an existing but momentarily empty state queue (another reader holds it).
 HELD_WAIT = 2.0
+#: How long a writer looks for a previous state its own connection just gave back.
+NEW_QUEUE_WAIT = 0.2
 _TOKEN = b"chord-token"
 
 
@@ -158,14 +160,16 @@ class AMQPBackend(BaseBackend):
             link.declared.add("b:" + name)
         return int(ok.method.message_count or 0)
 
-    def _read(self, link: Link, name: str) -> tuple[bytes | None, bool]:
+    def _read(self, link: Link, name: str, held_wait: float = HELD_WAIT) -> tuple[bytes | None, bool]:
         """``(latest message, queue exists)`` of a last-value queue, leaving the message in place."""
-        body, exists, _props = self._read_props(link, name)
+        body, exists, _props = self._read_props(link, name, held_wait)
         return body, exists
 
-    def _read_props(self, link: Link, name: str) -> tuple[bytes | None, bool, BasicProperties | None]:
+    def _read_props(
+        self, link: Link, name: str, held_wait: float = HELD_WAIT
+    ) -> tuple[bytes | None, bool, BasicProperties | None]:
         channel = link.channel
-        deadline = time.monotonic() + HELD_WAIT
+        deadline = time.monotonic() + held_wait
         pause = 0.002
         while True:
             try:
@@ -186,6 +190,7 @@ class AMQPBackend(BaseBackend):
                 channel.basic_ack(tag)  # a newer message follows: this one is stale
                 continue
             channel.basic_nack(tag, requeue=True)  # back in place, keeping its original expiry
+            link.note_requeue(name)
             return body, True, props
 
     def _publish(
@@ -214,9 +219,17 @@ class AMQPBackend(BaseBackend):
         def fn(link: Link) -> None:
             for state in states:
                 count = self._declare(link, state.task_uuid, bind=True)
-                if count and (not state.task_name or state.created_at is None):
-                    # keep task_name / created_at of the previous state (none in a new queue)
-                    body, _exists = self._read(link, state.task_uuid)
+                if not state.task_name or state.created_at is None:
+                    # Keep task_name / created_at of the previous state. A count of 0 means a new queue,
+                    # unless this connection just gave its message back (RabbitMQ requeues
+                    # asynchronously, so the count may not show it yet): then look a moment longer.
+                    if count:
+                        wait = HELD_WAIT
+                    elif link.requeued_recently(state.task_uuid):
+                        wait = NEW_QUEUE_WAIT
+                    else:
+                        wait = 0.0
+                    body, _exists = self._read(link, state.task_uuid, wait) if wait else (None, True)
                     state.merged_over(codec.decode_state(body) if body else None)
                 if state.created_at is None:
                     state.created_at = now_utc()

@@ -764,7 +764,8 @@ class _Consumer(threading.Thread):
                 and state.channel is not None
                 and state.ctag not in state.channel.consumer_tags
             ):
-                state.ctag = None  # cancelled by RabbitMQ (the queue was deleted)
+                state.ctag = None  # cancelled by RabbitMQ (the queue was deleted): declare it again
+                state.declared = set()
             if (
                 state.ctag is not None
                 and state.active
@@ -787,6 +788,7 @@ class _Consumer(threading.Thread):
                 self._start_consumer(connection, state)
             except pex.ChannelClosedByBroker as exc:
                 self._forget_channel(state)
+                state.active = False  # tried again at the next consume() call, not in a tight loop
                 with self.lock:
                     state.error = AMQPError(
                         f"cannot consume queue {state.name!r}: RabbitMQ said ({exc.reply_code}) "

@@ -229,6 +229,17 @@ class Link:
         self._channel: BlockingChannel | None = None
         self.declared: set[str] = set()
         self.last_used = time.monotonic()
+        #: queue -> when this connection last gave a message of it back (``basic.nack`` is asynchronous)
+        self.requeued: dict[str, float] = {}
+
+    def note_requeue(self, queue: str) -> None:
+        now = time.monotonic()
+        if len(self.requeued) > 1000:
+            self.requeued = {q: t for q, t in self.requeued.items() if now - t < 5.0}
+        self.requeued[queue] = now
+
+    def requeued_recently(self, queue: str, within: float = 1.0) -> bool:
+        return time.monotonic() - self.requeued.get(queue, -1e9) < within
 
     @property
     def channel(self) -> BlockingChannel:
@@ -345,6 +356,12 @@ class LinkPool:
                         if isinstance(exc, pex.AMQPChannelError):
                             link.reset_channel()
                         self._give_back(link)
+                    if isinstance(exc, pex.ChannelClosedByBroker):
+                        raise AMQPError(
+                            f"RabbitMQ at {_where(self.urls)} refused an operation: ({exc.reply_code}) "
+                            f"{exc.reply_text} (a queue or exchange declared elsewhere with other arguments "
+                            "or type? compare amqp.exchange_type / amqp.queue_declare_args)"
+                        ) from None
                     raise
                 if link is not None:
                     link.close()
