@@ -174,6 +174,12 @@ class Child:
             self.proc.kill()
         self.proc.wait(10)
 
+    def terminate(self) -> None:
+        """Send SIGTERM (a worker stops gracefully); :meth:`close` waits for it."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.terminate()
+
     def close(self, timeout: float = 10.0) -> int | None:
         """Ask the child to stop (SIGTERM), SIGKILL it after ``timeout``; its exit code."""
         if self.proc.poll() is None:

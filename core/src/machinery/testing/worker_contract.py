@@ -48,13 +48,21 @@ def s(name: str, *args: Any, **fields: Any) -> Signature:
 
 @dataclass
 class RunningWorker:
-    """A started worker: in a thread (``worker``/``thread``) or in a child process (``child``)."""
+    """A started worker: in a thread (``app`` set) or in a child process (``child`` set).
+
+    ``signal`` asks it to stop, ``wait`` waits until it stopped (so several stop in parallel).
+    """
 
     mode: str
     tag: str
-    stop: Callable[[], object]
+    signal: Callable[[], object]
+    wait: Callable[[], object]
     child: Child | None = None
     app: Machinery | None = None
+
+    def stop(self) -> None:
+        self.signal()
+        self.wait()
 
     def kill(self) -> None:
         assert self.child is not None, "only a worker process can be killed"
@@ -75,6 +83,23 @@ class _WorkerBase(ContractBase):
     def _worker_setup(self, _contract_setup: None) -> None:
         self.task_queue = unique("q")
         self.runlog = RunLog(self.workdir / "runs")
+        self._workers: list[RunningWorker] = []
+
+    def _stop_workers(self) -> None:
+        """Stop every worker of the test at once (each takes up to a consume timeout to notice)."""
+        workers, self._workers = self._workers, []
+        for worker in workers:
+            with contextlib.suppress(Exception):
+                worker.signal()
+        for worker in workers:
+            with contextlib.suppress(Exception):
+                worker.wait()
+
+    def _started(self, worker: RunningWorker) -> RunningWorker:
+        if not self._workers:
+            self.closing(self._stop_workers)  # runs before the objects the workers were built from close
+        self._workers.append(worker)
+        return worker
 
     @property
     def timeout(self) -> float:
@@ -116,20 +141,18 @@ class _WorkerBase(ContractBase):
                 config=config,
                 runlog=str(self.runlog.dir),
                 only=only,
-                broker=self.new_broker(config),
-                backend=self.new_backend(config),
+                broker=self.make_broker(self.urls["broker"], config),
+                backend=self.make_backend(self.urls["backend"], config),
             )
             worker = app.worker(tag, concurrency=concurrency, queue=self.task_queue)
             thread = worker.launch_async()
             eventually(lambda: worker.running, self.t(10), "the worker thread to start")
 
-            def stop() -> None:
-                worker.quit()
+            def wait() -> None:
                 thread.join(self.t(20))
                 app.close()
 
-            self.closing(stop)
-            return RunningWorker(mode, tag, stop, app=app)
+            return self._started(RunningWorker(mode, tag, worker.quit, wait, app=app))
         assert mode == "process", mode
         self.require_processes()
         config = copy_with_urls(config, self.need_url("broker"), self.need_url("backend"))
@@ -147,9 +170,9 @@ class _WorkerBase(ContractBase):
             self.workdir,
             tag,
         )
-        self.closing(child.close)
+        running = self._started(RunningWorker(mode, tag, child.terminate, child.close, child=child))
         child.expect("ready", self.t(30))
-        return RunningWorker(mode, tag, child.close, child=child)
+        return running
 
     def get(self, result: AsyncResult, timeout: float | None = None) -> Any:
         return result.get(timeout=timeout or self.timeout)
@@ -274,7 +297,8 @@ class WorkerContract(_WorkerBase):
         self.start_worker(worker_mode, only=["add"], config=config)
         self.start_worker(worker_mode, only=["multiply"], config=config)
         result = app.send_group(Group([s("multiply", 4, 5), s("add", 2, 3)]), concurrency=10)
-        assert sorted(self.get(r) for r in result) == [5, 20]
+        # a task may bounce between the two workers a few times (requeue back-off doubles up to 5 s)
+        assert sorted(self.get(r, self.t(60)) for r in result) == [5, 20]
 
     # Python additions ------------------------------------------------------------------------------
     def test_worker_unregistered_task_fails(self) -> None:
@@ -296,6 +320,13 @@ class WorkerContract(_WorkerBase):
         assert state.state == State.FAILURE
         assert state.error.startswith("malformed message"), state.error
         assert self.get(app.send_task(s("add", 1, 1))) == 2, "the worker stopped after a malformed message"
+        reader = getattr(app.broker, "dead_letters", None)
+        if Capability.DEAD_LETTER in getattr(app.broker, "capabilities", ()) and reader is not None:
+
+            def dead() -> bool:
+                return b"\xff\xfe garbage" in [bytes(getattr(x, "body", x)) for x in reader(self.task_queue)]
+
+            eventually(dead, self.t(10), "the unreadable message in dead_letters(queue)")
 
     def test_worker_quit_race(self) -> None:
         """Machinery's quit race: launch_async then quit at once, 3 times; no exception, quick."""
