@@ -113,6 +113,7 @@ def test_wait_picks_up_a_state_written_without_notification(
     start = time.monotonic()
     got = backend.wait([uuid, uuid], 5.0)
     assert got[uuid].values == [2] and time.monotonic() - start < 2.5
+    assert backend.wait([], 5.0) == {}
     start = time.monotonic()
     assert backend.wait([f"task_{name}_never"], 0.3) == {}
     assert 0.25 <= time.monotonic() - start < 1.5

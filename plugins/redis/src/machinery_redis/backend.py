@@ -161,6 +161,8 @@ class RedisBackend(BaseBackend):
         worker stores the final state (push), within a second for a Go worker's."""
         wanted = list(dict.fromkeys(task_uuids))
         done: dict[str, TaskState] = {}
+        if not wanted:
+            return done
         deadline = time.monotonic() + max(0.0, timeout)
         woke_for_nothing = False
         failures = 0
