@@ -105,7 +105,14 @@ class AMQPBackend(BaseBackend):
 
     capabilities = frozenset({Capability.PUSH_WAIT, Capability.EXPIRY, Capability.MULTI_PROCESS})
 
-    def __init__(self, url: str, config: Config | None = None, *, retry_timeout: float = 15.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        config: Config | None = None,
+        *,
+        retry_timeout: float = 15.0,
+        reconnect_timeout: float = 60.0,
+    ) -> None:
         super().__init__(config)
         self.url = url
         self.urls = split_urls(url, self.config)
@@ -115,7 +122,13 @@ class AMQPBackend(BaseBackend):
         # (Go's layout), a sibling otherwise (a topic/fanout/headers exchange would route states into
         # task queues, and declaring it as direct would clash with its type).
         self.exchange = exchange if (amqp.exchange_type or "direct") == "direct" else f"{exchange}.results"
-        self._pool = LinkPool(self.urls, self.config, "backend", retry_timeout=retry_timeout)
+        self._pool = LinkPool(
+            self.urls,
+            self.config,
+            "backend",
+            retry_timeout=retry_timeout,
+            reconnect_timeout=reconnect_timeout,
+        )
         self._inboxes: weakref.WeakKeyDictionary[Link, _Inbox] = weakref.WeakKeyDictionary()
 
     @classmethod
@@ -279,7 +292,7 @@ class AMQPBackend(BaseBackend):
                     break
                 link.connection.process_data_events(time_limit=min(remaining, 1.0))
 
-        self._pool.run(fn, retry_timeout=max(self._pool.retry_timeout, timeout))
+        self._pool.run(fn, retry_timeout=timeout)
         return {u: done[u] for u in wanted if u in done}
 
     def _inbox(self, link: Link) -> _Inbox:

@@ -31,7 +31,8 @@ Reconnect
 The I/O thread reconnects with exponential back-off (reset once a connection lived a few seconds) and
 re-creates its consumers. Messages unacked when a connection dropped are redelivered by RabbitMQ; acks
 for them (delivery tags of a dead channel) are dropped, never sent to a new channel. Publishes retry on
-a new connection for up to ``retry_timeout`` seconds. A refused login or vhost fails at once.
+a new connection for up to ``reconnect_timeout`` seconds (60) once a connection worked, ``retry_timeout``
+(15) while none has. A refused login or vhost fails at once.
 """
 
 from __future__ import annotations
@@ -206,7 +207,14 @@ class AMQPBroker(BaseBroker):
     until the first publish or consume.
     """
 
-    def __init__(self, url: str, config: Config | None = None, *, retry_timeout: float = 15.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        config: Config | None = None,
+        *,
+        retry_timeout: float = 15.0,
+        reconnect_timeout: float = 60.0,
+    ) -> None:
         super().__init__(config)
         self.url = url
         self.urls = split_urls(url, self.config)
@@ -229,7 +237,13 @@ class AMQPBroker(BaseBroker):
         self.capabilities = frozenset(caps)
         #: nack(requeue=False) lets RabbitMQ dead-letter when the task queues have their own DLX
         self._server_dead_letters = "x-dead-letter-exchange" in self.queue_args
-        self._producers = LinkPool(self.urls, self.config, "producer", retry_timeout=retry_timeout)
+        self._producers = LinkPool(
+            self.urls,
+            self.config,
+            "producer",
+            retry_timeout=retry_timeout,
+            reconnect_timeout=reconnect_timeout,
+        )
         self._consumer: _Consumer | None = None
         self._consumer_lock = threading.Lock()
         self._closed = False

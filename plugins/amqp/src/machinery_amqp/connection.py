@@ -275,7 +275,9 @@ class LinkPool:
 
     :meth:`run` calls ``fn(link)`` and, when the connection breaks (RabbitMQ restarting, a dropped
     TCP connection, a missed heartbeat), retries on a fresh connection with exponential back-off for
-    up to ``retry_timeout`` seconds. A refused login fails at once with :class:`AMQPAccessError`.
+    up to ``reconnect_timeout`` seconds once a connection has worked (riding out a server restart), or
+    ``retry_timeout`` seconds while none ever has (a wrong host fails quickly). A refused login fails at
+    once with :class:`AMQPAccessError`.
     """
 
     def __init__(
@@ -286,12 +288,15 @@ class LinkPool:
         *,
         max_idle: int = 8,
         retry_timeout: float = 15.0,
+        reconnect_timeout: float = 60.0,
     ) -> None:
         self.urls = urls
         self.config = config
         self.role = role
         self.max_idle = max_idle
         self.retry_timeout = retry_timeout
+        self.reconnect_timeout = max(reconnect_timeout, retry_timeout)
+        self.connected_once = False
         self._params: list[Parameters] | None = None
         self._idle: list[Link] = []
         self._lock = threading.Lock()
@@ -327,7 +332,9 @@ class LinkPool:
                 self._give_back(candidate)
         if link is not None:
             return link
-        return Link(connect(self._parameters(), self.urls))
+        link = Link(connect(self._parameters(), self.urls))
+        self.connected_once = True
+        return link
 
     def _give_back(self, link: Link) -> None:
         link.last_used = time.monotonic()
@@ -339,7 +346,8 @@ class LinkPool:
 
     def run(self, fn: Callable[[Link], T], *, retry_timeout: float | None = None) -> T:
         """``fn(link)`` on a pooled link, retried on a new connection when the connection breaks."""
-        deadline = time.monotonic() + (self.retry_timeout if retry_timeout is None else retry_timeout)
+        window = self.reconnect_timeout if self.connected_once else self.retry_timeout
+        deadline = time.monotonic() + max(window, retry_timeout or 0.0)
         backoff = Backoff(0.1, 2.0)
         while True:
             link: Link | None = None
@@ -371,7 +379,7 @@ class LinkPool:
                         raise
                     raise AMQPUnavailableError(
                         f"lost the connection to RabbitMQ at {_where(self.urls)} and could not get it back "
-                        f"in {self.retry_timeout:.0f}s: {_hide(_reason(exc), self.urls)}"
+                        f"in {window:.0f}s: {_hide(_reason(exc), self.urls)}"
                     ) from None
                 logger.warning(
                     "amqp %s: connection problem (%s); retrying in %.2fs",
