@@ -476,6 +476,25 @@ def test_worker_process_runs_tasks_and_exits_0_on_sigterm(
     assert "queues machinery_tasks,other" in output
 
 
+def test_sigterm_drains_the_running_task_then_exits_0(
+    isolated_path: Path, sqlite_app: tuple[str, Machinery]
+) -> None:
+    name, app = sqlite_app
+    worker = start_worker(isolated_path, name)
+    try:
+        running = app.send_task(Signature("sleepy", args=[1.5]))
+        wait_for_state(running, State.STARTED)
+        worker.send_signal(signal.SIGTERM)
+        output, _ = worker.communicate(timeout=20)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    assert worker.returncode == 0, output
+    assert running.state is State.SUCCESS  # finished during the drain, not returned to the queue
+    assert app.broker.pending("machinery_tasks") == []
+
+
 def test_second_signal_aborts_with_130_and_returns_the_task(
     isolated_path: Path, sqlite_app: tuple[str, Machinery]
 ) -> None:
