@@ -110,6 +110,22 @@ def drain(app: Machinery, uuids: list[str], concurrency: int) -> float:
     return n / elapsed
 
 
+def baseline_enqueue(url: str, queue: str, n: int, parser: str) -> tuple[float, float]:
+    """The minimal producer: one RPUSH per message, then RPUSH of 100 bodies per round trip."""
+    client = _client(url, parser)
+    body = codec.encode_signature(Signature("add", [1, 1], routing_key=queue, uuid="task_x"))
+    t0 = time.perf_counter()
+    for _ in range(n):
+        client.rpush(queue, body)
+    single = n / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for _ in range(0, n, 100):
+        client.rpush(queue, *([body] * 100))
+    batched = n / (time.perf_counter() - t0)
+    client.delete(queue)
+    return single, batched
+
+
 def baseline(url: str, queue: str, n: int, parser: str) -> float:
     client = _client(url, parser)
     sig = Signature("add", [1, 1], routing_key=queue)
@@ -184,8 +200,14 @@ def main() -> None:
         sent = app.send_tasks([app.tasks["add"].s(i, i) for i in range(args.tasks)])
         processed = drain(app, [r.uuid for r in sent], args.concurrency)
         minimal = baseline(args.url, f"{prefix}_minimal", args.tasks, args.parser)
+        min_single, min_batched = baseline_enqueue(
+            args.url, f"{prefix}_minimal_enqueue", args.tasks, args.parser
+        )
         print(f"parser {args.parser}, {args.tasks} tasks, concurrency {args.concurrency}, {args.url}")
-        print(f"enqueue: {single:,.0f}/s one by one, {batched:,.0f}/s in batches of 100")
+        print(
+            f"enqueue: {single:,.0f}/s one by one (minimal RPUSH {min_single:,.0f}/s: {single / min_single:.0%}), "
+            f"{batched:,.0f}/s in batches of 100 (minimal {min_batched:,.0f}/s: {batched / min_batched:.0%})"
+        )
         print(
             f"processed: {processed:,.0f} tasks/s (worker) vs {minimal:,.0f}/s (minimal loop): "
             f"{processed / minimal:.0%}"

@@ -164,43 +164,59 @@ class RedisBackend(BaseBackend):
         if not wanted:
             return done
         deadline = time.monotonic() + max(0.0, timeout)
-        woke_for_nothing = False
+        marked_at = -1e9  # when the waiter marks were last set (they live WAITER_TTL seconds)
+        stale = False
         failures = 0
         while True:
             pending = [u for u in wanted if u not in done]
-            try:
-                found = self._mark_and_read(pending)
-                failures = 0
-            except BackendError:
-                failures += 1
-                if failures > 3 or deadline - time.monotonic() <= 0:
-                    raise
-                time.sleep(min(0.25 * failures, max(0.0, deadline - time.monotonic())))
-                continue
-            progressed = False
-            for uuid, state in zip(pending, found, strict=True):
-                if state is not None and state.is_completed:
-                    done[uuid] = state
-                    progressed = True
-            pending = [u for u in wanted if u not in done]
+            if time.monotonic() - marked_at > WAITER_TTL / 2:
+                try:
+                    found = self._mark_and_read(pending)
+                    failures = 0
+                except BackendError:
+                    failures += 1
+                    if failures > 3 or deadline - time.monotonic() <= 0:
+                        raise
+                    time.sleep(min(0.25 * failures, max(0.0, deadline - time.monotonic())))
+                    continue
+                marked_at = time.monotonic()
+                for uuid, state in zip(pending, found, strict=True):
+                    if state is not None and state.is_completed:
+                        done[uuid] = state
+                pending = [u for u in wanted if u not in done]
             remaining = deadline - time.monotonic()
             if not pending or remaining <= 0:
                 return done
             block = min(remaining, FALLBACK_POLL)
-            if woke_for_nothing and not progressed:
-                time.sleep(min(block, 0.1))  # a stale notification: do not spin on it
-                woke_for_nothing = False
+            if stale:
+                time.sleep(min(block, 0.1))  # an unreadable notification: do not spin on it
+                stale = False
+                marked_at = -1e9
                 continue
-            key = done_key(pending[0])
+            uuid = pending[0]
+            key = done_key(uuid)
             try:
-                woke = self.conn.blocking.blmove(key, key, round(max(block, 0.001), 3), "LEFT", "RIGHT")
+                pushed = self.conn.blocking.blmove(key, key, round(max(block, 0.001), 3), "LEFT", "RIGHT")
             except RedisError as exc:
                 if not isinstance(exc, outage_errors):
                     raise self.conn.error("waiting for a result", exc) from None
                 self.conn.health.failed(exc)
                 time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
+                marked_at = -1e9
                 continue
-            woke_for_nothing = woke is not None
+            if pushed is None:
+                marked_at = -1e9  # a quiet slice (e.g. a Go worker's result, not pushed): read again
+                continue
+            # The notification is the final state itself: no read needed.
+            try:
+                state = codec.decode_state(pushed)
+            except MessageError:
+                stale = True
+                continue
+            if state.is_completed:
+                done[uuid] = state
+            else:
+                stale = True
 
     def _mark_and_read(self, uuids: list[str]) -> list[TaskState | None]:
 

@@ -249,7 +249,7 @@ return n
 
 #: Store a task state (Go's layout: the JSON at the bare uuid, EX results_expire_in), keeping the
 #: task name and creation time of the previous state when this one has none (Go merges the same
-#: way), and wake waiters when the state is final.
+#: way), and wake waiters when the state is final (the notification carries the state).
 #: KEYS: state key, notify key, waiter key (the notify list is written only while somebody waits)
 #: ARGV: json, position of '"TaskName":""' (1-based, 0 = has a name), position of the zero
 #:       '"CreatedAt":"0001-01-01T00:00:00Z"' (0 = has a time), fallback creation time, ttl s,
@@ -294,7 +294,8 @@ if name_pos > 0 or created_pos > 0 then
 end
 redis.call('SET', KEYS[1], json, 'EX', ARGV[5])
 if ARGV[6] ~= '0' and redis.call('EXISTS', KEYS[3]) == 1 then
-  redis.call('RPUSH', KEYS[2], '1')
+  redis.call('DEL', KEYS[2])
+  redis.call('RPUSH', KEYS[2], json)
   redis.call('EXPIRE', KEYS[2], ARGV[6])
 end
 return 1
