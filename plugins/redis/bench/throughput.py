@@ -205,7 +205,8 @@ def main() -> None:
         )
         print(f"parser {args.parser}, {args.tasks} tasks, concurrency {args.concurrency}, {args.url}")
         print(
-            f"enqueue: {single:,.0f}/s one by one (minimal RPUSH {min_single:,.0f}/s: {single / min_single:.0%}), "
+            f"enqueue: {single:,.0f}/s one by one "
+            f"(minimal RPUSH {min_single:,.0f}/s: {single / min_single:.0%}), "
             f"{batched:,.0f}/s in batches of 100 (minimal {min_batched:,.0f}/s: {batched / min_batched:.0%})"
         )
         print(
