@@ -196,7 +196,7 @@ class RedisBackend(BaseBackend):
             uuid = pending[0]
             key = done_key(uuid)
             try:
-                pushed = self.conn.blocking.blmove(key, key, round(max(block, 0.001), 3), "LEFT", "RIGHT")
+                pushed = self.conn.blocking.blmove(key, key, self.conn.max_block(block), "LEFT", "RIGHT")
             except RedisError as exc:
                 if not isinstance(exc, outage_errors):
                     raise self.conn.error("waiting for a result", exc) from None

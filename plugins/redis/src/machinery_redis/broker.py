@@ -395,7 +395,6 @@ class RedisBroker(BaseBroker):
         lease_ms = int(self.lease * 1000)
         use_priority = b"1" if self.priority else b"0"
         deadline = now + max(0.0, timeout)
-        socket_timeout = max(self.config.redis.read_timeout or 0, self.config.redis.write_timeout or 0)
         while True:
             if self.priority:
                 # A non-blocking look first, so waiting prioritised messages go before the plain list.
@@ -405,8 +404,6 @@ class RedisBroker(BaseBroker):
             # Machinery's normal_tasks_poll_period is the longest single blocking wait (Go's BLPOP
             # timeout); the loop goes on until the caller's timeout.
             block = min(deadline - time.monotonic(), self.poll_period)
-            if socket_timeout > 0:
-                block = min(block, max(0.1, socket_timeout - 1.0))
             if block <= 0.001:
                 bodies, flags = self._fetch(lease, take_keys, count, use_priority, lease_ms, 0.0)
                 return self._deliveries(lease, bodies, flags)
@@ -423,7 +420,8 @@ class RedisBroker(BaseBroker):
             acks, self._acks = self._acks, []
         commands = [command for _, command in acks]
         if block > 0:
-            commands.append(("BLMOVE", lease.keys.queue, lease.processing, "LEFT", "RIGHT", round(block, 3)))
+            block = self.conn.max_block(block)
+            commands.append(("BLMOVE", lease.keys.queue, lease.processing, "LEFT", "RIGHT", block))
         commands.append(
             scripts.TAKE.command(keys, [count - (block > 0), use_priority, lease.consumer, lease_ms])
         )
@@ -724,7 +722,7 @@ class RedisBroker(BaseBroker):
             self._mover_wake.clear()
             return
         try:
-            self.conn.run([("BLPOP", self.wake_key, round(max(seconds, 0.001), 3))], blocking=True)
+            self.conn.run([("BLPOP", self.wake_key, self.conn.max_block(seconds))], blocking=True)
         except RedisError as exc:
             logger.debug("delayed-task mover: waiting failed: %s", exc)
             self._mover_wake.wait(min(seconds, 1.0))

@@ -321,6 +321,14 @@ class Connection:
             connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
         )
 
+    def max_block(self, seconds: float) -> float:
+        """``seconds`` capped so that a blocking command returns before the socket timeout fires."""
+        cfg = self.config.redis
+        timeout = max(cfg.read_timeout or 0, cfg.write_timeout or 0)
+        if timeout > 0:
+            seconds = min(seconds, max(0.05, timeout * 0.8, timeout - 1.0))
+        return round(max(seconds, 0.001), 3)
+
     # errors ----------------------------------------------------------------------------------
     def error(self, operation: str, exc: BaseException) -> MachineryError:
         """``exc`` as this connection's error class, naming the operation and the redacted URL."""
