@@ -111,16 +111,20 @@ def drain(app: Machinery, uuids: list[str], concurrency: int) -> float:
 
 
 def baseline_enqueue(url: str, queue: str, n: int, parser: str) -> tuple[float, float]:
-    """The minimal producer: one RPUSH per message, then RPUSH of 100 bodies per round trip."""
+    """The minimal producer: a message dict encoded with orjson and RPUSHed, one per round trip, then
+    100 per round trip."""
     client = _client(url, parser)
-    body = codec.encode_signature(Signature("add", [1, 1], routing_key=queue, uuid="task_x"))
+
+    def message(i: int) -> bytes:
+        return orjson.dumps({"UUID": f"task_{uuid.uuid4()}", "Name": "add", "RoutingKey": queue, "Args": [i, i]})
+
     t0 = time.perf_counter()
-    for _ in range(n):
-        client.rpush(queue, body)
+    for i in range(n):
+        client.rpush(queue, message(i))
     single = n / (time.perf_counter() - t0)
     t0 = time.perf_counter()
-    for _ in range(0, n, 100):
-        client.rpush(queue, *([body] * 100))
+    for start in range(0, n, 100):
+        client.rpush(queue, *[message(i) for i in range(start, start + 100)])
     batched = n / (time.perf_counter() - t0)
     client.delete(queue)
     return single, batched
