@@ -116,7 +116,8 @@ def baseline_enqueue(url: str, queue: str, n: int, parser: str) -> tuple[float, 
     client = _client(url, parser)
 
     def message(i: int) -> bytes:
-        return orjson.dumps({"UUID": f"task_{uuid.uuid4()}", "Name": "add", "RoutingKey": queue, "Args": [i, i]})
+        fields = {"UUID": f"task_{uuid.uuid4()}", "Name": "add", "RoutingKey": queue, "Args": [i, i]}
+        return orjson.dumps(fields)
 
     t0 = time.perf_counter()
     for i in range(n):
