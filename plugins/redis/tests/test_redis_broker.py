@@ -389,11 +389,11 @@ def test_recovery_is_exactly_once_under_a_race(
 def test_a_long_task_is_not_redelivered_while_its_process_lives(
     redis_url: str, config: Config, name: str
 ) -> None:
-    holder = RedisBroker.from_url(redis_url + "?lease=1&heartbeat=0.25", config)
-    other = RedisBroker.from_url(redis_url + "?lease=1&heartbeat=0.25", config)
+    holder = RedisBroker.from_url(redis_url + "?lease=1.5&heartbeat=0.25", config)
+    other = RedisBroker.from_url(redis_url + "?lease=1.5&heartbeat=0.25", config)
     holder.publish(sig(name, 1, 1))
     (held,) = holder.consume(name, 1, 1.0)
-    deadline = time.monotonic() + 3.5  # 3.5 leases
+    deadline = time.monotonic() + 4.5  # 3 leases
     while time.monotonic() < deadline:
         assert other.consume(name, 1, 0.5) == [], "redelivered while its consumer was alive"
         other.recover(name)
