@@ -50,7 +50,7 @@ def _area(module: str, name: str) -> str:
 
 def child(out_path: str, argv: list[str]) -> None:
     """In the worker process: profile every thread's CPU, run the CLI worker, dump the stats."""
-    import yappi
+    import yappi  # type: ignore[import-untyped]
 
     yappi.set_clock_type("cpu")
     yappi.start(builtins=True, profile_threads=True)
@@ -124,17 +124,17 @@ def main() -> None:
     rows = []
     with open(stats_path) as f:
         for line in f:
-            module, name, lineno, ncall, tsub, ttot = line.rstrip("\n").split("\t")
-            rows.append((module, name, int(lineno), int(ncall), float(tsub), float(ttot)))
+            f_mod, f_name, f_line, f_calls, f_sub, f_tot = line.rstrip("\n").split("\t")
+            rows.append((f_mod, f_name, int(f_line), int(f_calls), float(f_sub), float(f_tot)))
     os.unlink(stats_path)
     total = sum(r[4] for r in rows)
     say(f"profiled CPU: {total:.2f} s = {total / count * 1e6:.0f} µs/task over {count:,} tasks (all threads)")
     say()
     say("own CPU by area (µs/task, share):")
-    areas: collections.Counter[str] = collections.Counter()
+    areas: dict[str, float] = collections.defaultdict(float)
     for module, name, _, _, tsub, _ in rows:
         areas[_area(module, name)] += tsub
-    for area, t in areas.most_common():
+    for area, t in sorted(areas.items(), key=lambda kv: -kv[1]):
         say(f"  {t / count * 1e6:7.1f}  {t / total * 100:5.1f} %  {area}")
 
     def short(module: str) -> str:
