@@ -95,6 +95,7 @@ def test_every_env_var_round_trips() -> None:
     assert (w.default_concurrency, w.shutdown_grace) == (3, 2.5)
     assert (w.unregistered_requeue_limit, w.unregistered_requeue_seconds) == (7, 9.5)
     assert w.store_intermediate_states is False
+    assert w.poll_timeout == 0.25
     assert cnf.mongodb.database == "mongo_db"
     assert cnf.gcppubsub.max_extension == 120.0
     assert cnf.tls == TLSConfig()  # loading env never turns TLS on (Go #517)
@@ -383,6 +384,7 @@ worker:
   unregistered_requeue_limit: 3
   unregistered_requeue_seconds: 4.5
   store_intermediate_states: false
+  poll_timeout: 0.5
 mongodb:
   database: mdb
 gcppubsub:
@@ -431,6 +433,7 @@ def test_yaml_round_trip_of_every_key_in_a_file_over_1000_bytes(tmp_path: Path) 
     w = expected.worker
     w.default_concurrency, w.shutdown_grace, w.unregistered_requeue_limit = 2, 1.5, 3
     w.unregistered_requeue_seconds, w.store_intermediate_states = 4.5, False
+    w.poll_timeout = 0.5
     expected.mongodb.database = "mdb"
     expected.gcppubsub.max_extension = 30.0
     assert cnf == expected

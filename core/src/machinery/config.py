@@ -324,6 +324,8 @@ class WorkerConfig(_Section):
     unregistered_requeue_limit: int = 20
     #: ... and for at least this many seconds, before it fails as "not registered".
     unregistered_requeue_seconds: float = 60.0
+    #: Longest a worker's fetch blocks, so quit() is noticed within this many seconds.
+    poll_timeout: float = 1.0
     #: Write RECEIVED and STARTED states (Machinery does). Off saves two writes per task.
     store_intermediate_states: bool = True
 
@@ -802,6 +804,7 @@ _SPECS: tuple[_Spec, ...] = (
     _py("worker", "unregistered_requeue_limit", "int", reload=True),
     _py("worker", "unregistered_requeue_seconds", "float", reload=True),
     _py("worker", "store_intermediate_states", "bool", reload=True),
+    _py("worker", "poll_timeout", "float", reload=True),
     _py("mongodb", "database", "str"),
     _py("gcppubsub", "max_extension", "float"),
 )

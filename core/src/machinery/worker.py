@@ -34,8 +34,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Worker"]
 
-#: Longest a consume call blocks, so quit() is noticed within about a second.
-CONSUME_TIMEOUT = 1.0
 UNREGISTERED_COUNT = "machinery-unregistered-count"
 UNREGISTERED_SINCE = "machinery-unregistered-since"
 
@@ -201,7 +199,7 @@ class Worker:
     def _free_slots(self) -> int:
         with self._slots:
             while len(self._in_flight) >= self.concurrency and not self._stop.is_set():
-                self._slots.wait(CONSUME_TIMEOUT)
+                self._slots.wait(self.app.config.worker.poll_timeout)
             return self.concurrency - len(self._in_flight)
 
     def _consume_loop(self) -> None:
@@ -209,7 +207,7 @@ class Worker:
         turn = 0
         while not self._stop.is_set():
             if self.pre_consume_handler is not None and not self.pre_consume_handler(self):
-                self._stop.wait(CONSUME_TIMEOUT)
+                self._stop.wait(self.app.config.worker.poll_timeout)
                 continue
             free = self._free_slots()
             if free <= 0 or self._stop.is_set():
@@ -217,7 +215,8 @@ class Worker:
             queue = self.queues[turn % len(self.queues)]
             turn += 1
             try:
-                deliveries = self.app.broker.consume(queue, free, CONSUME_TIMEOUT / len(self.queues))
+                timeout = self.app.config.worker.poll_timeout / len(self.queues)
+                deliveries = self.app.broker.consume(queue, free, timeout)
                 failures = 0
             except Exception as exc:
                 failures += 1
@@ -343,7 +342,7 @@ class Worker:
 
 
 def _early(sig: Signature) -> bool:
-    return sig.eta is not None and (sig.eta - now_utc()).total_seconds() > 0.002
+    return sig.eta is not None and sig.eta > now_utc()
 
 
 def _uuid_from_body(body: bytes) -> str:

@@ -75,8 +75,9 @@ def default_contract_config() -> Config:
     """Short leases, fast requeues: the config the fault and redelivery tests expect by default.
 
     ``sqlite.lease`` 2 s (renewed every 0.5 s), unregistered tasks fail after 2 requeues and 0.5 s,
-    workers wait at most 5 s for running tasks when stopped. Plugins set their own equivalents in
-    their ``contract_config`` fixture (and ``lease_seconds`` on the class).
+    workers wait at most 5 s for running tasks when stopped and notice ``quit()`` within
+    0.2 s. Plugins set their own equivalents in their ``contract_config`` fixture (and
+    ``lease_seconds`` on the class).
     """
     config = Config()
     config.sqlite.lease = 2.0
@@ -85,6 +86,7 @@ def default_contract_config() -> Config:
     config.worker.unregistered_requeue_seconds = 0.5
     config.worker.shutdown_grace = 5.0
     config.worker.default_concurrency = 4
+    config.worker.poll_timeout = 0.2  # workers notice quit() within 0.2 s: faster teardowns
     config.no_unix_signals = True
     return config
 
