@@ -96,6 +96,8 @@ def test_every_env_var_round_trips() -> None:
     assert (w.unregistered_requeue_limit, w.unregistered_requeue_seconds) == (7, 9.5)
     assert w.store_intermediate_states is False
     assert w.poll_timeout == 0.25
+    assert (r.lease, r.heartbeat, r.priority) == (20.5, 5.0, True)
+    assert (r.delayed_tasks_mover, r.go_compatible_chords) == (False, False)
     assert cnf.mongodb.database == "mongo_db"
     assert cnf.gcppubsub.max_extension == 120.0
     assert cnf.tls == TLSConfig()  # loading env never turns TLS on (Go #517)
@@ -367,6 +369,11 @@ redis:
   master_name: mn
   cluster_mode: true
   sentinel_password: sp
+  lease: 12
+  heartbeat: 3
+  priority: true
+  delayed_tasks_mover: false
+  go_compatible_chords: false
 dynamodb:
   task_states_table: ts
   group_metas_table: gm
@@ -427,6 +434,13 @@ def test_yaml_round_trip_of_every_key_in_a_file_over_1000_bytes(tmp_path: Path) 
     r.wait, r.read_timeout, r.write_timeout, r.connect_timeout = True, 4, 5, 6
     r.normal_tasks_poll_period, r.delayed_tasks_poll_period, r.delayed_tasks_key = 7, 8, "dk"
     r.client_name, r.master_name, r.cluster_mode, r.sentinel_password = "cn", "mn", True, "sp"
+    r.lease, r.heartbeat, r.priority, r.delayed_tasks_mover, r.go_compatible_chords = (
+        12.0,
+        3.0,
+        True,
+        False,
+        False,
+    )
     expected.dynamodb.task_states_table, expected.dynamodb.group_metas_table = "ts", "gm"
     expected.tls = TLSConfig(str(ca), str(ca), str(ca), True)
     expected.sqlite.lease, expected.sqlite.renew = 12.5, 2.0

@@ -240,6 +240,17 @@ class RedisConfig(_Section):
     #: v1 ``ClusterMode`` / v2 ``ClusterEnabled``.
     cluster_mode: bool = False
     sentinel_password: str = ""
+    # Python additions (machinery-redis):
+    #: Seconds a dead worker's in-flight messages stay leased before they are redelivered.
+    lease: float = 30.0
+    #: Seconds between a live worker's lease renewals (at most half the lease).
+    heartbeat: float = 10.0
+    #: Opt-in priorities: messages with priority > 0 use a sorted set (priority 0 stays Go-compatible).
+    priority: bool = False
+    #: Move due ETA tasks to their queues from this process (off: another process does it, #466).
+    delayed_tasks_mover: bool = True
+    #: Also honour Go Machinery's ``TriggerChordMutex`` so a mixed Go/Python fleet fires a chord once.
+    go_compatible_chords: bool = True
     client: Any = None
 
 
@@ -797,6 +808,11 @@ _SPECS: tuple[_Spec, ...] = (
     _py("tls", "cert_file", "str", "TLS_CERT_FILE"),
     _py("tls", "key_file", "str", "TLS_KEY_FILE"),
     _py("tls", "insecure_skip_verify", "bool", "TLS_INSECURE_SKIP_VERIFY"),
+    _py("redis", "lease", "float"),
+    _py("redis", "heartbeat", "float"),
+    _py("redis", "priority", "bool"),
+    _py("redis", "delayed_tasks_mover", "bool"),
+    _py("redis", "go_compatible_chords", "bool"),
     _py("sqlite", "lease", "float", reload=True),
     _py("sqlite", "renew", "float", reload=True),
     _py("worker", "default_concurrency", "int", reload=True),
