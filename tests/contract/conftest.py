@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+from machinery.testing import IN_CI, require_env  # noqa: F401 - re-exported to the suites
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def require_env(name: str) -> str:
-    """The value of ``name``; without it the test fails in CI (``CI=true``) and is skipped elsewhere."""
-    value = os.environ.get(name, "")
-    if not value:
-        message = (
-            f'{name} is not set: start the servers with scripts/services (eval "$(scripts/services env)")'
-        )
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    return value
 
 
 @pytest.fixture

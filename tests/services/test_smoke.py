@@ -16,19 +16,15 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from machinery.testing import require_env
+
 pytestmark = pytest.mark.services
 RUN = uuid.uuid4().hex[:8]
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "services"
 
 
 def env(name, server):
-    value = os.environ.get(name)
-    if not value:
-        reason = f"{name} is not set: the {server} server is not running (scripts/services start {server})"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return value
+    return require_env(name, server)
 
 
 def hostports(csv):

@@ -8,7 +8,6 @@ afterwards, so tests never see each other's messages.
 from __future__ import annotations
 
 import contextlib
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import pika
 import pytest
 
 from machinery import Config
+from machinery.testing import require_env
 from machinery_amqp import AMQPBackend, AMQPBroker
 
 REPO = Path(__file__).resolve().parents[3]
@@ -25,13 +25,7 @@ SERVICES = REPO / "scripts" / "services"
 
 
 def amqp_url_or_skip() -> str:
-    url = os.environ.get("AMQP_URL", "")
-    if not url:
-        reason = "AMQP_URL is not set: RabbitMQ is not running (scripts/services start rabbitmq)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return url
+    return require_env("AMQP_URL", "rabbitmq")
 
 
 @pytest.fixture(scope="session")

@@ -34,6 +34,7 @@ from ._base import (
 from .backend_contract import RESULT_VALUES, BackendContract
 from .broker_contract import BrokerContract
 from .lock_contract import LockContract
+from .servers import IN_CI, require_env
 from .tasks import make_app
 from .worker_contract import FaultContract, WorkerContract
 
@@ -43,6 +44,7 @@ class TransportContract(BrokerContract, BackendContract, LockContract, WorkerCon
 
 
 __all__ = [
+    "IN_CI",
     "RESULT_VALUES",
     "BackendContract",
     "BrokerContract",
@@ -56,5 +58,6 @@ __all__ = [
     "default_contract_config",
     "make_app",
     "not_applicable",
+    "require_env",
     "requires",
 ]

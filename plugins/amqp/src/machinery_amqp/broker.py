@@ -59,7 +59,7 @@ from pika.connection import Parameters
 from pika.spec import Basic, BasicProperties
 
 from machinery import codec
-from machinery.broker import BaseBroker, Delivery
+from machinery.broker import BaseBroker, Delivery, decode_body
 from machinery.capabilities import Capability
 from machinery.config import Config
 from machinery.redact import redact_url
@@ -89,13 +89,6 @@ MAX_DELAY_MS = 2**30
 #: The dead-letter queue of ``<queue>`` when the queue has no server-side dead-letter exchange.
 DEAD_SUFFIX = ".dead"
 _UNLIMITED = 1 << 30
-
-
-def _decode(body: bytes) -> tuple[Signature | None, str]:
-    try:
-        return codec.decode_signature(body), ""
-    except Exception as exc:  # MessageError, or anything else a broken body provokes
-        return None, str(exc) or type(exc).__name__
 
 
 def _header_value(value: Any) -> Any:
@@ -150,7 +143,7 @@ class AMQPDelivery:
         self.redelivered = redelivered
         self.body = body
         self._properties = properties
-        self.signature, self.error = _decode(body)
+        self.signature, self.error = decode_body(body)
         self._lock = threading.Lock()
         self._settled = False
 
@@ -493,7 +486,7 @@ class AMQPBroker(BaseBroker):
         """Signatures waiting in ``queue`` in delivery order (malformed bodies are skipped)."""
         result = []
         for body in self._peek(queue):
-            sig, error = _decode(body)
+            sig, error = decode_body(body)
             if sig is None:
                 logger.warning("pending(%s): skipped a malformed message: %s", queue, error)
             else:
