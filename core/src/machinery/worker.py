@@ -25,6 +25,7 @@ from .broker import Delivery
 from .log import logger
 from .procpool import ProcessPool
 from .redact import redact_url
+from .retry import Backoff
 from .runner import ErrorHandler, SignatureHandler, TaskRunner
 from .signature import Signature, State, TaskState, now_utc
 from .statewriter import StateWriter
@@ -203,11 +204,12 @@ class Worker:
             return self.concurrency - len(self._in_flight)
 
     def _consume_loop(self) -> None:
-        failures = 0
+        backoff = Backoff(0.25, 8.0)
         turn = 0
         while not self._stop.is_set():
+            poll = self.app.config.worker.poll_timeout
             if self.pre_consume_handler is not None and not self.pre_consume_handler(self):
-                self._stop.wait(self.app.config.worker.poll_timeout)
+                self._stop.wait(poll)
                 continue
             free = self._free_slots()
             if free <= 0 or self._stop.is_set():
@@ -215,21 +217,25 @@ class Worker:
             queue = self.queues[turn % len(self.queues)]
             turn += 1
             try:
-                timeout = self.app.config.worker.poll_timeout / len(self.queues)
-                deliveries = self.app.broker.consume(queue, free, timeout)
-                failures = 0
+                deliveries = self.app.broker.consume(queue, free, poll / len(self.queues))
             except Exception as exc:
-                failures += 1
-                self._broker_error(exc, failures)
+                self._broker_error(exc, backoff)
                 continue
+            if backoff.attempt:
+                logger.info("broker is reachable again after %d failed fetches", backoff.attempt)
+                backoff.reset()
             if deliveries:
                 self._dispatch(deliveries)
 
-    def _broker_error(self, exc: Exception, failures: int) -> None:
-        delay = min(2.0 ** min(failures, 5) / 4, 8.0)
+    def _broker_error(self, exc: Exception, backoff: Backoff) -> None:
+        """Log an outage once (then at DEBUG), back off with jitter, never spin."""
+        delay = backoff.next()
         if self.runner.error_handler is not None:
             self.runner.error_handler(exc)
-        logger.warning("broker failed with error: %s; retrying in %.1fs", exc, delay)
+        if backoff.attempt == 1:
+            logger.warning("broker failed with error: %s; retrying with back-off until it is back", exc)
+        else:
+            logger.debug("broker still failing (%s); next try in %.1fs", exc, delay)
         self._stop.wait(delay)
 
     def _dispatch(self, deliveries: list[Delivery]) -> None:

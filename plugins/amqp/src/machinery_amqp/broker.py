@@ -63,13 +63,13 @@ from machinery.broker import BaseBroker, Delivery, decode_body
 from machinery.capabilities import Capability
 from machinery.config import Config
 from machinery.redact import redact_url
+from machinery.retry import Backoff
 from machinery.signature import Signature, now_utc
 
 from .connection import (
     AMQPAccessError,
     AMQPError,
     AMQPUnavailableError,
-    Backoff,
     Link,
     LinkPool,
     UnroutableError,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import random
 import socket
 import threading
 import time
@@ -28,12 +27,12 @@ from pika.connection import Parameters
 from machinery.config import Config
 from machinery.errors import BackendError, BrokerError, ConfigError
 from machinery.redact import redact_url
+from machinery.retry import Backoff
 
 __all__ = [
     "AMQPAccessError",
     "AMQPError",
     "AMQPUnavailableError",
-    "Backoff",
     "Link",
     "LinkPool",
     "UnroutableError",
@@ -198,23 +197,6 @@ def is_connection_error(exc: BaseException, connection: BlockingConnection | Non
     if isinstance(exc, pex.AMQPError):
         return connection is None or not connection.is_open
     return False
-
-
-class Backoff:
-    """Exponential back-off with jitter (``base``, doubling up to ``cap``); :meth:`reset` after a success."""
-
-    def __init__(self, base: float = 0.1, cap: float = 5.0) -> None:
-        self.base = base
-        self.cap = cap
-        self.attempt = 0
-
-    def next(self) -> float:
-        delay = min(self.cap, self.base * 2**self.attempt)
-        self.attempt = min(self.attempt + 1, 30)
-        return float(delay * random.uniform(0.75, 1.0))
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 class Link:
