@@ -158,7 +158,7 @@ class Machinery:
         return [AsyncResult(self.backend, s.uuid, s.name) for s in sigs]
 
     def _publish(self, sigs: list[Signature], concurrency: int = 0) -> None:
-        if tracing.ENABLED:
+        if tracing.active():
             for sig in sigs:
                 with tracing.publish_span(sig):
                     pass  # the span marks the hand-over; its context rides in the headers

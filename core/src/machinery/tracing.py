@@ -13,7 +13,7 @@ from typing import Any
 
 from .signature import Signature
 
-__all__ = ["ENABLED", "execute_span", "publish_span"]
+__all__ = ["ENABLED", "active", "execute_span", "publish_span"]
 
 try:
     from opentelemetry import propagate, trace
@@ -22,6 +22,15 @@ try:
     ENABLED = True
 except ImportError:  # pragma: no cover - exercised in the wheel test's bare venv
     ENABLED = False
+
+
+def active() -> bool:
+    """True when spans would be recorded: the API is installed and a real tracer provider is set
+    (the API alone, with no SDK configured, costs nothing per task)."""
+    if not ENABLED:
+        return False
+    provider = trace.get_tracer_provider()
+    return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
 
 
 def _attributes(sig: Signature) -> dict[str, str]:
@@ -36,7 +45,7 @@ def _attributes(sig: Signature) -> dict[str, str]:
 @contextmanager
 def publish_span(sig: Signature) -> Iterator[None]:
     """A PRODUCER span around publishing ``sig``; its context is injected into ``sig.headers``."""
-    if not ENABLED:
+    if not active():
         yield
         return
     with _tracer.start_as_current_span(
@@ -52,7 +61,7 @@ def publish_span(sig: Signature) -> Iterator[None]:
 @contextmanager
 def execute_span(sig: Signature) -> Iterator[None]:
     """A CONSUMER span around running ``sig``, a child of the producer's context when present."""
-    if not ENABLED:
+    if not active():
         yield
         return
     carrier = {k: v for k, v in sig.headers.items() if isinstance(v, str)}
