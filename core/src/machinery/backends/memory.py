@@ -16,11 +16,19 @@ from ..signature import GroupMeta, State, TaskState, now_utc
 __all__ = ["MemoryBackend"]
 
 
+class _Waiter:
+    """One ``wait()`` call: the completed states it has been handed so far."""
+
+    def __init__(self) -> None:
+        self.done: dict[str, TaskState] = {}
+
+
 class _Store:
     def __init__(self) -> None:
         self.cond = threading.Condition()
         self.states: dict[str, tuple[TaskState, float]] = {}  # uuid -> (state, expires at, monotonic)
         self.groups: dict[str, tuple[GroupMeta, float]] = {}
+        self.waiters: dict[str, list[_Waiter]] = {}  # uuid -> waiters to hand its final state to
 
 
 class MemoryBackend(BaseBackend):
@@ -56,6 +64,9 @@ class MemoryBackend(BaseBackend):
                 if merged.created_at is None:
                     merged.created_at = now_utc()
                 store.states[state.task_uuid] = (merged, self._expiry())
+                if merged.is_completed:
+                    for waiter in store.waiters.pop(state.task_uuid, ()):
+                        waiter.done[state.task_uuid] = merged
             store.cond.notify_all()
 
     def get_state(self, task_uuid: str) -> TaskState | None:
@@ -63,15 +74,33 @@ class MemoryBackend(BaseBackend):
             return self._live_state(task_uuid)
 
     def wait(self, task_uuids: Sequence[str], timeout: float) -> dict[str, TaskState]:
+        """Push-based: each completed state is handed to its waiters as it lands (O(1) per state,
+        however many uuids a call waits for)."""
         deadline = time.monotonic() + timeout
         wanted = set(task_uuids)
-        with self._store.cond:
-            while True:
-                done = {u: s for u in wanted if (s := self._live_state(u)) is not None and s.is_completed}
-                remaining = deadline - time.monotonic()
-                if len(done) == len(wanted) or remaining <= 0:
-                    return done
-                self._store.cond.wait(remaining)
+        waiter = _Waiter()
+        store = self._store
+        with store.cond:
+            for uuid in wanted:
+                state = self._live_state(uuid)
+                if state is not None and state.is_completed:
+                    waiter.done[uuid] = state
+                else:
+                    store.waiters.setdefault(uuid, []).append(waiter)
+            try:
+                while len(waiter.done) < len(wanted):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    store.cond.wait(remaining)
+            finally:
+                for uuid in wanted.difference(waiter.done):
+                    waiting = store.waiters.get(uuid)
+                    if waiting is not None and waiter in waiting:
+                        waiting.remove(waiter)
+                        if not waiting:
+                            del store.waiters[uuid]
+        return dict(waiter.done)
 
     def init_group(self, group_uuid: str, task_uuids: Sequence[str]) -> None:
         meta = GroupMeta(group_uuid, list(task_uuids), created_at=now_utc())
