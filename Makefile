@@ -31,7 +31,7 @@ demo: $(VENV)/bin/python
 	$(PIP) install --quiet -e core
 	$(PY) examples/demo.py
 
-test: venv
+test: venv lint
 	scripts/services install
 	scripts/services run -- $(PY) -m pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory demo
@@ -45,9 +45,9 @@ services: venv
 	scripts/services start
 	@echo 'eval "$$(scripts/services env)"  # to use them from this shell'
 
-lint: venv
-	$(VENV)/bin/ruff check core plugins tests
-	$(VENV)/bin/ruff format --check core plugins tests
+lint: venv  # part of `make test`: ruff, and mypy --strict on every package
+	$(VENV)/bin/ruff check core plugins tests examples bench
+	$(VENV)/bin/ruff format --check core plugins tests examples bench
 	$(VENV)/bin/mypy core/src $(foreach d,$(PLUGIN_DIRS),$(d)/src)
 
 bench: venv
