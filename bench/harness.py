@@ -42,16 +42,23 @@ class Progress:
         self.t0 = time.monotonic()
         self.planned = planned  # estimated seconds of the whole run
         self.done_planned = 0.0  # estimated seconds of the steps finished so far
+        self.calib_est = self.calib_real = 0.0
+        self.step_t0 = self.t0
 
-    def step_done(self, estimate: float) -> None:
+    def step_done(self, estimate: float, measured: bool = True) -> None:
+        """A planned step ended; ``measured`` steps also calibrate the estimates of the rest."""
         self.done_planned += estimate
+        if measured:
+            now = time.monotonic()
+            self.calib_est += estimate
+            self.calib_real += now - self.step_t0
+        self.step_t0 = time.monotonic()
 
     def eta(self) -> str:
         if self.planned <= 0:
             return ""
-        elapsed = time.monotonic() - self.t0
         left = max(0.0, self.planned - self.done_planned)
-        scale = elapsed / self.done_planned if self.done_planned > 30 else 1.0
+        scale = self.calib_real / self.calib_est if self.calib_est > 30 else 1.0
         return f", ETA {_mmss(left * min(max(scale, 0.5), 3.0))}"
 
     def __call__(self, text: str) -> None:

@@ -167,6 +167,7 @@ def targets(summ: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     ours = summ.get("machinery redis/redis")
     sqlite = summ.get("machinery sqlite/sqlite")
     dramatiq = next((v for k, v in summ.items() if k.startswith("dramatiq")), None)
+    celery = next((v for k, v in summ.items() if k.startswith("celery")), None)
     rows: list[dict[str, Any]] = []
 
     def add(text: str, value: float, shown: str, ok: bool | None) -> None:
@@ -191,6 +192,17 @@ def targets(summ: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                 _times(v),
                 v >= 0.94,
             )
+        for name, peer in (("Dramatiq", dramatiq), ("Celery", celery)):
+            if peer and peer["ok"]:
+                v = ours["processed_per_s"]["median"] / peer["processed_per_s"]["median"]
+                rows.append(
+                    {
+                        "target": f"(reference) Redis processed/s vs {name}'s",
+                        "value": v,
+                        "shown": _times(v),
+                        "met": None,
+                    }
+                )
         v = ours["p50_ms"]["median"]
         add("Redis send→result p50 ≤ 1 ms", v, f"{_num(v, 2)} ms", v <= 1.0)
         v = ours["worker_cpu_us_per_task"]["median"]
@@ -237,9 +249,10 @@ def chart(summ: dict[str, dict[str, Any]], path: str, subtitle: str) -> None:
         lo = [max(0.0, v - _or0(summ[n][metric]["min"])) for n, v in zip(names, vals, strict=True)]
         hi = [max(0.0, _or0(summ[n][metric]["max"]) - v) for n, v in zip(names, vals, strict=True)]
         ax.barh(names, vals, xerr=[lo, hi], color=colours, capsize=3)
-        for y, v in enumerate(vals):
-            label = f" {v:,.0f}" if metric == "processed_per_s" else f" {v:.2f}"
-            ax.text(v, y, label, va="center", fontsize=8)
+        for y, (v, up) in enumerate(zip(vals, hi, strict=True)):
+            label = f"  {v:,.0f}" if metric == "processed_per_s" else f"  {v:.2f}"
+            ax.text(v + up, y, label, va="center", fontsize=8)
+        ax.margins(x=0.12)
         if log:
             ax.set_xscale("log")
         ax.set_title(title, fontsize=10)

@@ -247,6 +247,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="appendfsync of the Redis server during the run, restored after (default everysec; "
         "scripts/services runs Redis with 'always', which makes every write wait for the disk)",
     )
+    p.add_argument("--render", metavar="JSON", help="only rewrite the tables and chart of a results/*.json")
     p.add_argument("--no-latest", action="store_true", help="do not update bench/latest.md and .png")
     return p.parse_args(argv)
 
@@ -323,6 +324,8 @@ def plan(args: argparse.Namespace, progress: Callable[[str], None]) -> tuple[lis
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render:
+        return rerender(args.render, latest=not args.no_latest)
     t_start = time.monotonic()
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     os.makedirs(RESULTS, exist_ok=True)
@@ -398,7 +401,7 @@ def _run(
         rb = redis_benchmark(redis_url, bench_n)
         rb["redis_version"] = redis_versions(redis_url)
         rb["persistence"] = FSYNC["server"]
-        progress.step_done(6.0)
+        progress.step_done(6.0, measured=False)
     python = ""
     if any(s.peer for s in steps):
         try:
@@ -406,7 +409,7 @@ def _run(
         except Exception as exc:
             skipped.append(f"peers: skipped (could not install them: {exc})")
             steps = [s for s in steps if not s.peer]
-        progress.step_done(60.0)
+        progress.step_done(60.0, measured=False)
 
     runs: list[dict[str, Any]] = []
     notes: list[str] = []
@@ -415,6 +418,7 @@ def _run(
             msg = f"{step.label} (round {step.round + 1}) not run: the {args.budget:.0f} s budget was reached"
             progress(msg)
             notes.append(msg)
+            progress.step_done(step.estimate, measured=False)
             continue
         where = f" round {step.round + 1}" if step.round >= 0 else ""
         progress(f"[{index}/{len(steps)}] {step.label}{where}: N = {step.n:,}")
@@ -466,6 +470,45 @@ def _run(
             f.write(text)
     print(text)
     progress(f"done in {duration / 60:.1f} min: {json_path}" + (f", {png}" if png else ""))
+    return 0
+
+
+def rerender(json_path: str, latest: bool) -> int:
+    """Tables and chart again from a run's JSON (after a change to report.py); ``latest``: also
+    rewrite bench/latest.md and .png when that run was a full one."""
+    with open(json_path) as f:
+        data = json.load(f)
+    summ = report.summarise(data["runs"])
+    rows = report.targets(summ)
+    FSYNC["server"] = data.get("redis_benchmark", {}).get("persistence", "?")
+    text = render(
+        data["machine"],
+        data.get("redis_benchmark", {}),
+        summ,
+        rows,
+        data.get("skipped", []) + data.get("notes", []),
+        data["duration_s"],
+        data["command"],
+    )
+    opts = data.get("options", {})
+    full = latest and not any(opts.get(k) for k in ("quick", "only", "no_latest", "n", "repeats"))
+    stem = json_path[: -len(".json")]
+    md, png = (
+        (os.path.join(BENCH, "latest.md"), os.path.join(BENCH, "latest.png"))
+        if full
+        else (
+            stem + ".md",
+            stem + ".png",
+        )
+    )
+    info = data["machine"]
+    report.chart(
+        summ, png, f"{info['date'][:10]}, {info['nproc']} \u00d7 {info['cpu']}, load {info['load_at_start']}"
+    )
+    with open(md, "w") as f:
+        f.write(text)
+    print(text)
+    print(f"wrote {md} and {png}", file=sys.stderr)
     return 0
 
 
