@@ -72,10 +72,38 @@ def test_cluster_and_sentinel_forms_parse() -> None:
     assert sentinel.hosts == (("s1", 26379), ("s2", 26379))
 
 
-def test_cluster_is_refused_clearly_for_now() -> None:
-    with pytest.raises(ConfigError, match="Cluster") as info:
-        RedisBroker.from_url(f"redis://{SECRET}@h1:7000,h2:7001/0", Config())
+def test_cluster_forms_build_without_io_and_refuse_what_a_cluster_cannot_do() -> None:
+    # Machinery's comma list, or one seed node with Config.redis.cluster_mode: no I/O at construction
+    broker = RedisBroker.from_url(f"redis://{SECRET}@h1:7000,h2:7001/0", Config())
+    assert broker.cluster and broker.conn.cluster
+    config = Config()
+    config.redis.cluster_mode = True
+    assert RedisBackend.from_url("redis://h1:7000", config).conn.cluster
+    assert not RedisBackend.from_url("redis://h1:7000", Config()).conn.cluster
+    with pytest.raises(ConfigError, match="only database 0") as info:
+        RedisBroker.from_url(f"redis://{SECRET}@h1:7000,h2:7001/3", Config())
     assert SECRET not in str(info.value)
+    with pytest.raises(ConfigError, match="unix socket"):
+        RedisLock.from_url("redis+socket:///tmp/r.sock", config)
+
+
+def test_cluster_key_layout_keeps_a_queue_in_its_slot() -> None:
+    from redis.crc import key_slot
+
+    from machinery_redis.broker import queue_keys
+
+    for queue in ("machinery_tasks", "orders{eu}", "a.b:c"):
+        keys = queue_keys(queue, cluster=True)
+        slot = key_slot(queue.encode())
+        names = [keys.registry, keys.redelivered, keys.priority, keys.priority_seq, keys.dead, keys.wake]
+        names += [keys.processing("c1"), keys.heartbeat("c1"), keys.delayed("delayed_tasks")]
+        assert {key_slot(n.encode()) for n in names} == {slot}, queue
+    assert queue_keys("q", cluster=True).dead == "{q}.dead"
+    assert queue_keys("q").dead == "q.dead"  # one server: unchanged
+    assert queue_keys("q", cluster=True).delayed("delayed_tasks") == "{q}:delayed_tasks"
+    for bad in ("a{}b", "a}b", "a{b"):
+        with pytest.raises(ConfigError, match="hash tag"):
+            queue_keys(bad, cluster=True)
 
 
 @pytest.mark.parametrize(

@@ -17,9 +17,11 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
+import uuid as uuid_module
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -39,8 +41,13 @@ from .url import RedisTarget, parse_bool, parse_url
 
 __all__ = ["RedisBackend"]
 
+logger = logging.getLogger("machinery.redis")
+
 #: Go Machinery's redsync mutex around TriggerChord (one global name).
 GO_CHORD_MUTEX = "TriggerChordMutex"
+#: redsync's defaults: the mutex expires after 8 s; Go gives up after 32 tries 50-250 ms apart.
+GO_MUTEX_TTL_MS = 8000
+GO_MUTEX_PATIENCE = 30.0
 #: Seconds a "done" notification list lives (only written while somebody waits).
 NOTIFY_TTL = 10
 #: Seconds a waiter's mark lives; refreshed on every turn of the wait loop.
@@ -50,6 +57,30 @@ FALLBACK_POLL = 1.0
 _NAME_MARK = b'"TaskName":""'
 _CREATED_MARK = b'"CreatedAt":"' + codec.ZERO_TIME.encode() + b'"'
 _GROUP_CACHE = 1024
+
+
+def _no_mutex(group_uuid: str) -> str:
+    """A key in the group's slot that never exists (the chord script's mutex when Go's is not used)."""
+    return "{" + group_uuid + "}:machinery:no-mutex"
+
+
+def _chord_result(group_uuid: str, result: Any) -> bool:
+    if result == 1:
+        return True
+    if result == 0:
+        return False
+    if result == -2:
+        raise UnknownGroupError(f"group {group_uuid!r} is unknown or expired")
+    raise BackendError(f"the record of group {group_uuid!r} has no ChordTriggered flag")
+
+
+_CHORD_LOCKS: dict[str, threading.Lock] = {}
+_CHORD_LOCKS_LOCK = threading.Lock()
+
+
+def _chord_lock(where: str) -> threading.Lock:
+    with _CHORD_LOCKS_LOCK:
+        return _CHORD_LOCKS.setdefault(where, threading.Lock())
 
 
 def done_key(task_uuid: str) -> str:
@@ -149,11 +180,36 @@ class RedisBackend(BaseBackend):
         raw = self.conn.call("reading a task state", lambda: self.conn.client.get(task_uuid))
         return self._decode_state(task_uuid, raw)
 
+    def _reads(self, uuids: Sequence[str]) -> list[tuple[Any, ...]]:
+        """The commands reading ``uuids``: one ``MGET``, or on a cluster one ``GET`` each (the keys are
+        in different slots; :meth:`Connection.run` sends them in one round trip per node)."""
+        if not uuids:
+            return []
+        if self.conn.cluster:
+            return [("GET", uuid) for uuid in uuids]
+        return [("MGET", *uuids)]
+
+    def _read_replies(self, replies: Sequence[Any]) -> list[Any]:
+        """The raw states out of the replies of :meth:`_reads` commands."""
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise reply
+        if self.conn.cluster:
+            return list(replies)
+        return list(replies[0]) if replies else []
+
+    def _run(self, operation: str, commands: list[tuple[Any, ...]]) -> list[Any]:
+        try:
+            return self.conn.run(commands)
+        except RedisError as exc:
+            raise self.conn.error(operation, exc) from None
+
     def get_states(self, task_uuids: Sequence[str]) -> list[TaskState | None]:
         """Several states in one round trip (``None`` for unknown ones), in order."""
         if not task_uuids:
             return []
-        raws = self.conn.call("reading task states", lambda: self.conn.client.mget(task_uuids))
+        replies = self._run("reading task states", self._reads(task_uuids))
+        raws = self.conn.call("reading task states", lambda: self._read_replies(replies))
         return [self._decode_state(u, r) for u, r in zip(task_uuids, raws, strict=True)]
 
     def wait(self, task_uuids: Sequence[str], timeout: float) -> dict[str, TaskState]:
@@ -219,15 +275,9 @@ class RedisBackend(BaseBackend):
                 stale = True
 
     def _mark_and_read(self, uuids: list[str]) -> list[TaskState | None]:
-
-        def run() -> list[Any]:
-            pipe = self.conn.client.pipeline(transaction=False)
-            for uuid in uuids:
-                pipe.set(waiter_key(uuid), b"1", ex=WAITER_TTL)
-            pipe.mget(uuids)
-            return pipe.execute()[-1]  # type: ignore[no-any-return]
-
-        raws = self.conn.call("waiting for a result", run)
+        marks: list[tuple[Any, ...]] = [("SET", waiter_key(uuid), b"1", "EX", WAITER_TTL) for uuid in uuids]
+        replies = self._run("waiting for a result", [*marks, *self._reads(uuids)])
+        raws = self.conn.call("waiting for a result", lambda: self._read_replies(replies[len(marks) :]))
         return [self._decode_state(u, r) for u, r in zip(uuids, raws, strict=True)]
 
     # groups ----------------------------------------------------------------------------------
@@ -270,44 +320,76 @@ class RedisBackend(BaseBackend):
             found = self.get_states(members)
         else:
             uuids = members
-
-            def run() -> list[Any]:
-                pipe = self.conn.client.pipeline(transaction=False)
-                pipe.expire(group_uuid, self.expires_in)
-                if uuids:
-                    pipe.mget(uuids)
-                return pipe.execute()  # type: ignore[no-any-return]
-
-            replies = self.conn.call("reading group states", run)
+            replies = self._run(
+                "reading group states", [("EXPIRE", group_uuid, self.expires_in), *self._reads(uuids)]
+            )
+            if isinstance(replies[0], BaseException):
+                raise self.conn.error("reading group states", replies[0])
             if not replies[0]:
                 with self._groups_lock:
                     self._groups.pop(group_uuid, None)
                 raise UnknownGroupError(f"group {group_uuid!r} is unknown or expired")
-            raws = replies[1] if uuids else []
+            raws = self.conn.call("reading group states", lambda: self._read_replies(replies[1:]))
             found = [self._decode_state(u, r) for u, r in zip(uuids, raws, strict=True)]
         return [s or TaskState(u, State.PENDING) for u, s in zip(members, found, strict=True)]
 
     def trigger_chord(self, group_uuid: str) -> bool:
         """True exactly once per group, whoever asks (atomic compare-and-set of ``ChordTriggered``)."""
-        mutex = GO_CHORD_MUTEX if self.go_compatible_chords else "{" + group_uuid + "}:machinery:no-mutex"
+        if self.conn.cluster and self.go_compatible_chords:
+            return self._trigger_chord_holding_go_mutex(group_uuid)
+        mutex = GO_CHORD_MUTEX if self.go_compatible_chords else _no_mutex(group_uuid)
         for attempt in range(64):
             result = self.conn.call(
                 "triggering a chord",
                 lambda: scripts.TRIGGER_CHORD(self.conn.client, [group_uuid, mutex], [self.expires_in]),
             )
-            if result == 1:
-                return True
-            if result == 0:
-                return False
-            if result == -2:
-                raise UnknownGroupError(f"group {group_uuid!r} is unknown or expired")
-            if result == -3:
-                raise BackendError(f"the record of group {group_uuid!r} has no ChordTriggered flag")
+            if result != -1:
+                return _chord_result(group_uuid, result)
             # -1: a Go worker holds TriggerChordMutex; redsync retries 50-250 ms apart, so do we
             time.sleep(random.uniform(0.05, 0.25) if attempt else 0.05)
         raise BackendError(
             f"chord of group {group_uuid!r}: Go Machinery's {GO_CHORD_MUTEX} stayed held for too long"
         )
+
+    def _trigger_chord_holding_go_mutex(self, group_uuid: str) -> bool:
+        """Redis Cluster: Go's global ``TriggerChordMutex`` is in another slot than the group, so the
+        script cannot look at it; take it as Go's redsync does (``SET NX PX 8000`` with a random token,
+        compare-and-delete), and run the compare-and-set while holding it. The threads of a process queue
+        on a local lock rather than on Redis; other processes (Go's too) retry with back-off."""
+        token = uuid_module.uuid4().hex.encode()
+        deadline = time.monotonic() + GO_MUTEX_PATIENCE
+        attempt = 0
+        with _chord_lock(self.target.describe()):
+            while True:
+                taken = self.conn.call(
+                    "taking Go's chord mutex",
+                    lambda: self.conn.client.set(GO_CHORD_MUTEX, token, nx=True, px=GO_MUTEX_TTL_MS),
+                )
+                if taken:
+                    break
+                attempt += 1
+                if time.monotonic() > deadline:
+                    raise BackendError(
+                        f"chord of group {group_uuid!r}: Go Machinery's {GO_CHORD_MUTEX} stayed held for "
+                        f"{GO_MUTEX_PATIENCE:g} s"
+                    )
+                time.sleep(min(0.25, 0.001 * 2**attempt) * random.uniform(0.5, 1.0))
+            try:
+                result = self.conn.call(
+                    "triggering a chord",
+                    lambda: scripts.TRIGGER_CHORD(
+                        self.conn.client, [group_uuid, _no_mutex(group_uuid)], [self.expires_in]
+                    ),
+                )
+            finally:
+                try:
+                    self.conn.call(
+                        "releasing Go's chord mutex",
+                        lambda: scripts.RELEASE_LOCK(self.conn.client, [GO_CHORD_MUTEX], [token]),
+                    )
+                except BackendError as exc:  # it expires by itself within 8 s
+                    logger.warning("%s", exc)
+        return _chord_result(group_uuid, result)
 
     # purging ---------------------------------------------------------------------------------
     def purge_state(self, task_uuid: str) -> None:

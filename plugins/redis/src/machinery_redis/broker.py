@@ -88,8 +88,8 @@ def _decode(body: bytes) -> tuple[Signature | None, str]:
 
 @dataclass(frozen=True)
 class QueueKeys:
-    """The Redis keys of one queue. Everything but the queue and its dead list carries the hash tag
-    ``{queue}``, i.e. lives in the queue's Redis Cluster slot."""
+    """The Redis keys of one queue. Everything but the queue itself (and, outside a cluster, its dead
+    list) carries the hash tag of the queue's Redis Cluster slot: ``{queue}``."""
 
     queue: str
     tag: str
@@ -98,12 +98,19 @@ class QueueKeys:
     priority: str
     priority_seq: str
     dead: str
+    #: the wake-up list of the queue's delayed mover (cluster mode; one global list otherwise)
+    wake: str
+    cluster: bool = False
 
     def processing(self, consumer: str) -> str:
         return f"{self.tag}:machinery:processing:{consumer}"
 
     def heartbeat(self, consumer: str) -> str:
         return f"{self.tag}:machinery:heartbeat:{consumer}"
+
+    def delayed(self, delayed_key: str) -> str:
+        """The queue's own delayed ZSET (cluster mode): ``{queue}:<delayed_tasks_key>``."""
+        return f"{self.tag}:{delayed_key}"
 
     @property
     def processing_prefix(self) -> str:
@@ -114,8 +121,25 @@ class QueueKeys:
         return f"{self.tag}:machinery:heartbeat:"
 
 
-def queue_keys(queue: str) -> QueueKeys:
-    tag = "{" + queue + "}"
+def _cluster_tag(queue: str) -> str:
+    """A hash tag that puts keys in the slot of the key ``queue``: ``{queue}`` (a key without braces is
+    hashed whole); for a queue name that holds a hash tag itself (``a{x}b``, hashed by ``x``), that tag
+    followed by the name (``{x}a{x}b``), which stays unique per queue."""
+    start = queue.find("{")
+    if start == -1 and "}" not in queue:
+        return "{" + queue + "}"
+    end = queue.find("}", start + 1)
+    if start == -1 or end == -1 or end == start + 1:
+        raise ConfigError(
+            f"queue name {queue!r}: on Redis Cluster a name with '{{' must hold a non-empty hash tag "
+            "such as 'orders{eu}', or no braces at all"
+        )
+    return "{" + queue[start + 1 : end] + "}" + queue
+
+
+def queue_keys(queue: str, cluster: bool = False) -> QueueKeys:
+    """The keys of ``queue``; ``cluster=True`` for the Redis Cluster layout (README: "Redis Cluster")."""
+    tag = _cluster_tag(queue) if cluster and ("{" in queue or "}" in queue) else "{" + queue + "}"
     return QueueKeys(
         queue=queue,
         tag=tag,
@@ -123,7 +147,9 @@ def queue_keys(queue: str) -> QueueKeys:
         redelivered=f"{tag}:machinery:redelivered",
         priority=f"{tag}:machinery:priority",
         priority_seq=f"{tag}:machinery:priority_seq",
-        dead=f"{queue}.dead",
+        dead=f"{tag}.dead" if cluster else f"{queue}.dead",
+        wake=f"{tag}:machinery:wake",
+        cluster=cluster,
     )
 
 
@@ -135,6 +161,8 @@ class _Lease:
     consumer: str
     processing: str
     heartbeat: str
+    #: the Sentinel failover epoch this consumer id was made in (a failover retires it)
+    epoch: int = 0
     outstanding: int = 0
     registered: bool = False
     retired: bool = False
@@ -235,6 +263,9 @@ class RedisBroker(BaseBroker):
         if self.priority:
             self.capabilities = type(self).capabilities | {Capability.PRIORITY}
         self.conn = Connection(self.target, self.config, BrokerError)
+        #: Redis Cluster layout: per-queue delayed sets, tagged dead letters (README: "Redis Cluster")
+        self.cluster = self.conn.cluster
+        self._keys: dict[str, QueueKeys] = {}
         self._init_process_state()
         _after_fork.add(self)
 
@@ -248,9 +279,10 @@ class RedisBroker(BaseBroker):
         self._ack_thread: threading.Thread | None = None
         self._last_recovery: dict[str, float] = {}
         self._stop = threading.Event()
-        self._mover_wake = threading.Event()
+        #: per mover ("" = the global mover; a queue name on a cluster): set to wake it up
+        self._mover_wakes: dict[str, threading.Event] = {}
         self._heartbeat_thread: threading.Thread | None = None
-        self._mover_thread: threading.Thread | None = None
+        self._movers: dict[str, threading.Thread] = {}
         self._host = f"{socket.gethostname()}-{os.getpid()}"
 
     @classmethod
@@ -261,15 +293,56 @@ class RedisBroker(BaseBroker):
     def __repr__(self) -> str:
         return f"<RedisBroker {self.target.describe()}>"
 
-    # settings read on each use (reloadable) ----------------------------------------------------
+    # keys and settings read on each use (reloadable) ---------------------------------------------
+    def keys(self, queue: str) -> QueueKeys:
+        """The keys of ``queue`` in this broker's layout (one server or Redis Cluster)."""
+        keys = self._keys.get(queue)
+        if keys is None:
+            keys = queue_keys(queue, self.cluster)
+            if len(self._keys) < 10_000:
+                self._keys[queue] = keys
+        return keys
+
     @property
     def delayed_key(self) -> str:
+        """Go's global delayed ZSET (on a cluster each queue has ``{queue}:<this name>`` instead)."""
         return self.config.redis.delayed_tasks_key or "delayed_tasks"
+
+    def delayed_key_of(self, queue: str) -> str:
+        """The ZSET holding ``queue``'s delayed messages."""
+        return self.keys(queue).delayed(self.delayed_key) if self.cluster else self.delayed_key
 
     @property
     def wake_key(self) -> str:
         """A list a delayed publish pushes to, so one waiting mover re-reads the next due time at once."""
         return "{" + self.delayed_key + "}:machinery:wake"
+
+    def wake_key_of(self, queue: str) -> str:
+        return self.keys(queue).wake if self.cluster else self.wake_key
+
+    @property
+    def delayed_queues_key(self) -> str:
+        """Cluster mode: the SET of queues that have had delayed messages (read by :meth:`delayed`)."""
+        return "{" + self.delayed_key + "}:machinery:queues"
+
+    def _delay_commands(self, queue: str, members: list[Any]) -> list[tuple[Any, ...]]:
+        """``ZADD`` of (score, body, ...) for ``queue`` plus the mover's wake-up (and, on a cluster, the
+        queue's registration for :meth:`delayed`)."""
+        wake = self.wake_key_of(queue)
+        commands: list[tuple[Any, ...]] = [
+            ("ZADD", self.delayed_key_of(queue), *members),
+            ("LPUSH", wake, 1),
+            ("LTRIM", wake, 0, 0),
+        ]
+        if self.cluster:
+            commands.append(("SADD", self.delayed_queues_key, queue))
+        return commands
+
+    def _wake_movers(self, queues: Iterable[str]) -> None:
+        for name in queues if self.cluster else ("",):
+            event = self._mover_wakes.get(name)
+            if event is not None:
+                event.set()
 
     @property
     def poll_period(self) -> float:
@@ -289,27 +362,28 @@ class RedisBroker(BaseBroker):
         queue = signature.routing_key or self.config.default_queue
         body = codec.encode_signature(signature)
         eta = signature.eta
-        command: tuple[Any, ...]
-        if eta is not None and eta.timestamp() > time.time():
-            command = ("ZADD", self.delayed_key, _eta_ns(eta), body)
+        delayed = eta is not None and eta.timestamp() > time.time()
+        commands: list[tuple[Any, ...]]
+        if delayed:
+            assert eta is not None
+            commands = self._delay_commands(queue, [_eta_ns(eta), body])
         elif self.priority and signature.priority > 0:
-            keys = queue_keys(queue)
-            command = scripts.PUBLISH_PRIORITY.command(
-                [keys.priority, keys.priority_seq], [signature.priority, body]
-            )
+            keys = self.keys(queue)
+            commands = [
+                scripts.PUBLISH_PRIORITY.command(
+                    [keys.priority, keys.priority_seq], [signature.priority, body]
+                )
+            ]
         else:
-            command = ("RPUSH", queue, body)
-        commands = [command]
-        if command[0] == "ZADD":
-            commands += [("LPUSH", self.wake_key, 1), ("LTRIM", self.wake_key, 0, 0)]
+            commands = [("RPUSH", queue, body)]
         try:
             replies = self.conn.run(commands)
         except RedisError as exc:
             raise self.conn.error("publish", exc) from None
         if isinstance(replies[0], BaseException):
             raise self.conn.error("publish", replies[0])
-        if command[0] == "ZADD":
-            self._mover_wake.set()
+        if delayed:
+            self._wake_movers((queue,))
 
     def publish_many(self, signatures: Sequence[Signature]) -> None:
         """One pipeline: one ``RPUSH`` per queue with every body, one ``ZADD`` for the ETAs."""
@@ -318,23 +392,24 @@ class RedisBroker(BaseBroker):
         now = time.time()
         plain: dict[str, list[bytes]] = {}
         prioritised: dict[tuple[str, int], list[bytes]] = {}
-        delayed: dict[bytes, int] = {}
+        #: per delayed ZSET (one on a server, one per queue on a cluster): {body: score}
+        delayed: dict[str, dict[bytes, int]] = {}
         default = self.config.default_queue
         for sig in signatures:
             body = codec.encode_signature(sig)
             eta = sig.eta
             if eta is not None and eta.timestamp() > now:
-                delayed[body] = _eta_ns(eta)
+                zset = (sig.routing_key or default) if self.cluster else ""
+                delayed.setdefault(zset, {})[body] = _eta_ns(eta)
             elif self.priority and sig.priority > 0:
                 prioritised.setdefault((sig.routing_key or default, sig.priority), []).append(body)
             else:
                 plain.setdefault(sig.routing_key or default, []).append(body)
         commands: list[tuple[Any, ...]] = [("RPUSH", queue, *bodies) for queue, bodies in plain.items()]
-        if delayed:
-            commands.append(("ZADD", self.delayed_key, *(x for b, s in delayed.items() for x in (s, b))))
-            commands += [("LPUSH", self.wake_key, 1), ("LTRIM", self.wake_key, 0, 0)]
+        for queue, members in delayed.items():
+            commands += self._delay_commands(queue, [x for b, score in members.items() for x in (score, b)])
         for (queue, prio), bodies in prioritised.items():
-            keys = queue_keys(queue)
+            keys = self.keys(queue)
             command = scripts.PUBLISH_PRIORITY.command([keys.priority, keys.priority_seq], [prio, *bodies])
             commands.append(command)
         try:
@@ -345,7 +420,7 @@ class RedisBroker(BaseBroker):
             if isinstance(reply, BaseException):
                 raise self.conn.error("publish", reply)
         if delayed:
-            self._mover_wake.set()
+            self._wake_movers(delayed)
 
     def publish_raw(self, queue: str, body: bytes | str) -> None:
         """``RPUSH`` ``body`` as is (tests and Go interop checks use it)."""
@@ -354,27 +429,40 @@ class RedisBroker(BaseBroker):
     # consuming -------------------------------------------------------------------------------
     def _lease_for(self, queue: str) -> _Lease:
         lease = self._leases.get(queue)
+        epoch = self.conn.epoch
+        if lease is not None and lease.epoch != epoch:
+            # A Sentinel failover: writes the old master took just before it was demoted are lost
+            # (asynchronous replication), so this consumer id's processing list may hold messages we
+            # settled. Take a new id; the old one is released (its leftovers requeued) once settled.
+            self._retire(lease)
+            lease = None
         if lease is None:
             with self._lock:
                 lease = self._leases.get(queue)
                 if lease is None:
-                    keys = queue_keys(queue)
+                    keys = self.keys(queue)
                     consumer = f"{self._host}-{uuid.uuid4().hex[:12]}"
-                    lease = _Lease(keys, consumer, keys.processing(consumer), keys.heartbeat(consumer))
+                    lease = _Lease(keys, consumer, keys.processing(consumer), keys.heartbeat(consumer), epoch)
                     self._leases[queue] = lease
         if not lease.registered:
             self._register(lease)
-            self._start_threads()
+            self._start_threads(queue)
         return lease
 
     def _register(self, lease: _Lease) -> None:
-        def register() -> None:
-            pipe = self.conn.client.pipeline(transaction=False)
-            pipe.set(lease.heartbeat, b"1", px=int(self.lease * 1000))
-            pipe.sadd(lease.keys.registry, lease.consumer)
-            pipe.execute()
-
-        self.conn.call("register consumer", register)
+        commands: list[tuple[Any, ...]] = [
+            ("SET", lease.heartbeat, b"1", "PX", int(self.lease * 1000)),
+            ("SADD", lease.keys.registry, lease.consumer),
+        ]
+        if self.cluster:  # nack(delay) may give this queue a delayed set: list it for delayed()
+            commands.append(("SADD", self.delayed_queues_key, lease.keys.queue))
+        try:
+            replies = self.conn.run(commands)
+        except RedisError as exc:
+            raise self.conn.error("register consumer", exc) from None
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise self.conn.error("register consumer", reply)
         lease.registered = True
 
     def consume(self, queue: str, max_messages: int, timeout: float) -> list[Delivery]:
@@ -418,7 +506,7 @@ class RedisBroker(BaseBroker):
         the other free slots."""
         with self._lock:
             acks, self._acks = self._acks, []
-        commands = [command for _, command in acks]
+        commands, epoch = self._ack_commands(acks)
         if block > 0:
             block = self.conn.max_block(block)
             commands.append(("BLMOVE", lease.keys.queue, lease.processing, "LEFT", "RIGHT", block))
@@ -431,7 +519,7 @@ class RedisBroker(BaseBroker):
             self._unsent_acks(acks)
             self._retire(lease)
             raise self.conn.error("consume", exc) from None
-        self._acked(acks)
+        self._acked(acks, epoch)
         first = replies[-2] if block > 0 else None
         taken = replies[-1]
         try:
@@ -521,14 +609,54 @@ class RedisBroker(BaseBroker):
             return
         self._done(todo)
         if action == "delay":
-            self._mover_wake.set()
+            self._wake_movers({d.queue for d in todo})
         errors = [reply for reply in replies if isinstance(reply, BaseException)]
         if errors:
             raise self.conn.error(action, errors[0])
 
-    def _acked(self, acks: list[tuple[RedisDelivery, tuple[Any, ...]]]) -> None:
-        if acks:
-            self._done([d for d, _ in acks])
+    def _ack_commands(
+        self, acks: list[tuple[RedisDelivery, tuple[Any, ...]]]
+    ) -> tuple[list[tuple[Any, ...]], int]:
+        """The commands that send ``acks`` now, and the failover epoch they were made in. After a
+        Sentinel failover, the ack of a message fetched before it is a requeue instead: the task's final
+        state may have been written to the old master in its last moments and lost with it, so the
+        message runs again rather than risk a task that never completes (at least once)."""
+        epoch = self.conn.epoch
+        if self.conn.topology is None:
+            return [command for _, command in acks], epoch
+        return [
+            command if d._lease.epoch == epoch else self._command(d, "requeue", 0.0) for d, command in acks
+        ], epoch
+
+    def _acked(self, acks: list[tuple[RedisDelivery, tuple[Any, ...]]], epoch: int = 0) -> None:
+        if not acks:
+            return
+        self._done([d for d, _ in acks])
+        if self.conn.epoch == epoch:
+            return
+        # The failover was noticed while these acks travelled (they may have reached the new master
+        # through a new connection): give the messages of before the failover back to be safe.
+        late = [d for d, _ in acks if d._lease.epoch == epoch]
+        if late:
+            try:
+                self.conn.run([self._push_back(d) for d in late])
+            except RedisError as exc:
+                logger.warning(
+                    "Redis at %s: could not requeue %d message(s) after a failover: %s",
+                    self.target.describe(),
+                    len(late),
+                    exc,
+                )
+
+    def _push_back(self, delivery: RedisDelivery) -> tuple[Any, ...]:
+        """Put a message back at the head of its queue (or in its priority set) without touching any
+        processing list."""
+        keys = delivery._lease.keys
+        sig = delivery.signature
+        if self.priority and sig is not None and sig.priority > 0:
+            score = (255 - min(sig.priority, 255)) * scripts.PRIORITY_BAND
+            return ("ZADD", keys.priority, score, delivery.body)
+        return ("LPUSH", keys.queue, delivery.body)
 
     def _unsent_acks(self, acks: list[tuple[RedisDelivery, tuple[Any, ...]]]) -> None:
         """Acks whose round trip failed: send them again later (LREM twice is harmless)."""
@@ -542,12 +670,13 @@ class RedisBroker(BaseBroker):
             acks, self._acks = self._acks, []
         if not acks:
             return
+        commands, epoch = self._ack_commands(acks)
         try:
-            replies = self.conn.run([command for _, command in acks])
+            replies = self.conn.run(commands)
         except RedisError as exc:
             self._unsent_acks(acks)
             raise self.conn.error("ack", exc) from None
-        self._acked(acks)
+        self._acked(acks, epoch)
         for reply in replies:
             if isinstance(reply, BaseException):
                 logger.warning("Redis at %s: an ack failed: %s", self.target.describe(), reply)
@@ -598,8 +727,9 @@ class RedisBroker(BaseBroker):
             )
         if action == "delay":
             due = time.time_ns() + int(delay * 1e9)
+            delayed, wake = self.delayed_key_of(keys.queue), self.wake_key_of(keys.queue)
             return scripts.NACK_DELAY.command(
-                [lease.processing, self.delayed_key, keys.redelivered, self.wake_key], [body, due]
+                [lease.processing, delayed, keys.redelivered, wake], [body, due]
             )
         if action == "dead":
             return scripts.DEAD.command([lease.processing, keys.dead, keys.redelivered], [body])
@@ -641,9 +771,9 @@ class RedisBroker(BaseBroker):
 
     def recover(self, queue: str) -> int:
         """Run the recovery step for ``queue`` now; the number of messages requeued."""
-        return self._recover(queue_keys(queue))
+        return self._recover(self.keys(queue))
 
-    def _start_threads(self) -> None:
+    def _start_threads(self, queue: str) -> None:
         with self._lock:
             if self._heartbeat_thread is None or not self._heartbeat_thread.is_alive():
                 self._heartbeat_thread = threading.Thread(
@@ -653,11 +783,22 @@ class RedisBroker(BaseBroker):
                     daemon=True,
                 )
                 self._heartbeat_thread.start()
-            if self.delayed_tasks_mover and (self._mover_thread is None or not self._mover_thread.is_alive()):
-                self._mover_thread = threading.Thread(
-                    target=self._mover_loop, args=(self._stop,), name="redis-delayed-mover", daemon=True
+            if not self.delayed_tasks_mover:
+                return
+            # One mover for Go's global delayed ZSET; on a cluster one per consumed queue (each queue
+            # has its own delayed ZSET, in its slot).
+            name = queue if self.cluster else ""
+            mover = self._movers.get(name)
+            if mover is None or not mover.is_alive():
+                self._mover_wakes.setdefault(name, threading.Event())
+                mover = threading.Thread(
+                    target=self._mover_loop,
+                    args=(self._stop, name),
+                    name=f"redis-delayed-mover{'-' + name if name else ''}",
+                    daemon=True,
                 )
-                self._mover_thread.start()
+                self._movers[name] = mover
+                mover.start()
 
     def _heartbeat_loop(self, stop: threading.Event) -> None:
         while not stop.wait(self.heartbeat):
@@ -671,20 +812,24 @@ class RedisBroker(BaseBroker):
     def beat(self) -> None:
         """One heartbeat: refresh this process's leases, retry failed acks, release retired consumer ids,
         recover dead consumers' messages. The daemon thread calls it every ``heartbeat`` seconds."""
+        epoch = self.conn.epoch
+        with self._lock:
+            stale = [lease for lease in self._leases.values() if lease.epoch != epoch]
+        for lease in stale:  # a Sentinel failover: see _lease_for
+            self._retire(lease)
         with self._lock:
             live = [lease for lease in self._leases.values() if lease.registered]
             retired = list(self._retired)
         holding = live + [lease for lease in retired if lease.outstanding > 0]
         if holding:
-
-            def refresh() -> None:
-                pipe = self.conn.client.pipeline(transaction=False)
-                for lease in holding:
-                    pipe.set(lease.heartbeat, b"1", px=int(self.lease * 1000))
-                    pipe.sadd(lease.keys.registry, lease.consumer)
-                pipe.execute()
-
-            self.conn.call("heartbeat", refresh)
+            commands: list[tuple[Any, ...]] = []
+            for lease in holding:
+                commands.append(("SET", lease.heartbeat, b"1", "PX", int(self.lease * 1000)))
+                commands.append(("SADD", lease.keys.registry, lease.consumer))
+            try:
+                self.conn.run(commands)
+            except RedisError as exc:
+                raise self.conn.error("heartbeat", exc) from None
         if self._later:
             self._retry_later()
         for lease in retired:
@@ -698,11 +843,11 @@ class RedisBroker(BaseBroker):
             self._last_recovery[lease.keys.queue] = now
             self._recover(lease.keys)
 
-    def _mover_loop(self, stop: threading.Event) -> None:
+    def _mover_loop(self, stop: threading.Event, queue: str) -> None:
         failures = 0
         while not stop.is_set():
             try:
-                wait = self.move_delayed()
+                wait = self.move_delayed(queue or None)
                 failures = 0
             except MachineryError as exc:
                 failures += 1
@@ -713,29 +858,54 @@ class RedisBroker(BaseBroker):
                 wait = 5.0
                 logger.exception("delayed-task mover failed")
             if wait > 0 and not stop.is_set():
-                self._mover_sleep(wait, failures > 0)
+                self._mover_sleep(wait, failures > 0, queue)
 
-    def _mover_sleep(self, seconds: float, failing: bool) -> None:
+    def _mover_sleep(self, seconds: float, failing: bool, queue: str = "") -> None:
         """Sleep until a delayed publish (any process: the wake list; this one: an event) or ``seconds``."""
-        if failing or self._mover_wake.is_set():
-            self._mover_wake.wait(seconds)
-            self._mover_wake.clear()
+        event = self._mover_wakes.setdefault(queue, threading.Event())
+        if failing or event.is_set():
+            event.wait(seconds)
+            event.clear()
             return
+        wake = self.wake_key_of(queue) if queue else self.wake_key
         try:
-            self.conn.run([("BLPOP", self.wake_key, self.conn.max_block(seconds))], blocking=True)
+            self.conn.run([("BLPOP", wake, self.conn.max_block(seconds))], blocking=True)
         except RedisError as exc:
             logger.debug("delayed-task mover: waiting failed: %s", exc)
-            self._mover_wake.wait(min(seconds, 1.0))
-        self._mover_wake.clear()
+            event.wait(min(seconds, 1.0))
+        event.clear()
 
-    def move_delayed(self) -> float:
-        """Move due delayed messages to their queues (oldest first); seconds until the next may be due."""
-        client = self.conn.client
+    def move_delayed(self, queue: str | None = None) -> float:
+        """Move due delayed messages to their queues (oldest first); seconds until the next may be due.
+
+        One server: Go's global ZSET, every queue (``queue`` is ignored). Redis Cluster: the delayed ZSET
+        of ``queue``, or of every queue this process consumes when None."""
+        if self.cluster:
+            if queue is None:
+                with self._lock:
+                    queues = list(dict.fromkeys(lease.keys.queue for lease in self._leases.values()))
+                return min((self._move_queue(q) for q in queues), default=self.delayed_poll_period)
+            return self._move_queue(queue)
         args = [MOVE_BATCH, self.config.default_queue, b"1" if self.priority else b"0"]
         try:
-            moved, next_score, now = scripts.MOVE_DUE(client, [self.delayed_key], args)
+            moved, next_score, now = scripts.MOVE_DUE(self.conn.client, [self.delayed_key], args)
         except RedisError as exc:
             raise self.conn.error("moving delayed tasks", exc) from None
+        return self._next_wait(moved, next_score, now)
+
+    def _move_queue(self, queue: str) -> float:
+        keys = self.keys(queue)
+        try:
+            moved, next_score, now = scripts.MOVE_DUE_QUEUE(
+                self.conn.client,
+                [keys.delayed(self.delayed_key), queue, keys.priority, keys.priority_seq],
+                [MOVE_BATCH, b"1" if self.priority else b"0"],
+            )
+        except RedisError as exc:
+            raise self.conn.error("moving delayed tasks", exc) from None
+        return self._next_wait(moved, next_score, now)
+
+    def _next_wait(self, moved: int, next_score: Any, now: Any) -> float:
         if self.conn.health.down_since is not None:
             self.conn.health.ok()
         if moved >= MOVE_BATCH:
@@ -752,44 +922,68 @@ class RedisBroker(BaseBroker):
     def pending(self, queue: str) -> list[Signature]:
         """Messages waiting in ``queue`` in consume order (Machinery's ``LRANGE``); malformed ones are
         skipped. With priority on, the prioritised ones come first."""
-        keys = queue_keys(queue)
+        keys = self.keys(queue)
 
         def read() -> list[bytes]:
             if not self.priority:
                 return list(self.conn.client.lrange(queue, 0, -1))
-            pipe = self.conn.client.pipeline(transaction=False)
-            pipe.zrange(keys.priority, 0, -1)
-            pipe.lrange(queue, 0, -1)
-            prioritised, plain = pipe.execute()
+            prioritised, plain = self.conn.run([("ZRANGE", keys.priority, 0, -1), ("LRANGE", queue, 0, -1)])
+            for reply in (prioritised, plain):
+                if isinstance(reply, BaseException):
+                    raise reply
             return [*prioritised, *plain]
 
         return self._signatures(self.conn.call("pending", read))
 
     def delayed(self) -> list[Signature]:
-        """Messages waiting for their ETA, every queue, soonest first (Machinery's ``ZRANGE``)."""
-        return self._signatures(
-            self.conn.call("delayed", lambda: self.conn.client.zrange(self.delayed_key, 0, -1))
-        )
+        """Messages waiting for their ETA, every queue, soonest first (Machinery's ``ZRANGE``; on a
+        cluster, of every queue's delayed ZSET)."""
+        if not self.cluster:
+            return self._signatures(
+                self.conn.call("delayed", lambda: self.conn.client.zrange(self.delayed_key, 0, -1))
+            )
+
+        def read() -> list[bytes]:
+            queues = sorted(self.conn.client.smembers(self.delayed_queues_key))
+            if not queues:
+                return []
+            names = [q.decode() if isinstance(q, bytes) else str(q) for q in queues]
+            replies = self.conn.run([("ZRANGE", self.delayed_key_of(q), 0, -1, "WITHSCORES") for q in names])
+            scored: list[tuple[float, bytes]] = []
+            for reply in replies:
+                if isinstance(reply, BaseException):
+                    raise reply
+                if reply and isinstance(reply[0], list):  # RESP3: [[member, score], ...]
+                    scored += [(float(score), member) for member, score in reply]
+                else:  # RESP2: [member, score, ...]
+                    scored += [(float(reply[i + 1]), reply[i]) for i in range(0, len(reply), 2)]
+            return [body for _, body in sorted(scored, key=lambda item: item[0])]
+
+        return self._signatures(self.conn.call("delayed", read))
 
     def purge(self, queue: str) -> None:
         """Delete the waiting messages of ``queue`` (its list, its priority set and its delayed ones).
         Messages leased by consumers are left to them."""
-        keys = queue_keys(queue)
+        keys = self.keys(queue)
 
         def purge() -> None:
+            if self.cluster:  # the queue's own delayed set, in the queue's slot
+                self.conn.client.delete(queue, keys.priority, keys.delayed(self.delayed_key))
+                return
             self.conn.client.delete(queue, keys.priority)
             scripts.PURGE_DELAYED(self.conn.client, [self.delayed_key], [queue, self.config.default_queue])
 
         self.conn.call("purge", purge)
 
     def dead_letters(self, queue: str) -> list[bytes]:
-        """Bodies nacked with ``requeue=False`` (the list ``<queue>.dead``), oldest first."""
+        """Bodies nacked with ``requeue=False`` (the list ``<queue>.dead``; ``{<queue>}.dead`` on a
+        cluster), oldest first."""
         return list(
-            self.conn.call("dead letters", lambda: self.conn.client.lrange(queue_keys(queue).dead, 0, -1))
+            self.conn.call("dead letters", lambda: self.conn.client.lrange(self.keys(queue).dead, 0, -1))
         )
 
     def purge_dead_letters(self, queue: str) -> None:
-        self.conn.call("purge dead letters", lambda: self.conn.client.delete(queue_keys(queue).dead))
+        self.conn.call("purge dead letters", lambda: self.conn.client.delete(self.keys(queue).dead))
 
     def processing(self, queue: str) -> list[bytes]:
         """Messages this process holds from ``queue`` (its processing lists), oldest first."""
@@ -811,11 +1005,12 @@ class RedisBroker(BaseBroker):
         with self._lock:
             self._stop.set()
             threads = [
-                t for t in (self._heartbeat_thread, self._mover_thread, self._ack_thread) if t is not None
+                t for t in (self._heartbeat_thread, self._ack_thread, *self._movers.values()) if t is not None
             ]
             leases = [lease for lease in [*self._leases.values(), *self._retired] if lease.registered]
             self._leases, self._retired = {}, []
-        self._mover_wake.set()
+        for event in list(self._mover_wakes.values()):
+            event.set()
         self._ack_wake.set()
         for thread in threads:
             if thread is not threading.current_thread():

@@ -11,32 +11,47 @@ Machinery's ``RedisConfig`` fields map onto redis-py as follows (see README.md):
 - ``max_idle`` has no redis-py equivalent (the pool keeps what it opened); it is accepted and ignored.
 - ``client_name`` → ``CLIENT SETNAME`` on connect.
 
+Topologies: one server (TCP, TLS or a unix socket), Sentinel (redis-py's ``Sentinel.master_for``: each
+new connection asks the sentinels for the master) and Redis Cluster (redis-py's ``RedisCluster``, which
+follows MOVED/ASK redirections; :meth:`Connection.run` routes a batch itself, one round trip per node).
+
 Each :class:`Connection` has two clients on separate pools: ``client`` retries connection errors with
-jittered exponential back-off (about 5 s in all, enough for a server restart), and ``blocking`` never
-retries (used for BLMOVE: a retried move could leave a message behind in a processing list).
+back-off for up to ``retry_window`` seconds (15 by default: a server restart, a Sentinel failover), and
+``blocking`` never retries (used for BLMOVE: a retried move could leave a message behind in a processing
+list).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import redis
-from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
+from redis.crc import key_slot
 from redis.exceptions import (
+    AskError,
     AuthenticationError,
     BusyLoadingError,
+    ClusterDownError,
+    MovedError,
     NoScriptError,
+    RedisClusterException,
     RedisError,
     ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from machinery.config import Config
 from machinery.errors import ConfigError, MachineryError
@@ -52,19 +67,24 @@ logger = logging.getLogger("machinery.redis")
 
 T = TypeVar("T")
 
-#: Errors that mean "the server is not reachable right now" (worth a retry later).
+#: Errors that mean "the server is not reachable right now" (worth a retry later). ``ClusterDownError``
+#: and ``TryAgainError`` come from a cluster that is (re)starting or resharding.
 outage_errors: tuple[type[Exception], ...] = (
     RedisConnectionError,
     RedisTimeoutError,
     BusyLoadingError,
+    ClusterDownError,
+    TryAgainError,
     ConnectionError,
     TimeoutError,
 )
 
-#: Retries of the retrying client: 0.05 s doubling to 1 s, jittered: about 5 s in all.
-RETRIES = 8
+#: Seconds the retrying client keeps retrying once the server has answered (a restart, a failover).
+RETRY_WINDOW = 15.0
 #: Retries before the server ever answered (a wrong address fails in well under a second).
 FIRST_CONTACT_RETRIES = 2
+#: Cluster redirections (MOVED/ASK/TRYAGAIN) followed for one command before giving up.
+MAX_REDIRECTIONS = 16
 
 
 def _permanent(exc: BaseException) -> bool:
@@ -75,14 +95,22 @@ def _permanent(exc: BaseException) -> bool:
     return "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text
 
 
-class _Health:
-    """Logs an outage once (WARNING), and once more when the server answers again (INFO)."""
+def backoff(failures: int) -> float:
+    """0.05 s doubling to 1 s, each wait between half of that and all of it."""
+    ceiling = min(1.0, 0.05 * float(2 ** max(0, failures - 1)))
+    return ceiling * (0.5 + random.random() / 2)
 
-    def __init__(self, where: str) -> None:
+
+class _Health:
+    """Logs an outage once (WARNING), and once more when the server answers again (INFO); knows when to
+    stop retrying."""
+
+    def __init__(self, where: str, window: float) -> None:
         self.where = where
+        self.window = window
         self.down_since: float | None = None
         #: the server answered at least once: before that, a connection error fails fast (a wrong
-        #: address should not take the retry budget to be reported)
+        #: address should not take the retry window to be reported)
         self.reached = False
         self._lock = threading.Lock()
 
@@ -99,38 +127,52 @@ class _Health:
         if since is not None:
             logger.info("Redis at %s answers again after %.1f s", self.where, time.monotonic() - since)
 
+    def give_up(self, failures: int) -> bool:
+        """Stop retrying after ``failures`` failed attempts of one call? Before the server ever answered,
+        after a few quick tries; afterwards once the outage (shared by every call and thread, nested
+        retries included) has lasted the retry window."""
+        if not self.reached:
+            return failures > FIRST_CONTACT_RETRIES
+        since = self.down_since
+        return since is not None and time.monotonic() - since >= self.window
+
+    def succeeded(self) -> None:
+        self.reached = True
+        if self.down_since is not None:
+            self.ok()
+
 
 class _Retry(Retry):
-    """redis-py's Retry that never retries a wrong password and reports the outage once."""
+    """redis-py's Retry (one server, Sentinel) that never retries a wrong password or a TLS failure,
+    retries for up to the connection's retry window, and reports the outage once."""
 
-    def __init__(self, health: _Health, retries: int) -> None:
-        backoff = ExponentialWithJitterBackoff(cap=1.0, base=0.05) if retries else NoBackoff()
-        super().__init__(backoff, retries)
+    def __init__(self, health: _Health, retrying: bool) -> None:
+        super().__init__(NoBackoff(), 1 if retrying else 0)
         self._health = health
+        self._retrying = retrying
 
     def __deepcopy__(self, memo: dict[int, Any]) -> _Retry:
         # redis-py copies the retry policy into each connection; the outage log stays shared.
-        return _Retry(self._health, self._retries)
+        return _Retry(self._health, self._retrying)
 
     def call_with_retry(self, do: Callable[[], T], fail: Callable[..., Any], *args: Any, **kwargs: Any) -> T:
-        self._backoff.reset()  # type: ignore[no-untyped-call]
         failures = 0
         while True:
             try:
                 result = do()
-                self._health.reached = True
+                self._health.succeeded()
                 return result
             except self._supported_errors as error:
                 if _permanent(error):
                     raise
                 failures += 1
                 fail(error)
-                if failures > (
-                    self._retries if self._health.reached else min(self._retries, FIRST_CONTACT_RETRIES)
-                ):
+                if not self._retrying:
                     raise error
                 self._health.failed(error)
-                time.sleep(self._backoff.compute(failures))
+                if self._health.give_up(failures):
+                    raise error
+                time.sleep(backoff(failures))
 
 
 #: Every script, loaded on each new connection (so a pipeline never meets NOSCRIPT after a restart).
@@ -159,9 +201,7 @@ class Script:
             return client.evalsha(self.sha, len(keys), *keys, *args)
 
 
-def _load_scripts(connection: Any) -> None:
-    """``redis_connect_func`` of our pools: the usual handshake, then every script in one round trip."""
-    connection.on_connect()
+def _send_scripts(connection: Any) -> None:
     commands = [("SCRIPT", "LOAD", script.source) for script in _SCRIPTS]
     if commands:
         connection.send_packed_command(connection.pack_commands(commands), check_health=False)
@@ -169,8 +209,196 @@ def _load_scripts(connection: Any) -> None:
             connection.read_response()
 
 
+def _load_scripts(connection: Any) -> None:
+    """``redis_connect_func`` of our pools: the usual handshake, then every script in one round trip."""
+    connection.on_connect()
+    _send_scripts(connection)
+
+
 def _timeout(value: float) -> float | None:
     return float(value) if value and value > 0 else None
+
+
+# Sentinel --------------------------------------------------------------------------------------
+class _Topology:
+    """What this process knows of one Sentinel-managed master: its address, and an epoch that grows
+    each time the address changes (a failover). Shared by every connection to that master."""
+
+    def __init__(self) -> None:
+        self.address: Any = None
+        self.epoch = 0
+        self._lock = threading.Lock()
+
+    def observe(self, address: Any) -> None:
+        with self._lock:
+            if address == self.address:
+                return
+            if self.address is not None:
+                self.epoch += 1
+                logger.warning(
+                    "Redis Sentinel: the master moved from %s:%s to %s:%s (failover)",
+                    *self.address,
+                    *address,
+                )
+            self.address = address
+
+
+_TOPOLOGIES: dict[tuple[Any, ...], _Topology] = {}
+_TOPOLOGIES_LOCK = threading.Lock()
+
+
+def _topology(key: tuple[Any, ...]) -> _Topology:
+    with _TOPOLOGIES_LOCK:
+        topology = _TOPOLOGIES.get(key)
+        if topology is None:
+            topology = _TOPOLOGIES[key] = _Topology()
+        return topology
+
+
+class _SentinelPool(SentinelConnectionPool):
+    """redis-py's Sentinel pool that reports each master address it connects to (failover detection)."""
+
+    machinery_topology: _Topology | None = None
+
+    def get_master_address(self) -> Any:
+        address = super().get_master_address()  # type: ignore[no-untyped-call]
+        if self.machinery_topology is not None:
+            self.machinery_topology.observe(address)
+        return address
+
+
+# Cluster ---------------------------------------------------------------------------------------
+def _cluster_error(exc: RedisClusterException) -> RedisError:
+    """redis-py raises RedisClusterException (not a RedisError) when no node answers or a slot is not
+    covered: turn it into the RedisError it stands for."""
+    cause = exc.__cause__
+    if isinstance(cause, RedisError):
+        return cause
+    if isinstance(exc, SlotNotCoveredError) or "cannot be connected" in str(exc):
+        return RedisConnectionError(str(exc))
+    if "not covered" in str(exc):
+        return ClusterDownError(str(exc))
+    return RedisError(str(exc))
+
+
+def _load_scripts_only(connection: Any) -> None:
+    """``redis_connect_func`` for RedisCluster (which does the handshake itself first)."""
+    _send_scripts(connection)
+
+
+class _Cluster(RedisCluster):
+    """redis-py's RedisCluster whose commands raise RedisErrors only and, on the retrying client, are
+    retried on connection errors with back-off for the retry window (redis-py's own cluster retries do
+    not wait, so they cannot ride out a restart)."""
+
+    def __init__(self, health: _Health, retrying: bool, **kwargs: Any) -> None:
+        self._machinery_health = health
+        self._machinery_retrying = retrying
+        try:
+            super().__init__(retry=Retry(NoBackoff(), 0), **kwargs)
+        except RedisClusterException as exc:
+            raise _cluster_error(exc) from None
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        health = self._machinery_health
+        failures = 0
+        while True:
+            try:
+                try:
+                    result = super().execute_command(*args, **kwargs)  # type: ignore[no-untyped-call]
+                except RedisClusterException as exc:
+                    raise _cluster_error(exc) from None
+                health.succeeded()
+                return result
+            except outage_errors as error:
+                if _permanent(error) or not self._machinery_retrying:
+                    raise
+                failures += 1
+                health.failed(error)
+                if health.give_up(failures):
+                    raise
+                time.sleep(backoff(failures))
+
+
+def _command_key(command: tuple[Any, ...]) -> Any:
+    """The key a command is routed by (every command this plugin batches names its key first)."""
+    if command[0] in ("EVALSHA", "EVAL"):
+        return command[3] if int(command[2]) > 0 else None
+    return command[1] if len(command) > 1 else None
+
+
+def _slot(client: Any, command: tuple[Any, ...]) -> int:
+    key = _command_key(command)
+    if key is None:
+        return random.randrange(16384)
+    return int(key_slot(client.encoder.encode(key)))
+
+
+def _cluster_round(client: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """Send ``commands`` to their nodes (all writes first, then the reads: one round trip per node, in
+    parallel), following MOVED/ASK/TRYAGAIN. Error replies come back as exception objects."""
+    replies: list[Any] = [None] * len(commands)
+    todo = list(range(len(commands)))
+    asking: dict[int, Any] = {}
+    for _ in range(MAX_REDIRECTIONS):
+        groups: dict[str, tuple[Any, list[int]]] = {}
+        for i in todo:
+            node = asking.get(i)
+            if node is None:
+                node = client.nodes_manager.get_node_from_slot(_slot(client, commands[i]))
+            groups.setdefault(node.name, (node, []))[1].append(i)
+        taken: list[tuple[Any, Any, list[int]]] = []
+        clean = False
+        try:
+            for node, indexes in groups.values():
+                pool = client.get_redis_connection(node).connection_pool
+                conn = pool.get_connection()
+                taken.append((pool, conn, indexes))
+                batch: list[tuple[Any, ...]] = []
+                for i in indexes:
+                    if i in asking:
+                        batch.append(("ASKING",))
+                    batch.append(commands[i])
+                conn.send_packed_command(conn.pack_commands(batch))
+            for _pool, conn, indexes in taken:
+                for i in indexes:
+                    if i in asking:
+                        conn.read_response()
+                    try:
+                        replies[i] = conn.read_response()
+                    except ResponseError as exc:
+                        replies[i] = exc
+            clean = True
+        finally:
+            for pool, conn, _indexes in taken:
+                if not clean:
+                    conn.disconnect()
+                pool.release(conn)
+        asking = {}
+        again: list[int] = []
+        refresh = False
+        for i in todo:
+            reply = replies[i]
+            if isinstance(reply, MovedError):
+                refresh = True
+                again.append(i)
+            elif isinstance(reply, AskError):
+                node = client.get_node(host=reply.host, port=reply.port)
+                if node is None:
+                    refresh = True
+                else:
+                    asking[i] = node
+                again.append(i)
+            elif isinstance(reply, TryAgainError):
+                again.append(i)
+        if not again:
+            return replies
+        if refresh:
+            client.nodes_manager.initialize()
+        elif not asking:
+            time.sleep(0.05)  # TRYAGAIN: a slot is being migrated
+        todo = again
+    return replies
 
 
 class Connection:
@@ -184,38 +412,59 @@ class Connection:
         self.target = target
         self.config = config
         self.error_class = error_class
-        self.health = _Health(target.describe() or "a user-supplied client")
+        window: Any = target.options.get("retry_window")
+        if window is None:
+            window = getattr(config.redis, "retry_window", RETRY_WINDOW)
+        self.retry_window = float(window)
+        self.health = _Health(target.describe() or "a user-supplied client", self.retry_window)
         self._lock = threading.Lock()
         self._client: RedisClient | None = None
         self._blocking: RedisClient | None = None
         self.user_client: Any = config.redis.client
-        if self.user_client is not None and not isinstance(self.user_client, redis.Redis):
+        if self.user_client is not None and not isinstance(self.user_client, redis.Redis | RedisCluster):
             raise ConfigError(
-                f"Config.redis.client must be a redis.Redis, got {type(self.user_client).__name__} "
-                "(Redis Cluster clients come with cluster support, issue 8)"
+                "Config.redis.client must be a redis.Redis or a redis.cluster.RedisCluster, got "
+                f"{type(self.user_client).__name__}"
             )
         #: Sentinel master: from redis+sentinel://, or Machinery's Config.redis.master_name with the
         #: URL's hosts as the sentinels
         self.master_name = target.master_name or (config.redis.master_name if target.hosts else "")
-        if (
-            self.user_client is None
-            and not self.master_name
-            and (target.cluster or config.redis.cluster_mode)
-        ):
-            raise ConfigError(
-                f"Redis Cluster ({target.describe()}) is not supported yet: use one node, "
-                "redis+sentinel://, or pass a redis.Redis in Config.redis.client"
-            )
+        #: Redis Cluster: Machinery's comma list of nodes, Config.redis.cluster_mode, or a RedisCluster
+        #: passed in Config.redis.client
+        if self.user_client is not None:
+            self.cluster = isinstance(self.user_client, RedisCluster)
+        else:
+            self.cluster = not self.master_name and (target.cluster or bool(config.redis.cluster_mode))
+        if self.cluster and self.user_client is None:
+            if target.socket_path:
+                raise ConfigError(
+                    f"Redis Cluster over a unix socket ({target.describe()}) is not possible: give the "
+                    "nodes as redis://h1:7000,h2:7001/0"
+                )
+            if target.db != 0:
+                raise ConfigError(
+                    f"Redis Cluster has only database 0, got /{target.db} in {target.describe()}"
+                )
+        self.topology: _Topology | None = None
+        if self.master_name and self.user_client is None:
+            self.topology = _topology((self.target.hosts, self.master_name))
+
+    @property
+    def epoch(self) -> int:
+        """Grows with each Sentinel failover this process noticed (0 without Sentinel)."""
+        topology = self.topology
+        return topology.epoch if topology is not None else 0
 
     # clients ---------------------------------------------------------------------------------
     @property
     def client(self) -> RedisClient:
-        """The retrying client (built on first use; no I/O until a command is sent)."""
+        """The retrying client (built on first use; no I/O until a command is sent, except for Redis
+        Cluster, whose client reads the slot map when built)."""
         client = self._client
         if client is None:
             with self._lock:
                 if self._client is None:
-                    self._client = self._build(retries=RETRIES)
+                    self._client = self._build(retrying=True)
                 client = self._client
         return client
 
@@ -226,18 +475,18 @@ class Connection:
         if client is None:
             with self._lock:
                 if self._blocking is None:
-                    self._blocking = self._build(retries=0)
+                    self._blocking = self._build(retrying=False)
                 client = self._blocking
         return client
 
-    def _kwargs(self, retries: int) -> dict[str, Any]:
+    def _kwargs(self, retrying: bool) -> dict[str, Any]:
         cfg = self.config.redis
         target = self.target
         timeout = max(cfg.read_timeout or 0, cfg.write_timeout or 0)
         kwargs: dict[str, Any] = {
             "socket_timeout": _timeout(timeout),
             "socket_connect_timeout": _timeout(cfg.connect_timeout),
-            "retry": _Retry(self.health, retries),
+            "retry": _Retry(self.health, retrying),
             "redis_connect_func": _load_scripts,
             "health_check_interval": max(0, int(cfg.idle_timeout or 0)),
             "client_name": target.client_name or cfg.client_name or None,
@@ -286,13 +535,13 @@ class Connection:
             )
         return redis.ConnectionPool(max_connections=max_active, **kwargs)
 
-    def _build(self, retries: int) -> RedisClient:
+    def _build(self, retrying: bool) -> RedisClient:
         if self.user_client is not None:
-            return self._derive(self.user_client, retries)
-        kwargs = self._kwargs(retries)
+            return self._derive(self.user_client, retrying)
+        if self.cluster:
+            return self._build_cluster(retrying)
+        kwargs = self._kwargs(retrying)
         if self.master_name:
-            from redis.sentinel import Sentinel
-
             sentinel_kwargs: dict[str, Any] = {
                 "socket_timeout": kwargs["socket_timeout"],
                 "socket_connect_timeout": kwargs["socket_connect_timeout"],
@@ -304,18 +553,60 @@ class Connection:
                 sentinel_kwargs.update(self._tls_kwargs())
             sentinel: Any = Sentinel(list(self.target.hosts), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
             kwargs.pop("db")
-            return sentinel.master_for(self.master_name, db=self.target.db, **kwargs)
+            client = sentinel.master_for(
+                self.master_name, db=self.target.db, connection_pool_class=_SentinelPool, **kwargs
+            )
+            client.connection_pool.machinery_topology = self.topology
+            return client
         return redis.Redis(connection_pool=self._pool(kwargs))
 
-    def _derive(self, user: redis.Redis, retries: int) -> redis.Redis:
+    def _build_cluster(self, retrying: bool) -> RedisClient:
+        cfg = self.config.redis
+        target = self.target
+        timeout = max(cfg.read_timeout or 0, cfg.write_timeout or 0)
+        kwargs: dict[str, Any] = {
+            "startup_nodes": [ClusterNode(host, port) for host, port in target.hosts],  # type: ignore[no-untyped-call]
+            "socket_timeout": _timeout(timeout),
+            "socket_connect_timeout": _timeout(cfg.connect_timeout),
+            "redis_connect_func": _load_scripts_only,
+            "client_name": target.client_name or cfg.client_name or None,
+            "username": target.username,
+            "password": target.password,
+        }
+        max_active = cfg.max_active if cfg.max_active and cfg.max_active > 0 else None
+        if max_active:
+            kwargs["max_connections"] = max_active
+            if cfg.wait:
+                kwargs["connection_pool_class"] = redis.BlockingConnectionPool
+                kwargs["timeout"] = _timeout(cfg.connect_timeout)
+        if target.tls:
+            kwargs["ssl"] = True
+            kwargs["connection_class"] = redis.SSLConnection
+            kwargs.update(self._tls_kwargs())
+        failures = 0
+        while True:
+            try:
+                client = _Cluster(self.health, retrying, **kwargs)
+                self.health.succeeded()
+                return client
+            except outage_errors as error:
+                if _permanent(error) or not retrying:
+                    raise
+                failures += 1
+                self.health.failed(error)
+                if self.health.give_up(failures):
+                    raise
+                time.sleep(backoff(failures))
+
+    def _derive(self, user: Any, retrying: bool) -> RedisClient:
         """The user's client as is, or (for blocking commands) a twin on its own pool without retries."""
-        if retries:
+        if retrying or isinstance(user, RedisCluster):
             return user
         pool = user.connection_pool
         if type(pool) is not redis.ConnectionPool:
             return user  # a sentinel or blocking pool: use it as it is
         kwargs = dict(pool.connection_kwargs)
-        kwargs["retry"] = _Retry(self.health, 0)
+        kwargs["retry"] = _Retry(self.health, False)
         kwargs["redis_connect_func"] = _load_scripts
         return redis.Redis(
             connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
@@ -332,6 +623,8 @@ class Connection:
     # errors ----------------------------------------------------------------------------------
     def error(self, operation: str, exc: BaseException) -> MachineryError:
         """``exc`` as this connection's error class, naming the operation and the redacted URL."""
+        if isinstance(exc, RedisClusterException):
+            exc = _cluster_error(exc)
         where = self.target.describe() or "the user-supplied Redis client"
         text = str(exc) or type(exc).__name__
         password = self.target.password
@@ -362,50 +655,48 @@ class Connection:
         """Run ``fn`` translating redis errors (the slow path helper; hot paths inline this)."""
         try:
             result = fn()
-        except RedisError as exc:
+        except (RedisError, RedisClusterException) as exc:
             raise self.error(operation, exc) from None
         if self.health.down_since is not None:
             self.health.ok()
         return result
 
     def run(self, commands: Sequence[tuple[Any, ...]], *, blocking: bool = False) -> list[Any]:
-        """Send ``commands`` in one round trip and return their raw replies, error replies as exception
-        objects (the caller decides). Skips redis-py's pipeline machinery: this is the hot path.
+        """Send ``commands`` in one round trip (per node, on a cluster) and return their raw replies,
+        error replies as exception objects (the caller decides). Skips redis-py's pipeline machinery:
+        this is the hot path.
 
         The retrying client retries connection errors with back-off (the commands must be safe to send
         twice); ``blocking=True`` uses the client without retries (for BLMOVE) and raises at once.
-        Raises redis-py's exceptions; callers translate them with :meth:`error`.
+        Raises redis-py's exceptions (RedisErrors only); callers translate them with :meth:`error`.
         """
-        client = self.blocking if blocking else self.client
-        pool = client.connection_pool
         failures = 0
         while True:
-            conn = pool.get_connection()
             try:
-                conn.send_packed_command(conn.pack_commands(commands))
-                replies: list[Any] = []
-                for _ in commands:
-                    try:
-                        replies.append(conn.read_response())
-                    except ResponseError as exc:
-                        replies.append(exc)
+                try:
+                    client = self.blocking if blocking else self.client
+                    if self.cluster:
+                        replies = _cluster_round(client, commands)
+                    else:
+                        replies = self._round(client, commands)
+                except RedisClusterException as exc:
+                    raise _cluster_error(exc) from None
             except outage_errors as exc:
-                conn.disconnect()
-                if _permanent(exc):
+                if _permanent(exc) or blocking:
                     raise
                 failures += 1
-                if blocking or failures > (RETRIES if self.health.reached else FIRST_CONTACT_RETRIES):
-                    raise
                 self.health.failed(exc)
-                time.sleep(min(0.05 * 2 ** (failures - 1), 1.0))
+                if self.health.give_up(failures):
+                    raise
+                time.sleep(backoff(failures))
+                if self.cluster and self._client is not None:
+                    try:
+                        self._client.nodes_manager.initialize()
+                    except Exception:  # still down: the next round fails and backs off again
+                        logger.debug("refreshing the cluster's slot map failed", exc_info=True)
                 continue
-            except BaseException:
-                conn.disconnect()
-                raise
-            finally:
-                pool.release(conn)
             break
-        self.health.reached = True
+        self.health.succeeded()
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if missing:  # a user-supplied client's connection, or SCRIPT FLUSH: load and send those again
             for script in _SCRIPTS:
@@ -413,8 +704,25 @@ class Connection:
             again = self.run([commands[i] for i in missing], blocking=blocking)
             for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
-        if self.health.down_since is not None:
-            self.health.ok()
+        return replies
+
+    @staticmethod
+    def _round(client: RedisClient, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        pool = client.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command(conn.pack_commands(commands))
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(conn.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            pool.release(conn)
         return replies
 
     def close(self) -> None:
@@ -426,6 +734,9 @@ class Connection:
             if client is self.user_client:
                 continue
             try:
-                client.connection_pool.disconnect()
+                if isinstance(client, RedisCluster):
+                    client.close()
+                else:
+                    client.connection_pool.disconnect()
             except Exception:  # pragma: no cover - closing must not raise
                 logger.debug("closing a Redis pool failed", exc_info=True)

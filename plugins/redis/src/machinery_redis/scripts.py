@@ -2,8 +2,10 @@
 chords fire once, and lets one round trip do the work of many.
 
 Key names built inside a script (``{queue}:machinery:...``) share the queue's hash slot by design, so
-these scripts stay valid on Redis Cluster (issue 8), except where noted (the delayed mover, the
-``delay`` and ``dead`` nacks, and the chord's look at Go's global ``TriggerChordMutex`` cross slots).
+these scripts stay valid on Redis Cluster. On a cluster the broker passes keys of one slot only: each
+queue's own delayed ZSET (:data:`MOVE_DUE_QUEUE` instead of :data:`MOVE_DUE`, which moves from Go's
+global ZSET to any queue), a tagged dead list, and a chord mutex key in the group's slot (Go's global
+``TriggerChordMutex`` is then taken around the script instead, see backend.py).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ __all__ = [
     "ACK_REDELIVERED",
     "DEAD",
     "MOVE_DUE",
+    "MOVE_DUE_QUEUE",
     "NACK_DELAY",
     "NACK_REQUEUE",
     "PUBLISH_PRIORITY",
@@ -220,6 +223,37 @@ for _, m in ipairs(due) do
     redis.call('ZADD', tag .. 'priority', string.format('%.0f', (255 - p) * 1099511627776 + seq), m)
   else
     redis.call('RPUSH', q, m)
+  end
+end
+local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {#due, nxt[2] or false, now}
+""",
+)
+
+#: Redis Cluster: move the due messages of one queue's own delayed ZSET (same slot) to that queue,
+#: oldest first (or to its priority ZSET when ARGV[2] == '1' and the message has a priority).
+#: Returns {moved, next due score or false, server time in ns}.
+#: KEYS: delayed, queue, priority, priority_seq   ARGV: limit, use_priority
+MOVE_DUE_QUEUE = Script(
+    "move_due_queue",
+    """
+local t = redis.call('TIME')
+local now = t[1] .. string.format('%06d', tonumber(t[2])) .. '000'
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+for _, m in ipairs(due) do
+  redis.call('ZREM', KEYS[1], m)
+  local p = 0
+  if ARGV[2] == '1' then
+    local ok, d = pcall(cjson.decode, m)
+    if ok and type(d) == 'table' and type(d['Priority']) == 'number' and d['Priority'] > 0 then
+      p = math.min(math.floor(d['Priority']), 255)
+    end
+  end
+  if p > 0 then
+    local seq = redis.call('INCR', KEYS[4]) % 1099511627776
+    redis.call('ZADD', KEYS[3], string.format('%.0f', (255 - p) * 1099511627776 + seq), m)
+  else
+    redis.call('RPUSH', KEYS[2], m)
   end
 end
 local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')

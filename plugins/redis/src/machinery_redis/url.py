@@ -7,11 +7,13 @@
   ``ssl_certfile``, ``ssl_keyfile``, ``ssl_cert_reqs=none``, ``ssl_check_hostname``).
 - ``redis+socket://[[user:]password@]/path/file.sock[:/db]``: a unix socket (Machinery's form);
   ``?db=N`` works too.
-- ``redis://h1:7000,h2:7001,h3:7002/0``: Redis Cluster, Machinery's comma list (issue 8).
+- ``redis://h1:7000,h2:7001,h3:7002/0``: Redis Cluster, Machinery's comma list (or one node with
+  ``Config.redis.cluster_mode``); ``rediss://`` for a cluster over TLS. Database 0 only.
 - ``redis+sentinel://[password@]h:26379[,h2:26379]/master[/db]``: Sentinel addresses, master name, db.
 
-Query parameters that tune this plugin (also constructor keywords): ``lease``, ``heartbeat`` (seconds),
-``priority`` (true/false), ``delayed_tasks_mover`` (true/false), ``go_compatible_chords`` (true/false).
+Query parameters that tune this plugin (also constructor keywords): ``lease``, ``heartbeat``,
+``retry_window`` (seconds), ``priority`` (true/false), ``delayed_tasks_mover`` (true/false),
+``go_compatible_chords`` (true/false).
 Percent-encode a password holding ``@``, ``/``, ``?``, ``#`` or ``,``. Errors never show the password: every
 URL in a message goes through :func:`machinery.redact.redact_url`.
 """
@@ -36,7 +38,9 @@ TLS_PARAMS = frozenset(
     {"ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs", "ssl_check_hostname", "ssl_ca_path"}
 )
 #: Query parameters tuning the plugin itself.
-OPTION_PARAMS = frozenset({"lease", "heartbeat", "priority", "delayed_tasks_mover", "go_compatible_chords"})
+OPTION_PARAMS = frozenset(
+    {"lease", "heartbeat", "retry_window", "priority", "delayed_tasks_mover", "go_compatible_chords"}
+)
 OTHER_PARAMS = frozenset({"db", "client_name", "password"})
 KNOWN_PARAMS = TLS_PARAMS | OPTION_PARAMS | OTHER_PARAMS
 
@@ -157,7 +161,7 @@ def parse_url(url: str) -> RedisTarget:
     tls_params = {k: v for k, v in query.items() if k in TLS_PARAMS}
     options = {k: v for k, v in query.items() if k in OPTION_PARAMS}
     client_name = query.get("client_name", "")
-    for name in ("lease", "heartbeat"):
+    for name in ("lease", "heartbeat", "retry_window"):
         if name in options:
             try:
                 if float(options[name]) <= 0:
