@@ -1,18 +1,29 @@
-"""The other URL forms against scripts/services: rediss:// (TLS) and Sentinel. Cluster is refused for now.
-
-(The unix socket runs the whole contract kit in test_redis_contract.py.)
+"""The other topologies against scripts/services: rediss:// (TLS), Sentinel (with a failover mid-run)
+and Redis Cluster (the key layout; the contract kit runs on all of them in
+tests/contract/test_redis_topologies.py, the unix socket in test_redis_contract.py).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from redis_testlib import TEST_DB, require_env
+import redis
+from redis.crc import key_slot
+from redis_testlib import IN_CI, TEST_DB, require_env
 
 from machinery import Config, Machinery
-from machinery.errors import BrokerError
+from machinery.errors import BackendError, BrokerError
+from machinery.signature import Signature, now_utc
+from machinery_redis import RedisBackend, RedisBroker
 
 pytestmark = pytest.mark.services
 
@@ -88,3 +99,222 @@ def test_sentinel_through_master_name_like_go(name: str) -> None:
     config = Config(broker=url, result_backend=url)
     config.redis.master_name = parts.path.strip("/").split("/")[0]
     assert _roundtrip(config, name) == 7
+
+
+# Sentinel failover ---------------------------------------------------------------------------------
+def _sentinel() -> redis.Redis:
+    host, _, port = require_env("REDIS_SENTINEL_ADDR").rpartition(":")
+    return redis.Redis(host=host, port=int(port), decode_responses=True, socket_timeout=5)
+
+
+def _master_name() -> str:
+    return urlsplit(require_env("REDIS_SENTINEL_URL")).path.strip("/").split("/")[0]
+
+
+def _master_of(sentinel: redis.Redis, master: str) -> tuple[str, int]:
+    host, port = sentinel.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", master)
+    return str(host), int(port)
+
+
+def _replica_ready(sentinel: redis.Redis, master: str) -> bool:
+    """The sentinel sees a replica in sync with the current master (a failover can pick it)."""
+    for replica in sentinel.execute_command("SENTINEL", "REPLICAS", master):
+        info = replica if isinstance(replica, dict) else dict(zip(replica[::2], replica[1::2], strict=True))
+        flags = str(info.get("flags", ""))
+        if "s_down" not in flags and "disconnected" not in flags and info.get("master-link-status") == "ok":
+            return True
+    return False
+
+
+def _wait(what: str, check: Any, timeout: float) -> float:
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"{what}: not within {timeout:g} s")
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+@pytest.fixture
+def sentinel_ready() -> Iterator[tuple[redis.Redis, str]]:
+    """The sentinel, once the topology is settled (a previous run's failover may still be ending:
+    nothing assumes which server is the master)."""
+    sentinel = _sentinel()
+    master = _master_name()
+    try:
+        sentinel.ping()
+    except redis.RedisError as exc:
+        message = f"the sentinel at {require_env('REDIS_SENTINEL_ADDR')} does not answer: {exc}"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    _wait("a replica in sync for a failover", lambda: _replica_ready(sentinel, master), 60)
+    yield sentinel, master
+    sentinel.close()
+
+
+def _failover(sentinel: redis.Redis, master: str) -> None:
+    """``SENTINEL FAILOVER``, retried while a previous failover still settles (INPROG, NOGOODSLAVE)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            sentinel.execute_command("SENTINEL", "FAILOVER", master)
+            return
+        except redis.ResponseError as exc:
+            if time.monotonic() > deadline or not any(x in str(exc) for x in ("INPROG", "NOGOODSLAVE")):
+                raise
+            time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_sentinel_failover_mid_run_loses_nothing(
+    name: str, sentinel_ready: tuple[redis.Redis, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """SENTINEL FAILOVER while a worker runs tasks: every task sent before and after completes; the
+    producer, the worker and the result waits reconnect to the new master by themselves."""
+    caplog.set_level(logging.INFO, logger="machinery.redis")
+    sentinel, master = sentinel_ready
+    parts = urlsplit(require_env("REDIS_SENTINEL_URL"))
+    url = f"redis+sentinel://{parts.netloc}/{master}/{TEST_DB}"
+    config = Config(broker=f"{url}?lease=2&heartbeat=0.5", result_backend=url)
+    config.default_queue = name
+    config.redis.delayed_tasks_key = f"{name}:delayed"
+    config.redis.normal_tasks_poll_period = 200
+    config.worker.poll_timeout = 0.2
+    config.no_unix_signals = True
+    app = Machinery(config)
+    runs: dict[int, int] = {}
+    runs_lock = threading.Lock()
+
+    @app.task
+    def slow_add(x: int, y: int) -> int:
+        time.sleep(0.02)
+        with runs_lock:
+            runs[x] = runs.get(x, 0) + 1
+        return x + y
+
+    worker = app.worker(concurrency=4)
+    thread = worker.launch_async()
+    try:
+        old = _master_of(sentinel, master)
+        epoch = app.broker.conn.epoch  # type: ignore[attr-defined]
+        before = [app.send_task(slow_add.s(i, 1000)) for i in range(150)]  # about 0.8 s of work
+        time.sleep(0.1)
+        started = time.monotonic()
+        _failover(sentinel, master)
+        switched = _wait("the sentinel names a new master", lambda: _master_of(sentinel, master) != old, 30)
+        new = _master_of(sentinel, master)
+        # the client hears of it (the sentinel's +switch-master) and leaves the old master at once
+        noticed = _wait(
+            "the client noticing the failover",
+            lambda: app.broker.conn.epoch > epoch,  # type: ignore[attr-defined]
+            15,
+        )
+        probe = app.send_task(slow_add.s(10_000, 1))
+        reconnected = time.monotonic() - started
+        after = [app.send_task(slow_add.s(i, 1000)) for i in range(150, 300)]
+        results = [r.get(timeout=60) for r in [*before, probe, *after]]
+        assert results == [i + 1000 for i in range(150)] + [10_001] + [i + 1000 for i in range(150, 300)]
+        assert all(runs.get(i, 0) >= 1 for i in range(300))
+    finally:
+        worker.quit()
+        thread.join(15)
+        app.close()
+    repeated = sum(1 for count in runs.values() if count > 1)
+    print(
+        f"failover {old[1]} -> {new[1]}: the sentinel switched after {switched:.2f} s, the client noticed "
+        f"{noticed:.2f} s later, the producer was through {reconnected:.2f} s after SENTINEL FAILOVER; "
+        f"{repeated} task(s) ran twice (at least once), none lost"
+    )
+    assert any("master moved" in r.getMessage() for r in caplog.records)
+
+
+# Redis Cluster -----------------------------------------------------------------------------------
+def _cluster_url(query: str = "") -> str:
+    return f"redis://{require_env('REDIS_CLUSTER_NODES')}/0" + (f"?{query}" if query else "")
+
+
+@pytest.fixture
+def cluster() -> Iterator[redis.cluster.RedisCluster]:
+    host, _, port = require_env("REDIS_CLUSTER_NODES").split(",")[0].rpartition(":")
+    try:
+        client = redis.cluster.RedisCluster(host=host, port=int(port))
+    except Exception as exc:
+        message = (
+            f"Redis Cluster at {host}:{port} does not answer ({exc}): scripts/services start redis-cluster"
+        )
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    yield client
+    client.close()
+
+
+def test_cluster_layout_go_queue_uuid_keys_and_tagged_extras(
+    cluster: redis.cluster.RedisCluster, name: str
+) -> None:
+    """Go's keys where a Go worker or client reads them (the queue list, the bare uuid state keys); the
+    keys Go does not share carry the queue's hash tag; a delayed task sits in the queue's own ZSET."""
+    config = Config()
+    config.redis.delayed_tasks_poll_period = 50
+    broker = RedisBroker.from_url(_cluster_url("lease=2&heartbeat=0.5"), config)
+    backend = RedisBackend.from_url(_cluster_url(), config)
+    try:
+        broker.publish(Signature("add", uuid=f"{name}-1", routing_key=name, args=[]))
+        assert cluster.llen(name) == 1  # Go's list, named by the routing key
+        broker.publish(
+            Signature("add", uuid=f"{name}-2", routing_key=name, eta=now_utc() + timedelta(seconds=30))
+        )
+        delayed = f"{{{name}}}:delayed_tasks"
+        assert cluster.zcard(delayed) == 1 and key_slot(delayed.encode()) == key_slot(name.encode())
+        assert [s.uuid for s in broker.delayed() if s.routing_key == name] == [f"{name}-2"]
+        (delivery,) = broker.consume(name, 1, 1.0)
+        processing = broker.processing(name)
+        assert processing == [delivery.body]
+        delivery.nack(requeue=False)
+        assert broker.dead_letters(name) == [delivery.body]
+        assert cluster.llen(f"{{{name}}}.dead") == 1
+        # states: Go's bare uuid keys, one slot each; a group's members read across slots
+        from machinery.signature import State, TaskState
+
+        uuids = [f"{name}-s{i}" for i in range(20)]
+        assert len({key_slot(u.encode()) for u in uuids}) > 1
+        backend.init_group(f"{name}-g", uuids)
+        backend.set_states([TaskState(u, State.SUCCESS, "add") for u in uuids])
+        assert json.loads(cluster.get(uuids[0]) or b"{}")["State"] == "SUCCESS"
+        assert [s.state for s in backend.group_states(f"{name}-g")] == [State.SUCCESS] * 20
+        assert backend.trigger_chord(f"{name}-g") is True
+        assert backend.trigger_chord(f"{name}-g") is False
+        assert not cluster.exists("TriggerChordMutex")  # Go's mutex: taken and released
+        assert set(backend.wait(uuids, 1.0)) == set(uuids)
+        broker.purge(name)
+        assert cluster.llen(name) == 0 and cluster.zcard(delayed) == 0
+    finally:
+        broker.close()
+        backend.close()
+
+
+def test_cluster_chord_waits_for_go_holding_its_mutex(cluster: redis.cluster.RedisCluster, name: str) -> None:
+    """A Go worker holding ``TriggerChordMutex`` (redsync) keeps a Python trigger out until it lets go."""
+    backend = RedisBackend.from_url(_cluster_url(), Config())
+    try:
+        backend.init_group(f"{name}-g", [f"{name}-a"])
+        cluster.set("TriggerChordMutex", "go-token", px=400)
+        started = time.monotonic()
+        assert backend.trigger_chord(f"{name}-g") is True
+        assert time.monotonic() - started >= 0.3
+        assert not cluster.exists("TriggerChordMutex")
+    finally:
+        backend.close()
+
+
+def test_cluster_errors_are_clear(name: str) -> None:
+    with pytest.raises(BrokerError, match="unreachable") as info:
+        RedisBroker.from_url("redis://:cl-secret-77@127.0.0.1:1,127.0.0.1:2/0", Config()).publish(
+            Signature("add", uuid=name, routing_key=name)
+        )
+    assert "cl-secret-77" not in str(info.value)
+    nodes = require_env("REDIS_CLUSTER_NODES")
+    with pytest.raises(BackendError, match="refused the credentials") as info2:
+        RedisBackend.from_url(f"redis://nobody:cl-secret-78@{nodes}/0", Config()).get_state(name)
+    assert "cl-secret-78" not in str(info2.value)

@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import random
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -51,7 +53,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
-from redis.sentinel import Sentinel, SentinelConnectionPool
+from redis.sentinel import Sentinel, SentinelConnectionPoolProxy
 
 from machinery.config import Config
 from machinery.errors import ConfigError, MachineryError
@@ -222,49 +224,149 @@ def _timeout(value: float) -> float | None:
 # Sentinel --------------------------------------------------------------------------------------
 class _Topology:
     """What this process knows of one Sentinel-managed master: its address, and an epoch that grows
-    each time the address changes (a failover). Shared by every connection to that master."""
+    each time the address changes (a failover). Shared by every connection to that master.
 
-    def __init__(self) -> None:
+    A watcher thread subscribes to the sentinels' ``+switch-master`` and, on a failover, closes every
+    connection of our pools to that master, in use or not: redis-py would otherwise keep writing to the
+    old master through the connections it already has until the sentinel demotes it (up to ~10 s
+    later), and Redis drops those writes when the old master resyncs as a replica."""
+
+    def __init__(self, hosts: Sequence[tuple[str, int]], master: str) -> None:
+        self.hosts = list(hosts)
+        self.master = master
         self.address: Any = None
         self.epoch = 0
         self._lock = threading.Lock()
+        self._pools: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._watcher: threading.Thread | None = None
+        self._sentinel_kwargs: dict[str, Any] = {}
 
-    def observe(self, address: Any) -> None:
+    def observe(self, address: Any) -> bool:
+        """Note the master's address; True when it moved (a failover: the epoch grows)."""
+        address = (str(address[0]), int(address[1]))
         with self._lock:
             if address == self.address:
+                return False
+            old, self.address = self.address, address
+            if old is None:
+                return False
+            self.epoch += 1
+        logger.warning(
+            "Redis Sentinel %s: the master moved from %s:%s to %s:%s (failover)", self.master, *old, *address
+        )
+        return True
+
+    def watch(self, pool: Any, sentinel_kwargs: dict[str, Any]) -> None:
+        """Close ``pool``'s connections on each failover (starts the watcher thread once)."""
+        with self._lock:
+            self._pools.add(pool)
+            self._sentinel_kwargs = sentinel_kwargs
+            if self._watcher is not None and self._watcher.is_alive():
                 return
-            if self.address is not None:
-                self.epoch += 1
-                logger.warning(
-                    "Redis Sentinel: the master moved from %s:%s to %s:%s (failover)",
-                    *self.address,
-                    *address,
-                )
-            self.address = address
+            self._watcher = threading.Thread(
+                target=self._watch, name=f"redis-sentinel-watch-{self.master}", daemon=True
+            )
+            self._watcher.start()
+
+    def switched(self, address: Any) -> None:
+        moved = self.observe(address)
+        if not moved:
+            return
+        with self._lock:
+            pools = list(self._pools)
+        for pool in pools:
+            try:
+                pool.disconnect(inuse_connections=True)
+            except Exception:  # pragma: no cover - best effort
+                logger.debug("closing connections to the old master failed", exc_info=True)
+
+    def _watch(self) -> None:
+        failures = 0
+        idle_since: float | None = None
+        while True:
+            with self._lock:
+                alive = len(self._pools) > 0
+                kwargs = dict(self._sentinel_kwargs)
+            if not alive:  # every client of this master is gone: stop after a while
+                idle_since = idle_since or time.monotonic()
+                if time.monotonic() - idle_since > 30:
+                    with self._lock:
+                        self._watcher = None
+                    return
+            else:
+                idle_since = None
+            host, port = self.hosts[failures % len(self.hosts)]
+            kwargs["socket_timeout"] = None  # listening: the reads block
+            try:
+                client: Any = redis.Redis(host=host, port=port, **kwargs)
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                try:
+                    pubsub.subscribe("+switch-master")
+                    failures = 0
+                    while True:
+                        with self._lock:
+                            if not self._pools:
+                                break
+                        message = pubsub.get_message(timeout=5.0)
+                        if message is None:
+                            continue
+                        data = message.get("data")
+                        text = data.decode() if isinstance(data, bytes) else str(data)
+                        # "<master name> <old ip> <old port> <new ip> <new port>"
+                        fields = text.split()
+                        if len(fields) == 5 and fields[0] == self.master:
+                            self.switched((fields[3], int(fields[4])))
+                finally:
+                    pubsub.close()
+                    client.close()
+            except Exception as exc:
+                failures += 1
+                logger.debug("watching sentinel %s:%s failed: %s", host, port, exc)
+                time.sleep(min(0.1 * failures, 2.0))
 
 
 _TOPOLOGIES: dict[tuple[Any, ...], _Topology] = {}
 _TOPOLOGIES_LOCK = threading.Lock()
 
 
-def _topology(key: tuple[Any, ...]) -> _Topology:
+def _topology(hosts: Sequence[tuple[str, int]], master: str) -> _Topology:
+    key = (tuple(hosts), master)
     with _TOPOLOGIES_LOCK:
         topology = _TOPOLOGIES.get(key)
         if topology is None:
-            topology = _TOPOLOGIES[key] = _Topology()
+            topology = _TOPOLOGIES[key] = _Topology(hosts, master)
         return topology
 
 
-class _SentinelPool(SentinelConnectionPool):
-    """redis-py's Sentinel pool that reports each master address it connects to (failover detection)."""
+def _forget_topologies() -> None:
+    """In a forked child: the watcher threads are not there; start afresh."""
+    global _TOPOLOGIES_LOCK
+    _TOPOLOGIES_LOCK = threading.Lock()
+    _TOPOLOGIES.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_topologies)
+
+
+class _SentinelProxy(SentinelConnectionPoolProxy):
+    """redis-py's Sentinel pool proxy (what each new connection asks for the master's address) that
+    reports every address it gets: a change is a failover."""
 
     machinery_topology: _Topology | None = None
 
     def get_master_address(self) -> Any:
         address = super().get_master_address()  # type: ignore[no-untyped-call]
         if self.machinery_topology is not None:
-            self.machinery_topology.observe(address)
+            self.machinery_topology.switched(address)
         return address
+
+
+def _watch_failovers(client: Any, topology: _Topology, sentinel_kwargs: dict[str, Any]) -> None:
+    pool = client.connection_pool
+    pool.proxy.__class__ = _SentinelProxy
+    pool.proxy.machinery_topology = topology
+    topology.watch(pool, sentinel_kwargs)
 
 
 # Cluster ---------------------------------------------------------------------------------------
@@ -447,7 +549,7 @@ class Connection:
                 )
         self.topology: _Topology | None = None
         if self.master_name and self.user_client is None:
-            self.topology = _topology((self.target.hosts, self.master_name))
+            self.topology = _topology(self.target.hosts, self.master_name)
 
     @property
     def epoch(self) -> int:
@@ -553,10 +655,9 @@ class Connection:
                 sentinel_kwargs.update(self._tls_kwargs())
             sentinel: Any = Sentinel(list(self.target.hosts), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
             kwargs.pop("db")
-            client = sentinel.master_for(
-                self.master_name, db=self.target.db, connection_pool_class=_SentinelPool, **kwargs
-            )
-            client.connection_pool.machinery_topology = self.topology
+            client = sentinel.master_for(self.master_name, db=self.target.db, **kwargs)
+            assert self.topology is not None
+            _watch_failovers(client, self.topology, sentinel_kwargs)
             return client
         return redis.Redis(connection_pool=self._pool(kwargs))
 
