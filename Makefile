@@ -3,7 +3,7 @@
 #   make test      install + start every test server, run all tests, stop the servers
 #   make services  start the test servers for interactive work (scripts/services stop to end)
 #   make lint      ruff + mypy --strict
-#   make bench     the benchmark (bench/README.md)
+#   make bench     the benchmark (bench/README.md); BENCH_ARGS=--peers adds Dramatiq and Celery
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -50,9 +50,11 @@ lint: venv  # part of `make test`: ruff, and mypy --strict on every package
 	$(VENV)/bin/ruff format --check core plugins tests examples bench
 	$(VENV)/bin/mypy core/src $(foreach d,$(PLUGIN_DIRS),$(d)/src)
 
+BENCH_ARGS ?=
 bench: venv
+	$(PIP) install --quiet 'matplotlib>=3.7'
 	scripts/services install
-	SERVICES="redis rabbitmq" scripts/services run -- $(PY) bench/run.py
+	SERVICES="redis rabbitmq" scripts/services run -- $(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

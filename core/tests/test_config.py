@@ -96,6 +96,7 @@ def test_every_env_var_round_trips() -> None:
     assert (w.unregistered_requeue_limit, w.unregistered_requeue_seconds) == (7, 9.5)
     assert w.store_intermediate_states is False
     assert w.poll_timeout == 0.25
+    assert w.prefetch_multiplier == 3
     assert (r.lease, r.heartbeat, r.priority) == (20.5, 5.0, True)
     assert (r.delayed_tasks_mover, r.go_compatible_chords) == (False, False)
     assert cnf.mongodb.database == "mongo_db"
@@ -392,6 +393,7 @@ worker:
   unregistered_requeue_seconds: 4.5
   store_intermediate_states: false
   poll_timeout: 0.5
+  prefetch_multiplier: 2
 mongodb:
   database: mdb
 gcppubsub:
@@ -448,6 +450,7 @@ def test_yaml_round_trip_of_every_key_in_a_file_over_1000_bytes(tmp_path: Path) 
     w.default_concurrency, w.shutdown_grace, w.unregistered_requeue_limit = 2, 1.5, 3
     w.unregistered_requeue_seconds, w.store_intermediate_states = 4.5, False
     w.poll_timeout = 0.5
+    w.prefetch_multiplier = 2
     expected.mongodb.database = "mdb"
     expected.gcppubsub.max_extension = 30.0
     assert cnf == expected

@@ -335,6 +335,9 @@ class WorkerConfig(_Section):
     unregistered_requeue_limit: int = 20
     #: ... and for at least this many seconds, before it fails as "not registered".
     unregistered_requeue_seconds: float = 60.0
+    #: A worker holds at most ``concurrency * prefetch_multiplier`` messages. 1 (the default) never
+    #: fetches more than free slots (Go #559); more buys throughput with short tasks.
+    prefetch_multiplier: int = 1
     #: Longest a worker's fetch blocks, so quit() is noticed within this many seconds.
     poll_timeout: float = 1.0
     #: Write RECEIVED and STARTED states (Machinery does). Off saves two writes per task.
@@ -821,6 +824,7 @@ _SPECS: tuple[_Spec, ...] = (
     _py("worker", "unregistered_requeue_seconds", "float", reload=True),
     _py("worker", "store_intermediate_states", "bool", reload=True),
     _py("worker", "poll_timeout", "float", reload=True),
+    _py("worker", "prefetch_multiplier", "int", reload=True),
     _py("mongodb", "database", "str"),
     _py("gcppubsub", "max_extension", "float"),
 )

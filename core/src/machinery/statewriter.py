@@ -2,8 +2,8 @@
 
 Under load many tasks finish at once; writing their states and acking their messages one by one
 costs a round trip (or a transaction) each. The writer takes whatever has queued up since its
-last flush, stores the states in one ``set_states`` call (the last state per task wins, so a
-STARTED followed by SUCCESS in one batch costs one write) and then acks the finished messages,
+last flush, stores the states in one ``set_states`` call (every state, in order) and then acks
+the finished messages,
 in one ``ack_many`` when the broker has it. When idle it flushes each item at once, so latency
 does not grow. A message is acked only after its final state is stored (late ack).
 """
@@ -25,6 +25,8 @@ __all__ = ["StateWriter"]
 
 #: Most items flushed together.
 MAX_BATCH = 512
+#: Seconds a batch of intermediate states alone waits for company before it is written.
+HOLD = 0.002
 _STOP = object()
 
 
@@ -60,9 +62,9 @@ class StateWriter:
         self._queue.put(_Item(state, None, stored.set))
         stored.wait()
 
-    def put_final(self, state: TaskState, tracked: Any, done: Callable[[], None]) -> None:
-        """Store ``state``, then ack ``tracked.delivery`` (if ``tracked.claim()``), then call ``done``."""
-        self._queue.put(_Item(state, tracked, done))
+    def put_final(self, state: TaskState, tracked: Any) -> None:
+        """Store ``state``, then ack ``tracked.delivery`` (if ``tracked.claim()``)."""
+        self._queue.put(_Item(state, tracked, None))
 
     def close(self) -> None:
         """Flush what is queued and stop the thread."""
@@ -79,7 +81,10 @@ class StateWriter:
                 batch.append(first)
             while len(batch) < MAX_BATCH:
                 try:
-                    item = self._queue.get_nowait()
+                    # Only RECEIVED/STARTED so far: nobody waits on them, so linger a moment for the
+                    # final states (or more tasks) to share the round trip.
+                    linger = HOLD if all(i.ack is None and i.done is None for i in batch) else 0
+                    item = self._queue.get(timeout=linger) if linger else self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if item is _STOP:
@@ -92,12 +97,9 @@ class StateWriter:
                 return
 
     def _flush(self, batch: list[_Item]) -> None:
-        latest: dict[str, TaskState] = {}
-        for item in batch:
-            if item.state is not None:
-                latest.pop(item.state.task_uuid, None)  # keep write order of the last states
-                latest[item.state.task_uuid] = item.state
-        self._store(list(latest.values()))
+        # Every state is stored, in order (a task's RECEIVED, STARTED and SUCCESS may share one
+        # round trip but none is skipped); then the finished messages are acked.
+        self._store([item.state for item in batch if item.state is not None])
         deliveries = [item.ack.delivery for item in batch if item.ack is not None and item.ack.claim()]
         try:
             self._ack(deliveries)

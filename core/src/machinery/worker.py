@@ -199,9 +199,10 @@ class Worker:
     # consuming ---------------------------------------------------------------------------------
     def _free_slots(self) -> int:
         with self._slots:
-            while len(self._in_flight) >= self.concurrency and not self._stop.is_set():
+            limit = self.concurrency * max(1, self.app.config.worker.prefetch_multiplier)
+            while len(self._in_flight) >= limit and not self._stop.is_set():
                 self._slots.wait(self.app.config.worker.poll_timeout)
-            return self.concurrency - len(self._in_flight)
+            return limit - len(self._in_flight)
 
     def _consume_loop(self) -> None:
         backoff = Backoff(0.25, 8.0)
@@ -254,7 +255,11 @@ class Worker:
         # Daemon threads: a task still running after the shutdown grace (its message already
         # returned to the queue) must not keep the process alive.
         while (tracked := self._jobs.get()) is not None:
-            self._handle(tracked)
+            if self._stop.is_set():  # fetched but not started: give it back rather than start it
+                tracked.settle(lambda d=tracked.delivery: d.nack(requeue=True))  # type: ignore[misc]
+                self._release(tracked)
+            else:
+                self._handle(tracked)
 
     def _handle(self, tracked: _Tracked) -> None:
         delivery = tracked.delivery
@@ -270,10 +275,10 @@ class Worker:
                 tracked.settle(lambda: delivery.nack(requeue=True, delay=delay))
             else:
                 final = self.runner.run(sig)
-                if final is not None:  # stored and acked in a batch; the slot frees after that
-                    self._writer.put_final(final, tracked, lambda: self._release(tracked))
-                    return
-                tracked.settle(delivery.ack)
+                if final is not None:  # the writer stores it, then acks, in a batch
+                    self._writer.put_final(final, tracked)
+                else:
+                    tracked.settle(delivery.ack)
         except Exception as exc:
             logger.exception("could not finish handling a message; returning it to the queue")
             if self.runner.error_handler is not None:
