@@ -146,22 +146,34 @@ class Machinery:
     def send_task(self, signature: Signature) -> AsyncResult:
         """Store PENDING, then publish (Machinery's ``SendTask``)."""
         sig = self._prepare(signature)
-        self.backend.set_state(self._pending(sig))
-        self._publish([sig])
+        self._send([sig])
         return AsyncResult(self.backend, sig.uuid, sig.name)
 
     def send_tasks(self, signatures: Sequence[Signature]) -> list[AsyncResult]:
         """Send several tasks with one state write and one publish round trip where possible."""
         sigs = [self._prepare(s) for s in signatures]
-        self.backend.set_states([self._pending(s) for s in sigs])
-        self._publish(sigs)
+        self._send(sigs)
         return [AsyncResult(self.backend, s.uuid, s.name) for s in sigs]
 
-    def _publish(self, sigs: list[Signature], concurrency: int = 0) -> None:
+    def _send(self, sigs: list[Signature], concurrency: int = 0) -> None:
+        """Store every PENDING state, then publish: in one round trip when the broker offers
+        ``publish_with_states`` for this backend (e.g. both on one Redis server)."""
+        states = [self._pending(s) for s in sigs]
         if tracing.active():
             for sig in sigs:
                 with tracing.publish_span(sig):
                     pass  # the span marks the hand-over; its context rides in the headers
+        if self._pre_publish is None and not self.config.eager and concurrency <= 0:
+            together = getattr(self.broker, "publish_with_states", None)
+            if together is not None and together(sigs, states, self.backend):
+                return
+        if len(states) == 1:
+            self.backend.set_state(states[0])
+        else:
+            self.backend.set_states(states)
+        self._publish(sigs, concurrency)
+
+    def _publish(self, sigs: list[Signature], concurrency: int = 0) -> None:
         if self._pre_publish is not None:
             for sig in sigs:
                 self._pre_publish(sig)
@@ -183,8 +195,7 @@ class Machinery:
         group = group if isinstance(group, Group) else Group(group)
         sigs = [self._prepare(s) for s in group.signatures]
         self.backend.init_group(group.group_uuid, [s.uuid for s in sigs])
-        self.backend.set_states([self._pending(s) for s in sigs])
-        self._publish(sigs, concurrency)
+        self._send(sigs, concurrency)
         return GroupResult([AsyncResult(self.backend, s.uuid, s.name) for s in sigs], group.group_uuid)
 
     def send_chord(self, chord: Chord, concurrency: int = 0) -> ChordResult:

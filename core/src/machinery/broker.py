@@ -80,6 +80,15 @@ class Broker(Protocol):
         """Release connections. Idempotent."""
 
 
+# Optional fast paths a broker may add (the core looks them up with ``getattr``):
+#
+# ``ack_many(deliveries)``: ack several deliveries of this broker in one round trip.
+# ``publish_with_states(signatures, states, backend) -> bool``: store ``states`` (the PENDING
+#     records) through ``backend`` and publish ``signatures`` in one round trip, when this broker
+#     can do so for that backend (e.g. both on one Redis server); return False to let the core do
+#     it in two steps.
+
+
 class BaseBroker:
     """Shared behaviour for brokers: config, the default capability set, and a naive
     ``publish_many``. Subclasses set ``capabilities`` and implement the rest."""
