@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -323,3 +324,58 @@ def test_cluster_errors_are_clear(name: str) -> None:
     with pytest.raises(BackendError, match="refused the credentials") as info2:
         RedisBackend.from_url(f"redis://nobody:cl-secret-78@{nodes}/0", Config()).get_state(name)
     assert "cl-secret-78" not in str(info2.value)
+
+
+def test_cluster_worker_runs_a_go_producers_eta_task(cluster: redis.cluster.RedisCluster, name: str) -> None:
+    """On a cluster Python keeps its ETAs in each queue's own ZSET, but a Go producer still writes Go's
+    global ``delayed_tasks``: a Python worker moves those too (claimed, then pushed: at least once)."""
+    golden = Path(__file__).parent / "golden"
+    delayed_key = f"{name}:delayed"  # this test's own "delayed_tasks"
+    url = _cluster_url("lease=2&heartbeat=0.5")
+    config = Config(broker=url, result_backend=url, default_queue=name)
+    config.redis.delayed_tasks_key = delayed_key
+    config.redis.delayed_tasks_poll_period = 100
+    config.no_unix_signals = True
+    app = Machinery(config)
+
+    @app.task
+    def add(*values: int) -> int:
+        return sum(values)
+
+    uuid = f"task_go_{name}"
+    eta = now_utc() + timedelta(seconds=0.5)
+    body = (golden / "go_message.json").read_text().strip().replace("@UUID@", uuid).replace("@QUEUE@", name)
+    body = body.replace('"ETA":null', f'"ETA":"{eta.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}"')
+    cluster.zadd(delayed_key, {body: int(eta.timestamp() * 1e9)})  # as Go's producer does
+    assert [s.uuid for s in app.broker.delayed() if s.routing_key == name] == [uuid]
+    worker = app.worker(concurrency=2)
+    thread = worker.launch_async()
+    try:
+        assert app.backend.wait([uuid], 10)[uuid].values == [2]
+        assert time.time() >= eta.timestamp()
+    finally:
+        worker.quit()
+        thread.join(10)
+        app.close()
+    assert cluster.zcard(delayed_key) == 0
+    assert not list(cluster.scan_iter(match=f"{{{delayed_key}}}:machinery:moving:*"))
+
+
+def test_cluster_a_dead_movers_claims_go_back(cluster: redis.cluster.RedisCluster, name: str) -> None:
+    """A mover that died between claiming Go's due messages and pushing them: once its heartbeat is
+    gone, the next mover puts them back into the ZSET and moves them."""
+    delayed_key = f"{name}:delayed"
+    tag = "{" + delayed_key + "}"
+    config = Config(default_queue=name)
+    config.redis.delayed_tasks_key = delayed_key
+    broker = RedisBroker.from_url(_cluster_url(), config)
+    try:
+        body = json.dumps({"UUID": f"{name}-x", "Name": "add", "RoutingKey": name, "Args": []})
+        cluster.rpush(f"{tag}:machinery:moving:dead-mover", body)
+        cluster.sadd(f"{tag}:machinery:movers", "dead-mover")  # and no heartbeat key: it died
+        assert broker.move_go_delayed() >= 0
+        assert cluster.lrange(name, 0, -1) == [body.encode()]
+        assert not cluster.exists(f"{tag}:machinery:moving:dead-mover")
+        assert cluster.smembers(f"{tag}:machinery:movers") == set()
+    finally:
+        broker.close()

@@ -32,6 +32,7 @@ plain list is seen within ``normal_tasks_poll_period``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -284,6 +285,8 @@ class RedisBroker(BaseBroker):
         self._heartbeat_thread: threading.Thread | None = None
         self._movers: dict[str, threading.Thread] = {}
         self._host = f"{socket.gethostname()}-{os.getpid()}"
+        #: cluster mode: this process's id as a mover of Go's global delayed ZSET
+        self._go_mover = f"{self._host}-{uuid.uuid4().hex[:12]}"
 
     @classmethod
     def from_url(cls, url: str, config: Config, **options: Any) -> RedisBroker:
@@ -785,20 +788,20 @@ class RedisBroker(BaseBroker):
                 self._heartbeat_thread.start()
             if not self.delayed_tasks_mover:
                 return
-            # One mover for Go's global delayed ZSET; on a cluster one per consumed queue (each queue
-            # has its own delayed ZSET, in its slot).
-            name = queue if self.cluster else ""
-            mover = self._movers.get(name)
-            if mover is None or not mover.is_alive():
-                self._mover_wakes.setdefault(name, threading.Event())
-                mover = threading.Thread(
-                    target=self._mover_loop,
-                    args=(self._stop, name),
-                    name=f"redis-delayed-mover{'-' + name if name else ''}",
-                    daemon=True,
-                )
-                self._movers[name] = mover
-                mover.start()
+            # One mover for Go's global delayed ZSET (""); on a cluster also one per consumed queue
+            # (each queue has its own delayed ZSET, in its slot).
+            for name in ("", queue) if self.cluster else ("",):
+                mover = self._movers.get(name)
+                if mover is None or not mover.is_alive():
+                    self._mover_wakes.setdefault(name, threading.Event())
+                    mover = threading.Thread(
+                        target=self._mover_loop,
+                        args=(self._stop, name),
+                        name=f"redis-delayed-mover{'-' + name if name else ''}",
+                        daemon=True,
+                    )
+                    self._movers[name] = mover
+                    mover.start()
 
     def _heartbeat_loop(self, stop: threading.Event) -> None:
         while not stop.wait(self.heartbeat):
@@ -845,9 +848,10 @@ class RedisBroker(BaseBroker):
 
     def _mover_loop(self, stop: threading.Event, queue: str) -> None:
         failures = 0
+        go_only = self.cluster and not queue
         while not stop.is_set():
             try:
-                wait = self.move_delayed(queue or None)
+                wait = self.move_go_delayed() if go_only else self.move_delayed(queue or None)
                 failures = 0
             except MachineryError as exc:
                 failures += 1
@@ -858,7 +862,9 @@ class RedisBroker(BaseBroker):
                 wait = 5.0
                 logger.exception("delayed-task mover failed")
             if wait > 0 and not stop.is_set():
-                self._mover_sleep(wait, failures > 0, queue)
+                # Go's producers push no wake-up: that mover sleeps until the next due time or the
+                # period (as Go's own poller does)
+                self._mover_sleep(wait, failures > 0 or go_only, queue)
 
     def _mover_sleep(self, seconds: float, failing: bool, queue: str = "") -> None:
         """Sleep until a delayed publish (any process: the wake list; this one: an event) or ``seconds``."""
@@ -892,6 +898,63 @@ class RedisBroker(BaseBroker):
         except RedisError as exc:
             raise self.conn.error("moving delayed tasks", exc) from None
         return self._next_wait(moved, next_score, now)
+
+    def move_go_delayed(self) -> float:
+        """Redis Cluster: move the due messages of Go's global delayed ZSET (written by Go producers) to
+        their queues, oldest first, at least once (claimed into this mover's list in the ZSET's slot,
+        pushed to their queues, then the list is dropped; a dead mover's claims go back into the ZSET).
+        Seconds until the next may be due."""
+        tag = "{" + self.delayed_key + "}"
+        mover = self._go_mover
+        moving, heartbeat, movers = (
+            f"{tag}:machinery:moving:{mover}",
+            f"{tag}:machinery:mover:{mover}",
+            f"{tag}:machinery:movers",
+        )
+        try:
+            due, next_score, now = scripts.CLAIM_GO_DELAYED(
+                self.conn.client,
+                [self.delayed_key, moving, heartbeat, movers],
+                [
+                    MOVE_BATCH,
+                    mover,
+                    int(self.lease * 1000),
+                    f"{tag}:machinery:moving:",
+                    f"{tag}:machinery:mover:",
+                ],
+            )
+        except RedisError as exc:
+            raise self.conn.error("moving Go's delayed tasks", exc) from None
+        if due:
+            try:
+                replies = self.conn.run([self._route(body) for body in due])
+                failed = [reply for reply in replies if isinstance(reply, BaseException)]
+                if failed:
+                    raise failed[0]
+                self.conn.run([("DEL", moving, heartbeat), ("SREM", movers, mover)])
+            except RedisError as exc:
+                # the claims stay in that list until its heartbeat expires and a mover puts them back
+                self._go_mover = f"{self._host}-{uuid.uuid4().hex[:12]}"
+                raise self.conn.error("moving Go's delayed tasks", exc) from None
+        return self._next_wait(len(due), next_score, now)
+
+    def _route(self, body: bytes) -> tuple[Any, ...]:
+        """The command publishing a (due) message body to the queue named by its ``RoutingKey``."""
+        queue = self.config.default_queue
+        priority = 0
+        try:
+            fields = json.loads(body)
+            if isinstance(fields, dict):
+                if isinstance(fields.get("RoutingKey"), str) and fields["RoutingKey"]:
+                    queue = fields["RoutingKey"]
+                if isinstance(fields.get("Priority"), int):
+                    priority = min(fields["Priority"], 255)
+        except ValueError:
+            pass
+        if self.priority and priority > 0:
+            keys = self.keys(queue)
+            return scripts.PUBLISH_PRIORITY.command([keys.priority, keys.priority_seq], [priority, body])
+        return ("RPUSH", queue, body)
 
     def _move_queue(self, queue: str) -> float:
         keys = self.keys(queue)
@@ -945,10 +1008,10 @@ class RedisBroker(BaseBroker):
 
         def read() -> list[bytes]:
             queues = sorted(self.conn.client.smembers(self.delayed_queues_key))
-            if not queues:
-                return []
             names = [q.decode() if isinstance(q, bytes) else str(q) for q in queues]
-            replies = self.conn.run([("ZRANGE", self.delayed_key_of(q), 0, -1, "WITHSCORES") for q in names])
+            # every queue's own ZSET, and Go's global one (Go producers' ETAs)
+            zsets = [self.delayed_key_of(q) for q in names] + [self.delayed_key]
+            replies = self.conn.run([("ZRANGE", key, 0, -1, "WITHSCORES") for key in zsets])
             scored: list[tuple[float, bytes]] = []
             for reply in replies:
                 if isinstance(reply, BaseException):
@@ -967,10 +1030,10 @@ class RedisBroker(BaseBroker):
         keys = self.keys(queue)
 
         def purge() -> None:
-            if self.cluster:  # the queue's own delayed set, in the queue's slot
+            if self.cluster:  # the queue's own delayed set, in the queue's slot (and Go's below)
                 self.conn.client.delete(queue, keys.priority, keys.delayed(self.delayed_key))
-                return
-            self.conn.client.delete(queue, keys.priority)
+            else:
+                self.conn.client.delete(queue, keys.priority)
             scripts.PURGE_DELAYED(self.conn.client, [self.delayed_key], [queue, self.config.default_queue])
 
         self.conn.call("purge", purge)

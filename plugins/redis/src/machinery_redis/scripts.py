@@ -14,6 +14,7 @@ from .client import Script
 
 __all__ = [
     "ACK_REDELIVERED",
+    "CLAIM_GO_DELAYED",
     "DEAD",
     "MOVE_DUE",
     "MOVE_DUE_QUEUE",
@@ -258,6 +259,40 @@ for _, m in ipairs(due) do
 end
 local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return {#due, nxt[2] or false, now}
+""",
+)
+
+#: Redis Cluster, Go interop: claim the due messages of Go's global delayed ZSET into this mover's
+#: "moving" list (same slot), guarded by a heartbeat key; the client then pushes them to their queues
+#: (other slots) and deletes the list. A dead mover's list goes back into the ZSET, due at once, so a
+#: message is moved at least once whoever dies when. Returns {claimed, next due score or false, now}.
+#: KEYS: delayed, moving list, heartbeat, registry of movers
+#: ARGV: limit, mover id, lease ms, moving prefix, heartbeat prefix
+CLAIM_GO_DELAYED = Script(
+    "claim_go_delayed",
+    """
+local t = redis.call('TIME')
+local now = t[1] .. string.format('%06d', tonumber(t[2])) .. '000'
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[4])) do
+  if redis.call('EXISTS', ARGV[5] .. id) == 0 then
+    for _, m in ipairs(redis.call('LRANGE', ARGV[4] .. id, 0, -1)) do
+      redis.call('ZADD', KEYS[1], now, m)
+    end
+    redis.call('DEL', ARGV[4] .. id)
+    redis.call('SREM', KEYS[4], id)
+  end
+end
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+for _, m in ipairs(due) do
+  redis.call('ZREM', KEYS[1], m)
+  redis.call('RPUSH', KEYS[2], m)
+end
+if #due > 0 then
+  redis.call('SET', KEYS[3], '1', 'PX', ARGV[3])
+  redis.call('SADD', KEYS[4], ARGV[2])
+end
+local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {due, nxt[2] or false, now}
 """,
 )
 
