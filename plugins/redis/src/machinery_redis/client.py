@@ -240,6 +240,17 @@ class _Topology:
         self._pools: weakref.WeakSet[Any] = weakref.WeakSet()
         self._watcher: threading.Thread | None = None
         self._sentinel_kwargs: dict[str, Any] = {}
+        self._pid = os.getpid()
+
+    def check_fork(self) -> None:
+        """In a forked child the watcher thread is gone (and the lock may be held): start afresh."""
+        if self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._watcher = None
+        if self._pools:
+            self.watch(None, self._sentinel_kwargs)
 
     def observe(self, address: Any) -> bool:
         """Note the master's address; True when it moved (a failover: the epoch grows)."""
@@ -259,7 +270,8 @@ class _Topology:
     def watch(self, pool: Any, sentinel_kwargs: dict[str, Any]) -> None:
         """Close ``pool``'s connections on each failover (starts the watcher thread once)."""
         with self._lock:
-            self._pools.add(pool)
+            if pool is not None:
+                self._pools.add(pool)
             self._sentinel_kwargs = sentinel_kwargs
             if self._watcher is not None and self._watcher.is_alive():
                 return
@@ -291,10 +303,12 @@ class _Topology:
                 idle_since = idle_since or time.monotonic()
                 if time.monotonic() - idle_since > 30:
                     with self._lock:
-                        self._watcher = None
-                    return
-            else:
-                idle_since = None
+                        if not self._pools:  # (checked again: watch() may just have added one)
+                            self._watcher = None
+                            return
+                time.sleep(1.0)
+                continue
+            idle_since = None
             host, port = self.hosts[failures % len(self.hosts)]
             kwargs["socket_timeout"] = None  # listening: the reads block
             try:
@@ -555,7 +569,10 @@ class Connection:
     def epoch(self) -> int:
         """Grows with each Sentinel failover this process noticed (0 without Sentinel)."""
         topology = self.topology
-        return topology.epoch if topology is not None else 0
+        if topology is None:
+            return 0
+        topology.check_fork()
+        return topology.epoch
 
     # clients ---------------------------------------------------------------------------------
     @property
