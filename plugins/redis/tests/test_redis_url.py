@@ -208,3 +208,20 @@ def test_user_client_is_used_and_not_closed() -> None:
     config.redis.client = object()
     with pytest.raises(ConfigError, match=r"redis\.Redis"):
         RedisBackend.from_url("redis://h/0", config)
+
+
+def test_sentinel_over_tls_keeps_sentinel_managed_connections() -> None:
+    from redis.sentinel import SentinelManagedSSLConnection
+
+    config = Config()
+    config.redis.master_name = "mymaster"
+    conn = Connection(parse_url("rediss://s1:26379,s2:26379/2"), config, BrokerError)
+    assert conn.master_name == "mymaster" and not conn.cluster
+    assert conn._kwargs(True)["connection_class"] is SentinelManagedSSLConnection
+
+
+def test_retry_window_from_the_url() -> None:
+    assert Connection(parse_url("redis://h/0"), Config(), BrokerError).retry_window == 15.0
+    assert Connection(parse_url("redis://h/0?retry_window=40"), Config(), BrokerError).retry_window == 40.0
+    with pytest.raises(ConfigError, match="retry_window"):
+        parse_url("redis://h/0?retry_window=-1")

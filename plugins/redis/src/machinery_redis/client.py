@@ -53,7 +53,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
-from redis.sentinel import Sentinel, SentinelConnectionPoolProxy
+from redis.sentinel import Sentinel, SentinelConnectionPoolProxy, SentinelManagedSSLConnection
 
 from machinery.config import Config
 from machinery.errors import ConfigError, MachineryError
@@ -619,7 +619,10 @@ class Connection:
         elif not self.master_name:
             kwargs["host"], kwargs["port"] = target.hosts[0]
         if target.tls:
-            kwargs["connection_class"] = redis.SSLConnection
+            # a Sentinel pool needs its own connection class, which asks the sentinels for the address
+            kwargs["connection_class"] = (
+                SentinelManagedSSLConnection if self.master_name else redis.SSLConnection
+            )
             kwargs.update(self._tls_kwargs())
         return kwargs
 
