@@ -24,6 +24,14 @@ through a Lua script (atomic, so any number of movers is safe), sleeping until t
 ``delayed_tasks_poll_period``, whichever is sooner; switch it off with ``delayed_tasks_mover=false``
 (#466) on processes that should not move them.
 
+Redis Cluster: every key of a queue but the queue list carries the hash tag ``{queue}`` (the slot of the
+bare queue name), and each queue has its own delayed ZSET ``{queue}:<delayed_tasks_key>`` and dead list
+``{queue}.dead``, so every script touches one slot; Go producers' ETAs in the global ZSET are claimed and
+pushed by :meth:`RedisBroker.move_go_delayed` (README: "Topologies").
+
+Sentinel: a failover (see client.py) retires the consumer ids and turns the acks of messages fetched
+before it into requeues, since the old master may have lost the task's final state.
+
 Priority (opt-in, ``priority=true``): messages with ``Priority > 0`` go to a ZSET
 ``{queue}:machinery:priority`` consumed before the plain list (FIFO within a priority); priority 0 always
 uses the Go-compatible list. A high-priority message published while a consumer is blocked on the empty
