@@ -187,6 +187,29 @@ def app_option(fn: Callable[P, R]) -> Callable[P, R]:
     )(fn)
 
 
+def timeout_option(fn: Callable[P, R]) -> Callable[P, R]:
+    return click.option(
+        "-t",
+        "--timeout",
+        type=click.FloatRange(min=0),
+        metavar="SECONDS",
+        default=30.0,
+        show_default=True,
+        help="Seconds --wait waits.",
+    )(fn)
+
+
+def loglevel_option(fn: Callable[P, R]) -> Callable[P, R]:
+    return click.option(
+        "-l",
+        "--loglevel",
+        type=click.Choice(LOG_LEVELS, case_sensitive=False),
+        default="info",
+        show_default=True,
+        help="Log level.",
+    )(fn)
+
+
 # --------------------------------------------------------------------------------------------------
 # values and output
 
@@ -354,14 +377,7 @@ def _quiet_logging(verbose: int) -> None:
     show_default=True,
     help="Run tasks in threads, or in forked processes (hard time limits kill the child).",
 )
-@click.option(
-    "-l",
-    "--loglevel",
-    type=click.Choice(LOG_LEVELS, case_sensitive=False),
-    default="info",
-    show_default=True,
-    help="Log level.",
-)
+@loglevel_option
 @click.option(
     "-B",
     "--beat",
@@ -417,14 +433,7 @@ def worker(
 
 @cli.command(context_settings=CONTEXT, short_help="Send the app's periodic tasks on their schedule.")
 @app_option
-@click.option(
-    "-l",
-    "--loglevel",
-    type=click.Choice(LOG_LEVELS, case_sensitive=False),
-    default="info",
-    show_default=True,
-    help="Log level.",
-)
+@loglevel_option
 @_friendly
 def beat(app_spec: str | None, loglevel: str) -> None:
     """Send the periodic tasks registered with app.register_periodic_* on their cron schedule,
@@ -512,15 +521,7 @@ def _wait_state(app: Machinery, uuid: str, timeout: float) -> TaskState:
     help="Message priority where the broker has them.",
 )
 @click.option("-w", "--wait", is_flag=True, help="Wait for the task to finish and print its value.")
-@click.option(
-    "-t",
-    "--timeout",
-    type=click.FloatRange(min=0),
-    metavar="SECONDS",
-    default=30.0,
-    show_default=True,
-    help="Seconds --wait waits.",
-)
+@timeout_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_friendly
 def send(
@@ -594,15 +595,7 @@ def send(
 @app_option
 @click.argument("uuid")
 @click.option("-w", "--wait", is_flag=True, help="Wait until the task finished (SUCCESS or FAILURE).")
-@click.option(
-    "-t",
-    "--timeout",
-    type=click.FloatRange(min=0),
-    metavar="SECONDS",
-    default=30.0,
-    show_default=True,
-    help="Seconds --wait waits.",
-)
+@timeout_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @_friendly
 def result(app_spec: str | None, uuid: str, wait: bool, timeout: float, as_json: bool) -> None:
