@@ -6,7 +6,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from .plugins import Kind, SchemeRow, hookimpl, scheme_of
 
@@ -17,51 +18,45 @@ if TYPE_CHECKING:
     from .lock import Lock
 
 DISTRIBUTION = "machinery-core"
-KINDS: tuple[Kind, ...] = ("broker", "backend", "lock")
+
+
+#: (scheme, kind) -> (module, class): imported on first use, so listing plugins stays cheap.
+_CLASSES: dict[tuple[str, Kind], tuple[str, str]] = {
+    ("memory", "broker"): ("machinery.brokers.memory", "MemoryBroker"),
+    ("memory", "backend"): ("machinery.backends.memory", "MemoryBackend"),
+    ("memory", "lock"): ("machinery.locks.memory", "MemoryLock"),
+    ("sqlite", "broker"): ("machinery.brokers.sqlite", "SQLiteBroker"),
+    ("sqlite", "backend"): ("machinery.backends.sqlite", "SQLiteBackend"),
+    ("sqlite", "lock"): ("machinery.locks.sqlite", "SQLiteLock"),
+}
 
 
 @hookimpl
 def machinery_schemes() -> list[SchemeRow]:
-    return [SchemeRow(scheme, kind, DISTRIBUTION) for scheme in ("memory", "sqlite") for kind in KINDS]
+    return [SchemeRow(scheme, kind, DISTRIBUTION) for scheme, kind in _CLASSES]
+
+
+def _build(kind: Kind, url: str, config: Config) -> Any:
+    target = _CLASSES.get((scheme_of(url), kind))
+    if target is None:
+        return None
+    module, name = target
+    return getattr(importlib.import_module(module), name).from_url(url, config)
 
 
 @hookimpl
 def machinery_broker(url: str, config: Config) -> Broker | None:
-    scheme = scheme_of(url)
-    if scheme == "memory":
-        from .brokers.memory import MemoryBroker
-
-        return MemoryBroker.from_url(url, config)
-    if scheme == "sqlite":
-        from .brokers.sqlite import SQLiteBroker
-
-        return SQLiteBroker.from_url(url, config)
-    return None
+    broker: Broker | None = _build("broker", url, config)
+    return broker
 
 
 @hookimpl
 def machinery_backend(url: str, config: Config) -> Backend | None:
-    scheme = scheme_of(url)
-    if scheme == "memory":
-        from .backends.memory import MemoryBackend
-
-        return MemoryBackend.from_url(url, config)
-    if scheme == "sqlite":
-        from .backends.sqlite import SQLiteBackend
-
-        return SQLiteBackend.from_url(url, config)
-    return None
+    backend: Backend | None = _build("backend", url, config)
+    return backend
 
 
 @hookimpl
 def machinery_lock(url: str, config: Config) -> Lock | None:
-    scheme = scheme_of(url)
-    if scheme == "memory":
-        from .locks.memory import MemoryLock
-
-        return MemoryLock.from_url(url, config)
-    if scheme == "sqlite":
-        from .locks.sqlite import SQLiteLock
-
-        return SQLiteLock.from_url(url, config)
-    return None
+    lock: Lock | None = _build("lock", url, config)
+    return lock

@@ -14,8 +14,6 @@ import threading
 import time
 from collections.abc import Callable
 
-from .errors import TimeLimitExceeded
-
 __all__ = ["TimeLimits", "raise_in_thread"]
 
 
@@ -51,15 +49,6 @@ class TimeLimits:
     def cancel(self, handle: int) -> None:
         with self._cond:
             self._cancelled.add(handle)
-
-    def soft_limit(self, delay: float) -> int:
-        """Raise TimeLimitExceeded in the calling thread after ``delay`` seconds."""
-        thread_id = threading.get_ident()
-
-        def interrupt() -> None:
-            raise_in_thread(thread_id, TimeLimitExceeded)
-
-        return self.schedule(delay, interrupt)
 
     def _loop(self) -> None:
         while True:
