@@ -19,6 +19,7 @@ import pytest
 import redis
 
 from machinery import Config, Machinery
+from machinery.errors import BrokerError
 from machinery.signature import Signature, State, now_utc
 from machinery_redis import RedisBroker
 from machinery_redis.broker import queue_keys
@@ -451,3 +452,99 @@ def test_producer_and_worker_survive_a_server_restart(redis_url: str, raw: redis
         app.close()
     assert values == list(range(100)) and done == set(range(100))
     assert all(app.backend.get_state(r.uuid).state is State.SUCCESS for r in results[:1])  # type: ignore[union-attr]
+
+
+class _RoundTrips:
+    """Counts the round trips of a Connection (wraps ``run``)."""
+
+    def __init__(self, conn: Any) -> None:
+        self.count = 0
+        self._run = conn.run
+
+        def run(commands: Any, **kwargs: Any) -> Any:
+            self.count += 1
+            return self._run(commands, **kwargs)
+
+        conn.run = run
+
+
+def _clean(raw: redis.Redis, name: str) -> None:
+    keys = list(raw.scan_iter(match=f"*{name}*"))
+    if keys:
+        raw.delete(*keys)
+
+
+def _app(broker_url: str, backend_url: str, name: str) -> Machinery:
+    config = make_config(name)
+    config.broker, config.result_backend = broker_url, backend_url
+    return Machinery(config)
+
+
+def test_send_task_stores_pending_and_publishes_in_one_round_trip(
+    redis_url: str, raw: redis.Redis, name: str
+) -> None:
+    app = _app(redis_url, redis_url, name)
+    trips = _RoundTrips(app.broker.conn)  # type: ignore[attr-defined]
+    try:
+        result = app.send_task(Signature("add", [1, 2]))
+        later = app.send_task(Signature("add", [3], eta=now_utc() + timedelta(hours=1)))
+        batch = app.send_tasks([Signature("add", [n]) for n in range(5)])
+        assert trips.count == 3
+        for uuid in [result.uuid, later.uuid, *(r.uuid for r in batch)]:
+            assert json.loads(raw.get(uuid))["State"] == State.PENDING
+        queued = [json.loads(body)["UUID"] for body in raw.lrange(name, 0, -1)]
+        assert queued == [result.uuid, *(r.uuid for r in batch)]
+        delayed = [json.loads(m)["UUID"] for m in raw.zrange(app.config.redis.delayed_tasks_key, 0, -1)]
+        assert delayed == [later.uuid]
+    finally:
+        app.close()
+        _clean(raw, name)
+
+
+def test_send_task_on_another_database_writes_the_state_there(
+    redis_url: str, raw: redis.Redis, name: str
+) -> None:
+    """A backend on another database (or server) is not the broker's: two round trips, each where it
+    belongs."""
+    from redis_testlib import TEST_DB, with_db
+
+    other = with_db(redis_url, TEST_DB + 1)
+    app = _app(redis_url, other, name)
+    trips = _RoundTrips(app.broker.conn)  # type: ignore[attr-defined]
+    other_raw = redis.Redis.from_url(other)
+    try:
+        result = app.send_task(Signature("add", [1, 2]))
+        assert trips.count == 1  # the publish; the state went through the backend's own connection
+        assert raw.get(result.uuid) is None
+        assert json.loads(other_raw.get(result.uuid))["State"] == State.PENDING
+        assert json.loads(raw.lpop(name))["UUID"] == result.uuid
+    finally:
+        app.close()
+        other_raw.delete(result.uuid)
+        other_raw.close()
+        _clean(raw, name)
+
+
+def test_an_error_reply_to_a_state_write_is_raised(redis_url: str, raw: redis.Redis, name: str) -> None:
+    """The states and the publish share a pipeline: an error reply to any of them reaches the caller."""
+    app = _app(redis_url, redis_url, name)
+    try:
+        raw.set(f"{name}-taken", "x")
+        with pytest.raises(BrokerError, match="WRONGTYPE"):
+            app.broker.publish_with_states(  # type: ignore[attr-defined]
+                [Signature("add", [1], routing_key=name)], [], _WrongTypeBackend(app.backend, f"{name}-taken")
+            )
+    finally:
+        app.close()
+        _clean(raw, name)
+
+
+class _WrongTypeBackend:
+    """A backend on the same server whose state command fails (an RPUSH on a string key)."""
+
+    def __init__(self, backend: Any, key: str) -> None:
+        self.target = backend.target
+        self._key = key
+
+    def state_commands(self, states: Any) -> list[tuple[Any, ...]]:
+        return [("RPUSH", self._key, "z")]

@@ -153,13 +153,17 @@ class RedisBackend(BaseBackend):
     def set_state(self, state: TaskState) -> None:
         self.set_states((state,))
 
+    def state_commands(self, states: Sequence[TaskState]) -> list[tuple[Any, ...]]:
+        """The commands storing ``states`` in order (the broker sends them with a publish)."""
+        ttl = self.expires_in
+        fallback = codec.format_time(now_utc()).encode()
+        return [self._command(state, ttl, fallback) for state in states]
+
     def set_states(self, states: Sequence[TaskState]) -> None:
         """Store every state in one round trip, in order."""
         if not states:
             return
-        ttl = self.expires_in
-        fallback = codec.format_time(now_utc()).encode()
-        commands = [self._command(state, ttl, fallback) for state in states]
+        commands = self.state_commands(states)
         try:
             replies = self.conn.run(commands)
         except RedisError as exc:

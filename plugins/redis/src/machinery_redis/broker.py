@@ -60,11 +60,11 @@ from machinery.broker import BaseBroker, Delivery
 from machinery.capabilities import Capability
 from machinery.config import Config
 from machinery.errors import BrokerError, ConfigError, MachineryError
-from machinery.signature import Signature
+from machinery.signature import Signature, TaskState
 
 from . import scripts
 from .client import Connection, outage_errors
-from .url import RedisTarget, parse_bool, parse_url
+from .url import RedisTarget, parse_bool, parse_url, same_server
 
 __all__ = ["RedisBroker", "RedisDelivery", "queue_keys"]
 
@@ -370,61 +370,31 @@ class RedisBroker(BaseBroker):
     # producing -------------------------------------------------------------------------------
     def publish(self, signature: Signature) -> None:
         """One ``RPUSH`` (or ``ZADD delayed_tasks`` for a future ETA)."""
-        queue = signature.routing_key or self.config.default_queue
-        body = codec.encode_signature(signature)
-        eta = signature.eta
-        delayed = eta is not None and eta.timestamp() > time.time()
-        commands: list[tuple[Any, ...]]
-        if delayed:
-            assert eta is not None
-            commands = self._delay_commands(queue, [_eta_ns(eta), body])
-        elif self.priority and signature.priority > 0:
-            keys = self.keys(queue)
-            commands = [
-                scripts.PUBLISH_PRIORITY.command(
-                    [keys.priority, keys.priority_seq], [signature.priority, body]
-                )
-            ]
-        else:
-            commands = [("RPUSH", queue, body)]
-        try:
-            replies = self.conn.run(commands)
-        except RedisError as exc:
-            raise self.conn.error("publish", exc) from None
-        if isinstance(replies[0], BaseException):
-            raise self.conn.error("publish", replies[0])
-        if delayed:
-            self._wake_movers((queue,))
+        self._send([signature])
 
     def publish_many(self, signatures: Sequence[Signature]) -> None:
         """One pipeline: one ``RPUSH`` per queue with every body, one ``ZADD`` for the ETAs."""
+        self._send(signatures)
+
+    def publish_with_states(
+        self, signatures: Sequence[Signature], states: Sequence[TaskState], backend: Any
+    ) -> bool:
+        """Store ``states`` (the PENDING records) and publish ``signatures`` in one round trip, when
+        ``backend`` is a Redis backend on this broker's server; False otherwise (the core then
+        stores and publishes in two steps). The states go first in the pipeline, so a worker never
+        sees a message whose PENDING state is not written yet."""
+        state_commands = getattr(backend, "state_commands", None)
+        if state_commands is None or not same_server(getattr(backend, "target", None), self.target):
+            return False
+        self._send(signatures, state_commands(states))
+        return True
+
+    def _send(self, signatures: Sequence[Signature], before: Sequence[tuple[Any, ...]] = ()) -> None:
         if not signatures:
             return
-        now = time.time()
-        plain: dict[str, list[bytes]] = {}
-        prioritised: dict[tuple[str, int], list[bytes]] = {}
-        #: per delayed ZSET (one on a server, one per queue on a cluster): {body: score}
-        delayed: dict[str, dict[bytes, int]] = {}
-        default = self.config.default_queue
-        for sig in signatures:
-            body = codec.encode_signature(sig)
-            eta = sig.eta
-            if eta is not None and eta.timestamp() > now:
-                zset = (sig.routing_key or default) if self.cluster else ""
-                delayed.setdefault(zset, {})[body] = _eta_ns(eta)
-            elif self.priority and sig.priority > 0:
-                prioritised.setdefault((sig.routing_key or default, sig.priority), []).append(body)
-            else:
-                plain.setdefault(sig.routing_key or default, []).append(body)
-        commands: list[tuple[Any, ...]] = [("RPUSH", queue, *bodies) for queue, bodies in plain.items()]
-        for queue, members in delayed.items():
-            commands += self._delay_commands(queue, [x for b, score in members.items() for x in (score, b)])
-        for (queue, prio), bodies in prioritised.items():
-            keys = self.keys(queue)
-            command = scripts.PUBLISH_PRIORITY.command([keys.priority, keys.priority_seq], [prio, *bodies])
-            commands.append(command)
+        commands, delayed = self._publish_commands(signatures)
         try:
-            replies = self.conn.run(commands)
+            replies = self.conn.run([*before, *commands])
         except RedisError as exc:
             raise self.conn.error("publish", exc) from None
         for reply in replies:
@@ -432,6 +402,37 @@ class RedisBroker(BaseBroker):
                 raise self.conn.error("publish", reply)
         if delayed:
             self._wake_movers(delayed)
+
+    def _publish_commands(self, signatures: Sequence[Signature]) -> tuple[list[tuple[Any, ...]], set[str]]:
+        """The commands publishing ``signatures`` (one ``RPUSH`` per queue with every body, the ETAs in
+        the delayed set, prioritised messages through the priority script), and the queues whose
+        delayed-task movers should wake up."""
+        now = time.time()
+        plain: dict[str, list[bytes]] = {}
+        prioritised: dict[tuple[str, int], list[bytes]] = {}
+        #: per delayed ZSET (one on a server, one per queue on a cluster): {body: score}
+        delayed: dict[str, dict[bytes, int]] = {}
+        woken: set[str] = set()
+        default = self.config.default_queue
+        for sig in signatures:
+            body = codec.encode_signature(sig)
+            queue = sig.routing_key or default
+            eta = sig.eta
+            if eta is not None and eta.timestamp() > now:
+                delayed.setdefault(queue if self.cluster else "", {})[body] = _eta_ns(eta)
+                woken.add(queue)
+            elif self.priority and sig.priority > 0:
+                prioritised.setdefault((queue, sig.priority), []).append(body)
+            else:
+                plain.setdefault(queue, []).append(body)
+        commands: list[tuple[Any, ...]] = [("RPUSH", queue, *bodies) for queue, bodies in plain.items()]
+        for zset, members in delayed.items():
+            commands += self._delay_commands(zset, [x for b, score in members.items() for x in (score, b)])
+        for (queue, prio), bodies in prioritised.items():
+            keys = self.keys(queue)
+            command = scripts.PUBLISH_PRIORITY.command([keys.priority, keys.priority_seq], [prio, *bodies])
+            commands.append(command)
+        return commands, woken
 
     def publish_raw(self, queue: str, body: bytes | str) -> None:
         """``RPUSH`` ``body`` as is (tests and Go interop checks use it)."""

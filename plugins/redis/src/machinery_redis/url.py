@@ -257,3 +257,21 @@ def _parse_socket(
         client_name=client_name,
         safe_url=redact_url(url),
     )
+
+
+def same_server(a: RedisTarget | None, b: RedisTarget | None) -> bool:
+    """True when ``a`` and ``b`` reach the same data: same topology, address, database and credentials
+    (plugin options such as ``lease`` may differ). The broker then stores PENDING states and publishes
+    in one round trip."""
+    if a is None or b is None:
+        return False
+    return (a.scheme, a.hosts, a.socket_path, a.username, a.password, a.db, a.cluster, a.master_name) == (
+        b.scheme,
+        b.hosts,
+        b.socket_path,
+        b.username,
+        b.password,
+        b.db,
+        b.cluster,
+        b.master_name,
+    )
