@@ -241,15 +241,18 @@ class Worker:
 
     def _dispatch(self, deliveries: list[Delivery]) -> None:
         if self.app.config.worker.store_intermediate_states:
-            for d in deliveries:
-                sig = d.signature
-                if sig is not None and self.app.is_registered(sig.name) and not _early(sig):
-                    self._writer.put_state(TaskState(sig.uuid, State.RECEIVED, task_name=sig.name))
-        for delivery in deliveries:
-            tracked = _Tracked(delivery)
-            with self._slots:
-                self._in_flight[id(tracked)] = tracked
-            self._jobs.put(tracked)
+            received = [
+                TaskState(sig.uuid, State.RECEIVED, task_name=sig.name)
+                for sig in (d.signature for d in deliveries)
+                if sig is not None and self.app.is_registered(sig.name) and not _early(sig)
+            ]
+            self._writer.put_states(received)
+        tracked = [_Tracked(delivery) for delivery in deliveries]
+        with self._slots:
+            for one in tracked:
+                self._in_flight[id(one)] = one
+        for one in tracked:
+            self._jobs.put(one)
 
     def _task_loop(self) -> None:
         # Daemon threads: a task still running after the shutdown grace (its message already

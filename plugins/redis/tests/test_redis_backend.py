@@ -73,8 +73,29 @@ def test_set_states_is_one_round_trip(
     monkeypatch.setattr(backend.conn, "run", counting)
     states = [TaskState(f"task_{name}_{i}", State.SUCCESS, task_name="add") for i in range(20)]
     backend.set_states(states)
-    assert calls == [20]
+    assert calls == [1]  # one script call for the batch: one reply to read
     assert [s.state for s in backend.get_states([s.task_uuid for s in states])] == [State.SUCCESS] * 20
+
+
+def test_a_batch_merges_each_state_with_the_one_before(
+    backend: RedisBackend, raw: redis.Redis, name: str
+) -> None:
+    """Within one batch, a state without a task name or creation time keeps those of the state written
+    before it (the batch script applies the single-state rules in order)."""
+    uuid = f"task_{name}"
+    backend.set_states(
+        [
+            TaskState(uuid, State.RECEIVED, task_name="add"),
+            TaskState(uuid, State.STARTED),
+            TaskState(f"{uuid}_other", State.STARTED, task_name="mul"),
+            TaskState(uuid, State.SUCCESS, results=[]),
+        ]
+    )
+    stored = json.loads(raw.get(uuid))
+    assert (stored["State"], stored["TaskName"]) == ("SUCCESS", "add")
+    assert stored["CreatedAt"] != "0001-01-01T00:00:00Z"
+    assert json.loads(raw.get(f"{uuid}_other"))["TaskName"] == "mul"
+    assert 0 < raw.ttl(uuid) <= backend.expires_in
 
 
 def test_wait_wakes_on_push_and_writes_nothing_when_nobody_waits(

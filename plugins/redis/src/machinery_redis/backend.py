@@ -3,7 +3,8 @@
 - A task state is Go's ``TaskState`` JSON at the bare task uuid, ``SET <uuid> <json> EX
   results_expire_in`` (the expiry is reset on each write). A state without a task name or creation time
   keeps the previous state's (a Lua script merges them in the same round trip, as Go's backend does
-  with a GET and a SET). ``set_states`` writes a batch in one pipeline.
+  with a GET and a SET). ``set_states`` writes a batch, in order, with one script call (one
+  command per state in one round trip per node on a cluster).
 - A group is Go's ``GroupMeta`` JSON at the bare group uuid; ``group_states`` refreshes its expiry, so a
   long-running group does not vanish before its members finish (#352).
 - ``wait`` is push-based: the waiter marks ``{uuid}:machinery:waiter`` and reads the state in one round
@@ -83,6 +84,17 @@ def _chord_lock(where: str) -> threading.Lock:
         return _CHORD_LOCKS.setdefault(where, threading.Lock())
 
 
+def _state_args(state: TaskState) -> tuple[str, bytes, int, int, int]:
+    """``state``'s uuid and JSON, the 1-based positions of its empty task name and zero creation time
+    (0 when it has them: the script then keeps the stored record's), and the seconds a final state's
+    notification lives (0 for a state nobody waits for)."""
+    body = codec.encode_state(state)
+    name_pos = 0 if state.task_name else body.find(_NAME_MARK) + 1
+    created_pos = 0 if state.created_at is not None else body.rfind(_CREATED_MARK) + 1
+    final = state.state is State.SUCCESS or state.state is State.FAILURE
+    return state.task_uuid, body, name_pos, created_pos, NOTIFY_TTL if final else 0
+
+
 def done_key(task_uuid: str) -> str:
     return "{" + task_uuid + "}:machinery:done"
 
@@ -128,36 +140,30 @@ class RedisBackend(BaseBackend):
     # states ----------------------------------------------------------------------------------
     def _command(self, state: TaskState, ttl: int, fallback: bytes) -> tuple[Any, ...]:
         """The one Redis command that stores ``state``."""
-        body = codec.encode_state(state)
-        name_pos = 0 if state.task_name else body.find(_NAME_MARK) + 1
-        created_pos = 0 if state.created_at is not None else body.rfind(_CREATED_MARK) + 1
-        final = state.state is State.SUCCESS or state.state is State.FAILURE
-        uuid = state.task_uuid
-        if not (name_pos or created_pos or final):
+        uuid, body, name_pos, created_pos, notify = _state_args(state)
+        if not (name_pos or created_pos or notify):
             return ("SET", uuid, body, "EX", ttl)
-        return (
-            "EVALSHA",
-            scripts.SET_STATE.sha,
-            3,
-            uuid,
-            done_key(uuid),
-            waiter_key(uuid),
-            body,
-            name_pos,
-            created_pos,
-            fallback,
-            ttl,
-            NOTIFY_TTL if final else 0,
-        )
+        keys = (uuid, done_key(uuid), waiter_key(uuid))
+        return scripts.SET_STATE.command(keys, (body, name_pos, created_pos, fallback, ttl, notify))
+
+    def state_commands(self, states: Sequence[TaskState]) -> list[tuple[Any, ...]]:
+        """The commands storing ``states`` in order (the broker sends them with a publish): one script
+        call for a batch on a single server (one reply to read, not one per state), one command per
+        state on a cluster (the keys are in different slots)."""
+        ttl = self.expires_in
+        fallback = codec.format_time(now_utc()).encode()
+        if len(states) == 1 or self.conn.cluster:
+            return [self._command(state, ttl, fallback) for state in states]
+        keys: list[str] = []
+        args: list[Any] = [fallback, ttl]
+        for state in states:
+            uuid, body, name_pos, created_pos, notify = _state_args(state)
+            keys += (uuid, done_key(uuid), waiter_key(uuid))
+            args += (body, name_pos, created_pos, notify)
+        return [scripts.SET_STATES.command(keys, args)]
 
     def set_state(self, state: TaskState) -> None:
         self.set_states((state,))
-
-    def state_commands(self, states: Sequence[TaskState]) -> list[tuple[Any, ...]]:
-        """The commands storing ``states`` in order (the broker sends them with a publish)."""
-        ttl = self.expires_in
-        fallback = codec.format_time(now_utc()).encode()
-        return [self._command(state, ttl, fallback) for state in states]
 
     def set_states(self, states: Sequence[TaskState]) -> None:
         """Store every state in one round trip, in order."""

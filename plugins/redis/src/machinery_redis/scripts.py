@@ -25,6 +25,7 @@ __all__ = [
     "RECOVER",
     "RELEASE_LOCK",
     "SET_STATE",
+    "SET_STATES",
     "TAKE",
     "TRIGGER_CHORD",
 ]
@@ -316,6 +317,49 @@ return n
 """,
 )
 
+_STORE = """
+local function store(key, notify_key, waiter_key, json, name_pos, created_pos, fallback, ttl, notify_ttl)
+  if name_pos > 0 or created_pos > 0 then
+    local old = redis.call('GET', key)
+    local created = fallback
+    local name = ''
+    if old then
+      -- the top-level CreatedAt is the last one (Go's field order puts it after Results): look near
+      -- the end first, then through the whole record
+      local s, e
+      for _, from in ipairs({math.max(1, #old - 120), 1}) do
+        local pos = from
+        while true do
+          local s2, e2 = string.find(old, '"CreatedAt":"', pos, true)
+          if not s2 then break end
+          s, e, pos = s2, e2, e2 + 1
+        end
+        if s then break end
+      end
+      if s then
+        local q = string.find(old, '"', e + 1, true)
+        local c = q and string.sub(old, e + 1, q - 1)
+        if c and c ~= '0001-01-01T00:00:00Z' then created = c end
+      end
+      local n = string.match(old, '"TaskName":"(.-)","State":"')
+      if n then name = n end
+    end
+    if created_pos > 0 then
+      json = string.sub(json, 1, created_pos + 12) .. created .. string.sub(json, created_pos + 33)
+    end
+    if name_pos > 0 then
+      json = string.sub(json, 1, name_pos + 11) .. name .. string.sub(json, name_pos + 12)
+    end
+  end
+  redis.call('SET', key, json, 'EX', ttl)
+  if notify_ttl ~= '0' and redis.call('EXISTS', waiter_key) == 1 then
+    redis.call('DEL', notify_key)
+    redis.call('RPUSH', notify_key, json)
+    redis.call('EXPIRE', notify_key, notify_ttl)
+  end
+end
+"""
+
 #: Store a task state (Go's layout: the JSON at the bare uuid, EX results_expire_in), keeping the
 #: task name and creation time of the previous state when this one has none (Go merges the same
 #: way), and wake waiters when the state is final (the notification carries the state).
@@ -325,49 +369,28 @@ return n
 #:       notify ttl s (0 = not final)
 SET_STATE = Script(
     "set_state",
-    """
-local json = ARGV[1]
-local name_pos = tonumber(ARGV[2])
-local created_pos = tonumber(ARGV[3])
-if name_pos > 0 or created_pos > 0 then
-  local old = redis.call('GET', KEYS[1])
-  local created = ARGV[4]
-  local name = ''
-  if old then
-    -- the top-level CreatedAt is the last one (Go's field order puts it after Results): look near
-    -- the end first, then through the whole record
-    local s, e
-    for _, from in ipairs({math.max(1, #old - 120), 1}) do
-      local pos = from
-      while true do
-        local s2, e2 = string.find(old, '"CreatedAt":"', pos, true)
-        if not s2 then break end
-        s, e, pos = s2, e2, e2 + 1
-      end
-      if s then break end
-    end
-    if s then
-      local q = string.find(old, '"', e + 1, true)
-      local c = q and string.sub(old, e + 1, q - 1)
-      if c and c ~= '0001-01-01T00:00:00Z' then created = c end
-    end
-    local n = string.match(old, '"TaskName":"(.-)","State":"')
-    if n then name = n end
-  end
-  if created_pos > 0 then
-    json = string.sub(json, 1, created_pos + 12) .. created .. string.sub(json, created_pos + 33)
-  end
-  if name_pos > 0 then
-    json = string.sub(json, 1, name_pos + 11) .. name .. string.sub(json, name_pos + 12)
-  end
-end
-redis.call('SET', KEYS[1], json, 'EX', ARGV[5])
-if ARGV[6] ~= '0' and redis.call('EXISTS', KEYS[3]) == 1 then
-  redis.call('DEL', KEYS[2])
-  redis.call('RPUSH', KEYS[2], json)
-  redis.call('EXPIRE', KEYS[2], ARGV[6])
-end
+    _STORE
+    + """
+store(KEYS[1], KEYS[2], KEYS[3], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6])
 return 1
+""",
+)
+
+#: SET_STATE for several states in order, in one call (one reply to read instead of one per state;
+#: a single server only: the keys are in different cluster slots).
+#: KEYS: the three keys of each state, in order
+#: ARGV: fallback creation time, ttl s, then per state: json, name position, created position,
+#:       notify ttl s (0 = not final)
+SET_STATES = Script(
+    "set_states",
+    _STORE
+    + """
+for i = 0, #KEYS / 3 - 1 do
+  local a = 3 + i * 4
+  store(KEYS[i * 3 + 1], KEYS[i * 3 + 2], KEYS[i * 3 + 3], ARGV[a], tonumber(ARGV[a + 1]),
+        tonumber(ARGV[a + 2]), ARGV[1], ARGV[2], ARGV[a + 3])
+end
+return #KEYS / 3
 """,
 )
 
