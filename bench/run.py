@@ -46,6 +46,7 @@ PEER_REQUIREMENTS = ["dramatiq[redis]==2.2.1", "celery[redis]==5.7.0", "redis==8
 GUESS = {
     "baseline": (3000, 60000, 30000),
     "redis/redis": (1200, 12000, 4000),
+    "redis/redis-prefetch4": (1200, 12000, 6000),
     "sqlite/sqlite": (2500, 20000, 2500),
     "amqp/redis": (800, 800, 1200),
     "amqp/amqp": (110, 130, 200),
@@ -286,8 +287,8 @@ def plan(args: argparse.Namespace, progress: Callable[[str], None]) -> tuple[lis
             return False
         return True
 
-    def machinery(label: str, broker: str, backend: str) -> Callable[[], Any]:
-        return lambda: MachinerySystem(label, broker, backend)
+    def machinery(label: str, broker: str, backend: str, **env: str) -> Callable[[], Any]:
+        return lambda: MachinerySystem(label, broker, backend, worker_env=env)
 
     steps: list[Step] = []
     peers = args.peers and not args.quick
@@ -298,6 +299,12 @@ def plan(args: argparse.Namespace, progress: Callable[[str], None]) -> tuple[lis
         if use.get("redis/redis"):
             make = machinery("redis/redis", redis_url, redis_url)
             steps.append(Step("redis/redis", "machinery redis/redis", n, r, make))
+        if use.get("redis/redis-prefetch4"):
+            # The documented knob (Config.worker.prefetch_multiplier): what holding up to 4 x
+            # concurrency messages buys, next to the default that never takes more than free slots.
+            label = "redis/redis, prefetch x4"
+            make = machinery(label, redis_url, redis_url, MACHINERY_WORKER_PREFETCH_MULTIPLIER="4")
+            steps.append(Step("redis/redis-prefetch4", f"machinery {label}", n, r, make))
         for peer in ("dramatiq", "celery"):
             if use.get(peer):
                 steps.append(Step(peer, peer, n, r, peer=peer))

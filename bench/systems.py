@@ -44,8 +44,17 @@ def _scan_delete(client: Any, pattern: str) -> None:
 class MachinerySystem:
     """Machinery with one broker and one backend URL; the worker is the real CLI."""
 
-    def __init__(self, label: str, broker: str, backend: str, *, expires: int = 900) -> None:
+    def __init__(
+        self,
+        label: str,
+        broker: str,
+        backend: str,
+        *,
+        expires: int = 900,
+        worker_env: dict[str, str] | None = None,
+    ) -> None:
         self.name = f"machinery {label}"
+        self.worker_env = dict(worker_env or {})  # extra settings for the worker (Config.from_env names)
         self.label = label
         self.tmp = ""
         if broker == "sqlite" or backend == "sqlite":
@@ -98,6 +107,7 @@ class MachinerySystem:
             "RESULTS_EXPIRE_IN": str(self.expires),
             READY_ENV: ready_file,
             "PYTHONPATH": _env_path(),
+            **self.worker_env,
         }
         return argv, env
 

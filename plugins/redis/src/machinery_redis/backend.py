@@ -151,7 +151,8 @@ class RedisBackend(BaseBackend):
         call for a batch on a single server (one reply to read, not one per state), one command per
         state on a cluster (the keys are in different slots)."""
         ttl = self.expires_in
-        fallback = codec.format_time(now_utc()).encode()
+        # the creation time a first state without one gets (PENDING states carry theirs)
+        fallback = b"" if all(s.created_at for s in states) else codec.format_time(now_utc()).encode()
         if len(states) == 1 or self.conn.cluster:
             return [self._command(state, ttl, fallback) for state in states]
         keys: list[str] = []
