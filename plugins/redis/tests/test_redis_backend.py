@@ -7,6 +7,7 @@ import statistics
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -81,20 +82,32 @@ def test_a_batch_merges_each_state_with_the_one_before(
     backend: RedisBackend, raw: redis.Redis, name: str
 ) -> None:
     """Within one batch, a state without a task name or creation time keeps those of the state written
-    before it (the batch script applies the single-state rules in order)."""
-    uuid = f"task_{name}"
+    before it (the batch script applies the single-state rules in order, remembering what it wrote)."""
+    uuid, fresh = f"task_{name}", f"task_{name}_fresh"
+    created = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    backend.set_state(TaskState(uuid, State.PENDING, task_name="add", created_at=created))
     backend.set_states(
         [
             TaskState(uuid, State.RECEIVED, task_name="add"),
+            TaskState(fresh, State.STARTED),  # nothing stored before: a creation time, no name
             TaskState(uuid, State.STARTED),
-            TaskState(f"{uuid}_other", State.STARTED, task_name="mul"),
+            TaskState(fresh, State.PENDING, task_name="mul", created_at=created),
+            TaskState(fresh, State.STARTED),
             TaskState(uuid, State.SUCCESS, results=[]),
         ]
     )
     stored = json.loads(raw.get(uuid))
-    assert (stored["State"], stored["TaskName"]) == ("SUCCESS", "add")
-    assert stored["CreatedAt"] != "0001-01-01T00:00:00Z"
-    assert json.loads(raw.get(f"{uuid}_other"))["TaskName"] == "mul"
+    assert (stored["State"], stored["TaskName"], stored["CreatedAt"]) == (
+        "SUCCESS",
+        "add",
+        "2026-01-02T03:04:05Z",
+    )
+    other = json.loads(raw.get(fresh))
+    assert (other["State"], other["TaskName"], other["CreatedAt"]) == (
+        "STARTED",
+        "mul",
+        "2026-01-02T03:04:05Z",
+    )
     assert 0 < raw.ttl(uuid) <= backend.expires_in
 
 
