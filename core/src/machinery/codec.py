@@ -779,7 +779,7 @@ def state_to_dict(state: TaskState) -> dict[str, Any]:
     return {
         "TaskUUID": state.task_uuid,
         "TaskName": state.task_name,
-        "State": State(state.state).value,
+        "State": state.state.value if type(state.state) is State else State(state.state).value,
         "Results": None if results is None else [_result_to_dict(r) for r in results],
         "Error": state.error,
         "CreatedAt": ZERO_TIME if state.created_at is None else format_time(state.created_at),

@@ -155,7 +155,8 @@ class TaskState:
     ttl: int = 0
 
     def __post_init__(self) -> None:
-        self.state = State(self.state)
+        if type(self.state) is not State:  # a plain string ("SUCCESS"); the check is the hot path
+            self.state = State(self.state)
 
     @property
     def is_completed(self) -> bool:
