@@ -44,10 +44,9 @@ from machinery.backend import BaseBackend
 from machinery.capabilities import Capability
 from machinery.config import Config
 from machinery.errors import UnknownGroupError
-from machinery.redact import redact_url
 from machinery.signature import GroupMeta, State, TaskState, now_utc
 
-from .connection import Link, LinkPool, UnroutableError, declare_exchange, split_urls
+from .connection import Endpoint, Link, UnroutableError, declare_exchange
 
 __all__ = ["AMQPBackend"]
 
@@ -100,7 +99,7 @@ def _props() -> BasicProperties:
     return BasicProperties(content_type="application/json", delivery_mode=2, timestamp=int(time.time()))
 
 
-class AMQPBackend(BaseBackend):
+class AMQPBackend(Endpoint, BaseBackend):
     """RabbitMQ result backend (see the module docs for the layout)."""
 
     capabilities = frozenset({Capability.PUSH_WAIT, Capability.EXPIRY, Capability.MULTI_PROCESS})
@@ -114,30 +113,20 @@ class AMQPBackend(BaseBackend):
         reconnect_timeout: float = 60.0,
     ) -> None:
         super().__init__(config)
-        self.url = url
-        self.urls = split_urls(url, self.config)
+        self._endpoint(url, retry_timeout, reconnect_timeout)
         amqp = self.config.amqp
         exchange = amqp.exchange or "machinery_exchange"
         # States are routed by uuid through a direct exchange: the broker's exchange when it is direct
         # (Go's layout), a sibling otherwise (a topic/fanout/headers exchange would route states into
         # task queues, and declaring it as direct would clash with its type).
         self.exchange = exchange if (amqp.exchange_type or "direct") == "direct" else f"{exchange}.results"
-        self._pool = LinkPool(
-            self.urls,
-            self.config,
-            "backend",
-            retry_timeout=retry_timeout,
-            reconnect_timeout=reconnect_timeout,
-        )
+        self._pool = self._link_pool("backend")
         self._inboxes: weakref.WeakKeyDictionary[Link, _Inbox] = weakref.WeakKeyDictionary()
 
     @classmethod
     def from_url(cls, url: str, config: Config) -> AMQPBackend:
         """Build from a URL (or failover list) without any I/O."""
         return cls(url, config)
-
-    def __repr__(self) -> str:
-        return f"<AMQPBackend {redact_url(self.url)} exchange={self.exchange!r}>"
 
     # queues ------------------------------------------------------------------------------------
     def _args(self, token: bool = False) -> dict[str, Any]:

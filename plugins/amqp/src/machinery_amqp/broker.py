@@ -62,7 +62,6 @@ from machinery import codec
 from machinery.broker import BaseBroker, Delivery, decode_body
 from machinery.capabilities import Capability
 from machinery.config import Config
-from machinery.redact import redact_url
 from machinery.retry import Backoff
 from machinery.signature import Signature, now_utc
 
@@ -70,12 +69,11 @@ from .connection import (
     AMQPAccessError,
     AMQPError,
     AMQPUnavailableError,
+    Endpoint,
     Link,
-    LinkPool,
     UnroutableError,
     connect,
     connection_parameters,
-    split_urls,
 )
 
 __all__ = ["AMQPBroker", "AMQPDelivery"]
@@ -193,7 +191,7 @@ class AMQPDelivery:
         return None
 
 
-class AMQPBroker(BaseBroker):
+class AMQPBroker(Endpoint, BaseBroker):
     """RabbitMQ broker (see the module docs for threading, prefetch and reconnects).
 
     ``url`` may be a failover list joined by ``config.multiple_broker_separator``. Nothing connects
@@ -209,8 +207,7 @@ class AMQPBroker(BaseBroker):
         reconnect_timeout: float = 60.0,
     ) -> None:
         super().__init__(config)
-        self.url = url
-        self.urls = split_urls(url, self.config)
+        self._endpoint(url, retry_timeout, reconnect_timeout)
         amqp = self.config.amqp
         self.exchange = amqp.exchange
         self.exchange_type = amqp.exchange_type or "direct"
@@ -230,13 +227,7 @@ class AMQPBroker(BaseBroker):
         self.capabilities = frozenset(caps)
         #: nack(requeue=False) lets RabbitMQ dead-letter when the task queues have their own DLX
         self._server_dead_letters = "x-dead-letter-exchange" in self.queue_args
-        self._producers = LinkPool(
-            self.urls,
-            self.config,
-            "producer",
-            retry_timeout=retry_timeout,
-            reconnect_timeout=reconnect_timeout,
-        )
+        self._producers = self._link_pool("producer")
         self._consumer: _Consumer | None = None
         self._consumer_lock = threading.Lock()
         self._closed = False
@@ -245,9 +236,6 @@ class AMQPBroker(BaseBroker):
     def from_url(cls, url: str, config: Config) -> AMQPBroker:
         """Build from a URL (or failover list) without any I/O."""
         return cls(url, config)
-
-    def __repr__(self) -> str:
-        return f"<AMQPBroker {redact_url(self.url)} exchange={self.exchange!r}>"
 
     # topology ----------------------------------------------------------------------------------
     @property

@@ -33,6 +33,7 @@ __all__ = [
     "AMQPAccessError",
     "AMQPError",
     "AMQPUnavailableError",
+    "Endpoint",
     "Link",
     "LinkPool",
     "UnroutableError",
@@ -388,3 +389,26 @@ def declare_exchange(link: Link, name: str, exchange_type: str) -> None:
         return
     link.channel.exchange_declare(name, exchange_type=exchange_type, durable=True)
     link.declared.add("x:" + name)
+
+
+class Endpoint:
+    """What the AMQP broker and backend share: the URL (or failover list) and the retry windows of
+    their connection pools. Mixed into both (the subclass calls :meth:`_endpoint` first)."""
+
+    config: Config
+    exchange: str
+    url: str
+    urls: list[str]
+
+    def _endpoint(self, url: str, retry_timeout: float, reconnect_timeout: float) -> None:
+        self.url = url
+        self.urls = split_urls(url, self.config)
+        self._timeouts = (retry_timeout, reconnect_timeout)
+
+    def _link_pool(self, role: str) -> LinkPool:
+        """A pool of connections for ``role`` (named in log lines and errors)."""
+        retry, reconnect = self._timeouts
+        return LinkPool(self.urls, self.config, role, retry_timeout=retry, reconnect_timeout=reconnect)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {redact_url(self.url)} exchange={self.exchange!r}>"
