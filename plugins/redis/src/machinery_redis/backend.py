@@ -147,21 +147,31 @@ class RedisBackend(BaseBackend):
         return scripts.SET_STATE.command(keys, (body, name_pos, created_pos, fallback, ttl, notify))
 
     def state_commands(self, states: Sequence[TaskState]) -> list[tuple[Any, ...]]:
-        """The commands storing ``states`` in order (the broker sends them with a publish): one script
-        call for a batch on a single server (one reply to read, not one per state), one command per
-        state on a cluster (the keys are in different slots)."""
+        """The commands storing ``states`` in order (the broker sends them with a publish or a fetch).
+        A state that needs no merge and wakes nobody (a PENDING state) is a plain ``SET``; on a single
+        server, consecutive states that need the script share one call (one reply to read instead of
+        one per state); on a cluster each state is its own command (the keys are in different slots)."""
         ttl = self.expires_in
         # the creation time a first state without one gets (PENDING states carry theirs)
         fallback = b"" if all(s.created_at for s in states) else codec.format_time(now_utc()).encode()
-        if len(states) == 1 or self.conn.cluster:
+        if self.conn.cluster:
             return [self._command(state, ttl, fallback) for state in states]
+        commands: list[tuple[Any, ...]] = []
         keys: list[str] = []
-        args: list[Any] = [fallback, ttl]
+        args: list[Any] = []
         for state in states:
             uuid, body, name_pos, created_pos, notify = _state_args(state)
-            keys += (uuid, done_key(uuid), waiter_key(uuid))
-            args += (body, name_pos, created_pos, notify)
-        return [scripts.SET_STATES.command(keys, args)]
+            if name_pos or created_pos or notify:
+                keys += (uuid, done_key(uuid), waiter_key(uuid))
+                args += (body, name_pos, created_pos, notify)
+                continue
+            if keys:
+                commands.append(scripts.SET_STATES.command(keys, [fallback, ttl, *args]))
+                keys, args = [], []
+            commands.append(("SET", uuid, body, "EX", ttl))
+        if keys:
+            commands.append(scripts.SET_STATES.command(keys, [fallback, ttl, *args]))
+        return commands
 
     def set_state(self, state: TaskState) -> None:
         self.set_states((state,))
