@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import uuid
 
 import pytest
@@ -10,15 +9,9 @@ import pytest
 from machinery import Config, Machinery, plugins
 from machinery.testing import BackendContract, BrokerContract, LockContract, WorkerContract
 
-from .conftest import IN_CI
+from .conftest import IN_CI, require_module
 
-if importlib.util.find_spec("machinery_example") is None:
-    message = (
-        "machinery-example is not installed: pip install -e tests/contract/example_plugin (make venv does)"
-    )
-    if IN_CI:
-        raise RuntimeError(message)
-    pytest.skip(message, allow_module_level=True)
+require_module("machinery_example", "pip install -e tests/contract/example_plugin (make venv does)")
 
 
 def test_found_by_its_url_scheme() -> None:

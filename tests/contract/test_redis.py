@@ -6,7 +6,6 @@ REDIS_URL or an uninstalled machinery_redis fails in CI (CI=true) and skips else
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 from collections.abc import Callable
@@ -17,15 +16,11 @@ import pytest
 from machinery import Config
 from machinery.testing import FaultContract, TransportContract, default_contract_config
 
-from .conftest import IN_CI, REPO, require_env
+from .conftest import IN_CI, REPO, require_env, require_module
 
 if not (REPO / "plugins" / "redis" / "pyproject.toml").exists():
     pytest.skip("plugins/redis is not in this tree", allow_module_level=True)
-if importlib.util.find_spec("machinery_redis") is None:
-    message = "machinery_redis is not installed: make venv (pip install -e plugins/redis)"
-    if IN_CI:
-        raise RuntimeError(message)
-    pytest.skip(message, allow_module_level=True)
+require_module("machinery_redis", "make venv (pip install -e plugins/redis)")
 
 pytestmark = pytest.mark.services
 

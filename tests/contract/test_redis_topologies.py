@@ -8,7 +8,6 @@ REDIS_SENTINEL_URL, REDISS_URL...) fails in CI (CI=true) and skips elsewhere.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 from collections.abc import Callable
@@ -19,15 +18,11 @@ import pytest
 from machinery import Config
 from machinery.testing import FaultContract, TransportContract, default_contract_config
 
-from .conftest import IN_CI, REPO, require_env
+from .conftest import IN_CI, REPO, require_env, require_module
 
 if not (REPO / "plugins" / "redis" / "pyproject.toml").exists():
     pytest.skip("plugins/redis is not in this tree", allow_module_level=True)
-if importlib.util.find_spec("machinery_redis") is None:
-    message = "machinery_redis is not installed: make venv (pip install -e plugins/redis)"
-    if IN_CI:
-        raise RuntimeError(message)
-    pytest.skip(message, allow_module_level=True)
+require_module("machinery_redis", "make venv (pip install -e plugins/redis)")
 
 pytestmark = pytest.mark.services
 
@@ -50,28 +45,41 @@ def cluster_nodes() -> str:
     return require_env("REDIS_CLUSTER_NODES")
 
 
-class TestRedisCluster(TransportContract, FaultContract):
-    """Machinery's comma-list form: three masters (no replicas); every fault test runs here."""
+class _Topology(TransportContract):
+    """One topology's URLs: ``_url(query)`` for the broker (with ``broker_query``), backend and lock."""
 
-    contract_name = "redis-cluster/redis-cluster"
     strict_fixtures = IN_CI
     lease_seconds = 2.0
+    broker_query = LEASE
+
+    def _url(self, query: str = "") -> str:
+        raise NotImplementedError
 
     @pytest.fixture
     def broker_url(self) -> str:
-        return f"redis://{cluster_nodes()}/0?{LEASE}&priority=true"
+        return self._url(self.broker_query)
 
     @pytest.fixture
     def backend_url(self) -> str:
-        return f"redis://{cluster_nodes()}/0"
+        return self._url()
 
     @pytest.fixture
     def lock_url(self) -> str:
-        return f"redis://{cluster_nodes()}/0"
+        return self._url()
 
     @pytest.fixture
     def contract_config(self) -> Config:
         return _config()
+
+
+class TestRedisCluster(_Topology, FaultContract):
+    """Machinery's comma-list form: three masters (no replicas); every fault test runs here."""
+
+    contract_name = "redis-cluster/redis-cluster"
+    broker_query = f"{LEASE}&priority=true"
+
+    def _url(self, query: str = "") -> str:
+        return f"redis://{cluster_nodes()}/0" + (f"?{query}" if query else "")
 
     @pytest.fixture
     def restart_server(self) -> Callable[[], None] | None:
@@ -102,43 +110,23 @@ class TestRedisCluster(TransportContract, FaultContract):
         return "redis://:unreachable-secret-456@127.0.0.1:1,127.0.0.1:2/0"
 
 
-class TestRedisSentinel(TransportContract):
+class TestRedisSentinel(_Topology):
     """``redis+sentinel://sentinel:26379/mymaster/db``: each new connection asks the sentinel for the
     master (the failover test is in plugins/redis/tests/test_redis_topologies.py)."""
 
     contract_name = "redis-sentinel/redis-sentinel"
-    strict_fixtures = IN_CI
-    lease_seconds = 2.0
 
     def _url(self, query: str = "") -> str:
         parts = urlsplit(require_env("REDIS_SENTINEL_URL"))
         master = parts.path.strip("/").split("/")[0]
         return f"redis+sentinel://{parts.netloc}/{master}/{TEST_DB}" + (f"?{query}" if query else "")
 
-    @pytest.fixture
-    def broker_url(self) -> str:
-        return self._url(LEASE)
 
-    @pytest.fixture
-    def backend_url(self) -> str:
-        return self._url()
-
-    @pytest.fixture
-    def lock_url(self) -> str:
-        return self._url()
-
-    @pytest.fixture
-    def contract_config(self) -> Config:
-        return _config()
-
-
-class TestRedisTLS(TransportContract):
+class TestRedisTLS(_Topology):
     """``rediss://`` with the CA, client certificate and key as URL parameters (the server requires a
     client certificate); Config.tls is tested in plugins/redis/tests/test_redis_topologies.py."""
 
     contract_name = "rediss/rediss"
-    strict_fixtures = IN_CI
-    lease_seconds = 2.0
 
     def _url(self, query: str = "") -> str:
         parts = urlsplit(require_env("REDISS_URL"))
@@ -151,19 +139,3 @@ class TestRedisTLS(TransportContract):
             )
         )
         return f"rediss://{parts.netloc}/{TEST_DB}?{files}" + (f"&{query}" if query else "")
-
-    @pytest.fixture
-    def broker_url(self) -> str:
-        return self._url(LEASE)
-
-    @pytest.fixture
-    def backend_url(self) -> str:
-        return self._url()
-
-    @pytest.fixture
-    def lock_url(self) -> str:
-        return self._url()
-
-    @pytest.fixture
-    def contract_config(self) -> Config:
-        return _config()

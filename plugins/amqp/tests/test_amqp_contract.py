@@ -22,15 +22,16 @@ if not hasattr(testing, "TransportContract"):
     pytest.skip("machinery.testing has no contract classes yet", allow_module_level=True)
 
 from machinery.testing import (  # noqa: E402
+    IN_CI,
     BackendContract,
     BrokerContract,
     FaultContract,
     WorkerContract,
     default_contract_config,
+    require_env,
 )
 
 pytestmark = pytest.mark.services
-IN_CI = os.environ.get("CI") == "true"
 
 
 def _with_password(url: str, password: str) -> str:
@@ -99,13 +100,7 @@ class TestAMQPWithSQLiteBackend(_AMQPFixtures, WorkerContract):
 
 
 def _redis_url() -> str:
-    url = os.environ.get("REDIS_URL", "")
-    if not url:
-        reason = "REDIS_URL is not set: Redis is not running (scripts/services start redis)"
-        if IN_CI:
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return url
+    return require_env("REDIS_URL", "redis")
 
 
 class TestAMQPWithRedisBackend(_AMQPFixtures, WorkerContract):

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from redis_testlib import IN_CI, require_env, with_db
+from redis_testlib import require_env, server_unavailable, with_db
 
 
 @pytest.fixture(scope="session")
@@ -22,10 +22,7 @@ def raw(redis_url: str) -> Iterator[redis.Redis]:
     try:
         client.ping()
     except redis.RedisError as exc:
-        message = f"Redis at {redis_url} does not answer ({exc}): scripts/services start redis"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        server_unavailable(f"Redis at {redis_url} does not answer ({exc}): scripts/services start redis")
     yield client
     client.close()
 

@@ -12,23 +12,12 @@ import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import pytest
+from machinery.testing import IN_CI, require_env, server_unavailable
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+__all__ = ["IN_CI", "REPO", "TEST_DB", "require_env", "restart_redis", "server_unavailable", "with_db"]
+
 REPO = Path(__file__).resolve().parents[3]
 TEST_DB = int(os.environ.get("MACHINERY_REDIS_TEST_DB", "7"))
-
-
-def require_env(name: str) -> str:
-    value = os.environ.get(name, "")
-    if not value:
-        message = (
-            f'{name} is not set: start the servers with scripts/services (eval "$(scripts/services env)")'
-        )
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    return value
 
 
 def with_db(url: str, db: int = TEST_DB, query: str = "") -> str:

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import pytest
 import redis
 from redis.crc import key_slot
-from redis_testlib import IN_CI, TEST_DB, require_env
+from redis_testlib import TEST_DB, require_env, server_unavailable
 
 from machinery import Config, Machinery
 from machinery.errors import BackendError, BrokerError
@@ -145,10 +145,7 @@ def sentinel_ready() -> Iterator[tuple[redis.Redis, str]]:
     try:
         sentinel.ping()
     except redis.RedisError as exc:
-        message = f"the sentinel at {require_env('REDIS_SENTINEL_ADDR')} does not answer: {exc}"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        server_unavailable(f"the sentinel at {require_env('REDIS_SENTINEL_ADDR')} does not answer: {exc}")
     _wait("a replica in sync for a failover", lambda: _replica_ready(sentinel, master), 60)
     yield sentinel, master
     sentinel.close()
@@ -246,12 +243,9 @@ def cluster() -> Iterator[redis.cluster.RedisCluster]:
     try:
         client = redis.cluster.RedisCluster(host=host, port=int(port))
     except Exception as exc:
-        message = (
+        server_unavailable(
             f"Redis Cluster at {host}:{port} does not answer ({exc}): scripts/services start redis-cluster"
         )
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
     yield client
     client.close()
 

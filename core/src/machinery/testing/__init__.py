@@ -34,7 +34,7 @@ from ._base import (
 from .backend_contract import RESULT_VALUES, BackendContract
 from .broker_contract import BrokerContract
 from .lock_contract import LockContract
-from .servers import IN_CI, require_env
+from .servers import IN_CI, require_env, server_unavailable
 from .tasks import make_app
 from .worker_contract import FaultContract, WorkerContract
 
@@ -60,4 +60,5 @@ __all__ = [
     "not_applicable",
     "require_env",
     "requires",
+    "server_unavailable",
 ]

@@ -8,10 +8,11 @@ test fails there instead of being skipped quietly.
 from __future__ import annotations
 
 import os
+from typing import NoReturn
 
 import pytest
 
-__all__ = ["IN_CI", "require_env"]
+__all__ = ["IN_CI", "require_env", "server_unavailable"]
 
 #: True when running under CI (``CI=true``): a missing server is a failure, never a skip.
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -23,8 +24,13 @@ def require_env(name: str, server: str = "") -> str:
     if not value:
         what = f"the {server} server is not running" if server else "its server is not running"
         start = f"scripts/services start {server}" if server else "scripts/services start"
-        message = f'{name} is not set: {what} ({start}; eval "$(scripts/services env)")'
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        server_unavailable(f'{name} is not set: {what} ({start}; eval "$(scripts/services env)")')
     return value
+
+
+def server_unavailable(message: str) -> NoReturn:
+    """End the test because a server it needs is missing or does not answer: a failure in CI, a
+    skip elsewhere. ``message`` says which server and how to start it."""
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)

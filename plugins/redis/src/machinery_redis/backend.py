@@ -138,39 +138,35 @@ class RedisBackend(BaseBackend):
         return f"<RedisBackend {self.target.describe()}>"
 
     # states ----------------------------------------------------------------------------------
-    def _command(self, state: TaskState, ttl: int, fallback: bytes) -> tuple[Any, ...]:
-        """The one Redis command that stores ``state``."""
-        uuid, body, name_pos, created_pos, notify = _state_args(state)
-        if not (name_pos or created_pos or notify):
-            return ("SET", uuid, body, "EX", ttl)
-        keys = (uuid, done_key(uuid), waiter_key(uuid))
-        return scripts.SET_STATE.command(keys, (body, name_pos, created_pos, fallback, ttl, notify))
-
     def state_commands(self, states: Sequence[TaskState]) -> list[tuple[Any, ...]]:
-        """The commands storing ``states`` in order (the broker sends them with a publish or a fetch).
-        A state that needs no merge and wakes nobody (a PENDING state) is a plain ``SET``; on a single
-        server, consecutive states that need the script share one call (one reply to read instead of
-        one per state); on a cluster each state is its own command (the keys are in different slots)."""
+        """The commands storing ``states`` in order (the broker sends them with a publish). A state
+        that needs no merge and wakes nobody (a PENDING state) is a plain ``SET``; consecutive states
+        that need the script share one call on a single server, and have one each on a cluster (the
+        keys of different states are in different slots)."""
         ttl = self.expires_in
         # the creation time a first state without one gets (PENDING states carry theirs)
         fallback = b"" if all(s.created_at for s in states) else codec.format_time(now_utc()).encode()
-        if self.conn.cluster:
-            return [self._command(state, ttl, fallback) for state in states]
         commands: list[tuple[Any, ...]] = []
         keys: list[str] = []
         args: list[Any] = []
+
+        def close_script_call() -> None:
+            if keys:
+                commands.append(scripts.SET_STATES.command(keys, [fallback, ttl, *args]))
+                keys.clear()
+                args.clear()
+
         for state in states:
             uuid, body, name_pos, created_pos, notify = _state_args(state)
             if name_pos or created_pos or notify:
-                keys += (uuid, done_key(uuid), waiter_key(uuid))
-                args += (body, name_pos, created_pos, notify)
-                continue
-            if keys:
-                commands.append(scripts.SET_STATES.command(keys, [fallback, ttl, *args]))
-                keys, args = [], []
-            commands.append(("SET", uuid, body, "EX", ttl))
-        if keys:
-            commands.append(scripts.SET_STATES.command(keys, [fallback, ttl, *args]))
+                keys.extend((uuid, done_key(uuid), waiter_key(uuid)))
+                args.extend((body, name_pos, created_pos, notify))
+                if self.conn.cluster:
+                    close_script_call()
+            else:
+                close_script_call()
+                commands.append(("SET", uuid, body, "EX", ttl))
+        close_script_call()
         return commands
 
     def set_state(self, state: TaskState) -> None:

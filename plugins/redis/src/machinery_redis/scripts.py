@@ -24,7 +24,6 @@ __all__ = [
     "PURGE_DELAYED",
     "RECOVER",
     "RELEASE_LOCK",
-    "SET_STATE",
     "SET_STATES",
     "TAKE",
     "TRIGGER_CHORD",
@@ -35,20 +34,36 @@ PRIORITY_BAND = 1 << 40
 #: Seconds the "redelivered" marks of a queue live after their last change.
 REDELIVERED_TTL = 7 * 24 * 3600
 
-_PUSH = """
+#: Lua helpers the scripts below share (prepended to their source).
+_HELPERS = """
+local BAND = @BAND@
 local function push(cmd, key, items)
   for i = 1, #items, 1000 do
     redis.call(cmd, key, unpack(items, i, math.min(i + 999, #items)))
   end
 end
-local function priority_of(m)
-  local ok, d = pcall(cjson.decode, m)
-  if ok and type(d) == 'table' and type(d['Priority']) == 'number' and d['Priority'] > 0 then
+local function priority_in(d)
+  if type(d) == 'table' and type(d['Priority']) == 'number' and d['Priority'] > 0 then
     return math.min(math.floor(d['Priority']), 255)
   end
   return 0
 end
-"""
+local function priority_of(m)
+  local ok, d = pcall(cjson.decode, m)
+  if ok then return priority_in(d) end
+  return 0
+end
+-- ZADD m to a priority ZSET: the band of priority p, then FIFO by the sequence at seq_key
+local function push_prioritised(zset, seq_key, p, m)
+  local seq = redis.call('INCR', seq_key) % BAND
+  redis.call('ZADD', zset, string.format('%.0f', (255 - p) * BAND + seq), m)
+end
+-- the server's clock in ns, as a string (ZSET scores of delayed messages)
+local function now_ns()
+  local t = redis.call('TIME')
+  return t[1] .. string.format('%06d', tonumber(t[2])) .. '000'
+end
+""".replace("@BAND@", str(PRIORITY_BAND))
 
 #: Move up to ARGV[1] messages from the queue (the priority ZSET first when ARGV[2] == '1') to the
 #: consumer's processing list; register the consumer while it holds any; report redelivery marks.
@@ -56,7 +71,7 @@ end
 #: ARGV: count, use_priority, consumer id, lease ms
 TAKE = Script(
     "take",
-    _PUSH
+    _HELPERS
     + """
 local n = tonumber(ARGV[1])
 local out = {}
@@ -93,7 +108,7 @@ return {out, flags, marked}
 #: ARGV: processing key prefix, heartbeat key prefix, only this consumer id (or ''), use_priority, seq key
 RECOVER = Script(
     "recover",
-    _PUSH
+    _HELPERS
     + """
 local ids
 if ARGV[3] ~= '' then ids = {ARGV[3]} else ids = redis.call('SMEMBERS', KEYS[1]) end
@@ -109,7 +124,7 @@ for _, id in ipairs(ids) do
         local p = 0
         if ARGV[4] == '1' then p = priority_of(m) end
         if p > 0 then
-          redis.call('ZADD', KEYS[4], string.format('%.0f', (255 - p) * 1099511627776), m)
+          redis.call('ZADD', KEYS[4], string.format('%.0f', (255 - p) * BAND), m)
         else
           plain[#plain + 1] = m
         end
@@ -186,12 +201,10 @@ return 1
 #: KEYS: priority, sequence   ARGV: priority, body...
 PUBLISH_PRIORITY = Script(
     "publish_priority",
-    """
-local base = (255 - tonumber(ARGV[1])) * 1099511627776
-for i = 2, #ARGV do
-  local seq = redis.call('INCR', KEYS[2]) % 1099511627776
-  redis.call('ZADD', KEYS[1], string.format('%.0f', base + seq), ARGV[i])
-end
+    _HELPERS
+    + """
+local p = tonumber(ARGV[1])
+for i = 2, #ARGV do push_prioritised(KEYS[1], KEYS[2], p, ARGV[i]) end
 return #ARGV - 1
 """,
 )
@@ -202,10 +215,9 @@ return #ARGV - 1
 #: KEYS: delayed   ARGV: limit, default queue, use_priority
 MOVE_DUE = Script(
     "move_due",
-    _PUSH
+    _HELPERS
     + """
-local t = redis.call('TIME')
-local now = t[1] .. string.format('%06d', tonumber(t[2])) .. '000'
+local now = now_ns()
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 for _, m in ipairs(due) do
   redis.call('ZREM', KEYS[1], m)
@@ -215,14 +227,11 @@ for _, m in ipairs(due) do
   if ok and type(d) == 'table' then
     local rk = d['RoutingKey']
     if type(rk) == 'string' and rk ~= '' then q = rk end
-    if ARGV[3] == '1' and type(d['Priority']) == 'number' and d['Priority'] > 0 then
-      p = math.min(math.floor(d['Priority']), 255)
-    end
+    if ARGV[3] == '1' then p = priority_in(d) end
   end
   if p > 0 then
     local tag = '{' .. q .. '}:machinery:'
-    local seq = redis.call('INCR', tag .. 'priority_seq') % 1099511627776
-    redis.call('ZADD', tag .. 'priority', string.format('%.0f', (255 - p) * 1099511627776 + seq), m)
+    push_prioritised(tag .. 'priority', tag .. 'priority_seq', p, m)
   else
     redis.call('RPUSH', q, m)
   end
@@ -238,22 +247,16 @@ return {#due, nxt[2] or false, now}
 #: KEYS: delayed, queue, priority, priority_seq   ARGV: limit, use_priority
 MOVE_DUE_QUEUE = Script(
     "move_due_queue",
-    """
-local t = redis.call('TIME')
-local now = t[1] .. string.format('%06d', tonumber(t[2])) .. '000'
+    _HELPERS
+    + """
+local now = now_ns()
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 for _, m in ipairs(due) do
   redis.call('ZREM', KEYS[1], m)
   local p = 0
-  if ARGV[2] == '1' then
-    local ok, d = pcall(cjson.decode, m)
-    if ok and type(d) == 'table' and type(d['Priority']) == 'number' and d['Priority'] > 0 then
-      p = math.min(math.floor(d['Priority']), 255)
-    end
-  end
+  if ARGV[2] == '1' then p = priority_of(m) end
   if p > 0 then
-    local seq = redis.call('INCR', KEYS[4]) % 1099511627776
-    redis.call('ZADD', KEYS[3], string.format('%.0f', (255 - p) * 1099511627776 + seq), m)
+    push_prioritised(KEYS[3], KEYS[4], p, m)
   else
     redis.call('RPUSH', KEYS[2], m)
   end
@@ -271,9 +274,9 @@ return {#due, nxt[2] or false, now}
 #: ARGV: limit, mover id, lease ms, moving prefix, heartbeat prefix
 CLAIM_GO_DELAYED = Script(
     "claim_go_delayed",
-    """
-local t = redis.call('TIME')
-local now = t[1] .. string.format('%06d', tonumber(t[2])) .. '000'
+    _HELPERS
+    + """
+local now = now_ns()
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[4])) do
   if redis.call('EXISTS', ARGV[5] .. id) == 0 then
     for _, m in ipairs(redis.call('LRANGE', ARGV[4] .. id, 0, -1)) do
@@ -360,27 +363,16 @@ local function store(key, notify_key, waiter_key, json, name_pos, created_pos, f
 end
 """
 
-#: Store a task state (Go's layout: the JSON at the bare uuid, EX results_expire_in), keeping the
-#: task name and creation time of the previous state when this one has none (Go merges the same
-#: way), and wake waiters when the state is final (the notification carries the state).
-#: KEYS: state key, notify key, waiter key (the notify list is written only while somebody waits)
-#: ARGV: json, position of '"TaskName":""' (1-based, 0 = has a name), position of the zero
-#:       '"CreatedAt":"0001-01-01T00:00:00Z"' (0 = has a time), fallback creation time, ttl s,
-#:       notify ttl s (0 = not final)
-SET_STATE = Script(
-    "set_state",
-    _STORE
-    + """
-store(KEYS[1], KEYS[2], KEYS[3], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5], ARGV[6])
-return 1
-""",
-)
-
-#: SET_STATE for several states in order, in one call (one reply to read instead of one per state;
-#: a single server only: the keys are in different cluster slots).
-#: KEYS: the three keys of each state, in order
-#: ARGV: fallback creation time, ttl s, then per state: json, name position, created position,
-#:       notify ttl s (0 = not final)
+#: Store task states in order (Go's layout: the JSON at the bare uuid, EX results_expire_in), each
+#: keeping the task name and creation time of the record before it when it has none (Go merges the
+#: same way), and wake waiters when a state is final (the notification carries the state). One call
+#: for several states reads one reply instead of one per state; on a cluster each state is its own
+#: call (its three keys share the uuid's slot; different states do not).
+#: KEYS: per state: state key, notify key, waiter key (the notify list is written only while
+#:       somebody waits)
+#: ARGV: fallback creation time, ttl s, then per state: json, position of '"TaskName":""' (1-based,
+#:       0 = has a name), position of the zero '"CreatedAt":"0001-01-01T00:00:00Z"' (0 = has a
+#:       time), notify ttl s (0 = not final)
 SET_STATES = Script(
     "set_states",
     _STORE
