@@ -197,9 +197,9 @@ def test_unknown_scheme_fails_at_construction_without_the_password() -> None:
 
 
 def test_ready_made_objects_are_used(memory_url: str) -> None:
-    from machinery.backends.memory import MemoryBackend
-    from machinery.brokers.memory import MemoryBroker
-    from machinery.locks.memory import MemoryLock
+    from machinery.transports.memory.backend import MemoryBackend
+    from machinery.transports.memory.broker import MemoryBroker
+    from machinery.transports.memory.lock import MemoryLock
 
     broker, backend, lock = MemoryBroker(name="x"), MemoryBackend(name="x"), MemoryLock(name="x")
     app = Machinery(

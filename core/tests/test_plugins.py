@@ -13,8 +13,8 @@ from machinery import Config, Machinery, PluginNotFoundError
 from machinery.plugins import FIRST_PARTY, get_plugin_manager, install_hint, list_schemes, resolve_broker
 
 PLUGIN_MODULE = """
-from machinery.brokers.memory import MemoryBroker
-from machinery.backends.memory import MemoryBackend
+from machinery.transports.memory.broker import MemoryBroker
+from machinery.transports.memory.backend import MemoryBackend
 from machinery.plugins import SchemeRow, hookimpl
 
 

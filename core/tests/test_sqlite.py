@@ -18,14 +18,14 @@ from typing import Any
 
 import pytest
 
-from machinery.backends.sqlite import SQLiteBackend
-from machinery.brokers.sqlite import SQLiteBroker, SQLiteDelivery
 from machinery.capabilities import Capability
 from machinery.config import Config
 from machinery.errors import BrokerError, ConfigError, UnknownGroupError
-from machinery.locks.sqlite import SQLiteLock
 from machinery.signature import Signature, State, TaskState, now_utc
-from machinery.sqlite_store import parse_sqlite_url
+from machinery.transports.sqlite.backend import SQLiteBackend
+from machinery.transports.sqlite.broker import SQLiteBroker, SQLiteDelivery
+from machinery.transports.sqlite.lock import SQLiteLock
+from machinery.transports.sqlite.store import parse_sqlite_url
 
 CTX = multiprocessing.get_context("fork")
 Q = "tasks"

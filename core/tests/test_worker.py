@@ -19,7 +19,7 @@ from machinery import (
     TimeLimitExceeded,
     current_signature,
 )
-from machinery.brokers.memory import MemoryBroker
+from machinery.transports.memory.broker import MemoryBroker
 from machinery.worker import Worker
 
 

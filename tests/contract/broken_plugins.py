@@ -10,12 +10,12 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from machinery.backend import BaseBackend
-from machinery.backends.memory import MemoryBackend
-from machinery.brokers.memory import MemoryBroker
-from machinery.brokers.sqlite import SQLiteBroker
 from machinery.capabilities import Capability
 from machinery.plugins import SchemeRow, hookimpl, scheme_of
 from machinery.signature import Signature
+from machinery.transports.memory.backend import MemoryBackend
+from machinery.transports.memory.broker import MemoryBroker
+from machinery.transports.sqlite.broker import SQLiteBroker
 
 if TYPE_CHECKING:
     from machinery.broker import Broker, Delivery

@@ -212,7 +212,7 @@ class Machinery:
 
     def _run_eagerly(self, sig: Signature) -> None:
         from . import codec
-        from .runner import TaskRunner
+        from .worker.runner import TaskRunner
 
         if self._eager_runner is None:
             self._eager_runner = TaskRunner(self)

@@ -22,12 +22,12 @@ DISTRIBUTION = "machinery-core"
 
 #: (scheme, kind) -> (module, class): imported on first use, so listing plugins stays cheap.
 _CLASSES: dict[tuple[str, Kind], tuple[str, str]] = {
-    ("memory", "broker"): ("machinery.brokers.memory", "MemoryBroker"),
-    ("memory", "backend"): ("machinery.backends.memory", "MemoryBackend"),
-    ("memory", "lock"): ("machinery.locks.memory", "MemoryLock"),
-    ("sqlite", "broker"): ("machinery.brokers.sqlite", "SQLiteBroker"),
-    ("sqlite", "backend"): ("machinery.backends.sqlite", "SQLiteBackend"),
-    ("sqlite", "lock"): ("machinery.locks.sqlite", "SQLiteLock"),
+    ("memory", "broker"): ("machinery.transports.memory.broker", "MemoryBroker"),
+    ("memory", "backend"): ("machinery.transports.memory.backend", "MemoryBackend"),
+    ("memory", "lock"): ("machinery.transports.memory.lock", "MemoryLock"),
+    ("sqlite", "broker"): ("machinery.transports.sqlite.broker", "SQLiteBroker"),
+    ("sqlite", "backend"): ("machinery.transports.sqlite.backend", "SQLiteBackend"),
+    ("sqlite", "lock"): ("machinery.transports.sqlite.lock", "SQLiteLock"),
 }
 
 

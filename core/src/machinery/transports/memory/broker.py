@@ -13,12 +13,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .. import codec
-from ..broker import BaseBroker, Delivery, decode_body
-from ..capabilities import Capability
-from ..config import Config
-from ..memory_store import shared
-from ..signature import Signature
+from ... import codec
+from ...broker import BaseBroker, Delivery, decode_body
+from ...capabilities import Capability
+from ...config import Config
+from ...signature import Signature
+from .store import shared
 
 __all__ = ["MemoryBroker", "MemoryDelivery"]
 
@@ -88,7 +88,7 @@ class MemoryBroker(BaseBroker):
 
     @classmethod
     def from_url(cls, url: str, config: Config) -> MemoryBroker:
-        from ..memory_store import store_name
+        from .store import store_name
 
         return cls(config, store_name(url))
 

@@ -6,8 +6,8 @@ import threading
 import time
 import uuid
 
-from ..config import Config
-from ..memory_store import shared, store_name
+from ...config import Config
+from .store import shared, store_name
 
 __all__ = ["MemoryLock"]
 

@@ -18,16 +18,16 @@ from multiprocessing.connection import Connection
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from . import codec
-from .errors import Retry, TimeLimitExceeded
-from .log import logger
-from .signature import Arg, State, TaskState
+from .. import codec
+from ..errors import Retry, TimeLimitExceeded
+from ..log import logger
+from ..signature import Arg, State, TaskState
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
 
-    from .app import Machinery
-    from .task import TaskOptions
+    from ..app import Machinery
+    from ..task import TaskOptions
 
 __all__ = ["ChildFailure", "ProcessPool", "Results"]
 
@@ -48,7 +48,7 @@ def _child_main(app: Machinery, conn: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent worker decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGALRM, _on_alarm)
-    from .task import _current
+    from ..task import _current
 
     while True:
         try:

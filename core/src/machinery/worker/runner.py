@@ -12,18 +12,18 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from . import codec, tracing
-from .errors import Retry, TimeLimitExceeded
-from .log import logger
+from .. import codec, tracing
+from ..errors import Retry, TimeLimitExceeded
+from ..log import logger
+from ..retry import fibonacci_next
+from ..signature import Arg, Signature, State, TaskState, now_utc
+from ..task import Task, _current
 from .procpool import ChildFailure, ProcessPool, Results
-from .retry import fibonacci_next
-from .signature import Arg, Signature, State, TaskState, now_utc
 from .statewriter import StateWriter
-from .task import Task, _current
 from .timelimit import TimeLimits, raise_in_thread
 
 if TYPE_CHECKING:
-    from .app import Machinery
+    from ..app import Machinery
 
 __all__ = ["TaskRunner", "error_text"]
 
@@ -76,7 +76,7 @@ class TaskRunner:
         self._async_lock = threading.Lock()
         #: set by a worker with ``pool="process"``: task functions run in its children
         self.process_pool: ProcessPool | None = None
-        #: set by a worker: batches state writes (see :mod:`machinery.statewriter`)
+        #: set by a worker: batches state writes (see :mod:`machinery.worker.statewriter`)
         self.writer: StateWriter | None = None
 
     @property

@@ -14,11 +14,11 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .log import logger
-from .signature import TaskState
+from ..log import logger
+from ..signature import TaskState
 
 if TYPE_CHECKING:
-    from .app import Machinery
+    from ..app import Machinery
 
 __all__ = ["StateWriter"]
 

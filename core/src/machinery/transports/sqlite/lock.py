@@ -11,10 +11,10 @@ import os
 import time
 import uuid
 
-from ..capabilities import Capability
-from ..config import Config
-from ..errors import MachineryError
-from ..sqlite_store import SQLiteStore, SQLiteTarget, on_fork, parse_sqlite_url
+from ...capabilities import Capability
+from ...config import Config
+from ...errors import MachineryError
+from .store import SQLiteStore, SQLiteTarget, on_fork, parse_sqlite_url
 
 __all__ = ["SQLiteLock"]
 

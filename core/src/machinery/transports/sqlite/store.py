@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote
 
-from .config import Config
-from .errors import ConfigError, MachineryError
+from ...config import Config
+from ...errors import ConfigError, MachineryError
 
 __all__ = [
     "SCHEMA_VERSION",

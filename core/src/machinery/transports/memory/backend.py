@@ -6,12 +6,12 @@ import threading
 import time
 from collections.abc import Sequence
 
-from ..backend import BaseBackend
-from ..capabilities import Capability
-from ..config import Config
-from ..errors import UnknownGroupError
-from ..memory_store import shared, store_name
-from ..signature import GroupMeta, State, TaskState, now_utc
+from ...backend import BaseBackend
+from ...capabilities import Capability
+from ...config import Config
+from ...errors import UnknownGroupError
+from ...signature import GroupMeta, State, TaskState, now_utc
+from .store import shared, store_name
 
 __all__ = ["MemoryBackend"]
 

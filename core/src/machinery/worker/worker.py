@@ -21,17 +21,17 @@ from datetime import timedelta
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Literal
 
-from .broker import Delivery
-from .log import logger
+from ..broker import Delivery
+from ..log import logger
+from ..redact import redact_url
+from ..retry import Backoff
+from ..signature import Signature, State, TaskState, now_utc
 from .procpool import ProcessPool
-from .redact import redact_url
-from .retry import Backoff
 from .runner import ErrorHandler, SignatureHandler, TaskRunner
-from .signature import Signature, State, TaskState, now_utc
 from .statewriter import StateWriter
 
 if TYPE_CHECKING:
-    from .app import Machinery
+    from ..app import Machinery
 
 __all__ = ["Worker"]
 

@@ -24,13 +24,13 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from .. import codec
-from ..broker import BaseBroker, Delivery, decode_body
-from ..capabilities import Capability
-from ..config import Config
-from ..errors import BrokerError
-from ..signature import Signature
-from ..sqlite_store import SQLiteStore, SQLiteTarget, chunks, on_fork, parse_sqlite_url, placeholders
+from ... import codec
+from ...broker import BaseBroker, Delivery, decode_body
+from ...capabilities import Capability
+from ...config import Config
+from ...errors import BrokerError
+from ...signature import Signature
+from .store import SQLiteStore, SQLiteTarget, chunks, on_fork, parse_sqlite_url, placeholders
 
 __all__ = ["DeadLetter", "SQLiteBroker", "SQLiteDelivery"]
 

@@ -18,13 +18,13 @@ import time
 from collections.abc import Sequence
 from datetime import datetime
 
-from .. import codec
-from ..backend import BaseBackend
-from ..capabilities import Capability
-from ..config import Config
-from ..errors import BackendError, UnknownGroupError
-from ..signature import State, TaskState, now_utc
-from ..sqlite_store import SQLiteStore, SQLiteTarget, chunks, parse_sqlite_url, placeholders
+from ... import codec
+from ...backend import BaseBackend
+from ...capabilities import Capability
+from ...config import Config
+from ...errors import BackendError, UnknownGroupError
+from ...signature import State, TaskState, now_utc
+from .store import SQLiteStore, SQLiteTarget, chunks, parse_sqlite_url, placeholders
 
 __all__ = ["SQLiteBackend"]
 

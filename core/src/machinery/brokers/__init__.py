@@ -1,1 +1,0 @@
-"""Built-in brokers: memory:// and sqlite://."""

@@ -1,1 +1,0 @@
-"""Built-in locks: memory:// and sqlite://."""

@@ -1,0 +1,1 @@
+"""The built-in transports, laid out like the plugins: ``memory://`` and ``sqlite://``."""

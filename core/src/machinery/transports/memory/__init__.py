@@ -1,0 +1,1 @@
+"""``memory://``: broker, result backend and lock inside one process (tests, eager mode)."""
