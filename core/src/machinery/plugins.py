@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .broker import Broker
     from .config import Config
     from .lock import Lock
+    from .settings import Section
 
 __all__ = [
     "FIRST_PARTY",
@@ -87,6 +88,11 @@ class MachinerySpec:
     @hookspec
     def machinery_schemes(self) -> list[SchemeRow]:  # type: ignore[empty-body]
         """Rows (scheme, kind, distribution) this plugin serves; collected from every plugin."""
+
+    @hookspec
+    def machinery_settings(self) -> list[type[Section]]:  # type: ignore[empty-body]
+        """Settings sections (:class:`machinery.settings.Section` subclasses) this plugin declares;
+        collected from every plugin. Import only the settings module here, never the broker."""
 
 
 _manager: pluggy.PluginManager | None = None

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from machinery.backend import Backend
     from machinery.broker import Broker
     from machinery.config import Config
+    from machinery.settings import Section
 
 DISTRIBUTION = "machinery-amqp"
 SCHEMES = ("amqp", "amqps")
@@ -23,6 +24,13 @@ SCHEMES = ("amqp", "amqps")
 @hookimpl
 def machinery_schemes() -> list[SchemeRow]:
     return [SchemeRow(scheme, kind, DISTRIBUTION) for scheme in SCHEMES for kind in ("broker", "backend")]
+
+
+@hookimpl
+def machinery_settings() -> list[type[Section]]:
+    from .settings import AMQPSettings  # the settings module only: listing settings never loads the broker
+
+    return [AMQPSettings]
 
 
 @hookimpl
