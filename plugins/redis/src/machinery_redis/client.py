@@ -676,7 +676,7 @@ class Connection:
             if self.target.tls:
                 sentinel_kwargs["connection_class"] = redis.SSLConnection
                 sentinel_kwargs.update(self._tls_kwargs())
-            sentinel: Any = Sentinel(list(self.target.hosts), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+            sentinel: Any = Sentinel(list(self.target.hosts), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call,unused-ignore]
             kwargs.pop("db")
             client = sentinel.master_for(self.master_name, db=self.target.db, **kwargs)
             assert self.topology is not None
