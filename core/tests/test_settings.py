@@ -133,15 +133,16 @@ def test_plugin_section_validation(foo_plugin: None, name: str, value: Any, need
     assert needle in str(info.value)
 
 
-def test_plugin_section_reload(foo_plugin: None, tmp_path: Path) -> None:
+def test_plugin_section_reload(foo_plugin: None, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     assert "foo.lease" in reloadable_fields() and "foo.queue" not in reloadable_fields()
     path = write(tmp_path / "c.yml", "foo: {lease: 10, queue: a}\n")
     cnf = Config.from_yaml(path)
-    write(path, "foo: {lease: 20, queue: b}\n")
+    write(path, "foo: {lease: 20, queue: b, api_token: hunter2}\n")
     event = cnf.reload()
     assert event.applied == {"foo.lease": (10.0, 20.0)}
-    assert event.restart_required == {"foo.queue": ("a", "b")}
-    assert (cnf.foo.lease, cnf.foo.queue) == (20.0, "a")
+    assert event.restart_required == {"foo.queue": ("a", "b"), "foo.api_token": ("", "***")}
+    assert (cnf.foo.lease, cnf.foo.queue, cnf.foo.api_token) == (20.0, "a", "")
+    assert "field foo.queue changed" in caplog.text and "hunter2" not in caplog.text
 
 
 def test_plugin_section_never_shows_secrets(foo_plugin: None) -> None:

@@ -820,12 +820,23 @@ class Config:
         except ConfigError as exc:
             # Outside the lock: listeners may take time or touch the config from other threads.
             return self._reload_failed(source, str(exc), digest)
+        specs = _table_of(self).by_path
+
+        def safe(path: Path, value: Any) -> Any:
+            return safe_value(path[-1], value, specs[path].secret)
+
         for path, (old, new) in applied.items():
-            logger.info("Config %s changed in %s: %r -> %r (applied)", _dotted(path), source, old, new)
+            logger.info(
+                "Config %s changed in %s: %r -> %r (applied)",
+                _dotted(path),
+                source,
+                safe(path, old),
+                safe(path, new),
+            )
         shown: dict[str, tuple[Any, Any]] = {}
         for path, (old, new) in restart.items():
             name = _dotted(path)
-            shown[name] = (safe_value(path[-1], old), safe_value(path[-1], new))
+            shown[name] = (safe(path, old), safe(path, new))
             logger.warning(
                 "field %s changed in %s; restart to apply (running: %r, file: %r)", name, source, *shown[name]
             )
