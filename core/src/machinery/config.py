@@ -488,7 +488,7 @@ class Config:
 
     if TYPE_CHECKING:
         # What type checkers see; at run time the dataclass's own __init__ runs, wrapped by
-        # _accept_sections (below) to take the plugin sections. test_config checks the names match.
+        # _accept_sections (below) to take the plugin sections. test_settings checks the names match.
         def __init__(
             self,
             broker: str = ...,
