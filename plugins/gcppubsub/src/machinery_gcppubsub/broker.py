@@ -113,6 +113,8 @@ class PubSubDelivery:
         self._ack_id: str = received.ack_id
         self.body: bytes = bytes(message.data)
         self.message_id: str = message.message_id
+        #: when this copy was published (a hop publishes a fresh copy)
+        self.published_at: datetime = message.publish_time
         self._ordering_key: str = message.ordering_key
         self.delivery_count = max(1, int(received.delivery_attempt))
         self.redelivered = self.delivery_count > 1
@@ -179,12 +181,21 @@ class PubSubBroker(BaseBroker):
         }
     )
 
-    def __init__(self, target: PubSubTarget, config: Config | None = None) -> None:
+    def __init__(
+        self,
+        target: PubSubTarget,
+        config: Config | None = None,
+        *,
+        publisher: Any = None,
+        subscriber: Any = None,
+    ) -> None:
+        """``publisher`` / ``subscriber``: ready ``google.cloud.pubsub_v1`` clients (else built from
+        Google's usual configuration on first use, and closed by :meth:`close`)."""
         super().__init__(config)
         self.target = target
         self.settings = PubSubSettings.of(self.config, target.options)
-        self._publisher: Any = self.settings.publisher
-        self._subscriber: Any = self.settings.subscriber
+        self._publisher: Any = publisher or self.settings.publisher
+        self._subscriber: Any = subscriber or self.settings.subscriber
         self._own_clients = self._publisher is None and self._subscriber is None
         self._clients_lock = threading.Lock()
         self._ready: set[str] = set()  # queues whose topic and subscription exist

@@ -27,6 +27,7 @@ OPTION_PARAMS = frozenset(
         "hold_window",
         "create_missing",
         "max_delivery_attempts",
+        "message_ordering",
         "subscription_name",
         "dead_letter_topic",
     }
