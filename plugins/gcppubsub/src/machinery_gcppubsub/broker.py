@@ -67,6 +67,7 @@ from datetime import datetime
 from typing import Any
 
 from google.api_core import exceptions as gexc
+from google.api_core import retry
 from google.cloud import pubsub_v1
 
 from machinery import codec
@@ -85,8 +86,12 @@ logger = logging.getLogger(__name__)
 
 #: Pub/Sub's limit for one message's data (10 MB).
 MAX_MESSAGE_BYTES = 10_000_000
-#: Seconds one RPC may take before it counts as failed.
-RPC_TIMEOUT = 30.0
+#: Seconds one call may take, retries of transient errors included, before it counts as failed.
+RPC_TIMEOUT = 15.0
+#: Retries of transient errors (unavailable, aborted...) within RPC_TIMEOUT, with back-off.
+RETRY = retry.Retry(predicate=retry.if_transient_error, initial=0.1, maximum=2.0, timeout=RPC_TIMEOUT)
+#: What every call but pull and seek passes: bounded, so an unreachable server fails within seconds.
+CALL = {"retry": RETRY, "timeout": RPC_TIMEOUT}
 #: Seconds a pull waits at most, whatever the caller's timeout (the server may return empty earlier).
 MAX_PULL_WAIT = 10.0
 
@@ -244,7 +249,9 @@ class PubSubBroker(BaseBroker):
         with self._clients_lock:
             if self._publisher is None:
                 self._publisher = pubsub_v1.PublisherClient(
-                    publisher_options=pubsub_v1.types.PublisherOptions(enable_message_ordering=True)
+                    publisher_options=pubsub_v1.types.PublisherOptions(
+                        enable_message_ordering=True, retry=RETRY, timeout=RPC_TIMEOUT
+                    )
                 )
             if self._subscriber is None:
                 self._subscriber = pubsub_v1.SubscriberClient()
@@ -266,8 +273,11 @@ class PubSubBroker(BaseBroker):
             ) from None
         except gexc.GoogleAPICallError as exc:
             raise BrokerError(f"Pub/Sub could not {what}: {exc.message or exc}") from None
-        except gexc.RetryError as exc:
-            raise BrokerError(f"Pub/Sub could not {what}: no answer in time ({exc.cause or exc})") from None
+        except (gexc.RetryError, TimeoutError) as exc:
+            cause = getattr(exc, "cause", None) or exc
+            raise BrokerError(
+                f"Pub/Sub could not {what}: no answer within {RPC_TIMEOUT:g}s ({cause})"
+            ) from None
 
     def _ensure(self, queue: str) -> None:
         """Make sure the queue's topic and subscription exist (created when ``create_missing``)."""
@@ -282,16 +292,14 @@ class PubSubBroker(BaseBroker):
             if self.settings.create_missing:
                 with self._translating(f"create the topics and subscriptions of queue {queue!r}"):
                     for path in (topic, dead_topic):
-                        _create(
-                            lambda p=path: publisher.create_topic(request={"name": p}, timeout=RPC_TIMEOUT)
-                        )
+                        _create(lambda p=path: publisher.create_topic(request={"name": p}, **CALL))
                     _create(
                         lambda: subscriber.create_subscription(
                             request={
                                 "name": self.dead_letter_subscription_path(queue),
                                 "topic": dead_topic,
                             },
-                            timeout=RPC_TIMEOUT,
+                            **CALL,
                         )
                     )
                     _create(
@@ -306,14 +314,14 @@ class PubSubBroker(BaseBroker):
                                     "max_delivery_attempts": self.settings.max_delivery_attempts,
                                 },
                             },
-                            timeout=RPC_TIMEOUT,
+                            **CALL,
                         )
                     )
             else:
                 with self._translating(f"find topic {topic}"):
-                    publisher.get_topic(request={"topic": topic}, timeout=RPC_TIMEOUT)
+                    publisher.get_topic(request={"topic": topic}, **CALL)
                 with self._translating(f"find subscription {subscription}"):
-                    subscriber.get_subscription(request={"subscription": subscription}, timeout=RPC_TIMEOUT)
+                    subscriber.get_subscription(request={"subscription": subscription}, **CALL)
             self._ready.add(queue)
 
     def _check_open(self) -> None:
@@ -446,16 +454,14 @@ class PubSubBroker(BaseBroker):
     def _acknowledge(self, subscription: str, ack_ids: list[str]) -> None:
         _, subscriber = self._clients()
         with self._translating(f"ack on {subscription}"):
-            subscriber.acknowledge(
-                request={"subscription": subscription, "ack_ids": ack_ids}, timeout=RPC_TIMEOUT
-            )
+            subscriber.acknowledge(request={"subscription": subscription, "ack_ids": ack_ids}, **CALL)
 
     def _modify_deadline(self, subscription: str, ack_ids: list[str], seconds: int) -> None:
         _, subscriber = self._clients()
         with self._translating(f"change an ack deadline on {subscription}"):
             subscriber.modify_ack_deadline(
                 request={"subscription": subscription, "ack_ids": ack_ids, "ack_deadline_seconds": seconds},
-                timeout=RPC_TIMEOUT,
+                **CALL,
             )
 
     # inspection --------------------------------------------------------------------------------
