@@ -400,6 +400,13 @@ mongodb:
   database: mdb
 gcppubsub:
   max_extension: 30
+  ack_deadline: 20
+  hold_window: 120
+  create_missing: false
+  max_delivery_attempts: 10
+  message_ordering: true
+  subscription_name: w-{queue}
+  dead_letter_topic: dl-{queue}
 """
 
 
@@ -455,7 +462,10 @@ def test_yaml_round_trip_of_every_key_in_a_file_over_1000_bytes(tmp_path: Path) 
     w.poll_timeout = 0.5
     w.prefetch_multiplier = 2
     expected.mongodb.database = "mdb"
-    expected.gcppubsub.max_extension = 30.0
+    g = expected.gcppubsub
+    g.max_extension, g.ack_deadline, g.hold_window, g.create_missing = 30.0, 20, 120.0, False
+    g.max_delivery_attempts, g.message_ordering = 10, True
+    g.subscription_name, g.dead_letter_topic = "w-{queue}", "dl-{queue}"
     assert cnf == expected
     assert isinstance(cnf.sqlite.renew, float) and isinstance(cnf.gcppubsub.max_extension, float)
 

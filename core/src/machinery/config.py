@@ -45,7 +45,6 @@ tls.insecure_skip_verify            MACHINERY_TLS_INSECURE_SKIP_VERIFY,     tls:
 sqlite.lease / renew                MACHINERY_SQLITE_LEASE / _RENEW         sqlite: {lease, renew}
 worker.<name>                       MACHINERY_WORKER_<NAME>                 worker: {<name>: ...}
 mongodb.database                    MACHINERY_MONGODB_DATABASE              mongodb: {database}
-gcppubsub.max_extension             MACHINERY_GCPPUBSUB_MAX_EXTENSION       gcppubsub: {max_extension}
 <plugin section>.<name>             MACHINERY_<SECTION>_<NAME>              <section>: {<name>: ...}
 ==================================  ======================================  ==========================
 
@@ -82,7 +81,7 @@ the server: ``broker``, ``multiple_broker_separator``, ``result_backend``, ``loc
 ``eager``, ``no_unix_signals``, all of ``amqp.*`` (exchange, queues, bindings and QoS are declared on
 connect), ``redis`` pool/connection settings, ``redis.delayed_tasks_key`` (would orphan scheduled tasks),
 ``redis.cluster_mode``, ``redis.master_name``, ``redis.sentinel_password``, ``dynamodb.*`` tables,
-``tls.*``, ``mongodb.database`` and ``gcppubsub.max_extension``.
+``tls.*`` and ``mongodb.database`` (plugins say which of theirs reload).
 
 Secrets
 -------
@@ -135,7 +134,6 @@ __all__ = [
     "RELOADABLE_FIELDS",
     "Config",
     "DynamoDBConfig",
-    "GCPPubSubConfig",
     "MongoDBConfig",
     "ReloadEvent",
     "ReloadListener",
@@ -288,17 +286,6 @@ class SQSConfig(Section):
 
 
 @dataclass(repr=False)
-class GCPPubSubConfig(Section):
-    """Google Pub/Sub settings (code only in Machinery; ``max_extension`` may also come from env/YAML)."""
-
-    name = "gcppubsub"
-
-    client: Any = None
-    #: Seconds the ack deadline of a running message may be extended in total.
-    max_extension: float = setting(600.0, check=at_least(0, " seconds"))
-
-
-@dataclass(repr=False)
 class MongoDBConfig(Section):
     """MongoDB settings (code only in Machinery; ``database`` may also come from env/YAML)."""
 
@@ -325,7 +312,6 @@ class DynamoDBConfig(Section):
 
 _TRANSITIONAL_SECTIONS: tuple[type[Section], ...] = (
     SQSConfig,
-    GCPPubSubConfig,
     MongoDBConfig,
     DynamoDBConfig,
 )
@@ -334,6 +320,7 @@ _TRANSITIONAL_SECTIONS: tuple[type[Section], ...] = (
 _MOVED: dict[str, tuple[str, str, str]] = {
     "RedisConfig": ("machinery_redis.settings", "RedisSettings", "machinery-redis"),
     "AMQPConfig": ("machinery_amqp.settings", "AMQPSettings", "machinery-amqp"),
+    "GCPPubSubConfig": ("machinery_gcppubsub.settings", "GCPPubSubSettings", "machinery-gcppubsub"),
 }
 
 

@@ -7,7 +7,7 @@ import pytest
 from machinery import Config
 from machinery.errors import ConfigError
 from machinery_gcppubsub.broker import PubSubBroker
-from machinery_gcppubsub.settings import PubSubSettings
+from machinery_gcppubsub.settings import GCPPubSubSettings
 from machinery_gcppubsub.url import parse_url
 
 
@@ -38,12 +38,22 @@ def test_bad_urls_say_what_is_wrong(url: str, says: str) -> None:
 def test_query_overrides_settings_and_is_validated() -> None:
     config = Config()
     target = parse_url("gcppubsub://p/sub-one?ack_deadline=45&hold_window=5&create_missing=no")
-    settings = PubSubSettings.of(config, target.options)
+    settings = GCPPubSubSettings.of(config).overridden(target.options)
     assert (settings.ack_deadline, settings.hold_window, settings.create_missing) == (45, 5.0, False)
     assert settings.max_extension == config.gcppubsub.max_extension
     for bad in ("ack_deadline=601", "hold_window=0", "create_missing=maybe", "subscription_name=fixed"):
         with pytest.raises(ConfigError, match="gcppubsub"):
-            PubSubSettings.of(config, parse_url(f"gcppubsub://p/sub-one?{bad}").options)
+            GCPPubSubSettings.of(config).overridden(parse_url(f"gcppubsub://p/sub-one?{bad}").options)
+
+
+def test_settings_come_from_env_and_yaml_as_a_plugin_section() -> None:
+    config = Config.from_env(
+        {"MACHINERY_GCPPUBSUB_ACK_DEADLINE": "45", "MACHINERY_GCPPUBSUB_CREATE_MISSING": "no"}
+    )
+    settings = GCPPubSubSettings.of(config)
+    assert (settings.ack_deadline, settings.create_missing) == (45, False)
+    with pytest.raises(ConfigError, match="ack_deadline"):
+        Config.from_env({"MACHINERY_GCPPUBSUB_ACK_DEADLINE": "601"})
 
 
 def test_queue_names_map_to_topics_and_subscriptions() -> None:

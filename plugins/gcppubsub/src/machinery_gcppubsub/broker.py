@@ -77,7 +77,7 @@ from machinery.config import Config
 from machinery.errors import BrokerError
 from machinery.signature import Signature, now_utc
 
-from .settings import MAX_ACK_DEADLINE, PubSubSettings
+from .settings import MAX_ACK_DEADLINE, GCPPubSubSettings
 from .url import PubSubTarget, check_resource_name, parse_url
 
 __all__ = ["MAX_MESSAGE_BYTES", "PubSubBroker", "PubSubDeadLetter", "PubSubDelivery"]
@@ -198,9 +198,9 @@ class PubSubBroker(BaseBroker):
         Google's usual configuration on first use, and closed by :meth:`close`)."""
         super().__init__(config)
         self.target = target
-        self.settings = PubSubSettings.of(self.config, target.options)
-        self._publisher: Any = publisher or self.settings.publisher
-        self._subscriber: Any = subscriber or self.settings.subscriber
+        self.settings = GCPPubSubSettings.of(self.config).overridden(target.options)
+        self._publisher: Any = publisher or self.settings.publisher_client
+        self._subscriber: Any = subscriber or self.settings.subscriber_client
         self._own_clients = self._publisher is None and self._subscriber is None
         self._clients_lock = threading.Lock()
         self._ready: set[str] = set()  # queues whose topic and subscription exist

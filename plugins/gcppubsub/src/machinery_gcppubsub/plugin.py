@@ -11,6 +11,7 @@ from .url import SCHEMES
 if TYPE_CHECKING:
     from machinery.broker import Broker
     from machinery.config import Config
+    from machinery.settings import Section
 
 DISTRIBUTION = "machinery-gcppubsub"
 
@@ -18,6 +19,13 @@ DISTRIBUTION = "machinery-gcppubsub"
 @hookimpl
 def machinery_schemes() -> list[SchemeRow]:
     return [SchemeRow(scheme, "broker", DISTRIBUTION) for scheme in SCHEMES]
+
+
+@hookimpl
+def machinery_settings() -> list[type[Section]]:
+    from .settings import GCPPubSubSettings  # the settings module only: never loads the broker
+
+    return [GCPPubSubSettings]
 
 
 @hookimpl

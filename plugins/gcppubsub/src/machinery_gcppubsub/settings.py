@@ -1,12 +1,14 @@
-"""The plugin's settings: ``Config.gcppubsub`` plus per-URL query overrides.
+"""The ``gcppubsub`` settings section (``Config.gcppubsub``), declared once and handed to the core
+through the ``machinery_settings()`` hook. A URL's query parameters override them for that broker.
 
 ============================  =========================  ===========================================
 setting                       default                    meaning
 ============================  =========================  ===========================================
 ``max_extension``             600 s                      total time a running message's ack deadline
                                                          is extended (Go's ``MaxExtension``)
-``ack_deadline``              30 s                       ack deadline of created subscriptions, and the
-                                                         lease a consumed message starts with
+``ack_deadline``              30 s                       the lease a pulled message starts with and
+                                                         keeps while its task runs (renewed); also the
+                                                         ack deadline of created subscriptions (>= 10)
 ``hold_window``               600 s                      a not-yet-due message is held (ack deadline
                                                          set to its ETA) up to this long; past it, it
                                                          is acked and published again (a fresh message)
@@ -16,98 +18,88 @@ setting                       default                    meaning
 ``subscription_name``         ``{queue}``                the subscription of a queue other than the
                                                          default one (the URL names that one)
 ``dead_letter_topic``         ``{queue}-dead-letters``   where ``nack(requeue=False)`` publishes
-``publisher``/``subscriber``  built from the environment ready clients (``google.cloud.pubsub_v1``)
+``publisher_client``,         built from the environment ready ``google.cloud.pubsub_v1`` clients
+``subscriber_client``
+                                                         (code only; Go's ``client`` is not used)
 ============================  =========================  ===========================================
+
+Environment: ``MACHINERY_GCPPUBSUB_<NAME>``; YAML: ``gcppubsub: {<name>: ...}``. All need a restart
+(a broker reads them once). This module imports nothing from google-cloud-pubsub: listing settings
+never loads the broker.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
-from machinery.config import Config
 from machinery.errors import ConfigError
+from machinery.settings import Check, Section, at_least, between, parse_bool, setting
 
-__all__ = ["MAX_ACK_DEADLINE", "PubSubSettings"]
+__all__ = ["MAX_ACK_DEADLINE", "GCPPubSubSettings"]
 
 #: Pub/Sub's limit for one ack deadline (seconds).
 MAX_ACK_DEADLINE = 600
 
-
-@dataclass(frozen=True)
-class PubSubSettings:
-    """Validated settings of one broker."""
-
-    max_extension: float = 600.0
-    ack_deadline: int = 30
-    hold_window: float = float(MAX_ACK_DEADLINE)
-    create_missing: bool = True
-    max_delivery_attempts: int = 100
-    message_ordering: bool = False
-    subscription_name: str = "{queue}"
-    dead_letter_topic: str = "{queue}-dead-letters"
-    publisher: Any = None
-    subscriber: Any = None
-
-    @classmethod
-    def of(cls, config: Config, options: Mapping[str, str] | None = None) -> PubSubSettings:
-        """The settings for ``config``, with a URL's query ``options`` taking precedence."""
-        section = config.gcppubsub
-        opts = dict(options or {})
-        settings = cls(
-            max_extension=float(section.max_extension),
-            ack_deadline=int(_number(opts, "ack_deadline", cls.ack_deadline)),
-            hold_window=_number(opts, "hold_window", cls.hold_window),
-            create_missing=_flag(opts, "create_missing", cls.create_missing),
-            max_delivery_attempts=int(_number(opts, "max_delivery_attempts", cls.max_delivery_attempts)),
-            message_ordering=_flag(opts, "message_ordering", cls.message_ordering),
-            subscription_name=opts.get("subscription_name", cls.subscription_name),
-            dead_letter_topic=opts.get("dead_letter_topic", cls.dead_letter_topic),
-            publisher=getattr(section, "publisher", None),
-            subscriber=getattr(section, "subscriber", None),
-        )
-        settings.validate()
-        return settings
-
-    def validate(self) -> None:
-        if not 1 <= self.ack_deadline <= MAX_ACK_DEADLINE:
-            raise ConfigError(f"gcppubsub ack_deadline must be 1-600 seconds, got {self.ack_deadline}")
-        if not 5 <= self.max_delivery_attempts <= 100:
-            raise ConfigError(
-                "gcppubsub max_delivery_attempts must be 5-100 (Pub/Sub's range), "
-                f"got {self.max_delivery_attempts}"
-            )
-        if not 0 < self.hold_window <= MAX_ACK_DEADLINE:
-            raise ConfigError(
-                f"gcppubsub hold_window must be > 0 and <= 600 seconds, got {self.hold_window:g}"
-            )
-        for name in ("subscription_name", "dead_letter_topic"):
-            if "{queue}" not in getattr(self, name):
-                raise ConfigError(f"gcppubsub {name} must contain {{queue}}, got {getattr(self, name)!r}")
+_QUEUE_TEMPLATE = Check(lambda v: "{queue}" in v, "must contain {queue}")
 
 
-def _number(options: Mapping[str, str], name: str, default: float) -> float:
-    raw = options.get(name)
-    if raw is None:
-        return float(default)
+@dataclass(repr=False)
+class GCPPubSubSettings(Section):
+    """Google Cloud Pub/Sub settings (``Config.gcppubsub``). See the table in the module docs."""
+
+    name = "gcppubsub"
+
+    #: Go's ``Client``; not used by this plugin (Pub/Sub's Python library has two clients: see below).
+    client: Any = None
+    max_extension: float = setting(600.0, check=at_least(0, " seconds"))
+    ack_deadline: int = setting(30, check=between(1, MAX_ACK_DEADLINE, " seconds"))
+    hold_window: float = setting(
+        float(MAX_ACK_DEADLINE), check=between(1, MAX_ACK_DEADLINE, " seconds (Pub/Sub's limit)")
+    )
+    create_missing: bool = setting(True)
+    max_delivery_attempts: int = setting(100, check=between(5, 100, " (Pub/Sub's range)"))
+    message_ordering: bool = setting(False)
+    subscription_name: str = setting("{queue}", check=_QUEUE_TEMPLATE)
+    dead_letter_topic: str = setting("{queue}-dead-letters", check=_QUEUE_TEMPLATE)
+    #: A ready ``google.cloud.pubsub_v1.PublisherClient`` (code only).
+    publisher_client: Any = None
+    #: A ready ``google.cloud.pubsub_v1.SubscriberClient`` (code only).
+    subscriber_client: Any = None
+
+    def overridden(self, options: Mapping[str, str]) -> GCPPubSubSettings:
+        """A copy with a URL's query ``options`` applied, validated."""
+        changes: dict[str, Any] = {}
+        for name, raw in options.items():
+            current = getattr(self, name)
+            changes[name] = _parse(name, raw, type(current))
+        merged = dataclasses.replace(self, **changes)
+        problems = list(merged.problems(frozenset()))
+        for spec in merged.specs():
+            value = getattr(merged, spec.path[-1])
+            if spec.check is not None and not spec.check.ok(value):
+                problems.append(f"gcppubsub {spec.path[-1]} {spec.check.requirement}; got {value!r}")
+        if problems:
+            raise ConfigError("; ".join(problems))
+        return merged
+
+    def problems(self, valid: AbstractSet[str]) -> Iterable[str]:
+        return ()
+
+
+def _parse(name: str, raw: str, kind: type) -> Any:
     try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        raise ConfigError(f"gcppubsub URL parameter {name} must be a number of seconds, got {raw!r}")
-    return value
-
-
-def _flag(options: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = options.get(name)
-    if raw is None:
-        return default
-    lowered = raw.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"gcppubsub URL parameter {name} must be true or false, got {raw!r}")
+        if kind is bool:
+            return parse_bool(raw)
+        if kind in (int, float):
+            value = float(raw)
+            if not math.isfinite(value) or (kind is int and not value.is_integer()):
+                raise ValueError(raw)
+            return kind(value)
+    except (ValueError, ConfigError):
+        raise ConfigError(f"gcppubsub URL parameter {name}={raw!r} is not a valid {kind.__name__}") from None
+    return raw
