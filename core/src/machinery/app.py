@@ -244,7 +244,8 @@ class Machinery:
         return self.periodic.pop(name, None) is not None
 
     def _register_periodic(self, name: str, spec: str, send: Callable[[Machinery], object]) -> None:
-        self.periodic[name] = periodic.PeriodicEntry(name, periodic.Schedule(spec), send)
+        schedule = periodic.Schedule(spec, periodic.zone(self.config.timezone))
+        self.periodic[name] = periodic.PeriodicEntry(name, schedule, send)
 
     def beat(self) -> periodic.Beat:
         """A scheduler for the periodic entries: ``app.beat().start()`` or ``.run()``."""
