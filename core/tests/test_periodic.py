@@ -6,11 +6,12 @@ import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from machinery import Config, ConfigError, Machinery
-from machinery.periodic import Schedule
+from machinery.periodic import Schedule, beat_wanted
 from machinery.task import current_signature
 
 pytest.importorskip("croniter", reason="the [cron] extra is not installed")
@@ -138,3 +139,52 @@ def test_every_ticks_are_the_same_in_every_process() -> None:
 def test_bad_specs_say_what_is_wrong(spec: str, says: str) -> None:
     with pytest.raises(ConfigError, match=says):
         Schedule(spec)
+
+
+# --- who runs the schedule ---------------------------------------------------------------------------
+
+
+def _app_with_entry(tmp_path: Path, lock: str) -> Machinery:
+    db = f"sqlite:///{tmp_path / 'm.db'}"
+    app = Machinery(Config(broker=db, result_backend=db, lock=lock))
+
+    @app.task
+    def noop() -> None:
+        return None
+
+    app.register_periodic_task("@every 1m", "minutely", noop.s())
+    return app
+
+
+def test_worker_runs_the_schedule_by_default_only_with_a_shared_lock(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    shared = _app_with_entry(tmp_path, f"sqlite:///{tmp_path / 'lock.db'}")
+    assert beat_wanted(shared, None) is True
+    assert beat_wanted(shared, False) is False
+    assert "--no-beat" in caplog.text
+    caplog.clear()
+    local = _app_with_entry(tmp_path, "memory://")
+    assert beat_wanted(local, None) is False, "a process-local lock must never give N copies of each tick"
+    assert "process-local" in caplog.text and "Config.lock" in caplog.text
+    assert beat_wanted(local, True) is True
+    nothing = Machinery(Config(broker="memory://", result_backend="memory://"))
+    assert beat_wanted(nothing, None) is False
+    for app in (shared, local, nothing):
+        app.close()
+
+
+def test_registering_entries_without_any_scheduler_warns_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = _app_with_entry(tmp_path, "memory://")
+    app.close()
+    app.close()
+    assert caplog.text.count("no scheduler ran here") == 1
+    caplog.clear()
+    scheduled = _app_with_entry(tmp_path, "memory://")
+    beat = scheduled.beat()
+    beat.stop()
+    beat.run()  # marks the schedule as run here, then returns at once (stopped)
+    scheduled.close()
+    assert "no scheduler ran here" not in caplog.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
@@ -59,6 +60,8 @@ class Machinery:
         self._eager_runner: Any = None
         #: periodic entries by name (see :mod:`machinery.periodic`)
         self.periodic: dict[str, PeriodicEntry] = {}
+        self.scheduler_watch = periodic.SchedulerWatch(self.periodic)
+        weakref.finalize(self, self.scheduler_watch.check)
 
     # registry --------------------------------------------------------------------------------
     @overload
@@ -268,6 +271,7 @@ class Machinery:
 
     def close(self) -> None:
         """Close the broker, backend and lock connections."""
+        self.scheduler_watch.check()
         self.broker.close()
         self.backend.close()
         if self._lock is not None:

@@ -33,6 +33,7 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .capabilities import Capability
 from .errors import ConfigError
 from .log import logger
 from .signature import Signature
@@ -41,7 +42,7 @@ from .workflow import Chain, Chord, Group
 if TYPE_CHECKING:
     from .app import Machinery
 
-__all__ = ["Beat", "PeriodicEntry", "Schedule"]
+__all__ = ["Beat", "PeriodicEntry", "Schedule", "SchedulerWatch", "beat_wanted", "shared_lock"]
 
 
 def _croniter() -> Any:
@@ -161,6 +162,55 @@ def chain_sender(signatures: Sequence[Signature]) -> Callable[[Machinery], objec
     return send
 
 
+def shared_lock(app: Machinery) -> bool:
+    """True when the app's lock works across processes (so several beats still send each tick once)."""
+    return Capability.MULTI_PROCESS in frozenset(getattr(app.lock, "capabilities", frozenset()))
+
+
+def beat_wanted(app: Machinery, requested: bool | None) -> bool:
+    """Whether a worker runs the app's schedule: ``requested`` (``--beat``/``--no-beat``) when given;
+    by default when the app has periodic entries and a lock shared across processes. Says why once
+    when entries exist but no schedule runs here."""
+    if not app.periodic:
+        return bool(requested)
+    if requested is None:
+        requested = shared_lock(app)
+        if not requested:
+            logger.warning(
+                "%d periodic entries are registered, but the lock is process-local (%s): every worker would "
+                "send every tick, so this one does not run the schedule. Set Config.lock to a shared store "
+                "(sqlite://, redis://...) or start exactly one worker with --beat (or run `machinery beat`)",
+                len(app.periodic),
+                type(app.lock).__name__,
+            )
+    elif not requested:
+        logger.warning(
+            "%d periodic entries are registered but --no-beat is set: run `machinery beat` (or a worker "
+            "with --beat) somewhere, or they are never sent",
+            len(app.periodic),
+        )
+    return requested
+
+
+class SchedulerWatch:
+    """Tells, once, when a process registered periodic entries but never ran a scheduler for them
+    (checked when the app is closed or garbage-collected, e.g. at exit)."""
+
+    def __init__(self, entries: dict[str, PeriodicEntry]) -> None:
+        self.entries = entries
+        self.started = False
+        self.reported = False
+
+    def check(self) -> None:
+        if self.entries and not self.started and not self.reported:
+            self.reported = True
+            logger.warning(
+                "%d periodic entries were registered in this process but no scheduler ran here: start "
+                "`machinery beat`, a worker (it runs the schedule when the lock is shared), or app.beat()",
+                len(self.entries),
+            )
+
+
 class Beat:
     """Fires the app's periodic entries. Run one per process (or several: each tick is sent once).
 
@@ -183,6 +233,7 @@ class Beat:
             self._thread.join(5)
 
     def run(self) -> None:
+        self.app.scheduler_watch.started = True
         logger.info("beat: %d periodic entries", len(self.app.periodic))
         due: dict[str, datetime] = {}
         while not self._stop.is_set():
