@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 
 from . import periodic, plugins, tracing
+from .builtin import go_word
 from .config import Config
 from .errors import NotRegisteredError, PluginNotFoundError
 from .periodic import PeriodicEntry
@@ -16,6 +17,7 @@ from .redact import redact_url
 from .result import AsyncResult, ChainResult, ChordResult, GroupResult
 from .signature import Signature, State, TaskState, now_utc
 from .task import Task, TaskOptions
+from .transports.null import NoResultBackendError, NullBackend
 from .workflow import Chain, Chord, Group
 
 if TYPE_CHECKING:
@@ -49,9 +51,13 @@ class Machinery:
         lock: Lock | None = None,
     ) -> None:
         self.config = config or Config()
+        if go_word(self.config.broker) == "eager":
+            self.config.eager = True  # Go's eager broker: the same as Config.eager
         if self.config.eager:
             broker = broker or plugins.resolve_broker("memory://", self.config)
-            backend = backend or plugins.resolve_backend("memory://", self.config)
+            # in memory, unless a Go word (eager, null) names the backend
+            in_process = self.config.result_backend if go_word(self.config.result_backend) else "memory://"
+            backend = backend or plugins.resolve_backend(in_process, self.config)
         self.broker: Broker = broker or plugins.resolve_broker(self.config.broker, self.config)
         self.backend: Backend = backend or plugins.resolve_backend(self.config.result_backend, self.config)
         self._lock = lock
@@ -209,6 +215,11 @@ class Machinery:
     def send_chain(self, chain: Chain | Iterable[Signature]) -> ChainResult:
         """Send the first task; the rest travel nested in its ``on_success``."""
         chain = chain if isinstance(chain, Chain) else Chain(chain)
+        if isinstance(self.backend, NullBackend):
+            raise NoResultBackendError(
+                "chains need stored results: Config.result_backend is 'null' (Go's discard-everything "
+                "backend): set a real one"
+            )
         self.send_task(chain.signatures[0])
         links = [AsyncResult(self.backend, s.uuid, s.name) for s in chain.signatures]
         return ChainResult(self.backend, links)

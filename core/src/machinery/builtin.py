@@ -31,12 +31,38 @@ _CLASSES: dict[tuple[str, Kind], tuple[str, str]] = {
 }
 
 
+#: Go Machinery's bare words (matched by prefix, as Go does): ``eager`` runs everything in this process
+#: (the broker word also turns ``Config.eager`` on, in the app), ``null`` discards results.
+_GO_WORDS: dict[tuple[str, Kind], tuple[str, str]] = {
+    ("eager", "broker"): ("machinery.transports.memory.broker", "MemoryBroker"),
+    ("eager", "backend"): ("machinery.transports.memory.backend", "MemoryBackend"),
+    ("eager", "lock"): ("machinery.transports.memory.lock", "MemoryLock"),
+    ("null", "backend"): ("machinery.transports.null", "NullBackend"),
+}
+
+
+def go_word(url: str) -> str:
+    """``"eager"`` or ``"null"`` when ``url`` is one of Go Machinery's bare words, else ``""``."""
+    if "://" in url:
+        return ""
+    lowered = url.strip().lower()
+    return next((word for word in ("eager", "null") if lowered.startswith(word)), "")
+
+
 @hookimpl
 def machinery_schemes() -> list[SchemeRow]:
     return [SchemeRow(scheme, kind, DISTRIBUTION) for scheme, kind in _CLASSES]
 
 
 def _build(kind: Kind, url: str, config: Config) -> Any:
+    word = go_word(url)
+    if word:
+        target = _GO_WORDS.get((word, kind))
+        if target is None:
+            return None
+        module, name = target
+        cls = getattr(importlib.import_module(module), name)
+        return cls.from_url("memory://eager" if word == "eager" else url, config)
     target = _CLASSES.get((scheme_of(url), kind))
     if target is None:
         return None
