@@ -74,9 +74,12 @@ class Task(Generic[P, R]):
         )
 
     def si(self, *args: Any, **kwargs: Any) -> Signature:
-        """An immutable signature: its results are not appended to the next task's arguments."""
+        """An immutable signature, as Celery means it: it ignores its parent's results (in a chain,
+        the previous link's results are not appended to these arguments; as a chord callback it gets
+        no member results). Go's own flag, *this* task's results are not passed on, is
+        ``Signature.immutable``; the workflow builders translate one into the other."""
         sig = self.s(*args, **kwargs)
-        sig.immutable = True
+        sig.ignore_parent_results = True
         return sig
 
     def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
