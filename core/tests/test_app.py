@@ -16,6 +16,7 @@ from machinery import (
     Group,
     Machinery,
     PluginNotFoundError,
+    ResultNotReady,
     ResultTimeoutError,
     Signature,
     State,
@@ -277,3 +278,64 @@ def test_chord_callback_si_gets_no_member_results(worker: Worker) -> None:
     chord = Chord(Group([t["add"].s(1, 1), t["add"].s(2, 2)]), t["multiply"].si(3, 4))
     assert chord.callback.immutable, "Go reads the flag on the callback itself"
     assert worker.app.send_chord(chord).get(timeout=5) == 12
+
+
+def test_touch_never_blocks_and_tells_not_ready_from_none(app: Machinery) -> None:
+    @app.task
+    def nothing() -> None:
+        return None
+
+    @app.task
+    def boom() -> None:
+        raise ValueError("kaput")
+
+    pending = app.send_task(nothing.s())
+    with pytest.raises(ResultNotReady, match="not finished"):
+        pending.touch()
+    with pytest.raises(ResultNotReady, match="unknown"):
+        AsyncResult(app, "task_never_sent").touch()
+    worker = app.worker(concurrency=1)
+    thread = worker.launch_async()
+    try:
+        failed = app.send_task(boom.s())
+        pending.get(timeout=5)
+        assert pending.touch() is None
+        with pytest.raises(TaskError, match="kaput"):
+            failed.get(timeout=5)
+        with pytest.raises(TaskError, match="kaput"):
+            failed.touch()
+    finally:
+        worker.quit()
+        thread.join(5)
+    assert thread.error is None and not thread.is_alive()
+
+
+def test_apply_async_takes_celery_options(app: Machinery) -> None:
+    @app.task
+    def add(*args: int) -> int:
+        return sum(args)
+
+    before = datetime.now(UTC)
+    result = add.apply_async((1, 2), countdown=30, queue="later", priority=3)
+    (sig,) = app.broker.delayed()
+    assert (sig.uuid, sig.routing_key, sig.priority, sig.arg_values) == (result.uuid, "later", 3, [1, 2])
+    assert sig.eta is not None and 29 <= (sig.eta - before).total_seconds() <= 31
+    with pytest.raises(ValueError, match="countdown or eta"):
+        add.apply_async((1,), countdown=1, eta=before)
+
+
+def test_launch_async_reports_what_stopped_the_worker(app: Machinery) -> None:
+    class StartupError(Exception):
+        pass
+
+    def fail() -> None:
+        raise StartupError("the start-up failed")
+
+    worker = app.worker(concurrency=1)
+    worker._log_start = fail  # type: ignore[method-assign]
+    thread = worker.launch_async()
+    thread.join(10)
+    assert isinstance(thread, threading.Thread) and not thread.is_alive()
+    assert isinstance(thread.error, StartupError)
+    with pytest.raises(StartupError):
+        thread.raise_error()
