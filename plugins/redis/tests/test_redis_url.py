@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 import pytest
 import redis
@@ -195,6 +196,24 @@ def test_config_maps_to_redis_py_settings() -> None:
     assert tls_kwargs["ssl_cert_reqs"] == "none" and tls_kwargs["ssl_check_hostname"] is False
     sock = Connection(parse_url("redis+socket:///tmp/r.sock:/2"), Config(), BrokerError)
     assert sock.client.connection_pool.connection_kwargs["path"] == "/tmp/r.sock"
+
+
+def test_tls_host_name_check_is_explicit() -> None:
+    """redis-py 5.x does not check the host name by default, 6.0+ does: the plugin always says which."""
+
+    def tls_kwargs(url: str, config: Config) -> dict[str, Any]:
+        kwargs: dict[str, Any] = Connection(
+            parse_url(url), config, BrokerError
+        ).client.connection_pool.connection_kwargs
+        return kwargs
+
+    assert tls_kwargs("rediss://host/0", Config())["ssl_check_hostname"] is True
+    insecure = Config()
+    insecure.tls.insecure_skip_verify = True
+    kwargs = tls_kwargs("rediss://host/0", insecure)
+    assert kwargs["ssl_check_hostname"] is False and kwargs["ssl_cert_reqs"] == "none"
+    assert tls_kwargs("rediss://host/0?ssl_check_hostname=false", Config())["ssl_check_hostname"] is False
+    assert "ssl_check_hostname" not in tls_kwargs("redis://host/0", Config())
 
 
 def test_user_client_is_used_and_not_closed() -> None:

@@ -393,7 +393,7 @@ def _cluster_error(exc: RedisClusterException) -> RedisError:
     if isinstance(exc, SlotNotCoveredError) or "cannot be connected" in str(exc):
         return RedisConnectionError(str(exc))
     if "not covered" in str(exc):
-        return ClusterDownError(str(exc))
+        return ClusterDownError(str(exc))  # type: ignore[no-untyped-call, unused-ignore]  # redis 5 untyped
     return RedisError(str(exc))
 
 
@@ -639,9 +639,11 @@ class Connection:
             out["ssl_certfile"] = tls.cert_file
         if tls.key_file:
             out["ssl_keyfile"] = tls.key_file
+        # Always said explicitly: redis-py's default changed (5.x does not check the server's host
+        # name, 6.0 and later do), and whether it is checked must not depend on the installed version.
+        out["ssl_check_hostname"] = not tls.insecure_skip_verify
         if tls.insecure_skip_verify:
             out["ssl_cert_reqs"] = "none"
-            out["ssl_check_hostname"] = False
         params = dict(self.target.tls_params)
         if "ssl_check_hostname" in params:
             out["ssl_check_hostname"] = parse_bool(params.pop("ssl_check_hostname"), "ssl_check_hostname")
@@ -710,7 +712,8 @@ class Connection:
         failures = 0
         while True:
             try:
-                client = _Cluster(self.health, retrying, **kwargs)
+                # redis 5's stubs call connection_pool abstract; 6.0+ do not
+                client = _Cluster(self.health, retrying, **kwargs)  # type: ignore[abstract, unused-ignore]
                 self.health.succeeded()
                 return client
             except outage_errors as error:
@@ -762,10 +765,12 @@ class Connection:
                 "(check the user and password in the URL)"
             )
         elif _permanent(exc):
-            message = (
-                f"TLS with Redis at {where} failed during {operation}: {text} (check Config.tls ca_file / "
-                "cert_file / key_file or the ssl_* URL parameters)"
+            hint = (
+                "the URL's host must be a name or address in the server's certificate"
+                if "mismatch" in text
+                else "check Config.tls ca_file / cert_file / key_file or the ssl_* URL parameters"
             )
+            message = f"TLS with Redis at {where} failed during {operation}: {text} ({hint})"
         elif isinstance(exc, outage_errors):
             self.health.failed(exc)
             message = f"Redis at {where} is unreachable during {operation}: {text}"
