@@ -88,7 +88,7 @@ define check_env
 	rm -rf $(1) && $(UV) venv --quiet $(1)
 	$(UV) pip install --quiet --python $(1)/bin/python --resolution $(2) $(3)
 	$(1)/bin/python -m pytest -q -p no:cacheprovider -m "not services" $(4) $(PYTEST_ARGS) \
-		|| { s=$$?; [ $$s = 5 ] && echo "(no server-free tests in $(4): installed and collected only)"; }
+		|| { s=$$?; [ $$s = 5 ] && echo "(no server-free tests in $(or $(4),the testpaths): installed and collected only)"; }
 endef
 
 # Each package alone, with the lowest versions of what it requires directly (its pyproject's lower bounds).
