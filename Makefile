@@ -49,14 +49,19 @@ demo: $(UV)  # the core alone (--inexact: a full .venv stays full)
 	$(SYNC) --inexact --package machinery-core --no-default-groups || $(LOCK_HINT)
 	$(PY) examples/demo.py
 
+# The tests that need no server run first, spread over $(PYTEST_WORKERS) processes (pytest-xdist, whole files
+# per process); the `services` tests then run in one process with the servers up, since some restart a
+# server or fail one over, which would break the tests of another process using it at that moment.
+PYTEST_WORKERS ?= 2
 test: venv lint
 	scripts/services install
-	scripts/services run -- $(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not services" $(XDIST) $(PYTEST_ARGS) || [ $$? = 5 ]
+	scripts/services run -- $(PY) -m pytest -m services $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory demo
 
 # Unit tests only, no servers.
 test-fast: venv
-	$(PY) -m pytest core/tests $(PYTEST_ARGS)
+	$(PY) -m pytest $(XDIST) core/tests $(PYTEST_ARGS)
 
 services: venv
 	scripts/services install
@@ -82,13 +87,14 @@ bench: $(UV)
 lock: $(UV)
 	$(UV) lock $(LOCK_ARGS)
 
-# A fresh venv $(1) with the packages $(3) installed at resolution $(2) (no lock), then pytest on $(4),
+# A fresh venv $(1) with the packages $(3) installed at resolution $(2) (no lock), then pytest $(4),
 # server-free tests only. The core comes from this repo (-e core), so the plugins get the core they ship with.
+XDIST := -n $(PYTEST_WORKERS) --dist loadfile
 define check_env
 	rm -rf $(1) && $(UV) venv --quiet $(1)
-	$(UV) pip install --quiet --python $(1)/bin/python --resolution $(2) $(3)
+	$(UV) pip install --quiet --python $(1)/bin/python --resolution $(2) $(3) 'pytest-xdist>=3.5'
 	$(1)/bin/python -m pytest -q -p no:cacheprovider -m "not services" $(4) $(PYTEST_ARGS) \
-		|| { s=$$?; [ $$s = 5 ] && echo "(no server-free tests in $(or $(4),the testpaths): installed and collected only)"; }
+		|| { s=$$?; [ $$s = 5 ] && echo "(no server-free tests: installed and collected only)"; }
 endef
 
 # Each package alone, with the lowest versions of what it requires directly (its pyproject's lower bounds).
@@ -100,7 +106,7 @@ test-bounds: bounds-core $(addprefix bounds-,$(notdir $(PLUGIN_DIRS)))
 CORE_CONTRACT_TESTS = $(shell grep -L '^pytestmark = .*pytest.mark.services' tests/contract/test_*.py)
 bounds-core: $(UV)
 	$(call check_env,$(CHECK_DIR)/bounds-core,lowest-direct,$(CORE_ALL) \
-		$(addprefix -e ,$(EXAMPLE_PLUGIN)),core/tests $(CORE_CONTRACT_TESTS))
+		$(addprefix -e ,$(EXAMPLE_PLUGIN)),$(XDIST) core/tests $(CORE_CONTRACT_TESTS))
 
 bounds-%: $(UV)
 	$(call check_env,$(CHECK_DIR)/bounds-$*,lowest-direct,-e core -e 'plugins/$*[test]',plugins/$*/tests)
@@ -108,7 +114,7 @@ bounds-%: $(UV)
 # Everything with the newest versions the ranges allow, ignoring uv.lock: what `make lock` would bring.
 test-latest: $(UV)
 	$(call check_env,$(CHECK_DIR)/latest,highest,--group dev $(CORE_ALL) \
-		$(foreach d,$(PLUGIN_DIRS),-e '$(d)[test]') $(addprefix -e ,$(EXAMPLE_PLUGIN)),)
+		$(foreach d,$(PLUGIN_DIRS),-e '$(d)[test]') $(addprefix -e ,$(EXAMPLE_PLUGIN)),$(XDIST))
 	$(call lint_with,$(CHECK_DIR)/latest)
 
 clean:
