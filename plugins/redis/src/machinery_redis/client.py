@@ -393,7 +393,7 @@ def _cluster_error(exc: RedisClusterException) -> RedisError:
     if isinstance(exc, SlotNotCoveredError) or "cannot be connected" in str(exc):
         return RedisConnectionError(str(exc))
     if "not covered" in str(exc):
-        return ClusterDownError(str(exc))  # type: ignore[no-untyped-call, unused-ignore]  # redis 5 untyped
+        return ClusterDownError(str(exc))  # type: ignore[no-untyped-call, unused-ignore]  # untyped in redis-py 5.3
     return RedisError(str(exc))
 
 
@@ -712,7 +712,7 @@ class Connection:
         failures = 0
         while True:
             try:
-                # redis 5's stubs call connection_pool abstract; 6.0+ do not
+                # redis-py 5.3's type hints make connection_pool abstract (8.x's do not)
                 client = _Cluster(self.health, retrying, **kwargs)  # type: ignore[abstract, unused-ignore]
                 self.health.succeeded()
                 return client
