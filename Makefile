@@ -1,6 +1,7 @@
 # Machinery for Python — developer entry points. See README.md.
 #   make demo         run the seed examples on the embedded sqlite:// default (no servers)
-#   make test         install + start every test server, run all tests, stop the servers
+#   make test         lint, the server-free tests (2 processes), then start every test server, run the
+#                     tests that need one, stop the servers, and the demo
 #   make test-bounds  each package with the LOWEST versions its pyproject allows: server-free tests
 #   make test-latest  lint + server-free tests with the NEWEST versions the ranges allow (before `make lock`)
 #   make lock         refresh uv.lock to the newest versions the ranges allow (LOCK_ARGS= keeps the others)

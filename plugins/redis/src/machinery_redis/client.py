@@ -157,7 +157,15 @@ class _Retry(Retry):
         # redis-py copies the retry policy into each connection; the outage log stays shared.
         return _Retry(self._health, self._retrying)
 
-    def call_with_retry(self, do: Callable[[], T], fail: Callable[..., Any], *args: Any, **kwargs: Any) -> T:
+    def call_with_retry(
+        self,
+        do: Callable[[], T],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> T:
+        # is_retryable and with_failure_count: redis-py 8 passes them (the handler of a failed health-check
+        # PING takes the failure count); 5.3 passes neither.
         failures = 0
         while True:
             try:
@@ -165,10 +173,13 @@ class _Retry(Retry):
                 self._health.succeeded()
                 return result
             except self._supported_errors as error:
-                if _permanent(error):
+                if _permanent(error) or (is_retryable is not None and not is_retryable(error)):
                     raise
                 failures += 1
-                fail(error)
+                if with_failure_count:
+                    fail(error, failures)
+                else:
+                    fail(error)
                 if not self._retrying:
                     raise error
                 self._health.failed(error)
