@@ -132,7 +132,9 @@ class MongoBackend(BaseBackend):
         now = _now()
         delete_at = self._delete_at(now)
         updates = [state_update(s, now, delete_at) for s in states]
-        operations = [UpdateOne({"_id": s.task_uuid}, u, upsert=True) for s, u in zip(states, updates, strict=True)]
+        operations = [
+            UpdateOne({"_id": s.task_uuid}, u, upsert=True) for s, u in zip(states, updates, strict=True)
+        ]
         try:
             self.tasks.bulk_write(operations, ordered=True)
         except DocumentTooLarge:
@@ -147,7 +149,9 @@ class MongoBackend(BaseBackend):
 
     def _too_large(self, states: Sequence[TaskState], updates: Sequence[Document]) -> ResultTooLargeError:
         sizes = [(len(bson.encode(u["$set"])), s) for s, u in zip(states, updates, strict=True)]
-        big = [(size, s) for size, s in sizes if size > MAX_DOCUMENT_BYTES - 1024] or [max(sizes, key=lambda x: x[0])]
+        big = [(size, s) for size, s in sizes if size > MAX_DOCUMENT_BYTES - 1024] or [
+            max(sizes, key=lambda x: x[0])
+        ]
         size, first = big[0]
         name = f" ({first.task_name})" if first.task_name else ""
         return ResultTooLargeError(
@@ -223,7 +227,14 @@ class MongoBackend(BaseBackend):
 
     def _wait_changes(self, wanted: list[str], done: dict[str, TaskState], deadline: float) -> None:
         pending = [u for u in wanted if u not in done]
-        pipeline = [{"$match": {"documentKey._id": {"$in": pending}, "operationType": {"$in": ["insert", "update", "replace"]}}}]
+        pipeline = [
+            {
+                "$match": {
+                    "documentKey._id": {"$in": pending},
+                    "operationType": {"$in": ["insert", "update", "replace"]},
+                }
+            }
+        ]
         slice_ms = max(1, int(1000 * min(CHANGE_SLICE, max(0.0, deadline - time.monotonic()))))
         try:
             stream = self.tasks.watch(pipeline, full_document="updateLookup", max_await_time_ms=slice_ms)

@@ -39,7 +39,7 @@ from machinery.errors import ConfigError, MachineryError
 from .settings import MongoSettings
 from .url import MongoTarget, driver_url
 
-__all__ = ["TASKS", "GROUP_METAS", "LOCKS", "MongoConnection", "Document"]
+__all__ = ["GROUP_METAS", "LOCKS", "TASKS", "Document", "MongoConnection"]
 
 Document = dict[str, Any]
 
@@ -49,6 +49,14 @@ LOCKS = "locks"
 #: The date field each collection's TTL index is on.
 TTL_FIELDS = {TASKS: "delete_at", GROUP_METAS: "delete_at", LOCKS: "expires_at"}
 DEFAULT_TIMEOUTS = {"serverSelectionTimeoutMS": 10_000, "connectTimeoutMS": 5_000}
+#: Driver options the URL may set (names as the parsed options spell them: lower case).
+_URL_NAMES = {
+    "serverSelectionTimeoutMS": "serverselectiontimeoutms",
+    "connectTimeoutMS": "connecttimeoutms",
+    "tlsCAFile": "tlscafile",
+    "tlsCertificateKeyFile": "tlscertificatekeyfile",
+    "tlsInsecure": "tlsinsecure",
+}
 #: MongoDB's "authentication failed" code.
 AUTH_FAILED = 18
 
@@ -74,14 +82,15 @@ class MongoConnection:
     def client_options(self) -> dict[str, Any]:
         """Keyword arguments for ``MongoClient`` besides the URL: timeouts and ``Config.tls``'s files
         (only when the URL turns TLS on and does not name its own)."""
+        # keyword arguments win over the URL's options in pymongo: only give those the URL lacks
         options: dict[str, Any] = {
-            name: value for name, value in DEFAULT_TIMEOUTS.items() if name not in self.target.options
+            name: value for name, value in DEFAULT_TIMEOUTS.items() if not self._in_url(name)
         }
         tls = self.config.tls
         if self.target.tls and tls.configured:
-            if tls.ca_file and "tlsCAFile" not in self.target.options:
+            if tls.ca_file and not self._in_url("tlsCAFile"):
                 options["tlsCAFile"] = tls.ca_file
-            if tls.cert_file and "tlsCertificateKeyFile" not in self.target.options:
+            if tls.cert_file and not self._in_url("tlsCertificateKeyFile"):
                 if tls.key_file and tls.key_file != tls.cert_file:
                     raise ConfigError(
                         f"MongoDB at {self.target.describe()}: the driver takes the client certificate and "
@@ -89,9 +98,12 @@ class MongoConnection:
                         "and set tls.cert_file to it (or use the URL option tlsCertificateKeyFile)"
                     )
                 options["tlsCertificateKeyFile"] = tls.cert_file
-            if tls.insecure_skip_verify and "tlsInsecure" not in self.target.options:
+            if tls.insecure_skip_verify and not self._in_url("tlsInsecure"):
                 options["tlsInsecure"] = True
         return options
+
+    def _in_url(self, name: str) -> bool:
+        return _URL_NAMES[name] in self.target.options
 
     @property
     def client(self) -> MongoClient[Document]:
@@ -122,7 +134,9 @@ class MongoConnection:
                 if key not in _indexed:
                     with self.translating(f"creating the TTL index of {name!r}"):
                         collection.create_index(
-                            [(TTL_FIELDS[name], ASCENDING)], expireAfterSeconds=0, name=f"{TTL_FIELDS[name]}_ttl"
+                            [(TTL_FIELDS[name], ASCENDING)],
+                            expireAfterSeconds=0,
+                            name=f"{TTL_FIELDS[name]}_ttl",
                         )
                     _indexed.add(key)
         return collection

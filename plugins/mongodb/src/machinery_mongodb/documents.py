@@ -37,7 +37,7 @@ def fits_bson(value: Any) -> bool:
     if value is None or cls is bool or cls is float or cls is str:
         return True
     if cls is int:
-        return _INT64_MIN <= value <= _INT64_MAX
+        return bool(_INT64_MIN <= value <= _INT64_MAX)
     if cls is list:
         return all(fits_bson(item) for item in value)
     if cls is dict:

@@ -4,9 +4,10 @@
 when someone holds it the upsert tries to insert a second ``_id`` and the unique ``_id`` index refuses
 (duplicate key), so exactly one racer wins. Expiry times come from the client's clock, so the hosts
 sharing a lock need synchronised clocks (NTP), as the TTL index does. (The server's ``$$NOW`` would be
-better, but SecantusDB, the test server, compares it wrongly with stored dates.) Each :class:`MongoLock` object is one owner (a
-random token): ``release`` deletes the document only if that owner still holds it. A TTL index on
-``expires_at`` removes old lock documents.
+better, but SecantusDB, the test server, compares it wrongly with stored dates.)
+
+Each :class:`MongoLock` object is one owner (a random token): ``release`` deletes the document only if
+that owner still holds it. A TTL index on ``expires_at`` removes old lock documents.
 """
 
 from __future__ import annotations

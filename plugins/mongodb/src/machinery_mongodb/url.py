@@ -48,13 +48,15 @@ class MongoTarget:
     """Where and how to connect, as parsed from a URL (``password`` is never shown by ``repr``)."""
 
     scheme: str
-    #: ``(host, port)`` pairs: the server, or the seed list of a replica set; the SRV name (port 0)
+    #: ``(host, port)`` pairs: the server, or the seed list of a replica set; ``+srv``: the SRV name
+    #: with port 0
     hosts: tuple[tuple[str, int], ...]
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     #: the database named in the URL's path ("" when none: the setting decides)
     database: str = ""
-    #: the driver's options from the query, validated by it (camelCase names as the driver spells them)
+    #: the driver's options from the query, validated and normalised by it (names in lower case,
+    #: times in seconds: ``serverselectiontimeoutms: 3.0``)
     options: Mapping[str, Any] = field(default_factory=dict)
     #: ``auto``, ``change_stream`` or ``poll``
     wait: str = "auto"
@@ -70,7 +72,7 @@ class MongoTarget:
     @property
     def replica_set(self) -> str:
         """The replica-set name from ``replicaSet`` ("" when none)."""
-        return str(self.options.get("replicaSet", ""))
+        return str(self.options.get("replicaset", ""))
 
     @property
     def tls(self) -> bool:
@@ -109,7 +111,7 @@ def _split_userinfo(url: str, userinfo: str) -> tuple[str | None, str | None]:
 def _parse_database(url: str, path: str) -> str:
     name = unquote(path)
     if any(c in _BAD_DB_CHARS for c in name):
-        raise _fail(url, f"the database name {name!r} may not contain / \\ . space \" $ or NUL")
+        raise _fail(url, f'the database name {name!r} may not contain / \\ . space " $ or NUL')
     return name
 
 
@@ -145,7 +147,7 @@ def parse_url(url: str) -> MongoTarget:
         raise _fail(url, f"wait must be one of {', '.join(WAIT_MODES)}, got {plugin['wait']!r}")
     try:
         hosts = tuple(split_hosts(hostlist, default_port=None if scheme == "mongodb+srv" else DEFAULT_PORT))
-        options: Mapping[str, Any] = dict(split_options(driver_query)) if driver_query else {}
+        options = {k.lower(): v for k, v in split_options(driver_query).items()} if driver_query else {}
     except (ConfigurationError, ValueError) as exc:
         raise _fail(url, _scrub(str(exc), password)) from None
     if scheme == "mongodb+srv":
@@ -153,10 +155,9 @@ def parse_url(url: str) -> MongoTarget:
             raise _fail(url, "mongodb+srv:// takes exactly one host name (the SRV record), no list")
         if hosts[0][1] is not None:
             raise _fail(url, "mongodb+srv:// takes no port: the SRV record gives the ports")
-        hosts = ((hosts[0][0], 0),)
     return MongoTarget(
         scheme,
-        tuple((host, int(port)) for host, port in hosts),
+        tuple((host, port or 0) for host, port in hosts),
         username=username,
         password=password,
         database=database,
