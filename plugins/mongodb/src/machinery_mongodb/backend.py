@@ -40,7 +40,7 @@ from machinery.config import Config
 from machinery.errors import BackendError, MessageError, UnknownGroupError
 from machinery.signature import State, TaskState
 
-from .client import GROUP_METAS, TASKS, Document, MongoConnection
+from .client import GROUP_METAS, TASKS, Document, MongoConnection, MongoUnavailableError
 from .documents import COMPLETED, state_from_document, state_update
 from .url import MongoTarget, parse_url
 
@@ -96,7 +96,7 @@ class MongoBackend(BaseBackend):
     def __init__(self, target: MongoTarget | str, config: Config | None = None) -> None:
         super().__init__(config)
         self.target = parse_url(target) if isinstance(target, str) else target
-        self.conn = MongoConnection(self.target, self.config, BackendError)
+        self.conn = MongoConnection(self.target, self.config)
         if self.target.wait == "change_stream":
             self.capabilities = self.capabilities | {Capability.PUSH_WAIT}
         #: None until the server was asked; then whether it has change streams
@@ -206,7 +206,7 @@ class MongoBackend(BaseBackend):
                 else:
                     self._wait_polling(wanted, done, deadline)
                 return done
-            except BackendError:
+            except MongoUnavailableError:
                 # a restart or failover: ride it out a few times, then say so
                 failures += 1
                 remaining = deadline - time.monotonic()

@@ -8,8 +8,9 @@ and their indexes, and one place that turns driver errors into Machinery's error
 - Indexes are created once per process, database and collection: the TTL index ``delete_at`` on
   ``tasks`` and ``group_metas`` and ``expires_at`` on ``locks``, all with ``expireAfterSeconds: 0`` (a
   document goes at the server's first TTL sweep after the date it holds).
-- :meth:`MongoConnection.translating` maps driver errors to ``error_class`` (BackendError for the
-  backend and the lock) with the redacted URL and the operation, never the password.
+- :meth:`MongoConnection.translating` maps driver errors to :class:`~machinery.errors.BackendError`
+  (:class:`MongoUnavailableError` when the server cannot be reached: worth retrying) with the redacted
+  URL and the operation, never the password.
 """
 
 from __future__ import annotations
@@ -34,12 +35,12 @@ from pymongo.errors import (
 )
 
 from machinery.config import Config
-from machinery.errors import ConfigError, MachineryError
+from machinery.errors import BackendError, ConfigError
 
 from .settings import MongoSettings
 from .url import MongoTarget, driver_url
 
-__all__ = ["GROUP_METAS", "LOCKS", "TASKS", "Document", "MongoConnection"]
+__all__ = ["GROUP_METAS", "LOCKS", "TASKS", "Document", "MongoConnection", "MongoUnavailableError"]
 
 Document = dict[str, Any]
 
@@ -64,13 +65,16 @@ _indexed: set[tuple[str, str, str]] = set()
 _indexed_lock = threading.Lock()
 
 
+class MongoUnavailableError(BackendError):
+    """The server could not be reached or the connection broke: a retry may succeed."""
+
+
 class MongoConnection:
     """The client, database and collections of one backend or lock object."""
 
-    def __init__(self, target: MongoTarget, config: Config, error_class: type[MachineryError]) -> None:
+    def __init__(self, target: MongoTarget, config: Config) -> None:
         self.target = target
         self.config = config
-        self.error_class = error_class
         settings = MongoSettings.of(config)
         self.database_name = target.database or settings.database
         self._given_client: MongoClient[Document] | None = settings.client
@@ -148,24 +152,25 @@ class MongoConnection:
             client.close()
 
     # errors -----------------------------------------------------------------------------------
-    def error(self, operation: str, exc: BaseException) -> MachineryError:
-        """``exc`` as ``error_class``, naming the redacted URL and the operation."""
+    def error(self, operation: str, exc: BaseException) -> BackendError:
+        """``exc`` as a BackendError naming the redacted URL and the operation."""
         text = str(exc)
         if self.target.password:
             text = text.replace(self.target.password, "***")
+        error_class = BackendError
         if isinstance(exc, OperationFailure) and exc.code == AUTH_FAILED:
             hint = "authentication failed: check the user, password and authSource"
         elif isinstance(exc, ServerSelectionTimeoutError):
-            hint = f"no server answered: {text}"
+            hint, error_class = f"no server answered: {text}", MongoUnavailableError
         elif isinstance(exc, (AutoReconnect, ConnectionFailure)):
-            hint = f"connection lost: {text}"
+            hint, error_class = f"connection lost: {text}", MongoUnavailableError
         else:
             hint = f"{type(exc).__name__}: {text}"
-        return self.error_class(f"MongoDB at {self.target.describe()}: {operation} failed ({hint})")
+        return error_class(f"MongoDB at {self.target.describe()}: {operation} failed ({hint})")
 
     @contextlib.contextmanager
     def translating(self, operation: str) -> Iterator[None]:
-        """Raise driver errors in the block as ``error_class`` (no password, no driver chain)."""
+        """Raise driver errors in the block as BackendError (no password, no driver chain)."""
         try:
             yield
         except PyMongoError as exc:

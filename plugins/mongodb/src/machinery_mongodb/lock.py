@@ -20,7 +20,6 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from machinery.capabilities import Capability
 from machinery.config import Config
-from machinery.errors import BackendError
 
 from .client import LOCKS, MongoConnection
 from .url import MongoTarget, parse_url
@@ -36,7 +35,7 @@ class MongoLock:
     def __init__(self, target: MongoTarget | str, config: Config | None = None) -> None:
         self.config = config or Config()
         self.target = parse_url(target) if isinstance(target, str) else target
-        self.conn = MongoConnection(self.target, self.config, BackendError)
+        self.conn = MongoConnection(self.target, self.config)
         self.token = uuid.uuid4().hex
 
     @classmethod

@@ -148,7 +148,7 @@ def parse_url(url: str) -> MongoTarget:
     try:
         hosts = tuple(split_hosts(hostlist, default_port=None if scheme == "mongodb+srv" else DEFAULT_PORT))
         options = {k.lower(): v for k, v in split_options(driver_query).items()} if driver_query else {}
-    except (ConfigurationError, ValueError) as exc:
+    except (ConfigurationError, ValueError, OSError) as exc:  # OSError: a TLS file it cannot read
         raise _fail(url, _scrub(str(exc), password)) from None
     if scheme == "mongodb+srv":
         if len(hosts) != 1:
