@@ -142,6 +142,8 @@ def test_group_order_is_kept_for_large_groups(backend: MongoBackend) -> None:
     states = backend.group_states(group)
     assert [s.task_uuid for s in states] == members
     assert [s.values for s in states] == [[i] for i in range(100)]
+    some = backend.get_states([members[5], new_uuid(), members[0]])
+    assert [s.values if s else None for s in some] == [[5], None, [0]]
 
 
 def test_records_written_by_go_machinery_are_read(backend: MongoBackend, raw: Any) -> None:
