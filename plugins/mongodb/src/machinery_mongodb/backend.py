@@ -15,8 +15,8 @@
   (Go's version answered true every time).
 - **Waiting**: ``wait()`` follows a change stream on ``tasks`` where the server has them (replica sets
   and sharded clusters) and wakes when the state lands; on a standalone server it polls, from 2 ms
-  up to 200 ms between looks (x1.3 each time), one query for all the awaited uuids. The URL option ``wait=poll`` /
-  ``wait=change_stream`` forces one way (``change_stream`` also declares ``push_wait``).
+  up to 200 ms between looks (x1.3 each time), one query for all the awaited uuids. The URL option
+  ``wait=poll`` / ``wait=change_stream`` forces one way (``change_stream`` also declares ``push_wait``).
 - **Size**: MongoDB stores at most 16 MiB per document. A state over it raises
   :class:`ResultTooLargeError` naming the task and the size (retrying cannot help).
 """
