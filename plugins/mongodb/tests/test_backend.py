@@ -178,6 +178,7 @@ def test_a_state_over_16_mib_raises_a_clear_error_and_loses_nothing(backend: Mon
     message = str(info.value)
     assert uuid in message and "big_task" in message and "16 MiB" in message and "17.0 MiB" in message
     assert info.value.task_uuids == [uuid], "only the oversized state is named"
+    assert not isinstance(info.value, BackendError), "BackendError means transient: it would be retried"
     still = backend.get_state(uuid)
     assert still is not None and still.state == State.STARTED, "the previous state is kept"
     backend.set_state(TaskState(small, State.SUCCESS, "t"))  # the connection is still usable

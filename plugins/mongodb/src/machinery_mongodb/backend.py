@@ -63,9 +63,12 @@ CHANGE_SLICE = 0.25
 WAIT_RETRIES = 4
 
 
-class ResultTooLargeError(BackendError):
+class ResultTooLargeError(MessageError):
     """A task state does not fit in one MongoDB document (16 MiB). Retrying cannot help: the task's
-    result must shrink. ``task_uuids`` names the states concerned."""
+    result must shrink. ``task_uuids`` names the states concerned.
+
+    A permanent error, deliberately not a :class:`BackendError` (which callers retry as transient).
+    Its base becomes the core's ``PermanentError`` once plugin platform II adds it."""
 
     def __init__(self, message: str, task_uuids: Sequence[str]) -> None:
         super().__init__(message)
