@@ -260,3 +260,18 @@ def test_plain_connection_to_a_tls_server_fails_clearly(tls_port: int) -> None:
     with pytest.raises(BackendError, match=f"127.0.0.1:{tls_port}"):
         plain.get_state(new_uuid())
     plain.close()
+
+
+def test_a_client_from_the_config_is_used_and_left_open() -> None:
+    """Go's ``MongoDBConfig.Client``: the application's own client, never closed by the plugin."""
+    from pymongo import MongoClient
+
+    client: MongoClient[dict[str, Any]] = MongoClient(mongodb_url(), serverSelectionTimeoutMS=3000)
+    config = Config()
+    config.mongodb.client = client
+    backend = MongoBackend.from_url("mongodb://unused.invalid/" + TEST_DB, config)
+    uuid = new_uuid()
+    backend.set_state(TaskState(uuid, State.SUCCESS, "t"))
+    backend.close()
+    assert client[TEST_DB].tasks.find_one({"_id": uuid}) is not None, "the given client was closed"
+    client.close()
