@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from bson.int64 import Int64
-from mongodb_testlib import TEST_DB, mongodb_url, require_env
+from mongodb_testlib import TEST_DB, mongodb_url, redis_url, require_env
 
 from machinery import Config, codec
 from machinery.errors import BackendError, UnknownGroupError
@@ -275,3 +275,36 @@ def test_a_client_from_the_config_is_used_and_left_open() -> None:
     backend.close()
     assert client[TEST_DB].tasks.find_one({"_id": uuid}) is not None, "the given client was closed"
     client.close()
+
+
+def test_a_worker_ends_a_task_with_a_too_large_result_failure_and_goes_on() -> None:
+    """Through a real worker: the oversized SUCCESS becomes that task's FAILURE with the clear error
+    (the worker's permanent-error handling, issue 16), and the next task runs."""
+    statewriter = pytest.importorskip("machinery.worker.statewriter")
+    if not hasattr(statewriter, "is_permanent"):
+        pytest.skip("the worker on this core retries every store error (worker hardening, issue 16)")
+    from machinery import Machinery
+    from machinery.errors import TaskError
+
+    config = Config(broker=redis_url(), result_backend=mongodb_url(), default_queue=new_uuid("q"))
+    config.no_unix_signals = True
+    app = Machinery(config)
+
+    @app.task
+    def big() -> str:
+        return "x" * (17 * 2**20)
+
+    @app.task
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    worker = app.worker("big", concurrency=2)
+    thread = worker.launch_async()
+    try:
+        with pytest.raises(TaskError, match=r"big.*17\.0 MiB.*16 MiB"):
+            app.send_task(big.s()).get(timeout=30)
+        assert app.send_task(add.s(1, 1)).get(timeout=10) == 2
+    finally:
+        worker.quit()
+        thread.join(20)
+        app.close()
