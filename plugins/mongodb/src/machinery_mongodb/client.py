@@ -76,7 +76,7 @@ class MongoConnection:
         self.target = target
         self.config = config
         settings = MongoSettings.of(config)
-        self.database_name = target.database or settings.database
+        self.database_name = target.database or settings.database_name
         self._given_client: MongoClient[Document] | None = settings.client
         self._client: MongoClient[Document] | None = None
         self._pid = 0

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from machinery.backend import Backend
     from machinery.config import Config
     from machinery.lock import Lock
+    from machinery.settings import Section
 
 DISTRIBUTION = "machinery-mongodb"
 #: A result backend and a lock; MongoDB is not offered as a broker.
@@ -21,6 +22,13 @@ KINDS: tuple[Kind, ...] = ("backend", "lock")
 @hookimpl
 def machinery_schemes() -> list[SchemeRow]:
     return [SchemeRow(scheme, kind, DISTRIBUTION) for scheme in SCHEMES for kind in KINDS]
+
+
+@hookimpl
+def machinery_settings() -> list[type[Section]]:
+    from .settings import MongoSettings  # the settings module only: listing settings never loads pymongo
+
+    return [MongoSettings]
 
 
 @hookimpl

@@ -1,16 +1,17 @@
-"""This plugin's settings, read from today's ``Config.mongodb`` section.
+"""The ``mongodb`` settings section (Machinery's ``MongoDBConfig``; ``Config.mongodb``).
 
-=================  ===========  ===============================  =======================  ==========
-setting            default      env                              YAML                     reloadable
-=================  ===========  ===============================  =======================  ==========
-``database``       machinery    ``MACHINERY_MONGODB_DATABASE``   ``mongodb: {database}``  no
-``client``         None         (code only)                      (code only)              no
-=================  ===========  ===============================  =======================  ==========
+Declared once here and handed to the core through the ``machinery_settings()`` hook (plugin.py), so
+``Config.from_env`` reads ``MACHINERY_MONGODB_DATABASE``, ``Config.from_yaml`` reads ``mongodb:`` and
+``Config.validate`` checks it. Code reads it typed with ``MongoSettings.of(config)``. This module imports
+nothing from pymongo: discovering the settings never loads the driver.
 
-``database`` is used when the URL names none (``mongodb://host/`` vs ``mongodb://host/mydb``). An empty
-string also means ``machinery`` (Go used the empty name, which MongoDB refuses). ``client`` is a ready
-``pymongo.MongoClient`` to use instead of building one from the URL (as Go's ``MongoDBConfig.Client``);
-it is never closed by this plugin. ``results_expire_in`` (top level, reloadable) sets ``delete_at``.
+- ``database``: used when the URL names none (``mongodb://host/`` vs ``mongodb://host/mydb``); default
+  ``machinery``. An empty string also means ``machinery`` (Go used the empty name, which MongoDB
+  refuses). Restart needed.
+- ``client``: a ready ``pymongo.MongoClient`` to use instead of building one from the URL (Go's
+  ``MongoDBConfig.Client``); never closed by this plugin. Code only.
+
+``results_expire_in`` (top level, reloadable) sets each document's ``delete_at``.
 """
 
 from __future__ import annotations
@@ -18,22 +19,32 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from machinery.config import Config
+from machinery.settings import Check, Section, setting
 
-__all__ = ["DEFAULT_DATABASE", "MongoSettings"]
+__all__ = ["BAD_DATABASE_CHARS", "DEFAULT_DATABASE", "MongoSettings"]
 
 DEFAULT_DATABASE = "machinery"
+#: Characters a database name may not hold (MongoDB's rule for names on every platform).
+BAD_DATABASE_CHARS = frozenset('/\\. "$\x00')
 
 
-@dataclass(frozen=True)
-class MongoSettings:
-    """Typed view of the MongoDB settings of a :class:`~machinery.config.Config`."""
+def _valid_database(name: Any) -> bool:
+    return isinstance(name, str) and not (set(name) & BAD_DATABASE_CHARS)
 
-    database: str = DEFAULT_DATABASE
+
+@dataclass(repr=False)
+class MongoSettings(Section):
+    """MongoDB settings (Machinery's ``MongoDBConfig``; ``Config.mongodb``). See README.md, "Settings"."""
+
+    name = "mongodb"
+
     client: Any = None
+    database: str = setting(
+        DEFAULT_DATABASE,
+        check=Check(_valid_database, 'must not contain / \\ . space " $ or NUL (e.g. machinery)'),
+    )
 
-    @classmethod
-    def of(cls, config: Config) -> MongoSettings:
-        section = getattr(config, "mongodb", None)
-        database = str(getattr(section, "database", "") or "") or DEFAULT_DATABASE
-        return cls(database=database, client=getattr(section, "client", None))
+    @property
+    def database_name(self) -> str:
+        """``database``, or ``machinery`` when it is empty."""
+        return self.database or DEFAULT_DATABASE

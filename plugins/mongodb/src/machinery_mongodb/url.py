@@ -31,6 +31,8 @@ from pymongo.uri_parser import split_hosts, split_options
 from machinery.errors import ConfigError
 from machinery.redact import redact_url
 
+from .settings import BAD_DATABASE_CHARS
+
 __all__ = ["SCHEMES", "WAIT_MODES", "MongoTarget", "parse_url"]
 
 SCHEMES = ("mongodb", "mongodb+srv")
@@ -39,8 +41,6 @@ DEFAULT_PORT = 27017
 WAIT_MODES = ("auto", "change_stream", "poll")
 #: Query parameters of this plugin; everything else is the driver's.
 PLUGIN_PARAMS = frozenset({"wait"})
-#: Characters a database name may not hold (MongoDB's rule for names on every platform).
-_BAD_DB_CHARS = frozenset('/\\. "$\x00')
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ def _split_userinfo(url: str, userinfo: str) -> tuple[str | None, str | None]:
 
 def _parse_database(url: str, path: str) -> str:
     name = unquote(path)
-    if any(c in _BAD_DB_CHARS for c in name):
+    if any(c in BAD_DATABASE_CHARS for c in name):
         raise _fail(url, f'the database name {name!r} may not contain / \\ . space " $ or NUL')
     return name
 
