@@ -22,7 +22,7 @@ pytestmark = pytest.mark.services
 
 
 class TestChangeStreamWait(BackendContract):
-    """The waiting part of the backend contract (the rest is the same code as test_contract.py's)."""
+    """The waiting part of the backend contract (the rest runs in test_mongodb_contract.py)."""
 
     contract_name = "mongodb replica set (change streams)"
 
