@@ -216,19 +216,23 @@ class MemcacheBackend(BaseBackend):
             ) from None
 
     def group_meta(self, group_uuid: str) -> GroupMeta:
-        """The group's record, its expiry pushed forward (so a long group outlives
-        ``results_expire_in`` from its start, Go #352). Raises UnknownGroupError."""
-        key = check_key(group_uuid, "group uuid")
-        raw = self.cluster.get("reading a group", key)
+        """The group's record. Raises UnknownGroupError."""
+        raw = self.cluster.get("reading a group", check_key(group_uuid, "group uuid"))
         if raw is None:
             raise UnknownGroupError(f"group {group_uuid!r} is unknown or expired")
-        self.cluster.touch(key, self.expire)
         return self._decode_meta(group_uuid, raw)
 
     def group_states(self, group_uuid: str) -> list[TaskState]:
-        """Every member's state in group order (PENDING for members without one)."""
+        """Every member's state in group order (PENDING for members without one).
+
+        While some member has a state (states live ``results_expire_in`` from their last write), the
+        group's expiry is pushed forward too, so a group whose tasks run or retry for longer than
+        ``results_expire_in`` keeps its record (Go #352); once every member's state is gone, the group
+        is left to expire."""
         members = self.group_meta(group_uuid).task_uuids
         found = self.get_states(members)
+        if any(s is not None for s in found):
+            self.cluster.touch(check_key(group_uuid, "group uuid"), self.expire)
         return [s or TaskState(u, State.PENDING) for u, s in zip(members, found, strict=True)]
 
     def trigger_chord(self, group_uuid: str) -> bool:
