@@ -52,7 +52,7 @@ def test_memory_pressure_evicts_a_result_before_its_expiry() -> None:
         backend.close()
 
 
-def test_with_M_the_server_refuses_writes_instead_of_evicting() -> None:
+def test_with_dash_m_upper_the_server_refuses_writes_instead_of_evicting() -> None:
     with own_memcached("-m", "2", "-M") as port:
         backend = MemcacheBackend.from_url(f"memcache://127.0.0.1:{port}", Config(results_expire_in=86400))
         first = new_uuid()
