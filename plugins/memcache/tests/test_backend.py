@@ -65,9 +65,12 @@ def test_results_expire_in_reaches_the_server(url: str, nodes: list[Client], sec
     uuid, group = new_uuid(), new_uuid("group")
     backend.set_state(TaskState(uuid, State.SUCCESS, "add", results=[Arg(1, "int64")]))
     backend.init_group(group, [uuid])
+    # a unix time (beyond 30 days) lands on memcached's own clock, which runs up to 2 s apart from the
+    # wall clock: seconds matter little at that scale, a misread unix time would be off by decades
+    slack = 1 if seconds <= THIRTY_DAYS else 3
     for key in (uuid, group):
         ttl = remaining_ttl(nodes, key)
-        assert seconds - 2 <= ttl <= seconds + 1, f"{key}: memcached keeps it {ttl}s, asked {seconds}s"
+        assert seconds - 2 <= ttl <= seconds + slack, f"{key}: memcached keeps it {ttl}s, asked {seconds}s"
     backend.close()
 
 
@@ -136,29 +139,39 @@ def test_lock_names_with_spaces_are_hashed(url: str) -> None:
 
 
 # merges ----------------------------------------------------------------------------------------------
-def test_merge_retries_when_another_writer_comes_in_between(backend: MemcacheBackend) -> None:
-    uuid = new_uuid()
+def test_a_batch_merges_in_order_with_one_read_and_one_write_per_server(
+    backend: MemcacheBackend, nodes: list[Client]
+) -> None:
     created = now_utc()
-    backend.set_state(TaskState(uuid, State.PENDING, "old-name", created_at=created))
-    other = MemcacheBackend.from_url(backend.target.describe(), Config())
-    real_gets = backend.cluster.gets
-    calls = 0
+    uuids = [new_uuid() for _ in range(10)]
+    backend.set_states([TaskState(u, State.PENDING, "add", created_at=created) for u in uuids])
+    calls: list[str] = []
+    real_run = backend.cluster.run
 
-    def gets_then_interfere(operation: str, key: bytes) -> tuple[bytes | None, bytes | None]:
-        nonlocal calls
-        calls += 1
-        found = real_gets(operation, key)
-        if calls == 1:  # between our read and our cas, another worker records RECEIVED
-            other.set_state(TaskState(uuid, State.RECEIVED, "new-name", created_at=created))
-        return found
+    def counted(operation: str, server: Any, call: Callable[[Any], Any]) -> Any:
+        calls.append(operation)
+        return real_run(operation, server, call)
 
-    backend.cluster.gets = gets_then_interfere  # type: ignore[method-assign]
-    backend.set_state(TaskState(uuid, State.STARTED))
-    assert calls == 2, "the cas should have failed once and been retried"
+    backend.cluster.run = counted  # type: ignore[method-assign]
+    batch = []
+    for u in uuids:  # what a busy worker's state writer hands over: several tasks, several states each
+        batch += [TaskState(u, State.RECEIVED, "add"), TaskState(u, State.STARTED, "add")]
+        batch.append(TaskState(u, State.SUCCESS, "add", results=[Arg(2, "int64")]))
+    backend.set_states(batch)
+    assert sorted(calls) == ["reading task states to merge"] * 2 + ["storing task states"] * 2, calls
+    for u in uuids:
+        got = backend.get_state(u)
+        assert got is not None and got.state == State.SUCCESS and got.values == [2]
+        assert got.task_name == "add" and got.created_at == created, "name and creation time are kept"
+    assert all(any(n.get(u) is not None for u in uuids) for n in nodes), "the batch spans both servers"
+
+
+def test_a_first_state_without_a_creation_time_gets_one(backend: MemcacheBackend) -> None:
+    uuid = new_uuid()
+    before = now_utc()
+    backend.set_state(TaskState(uuid, State.STARTED, "add"))
     got = backend.get_state(uuid)
-    assert got is not None and got.state == State.STARTED
-    assert got.task_name == "new-name", "the merge must build on the record it replaces"
-    other.close()
+    assert got is not None and got.created_at is not None and got.created_at >= before
 
 
 # chords ----------------------------------------------------------------------------------------------
@@ -248,7 +261,7 @@ def test_wait_polls_less_and_less_often(backend: MemcacheBackend) -> None:
     start = time.monotonic()
     assert backend.wait([new_uuid()], 1.0) == {}
     gaps = [b - a for a, b in itertools.pairwise(polls)]
-    assert 5 <= len(polls) <= 12, f"{len(polls)} polls in 1 s"
+    assert 8 <= len(polls) <= 20, f"{len(polls)} polls in 1 s"
     assert gaps[0] < 0.05, "the first re-read comes quickly"
     assert max(gaps) <= backend.settings.poll_max + 0.1, "no sleep longer than poll_max"
     assert 0.95 <= time.monotonic() - start < 1.5

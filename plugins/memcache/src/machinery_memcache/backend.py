@@ -5,8 +5,9 @@
   server :mod:`~machinery_memcache.client` picks for the key.
 - Every write sets the expiry from ``results_expire_in`` (0: 3600 s), made into memcached's form by
   :func:`~machinery_memcache.client.exptime` (relative up to 30 days, a unix time beyond).
-- A state without a task name or creation time keeps the stored one's: ``gets``, merge, ``cas``,
-  again if another writer came in between (a state with both is a plain ``set``).
+- A state without a task name or creation time keeps the stored one's (Go's Redis backend does the
+  same; its memcache backend does not). ``set_states`` reads the records to merge with in one
+  ``get_many`` and writes the batch in one ``set_many``, per server.
 - ``trigger_chord`` flips ``ChordTriggered`` with ``gets``/``cas``: exactly one caller succeeds, across
   threads, processes and hosts. Go Machinery's own memcache backend flips it without CAS (a read, then
   a write, guarded by a ``Lock`` flag that is itself not atomic): while a Go worker has set ``Lock``,
@@ -15,8 +16,8 @@
   was lost to a dropped connection finds out on the re-read that it won.
 - Group completion is read from the members' own keys (one ``get_many`` per server), as Go does; no
   shared counter exists, so concurrent workers cannot lose each other's updates.
-- ``wait`` polls (memcached cannot notify): first after ``poll_min`` (5 ms), then each sleep doubles up
-  to ``poll_max`` (250 ms), and drops back to ``poll_min`` when a result arrives.
+- ``wait`` polls (memcached cannot notify): first after ``poll_min`` (2 ms), then each sleep grows by
+  half up to ``poll_max`` (250 ms), and drops back to ``poll_min`` when a result arrives.
 - Records over the item size limit raise :class:`~machinery_memcache.errors.ValueTooLargeError`.
 """
 
@@ -52,6 +53,8 @@ TRIGGERED_BY = "ChordTriggeredBy"
 CAS_ATTEMPTS = 100
 #: Times an operation whose outcome a dropped connection hid is read back and tried again.
 RECONNECT_ATTEMPTS = 3
+#: Factor by which each sleep of ``wait`` grows while nothing arrives.
+POLL_GROWTH = 1.5
 #: Go's spin interval while a group's Lock flag is set.
 GO_LOCK_SPIN = 0.005
 
@@ -91,65 +94,46 @@ class MemcacheBackend(BaseBackend):
 
     @staticmethod
     def _complete(state: TaskState) -> bool:
-        """True when ``state`` carries everything a merge would keep (so a plain ``set`` will do)."""
+        """True when ``state`` carries everything a merge would keep (so no read is needed)."""
         return bool(state.task_name) and state.created_at is not None
 
     def set_state(self, state: TaskState) -> None:
         """Store ``state``, keeping the stored task name and creation time when it has none."""
-        key = check_key(state.task_uuid, "task uuid")
-        if self._complete(state):
-            self.cluster.set("storing a task state", key, self._body(key, state), self.expire)
-        else:
-            self._merge_and_store(key, state)
+        self.set_states((state,))
 
-    def _merge_and_store(self, key: bytes, state: TaskState) -> None:
-        operation = "storing a task state"
-        for _ in range(CAS_ATTEMPTS):
-            raw, cas = self.cluster.gets(operation, key)
-            if raw is None or cas is None:
-                # nothing to keep: a first state gets a creation time, stored only if still absent
-                first = state if state.created_at is not None else replace(state, created_at=now_utc())
-                if self.cluster.add(operation, key, self._body(key, first), self.expire):
-                    return
-                continue
-            merged = replace(state).merged_over(self._decode_for_merge(state.task_uuid, raw))
-            if merged.created_at is None:
-                merged.created_at = now_utc()
-            if self.cluster.cas(operation, key, self._body(key, merged), cas, self.expire):
-                return
-        raise BackendError(
-            f"memcache: storing the state of task {state.task_uuid!r}: the record kept changing "
-            f"({CAS_ATTEMPTS} compare-and-set attempts)"
-        )
+    def set_states(self, states: Sequence[TaskState]) -> None:
+        """Store ``states`` (in order for each task) in at most two round trips per server: one
+        ``get_many`` of the records to merge with, one ``set_many`` of every task's last state.
+
+        A later state of the same task in the batch merges over the earlier one, so the stored record
+        is the one the writes in order would leave. Plain ``set`` is enough: the fields a merge keeps
+        (task name, creation time) never change during a task's life, and a task's states come in
+        order from the one worker running it."""
+        if not states:
+            return
+        keys = [check_key(s.task_uuid, "task uuid") for s in states]
+        unknown = {k for k, s in zip(keys, states, strict=True) if not self._complete(s)}
+        stored = self.cluster.get_many("reading task states to merge", unknown) if unknown else {}
+        latest: dict[bytes, TaskState] = {}
+        for key, state in zip(keys, states, strict=True):
+            if not self._complete(state):
+                previous = latest.get(key) or self._decode_for_merge(state.task_uuid, stored.get(key))
+                state = replace(state).merged_over(previous)
+                if state.created_at is None:
+                    state.created_at = now_utc()  # a first state stored without one
+            latest[key] = state
+        bodies = {key: self._body(key, state) for key, state in latest.items()}
+        self.cluster.set_many("storing task states", bodies, self.expire)
 
     @staticmethod
-    def _decode_for_merge(uuid: str, raw: bytes) -> TaskState | None:
+    def _decode_for_merge(uuid: str, raw: bytes | None) -> TaskState | None:
+        if raw is None:
+            return None
         try:
             return codec.decode_state(raw)
         except MessageError as exc:
             logger.warning("replacing the unreadable state stored for %r: %s", uuid, exc)
             return None
-
-    def set_states(self, states: Sequence[TaskState]) -> None:
-        """Store ``states`` in order: runs of complete states with one ``set_many`` round trip per
-        server, the others one by one (they need a merge)."""
-        batch: dict[bytes, bytes] = {}
-
-        def flush() -> None:
-            if batch:
-                self.cluster.set_many("storing task states", batch, self.expire)
-                batch.clear()
-
-        for state in states:
-            key = check_key(state.task_uuid, "task uuid")
-            if self._complete(state):
-                if key in batch:
-                    flush()  # the same task twice in one run: keep the later write last
-                batch[key] = self._body(key, state)
-            else:
-                flush()
-                self._merge_and_store(key, state)
-        flush()
 
     @staticmethod
     def _decode(uuid: str, raw: bytes | None) -> TaskState | None:
@@ -172,7 +156,7 @@ class MemcacheBackend(BaseBackend):
 
     def wait(self, task_uuids: Sequence[str], timeout: float) -> dict[str, TaskState]:
         """Poll until every task is SUCCESS or FAILURE or ``timeout`` passed: sleeps start at
-        ``poll_min``, double up to ``poll_max``, and start over when a result arrives. A connection
+        ``poll_min``, grow by half up to ``poll_max``, and start over when a result arrives. A connection
         error is retried (up to 3 in a row) until the deadline."""
         wanted = list(dict.fromkeys(task_uuids))
         done: dict[str, TaskState] = {}
@@ -196,7 +180,7 @@ class MemcacheBackend(BaseBackend):
             remaining = deadline - time.monotonic()
             if len(done) == len(wanted) or remaining <= 0:
                 break
-            sleep = self.settings.poll_min if arrived else min(sleep * 2, self.settings.poll_max)
+            sleep = self.settings.poll_min if arrived else min(sleep * POLL_GROWTH, self.settings.poll_max)
             time.sleep(min(sleep, remaining))
         return done
 

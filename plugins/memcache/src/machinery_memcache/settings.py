@@ -38,7 +38,7 @@ class MemcacheSettings:
     #: memcached's item size limit (its ``-I``, 1 MiB by default); larger records are refused here
     max_item_size: int = MIB
     #: first and longest sleep of :meth:`MemcacheBackend.wait`'s adaptive poll, in seconds
-    poll_min: float = 0.005
+    poll_min: float = 0.002
     poll_max: float = 0.25
     #: connect with TLS (memcached ``-Z``); the server certificate is verified unless tls_verify=false
     tls: bool = False
