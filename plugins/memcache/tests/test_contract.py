@@ -30,6 +30,10 @@ class TestMemcacheCluster(BackendContract, LockContract):
     def backend_url(self) -> str:
         return cluster_url()
 
+    @pytest.fixture
+    def lock_url(self) -> str:
+        return cluster_url()
+
 
 class TestRedisBrokerMemcacheBackend(WorkerContract):
     contract_name = "redis/memcache"

@@ -180,8 +180,10 @@ class MemcacheBackend(BaseBackend):
             remaining = deadline - time.monotonic()
             if len(done) == len(wanted) or remaining <= 0:
                 break
-            sleep = self.settings.poll_min if arrived else min(sleep * POLL_GROWTH, self.settings.poll_max)
+            if arrived:
+                sleep = self.settings.poll_min  # results tend to come together (a group's members)
             time.sleep(min(sleep, remaining))
+            sleep = min(sleep * POLL_GROWTH, self.settings.poll_max)
         return done
 
     # groups ----------------------------------------------------------------------------------
