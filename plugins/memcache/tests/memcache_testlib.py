@@ -61,8 +61,8 @@ def free_port() -> int:
 
 @contextmanager
 def own_memcached(*args: str) -> Iterator[int]:
-    """A memcached of the test's own on a free port, started with ``args`` (e.g. ``-m 2``) and
-    stopped afterwards; yields its port."""
+    """A memcached of the test's own on a free port (or the unix socket of ``-s PATH`` in ``args``),
+    started with ``args`` (e.g. ``-m 2``) and stopped afterwards; yields its port."""
     binary = shutil.which("memcached")
     if binary is None:
         server_unavailable("the memcached binary is not installed: scripts/services install")
@@ -71,22 +71,32 @@ def own_memcached(*args: str) -> Iterator[int]:
     command = [binary, "-l", "127.0.0.1", "-p", str(port), "-U", "0", *user, *args]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        _wait_until_listening(port, process)
+        socket_path = args[args.index("-s") + 1] if "-s" in args else None
+        _wait_until_listening(port, process, socket_path)
         yield port
     finally:
         process.terminate()
         process.wait(10)
 
 
-def _wait_until_listening(port: int, process: subprocess.Popen[bytes]) -> None:
+def _connect(port: int, socket_path: str | None) -> None:
+    if socket_path is None:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(0.2)
+        sock.connect(socket_path)
+
+
+def _wait_until_listening(port: int, process: subprocess.Popen[bytes], socket_path: str | None) -> None:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if process.poll() is not None:
             stderr = process.stderr.read().decode() if process.stderr else ""
             raise RuntimeError(f"memcached exited with {process.returncode}: {stderr.strip()}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
+            _connect(port, socket_path)
+            return
         except OSError:
             time.sleep(0.02)
     raise RuntimeError(f"memcached did not listen on port {port} within 10 s")

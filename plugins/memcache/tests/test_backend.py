@@ -81,6 +81,35 @@ def test_default_expiry_is_an_hour(url: str, nodes: list[Client]) -> None:
     assert 3598 <= remaining_ttl(nodes, uuid) <= 3601
 
 
+# Go Machinery's records -----------------------------------------------------------------------------
+def test_records_written_by_go_are_read(backend: MemcacheBackend, nodes: list[Client]) -> None:
+    """Go's TaskState and GroupMeta JSON (reference §3.3), written by hand where gomemcache puts them."""
+    task, other, group = new_uuid(), new_uuid(), new_uuid("group")
+    go_state = (
+        '{"TaskUUID":"TASK","TaskName":"add","State":"SUCCESS","Results":[{"Type":"int64","Value":2}],'
+        '"Error":"","CreatedAt":"2025-11-15T12:07:02.1234567Z","TTL":0}'
+    ).replace("TASK", task)
+    go_meta = (
+        (
+            '{"GroupUUID":"GROUP","TaskUUIDs":["TASK","OTHER"],"ChordTriggered":false,"Lock":false,'
+            '"CreatedAt":"2025-11-15T12:07:02Z","TTL":0}'
+        )
+        .replace("GROUP", group)
+        .replace("TASK", task)
+        .replace("OTHER", other)
+    )
+    node_of(nodes, task).set(task, go_state.encode(), expire=600)
+    node_of(nodes, group).set(group, go_meta.encode(), expire=600)
+    got = backend.get_state(task)
+    assert got is not None and (got.state, got.task_name, got.values) == (State.SUCCESS, "add", [2])
+    assert [s.state for s in backend.group_states(group)] == [State.SUCCESS, State.PENDING]
+    backend.set_state(TaskState(other, State.FAILURE, error="boom"))
+    stored = node_of(nodes, other).get(other)
+    for go_key in (b'"TaskUUID":', b'"State":"FAILURE"', b'"Error":"boom"', b'"Results":null', b'"TTL":0'):
+        assert go_key in stored, f"{go_key!r} missing from {stored!r}"
+    assert backend.trigger_chord(group)
+
+
 # the item size limit ---------------------------------------------------------------------------------
 def test_a_result_over_the_item_limit_is_refused_and_nothing_is_lost(backend: MemcacheBackend) -> None:
     uuid = new_uuid()

@@ -83,6 +83,10 @@ def check_key(key: str, what: str) -> bytes:
     return raw
 
 
+#: What a pooled connection closed by the server raises on its next use.
+_STALE = (mc.MemcacheUnexpectedCloseError, BrokenPipeError, ConnectionResetError)
+
+
 def _translate(exc: Exception, where: str) -> BackendError:
     if isinstance(exc, mc.MemcacheServerError) and not isinstance(exc, mc.MemcacheUnexpectedCloseError):
         text = bytes(exc.args[0]).decode("ascii", "replace") if exc.args else str(exc)
@@ -94,7 +98,9 @@ def _translate(exc: Exception, where: str) -> BackendError:
                 f"give it more memory with -m or shorten results_expire_in)"
             )
         return BackendError(f"{where}: server error: {text}")
-    if isinstance(exc, (mc.MemcacheUnexpectedCloseError, OSError)):
+    if isinstance(exc, mc.MemcacheUnexpectedCloseError):
+        return MemcacheConnectionError(f"{where}: the server closed the connection")
+    if isinstance(exc, OSError):
         detail = str(exc) or type(exc).__name__
         return MemcacheConnectionError(f"{where}: {detail}")
     if isinstance(exc, mc.MemcacheError):
@@ -169,7 +175,6 @@ class Cluster:
                     connect_timeout=s.connect_timeout,
                     timeout=s.timeout,
                     no_delay=True,
-                    max_pool_size=s.max_pool_size or None,
                     default_noreply=False,
                     allow_unicode_keys=True,
                     tls_context=tls,
@@ -177,14 +182,25 @@ class Cluster:
                 self._pools[server] = found
             return found
 
-    def run(self, operation: str, server: Server, call: Callable[[Any], T]) -> T:
-        """``call(pool)`` on ``server``'s pool, with pymemcache's errors turned into ours."""
-        try:
-            return call(self.pool(server))
-        except BackendError:
-            raise
-        except Exception as exc:
-            raise _translate(exc, f"memcache {server}: {operation} failed") from None
+    def run(self, operation: str, server: Server, call: Callable[[Any], T], *, retry: bool = True) -> T:
+        """``call(pool)`` on ``server``'s pool, with pymemcache's errors turned into ours.
+
+        A pooled connection the server closed (it restarted, or dropped idle clients) fails on its next
+        use, and pymemcache discards it. With ``retry`` (commands that may safely run twice) the call is
+        made again, as long as idle connections of the pool remain to be found stale, then once on a
+        fresh one, before the error is raised. A server that refuses connections fails at once."""
+        pool = self.pool(server)
+        attempts = len(pool.client_pool.free) + 1 if retry else 0
+        while True:
+            try:
+                return call(pool)
+            except BackendError:
+                raise
+            except Exception as exc:
+                if attempts > 0 and isinstance(exc, _STALE):
+                    attempts -= 1
+                    continue
+                raise _translate(exc, f"memcache {server}: {operation} failed") from None
 
     def check_size(self, key: bytes, value: bytes, what: str) -> None:
         """Refuse ``value`` before sending when it cannot fit in one item."""
@@ -225,12 +241,14 @@ class Cluster:
 
     def add(self, operation: str, key: bytes, value: bytes, expire: int) -> bool:
         """Store only if the key is absent; True when stored."""
-        return bool(self.run(operation, self.server_for(key), lambda p: p.add(key, value, expire=expire)))
+        # not retried here: after a lost reply the key exists either way, and False would be a lie
+        server = self.server_for(key)
+        return bool(self.run(operation, server, lambda p: p.add(key, value, expire=expire), retry=False))
 
     def cas(self, operation: str, key: bytes, value: bytes, cas: bytes, expire: int) -> bool | None:
         """Replace if unchanged since ``gets``: True stored, False changed meanwhile, None gone."""
         result: bool | None = self.run(
-            operation, self.server_for(key), lambda p: p.cas(key, value, cas, expire=expire)
+            operation, self.server_for(key), lambda p: p.cas(key, value, cas, expire=expire), retry=False
         )
         return result
 

@@ -20,7 +20,7 @@ from machinery.capabilities import Capability
 from machinery.config import Config
 
 from .client import Cluster, check_key, exptime
-from .errors import InvalidKeyError
+from .errors import InvalidKeyError, MemcacheConnectionError
 from .settings import settings_of
 from .url import MemcacheTarget, parse_url
 
@@ -61,8 +61,19 @@ class MemcacheLock:
         return f"<MemcacheLock {self.target.describe()}>"
 
     def acquire(self, key: str, ttl: float) -> bool:
-        """Take ``key`` for at least ``ttl`` seconds if nobody holds it (``add``)."""
-        return self.cluster.add("taking a lock", lock_key(key), self.token, exptime(ttl))
+        """Take ``key`` for at least ``ttl`` seconds if nobody holds it (``add``).
+
+        When the connection drops before the reply (a stale pooled connection after a server restart),
+        the stored value tells what happened: our token means we hold it, no value means the ``add`` never
+        arrived and it is sent again, another token means someone else holds it."""
+        raw_key = lock_key(key)
+        try:
+            return self.cluster.add("taking a lock", raw_key, self.token, exptime(ttl))
+        except MemcacheConnectionError:
+            value, _ = self.cluster.gets("taking a lock", raw_key)
+            if value is None:
+                return self.cluster.add("taking a lock", raw_key, self.token, exptime(ttl))
+            return bool(value == self.token)
 
     def release(self, key: str) -> None:
         """Give ``key`` back if this owner still holds it."""

@@ -33,8 +33,6 @@ class MemcacheSettings:
     connect_timeout: float = 3.0
     #: seconds a command may take
     timeout: float = 3.0
-    #: connections kept per server (0: as many as threads use at once)
-    max_pool_size: int = 0
     #: memcached's item size limit (its ``-I``, 1 MiB by default); larger records are refused here
     max_item_size: int = MIB
     #: first and longest sleep of :meth:`MemcacheBackend.wait`'s adaptive poll, in seconds
@@ -85,8 +83,6 @@ def _problems(s: MemcacheSettings) -> list[str]:
             out.append(f"{name}={value!r} must be a number of seconds > 0")
     if s.poll_min > s.poll_max:
         out.append(f"poll_min={s.poll_min} must not exceed poll_max={s.poll_max}")
-    if s.max_pool_size < 0:
-        out.append(f"max_pool_size={s.max_pool_size} must be >= 0")
     if s.max_item_size < 1024:
         out.append(f"max_item_size={s.max_item_size} must be at least 1024 bytes")
     if (s.tls_cert or s.tls_key) and not s.tls:
