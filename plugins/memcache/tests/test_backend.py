@@ -193,6 +193,14 @@ def test_a_batch_merges_in_order_with_one_read_and_one_write_per_server(
         assert got is not None and got.state == State.SUCCESS and got.values == [2]
         assert got.task_name == "add" and got.created_at == created, "name and creation time are kept"
     assert all(any(n.get(u) is not None for u in uuids) for n in nodes), "the batch spans both servers"
+    calls.clear()
+    fresh = [new_uuid() for _ in range(10)]  # sent and run in one batch: nothing stored to merge with
+    backend.set_states(
+        [TaskState(u, State.PENDING, "add", created_at=created) for u in fresh]
+        + [TaskState(u, State.STARTED, "add") for u in fresh]
+    )
+    assert sorted(calls) == ["storing task states"] * 2, "no read when the batch has the PENDING state"
+    assert all(s is not None and s.created_at == created for s in backend.get_states(fresh))
 
 
 def test_a_first_state_without_a_creation_time_gets_one(backend: MemcacheBackend) -> None:

@@ -112,7 +112,11 @@ class MemcacheBackend(BaseBackend):
         if not states:
             return
         keys = [check_key(s.task_uuid, "task uuid") for s in states]
-        unknown = {k for k, s in zip(keys, states, strict=True) if not self._complete(s)}
+        first: dict[bytes, TaskState] = {}
+        for key, state in zip(keys, states, strict=True):
+            first.setdefault(key, state)
+        # only tasks whose first state here lacks something need the stored record
+        unknown = [k for k, s in first.items() if not self._complete(s)]
         stored = self.cluster.get_many("reading task states to merge", unknown) if unknown else {}
         latest: dict[bytes, TaskState] = {}
         for key, state in zip(keys, states, strict=True):
