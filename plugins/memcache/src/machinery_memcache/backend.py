@@ -11,9 +11,12 @@
 - ``trigger_chord`` flips ``ChordTriggered`` with ``gets``/``cas``: exactly one caller succeeds, across
   threads, processes and hosts. Go Machinery's own memcache backend flips it without CAS (a read, then
   a write, guarded by a ``Lock`` flag that is itself not atomic): while a Go worker has set ``Lock``,
-  this backend waits for it to clear, so a Python worker never races a Go worker inside that window.
-  The CAS write also records who won (``ChordTriggeredBy``, a field Go ignores), so a writer whose reply
-  was lost to a dropped connection finds out on the re-read that it won.
+  this backend waits for it to clear as Go does, which narrows the race with Go workers but cannot
+  close it; a fleet without Go workers on the same groups is exactly-once. The CAS write also records
+  who won (``ChordTriggeredBy``, a field Go ignores), so a writer whose reply was lost to a dropped
+  connection finds out on the re-read that it won.
+- A group's expiry is pushed forward whenever its states are read while a member still has a state
+  (Go #352: a group outliving ``results_expire_in``); with every member's state gone it expires.
 - Group completion is read from the members' own keys (one ``get_many`` per server), as Go does; no
   shared counter exists, so concurrent workers cannot lose each other's updates.
 - ``wait`` polls (memcached cannot notify): first after ``poll_min`` (2 ms), then each sleep grows by
