@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from machinery import Config
@@ -61,13 +63,23 @@ def test_options_override_settings() -> None:
         ("memcache://::1:11211", "needs brackets"),
         ("memcache://[::1:11211", "bad IPv6 server"),
         ("memcache://h:11211/0", "no path or database"),
-        ("memcache://h?hashing=ketama", "hashing='ketama' must be one of gomemcache, rendezvous"),
-        ("memcache://h?timeout=-1", "timeout=-1.0 must be a number of seconds > 0"),
-        ("memcache://h?timeout=soon", "option timeout='soon' is not a valid number"),
-        ("memcache://h?tls=maybe", "is not a valid boolean"),
+        (
+            "memcache://h?hashing=ketama",
+            "memcache.hashing (env MACHINERY_MEMCACHE_HASHING) must be gomemcache",
+        ),
+        (
+            "memcache://h?timeout=-1",
+            "option timeout='-1': memcache.timeout (env MACHINERY_MEMCACHE_TIMEOUT) must be > 0",
+        ),
+        ("memcache://h?timeout=soon", "option timeout='soon' is not a number"),
+        ("memcache://h?tls=maybe", "option tls='maybe' is not a boolean"),
         ("memcache://h?colour=blue", "unknown option 'colour'"),
-        ("memcache://h?tls_cert=/c.pem", "tls_cert / tls_key need tls=true"),
-        ("memcache://h?poll_min=2&poll_max=1", "poll_min=2.0 must not exceed poll_max=1.0"),
+        ("memcache://h?tls_cert=/c.pem", "memcache.tls_cert / memcache.tls_key need memcache.tls = true"),
+        ("memcache://h?poll_min=2&poll_max=1", "memcache.poll_min (2) must not exceed memcache.poll_max (1)"),
+        (
+            "memcache://h?timeout=inf",
+            "memcache.timeout (env MACHINERY_MEMCACHE_TIMEOUT) must be a finite number",
+        ),
     ],
 )
 def test_bad_urls_say_what_is_wrong(url: str, message: str) -> None:
@@ -99,3 +111,28 @@ def test_plugin_hooks_build_without_io() -> None:
     rows = {(r.scheme, r.kind, r.distribution) for r in list_schemes()}
     assert ("memcache", "backend", "machinery-memcache") in rows
     assert ("memcache", "lock", "machinery-memcache") in rows
+
+
+def test_settings_come_from_env_and_yaml_and_the_url_wins(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("MACHINERY_MEMCACHE_TIMEOUT", "7")
+    monkeypatch.setenv("MACHINERY_MEMCACHE_HASHING", "rendezvous")
+    config = Config.from_env()
+    assert isinstance(config.memcache, MemcacheSettings)
+    backend = MemcacheBackend.from_url("memcache://h1,h2?timeout=1.5", config)
+    assert (backend.settings.timeout, backend.settings.hashing) == (1.5, "rendezvous")
+    assert MemcacheLock.from_url("memcache://h1", config).target.settings.timeout == 7.0
+    yaml_file = tmp_path / "config.yml"
+    yaml_file.write_text("memcache:\n  max_item_size: 2097152\n  tls: true\n  tls_ca: /etc/ca.pem\n")
+    from_yaml = Config.from_yaml(str(yaml_file))
+    settings = MemcacheBackend.from_url("memcache://h", from_yaml).settings
+    assert (settings.max_item_size, settings.tls, settings.tls_ca) == (2 * MIB, True, "/etc/ca.pem")
+
+
+def test_config_validation_checks_the_section() -> None:
+    config = Config()
+    config.memcache.poll_min = 1.0
+    config.memcache.poll_max = 0.5
+    with pytest.raises(ConfigError, match=r"memcache.poll_min \(1\) must not exceed memcache.poll_max"):
+        config.validate()

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from machinery.backend import Backend
     from machinery.config import Config
     from machinery.lock import Lock
+    from machinery.settings import Section
 
 DISTRIBUTION = "machinery-memcache"
 KINDS: tuple[Kind, ...] = ("backend", "lock")
@@ -21,6 +22,13 @@ KINDS: tuple[Kind, ...] = ("backend", "lock")
 @hookimpl
 def machinery_schemes() -> list[SchemeRow]:
     return [SchemeRow(scheme, kind, DISTRIBUTION) for scheme in SCHEMES for kind in KINDS]
+
+
+@hookimpl
+def machinery_settings() -> list[type[Section]]:
+    from .settings import MemcacheSettings  # the settings module only: listing settings loads no client
+
+    return [MemcacheSettings]
 
 
 @hookimpl

@@ -6,7 +6,8 @@
   order everywhere (Go workers included), and a server listed twice gets twice the keys, as in Go.
 - ``memcache:///run/memcached.sock``: one server on a unix socket.
 - ``?option=value&...``: any :class:`~machinery_memcache.settings.MemcacheSettings` field, e.g.
-  ``?hashing=rendezvous``, ``?tls=true&tls_ca=/etc/ssl/ca.pem``, ``?timeout=5``.
+  ``?hashing=rendezvous``, ``?tls=true&tls_ca=/etc/ssl/ca.pem``, ``?timeout=5``; it wins over the
+  ``memcache`` section of the Config (env ``MACHINERY_MEMCACHE_<NAME>``, YAML ``memcache:``).
 """
 
 from __future__ import annotations
