@@ -13,6 +13,8 @@ from machinery import Config
 from machinery.signature import Arg, State, TaskState, new_uuid
 from machinery_memcache import MemcacheBackend, MemcacheConnectionError, MemcacheLock
 
+pytestmark = pytest.mark.services  # the test CA comes from scripts/services
+
 
 @pytest.fixture(scope="module")
 def certs() -> Path:

@@ -113,9 +113,7 @@ def test_plugin_hooks_build_without_io() -> None:
     assert ("memcache", "lock", "machinery-memcache") in rows
 
 
-def test_settings_come_from_env_and_yaml_and_the_url_wins(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_settings_come_from_env_and_the_url_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MACHINERY_MEMCACHE_TIMEOUT", "7")
     monkeypatch.setenv("MACHINERY_MEMCACHE_HASHING", "rendezvous")
     config = Config.from_env()
@@ -123,10 +121,13 @@ def test_settings_come_from_env_and_yaml_and_the_url_wins(
     backend = MemcacheBackend.from_url("memcache://h1,h2?timeout=1.5", config)
     assert (backend.settings.timeout, backend.settings.hashing) == (1.5, "rendezvous")
     assert MemcacheLock.from_url("memcache://h1", config).target.settings.timeout == 7.0
+
+
+def test_settings_come_from_yaml(tmp_path: Path) -> None:
+    pytest.importorskip("yaml")  # machinery-core[yaml]
     yaml_file = tmp_path / "config.yml"
     yaml_file.write_text("memcache:\n  max_item_size: 2097152\n  tls: true\n  tls_ca: /etc/ca.pem\n")
-    from_yaml = Config.from_yaml(str(yaml_file))
-    settings = MemcacheBackend.from_url("memcache://h", from_yaml).settings
+    settings = MemcacheBackend.from_url("memcache://h", Config.from_yaml(str(yaml_file))).settings
     assert (settings.max_item_size, settings.tls, settings.tls_ca) == (2 * MIB, True, "/etc/ca.pem")
 
 
