@@ -83,7 +83,7 @@ BENCH_ARGS ?=
 bench: $(UV)
 	$(SYNC_ALL) --group bench || $(LOCK_HINT)
 	scripts/services install
-	SERVICES="redis rabbitmq mongodb" scripts/services run -- $(PY) bench/run.py $(BENCH_ARGS)
+	SERVICES="redis rabbitmq mongodb memcached" scripts/services run -- $(PY) bench/run.py $(BENCH_ARGS)
 
 lock: $(UV)
 	$(UV) lock $(LOCK_ARGS)

@@ -50,6 +50,7 @@ GUESS = {
     "sqlite/sqlite": (2500, 20000, 2500),
     "amqp/redis": (800, 800, 1200),
     "redis/mongodb": (1000, 8000, 1500),
+    "redis/memcache": (1000, 10000, 3000),
     "amqp/amqp": (110, 130, 200),
     "dramatiq": (1800, 1800, 1600),
     "celery": (600, 600, 250),
@@ -240,6 +241,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--redis-url", default=os.environ.get("REDIS_URL", ""), help="default $REDIS_URL")
     p.add_argument("--redis-db", type=int, default=9, help="Redis database used (default 9; -1: the URL's)")
     p.add_argument("--amqp-url", default=os.environ.get("AMQP_URL", ""), help="default $AMQP_URL")
+    p.add_argument("--memcache-url", default=os.environ.get("MEMCACHE_URL", ""), help="default $MEMCACHE_URL")
     p.add_argument("--limit", type=float, default=240.0, help="seconds a drain may take (default 240)")
     p.add_argument("--budget", type=float, default=19 * 60, help="seconds for the whole run (default 1140)")
     p.add_argument(
@@ -265,6 +267,7 @@ def plan(args: argparse.Namespace, progress: Callable[[str], None]) -> tuple[lis
     amqp_url = args.amqp_url
     mongodb_url = os.environ.get("MONGODB_URL", "").rstrip("/") + "/machinery_bench"
     mongodb_url = "" if mongodb_url == "/machinery_bench" else mongodb_url
+    memcache_url = args.memcache_url
     skipped: list[str] = []
 
     def why_not(key: str) -> str:
@@ -281,6 +284,9 @@ def plan(args: argparse.Namespace, progress: Callable[[str], None]) -> tuple[lis
         if "mongodb" in key:
             reasons.append("MONGODB_URL is not set" if not mongodb_url else "")
             reasons.append(_plugin_ok("machinery_mongodb", "machinery-mongodb"))
+        if "memcache" in key:
+            reasons.append("" if memcache_url else "MEMCACHE_URL is not set")
+            reasons.append(_plugin_ok("machinery_memcache", "machinery-memcache"))
         return "; ".join(r for r in reasons if r)
 
     def wanted(key: str) -> bool:
@@ -325,6 +331,9 @@ def plan(args: argparse.Namespace, progress: Callable[[str], None]) -> tuple[lis
         if use.get("redis/mongodb"):
             make = machinery("redis/mongodb", redis_url, mongodb_url)
             steps.append(Step("redis/mongodb", "machinery redis/mongodb", n, -1, make))
+        if use.get("redis/memcache"):
+            make = machinery("redis/memcache", redis_url, memcache_url)
+            steps.append(Step("redis/memcache", "machinery redis/memcache", n, -1, make))
         if use.get("amqp/amqp"):
             note = f"amqp/amqp ran with N = {amqp_n:,} (each result is a RabbitMQ queue)"
             make = machinery("amqp/amqp", amqp_url, amqp_url)
