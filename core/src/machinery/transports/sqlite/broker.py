@@ -88,9 +88,10 @@ class SQLiteDelivery:
         """Delete the message (a no-op when already settled or the lease was lost)."""
         self._broker.ack_many([self])
 
-    def nack(self, requeue: bool = True, delay: float | None = None) -> None:
-        """Make the message visible again (after ``delay`` seconds), or dead-letter it."""
-        self._broker._nack(self, requeue, delay)
+    def nack(self, requeue: bool = True, delay: float | None = None, reason: str = "") -> None:
+        """Make the message visible again (after ``delay`` seconds), or dead-letter it. A requeue
+        without a ``reason`` (a shutdown handing it back) does not count as a delivery."""
+        self._broker._nack(self, requeue, delay, reason)
 
     def extend(self, seconds: float) -> None:
         """Keep the lease at least ``seconds`` more from now."""
@@ -294,7 +295,7 @@ class SQLiteBroker(BaseBroker):
             with self._store.write("ack") as conn:
                 conn.executemany(sql, params)
 
-    def _nack(self, delivery: SQLiteDelivery, requeue: bool, delay: float | None) -> None:
+    def _nack(self, delivery: SQLiteDelivery, requeue: bool, delay: float | None, reason: str = "") -> None:
         if not self._settle([delivery]):
             return
         key = (delivery.id, delivery.owner, delivery.delivery_count)
@@ -303,9 +304,10 @@ class SQLiteBroker(BaseBroker):
             visible_at = now + max(0.0, delay or 0.0)
             self._store.execute_write(
                 "nack",
-                "UPDATE messages SET ready = ?, visible_at = ?, lease_owner = NULL "
+                "UPDATE messages SET ready = ?, visible_at = ?, lease_owner = NULL, "
+                "delivery_count = delivery_count - ? "
                 "WHERE id = ? AND lease_owner = ? AND delivery_count = ?",
-                (visible_at <= now, visible_at, *key),
+                (visible_at <= now, visible_at, 0 if reason else 1, *key),
             )
             self._store.hub.notify(MESSAGES)
             return
@@ -318,6 +320,10 @@ class SQLiteBroker(BaseBroker):
             ).rowcount
             if moved:
                 conn.execute("DELETE FROM messages WHERE id = ?", (delivery.id,))
+                conn.execute(  # dead letters expire (rare writes: the scan is cheap enough)
+                    "DELETE FROM dead_letters WHERE died_at < ?",
+                    (time.time() - self.config.dead_letter_expire_in,),
+                )
 
     def _extend(self, delivery: SQLiteDelivery, seconds: float) -> None:
         if delivery.settled:
