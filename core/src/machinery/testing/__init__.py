@@ -33,6 +33,7 @@ from ._base import (
 )
 from .backend_contract import RESULT_VALUES, BackendContract
 from .broker_contract import BrokerContract
+from .hostile_contract import HostileInputContract
 from .lock_contract import LockContract
 from .servers import IN_CI, require_env, server_unavailable
 from .tasks import make_app
@@ -50,6 +51,7 @@ __all__ = [
     "BrokerContract",
     "ContractBase",
     "FaultContract",
+    "HostileInputContract",
     "LockContract",
     "NotApplicable",
     "TransportContract",

@@ -364,6 +364,8 @@ class TaskRunner:
         self._fail_callback(sig.chord_callback, reason)
 
     def _fail_callback(self, callback: Signature, error: str) -> None:
+        if not callback.uuid:
+            return  # a hand-made message with an anonymous callback: nobody can wait on it
         self._store(TaskState(callback.uuid, State.FAILURE, task_name=callback.name, error=error))
 
     def _publish_callback(self, callback: Signature) -> None:

@@ -57,8 +57,9 @@ class _Tracked:
     """A delivery that can be settled once: later ack/nack calls are ignored (a task that outlives
     the shutdown grace must not ack a message that was already handed back)."""
 
-    def __init__(self, delivery: Delivery) -> None:
+    def __init__(self, delivery: Delivery, queue: str = "") -> None:
         self.delivery = delivery
+        self.queue = queue  # where it was consumed from: a copy published again goes back there
         self._lock = threading.Lock()
         self.settled = False
 
@@ -267,7 +268,7 @@ class Worker:
                 logger.info("broker is reachable again after %d failed fetches", backoff.attempt)
                 backoff.reset()
             if deliveries:
-                self._dispatch(deliveries)
+                self._dispatch(deliveries, queue)
 
     def _broker_error(self, exc: Exception, backoff: Backoff) -> None:
         """Log an outage once (then at DEBUG), back off with jitter, never spin."""
@@ -279,7 +280,7 @@ class Worker:
             logger.debug("broker still failing (%s); next try in %.1fs", exc, delay)
         self._stop.wait(delay)
 
-    def _dispatch(self, deliveries: list[Delivery]) -> None:
+    def _dispatch(self, deliveries: list[Delivery], queue: str = "") -> None:
         if self.app.config.worker.store_intermediate_states:
             received = [
                 TaskState(sig.uuid, State.RECEIVED, task_name=sig.name)
@@ -287,7 +288,7 @@ class Worker:
                 if sig is not None and self.app.is_registered(sig.name) and not _early(sig)
             ]
             self._writer.put_states(received)
-        tracked = [_Tracked(delivery) for delivery in deliveries]
+        tracked = [_Tracked(delivery, queue) for delivery in deliveries]
         with self._slots:
             for one in tracked:
                 self._in_flight[id(one)] = one
@@ -368,7 +369,7 @@ class Worker:
     def _hop(self, tracked: _Tracked, sig: Signature, used: int, delay: float | None) -> None:
         """Publish a fresh copy of the message (after ``delay`` seconds; None keeps its ETA)
         carrying ``used`` deliveries, then ack this one."""
-        copy = _fresh_copy(tracked.delivery, sig)
+        copy = _fresh_copy(tracked, sig)
         copy.headers = {**copy.headers, DELIVERIES: str(used)}
         if delay is not None:
             copy.eta = now_utc() + timedelta(seconds=delay) if delay > 0 else None
@@ -395,7 +396,7 @@ class Worker:
             if count >= self._max_deliveries or not isinstance(exc, Exception):
                 self._give_up(tracked, sig, count, reason)
             else:
-                self._hop(tracked, sig, used=count, delay=min(2.0**count, 60.0))
+                self._hop(tracked, sig, used=count, delay=min(0.5 * 2.0 ** (count - 1), 60.0))
         except Exception as again:  # the broker or backend is down too: the lease brings it back
             logger.warning("could not return the message either (%s); it comes back after its lease", again)
 
@@ -447,7 +448,7 @@ class Worker:
             return
         delay = min(0.05 * 2 ** min(count, 10), 5.0)
         logger.debug("task %r is not registered here; requeued (%d) in %.2fs", sig.name, count, delay)
-        copy = _fresh_copy(delivery, sig)
+        copy = _fresh_copy(tracked, sig)
         copy.headers = {
             **copy.headers,
             UNREGISTERED_COUNT: str(count),
@@ -533,9 +534,13 @@ def _header_time(headers: Any, key: str, now: float) -> float:
     return value if math.isfinite(value) and value <= now else now
 
 
-def _fresh_copy(delivery: Delivery, sig: Signature) -> Signature:
-    """The message as it arrived (a run may have changed ``sig``), for publishing again."""
+def _fresh_copy(tracked: _Tracked, sig: Signature) -> Signature:
+    """The message as it arrived (a run may have changed ``sig``), for publishing again to the
+    queue it came from."""
     try:
-        return codec.decode_signature(delivery.body)
+        copy = codec.decode_signature(tracked.delivery.body)
     except Exception:
-        return sig.copy()
+        copy = sig.copy()
+    if not copy.routing_key and tracked.queue:
+        copy.routing_key = tracked.queue
+    return copy

@@ -58,13 +58,11 @@ class MemoryDelivery:
         self._settled = True
 
     def nack(self, requeue: bool = True, delay: float | None = None, reason: str = "") -> None:
-        """Requeue (a requeue without ``reason`` does not count as a delivery) or dead-letter."""
+        """Requeue (after ``delay`` seconds) or dead-letter."""
         if self._settled:
             return
         self._settled = True
         if requeue:
-            if not reason:
-                self._entry.deliveries -= 1
             self._broker._put(self._entry, delay or 0.0)
         else:
             self._broker._dead_letter(self._entry)

@@ -89,8 +89,7 @@ class SQLiteDelivery:
         self._broker.ack_many([self])
 
     def nack(self, requeue: bool = True, delay: float | None = None, reason: str = "") -> None:
-        """Make the message visible again (after ``delay`` seconds), or dead-letter it. A requeue
-        without a ``reason`` (a shutdown handing it back) does not count as a delivery."""
+        """Make the message visible again (after ``delay`` seconds), or dead-letter it."""
         self._broker._nack(self, requeue, delay, reason)
 
     def extend(self, seconds: float) -> None:
@@ -296,6 +295,7 @@ class SQLiteBroker(BaseBroker):
                 conn.executemany(sql, params)
 
     def _nack(self, delivery: SQLiteDelivery, requeue: bool, delay: float | None, reason: str = "") -> None:
+        # ``reason`` is for the typed dead letters of plugin platform II; the count stays either way
         if not self._settle([delivery]):
             return
         key = (delivery.id, delivery.owner, delivery.delivery_count)
@@ -304,10 +304,9 @@ class SQLiteBroker(BaseBroker):
             visible_at = now + max(0.0, delay or 0.0)
             self._store.execute_write(
                 "nack",
-                "UPDATE messages SET ready = ?, visible_at = ?, lease_owner = NULL, "
-                "delivery_count = delivery_count - ? "
+                "UPDATE messages SET ready = ?, visible_at = ?, lease_owner = NULL "
                 "WHERE id = ? AND lease_owner = ? AND delivery_count = ?",
-                (visible_at <= now, visible_at, 0 if reason else 1, *key),
+                (visible_at <= now, visible_at, *key),
             )
             self._store.hub.notify(MESSAGES)
             return
