@@ -150,6 +150,8 @@ class TaskRunner:
         state is stored here and None is returned.
         """
         task = self.app.get_task(sig.name)
+        if sig.group_uuid and sig.chord_callback is not None and not self._group_known(sig):
+            return None
         if self.app.config.worker.store_intermediate_states:
             started = TaskState(sig.uuid, State.STARTED, task_name=sig.name)
             if self.writer is not None:
@@ -354,14 +356,24 @@ class TaskRunner:
                 callback.args.extend(Arg(r.value, r.type) for r in state.results or [])
         self._publish_callback(callback)
 
+    def _group_known(self, sig: Signature) -> bool:
+        """A chord member checks its group before it runs: one of an unknown or expired group (a
+        backlog that outlived ``results_expire_in``) ends FAILURE without running."""
+        try:
+            self.backend.group_states(sig.group_uuid)
+        except UnknownGroupError as exc:
+            self._orphaned(sig, exc)
+            return False
+        return True
+
     def _orphaned(self, sig: Signature, exc: UnknownGroupError) -> None:
         """A chord member whose group is unknown or expired: it cannot join, so it and the
         callback end FAILURE with that reason (redelivering would only run it again)."""
         assert sig.chord_callback is not None
         reason = f"chord group {sig.group_uuid} is unknown or expired ({exc}); the callback cannot run"
         logger.error("task %s[%s]: %s", sig.name, sig.uuid, reason)
+        self._fail_callback(sig.chord_callback, reason)  # first: whoever sees the member fail finds it done
         self._write(sig, State.FAILURE, error=reason)
-        self._fail_callback(sig.chord_callback, reason)
 
     def _fail_callback(self, callback: Signature, error: str) -> None:
         if not callback.uuid:
