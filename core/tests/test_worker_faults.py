@@ -21,7 +21,7 @@ import pytest
 
 from machinery import Config, Machinery, Signature, State, TaskError
 from machinery.backend import Backend
-from machinery.broker import Broker, Delivery
+from machinery.broker import Delivery
 from machinery.errors import BackendError, BrokerError, MessageError
 from machinery.signature import TaskState, new_uuid
 from machinery.transports.memory.backend import MemoryBackend
@@ -31,7 +31,7 @@ from machinery.worker import Worker
 from machinery.worker.timelimit import TimeLimits
 from machinery.worker.worker import DELIVERIES
 
-# -- fakes that fail on cue ------------------------------------------------------------------------
+# -- fakes that fail on cue --
 
 
 class FlakyBackend:
@@ -140,7 +140,7 @@ def state_of(app: Machinery, uuid: str, timeout: float = 10.0) -> TaskState:
         time.sleep(0.01)
 
 
-# -- results that cannot be encoded ----------------------------------------------------------------
+# -- results that cannot be encoded --
 
 
 @pytest.mark.parametrize("pool", ["thread", "process"])
@@ -165,7 +165,7 @@ def test_an_unencodable_result_is_a_failure_naming_its_type(app: Machinery, pool
         assert len(runs) == 2
 
 
-# -- the state writer: permanent and transient errors ---------------------------------------------
+# -- the state writer: permanent and transient errors --
 
 
 def test_a_state_the_store_refuses_ends_that_task_failure_and_the_rest_goes_on(
@@ -234,7 +234,7 @@ def test_a_store_outage_stops_leasing_and_loses_nothing(
         thread.join(15)
 
 
-# -- the delivery budget ---------------------------------------------------------------------------
+# -- the delivery budget --
 
 
 def test_an_error_in_the_worker_s_own_handling_uses_up_the_budget(
@@ -360,7 +360,7 @@ def test_planned_hops_use_no_delivery(
         missing.get(timeout=15)
 
 
-# -- chords ------------------------------------------------------------------------------------------
+# -- chords --
 
 
 def _chord_tasks(app: Machinery) -> None:
@@ -426,7 +426,7 @@ def test_a_member_of_an_unknown_group_fails_with_that_reason(app: Machinery) -> 
         thread.join(15)
 
 
-# -- time limits ---------------------------------------------------------------------------------------
+# -- time limits --
 
 
 def test_a_hard_limit_acks_only_after_failure_is_stored(
@@ -517,7 +517,7 @@ def test_the_watchdog_keeps_deadlines_not_signatures() -> None:
         limits.close()
 
 
-# -- BaseException in tasks and handlers ------------------------------------------------------------------
+# -- BaseException in tasks and handlers --
 
 
 def test_system_exit_in_a_task_fails_it_and_keeps_every_slot(
@@ -558,7 +558,7 @@ def test_system_exit_in_a_task_fails_it_and_keeps_every_slot(
         thread.join(15)
 
 
-# -- bounded resources -------------------------------------------------------------------------------------
+# -- bounded resources --
 
 
 def _open_fds() -> int:
@@ -624,7 +624,7 @@ def test_dead_letters_expire(kind: str, memory_url: str, tmp_path: Path) -> None
         app.close()
 
 
-# -- the process pool ------------------------------------------------------------------------------------------
+# -- the process pool --
 
 _POOL_WORKER = """
 import os, sys, time
