@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         "--restarts",
         type=int,
         default=None,
-        help="server restarts, spread evenly (default: sqlite 3, others 1)",
+        help="server restarts, evenly spread (sqlite: 3, else 1)",
     )
     parser.add_argument("--outage", type=float, default=3.0, help="sqlite: seconds the file stays locked")
     parser.add_argument("--drain", type=float, default=300.0, help="seconds to wait for the last results")
