@@ -77,7 +77,7 @@ def register_tasks(app: Any, runs: RunLog) -> None:
         pause()
         if run <= failures:
             raise RuntimeError(f"planned failure {run}")
-        return run
+        return failures + 1  # not the run number: a duplicate run after a kill must not change it
 
     def chaos_callback(key: str, *values: int) -> int:
         runs.append(key)
@@ -302,6 +302,7 @@ class Chaos:
                 reasons[state.error[:80]] += 1
             elif codec.values_from_results(state.results) != sent.expected:
                 wrong += 1
+                reasons[f"wrong value ({sent.kind})"] += 1
             else:
                 completed += 1
             runs = self.runs.count(sent.key)
