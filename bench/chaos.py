@@ -12,8 +12,9 @@ run log (one file per task key), so runs are counted whoever ran them.
 
 At the end (after the workers drained the queue) it prints: sent, completed, failed (with reasons),
 **lost** (no final state: must be 0), wrong values, duplicate body runs (at-least-once delivery
-allows them after a kill), and chord callbacks fired other than once. Exit status 1 when anything
-was lost or a chord callback did not fire exactly once.
+allows them after a kill or a lease that ran out), chord callbacks fired (published) other than
+once, and callback bodies run again (a redelivery, like any task's). Exit status 1 when anything was
+lost, a value was wrong, or a chord callback did not fire exactly once.
 """
 
 from __future__ import annotations
@@ -138,7 +139,18 @@ def worker_main(args: argparse.Namespace) -> None:
 
     target = Target(args.target, args.broker_url, args.backend_url, "")
     app = Machinery(make_config(target))
-    register_tasks(app, RunLog(args.runs))
+    runs = RunLog(args.runs)
+    register_tasks(app, runs)
+    send_task = app.send_task
+
+    def counting_send(sig: Any) -> Any:
+        """Counts each publish of a chord callback (the chord firing), apart from its runs."""
+        result = send_task(sig)
+        if sig.name == "chaos_callback":
+            runs.append(f"{sig.args[0].value}.fired")
+        return result
+
+    app.send_task = counting_send  # type: ignore[method-assign]
     app.worker(f"chaos-{os.getpid()}", concurrency=args.concurrency, queue=QUEUE).launch()
 
 
@@ -292,7 +304,7 @@ class Chaos:
         completed = failed = wrong = lost = 0
         reasons: collections.Counter[str] = collections.Counter()
         duplicates = 0
-        chords_not_once = 0
+        chords_not_once = callbacks_rerun = 0
         for sent in self.sent:
             state = final.get(sent.uuid)
             if state is None:
@@ -307,7 +319,8 @@ class Chaos:
                 completed += 1
             runs = self.runs.count(sent.key)
             if sent.kind == "chord":
-                chords_not_once += runs != 1
+                chords_not_once += self.runs.count(f"{sent.key}.fired") != 1
+                callbacks_rerun += runs > 1
                 duplicates += sum(max(0, self.runs.count(m) - 1) for m in sent.members)
             else:
                 duplicates += max(0, runs - sent.runs)
@@ -324,6 +337,7 @@ class Chaos:
             "wrong_values": wrong,
             "duplicate_runs": duplicates,
             "chord_callbacks_not_once": chords_not_once,
+            "chord_callback_bodies_run_again": callbacks_rerun,
             "worker_kills": self.kills,
             "server_restarts": self.restarts,
             "send_retries": self.send_errors,
