@@ -150,7 +150,7 @@ def worker_main(args: argparse.Namespace) -> None:
             runs.append(f"{sig.args[0].value}.fired")
         return result
 
-    app.send_task = counting_send  # type: ignore[method-assign]
+    app.send_task = counting_send  # type: ignore[method-assign,assignment]
     app.worker(f"chaos-{os.getpid()}", concurrency=args.concurrency, queue=QUEUE).launch()
 
 
