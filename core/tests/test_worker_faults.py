@@ -405,6 +405,32 @@ def test_a_callback_that_cannot_be_published_fails_instead_of_hanging(
         app.send_chord(chord).get(timeout=20)
 
 
+def test_a_callback_lost_between_trigger_and_publish_is_sent_by_the_redelivered_member(
+    flaky: tuple[Machinery, FlakyBroker, FlakyBackend], running: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker that triggered the chord fails before publishing (as if it died there): the
+    member is delivered again, finds the chord triggered and no callback state, and sends it."""
+    from machinery.workflow import Chord, Group
+
+    app, _, _ = flaky
+    _chord_tasks(app)
+    real = running.runner._publish_callback
+    crashes: list[int] = []
+
+    def publish_once_broken(callback: Signature) -> None:
+        if not crashes:
+            crashes.append(1)
+            raise RuntimeError("the worker 'died' between trigger and publish (on cue)")
+        real(callback)
+
+    monkeypatch.setattr(running.runner, "_publish_callback", publish_once_broken)
+    chord = Chord(
+        Group([Signature("add", args=[1, 1]), Signature("add", args=[2, 2])]), Signature("multiply")
+    )
+    assert app.send_chord(chord).get(timeout=15) == 8
+    assert crashes == [1]
+
+
 def test_a_member_of_an_unknown_group_fails_with_that_reason(app: Machinery) -> None:
     runs: list[int] = []
 

@@ -101,6 +101,7 @@ class TaskRunner:
         self.pre_task_handler: SignatureHandler | None = None
         self.post_task_handler: SignatureHandler | None = None
         self._limits = TimeLimits()
+        self._local = threading.local()
         self._async: _AsyncLoop | None = None
         self._async_lock = threading.Lock()
         #: set by a worker with ``pool="process"``: task functions run in its children
@@ -140,15 +141,17 @@ class TaskRunner:
             loop.close()
 
     # the pipeline ----------------------------------------------------------------------------
-    def run(self, sig: Signature) -> TaskState | None:
+    def run(self, sig: Signature, redelivered: bool = False) -> TaskState | None:
         """Run one registered task to its end state. Raises only when the backend or broker
-        fails (the caller then returns the message to the queue).
+        fails (the caller then returns the message to the queue). ``redelivered``: a worker may
+        have died handling this message before (a chord member then re-checks its callback).
 
         With a :attr:`writer` (the worker's batching state writer) every state goes through it in
         order, and a plain SUCCESS (no callbacks, no chord, no post-task handler) is **returned**
         unwritten, so the caller can store it and ack the message in one batch; otherwise every
         state is stored here and None is returned.
         """
+        self._local.redelivered = redelivered
         task = self.app.get_task(sig.name)
         if sig.group_uuid and sig.chord_callback is not None and not self._group_known(sig):
             return None
@@ -342,7 +345,25 @@ class TaskRunner:
         if len(states) < sig.group_task_count or not all(s.is_completed for s in states):
             return
         if not self.backend.trigger_chord(sig.group_uuid):
+            if getattr(self._local, "redelivered", False):
+                self._recover_callback(sig, states)
             return
+        self._fire(sig, states)
+
+    def _recover_callback(self, sig: Signature, states: list[TaskState]) -> None:
+        """A redelivered member finds the chord triggered: if the callback has no state at all,
+        the worker that triggered it died before publishing it, so it is published now."""
+        assert sig.chord_callback is not None
+        if self.backend.get_state(sig.chord_callback.uuid) is not None:
+            return
+        logger.warning(
+            "chord %s was triggered but its callback never sent (a worker died in between); sending it",
+            sig.group_uuid,
+        )
+        self._fire(sig, states)
+
+    def _fire(self, sig: Signature, states: list[TaskState]) -> None:
+        assert sig.chord_callback is not None
         callback = sig.chord_callback.copy()
         failed = [s for s in states if s.is_failure]
         if failed:

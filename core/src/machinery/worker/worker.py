@@ -340,7 +340,7 @@ class Worker:
         elif _early(sig):
             self._hop(tracked, sig, used=count - 1, delay=None)  # a planned hop: uses no delivery
         else:
-            final = self.runner.run(sig)
+            final = self.runner.run(sig, redelivered=count > 1)
             if final is not None:  # the writer stores it, acks, then frees the slot, in a batch
                 self._writer.put_final(final, tracked, done=lambda: self._release(tracked))
                 return True
