@@ -15,6 +15,8 @@ not collected themselves)::
         def backend_url(self) -> str:
             return "foo://localhost:1234"
 
+Add ``HostileInputContract`` to one class per broker: hostile messages against one worker.
+
 Declared capabilities (:class:`machinery.capabilities.Capability`) decide which tests run: an
 undeclared one is skipped with the reason ``capability X not declared by <Class>``, a declared one
 must pass. The pytest plugin (entry point ``pytest11``, loaded automatically) prints per combination
