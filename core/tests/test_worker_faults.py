@@ -250,11 +250,11 @@ def test_an_error_in_the_worker_s_own_handling_uses_up_the_budget(
     attempts: list[int] = []
     real_run = worker.runner.run
 
-    def run(sig: Signature) -> Any:
+    def run(sig: Signature, redelivered: bool = False) -> Any:
         if sig.args and sig.args[0].value == 666:
             attempts.append(1)
             raise OverflowError("bookkeeping broke (on cue)")
-        return real_run(sig)
+        return real_run(sig, redelivered)
 
     monkeypatch.setattr(worker.runner, "run", run)
     try:
