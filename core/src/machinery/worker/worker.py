@@ -9,7 +9,7 @@
   handling, or a worker dying while it holds the message, uses one delivery; when none is left the
   message ends FAILURE and is dead-lettered, naming the reason. Planned hops (an early ETA, an
   unregistered name) are published afresh and use none. Deliveries are counted by the broker where
-  it can (sqlite's ``delivery_count``) and carried across hops in the ``machinery-deliveries`` header;
+  it can (``delivery_count``: sqlite, redis) and carried across hops in the ``machinery-deliveries`` header;
   a broker that only flags redeliveries gets its count carried by a fresh copy.
 - A task, or a handler, raising ``SystemExit``/``KeyboardInterrupt`` fails that task; the slot is
   freed in ``finally`` whatever happens, and only after the task's final state is stored.
