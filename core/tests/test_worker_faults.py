@@ -332,6 +332,25 @@ def test_a_redelivery_the_broker_only_flags_is_counted_and_carried_in_a_header()
     assert Worker._delivery_count(_FlaggedDelivery(hostile, False), hostile) == (1, False)  # type: ignore[arg-type]
 
 
+def test_a_carried_count_keeps_the_message_eta(app: Machinery) -> None:
+    """A redelivery the broker only flags is republished with its count, its ETA intact."""
+    from machinery import codec
+
+    worker = app.worker("carry", concurrency=1)
+    later = datetime.fromtimestamp(time.time() + 3600, UTC).replace(microsecond=0)
+    sig = Signature("add", eta=later, routing_key="q")
+    delivery = _FlaggedDelivery(sig, redelivered=True)
+    delivery.body = codec.encode_signature(sig)
+    delivery.ack = lambda: None  # type: ignore[attr-defined]
+    from machinery.worker.worker import _Tracked
+
+    worker._process(_Tracked(delivery, "q"))  # type: ignore[arg-type]
+    broker = app.broker
+    assert isinstance(broker, MemoryBroker)
+    [copy] = broker.delayed()
+    assert copy.eta == later and copy.headers[DELIVERIES] == "1"
+
+
 def test_planned_hops_use_no_delivery(
     flaky: tuple[Machinery, FlakyBroker, FlakyBackend], running: Worker
 ) -> None:

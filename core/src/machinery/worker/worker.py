@@ -334,7 +334,7 @@ class Worker:
             self._give_up(tracked, sig, count, "the worker handling it died or failed every time")
             return False
         if carry:  # the broker only flags redeliveries: carry the count in a fresh copy
-            self._hop(tracked, sig, used=count - 1, delay=0.0)
+            self._hop(tracked, sig, used=count - 1, delay=None)  # keeps its ETA
         elif not self.app.is_registered(sig.name):
             self._unregistered(tracked, sig, used=count - 1)
         elif _early(sig):
