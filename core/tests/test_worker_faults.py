@@ -424,11 +424,16 @@ def test_a_callback_that_cannot_be_published_fails_instead_of_hanging(
         app.send_chord(chord).get(timeout=20)
 
 
+@pytest.mark.parametrize("pending_stored", [False, True])
 def test_a_callback_lost_between_trigger_and_publish_is_sent_by_the_redelivered_member(
-    flaky: tuple[Machinery, FlakyBroker, FlakyBackend], running: Worker, monkeypatch: pytest.MonkeyPatch
+    flaky: tuple[Machinery, FlakyBroker, FlakyBackend],
+    running: Worker,
+    monkeypatch: pytest.MonkeyPatch,
+    pending_stored: bool,
 ) -> None:
-    """The worker that triggered the chord fails before publishing (as if it died there): the
-    member is delivered again, finds the chord triggered and no callback state, and sends it."""
+    """The worker that triggered the chord fails before publishing (as if it died there, before or
+    after the callback's PENDING was stored): the member is delivered again, finds the chord
+    triggered and the callback unsent, and sends it."""
     from machinery.workflow import Chord, Group
 
     app, _, _ = flaky
@@ -439,6 +444,8 @@ def test_a_callback_lost_between_trigger_and_publish_is_sent_by_the_redelivered_
     def publish_once_broken(callback: Signature) -> None:
         if not crashes:
             crashes.append(1)
+            if pending_stored:
+                app.backend.set_state(TaskState(callback.uuid, State.PENDING, task_name=callback.name))
             raise RuntimeError("the worker 'died' between trigger and publish (on cue)")
         real(callback)
 

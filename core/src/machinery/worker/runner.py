@@ -351,10 +351,12 @@ class TaskRunner:
         self._fire(sig, states)
 
     def _recover_callback(self, sig: Signature, states: list[TaskState]) -> None:
-        """A redelivered member finds the chord triggered: if the callback has no state at all,
-        the worker that triggered it died before publishing it, so it is published now."""
+        """A redelivered member finds the chord triggered: if the callback has no state, or only
+        PENDING (stored just before its publish), the worker that triggered it may have died before
+        publishing it, so it is published (again): a rare duplicate rather than a lost callback."""
         assert sig.chord_callback is not None
-        if self.backend.get_state(sig.chord_callback.uuid) is not None:
+        state = self.backend.get_state(sig.chord_callback.uuid)
+        if state is not None and state.state != State.PENDING:
             return
         logger.warning(
             "chord %s was triggered but its callback never sent (a worker died in between); sending it",
