@@ -118,5 +118,13 @@ test-latest: $(UV)
 		$(foreach d,$(PLUGIN_DIRS),-e '$(d)[test]') $(addprefix -e ,$(EXAMPLE_PLUGIN)),$(XDIST))
 	$(call lint_with,$(CHECK_DIR)/latest)
 
+# Not part of `make test`: N minutes (default 5) of tasks, chords and retries while worker processes
+# are SIGKILLed and the broker restarts; reports lost (must be 0), duplicates, chord callbacks.
+# CHAOS_ARGS="--broker redis --minutes 2" (redis/amqp need: eval "$$(scripts/services env)").
+CHAOS_ARGS ?=
+.PHONY: chaos
+chaos: venv
+	$(PY) bench/chaos.py $(CHAOS_ARGS)
+
 clean:
 	rm -rf $(VENV) .uv .pytest_cache .mypy_cache .ruff_cache

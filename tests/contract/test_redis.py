@@ -14,7 +14,12 @@ from urllib.parse import urlsplit
 import pytest
 
 from machinery import Config
-from machinery.testing import FaultContract, TransportContract, default_contract_config
+from machinery.testing import (
+    FaultContract,
+    HostileInputContract,
+    TransportContract,
+    default_contract_config,
+)
 
 from .conftest import IN_CI, REPO, require_env, require_module
 
@@ -37,7 +42,7 @@ def with_password(url: str, password: str, user: str = "") -> str:
     return f"{parts.scheme}://{user}:{password}@{parts.hostname}:{parts.port or 6379}{parts.path}"
 
 
-class TestRedis(TransportContract, FaultContract):
+class TestRedis(TransportContract, FaultContract, HostileInputContract):
     contract_name = "redis/redis"
     strict_fixtures = IN_CI
     lease_seconds = 2.0
