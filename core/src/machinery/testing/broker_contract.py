@@ -601,9 +601,9 @@ class BrokerContract(ContractBase):
         limit = self.t(self.lease_seconds / 2)
         back = self.collect(broker, queue, 1, limit, ack=False)
         assert self.uuids(back) == [sent.uuid], (
-            f"a message held by a consumer that closed was not handed to another consumer within {limit:.1f}s "
-            f"(lease_seconds={self.lease_seconds}): close() keeps unsettled messages leased until their "
-            "lease runs out; it must give them back at once (LeaseKeeper.close returns them)"
+            f"a message held by a consumer that closed was not handed to another consumer within "
+            f"{limit:.1f}s (lease_seconds={self.lease_seconds}): close() keeps unsettled messages leased "
+            "until their lease runs out; it must give them back at once (LeaseKeeper.close returns them)"
         )
         self.record("given back by close", ms(time.monotonic() - closed))
         back[0].ack()
