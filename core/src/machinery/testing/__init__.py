@@ -1,4 +1,4 @@
-"""The contract kit for transport plugins (see core/README.md, "Write a plugin").
+"""The contract kit for transport plugins (the guide: core/PLUGINS.md).
 
 Abstract pytest classes a plugin author subclasses (their names have no ``Test`` prefix, so they are
 not collected themselves)::
