@@ -282,26 +282,22 @@ class BrokerContract(ContractBase):
         broker.purge(queue)
 
     def test_broker_purge(self, broker: Broker, queue: str) -> None:
-        """purge(queue) removes every waiting message of the queue, ETA messages included."""
+        """purge(queue) removes every waiting message of the queue; with ``delayed_list`` (the broker
+        can see its ETA messages) the queue's ETA messages too."""
         other = unique("q")
         broker.publish_many([self.sig(queue, i) for i in range(5)])
-        due = now_utc() + timedelta(seconds=0.3)
-        later = self.sig(queue, "eta", eta=due)
-        broker.publish(later)
+        later = self.sig(queue, "eta", eta=now_utc() + timedelta(seconds=120))
+        lists_delayed = Capability.DELAYED_LIST in capabilities_of(broker)
+        if lists_delayed:
+            broker.publish(later)
         kept = self.sig(other)
         broker.publish(kept)
         broker.purge(queue)
         self.assert_empty(broker, queue, 0.2)
-        if Capability.DELAYED_LIST in capabilities_of(broker):
+        if lists_delayed:
             assert later.uuid not in [s.uuid for s in broker.delayed()], (
-                "purge(queue) left the queue's ETA message in delayed(): purge removes ETA messages too "
-                "(PLUGINS.md, 'Answered questions')"
-            )
-        else:  # wait past the ETA: a message purge missed would surface now
-            left = self.collect(broker, queue, 1, max(0.0, (due - now_utc()).total_seconds()) + self.t(1.0))
-            assert not left, (
-                "an ETA message published before purge(queue) was delivered after its ETA: purge removes "
-                "ETA messages too (PLUGINS.md, 'Answered questions')"
+                "purge(queue) left the queue's ETA message in delayed(): a broker that lists its ETA "
+                "messages must purge them too (PLUGINS.md, 'Answered questions')"
             )
         assert self.uuids(self.collect(broker, other, 1, self.t(5))) == [kept.uuid], "purge hit another queue"
         broker.purge(unique("never-used"))
