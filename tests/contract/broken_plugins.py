@@ -153,6 +153,22 @@ class LocalEtaBroker(MemoryBroker):
                 return got
 
 
+class SingleActiveConsumerBroker(MemoryBroker):
+    """The first broker object that consumes a queue owns it (like RabbitMQ's single active consumer):
+    a second worker on the queue waits while the first one's backlog grows."""
+
+    _owners: dict[str, int] = {}
+    _owners_lock = threading.Lock()
+
+    def consume(self, queue: str, max_messages: int, timeout: float) -> list[Delivery]:
+        with self._owners_lock:
+            owner = self._owners.setdefault(queue, id(self))
+        if owner != id(self):
+            time.sleep(timeout)
+            return []
+        return super().consume(queue, max_messages, timeout)
+
+
 class FreshAfterNackBroker(MemoryBroker):
     """Every delivery says redelivered=False, also after a nack(requeue=True)."""
 

@@ -23,6 +23,7 @@ from broken_plugins import (
     PollingPushBackend,
     PurgeKeepsEtaBroker,
     RaisingConsumeBroker,
+    SingleActiveConsumerBroker,
     UnknownChordFalseBackend,
 )
 
@@ -127,6 +128,11 @@ class TestRaisingConsumeBroker(_Memory, BrokerContract):
 class TestLocalEtaBroker(_Memory, BrokerContract):
     def make_broker(self, url: str | None, config: Config) -> Broker:
         return LocalEtaBroker.from_url(url or "memory://", config)
+
+
+class TestSingleActiveConsumerBroker(_Memory, BrokerContract):
+    def make_broker(self, url: str | None, config: Config) -> Broker:
+        return SingleActiveConsumerBroker.from_url(url or "memory://", config)
 
 
 class TestFreshAfterNackBroker(_Memory, BrokerContract):

@@ -467,7 +467,9 @@ class BrokerContract(ContractBase):
 
     # fairness ----------------------------------------------------------------------------------
     def test_broker_consumers_share_a_queue(self, broker: Broker, queue: str) -> None:
-        """Two consumers of one queue both get a fair share of messages arriving one by one."""
+        """Two consumers of one queue both get a fair share of messages arriving one by one. Each
+        works on a message for 40 ms before asking for the next (a worker with one slot), so a broker
+        that hands messages to a busy consumer (prefetching, buffering) starves the idle one."""
         total = 24
         consumers = {"A": self.new_broker(), "B": self.new_broker()}
         got: Counter[str] = Counter()
@@ -482,9 +484,10 @@ class BrokerContract(ContractBase):
                 start.wait(self.t(10))
                 while not stop.is_set():
                     for delivery in consumer.consume(queue, 1, 0.2):
-                        delivery.ack()
                         with mutex:
                             got[name] += 1
+                        stop.wait(0.04)  # the work: this consumer is busy meanwhile
+                        delivery.ack()
             except BaseException as exc:
                 errors.append(exc)
 
@@ -505,8 +508,9 @@ class BrokerContract(ContractBase):
         self.record("share of two consumers", f"{got['A']}/{got['B']} of {total}")
         assert min(got["A"], got["B"]) >= total // 6, (
             f"two consumers of one queue got {got['A']} and {got['B']} of {total} messages: one consumer "
-            "starves the other (a consumer that prefetches everything, or polls on a schedule the other "
-            "never wins; add jitter to poll intervals or wait server-side)"
+            "starves the other: messages go to a busy consumer while an idle one waits (one active consumer "
+            "per queue, a consumer that hoards, or a poll schedule the other never wins: hand messages to "
+            "whoever asks, add jitter to poll intervals or wait server-side)"
         )
 
     def test_broker_requeued_message_reaches_another_consumer(self, broker: Broker, queue: str) -> None:

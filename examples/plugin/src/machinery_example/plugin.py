@@ -2,10 +2,14 @@
 objects. Only this module is imported when Machinery loads plugins; each class is imported the first
 time a URL of ours asks for it.
 
-When ``machinery.plugins.transport(...)`` ships in the core, this whole file becomes one call::
+When ``machinery.plugins.transport(...)`` ships in the core, the four factory hooks become one call::
 
-    transport(schemes=["example"], broker="machinery_example.broker:ExampleBroker",
-              backend="machinery_example.backend:ExampleBackend", lock="machinery_example.lock:ExampleLock")
+    plugin = transport(
+        ["example"],
+        broker="machinery_example.broker:ExampleBroker",
+        backend="machinery_example.backend:ExampleBackend",
+        lock="machinery_example.lock:ExampleLock",
+    )
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ if TYPE_CHECKING:
     from machinery.broker import Broker
     from machinery.config import Config
     from machinery.lock import Lock
+    from machinery.settings import Section
 
 #: the distribution name, for "pip install ..." hints and `machinery plugins`
 DISTRIBUTION = "machinery-example"
@@ -30,6 +35,13 @@ KINDS: tuple[Kind, ...] = ("broker", "backend", "lock")
 @hookimpl
 def machinery_schemes() -> list[SchemeRow]:
     return [SchemeRow(scheme, kind, DISTRIBUTION) for scheme in SCHEMES for kind in KINDS]
+
+
+@hookimpl
+def machinery_settings() -> list[type[Section]]:
+    from .settings import ExampleSettings  # settings.py imports nothing heavy
+
+    return [ExampleSettings]
 
 
 @hookimpl

@@ -34,4 +34,4 @@ def parse_url(url: str, config: Config | None = None) -> ExampleTarget:
     if not name:
         raise ConfigError(f"{redact_url(url)}: name the store, e.g. example://jobs")
     query = parse_qs(parts.query, keep_blank_values=True)
-    return ExampleTarget(name, ExampleSettings.of(config).with_query(query, url))
+    return ExampleTarget(name, ExampleSettings.of_config(config).with_query(query, url))
