@@ -7,7 +7,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import pubsub_url_for
+from gcppubsub_testlib import pubsub_url_for
 
 from machinery import Config
 from machinery.testing import (
