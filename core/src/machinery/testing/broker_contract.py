@@ -438,8 +438,8 @@ class BrokerContract(ContractBase):
         again = self.collect(broker, queue, 1, self.t(5), ack=True)
         assert self.uuids(again) == [sent.uuid], (
             f"a message nacked with requeue=True, delay=0.2 did not come back within "
-            f"{time.monotonic() - nacked_at:.1f}s (a broker without the delay capability may ignore the "
-            "delay, never the message)"
+            f"{time.monotonic() - nacked_at:.1f}s (a broker without the delay capability may approximate "
+            "the delay, never lose the message)"
         )
 
     def test_broker_after_close(self, queue: str) -> None:
