@@ -428,6 +428,9 @@ memcache:
   tls_cert: /mc/c.pem
   tls_key: /mc/k.pem
   go_lock_patience: 5
+example:
+  lease: 12.5
+  renew: 2.5
 """
 
 
@@ -486,6 +489,7 @@ def test_yaml_round_trip_of_every_key_in_a_file_over_1000_bytes(tmp_path: Path) 
     w.max_deliveries = 3
     expected.dead_letter_expire_in = 120
     expected.mongodb.database = "mdb"
+    expected.example.lease, expected.example.renew = 12.5, 2.5  # the plugin template (examples/plugin)
     g = expected.gcppubsub
     g.max_extension, g.ack_deadline, g.hold_window, g.create_missing = 30.0, 20, 120.0, False
     g.max_delivery_attempts, g.message_ordering = 10, True
