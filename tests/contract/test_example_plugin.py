@@ -25,3 +25,4 @@ _template = _template_tests()
 test_found_by_its_url_scheme = _template.test_found_by_its_url_scheme  # type: ignore[attr-defined]
 test_imports_lazily = _template.test_imports_lazily  # type: ignore[attr-defined]
 TestExample = _template.TestExample  # type: ignore[attr-defined]
+TestExampleHostile = _template.TestExampleHostile  # type: ignore[attr-defined]

@@ -15,7 +15,14 @@ import uuid
 import pytest
 
 from machinery import Config, Machinery, plugins
-from machinery.testing import IN_CI, BackendContract, BrokerContract, LockContract, WorkerContract
+from machinery.testing import (
+    IN_CI,
+    BackendContract,
+    BrokerContract,
+    HostileInputContract,
+    LockContract,
+    WorkerContract,
+)
 
 
 def test_found_by_its_url_scheme() -> None:
@@ -42,11 +49,10 @@ def test_imports_lazily() -> None:
     assert not heavy, f"loading the plugin imported {sorted(heavy)}: import them inside the hooks"
 
 
-class TestExample(BrokerContract, BackendContract, LockContract, WorkerContract):
-    """Broker, backend, lock and workers on one store. The lease is 2 s (renewed every 0.67 s), so
+class _ExampleURLs:
+    """One store per test, broker, backend and lock on it. The lease is 2 s (renewed every 0.67 s), so
     the lease and redelivery checks take seconds; ``lease_seconds`` tells the kit."""
 
-    contract_name = "example/example"
     strict_fixtures = IN_CI
     lease_seconds = 2.0
 
@@ -61,3 +67,15 @@ class TestExample(BrokerContract, BackendContract, LockContract, WorkerContract)
     @pytest.fixture
     def lock_url(self, broker_url: str) -> str:
         return broker_url
+
+
+class TestExample(_ExampleURLs, BrokerContract, BackendContract, LockContract, WorkerContract):
+    """Broker, backend, lock and workers on one store."""
+
+    contract_name = "example/example"
+
+
+class TestExampleHostile(_ExampleURLs, HostileInputContract):
+    """Hostile messages and misbehaving tasks against a worker on this broker (once per broker)."""
+
+    contract_name = "example/example hostile"
