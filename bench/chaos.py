@@ -2,7 +2,7 @@
 SIGKILLed at random and the broker server restarts; then count what got lost.
 
     make chaos CHAOS_ARGS="--broker redis --minutes 2"
-    python bench/chaos.py --broker sqlite|redis|amqp [--minutes 5] [--workers 3] [--restarts N]
+    python bench/chaos.py --broker sqlite|redis|amqp|gcppubsub [--minutes 5] [--workers 3] [--restarts N]
 
 Workers are separate processes (``python bench/chaos.py worker ...``), each with a thread pool. A
 killer thread SIGKILLs a random one every few seconds and starts a replacement; a restarter restarts
@@ -99,6 +99,10 @@ class Target:
     service: str  # scripts/services name to restart, "" for sqlite (file lock outage instead)
 
 
+#: ``Target.service`` of a broker whose server is never restarted in a run (kills only)
+NO_RESTART = "-"
+
+
 def target_for(name: str, workdir: Path) -> Target:
     if name == "sqlite":
         url = f"sqlite:///{workdir / 'chaos.db'}?lease=2&renew=0.5"
@@ -109,7 +113,14 @@ def target_for(name: str, workdir: Path) -> Target:
     if name == "amqp":
         # results on sqlite: the run measures the broker, and RabbitMQ's restart leaves them alone
         return Target(name, _env("AMQP_URL"), f"sqlite:///{workdir / 'results.db'}", "rabbitmq")
-    raise SystemExit(f"unknown broker {name!r}: use sqlite, redis or amqp")
+    if name == "gcppubsub":
+        # Pub/Sub is a managed service that is never restarted, and the emulator keeps messages in
+        # memory only: kills only (--restarts is ignored). A fresh subscription per run.
+        project = os.environ.get("PUBSUB_PROJECT_ID", "machinery-test")
+        _env("PUBSUB_EMULATOR_HOST")
+        url = f"gcppubsub://{project}/chaos-{os.getpid()}?ack_deadline=10"
+        return Target(name, url, f"sqlite:///{workdir / 'results.db'}", NO_RESTART)
+    raise SystemExit(f"unknown broker {name!r}: use sqlite, redis, amqp or gcppubsub")
 
 
 def _env(name: str) -> str:
@@ -201,7 +212,7 @@ class Chaos:
             self.spawn_worker()
 
     def restarter(self) -> None:
-        if self.args.restarts <= 0:
+        if self.args.restarts <= 0 or self.target.service == NO_RESTART:
             return
         period = self.args.minutes * 60 / (self.args.restarts + 1)
         for _ in range(self.args.restarts):
@@ -381,7 +392,9 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--backend-url", required=True)
     worker.add_argument("--runs", required=True)
     worker.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--broker", default="sqlite", help="sqlite (default), redis or amqp")
+    parser.add_argument(
+        "--broker", default="sqlite", help="sqlite (default), redis, amqp or gcppubsub (kills only)"
+    )
     parser.add_argument("--minutes", type=float, default=5.0, help="how long to send (default 5)")
     parser.add_argument("--rate", type=float, default=20.0, help="messages sent per second (default 20)")
     parser.add_argument("--workers", type=int, default=3, help="worker processes (default 3)")
