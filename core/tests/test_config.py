@@ -404,6 +404,7 @@ worker:
   poll_timeout: 0.5
   prefetch_multiplier: 2
   max_deliveries: 3
+  retry_later_limit: 50
 mongodb:
   database: mdb
 gcppubsub:
@@ -487,6 +488,7 @@ def test_yaml_round_trip_of_every_key_in_a_file_over_1000_bytes(tmp_path: Path) 
     w.poll_timeout = 0.5
     w.prefetch_multiplier = 2
     w.max_deliveries = 3
+    w.retry_later_limit = 50
     expected.dead_letter_expire_in = 120
     expected.mongodb.database = "mdb"
     expected.example.lease, expected.example.renew = 12.5, 2.5  # the plugin template (examples/plugin)

@@ -240,6 +240,9 @@ class WorkerConfig(Section):
     #: A message is delivered at most this many times when handling it fails or a worker dies
     #: holding it; then it ends FAILURE and is dead-lettered, naming the reason.
     max_deliveries: int = setting(5, reload=True, check=at_least(1))
+    #: ``raise Retry(...)`` (Go's ErrRetryTaskLater) runs a task again at most this many times, unless
+    #: the Retry names its own ``max_retries``; separate from the signature's retry_count.
+    retry_later_limit: int = setting(100, reload=True, check=at_least(0))
 
 
 # --------------------------------------------------------------------------------------------------------

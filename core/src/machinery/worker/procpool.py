@@ -90,7 +90,7 @@ def _child_main(app: Machinery, conn: Connection, parent_pid: int) -> None:
             reply = {"unencodable": str(exc)}
         except Retry as retry:
             signal.setitimer(signal.ITIMER_REAL, 0)
-            reply = {"retry": retry.countdown, "message": retry.message}
+            reply = {"retry": retry.countdown, "message": retry.message, "max_retries": retry.max_retries}
         except Exception as exc:
             signal.setitimer(signal.ITIMER_REAL, 0)
             reply = {"error": str(exc) or type(exc).__name__}
@@ -148,7 +148,11 @@ class ProcessPool:
         if "unencodable" in reply:
             raise MessageError(reply["unencodable"])
         if "retry" in reply:
-            raise Retry(countdown=reply["retry"], message=reply.get("message", ""))
+            raise Retry(
+                countdown=reply["retry"],
+                message=reply.get("message", ""),
+                max_retries=reply.get("max_retries"),
+            )
         return Results(codec.state_from_dict(reply["state"]).results or [])
 
     def _checkout(self) -> _Child:

@@ -85,6 +85,19 @@ class _Unencodable:
         self.message = message
 
 
+#: How many times a task raised Retry (its retry-later budget is separate from retry_count).
+RETRY_LATER_HEADER = "machinery-retry-later"
+
+
+def _count_header(value: object) -> int:
+    """A count from a header a message carries: a non-negative int, whatever was sent (garbage is 0)."""
+    try:
+        count = int(str(value))
+    except ValueError:
+        return 0
+    return max(count, 0)
+
+
 def _clamp_delay(seconds: float) -> float:
     """A countdown within [0, MAX_RETRY_DELAY] (NaN → 0)."""
     if not seconds > 0:
@@ -168,7 +181,7 @@ class TaskRunner:
                 with tracing.execute_span(sig):
                     value = self._call(task, sig, guard)
             except Retry as retry:
-                self._retry(sig, retry, countdown=retry.countdown)
+                self._retry_later(sig, retry)
             except Exception as exc:  # the task's own failure, any type
                 if guard.timed_out:
                     return self._after_hard_limit(guard)
@@ -315,6 +328,29 @@ class TaskRunner:
             error_text(exc),
             countdown,
             sig.retry_count,
+        )
+        sig.eta = now_utc() + timedelta(seconds=countdown)
+        self.app.send_task(sig)
+
+    def _retry_later(self, sig: Signature, retry: Retry) -> None:
+        """Go's ErrRetryTaskLater: run again in ``retry.countdown`` s, within its own budget."""
+        limit = retry.max_retries
+        if limit is None:
+            limit = self.app.config.worker.retry_later_limit
+        used = _count_header(sig.headers.get(RETRY_LATER_HEADER))
+        if used >= limit:
+            self._failed(sig, RuntimeError(retry.message or f"retry-later limit reached ({limit})"))
+            return
+        sig.headers = {**sig.headers, RETRY_LATER_HEADER: str(used + 1)}
+        countdown = _clamp_delay(retry.countdown)
+        self._write(sig, State.RETRY, error=error_text(retry))
+        logger.info(
+            "task %s[%s] asked to retry later (%d of %d); in %ss",
+            sig.name,
+            sig.uuid,
+            used + 1,
+            limit,
+            countdown,
         )
         sig.eta = now_utc() + timedelta(seconds=countdown)
         self.app.send_task(sig)
