@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import queue as queue_module
+import random
 import signal
 import threading
 import time
@@ -260,7 +261,10 @@ class Worker:
             queue = self.queues[turn % len(self.queues)]
             turn += 1
             try:
-                deliveries = self.app.broker.consume(queue, free, poll / len(self.queues))
+                # jittered, so polling workers do not fetch in lock-step (the one that just requeued a
+                # message would otherwise win it back nearly every time: core/PLUGINS.md, fairness)
+                wait = poll * random.uniform(0.75, 1.25) / len(self.queues)
+                deliveries = self.app.broker.consume(queue, free, wait)
             except Exception as exc:
                 self._broker_error(exc, backoff)
                 continue
@@ -446,7 +450,8 @@ class Worker:
             self.runner._store(TaskState(sig.uuid, State.FAILURE, task_name=sig.name, error=error))
             tracked.settle(delivery.ack)
             return
-        delay = min(0.05 * 2 ** min(count, 10), 5.0)
+        # jittered for the same reason as the fetch: another worker should get the next try
+        delay = min(0.05 * 2 ** min(count, 10), 5.0) * random.uniform(0.5, 1.5)
         logger.debug("task %r is not registered here; requeued (%d) in %.2fs", sig.name, count, delay)
         copy = _fresh_copy(tracked, sig)
         copy.headers = {
