@@ -164,6 +164,11 @@ class TaskRunner:
         unwritten, so the caller can store it and ack the message in one batch; otherwise every
         state is stored here and None is returned.
         """
+        # everything this task sends (chain links, chord callbacks, retries, errbacks) joins its trace
+        with tracing.continued(sig):
+            return self._run(sig, redelivered)
+
+    def _run(self, sig: Signature, redelivered: bool) -> TaskState | None:
         self._local.redelivered = redelivered
         task = self.app.get_task(sig.name)
         if sig.group_uuid and sig.chord_callback is not None and not self._group_known(sig):
