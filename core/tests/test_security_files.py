@@ -74,4 +74,3 @@ def test_bad_mode_is_a_clear_error(mode: str) -> None:
 def test_mode_is_octal() -> None:
     assert parse_sqlite_url("sqlite:////tmp/x.db?mode=660").mode == 0o660
     assert parse_sqlite_url("sqlite:////tmp/x.db").mode == 0o600
-
