@@ -40,6 +40,8 @@ field                               env (first name wins)                   YAML
 ==================================  ======================================  ==========================
 eager                               MACHINERY_EAGER                         eager
 timezone                            MACHINERY_TIMEZONE                      timezone
+signing_keys (machinery.signing)    MACHINERY_SIGNING_KEYS (comma-sep.)     signing_keys: [...]
+signing_max_age                     MACHINERY_SIGNING_MAX_AGE               signing_max_age
 tls.ca_file / cert_file / key_file  MACHINERY_TLS_CA_FILE, TLS_CA_FILE ...  tls: {ca_file: ...}
 tls.insecure_skip_verify            MACHINERY_TLS_INSECURE_SKIP_VERIFY,     tls: {insecure_skip_verify}
                                     TLS_INSECURE_SKIP_VERIFY
@@ -153,6 +155,18 @@ YAML_EXTRA_HINT = "pip install 'machinery-core[yaml]'"
 # Core sections
 
 _EXISTING_FILE = Check(lambda v: not v or os.path.isfile(v), "names a file that does not exist")
+
+
+def _usable_signing_keys(keys: list[str]) -> bool:
+    from .signing import keys_problem  # signing imports the codec; config stays light to import
+
+    return keys_problem(keys) is None
+
+
+_SIGNING_KEYS = Check(
+    _usable_signing_keys,
+    "must each be at least 16 bytes (a string, or base64: and the base64 of raw bytes), none listed twice",
+)
 
 
 @dataclass(repr=False)
@@ -480,6 +494,12 @@ class Config:
     timezone: str = setting(
         "UTC", check=Check(_is_time_zone, "must be an IANA time zone, e.g. UTC or Europe/Berlin")
     )
+    #: Message signing keys (machinery.signing): the first signs, all verify; empty = no signing. Strings, or
+    #: ``base64:`` + raw bytes, 16 bytes at least. Env ``MACHINERY_SIGNING_KEYS`` (comma-separated).
+    signing_keys: list[str] = setting(factory=list, secret=True, check=_SIGNING_KEYS)
+    #: Seconds a signed message stays valid, from the later of its signing time and its ETA; 0 = no limit.
+    #: Env ``MACHINERY_SIGNING_MAX_AGE``.
+    signing_max_age: float = setting(0.0, check=at_least(0, " seconds (0 means no limit)"))
     tls: TLSConfig = field(default_factory=TLSConfig)
     sqlite: SQLiteConfig = field(default_factory=SQLiteConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
@@ -499,6 +519,8 @@ class Config:
             eager: bool = ...,
             no_unix_signals: bool = ...,
             timezone: str = ...,
+            signing_keys: list[str] = ...,
+            signing_max_age: float = ...,
             tls: TLSConfig = ...,
             sqlite: SQLiteConfig = ...,
             worker: WorkerConfig = ...,
