@@ -169,6 +169,25 @@ _SIGNING_KEYS = Check(
 )
 
 
+_insecure_warned: set[str] = set()
+_insecure_lock = threading.Lock()
+
+
+def warn_insecure_tls(transport: str) -> None:
+    """Log, once per process and transport, that TLS verification is off (``tls.insecure_skip_verify`` or a
+    URL parameter that does the same): transports call it whenever they build a connection without it."""
+    with _insecure_lock:
+        if transport in _insecure_warned:
+            return
+        _insecure_warned.add(transport)
+    logging.getLogger("machinery.tls").warning(
+        "%s: TLS verification is OFF (Config.tls.insecure_skip_verify): the server's certificate and host "
+        "name are not checked, so anyone on the network path can pose as the server and read or change "
+        "every message",
+        transport,
+    )
+
+
 @dataclass(repr=False)
 class TLSConfig(Section):
     """TLS files for ``rediss://``, ``amqps://`` and friends. Empty means "system defaults".
@@ -189,10 +208,16 @@ class TLSConfig(Section):
         """True when anything differs from the system defaults."""
         return bool(self.ca_file or self.cert_file or self.key_file or self.insecure_skip_verify)
 
-    def ssl_context(self) -> ssl.SSLContext:
-        """A client-side ``SSLContext`` with these files (system CAs when ``ca_file`` is empty)."""
+    def ssl_context(self, transport: str = "TLS") -> ssl.SSLContext:
+        """A client-side ``SSLContext`` with these files (system CAs when ``ca_file`` is empty).
+
+        It verifies the server's certificate and host name, whatever the client library's own defaults;
+        with ``insecure_skip_verify`` it does neither, and a warning naming ``transport`` is logged once.
+        """
         try:
             ctx = ssl.create_default_context(cafile=self.ca_file or None)
+            ctx.verify_mode = ssl.CERT_REQUIRED  # create_default_context's defaults, said explicitly
+            ctx.check_hostname = True
             if self.cert_file:
                 ctx.load_cert_chain(self.cert_file, self.key_file or None)
         except (OSError, ssl.SSLError) as exc:
@@ -201,6 +226,7 @@ class TLSConfig(Section):
                 "(env MACHINERY_TLS_CA_FILE, MACHINERY_TLS_CERT_FILE, MACHINERY_TLS_KEY_FILE)"
             ) from exc
         if self.insecure_skip_verify:
+            warn_insecure_tls(transport)
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
         return ctx

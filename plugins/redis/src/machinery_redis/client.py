@@ -56,7 +56,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPoolProxy, SentinelManagedSSLConnection
 
-from machinery.config import Config
+from machinery.config import Config, warn_insecure_tls
 from machinery.errors import ConfigError, MachineryError
 
 from .settings import RedisSettings
@@ -661,6 +661,8 @@ class Connection:
         out.update(params)
         if out.get("ssl_cert_reqs") in ("none", "CERT_NONE"):
             out["ssl_check_hostname"] = False
+        if out.get("ssl_check_hostname") is False:
+            warn_insecure_tls("redis")
         return out
 
     def _pool(self, kwargs: dict[str, Any]) -> redis.ConnectionPool:
