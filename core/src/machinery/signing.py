@@ -79,6 +79,10 @@ _PREFIX = b"machinery-signature:v1\n"
 _BASE64 = "base64:"
 #: fields a transport may set on receipt (Go's SQS broker writes the receipt handle into the message)
 _UNSIGNED_FIELDS = ("SQSReceiptHandle",)
+#: the stdlib encoder on purpose (not orjson): the canonical bytes must not depend on what is installed
+_CANONICAL_JSON = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False, check_circular=False
+)
 #: shortest accepted key, in bytes: shorter keys are guessable offline from one signed message
 MIN_KEY_BYTES = 16
 
@@ -125,8 +129,7 @@ def canonical(sig: Signature, timestamp: str) -> bytes:
         wire["Headers"] = {k: v for k, v in headers.items() if k != SIGNATURE_HEADER}
     for name in _UNSIGNED_FIELDS:
         wire.pop(name, None)
-    body = json.dumps(wire, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
-    return _PREFIX + timestamp.encode() + b"\n" + body.encode()
+    return _PREFIX + timestamp.encode() + b"\n" + _CANONICAL_JSON.encode(wire).encode()
 
 
 @dataclass(frozen=True)
