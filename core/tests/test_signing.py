@@ -245,7 +245,7 @@ def worker(signed_app: Machinery, runs: list[tuple[int, int]]) -> Iterator[Worke
 
 def _rejected(app: Machinery, seen: _Seen, uuid: str, check: str) -> None:
     """The log named ``check`` for ``uuid`` and the message is in the dead-letter store."""
-    line = seen.wait_for(f"uuid {uuid}: signature check failed")
+    line = seen.wait_for(f"uuid {uuid!r}: signature check failed")
     assert check in line and "dead-lettered" in line
     deadline = time.monotonic() + 5
     while not any(uuid.encode() in body for body in app.broker.dead_letters(app.config.default_queue)):  # type: ignore[attr-defined]

@@ -119,7 +119,7 @@ def test_signed_work_runs_and_a_forgery_is_dead_lettered(
     forged = Signature("add", uuid=delayed.uuid, args=[Arg(666, "int64"), Arg(0, "int64")])
     forged.routing_key = app.config.default_queue
     app.broker.publish(forged)  # straight onto the queue, without a signature
-    line = rejections.wait_for(f"uuid {delayed.uuid}")
+    line = rejections.wait_for(f"uuid {delayed.uuid!r}")
     assert "unsigned" in line
     assert (666, 0) not in runs
     state = app.backend.get_state(delayed.uuid)

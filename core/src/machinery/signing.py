@@ -221,7 +221,8 @@ def verified(config: Config, deliveries: Sequence[Delivery]) -> Sequence[Deliver
 
 def _reject(delivery: Delivery, problem: str) -> None:
     sig = delivery.signature
-    what = f"task {sig.name!r} uuid {sig.uuid}" if sig is not None else "unreadable message"
+    # repr: the name and uuid come from an untrusted message, so no line breaks reach the log
+    what = f"task {sig.name!r} uuid {sig.uuid!r}" if sig is not None else "unreadable message"
     logger.error("rejected %s: signature check failed: %s; dead-lettered, not run", what, problem)
     reason = f"signature check failed: {problem}"
     try:
