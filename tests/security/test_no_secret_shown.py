@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from machinery import Config
+from machinery.plugins import list_schemes
 from machinery.testing import require_env
 
 SECRET = "S3ntinelPw"
@@ -142,8 +143,16 @@ def _check_all(cases: list[tuple[list[str], dict[str, str], str]], cwd: Path) ->
     assert not silent, f"printed nothing, so a leak could not be seen: {silent}"
 
 
+def _generic_urls() -> list[str]:
+    """One URL per installed scheme not named above (plugins installed later are covered too): a secret
+    in the user info and in a query parameter, a closed port."""
+    named = {url.split(":", 1)[0] for url in BAD_URLS}
+    schemes = sorted({row.scheme for row in list_schemes()} - named)
+    return [f"{scheme}://user:{SECRET}@127.0.0.1:{CLOSED_PORT}/x?token={SECRET}" for scheme in schemes]
+
+
 def test_bad_urls_of_every_scheme(app_dir: Path) -> None:
-    cases = [(args, _env(url), "") for url in BAD_URLS for args in COMMANDS[:2]]
+    cases = [(args, _env(url), "") for url in BAD_URLS + _generic_urls() for args in COMMANDS[:2]]
     cases += [(["worker", "-c", "1"], _env(url), "") for url in BAD_URLS[:3]]
     _check_all(cases, app_dir)
 
