@@ -86,6 +86,7 @@ def _env(broker: str, backend: str | None = None, **extra: str) -> dict[str, str
         BROKER=broker,
         RESULT_BACKEND=backend or broker,
         MACHINERY_SIGNING_KEYS=SIGNING_KEY,
+        REDIS_SENTINEL_PASSWORD=SECRET,  # a secret setting of a plugin section
         MACHINERY_APP="leakapp:app",
         PYTHONUNBUFFERED="1",
     )
