@@ -144,11 +144,6 @@ def _rediss() -> str:
     return require_env("REDISS_URL", "redis-tls")
 
 
-@pytest.mark.xfail(
-    raises=TypeError,
-    strict=False,
-    reason="redis-py 8 calls the retry policy's failure hook with failure_count (fixed on the lock branch)",
-)
 def test_rediss_without_the_client_certificate_the_server_requires_is_refused() -> None:
     text = _refused(_rediss(), _tls("REDIS", client=False))
     assert "TLS" in text or "SSL" in text.upper(), text
