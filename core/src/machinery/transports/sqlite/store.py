@@ -304,8 +304,9 @@ def on_fork(obj: Any) -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _hubs_lock
+    global _hubs_lock, _opening
     _hubs_lock = threading.Lock()
+    _opening = threading.Lock()
     _hubs.clear()
     for obj in list(_fork_aware):
         try:
@@ -320,6 +321,10 @@ if hasattr(os, "register_at_fork"):
 
 # --------------------------------------------------------------------------------------------------
 # Connections
+
+
+#: held while a database file is created and a connection opened (see SQLiteStore._open)
+_opening = threading.Lock()
 
 
 def _create_private(path: str, mode: int) -> None:
@@ -401,16 +406,19 @@ class SQLiteStore:
                 f"sqlite database {self.path!r}: directory {directory!r} does not exist; "
                 "create it first or fix the URL"
             )
-        try:
-            _create_private(self.path, self.target.mode)
-        except OSError as exc:
-            raise self.error(f"sqlite database {self.path!r}: cannot create: {exc}") from exc
-        try:
-            conn = sqlite3.connect(
-                self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
-            )
-        except sqlite3.Error as exc:
-            raise self.error(f"sqlite database {self.path!r}: cannot open: {exc}") from exc
+        # One thread of this process at a time creates-or-opens: closing the descriptor _create_private
+        # used would drop the POSIX locks of a connection another thread opened on the file meanwhile.
+        with _opening:
+            try:
+                _create_private(self.path, self.target.mode)
+            except OSError as exc:
+                raise self.error(f"sqlite database {self.path!r}: cannot create: {exc}") from exc
+            try:
+                conn = sqlite3.connect(
+                    self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+                )
+            except sqlite3.Error as exc:
+                raise self.error(f"sqlite database {self.path!r}: cannot open: {exc}") from exc
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
             self._enable_wal(conn)
