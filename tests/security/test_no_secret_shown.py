@@ -133,7 +133,8 @@ def _check_all(cases: list[tuple[list[str], dict[str, str], str]], cwd: Path) ->
     with ThreadPoolExecutor(max_workers=4) as pool:
         outputs = list(pool.map(lambda case: _run(case[0], case[1], cwd, case[2]), cases))
     leaks = [
-        f"machinery {' '.join(args)} with BROKER={env['BROKER'].replace(SECRET, '<secret>')}:\n"
+        f"machinery {' '.join(args)} with BROKER={env['BROKER'].replace(SECRET, '<secret>')} "
+        f"RESULT_BACKEND={env['RESULT_BACKEND'].replace(SECRET, '<secret>')}:\n"
         f"{out.decode(errors='replace').replace(SECRET, '>>>SECRET<<<')}"
         for (args, env, _), out in zip(cases, outputs, strict=True)
         if SECRET.encode() in out or SECRET.lower().encode() in out.lower()
@@ -153,7 +154,10 @@ def _generic_urls() -> list[str]:
 
 
 def test_bad_urls_of_every_scheme(app_dir: Path) -> None:
-    cases = [(args, _env(url), "") for url in BAD_URLS + _generic_urls() for args in COMMANDS[:2]]
+    cases = [(args, _env(url), "") for url in BAD_URLS for args in COMMANDS[:2]]
+    # result-backend-only schemes (mongodb, memcache...) as the backend, behind a working sqlite broker
+    broker = f"sqlite:///{app_dir}/leak.db"
+    cases += [(COMMANDS[1], _env(broker, url), "") for url in _generic_urls()]
     cases += [(["worker", "-c", "1"], _env(url), "") for url in BAD_URLS[:3]]
     _check_all(cases, app_dir)
 
