@@ -376,6 +376,7 @@ class Worker:
             copy.eta = now_utc() + timedelta(seconds=delay) if delay > 0 else None
 
         def republish() -> None:
+            signing.sign_messages(self.app.config, [copy])  # its headers changed
             self.app.broker.publish(copy)
             tracked.delivery.ack()
 
