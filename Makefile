@@ -84,6 +84,7 @@ bench: $(UV)
 	$(SYNC_ALL) --group bench || $(LOCK_HINT)
 	scripts/services install
 	SERVICES="redis rabbitmq mongodb memcached" scripts/services run -- $(PY) bench/run.py $(BENCH_ARGS)
+	$(PY) bench/signing.py
 
 lock: $(UV)
 	$(UV) lock $(LOCK_ARGS)

@@ -350,6 +350,8 @@ lock: redis://redis:6379/2
 eager: true
 no_unix_signals: true
 timezone: Asia/Tokyo
+signing_keys: [yaml-signing-key-0123456789]
+signing_max_age: 90
 amqp:
   exchange: ex
   exchange_type: topic
@@ -457,6 +459,8 @@ def test_yaml_round_trip_of_every_key_in_a_file_over_1000_bytes(tmp_path: Path) 
         eager=True,
         no_unix_signals=True,
         timezone="Asia/Tokyo",
+        signing_keys=["yaml-signing-key-0123456789"],
+        signing_max_age=90,
     )
     declare = {"x-max-priority": 10, "x-queue-mode": "lazy"}
     expected.amqp = AMQPConfig("ex", "topic", declare, {"x-match": "any"}, "bk", 1, True, "dq")

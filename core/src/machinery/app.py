@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 
-from . import periodic, plugins, tracing
+from . import periodic, plugins, signing, tracing
 from .builtin import go_word
 from .config import Config
 from .errors import NotRegisteredError, PluginNotFoundError
@@ -172,6 +172,7 @@ class Machinery:
             for sig in sigs:
                 with tracing.publish_span(sig):
                     pass  # the span marks the hand-over; its context rides in the headers
+        signing.sign_messages(self.config, sigs)  # after tracing: its headers are covered too
         if self._pre_publish is None and not self.config.eager and concurrency <= 0:
             together = getattr(self.broker, "publish_with_states", None)
             if together is not None and together(sigs, states, self.backend):
@@ -186,6 +187,7 @@ class Machinery:
         if self._pre_publish is not None:
             for sig in sigs:
                 self._pre_publish(sig)
+            signing.sign_messages(self.config, sigs)  # again: the handler may have changed them
         if self.config.eager:
             for sig in sigs:
                 self._run_eagerly(sig)

@@ -40,6 +40,8 @@ field                               env (first name wins)                   YAML
 ==================================  ======================================  ==========================
 eager                               MACHINERY_EAGER                         eager
 timezone                            MACHINERY_TIMEZONE                      timezone
+signing_keys (machinery.signing)    MACHINERY_SIGNING_KEYS (comma-sep.)     signing_keys: [...]
+signing_max_age                     MACHINERY_SIGNING_MAX_AGE               signing_max_age
 tls.ca_file / cert_file / key_file  MACHINERY_TLS_CA_FILE, TLS_CA_FILE ...  tls: {ca_file: ...}
 tls.insecure_skip_verify            MACHINERY_TLS_INSECURE_SKIP_VERIFY,     tls: {insecure_skip_verify}
                                     TLS_INSECURE_SKIP_VERIFY
@@ -155,6 +157,37 @@ YAML_EXTRA_HINT = "pip install 'machinery-core[yaml]'"
 _EXISTING_FILE = Check(lambda v: not v or os.path.isfile(v), "names a file that does not exist")
 
 
+def _usable_signing_keys(keys: list[str]) -> bool:
+    from .signing import keys_problem  # signing imports the codec; config stays light to import
+
+    return keys_problem(keys) is None
+
+
+_SIGNING_KEYS = Check(
+    _usable_signing_keys,
+    "must each be at least 16 bytes (a string, or base64: and the base64 of raw bytes), none listed twice",
+)
+
+
+_insecure_warned: set[str] = set()
+_insecure_lock = threading.Lock()
+
+
+def warn_insecure_tls(transport: str) -> None:
+    """Log, once per process and transport, that TLS verification is off (``tls.insecure_skip_verify`` or a
+    URL parameter that does the same): transports call it whenever they build a connection without it."""
+    with _insecure_lock:
+        if transport in _insecure_warned:
+            return
+        _insecure_warned.add(transport)
+    logging.getLogger("machinery.tls").warning(
+        "%s: TLS verification is OFF (Config.tls.insecure_skip_verify): the server's certificate and host "
+        "name are not checked, so anyone on the network path can pose as the server and read or change "
+        "every message",
+        transport,
+    )
+
+
 @dataclass(repr=False)
 class TLSConfig(Section):
     """TLS files for ``rediss://``, ``amqps://`` and friends. Empty means "system defaults".
@@ -175,10 +208,16 @@ class TLSConfig(Section):
         """True when anything differs from the system defaults."""
         return bool(self.ca_file or self.cert_file or self.key_file or self.insecure_skip_verify)
 
-    def ssl_context(self) -> ssl.SSLContext:
-        """A client-side ``SSLContext`` with these files (system CAs when ``ca_file`` is empty)."""
+    def ssl_context(self, transport: str = "TLS") -> ssl.SSLContext:
+        """A client-side ``SSLContext`` with these files (system CAs when ``ca_file`` is empty).
+
+        It verifies the server's certificate and host name, whatever the client library's own defaults;
+        with ``insecure_skip_verify`` it does neither, and a warning naming ``transport`` is logged once.
+        """
         try:
             ctx = ssl.create_default_context(cafile=self.ca_file or None)
+            ctx.verify_mode = ssl.CERT_REQUIRED  # create_default_context's defaults, said explicitly
+            ctx.check_hostname = True
             if self.cert_file:
                 ctx.load_cert_chain(self.cert_file, self.key_file or None)
         except (OSError, ssl.SSLError) as exc:
@@ -187,6 +226,7 @@ class TLSConfig(Section):
                 "(env MACHINERY_TLS_CA_FILE, MACHINERY_TLS_CERT_FILE, MACHINERY_TLS_KEY_FILE)"
             ) from exc
         if self.insecure_skip_verify:
+            warn_insecure_tls(transport)
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
         return ctx
@@ -480,6 +520,12 @@ class Config:
     timezone: str = setting(
         "UTC", check=Check(_is_time_zone, "must be an IANA time zone, e.g. UTC or Europe/Berlin")
     )
+    #: Message signing keys (machinery.signing): the first signs, all verify; empty = no signing. Strings, or
+    #: ``base64:`` + raw bytes, 16 bytes at least. Env ``MACHINERY_SIGNING_KEYS`` (comma-separated).
+    signing_keys: list[str] = setting(factory=list, secret=True, check=_SIGNING_KEYS)
+    #: Seconds a signed message stays valid, from the later of its signing time and its ETA; 0 = no limit.
+    #: Env ``MACHINERY_SIGNING_MAX_AGE``.
+    signing_max_age: float = setting(0.0, check=at_least(0, " seconds (0 means no limit)"))
     tls: TLSConfig = field(default_factory=TLSConfig)
     sqlite: SQLiteConfig = field(default_factory=SQLiteConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
@@ -499,6 +545,8 @@ class Config:
             eager: bool = ...,
             no_unix_signals: bool = ...,
             timezone: str = ...,
+            signing_keys: list[str] = ...,
+            signing_max_age: float = ...,
             tls: TLSConfig = ...,
             sqlite: SQLiteConfig = ...,
             worker: WorkerConfig = ...,

@@ -38,8 +38,9 @@ prefix (``REDIS_REDIS_MAX_IDLE``, the section's ``env_prefix``, which wins) and 
 further accepted names (after those). YAML keys: ``yaml`` lists them when they differ from the field name
 (Go's spelling first, e.g. ``yaml=("max_idle_timeout", "idle_timeout")``).
 
-Types: ``str``, ``int``, ``float``, ``bool``, ``int | None`` and ``dict[str, Any]`` (``k:v,k:v`` or JSON in
-the environment); ``kind="binding_args"`` keeps the dict's values as strings.
+Types: ``str``, ``int``, ``float``, ``bool``, ``int | None``, ``dict[str, Any]`` (``k:v,k:v`` or JSON in
+the environment) and ``list[str]`` (comma-separated in the environment); ``kind="binding_args"`` keeps the
+dict's values as strings.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ T = TypeVar("T")
 S = TypeVar("S", bound="Section")
 
 #: How a value is read from text and from YAML, and which Python type it must have.
-Kind = Literal["str", "int", "float", "bool", "opt_int", "args", "binding_args"]
+Kind = Literal["str", "int", "float", "bool", "opt_int", "args", "binding_args", "str_list"]
 Path = tuple[str, ...]
 
 _META_KEY = "machinery.setting"
@@ -251,6 +252,7 @@ _ENV_FORMS: dict[Kind, str] = {
     "opt_int": "a whole number, or empty for the queue's own setting",
     "args": "k:v,k:v (e.g. x-max-priority:10) or a JSON object",
     "binding_args": "k:v,k:v (e.g. image-type:png,x-match:any) or a JSON object",
+    "str_list": "comma-separated text, e.g. first,second",
 }
 
 
@@ -273,6 +275,7 @@ _TYPE_CHECKS: dict[Kind, tuple[Callable[[Any], bool], str]] = {
     "opt_int": (lambda v: v is None or _is_int(v), "an int or None"),
     "args": (_is_str_dict, "a dict with str keys"),
     "binding_args": (_is_str_dict, "a dict with str keys"),
+    "str_list": (lambda v: isinstance(v, list) and all(isinstance(i, str) for i in v), "a list of strings"),
 }
 
 
@@ -333,6 +336,8 @@ class Spec:
         """``(is_set, value)`` for env var ``name``; an empty number/boolean is "not set"."""
         if self.kind == "str":
             return True, raw
+        if self.kind == "str_list":
+            return True, [item.strip() for item in raw.split(",") if item.strip()]
         text = raw.strip()
 
         def fail(extra: str = "") -> ConfigError:
@@ -367,6 +372,14 @@ class Spec:
             if isinstance(value, dict):
                 return {str(k): v for k, v in value.items()}
             expected = "a mapping, e.g. {x-max-priority: 10}"
+        elif kind == "str_list":
+            if value is None:
+                return []
+            if isinstance(value, str):
+                return [value]
+            if isinstance(value, list) and all(isinstance(i, str) for i in value):
+                return list(value)
+            expected = "a list of strings"
         elif kind == "str":
             if isinstance(value, str):
                 return value
@@ -404,8 +417,11 @@ def _kind_of(hint: Any, declared: Kind | None, where: str) -> Kind:
         return "opt_int"
     if typing.get_origin(hint) is dict:
         return "args"
+    if hint == list[str]:
+        return "str_list"
     raise TypeError(
-        f"setting {where}: type {hint!r} is not supported (str, int, float, bool, int | None, dict[str, Any])"
+        f"setting {where}: type {hint!r} is not supported "
+        "(str, int, float, bool, int | None, dict[str, Any], list[str])"
     )
 
 
@@ -551,6 +567,8 @@ def safe_value(name: str, value: Any, secret: bool = False) -> Any:
             return None
         kind = type(value)
         return Opaque(f"<{kind.__module__}.{kind.__qualname__}>")
+    if (secret or is_secret_name(name)) and not isinstance(value, str):
+        return "***" if value else value  # a list of keys, a token object...: never shown, even in part
     if isinstance(value, str):
         if secret or is_secret_name(name):
             return "***" if value else ""

@@ -31,7 +31,7 @@ from datetime import timedelta
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Literal
 
-from .. import codec
+from .. import codec, signing
 from ..broker import Delivery
 from ..log import logger
 from ..redact import redact_url
@@ -285,6 +285,7 @@ class Worker:
         self._stop.wait(delay)
 
     def _dispatch(self, deliveries: list[Delivery], queue: str = "") -> None:
+        deliveries = list(signing.verified(self.app.config, deliveries))  # rejects: dead-lettered, no state
         if self.app.config.worker.store_intermediate_states:
             received = [
                 TaskState(sig.uuid, State.RECEIVED, task_name=sig.name)
@@ -379,6 +380,7 @@ class Worker:
             copy.eta = now_utc() + timedelta(seconds=delay) if delay > 0 else None
 
         def republish() -> None:
+            signing.sign_messages(self.app.config, [copy])  # its headers changed
             self.app.broker.publish(copy)
             tracked.delivery.ack()
 
@@ -463,6 +465,7 @@ class Worker:
         copy.eta = now_utc() + timedelta(seconds=delay)
 
         def requeue() -> None:
+            signing.sign_messages(self.app.config, [copy])  # its headers changed
             self.app.broker.publish(copy)
             delivery.ack()
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .backend import AMQPBackend
     from .broker import AMQPBroker, AMQPDelivery
-    from .connection import AMQPAccessError, AMQPError, AMQPUnavailableError, UnroutableError
+    from .connection import AMQPAccessError, AMQPError, AMQPTLSError, AMQPUnavailableError, UnroutableError
     from .settings import AMQPSettings
 
 __version__ = "0.1.0"
@@ -28,6 +28,7 @@ __all__ = [
     "AMQPDelivery",
     "AMQPError",
     "AMQPSettings",
+    "AMQPTLSError",
     "AMQPUnavailableError",
     "UnroutableError",
 ]
@@ -39,6 +40,7 @@ _HOMES = {
     "AMQPDelivery": ".broker",
     "AMQPError": ".connection",
     "AMQPSettings": ".settings",
+    "AMQPTLSError": ".connection",
     "AMQPUnavailableError": ".connection",
     "UnroutableError": ".connection",
 }

@@ -32,6 +32,7 @@ from machinery.retry import Backoff
 __all__ = [
     "AMQPAccessError",
     "AMQPError",
+    "AMQPTLSError",
     "AMQPUnavailableError",
     "Endpoint",
     "Link",
@@ -71,6 +72,14 @@ class AMQPError(BrokerError, BackendError):
 
 class AMQPAccessError(AMQPError):
     """RabbitMQ refused the login or the virtual host: retrying does not help, fix the URL."""
+
+
+class AMQPTLSError(AMQPAccessError):
+    """A TLS certificate check failed (ours of the server, or the server's of ours): retrying cannot help."""
+
+
+#: OpenSSL's words for a failed certificate check, on either side: retrying cannot fix these
+_TLS_REFUSALS = ("CERTIFICATE_VERIFY_FAILED", "CERTIFICATE_REQUIRED", "UNKNOWN_CA", "BAD_CERTIFICATE")
 
 
 class AMQPUnavailableError(AMQPError):
@@ -117,7 +126,7 @@ def connection_parameters(urls: list[str], config: Config, role: str) -> list[Pa
         else:
             params.virtual_host = unquote(parts.path[1:])
         if parts.scheme.lower() == "amqps":
-            context = config.tls.ssl_context()
+            context = config.tls.ssl_context("amqp")  # certificate and host name verified
             params.ssl_options = pika.SSLOptions(context, server_hostname=parts.hostname or "")
             if parts.port is None:
                 params.port = 5671
@@ -179,9 +188,15 @@ def connect(params: list[Parameters], urls: list[str]) -> BlockingConnection:
             f"or the user has no permission on it ({_hide(_reason(exc), urls)})"
         ) from None
     except (pex.AMQPError, OSError) as exc:
-        raise AMQPUnavailableError(
-            f"cannot connect to RabbitMQ at {_where(urls)}: {_hide(_reason(exc), urls)}"
-        ) from None
+        reason = _hide(_reason(exc), urls)
+        if any(word in reason.upper() for word in _TLS_REFUSALS):
+            hint = (
+                "the URL's host must be a name or address in the server's certificate"
+                if "mismatch" in reason.lower()
+                else "check Config.tls ca_file / cert_file / key_file"
+            )
+            raise AMQPTLSError(f"TLS with RabbitMQ at {_where(urls)} failed: {reason} ({hint})") from None
+        raise AMQPUnavailableError(f"cannot connect to RabbitMQ at {_where(urls)}: {reason}") from None
 
 
 def _reason(exc: BaseException) -> str:

@@ -56,7 +56,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPoolProxy, SentinelManagedSSLConnection
 
-from machinery.config import Config
+from machinery.config import Config, warn_insecure_tls
 from machinery.errors import ConfigError, MachineryError
 
 from .settings import RedisSettings
@@ -224,7 +224,14 @@ def _send_scripts(connection: Any) -> None:
 
 def _load_scripts(connection: Any) -> None:
     """``redis_connect_func`` of our pools: the usual handshake, then every script in one round trip."""
-    connection.on_connect()
+    handshake = getattr(connection, "on_connect_check_health", None)  # redis-py 6+
+    if handshake is not None:
+        # No health-check PING inside the handshake of a fresh connection: when the server drops it at
+        # once (a TLS server refusing our missing client certificate), that PING reconnected, which ran
+        # this handshake again, without end (RecursionError under redis-py 8).
+        handshake(check_health=False)
+    else:
+        connection.on_connect()
     _send_scripts(connection)
 
 
@@ -661,6 +668,8 @@ class Connection:
         out.update(params)
         if out.get("ssl_cert_reqs") in ("none", "CERT_NONE"):
             out["ssl_check_hostname"] = False
+        if out.get("ssl_check_hostname") is False:
+            warn_insecure_tls("redis")
         return out
 
     def _pool(self, kwargs: dict[str, Any]) -> redis.ConnectionPool:

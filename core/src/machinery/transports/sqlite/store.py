@@ -30,6 +30,7 @@ from urllib.parse import parse_qsl, unquote
 
 from ...config import Config
 from ...errors import ConfigError, MachineryError
+from ...redact import redact_url
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -51,8 +52,12 @@ MAX_PARAMS = 900
 
 _URL_FORM = (
     "use sqlite:///relative/path.db (three slashes, path relative to the working directory) or "
-    "sqlite:////absolute/path.db (four slashes), optionally with ?lease=SECONDS&renew=SECONDS"
+    "sqlite:////absolute/path.db (four slashes), optionally with ?lease=SECONDS&renew=SECONDS&mode=0600"
 )
+
+#: permissions of a database file machinery creates (and so of its -wal/-shm files, which SQLite creates
+#: with the database's mode): only the owner may read tasks' arguments and results
+DEFAULT_FILE_MODE = 0o600
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -153,6 +158,8 @@ class SQLiteTarget:
     path: str
     lease: float | None = None
     renew: float | None = None
+    #: permissions given to the database file when machinery creates it (``?mode=0660`` widens them)
+    mode: int = DEFAULT_FILE_MODE
 
     def lease_seconds(self, config: Config) -> float:
         return self.lease if self.lease is not None else float(config.sqlite.lease)
@@ -167,7 +174,21 @@ def _seconds(name: str, text: str, url: str) -> float:
     except ValueError:
         value = math.nan
     if not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"sqlite URL {url!r}: {name}={text!r} must be a number of seconds > 0")
+        raise ConfigError(f"sqlite URL {redact_url(url)!r}: {name}={text!r} must be a number of seconds > 0")
+    return value
+
+
+def _file_mode(text: str, url: str) -> int:
+    """``?mode=0660``: octal permission bits, owner read and write required (SQLite needs both)."""
+    try:
+        value = int(text, 8)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 0o777 or value & 0o600 != 0o600:
+        raise ConfigError(
+            f"sqlite URL {redact_url(url)!r}: mode={text!r} must be octal permission bits that include owner "
+            "read and write, e.g. mode=0600 (the default) or mode=0660 (group members too)"
+        )
     return value
 
 
@@ -178,46 +199,50 @@ def parse_sqlite_url(url: str) -> SQLiteTarget:
     move the database. Raises :class:`ConfigError` explaining the expected form.
     """
     prefix = "sqlite://"
+    shown = redact_url(url)  # error messages show the URL without user info or secret parameters
     if not url.lower().startswith(prefix):
-        raise ConfigError(f"not a sqlite URL: {url!r}; {_URL_FORM}")
+        raise ConfigError(f"not a sqlite URL: {shown!r}; {_URL_FORM}")
     rest = url[len(prefix) :]
     rest, _, query = rest.partition("?")
     rest = rest.partition("#")[0]
     if not rest.startswith("/"):
-        host = rest.split("/", 1)[0]
+        host = redact_url(rest.split("/", 1)[0])  # "user:pw@host" -> "host": the password is never shown
         raise ConfigError(
-            f"sqlite URL {url!r} has a host part ({host!r}) but sqlite URLs have none; {_URL_FORM}"
-            if host
-            else f"sqlite URL {url!r} names no database file; {_URL_FORM}"
+            f"sqlite URL {shown!r} has a host part ({host!r}) but sqlite URLs have none; {_URL_FORM}"
+            if rest.split("/", 1)[0]
+            else f"sqlite URL {shown!r} names no database file; {_URL_FORM}"
         )
     path = unquote(rest[1:])
     if not path or path.endswith("/"):
-        raise ConfigError(f"sqlite URL {url!r} names no database file; {_URL_FORM}")
+        raise ConfigError(f"sqlite URL {shown!r} names no database file; {_URL_FORM}")
     if path == ":memory:" or path.startswith("file:"):
         raise ConfigError(
-            f"sqlite URL {url!r}: in-memory and file: URIs are not supported (each thread has its own "
+            f"sqlite URL {shown!r}: in-memory and file: URIs are not supported (each thread has its own "
             f"connection, so they would not share data); use memory:// for an in-process store, "
             f"or {_URL_FORM}"
         )
     lease: float | None = None
     renew: float | None = None
+    mode = DEFAULT_FILE_MODE
     try:
         pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
     except ValueError as exc:
-        raise ConfigError(f"sqlite URL {url!r}: bad query string ({exc}); {_URL_FORM}") from None
+        raise ConfigError(f"sqlite URL {shown!r}: bad query string ({exc}); {_URL_FORM}") from None
     for key, value in pairs:
         if key == "lease":
             lease = _seconds(key, value, url)
         elif key == "renew":
             renew = _seconds(key, value, url)
+        elif key == "mode":
+            mode = _file_mode(value, url)
         else:
-            raise ConfigError(f"sqlite URL {url!r}: unknown parameter {key!r}; {_URL_FORM}")
+            raise ConfigError(f"sqlite URL {shown!r}: unknown parameter {key!r}; {_URL_FORM}")
     if lease is not None and renew is not None and renew >= lease:
         raise ConfigError(
-            f"sqlite URL {url!r}: renew ({renew:g}) must be shorter than lease ({lease:g}), "
+            f"sqlite URL {shown!r}: renew ({renew:g}) must be shorter than lease ({lease:g}), "
             "or leases expire before they are renewed"
         )
-    return SQLiteTarget(os.path.abspath(path), lease, renew)
+    return SQLiteTarget(os.path.abspath(path), lease, renew, mode)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -279,8 +304,9 @@ def on_fork(obj: Any) -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _hubs_lock
+    global _hubs_lock, _opening
     _hubs_lock = threading.Lock()
+    _opening = threading.Lock()
     _hubs.clear()
     for obj in list(_fork_aware):
         try:
@@ -295,6 +321,27 @@ if hasattr(os, "register_at_fork"):
 
 # --------------------------------------------------------------------------------------------------
 # Connections
+
+
+#: held while a database file is created and a connection opened (see SQLiteStore._open)
+_opening = threading.Lock()
+
+
+def _create_private(path: str, mode: int) -> None:
+    """Create the database file with exactly ``mode`` (umask-independent) unless it exists.
+
+    SQLite creates a database with ``0644 & ~umask``, readable by every local user; creating the empty
+    file first makes SQLite adopt it, and SQLite gives the -wal and -shm files the database's mode. An
+    existing file keeps its permissions (an operator may have set them on purpose).
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode)
+    except FileExistsError:
+        return
+    try:
+        os.fchmod(fd, mode)  # the umask narrowed (or, for mode=0660 under umask 077, cut) the bits
+    finally:
+        os.close(fd)
 
 
 class _Local(threading.local):
@@ -359,12 +406,19 @@ class SQLiteStore:
                 f"sqlite database {self.path!r}: directory {directory!r} does not exist; "
                 "create it first or fix the URL"
             )
-        try:
-            conn = sqlite3.connect(
-                self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
-            )
-        except sqlite3.Error as exc:
-            raise self.error(f"sqlite database {self.path!r}: cannot open: {exc}") from exc
+        # One thread of this process at a time creates-or-opens: closing the descriptor _create_private
+        # used would drop the POSIX locks of a connection another thread opened on the file meanwhile.
+        with _opening:
+            try:
+                _create_private(self.path, self.target.mode)
+            except OSError as exc:
+                raise self.error(f"sqlite database {self.path!r}: cannot create: {exc}") from exc
+            try:
+                conn = sqlite3.connect(
+                    self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+                )
+            except sqlite3.Error as exc:
+                raise self.error(f"sqlite database {self.path!r}: cannot open: {exc}") from exc
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
             self._enable_wal(conn)
