@@ -120,7 +120,12 @@ def target_for(name: str, workdir: Path) -> Target:
         _env("PUBSUB_EMULATOR_HOST")
         url = f"gcppubsub://{project}/chaos-{os.getpid()}?ack_deadline=10"
         return Target(name, url, f"sqlite:///{workdir / 'results.db'}", NO_RESTART)
-    raise SystemExit(f"unknown broker {name!r}: use sqlite, redis, amqp or gcppubsub")
+    if name == "redis+mongodb":
+        # the Redis broker with MongoDB results; the restart is the MongoDB server's
+        url = _env("REDIS_URL")
+        results = _env("MONGODB_URL").rstrip("/") + "/machinery_chaos"
+        return Target(name, f"{url}{'&' if '?' in url else '?'}lease=2&heartbeat=0.5", results, "mongodb")
+    raise SystemExit(f"unknown broker {name!r}: use sqlite, redis, amqp, gcppubsub or redis+mongodb")
 
 
 def _env(name: str) -> str:
@@ -393,7 +398,9 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--runs", required=True)
     worker.add_argument("--concurrency", type=int, default=4)
     parser.add_argument(
-        "--broker", default="sqlite", help="sqlite (default), redis, amqp or gcppubsub (kills only)"
+        "--broker",
+        default="sqlite",
+        help="sqlite (default), redis, amqp, gcppubsub (kills only) or redis+mongodb (MongoDB results)",
     )
     parser.add_argument("--minutes", type=float, default=5.0, help="how long to send (default 5)")
     parser.add_argument("--rate", type=float, default=20.0, help="messages sent per second (default 20)")

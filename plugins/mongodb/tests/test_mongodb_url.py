@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from pymongo.errors import AutoReconnect, OperationFailure, ServerSelectionTimeoutError
 
 from machinery import Config
-from machinery.errors import ConfigError
+from machinery.errors import BackendError, ConfigError
 from machinery.plugins import get_plugin_manager, resolve_backend, resolve_lock
 from machinery_mongodb import MongoBackend, MongoLock, parse_url
-from machinery_mongodb.client import MongoConnection
+from machinery_mongodb.client import MongoConnection, MongoUnavailableError
 from machinery_mongodb.url import driver_url
 
 SECRET = "s3cret-pw"
@@ -164,3 +166,37 @@ def test_plugin_hooks_build_without_io() -> None:
     assert SECRET not in repr(backend) and SECRET not in repr(lock)
     backend.close()
     lock.close()
+
+
+def _flaky(errors: list[Exception], value: int = 5) -> tuple[list[int], Callable[[], int]]:
+    calls: list[int] = []
+
+    def fn() -> int:
+        calls.append(1)
+        if errors:
+            raise errors.pop(0)
+        return value
+
+    return calls, fn
+
+
+def test_a_lost_connection_is_retried_for_idempotent_operations() -> None:
+    conn = MongoConnection(parse_url(f"mongodb://app:{SECRET}@h/db"), Config())
+    calls, fn = _flaky([AutoReconnect("connection reset"), AutoReconnect("connection reset")])
+    assert conn.call("reading", fn) == 5 and len(calls) == 3
+    calls, fn = _flaky([AutoReconnect("reset")] * 3)
+    with pytest.raises(MongoUnavailableError, match="reading failed .connection lost") as info:
+        conn.call("reading", fn)
+    assert len(calls) == 3 and SECRET not in str(info.value)
+
+
+def test_other_errors_and_server_selection_timeouts_are_not_retried() -> None:
+    conn = MongoConnection(parse_url("mongodb://h/db"), Config())
+    calls, fn = _flaky([ServerSelectionTimeoutError("no server")])
+    with pytest.raises(MongoUnavailableError, match="no server answered"):
+        conn.call("reading", fn)
+    assert len(calls) == 1, "server selection already waited serverSelectionTimeoutMS"
+    calls, fn = _flaky([OperationFailure("bad query", code=2)])
+    with pytest.raises(BackendError) as info:
+        conn.call("reading", fn)
+    assert len(calls) == 1 and not isinstance(info.value, MongoUnavailableError)

@@ -130,7 +130,8 @@ class MongoBackend(BaseBackend):
         self.set_states((state,))
 
     def set_states(self, states: Sequence[TaskState]) -> None:
-        """Store every state in one ordered round trip."""
+        """Store every state in one ordered round trip (upserts: safe to repeat after a lost
+        connection)."""
         if not states:
             return
         now = _now()
@@ -139,17 +140,19 @@ class MongoBackend(BaseBackend):
         operations = [
             UpdateOne({"_id": s.task_uuid}, u, upsert=True) for s, u in zip(states, updates, strict=True)
         ]
-        try:
-            self.tasks.bulk_write(operations, ordered=True)
-        except DocumentTooLarge:
-            raise self._too_large(states, updates) from None
-        except BulkWriteError as exc:
-            codes = {e.get("code") for e in exc.details.get("writeErrors", [])}
-            if codes & TOO_LARGE_CODES:
+
+        def write() -> None:
+            try:
+                self.tasks.bulk_write(operations, ordered=True)
+            except DocumentTooLarge:
                 raise self._too_large(states, updates) from None
-            raise self.conn.error("storing task states", exc) from None
-        except PyMongoError as exc:
-            raise self.conn.error("storing task states", exc) from None
+            except BulkWriteError as exc:
+                codes = {e.get("code") for e in exc.details.get("writeErrors", [])}
+                if codes & TOO_LARGE_CODES:
+                    raise self._too_large(states, updates) from None
+                raise
+
+        self.conn.call("storing task states", write)
 
     def _too_large(self, states: Sequence[TaskState], updates: Sequence[Document]) -> ResultTooLargeError:
         sizes = [(len(bson.encode(u["$set"])), s) for s, u in zip(states, updates, strict=True)]
@@ -176,23 +179,22 @@ class MongoBackend(BaseBackend):
             ) from None
 
     def get_state(self, task_uuid: str) -> TaskState | None:
-        with self.conn.translating("reading a task state"):
-            doc = self.tasks.find_one({"_id": task_uuid})
+        doc = self.conn.call("reading a task state", lambda: self.tasks.find_one({"_id": task_uuid}))
         return self._decode(doc) if doc is not None and _alive(doc, _now()) else None
 
     def get_states(self, task_uuids: Sequence[str]) -> list[TaskState | None]:
         """Several states in one query, in order (``None`` for unknown or expired ones)."""
         if not task_uuids:
             return []
-        with self.conn.translating("reading task states"):
-            docs = list(self.tasks.find({"_id": {"$in": list(task_uuids)}}))
+        query = {"_id": {"$in": list(task_uuids)}}
+        docs = self.conn.call("reading task states", lambda: list(self.tasks.find(query)))
         now = _now()
         found = {doc["_id"]: doc for doc in docs if _alive(doc, now)}
         return [self._decode(found[u]) if u in found else None for u in task_uuids]
 
     def _completed(self, task_uuids: Sequence[str]) -> dict[str, TaskState]:
-        with self.conn.translating("reading task states"):
-            docs = list(self.tasks.find({"_id": {"$in": list(task_uuids)}, "state": {"$in": COMPLETED}}))
+        query = {"_id": {"$in": list(task_uuids)}, "state": {"$in": COMPLETED}}
+        docs = self.conn.call("reading task states", lambda: list(self.tasks.find(query)))
         now = _now()
         return {doc["_id"]: self._decode(doc) for doc in docs if _alive(doc, now)}
 
@@ -278,20 +280,23 @@ class MongoBackend(BaseBackend):
             "created_at": now,
             "delete_at": self._delete_at(now),
         }
-        with self.conn.translating("storing a group"):
-            self.groups.replace_one({"_id": group_uuid}, doc, upsert=True)
+        self.conn.call(
+            "storing a group", lambda: self.groups.replace_one({"_id": group_uuid}, doc, upsert=True)
+        )
 
     def group_states(self, group_uuid: str) -> list[TaskState]:
         """Every member's state in group order (PENDING for members with none yet); refreshes the
         group's expiry. Raises :class:`UnknownGroupError`."""
         now = _now()
-        with self.conn.translating("reading a group"):
-            meta = self.groups.find_one_and_update(
+        meta = self.conn.call(
+            "reading a group",
+            lambda: self.groups.find_one_and_update(  # pushing delete_at forward: safe to repeat
                 {"_id": group_uuid, "delete_at": _not_before(now)},
                 {"$set": {"delete_at": self._delete_at(now)}},
                 projection={"task_uuids": True},
                 return_document=ReturnDocument.AFTER,
-            )
+            ),
+        )
         if meta is None:
             raise UnknownGroupError(f"group {group_uuid!r} is unknown or expired")
         members = meta.get("task_uuids")
@@ -301,7 +306,10 @@ class MongoBackend(BaseBackend):
         return [state or TaskState(u, State.PENDING) for u, state in zip(members, states, strict=True)]
 
     def trigger_chord(self, group_uuid: str) -> bool:
-        """True for exactly one caller per group: the one whose update flipped ``chord_triggered``."""
+        """True for exactly one caller per group: the one whose update flipped ``chord_triggered``.
+
+        Not retried after a lost connection: the flip may have happened, and a retry would answer
+        False for it (a worker that redelivers the member then recovers the callback)."""
         now = _now()
         with self.conn.translating("triggering a chord"):
             before = self.groups.find_one_and_update(
@@ -318,12 +326,10 @@ class MongoBackend(BaseBackend):
 
     # purging ---------------------------------------------------------------------------------
     def purge_state(self, task_uuid: str) -> None:
-        with self.conn.translating("purging a state"):
-            self.tasks.delete_one({"_id": task_uuid})
+        self.conn.call("purging a state", lambda: self.tasks.delete_one({"_id": task_uuid}))
 
     def purge_group(self, group_uuid: str) -> None:
-        with self.conn.translating("purging a group"):
-            self.groups.delete_one({"_id": group_uuid})
+        self.conn.call("purging a group", lambda: self.groups.delete_one({"_id": group_uuid}))
 
     def close(self) -> None:
         self.conn.close()

@@ -18,9 +18,10 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from datetime import UTC
-from typing import Any
+from typing import Any, TypeVar
 
 from bson.codec_options import CodecOptions
 from pymongo import ASCENDING, MongoClient
@@ -60,6 +61,11 @@ _URL_NAMES = {
 }
 #: MongoDB's "authentication failed" code.
 AUTH_FAILED = 18
+#: Retries of an idempotent operation whose connection was lost (each waits for a server, up to
+#: ``serverSelectionTimeoutMS``): a server restart or failover is ridden out, not reported.
+CONNECTION_RETRIES = 2
+
+T = TypeVar("T")
 
 _indexed: set[tuple[str, str, str]] = set()
 _indexed_lock = threading.Lock()
@@ -167,6 +173,21 @@ class MongoConnection:
         else:
             hint = f"{type(exc).__name__}: {text}"
         return error_class(f"MongoDB at {self.target.describe()}: {operation} failed ({hint})")
+
+    def call(self, operation: str, fn: Callable[[], T]) -> T:
+        """Run the idempotent ``fn``; a connection lost on the way (a restart, a failover; the driver
+        retries only on replica sets) is retried :data:`CONNECTION_RETRIES` times, other driver errors
+        raise at once as BackendError. Never for a write whose repetition would change its answer."""
+        for attempt in range(CONNECTION_RETRIES + 1):
+            try:
+                return fn()
+            except AutoReconnect as exc:  # includes ServerSelectionTimeoutError: it already waited
+                if isinstance(exc, ServerSelectionTimeoutError) or attempt == CONNECTION_RETRIES:
+                    raise self.error(operation, exc) from None
+                time.sleep(0.05 * 2**attempt)
+            except PyMongoError as exc:
+                raise self.error(operation, exc) from None
+        raise AssertionError("unreachable")
 
     @contextlib.contextmanager
     def translating(self, operation: str) -> Iterator[None]:
