@@ -2,7 +2,8 @@
 SIGKILLed at random and the broker server restarts; then count what got lost.
 
     make chaos CHAOS_ARGS="--broker redis --minutes 2"
-    python bench/chaos.py --broker sqlite|redis|amqp|gcppubsub [--minutes 5] [--workers 3] [--restarts N]
+    python bench/chaos.py --broker sqlite|redis|amqp|gcppubsub [--results memcache] [--minutes 5]
+        [--workers 3] [--restarts N]
 
 Workers are separate processes (``python bench/chaos.py worker ...``), each with a thread pool. A
 killer thread SIGKILLs a random one every few seconds and starts a replacement; a restarter restarts
@@ -128,6 +129,16 @@ def target_for(name: str, workdir: Path) -> Target:
     raise SystemExit(f"unknown broker {name!r}: use sqlite, redis, amqp, gcppubsub or redis+mongodb")
 
 
+def with_results(target: Target, results: str) -> Target:
+    """``target`` with its result backend replaced: "" keeps the broker's default; ``memcache`` uses the
+    servers of ``MEMCACHE_URL`` (not restarted: memcached keeps nothing across a restart)."""
+    if not results:
+        return target
+    if results == "memcache":
+        return Target(target.name, target.broker, _env("MEMCACHE_URL"), target.service)
+    raise SystemExit(f"unknown results {results!r}: leave it out, or use memcache")
+
+
 def _env(name: str) -> str:
     value = os.environ.get(name)
     if not value:
@@ -189,7 +200,7 @@ class Chaos:
 
         self.args = args
         self.workdir = workdir
-        self.target = target_for(args.broker, workdir)
+        self.target = with_results(target_for(args.broker, workdir), args.results)
         self.runs = RunLog(str(workdir / "runs"))
         self.app = Machinery(make_config(self.target))
         self.sent: list[Sent] = []
@@ -343,6 +354,7 @@ class Chaos:
         kinds = collections.Counter(s.kind for s in self.sent)
         return {
             "broker": self.target.name,
+            "results": self.args.results or "the broker's default",
             "minutes": round(seconds / 60, 1),
             "sent": len(self.sent),
             "sent_by_kind": dict(kinds),
@@ -402,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         default="sqlite",
         help="sqlite (default), redis, amqp, gcppubsub (kills only) or redis+mongodb (MongoDB results)",
     )
+    parser.add_argument("--results", default="", help="result backend: the broker's default, or memcache")
     parser.add_argument("--minutes", type=float, default=5.0, help="how long to send (default 5)")
     parser.add_argument("--rate", type=float, default=20.0, help="messages sent per second (default 20)")
     parser.add_argument("--workers", type=int, default=3, help="worker processes (default 3)")

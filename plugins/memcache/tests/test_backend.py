@@ -8,13 +8,14 @@ import itertools
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pymemcache.client.base import Client  # type: ignore[import-untyped]
 
-from machinery import Config, codec
-from machinery.errors import BackendError
+from machinery import Config, Machinery, codec
+from machinery.errors import BackendError, TaskError
 from machinery.signature import Arg, GroupMeta, State, TaskState, new_uuid, now_utc
 from machinery_memcache import (
     InvalidKeyError,
@@ -118,12 +119,36 @@ def test_a_result_over_the_item_limit_is_refused_and_nothing_is_lost(backend: Me
     with pytest.raises(ValueTooLargeError) as info:
         backend.set_state(huge)
     error = info.value
-    assert isinstance(error, MemcachePermanentError) and isinstance(error, BackendError)
+    assert isinstance(error, MemcachePermanentError) and isinstance(error, ValueError)
+    assert not isinstance(error, BackendError), "a permanent error must not look retryable"
     assert uuid in str(error) and "item size limit of 1048576 bytes" in str(error)
     kept = backend.get_state(uuid)
     assert kept is not None and kept.state == State.STARTED, "the refused write must not touch the record"
     with pytest.raises(ValueTooLargeError):
         backend.set_states([TaskState(new_uuid(), State.PENDING, "ok"), huge])
+
+
+def test_a_worker_fails_the_task_whose_result_is_too_large_and_carries_on(url: str, tmp_path: Path) -> None:
+    app = Machinery(Config(broker=f"sqlite:///{tmp_path / 'queue.db'}", result_backend=url))
+
+    @app.task
+    def big() -> str:
+        return "x" * (2 << 20)
+
+    @app.task
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    worker = app.worker("big-results", concurrency=2)
+    worker.launch_async()
+    try:
+        with pytest.raises(TaskError) as info:
+            app.send_task(big.s()).get(timeout=15)
+        assert "over memcached's item size limit of 1048576 bytes" in str(info.value)
+        assert app.send_task(add.s(1, 1)).get(timeout=15) == 2, "the worker must carry on"
+    finally:
+        worker.quit()
+        app.close()
 
 
 def test_the_servers_own_refusal_is_the_same_error(url: str) -> None:

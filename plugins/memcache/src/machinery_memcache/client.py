@@ -28,7 +28,7 @@ from pymemcache import exceptions as mc  # type: ignore[import-untyped]
 from pymemcache.client.base import PooledClient  # type: ignore[import-untyped]
 from pymemcache.client.rendezvous import RendezvousHash  # type: ignore[import-untyped]
 
-from machinery.errors import BackendError
+from machinery.errors import BackendError, MachineryError
 
 from .errors import (
     InvalidKeyError,
@@ -87,7 +87,7 @@ def check_key(key: str, what: str) -> bytes:
 _STALE = (mc.MemcacheUnexpectedCloseError, BrokenPipeError, ConnectionResetError)
 
 
-def _translate(exc: Exception, where: str) -> BackendError:
+def _translate(exc: Exception, where: str) -> MachineryError:
     if isinstance(exc, mc.MemcacheServerError) and not isinstance(exc, mc.MemcacheUnexpectedCloseError):
         text = bytes(exc.args[0]).decode("ascii", "replace") if exc.args else str(exc)
         if "too large" in text:
@@ -194,7 +194,7 @@ class Cluster:
         while True:
             try:
                 return call(pool)
-            except BackendError:
+            except MachineryError:
                 raise
             except Exception as exc:
                 if attempts > 0 and isinstance(exc, _STALE):

@@ -1,13 +1,16 @@
-"""The plugin's errors: all are :class:`~machinery.errors.BackendError`, so callers need no new handling.
+"""The plugin's errors.
 
-:class:`MemcachePermanentError` is the one seam for "retrying cannot fix this" (a record over the item
-size limit, a key memcached cannot store). When the core's ``machinery.errors.PermanentError`` exists,
-it becomes a base class here, and the worker fails that task instead of retrying the write.
+Transient ones (a server unreachable, full) are :class:`~machinery.errors.BackendError`: the worker waits
+them out. :class:`MemcachePermanentError` is the one seam for "retrying cannot fix this" (a record over the
+item size limit, a key memcached cannot store): like the core's planned ``machinery.errors.PermanentError``
+it is deliberately **not** a BackendError, and it is a ``ValueError``, which the worker's state writer
+already counts as permanent: the task ends FAILURE with this error's text and the worker carries on. When
+``PermanentError`` exists in the core, it becomes this class's base.
 """
 
 from __future__ import annotations
 
-from machinery.errors import BackendError
+from machinery.errors import BackendError, MachineryError
 
 __all__ = [
     "InvalidKeyError",
@@ -22,8 +25,9 @@ class MemcacheConnectionError(BackendError):
     """A server could not be reached or dropped the connection (transient: a retry may succeed)."""
 
 
-class MemcachePermanentError(BackendError):
-    """The request can never succeed as it is; retrying the same write is pointless."""
+class MemcachePermanentError(MachineryError, ValueError):
+    """The request can never succeed as it is; retrying the same write is pointless (not a
+    BackendError: callers that retry backend errors must not retry this)."""
 
 
 class ValueTooLargeError(MemcachePermanentError):
