@@ -4,10 +4,12 @@ measured in the same run, optionally next to Dramatiq and Celery. See bench/READ
     make bench                                   # = scripts/services run -- .venv/bin/python bench/run.py
     .venv/bin/python bench/run.py [--quick] [--peers] [--n N] [--repeats R] [--only redis/redis,...]
 
-Needs REDIS_URL (and AMQP_URL for the amqp combinations) in the environment, as
-``eval "$(scripts/services env)"`` sets them; a combination whose plugin or server is missing is
-skipped with the reason. Writes bench/results/<stamp>.json and .md (and bench/latest.md and
-bench/latest.png after a full run), and prints the tables.
+Needs REDIS_URL (and AMQP_URL for the amqp combinations; PUBSUB_EMULATOR_HOST, SQS_BROKER_URL,
+AWS_ENDPOINT_URL_DYNAMODB, MONGODB_URL, MEMCACHE_URL for the transport rows, each measured next to a
+raw-client loop of bench/rawloop.py) in the environment, as ``eval "$(scripts/services env)"`` sets
+them; a combination whose plugin or server is missing is skipped with the reason. Writes
+bench/results/<stamp>.json and .md (and bench/latest.md and bench/latest.png after a full run), and
+prints the tables.
 """
 
 from __future__ import annotations
