@@ -19,6 +19,7 @@ METRICS = (
     "p99_ms",
     "after_idle_ms",
     "worker_cpu_us_per_task",
+    "server_cpu_us_per_task",
     "worker_peak_rss_mb",
     "idle_cpu_percent",
 )
@@ -30,6 +31,7 @@ RATIO_METRICS = (
     "p50_ms",
     "after_idle_ms",
     "worker_cpu_us_per_task",
+    "server_cpu_us_per_task",
 )
 
 
@@ -59,19 +61,19 @@ def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "timed_out": any(r["outcome"]["timed_out"] for r in items),
             "version": items[0]["outcome"].get("version", ""),
         }
-        for metric in METRICS:
-            entry[metric] = summary([float(r["outcome"][metric]) for r in good])
+        for metric in METRICS:  # .get: results of older runs lack the newer metrics
+            entry[metric] = summary([float(r["outcome"].get(metric, math.nan)) for r in good])
         ratios: dict[str, float] = {}
         for metric in RATIO_METRICS:
             paired = [
-                float(r["outcome"][metric]) / float(base_by_round[r["round"]][metric])
+                float(r["outcome"].get(metric, math.nan)) / float(base_by_round[r["round"]][metric])
                 for r in good
-                if r["round"] in base_by_round and _finite(base_by_round[r["round"]][metric])
+                if r["round"] in base_by_round and _finite(base_by_round[r["round"]].get(metric))
             ]
             if paired and all(_finite(v) for v in paired):
                 ratios[metric] = summary(paired)["median"]
             elif base_by_round:
-                base = summary([float(b[metric]) for b in base_by_round.values()])["median"]
+                base = summary([float(b.get(metric, math.nan)) for b in base_by_round.values()])["median"]
                 ratios[metric] = entry[metric]["median"] / base if _finite(base) and base else math.nan
         entry["ratio"] = ratios
         out[name] = entry
@@ -159,8 +161,9 @@ def tables(summ: dict[str, dict[str, Any]]) -> str:
         )
     lines += [
         "",
-        "| system | worker CPU µs/task | vs baseline | worker peak RSS MB | idle worker CPU % of a core |",
-        "|---|---:|---:|---:|---:|",
+        "| system | worker CPU µs/task | vs baseline | server CPU µs/task | vs baseline | "
+        "worker peak RSS MB | idle worker CPU % of a core |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name in order(summ):
         e = summ[name]
@@ -170,6 +173,8 @@ def tables(summ: dict[str, dict[str, Any]]) -> str:
         lines.append(
             f"| {name} | {_cell(e['worker_cpu_us_per_task'])} | "
             f"{'=' if is_baseline(name, summ) else _times(r.get('worker_cpu_us_per_task', math.nan))} | "
+            f"{_cell(e['server_cpu_us_per_task'])} | "
+            f"{'=' if is_baseline(name, summ) else _times(r.get('server_cpu_us_per_task', math.nan))} | "
             f"{_num(e['worker_peak_rss_mb']['median'], 1)} | {_num(e['idle_cpu_percent']['median'], 2)} |"
         )
     return "\n".join(lines)

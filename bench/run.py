@@ -99,6 +99,7 @@ class Step:
     notes: list[str] = field(default_factory=list)
     baseline: str = report.BASELINE  # the row its ratios are taken against
     rounds: int = 0  # W2 round trips (0: --rounds)
+    server_pids: list[int] = field(default_factory=list)  # whose CPU per task is reported
 
 
 def _estimate(key: str, n: int) -> float:
@@ -234,6 +235,26 @@ def transport_why_not(part: str, urls: dict[str, str]) -> list[str]:
         hosts = url.split("://", 1)[-1].split("?")[0].strip("/").split(",")
         return [_tcp_ok("memcached", h, 11211) for h in hosts] + [_plugin_ok("pymemcache", "pymemcache")]
     raise ValueError(part)
+
+
+def server_ports(part: str, urls: dict[str, str]) -> list[int]:
+    """The local TCP ports of a queue or store of a transport row (for its server's CPU per task)."""
+    local = ("127.0.0.1", "localhost", "::1")
+
+    def port_of(url: str, default: int) -> list[int]:
+        parts = urlsplit(url if "://" in url else f"tcp://{url}")
+        return [parts.port or default] if parts.hostname in local else []
+
+    if part == "redis":
+        return port_of(urls["redis_url"], 6379)
+    if part == "pubsub":
+        return port_of(urls["pubsub_host"], 8085)
+    if part in ("sqs", "dynamodb"):
+        return port_of(urls[f"{part}_endpoint"], 80)
+    if part == "mongodb":
+        return port_of(urls["mongodb_url"], 27017)
+    hosts = urls["memcache_url"].split("://", 1)[-1].split("?")[0].strip("/").split(",")
+    return [p for h in hosts for p in port_of(h, 11211)]
 
 
 #: The plugin each transport row's Machinery side needs, by URL scheme part.
@@ -542,6 +563,8 @@ def transport_steps(
         servers = ", ".join(dict.fromkeys(EMULATED_SERVERS[p] for p in (queue, store) if p in EMULATED))
         note = [f"N = {n:,}: {servers} (an emulator; read the ratio to the raw loop)"] if emulated else []
         label = raw_label(queue, store)
+        ports = dict.fromkeys(server_ports(queue, urls) + server_ports(store, urls))
+        pids = sorted({pid for port in ports for pid in harness.listening_pids(port)})
         for r in range(repeats):
 
             def raw(q: str = queue, st: str = store) -> Any:
@@ -550,11 +573,10 @@ def transport_steps(
             def ours(k: str = key, b: str = broker, be: str = backend) -> Any:
                 return MachinerySystem(k, machinery_urls[b], machinery_urls[be])
 
-            steps.append(Step(raw_key, label, n, r, raw, baseline=label, rounds=rounds, notes=note[:]))
+            common: dict[str, Any] = {"baseline": label, "rounds": rounds, "server_pids": pids}
+            steps.append(Step(raw_key, label, n, r, raw, notes=note[:], **common))
             if not only or key in only:
-                steps.append(
-                    Step(key, f"machinery {key}", n, r, ours, baseline=label, rounds=rounds, notes=note[:])
-                )
+                steps.append(Step(key, f"machinery {key}", n, r, ours, notes=note[:], **common))
     return steps
 
 
@@ -664,6 +686,7 @@ def _run(
             rounds=step.rounds or args.rounds,
             drain_limit=args.limit,
             log_dir=log_dir,
+            server_pids=step.server_pids,
         )
         if step.peer:
             outcome = run_peer(python, step.peer, redis_url, opts, progress)
