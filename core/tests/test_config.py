@@ -103,6 +103,10 @@ def test_every_env_var_round_trips() -> None:
     assert r.retry_window == 4.5
     assert cnf.mongodb.database == "mongo_db"
     assert cnf.gcppubsub.max_extension == 120.0
+    m = cnf.memcache
+    assert (m.hashing, m.connect_timeout, m.timeout, m.max_item_size) == ("rendezvous", 4.5, 5.5, 2097152)
+    assert (m.poll_min, m.poll_max, m.tls, m.tls_verify, m.go_lock_patience) == (0.01, 0.5, True, False, 20.0)
+    assert (m.tls_ca, m.tls_cert, m.tls_key) == ("/etc/mc/ca.pem", "/etc/mc/client.pem", "/etc/mc/client.key")
     assert cnf.tls == TLSConfig()  # loading env never turns TLS on (Go #517)
 
 
@@ -341,6 +345,7 @@ multiple_broker_separator: ';'
 default_queue: q
 result_backend: redis://:pw@redis:6379/1
 results_expire_in: 60
+dead_letter_expire_in: 120
 lock: redis://redis:6379/2
 eager: true
 no_unix_signals: true
@@ -398,6 +403,8 @@ worker:
   store_intermediate_states: false
   poll_timeout: 0.5
   prefetch_multiplier: 2
+  max_deliveries: 3
+  retry_later_limit: 50
 mongodb:
   database: mdb
 gcppubsub:
@@ -409,6 +416,22 @@ gcppubsub:
   message_ordering: true
   subscription_name: w-{queue}
   dead_letter_topic: dl-{queue}
+memcache:
+  hashing: rendezvous
+  connect_timeout: 2
+  timeout: 4
+  max_item_size: 4194304
+  poll_min: 0.004
+  poll_max: 1
+  tls: true
+  tls_verify: false
+  tls_ca: /mc/ca.pem
+  tls_cert: /mc/c.pem
+  tls_key: /mc/k.pem
+  go_lock_patience: 5
+example:
+  lease: 12.5
+  renew: 2.5
 """
 
 
@@ -464,11 +487,19 @@ def test_yaml_round_trip_of_every_key_in_a_file_over_1000_bytes(tmp_path: Path) 
     w.unregistered_requeue_seconds, w.store_intermediate_states = 4.5, False
     w.poll_timeout = 0.5
     w.prefetch_multiplier = 2
+    w.max_deliveries = 3
+    w.retry_later_limit = 50
+    expected.dead_letter_expire_in = 120
     expected.mongodb.database = "mdb"
+    expected.example.lease, expected.example.renew = 12.5, 2.5  # the plugin template (examples/plugin)
     g = expected.gcppubsub
     g.max_extension, g.ack_deadline, g.hold_window, g.create_missing = 30.0, 20, 120.0, False
     g.max_delivery_attempts, g.message_ordering = 10, True
     g.subscription_name, g.dead_letter_topic = "w-{queue}", "dl-{queue}"
+    m = expected.memcache
+    m.hashing, m.connect_timeout, m.timeout, m.max_item_size = "rendezvous", 2.0, 4.0, 4194304
+    m.poll_min, m.poll_max, m.tls, m.tls_verify, m.go_lock_patience = 0.004, 1.0, True, False, 5.0
+    m.tls_ca, m.tls_cert, m.tls_key = "/mc/ca.pem", "/mc/c.pem", "/mc/k.pem"
     assert cnf == expected
     assert isinstance(cnf.sqlite.renew, float) and isinstance(cnf.gcppubsub.max_extension, float)
 

@@ -62,19 +62,41 @@ def test_retries_exhausted_fail_with_task_error(app: Machinery, started: Worker)
     assert len(runs) == 2
 
 
-def test_explicit_retry_uses_up_retry_count(app: Machinery, started: Worker) -> None:
-    seen: list[int] = []
+def test_retry_later_has_its_own_budget_not_retry_count(app: Machinery, started: Worker) -> None:
+    """Go code loops on ErrRetryTaskLater until a resource is ready: that must work with the default
+    retry_count=0, and stop at the retry-later budget (never unbounded, Go #640)."""
+    seen: list[tuple[int, str]] = []
 
     @app.task
-    def again() -> None:
+    def until_ready() -> str:
         sig = current_signature()
         assert sig is not None
-        seen.append(sig.retry_count)
-        raise Retry(countdown=0.01, message="still busy")
+        seen.append((sig.retry_count, str(sig.headers.get("machinery-retry-later", ""))))
+        if len(seen) < 4:
+            raise Retry(countdown=0.01)
+        return "ready"
+
+    assert app.send_task(until_ready.s()).get(timeout=10) == "ready"
+    assert seen == [(0, ""), (0, "1"), (0, "2"), (0, "3")], "retry_count must stay untouched"
+
+    @app.task
+    def never_ready() -> None:
+        raise Retry(countdown=0.01, message="still busy", max_retries=2)
 
     with pytest.raises(TaskError, match="^still busy$"):
-        app.send_task(Signature("again", retry_count=2)).get(timeout=10)
-    assert seen == [2, 1, 0]
+        app.send_task(never_ready.s()).get(timeout=10)
+
+    app.config.worker.retry_later_limit = 3
+    runs: list[int] = []
+
+    @app.task
+    def default_budget() -> None:
+        runs.append(1)
+        raise Retry(countdown=0.01)
+
+    with pytest.raises(TaskError, match=r"^retry-later limit reached \(3\)$"):
+        app.send_task(default_budget.s()).get(timeout=10)
+    assert len(runs) == 4  # the first run and 3 retries-later
 
 
 def test_handlers_are_called(app: Machinery) -> None:

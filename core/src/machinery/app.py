@@ -202,14 +202,16 @@ class Machinery:
         """Record the group, store PENDING for every member, then publish them with at most
         ``concurrency`` publishes in flight (0 = all at once)."""
         group = group if isinstance(group, Group) else Group(group)
-        sigs = [self._prepare(s) for s in group.signatures]
-        self.backend.init_group(group.group_uuid, [s.uuid for s in sigs])
-        self._send(sigs, concurrency)
+        with tracing.workflow_span("group", group.group_uuid, len(group.signatures)):
+            sigs = [self._prepare(s) for s in group.signatures]
+            self.backend.init_group(group.group_uuid, [s.uuid for s in sigs])
+            self._send(sigs, concurrency)
         return GroupResult([AsyncResult(self.backend, s.uuid, s.name) for s in sigs], group.group_uuid)
 
     def send_chord(self, chord: Chord, concurrency: int = 0) -> ChordResult:
         """Send the chord's group; the callback is sent by the worker that finishes it last."""
-        group_result = self.send_group(chord.group, concurrency)
+        with tracing.workflow_span("chord", chord.group.group_uuid, len(chord.group.signatures)):
+            group_result = self.send_group(chord.group, concurrency)
         return ChordResult(self.backend, group_result, chord.callback.uuid, chord.callback.name)
 
     def send_chain(self, chain: Chain | Iterable[Signature]) -> ChainResult:
@@ -220,7 +222,8 @@ class Machinery:
                 "chains need stored results: Config.result_backend is 'null' (Go's discard-everything "
                 "backend): set a real one"
             )
-        self.send_task(chain.signatures[0])
+        with tracing.workflow_span("chain", "", len(chain.signatures)):
+            self.send_task(chain.signatures[0])
         links = [AsyncResult(self.backend, s.uuid, s.name) for s in chain.signatures]
         return ChainResult(self.backend, links)
 

@@ -45,7 +45,6 @@ tls.insecure_skip_verify            MACHINERY_TLS_INSECURE_SKIP_VERIFY,     tls:
                                     TLS_INSECURE_SKIP_VERIFY
 sqlite.lease / renew                MACHINERY_SQLITE_LEASE / _RENEW         sqlite: {lease, renew}
 worker.<name>                       MACHINERY_WORKER_<NAME>                 worker: {<name>: ...}
-mongodb.database                    MACHINERY_MONGODB_DATABASE              mongodb: {database}
 <plugin section>.<name>             MACHINERY_<SECTION>_<NAME>              <section>: {<name>: ...}
 ==================================  ======================================  ==========================
 
@@ -135,7 +134,6 @@ __all__ = [
     "RELOADABLE_FIELDS",
     "Config",
     "DynamoDBConfig",
-    "MongoDBConfig",
     "ReloadEvent",
     "ReloadListener",
     "SQLiteConfig",
@@ -239,6 +237,12 @@ class WorkerConfig(Section):
     poll_timeout: float = setting(1.0, reload=True)
     #: Write RECEIVED and STARTED states (Machinery does). Off saves two writes per task.
     store_intermediate_states: bool = setting(True, reload=True)
+    #: A message is delivered at most this many times when handling it fails or a worker dies
+    #: holding it; then it ends FAILURE and is dead-lettered, naming the reason.
+    max_deliveries: int = setting(5, reload=True, check=at_least(1))
+    #: ``raise Retry(...)`` (Go's ErrRetryTaskLater) runs a task again at most this many times, unless
+    #: the Retry names its own ``max_retries``; separate from the signature's retry_count.
+    retry_later_limit: int = setting(100, reload=True, check=at_least(0))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -287,16 +291,6 @@ class SQSConfig(Section):
 
 
 @dataclass(repr=False)
-class MongoDBConfig(Section):
-    """MongoDB settings (code only in Machinery; ``database`` may also come from env/YAML)."""
-
-    name = "mongodb"
-
-    client: Any = None
-    database: str = setting("machinery")
-
-
-@dataclass(repr=False)
 class DynamoDBConfig(Section):
     """DynamoDB settings (Machinery's ``DynamoDBConfig``)."""
 
@@ -313,7 +307,6 @@ class DynamoDBConfig(Section):
 
 _TRANSITIONAL_SECTIONS: tuple[type[Section], ...] = (
     SQSConfig,
-    MongoDBConfig,
     DynamoDBConfig,
 )
 
@@ -322,6 +315,7 @@ _MOVED: dict[str, tuple[str, str, str]] = {
     "RedisConfig": ("machinery_redis.settings", "RedisSettings", "machinery-redis"),
     "AMQPConfig": ("machinery_amqp.settings", "AMQPSettings", "machinery-amqp"),
     "GCPPubSubConfig": ("machinery_gcppubsub.settings", "GCPPubSubSettings", "machinery-gcppubsub"),
+    "MongoDBConfig": ("machinery_mongodb.settings", "MongoSettings", "machinery-mongodb"),
 }
 
 
@@ -477,6 +471,8 @@ class Config:
         reload=True,
         check=at_least(0, " seconds (0 means the default, 3600)"),
     )
+    #: Seconds dead-lettered messages are kept by the built-in brokers (memory://, sqlite://).
+    dead_letter_expire_in: int = setting(7 * 24 * 3600, reload=True, check=at_least(1, " seconds"))
     lock: str = setting("", go_env="LOCK")
     eager: bool = setting(False)
     no_unix_signals: bool = setting(False, go_env="NO_UNIX_SIGNALS")
@@ -498,6 +494,7 @@ class Config:
             default_queue: str = ...,
             result_backend: str = ...,
             results_expire_in: int = ...,
+            dead_letter_expire_in: int = ...,
             lock: str = ...,
             eager: bool = ...,
             no_unix_signals: bool = ...,

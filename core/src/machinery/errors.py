@@ -73,16 +73,25 @@ class TaskError(MachineryError):
 
 
 class Retry(Exception):  # noqa: N818 - the name users raise, like Machinery's ErrRetryTaskLater
-    """Raise inside a task to run it again in ``countdown`` seconds.
+    """Raise inside a task to run it again in ``countdown`` seconds (Go's ``ErrRetryTaskLater``).
 
-    Unlike Go Machinery (#640) this uses up one of the signature's ``retry_count``; with none left
-    the task fails with ``message`` (or "retry limit reached").
+    It has a budget of its own, separate from the signature's ``retry_count`` (the budget for
+    failures): at most ``max_retries`` retries-later per task (default
+    ``Config.worker.retry_later_limit``, 100), counted in the ``machinery-retry-later`` header. Then
+    the task fails with ``message`` (or "retry-later limit reached"). Never unbounded (Go #640)::
+
+        @app.task
+        def wait_for_report(report_id: str) -> str:
+            if not storage.exists(report_id):
+                raise Retry(countdown=30, max_retries=20)  # up to 10 minutes
+            return storage.url(report_id)
     """
 
-    def __init__(self, countdown: float = 0.0, message: str = "") -> None:
+    def __init__(self, countdown: float = 0.0, message: str = "", max_retries: int | None = None) -> None:
         super().__init__(message or f"Task will retry in {countdown}s")
         self.countdown = countdown
         self.message = message
+        self.max_retries = max_retries
 
 
 class TimeLimitExceeded(Exception):  # noqa: N818 - reads as what happened

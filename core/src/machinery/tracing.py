@@ -1,5 +1,9 @@
 """OpenTelemetry spans for publish and execute, carried in the message headers.
 
+One workflow is one trace: ``send group`` / ``send chord`` / ``send chain`` spans parent their members'
+publish spans, and whatever a worker sends while handling a task (chain links, chord callbacks,
+retries, errbacks) continues the trace that task's message carried.
+
 Active only when ``opentelemetry-api`` is installed (``pip install 'machinery-core[otel]'``);
 otherwise every function here is a no-op costing one attribute check. Header values are strings,
 so Go Machinery (whose carrier is a text map) can read the same headers.
@@ -13,9 +17,10 @@ from typing import Any
 
 from .signature import Signature
 
-__all__ = ["ENABLED", "active", "execute_span", "publish_span"]
+__all__ = ["ENABLED", "active", "continued", "execute_span", "publish_span", "workflow_span"]
 
 try:
+    from opentelemetry import context as otel_context
     from opentelemetry import propagate, trace
 
     _tracer: Any = trace.get_tracer("machinery")
@@ -58,14 +63,44 @@ def publish_span(sig: Signature) -> Iterator[None]:
         yield
 
 
+def _carrier(sig: Signature) -> dict[str, str]:
+    return {k: v for k, v in sig.headers.items() if isinstance(v, str)}
+
+
+@contextmanager
+def workflow_span(kind: str, group_uuid: str, size: int) -> Iterator[None]:
+    """A PRODUCER span around sending a group, chord or chain: the members' spans are its children."""
+    if not active():
+        yield
+        return
+    attributes = {"machinery.workflow": kind, "machinery.workflow.size": size}
+    if group_uuid:
+        attributes["machinery.group.uuid"] = group_uuid
+    with _tracer.start_as_current_span(f"send {kind}", kind=trace.SpanKind.PRODUCER, attributes=attributes):
+        yield
+
+
+@contextmanager
+def continued(sig: Signature) -> Iterator[None]:
+    """Make the trace context that ``sig``'s message carried the current one, so messages sent while
+    handling it join its trace (a producer span outside any span would start a new trace)."""
+    if not active():
+        yield
+        return
+    token = otel_context.attach(propagate.extract(_carrier(sig)))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
 @contextmanager
 def execute_span(sig: Signature) -> Iterator[None]:
     """A CONSUMER span around running ``sig``, a child of the producer's context when present."""
     if not active():
         yield
         return
-    carrier = {k: v for k, v in sig.headers.items() if isinstance(v, str)}
-    parent = propagate.extract(carrier)
+    parent = propagate.extract(_carrier(sig))
     with _tracer.start_as_current_span(
         sig.name, context=parent, kind=trace.SpanKind.CONSUMER, attributes=_attributes(sig)
     ):

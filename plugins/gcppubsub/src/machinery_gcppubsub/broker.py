@@ -347,9 +347,11 @@ class PubSubBroker(BaseBroker):
         self._confirm(pending)
 
     def publish_raw(self, queue: str, body: bytes) -> None:
-        """Publish raw bytes (the contract kit's malformed messages)."""
+        """Publish raw bytes (the contract kit's malformed messages). Pub/Sub refuses a message with
+        neither data nor attributes, so an empty body travels with an attribute saying so."""
         self._ensure(queue)
-        self._confirm([self._send(queue, body, "")])
+        marks = {} if body else {"machinery-empty": "true"}
+        self._confirm([self._send(queue, body, "", **marks)])
 
     def _publish_body(self, queue: str, body: bytes, ordering_key: str) -> None:
         self._confirm([self._send(queue, body, ordering_key)])
@@ -464,6 +466,17 @@ class PubSubBroker(BaseBroker):
                 **CALL,
             )
 
+    def _give_back(self, deliveries: list[PubSubDelivery]) -> None:
+        by_subscription: dict[str, list[str]] = {}
+        for delivery in deliveries:
+            if delivery._claim():
+                by_subscription.setdefault(delivery._subscription, []).append(delivery._ack_id)
+        for subscription, ack_ids in by_subscription.items():
+            try:
+                self._modify_deadline(subscription, ack_ids, 0)
+            except BrokerError as exc:  # they come back after their deadline instead
+                logger.warning("could not hand %d message(s) back at close: %s", len(ack_ids), exc)
+
     # inspection --------------------------------------------------------------------------------
     def pending(self, queue: str) -> list[Signature]:
         raise NotImplementedError(
@@ -513,11 +526,12 @@ class PubSubBroker(BaseBroker):
             self._acknowledge(subscription, [r.ack_id for r in received])
 
     def close(self) -> None:
-        """Stop renewing leases (unsettled messages come back after their deadline); idempotent."""
+        """Stop renewing leases and hand unsettled messages back at once (another consumer gets them
+        now, not after their deadline); idempotent."""
         if self._closed:
             return
+        self._give_back(self._leases.close())
         self._closed = True
-        self._leases.close()
         if self._own_clients:
             try:
                 if self._publisher is not None:
@@ -550,11 +564,14 @@ class _LeaseKeeper:
         with self._lock:
             self._live.pop(id(delivery), None)
 
-    def close(self) -> None:
+    def close(self) -> list[PubSubDelivery]:
+        """Stop renewing; returns the deliveries still unsettled."""
         self._stop.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(5)
+        with self._lock:
+            return [d for d in self._live.values() if not d.settled]
 
     def _run(self) -> None:
         broker = self._broker

@@ -179,13 +179,25 @@ class _Lease:
 class RedisDelivery:
     """One leased message. ``signature`` is None (and ``error`` says why) for a malformed body."""
 
-    __slots__ = ("_broker", "_lease", "body", "error", "redelivered", "settled", "signature")
+    __slots__ = (
+        "_broker",
+        "_lease",
+        "body",
+        "delivery_count",
+        "error",
+        "redelivered",
+        "settled",
+        "signature",
+    )
 
-    def __init__(self, broker: RedisBroker, lease: _Lease, body: bytes, redelivered: bool) -> None:
+    def __init__(self, broker: RedisBroker, lease: _Lease, body: bytes, returns: int) -> None:
         self._broker = broker
         self._lease = lease
         self.body = body
-        self.redelivered = redelivered
+        #: 1 + the times the message came back (lease recovery after a crash, or a requeue), counted
+        #: on the server, so the worker's delivery budget sees crashes (issue 16)
+        self.delivery_count = 1 + max(0, returns)
+        self.redelivered = returns > 0
         self.settled = False
         self.signature: Signature | None
         self.signature, self.error = _decode(body)
@@ -542,7 +554,7 @@ class RedisBroker(BaseBroker):
             if first is not None:
                 first_flag = 0
                 if marked:
-                    first_flag = int(self.conn.client.hexists(lease.keys.redelivered, _sha1(first)))
+                    first_flag = int(self.conn.client.hget(lease.keys.redelivered, _sha1(first)) or 0)
                 out = [first, *out]
                 flags = [first_flag, *flags] if flags else ([first_flag] if first_flag else [])
         except RedisError as exc:
@@ -554,9 +566,9 @@ class RedisBroker(BaseBroker):
         if not bodies:
             return []
         if flags:
-            out = [RedisDelivery(self, lease, b, bool(f)) for b, f in zip(bodies, flags, strict=False)]
+            out = [RedisDelivery(self, lease, b, int(f)) for b, f in zip(bodies, flags, strict=False)]
         else:
-            out = [RedisDelivery(self, lease, b, False) for b in bodies]
+            out = [RedisDelivery(self, lease, b, 0) for b in bodies]
         with self._lock:
             lease.outstanding += len(out)
         return list(out)

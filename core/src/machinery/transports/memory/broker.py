@@ -6,6 +6,7 @@ Unacked messages stay leased until acked or nacked; there is no lease expiry (on
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 import threading
@@ -37,6 +38,7 @@ class _Store:
         self.ready: dict[str, list[_Entry]] = {}  # heap per queue: (-priority, seq)
         self.delayed: list[tuple[float, int, _Entry]] = []  # heap by due time
         self.dead: dict[str, list[bytes]] = {}
+        self.dead_at: dict[str, list[float]] = {}  # monotonic time of each dead letter, for expiry
         self.seq = itertools.count()
 
 
@@ -47,6 +49,7 @@ class MemoryDelivery:
         self._broker = broker
         self._entry = entry
         self.body = entry.body
+        self.delivery_count = entry.deliveries
         self.redelivered = entry.deliveries > 1
         self.signature, self.error = decode_body(entry.body)
         self._settled = False
@@ -54,15 +57,15 @@ class MemoryDelivery:
     def ack(self) -> None:
         self._settled = True
 
-    def nack(self, requeue: bool = True, delay: float | None = None) -> None:
+    def nack(self, requeue: bool = True, delay: float | None = None, reason: str = "") -> None:
+        """Requeue (after ``delay`` seconds) or dead-letter."""
         if self._settled:
             return
         self._settled = True
         if requeue:
             self._broker._put(self._entry, delay or 0.0)
         else:
-            with self._broker._store.cond:
-                self._broker._store.dead.setdefault(self._entry.queue, []).append(self._entry.body)
+            self._broker._dead_letter(self._entry)
 
     def extend(self, seconds: float) -> None:
         return None  # leases never expire in one process
@@ -118,6 +121,17 @@ class MemoryBroker(BaseBroker):
             else:
                 heapq.heappush(store.ready.setdefault(entry.queue, []), entry)
             store.cond.notify_all()
+
+    def _dead_letter(self, entry: _Entry) -> None:
+        store = self._store
+        now = time.monotonic()
+        with store.cond:
+            bodies = store.dead.setdefault(entry.queue, [])
+            times = store.dead_at.setdefault(entry.queue, [])
+            expired = bisect.bisect_left(times, now - self.config.dead_letter_expire_in)
+            del bodies[:expired], times[:expired]
+            bodies.append(entry.body)
+            times.append(now)
 
     # consuming -------------------------------------------------------------------------------
     def consume(self, queue: str, max_messages: int, timeout: float) -> list[Delivery]:

@@ -88,9 +88,9 @@ class SQLiteDelivery:
         """Delete the message (a no-op when already settled or the lease was lost)."""
         self._broker.ack_many([self])
 
-    def nack(self, requeue: bool = True, delay: float | None = None) -> None:
+    def nack(self, requeue: bool = True, delay: float | None = None, reason: str = "") -> None:
         """Make the message visible again (after ``delay`` seconds), or dead-letter it."""
-        self._broker._nack(self, requeue, delay)
+        self._broker._nack(self, requeue, delay, reason)
 
     def extend(self, seconds: float) -> None:
         """Keep the lease at least ``seconds`` more from now."""
@@ -294,7 +294,8 @@ class SQLiteBroker(BaseBroker):
             with self._store.write("ack") as conn:
                 conn.executemany(sql, params)
 
-    def _nack(self, delivery: SQLiteDelivery, requeue: bool, delay: float | None) -> None:
+    def _nack(self, delivery: SQLiteDelivery, requeue: bool, delay: float | None, reason: str = "") -> None:
+        # ``reason`` is for the typed dead letters of plugin platform II; the count stays either way
         if not self._settle([delivery]):
             return
         key = (delivery.id, delivery.owner, delivery.delivery_count)
@@ -318,6 +319,10 @@ class SQLiteBroker(BaseBroker):
             ).rowcount
             if moved:
                 conn.execute("DELETE FROM messages WHERE id = ?", (delivery.id,))
+                conn.execute(  # dead letters expire (rare writes: the scan is cheap enough)
+                    "DELETE FROM dead_letters WHERE died_at < ?",
+                    (time.time() - self.config.dead_letter_expire_in,),
+                )
 
     def _extend(self, delivery: SQLiteDelivery, seconds: float) -> None:
         if delivery.settled:
