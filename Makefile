@@ -7,7 +7,8 @@
 #   make lock         refresh uv.lock to the newest versions the ranges allow (LOCK_ARGS= keeps the others)
 #   make services     start the test servers for interactive work (scripts/services stop to end)
 #   make lint         ruff + mypy --strict
-#   make bench        the benchmark (bench/README.md); BENCH_ARGS=--peers adds Dramatiq and Celery
+#   make bench        the benchmark (bench/README.md); BENCH_ARGS=--peers adds Dramatiq and Celery;
+#                     BENCH_SERVICES="redis rabbitmq aws pubsub mongodb memcached" adds the transport rows
 #
 # The development environment is uv's workspace lock (uv.lock, members: core, plugins/*, the example plugin):
 # .venv holds exactly what the lock says. uv itself comes from PyPI at an exact version, into .uv/VERSION.
@@ -80,10 +81,14 @@ lint: venv  # part of `make test`
 	$(call lint_with,$(VENV))
 
 BENCH_ARGS ?=
+# The servers started for the run; a transport row (sqs, gcppubsub, mongodb, memcache) runs when its
+# server's environment is set (a server of scripts/services already running counts) and its plugin is
+# installed, and is skipped with the reason otherwise.
+BENCH_SERVICES ?= redis rabbitmq mongodb memcached
 bench: $(UV)
 	$(SYNC_ALL) --group bench || $(LOCK_HINT)
 	scripts/services install
-	SERVICES="redis rabbitmq mongodb memcached" scripts/services run -- $(PY) bench/run.py $(BENCH_ARGS)
+	SERVICES="$(BENCH_SERVICES)" scripts/services run -- $(PY) bench/run.py $(BENCH_ARGS)
 	$(PY) bench/signing.py
 
 lock: $(UV)

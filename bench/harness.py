@@ -171,6 +171,41 @@ class RssSampler:
         return self.peak
 
 
+def listening_pids(port: int) -> list[int]:
+    """The processes holding a TCP socket listening on ``port`` (any address), from /proc (needs the
+    right to read their file descriptors: the same user, or root); [] when none is found."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                        inodes.add(fields[9])
+        except (OSError, StopIteration, IndexError, ValueError):
+            continue
+    if not inodes:
+        return []
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{entry}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{entry}/fd/{fd}") in wanted:
+                    pids.append(int(entry))
+                    break
+            except OSError:
+                continue
+    return pids
+
+
 # ---------------------------------------------------------------------------------------------- stats
 def percentile(samples: Sequence[float], q: float) -> float:
     """The ``q`` quantile (0..1) by linear interpolation between closest ranks."""
@@ -231,6 +266,8 @@ class Options:
     #: seconds between two completion probes during the drain
     poll: float = 0.005
     log_dir: str = ""
+    #: processes of the servers the system uses (their CPU during the drain is reported per task)
+    server_pids: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -244,6 +281,7 @@ class Outcome:
     drain_seconds: float = float("nan")
     timed_out: bool = False
     worker_cpu_us_per_task: float = float("nan")
+    server_cpu_us_per_task: float = float("nan")
     worker_peak_rss_mb: float = float("nan")
     idle_cpu_percent: float = float("nan")
     p50_ms: float = float("nan")
@@ -387,8 +425,11 @@ def run_workload(system: System, opts: Options, progress: Callable[[str], None] 
         sampler = RssSampler(worker.pid)
         t_ready = worker.wait_ready(60.0)
         cpu0 = cpu_seconds(children(worker.pid))
+        server0 = cpu_seconds(opts.server_pids)
         t_end, count, timed_out = _wait_drained(system, ids, opts, t_ready, progress)
         cpu1 = cpu_seconds(children(worker.pid))
+        if opts.server_pids:
+            out.server_cpu_us_per_task = (cpu_seconds(opts.server_pids) - server0) / max(1, count) * 1e6
         out.worker_peak_rss_mb = sampler.stop() / 2**20
         out.processed = count
         out.timed_out = timed_out

@@ -40,7 +40,15 @@ AREAS = (
         ),
     ),
     ("redis plugin", ("machinery_redis/",)),
+    (
+        "other plugins",
+        ("machinery_sqs/", "machinery_gcppubsub/", "machinery_mongodb/", "machinery_memcache/"),
+    ),
     ("redis-py", ("redis/", "hiredis")),
+    ("boto3, botocore", ("botocore/", "boto3/", "urllib3/", "http/client")),
+    ("google-cloud-pubsub, grpc", ("google/", "grpc/", "proto/")),
+    ("pymongo, bson", ("pymongo/", "bson/")),
+    ("pymemcache", ("pymemcache/",)),
     ("socket I/O", ("socket.", "_socket", "select.", "poll")),
     ("locks, queues, threads", ("threading.py", "queue.py", "_thread", "_queue", "concurrent/")),
     ("enum, dataclasses, datetime", ("enum.py", "dataclasses.py", "datetime", "uuid.py")),
@@ -103,18 +111,25 @@ def main() -> None:
         child(sys.argv[2], sys.argv[3:])
         return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--combo", default="redis/redis", help="redis/redis (default), sqlite/sqlite, amqp/redis")
+    p.add_argument(
+        "--combo",
+        default="redis/redis",
+        help="redis/redis (default), sqlite/sqlite, amqp/redis, or a transport row of run.py "
+        "(gcppubsub/redis, sqs/dynamodb, sqs/redis, redis/mongodb, redis/memcache)",
+    )
     p.add_argument("--n", type=int, default=10_000)
     p.add_argument("--top", type=int, default=40)
     p.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     p.add_argument("--amqp-url", default=os.environ.get("AMQP_URL", ""))
     p.add_argument("--out", default="", help="also write the report to this file")
     args = p.parse_args()
-    from bench.run import _with_db
+    from bench.run import _with_db, parse_args, transport_machinery_urls, transport_urls
     from bench.systems import MachinerySystem
 
     redis_url = _with_db(args.redis_url, 9)
-    urls = {"redis": redis_url, "sqlite": "sqlite", "amqp": args.amqp_url}
+    # the transport rows' URLs as run.py builds them (from the same environment)
+    urls = transport_machinery_urls(transport_urls(parse_args(["--redis-url", args.redis_url])))
+    urls.update({"redis": redis_url, "sqlite": "sqlite", "amqp": args.amqp_url})
     broker, backend = (urls[part] for part in args.combo.split("/"))
     lines: list[str] = []
 

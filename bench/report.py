@@ -19,6 +19,7 @@ METRICS = (
     "p99_ms",
     "after_idle_ms",
     "worker_cpu_us_per_task",
+    "server_cpu_us_per_task",
     "worker_peak_rss_mb",
     "idle_cpu_percent",
 )
@@ -30,6 +31,7 @@ RATIO_METRICS = (
     "p50_ms",
     "after_idle_ms",
     "worker_cpu_us_per_task",
+    "server_cpu_us_per_task",
 )
 
 
@@ -42,11 +44,15 @@ def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     systems: dict[str, list[dict[str, Any]]] = {}
     for run in runs:
         systems.setdefault(run["outcome"]["system"], []).append(run)
-    base_by_round = {r["round"]: r["outcome"] for r in systems.get(BASELINE, []) if not r["outcome"]["error"]}
     out: dict[str, dict[str, Any]] = {}
     for name, items in systems.items():
+        baseline = items[0].get("baseline", BASELINE)  # runs of older results have none: the Redis loop
+        base_by_round = {
+            r["round"]: r["outcome"] for r in systems.get(baseline, []) if not r["outcome"]["error"]
+        }
         good = [r for r in items if not r["outcome"]["error"]]
         entry: dict[str, Any] = {
+            "baseline": baseline,
             "runs": len(items),
             "ok": len(good),
             "n": items[0]["outcome"]["n"],
@@ -55,19 +61,19 @@ def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "timed_out": any(r["outcome"]["timed_out"] for r in items),
             "version": items[0]["outcome"].get("version", ""),
         }
-        for metric in METRICS:
-            entry[metric] = summary([float(r["outcome"][metric]) for r in good])
+        for metric in METRICS:  # .get: results of older runs lack the newer metrics
+            entry[metric] = summary([float(r["outcome"].get(metric, math.nan)) for r in good])
         ratios: dict[str, float] = {}
         for metric in RATIO_METRICS:
             paired = [
-                float(r["outcome"][metric]) / float(base_by_round[r["round"]][metric])
+                float(r["outcome"].get(metric, math.nan)) / float(base_by_round[r["round"]][metric])
                 for r in good
-                if r["round"] in base_by_round and _finite(base_by_round[r["round"]][metric])
+                if r["round"] in base_by_round and _finite(base_by_round[r["round"]].get(metric))
             ]
             if paired and all(_finite(v) for v in paired):
                 ratios[metric] = summary(paired)["median"]
             elif base_by_round:
-                base = summary([float(b[metric]) for b in base_by_round.values()])["median"]
+                base = summary([float(b.get(metric, math.nan)) for b in base_by_round.values()])["median"]
                 ratios[metric] = entry[metric]["median"] / base if _finite(base) and base else math.nan
         entry["ratio"] = ratios
         out[name] = entry
@@ -102,15 +108,24 @@ def _times(ratio: float) -> str:
     return "\u2013" if not math.isfinite(ratio) else f"{ratio:.2f}\u00d7"
 
 
+def is_baseline(name: str, summ: dict[str, dict[str, Any]]) -> bool:
+    return name == BASELINE or summ[name].get("baseline") == name
+
+
 def order(summ: dict[str, dict[str, Any]]) -> list[str]:
-    def key(name: str) -> tuple[int, str]:
+    """The Redis loop and the rows compared with it, then each raw transport loop followed by its rows."""
+
+    def key(name: str) -> tuple[int, str, int, str]:
+        base = summ[name].get("baseline", BASELINE)
+        if base != BASELINE:
+            return (4, base, 0 if name == base else 1, name)
         if name == BASELINE:
-            return (0, name)
+            return (0, "", 0, name)
         if name.startswith("machinery redis"):
-            return (1, name)
+            return (1, "", 0, name)
         if name.startswith("machinery"):
-            return (2, name)
-        return (3, name)
+            return (2, "", 0, name)
+        return (3, "", 0, name)
 
     return sorted(summ, key=key)
 
@@ -118,8 +133,8 @@ def order(summ: dict[str, dict[str, Any]]) -> list[str]:
 def tables(summ: dict[str, dict[str, Any]]) -> str:
     """The two result tables (throughput/latency, resources) in markdown."""
     lines = [
-        "| system | tasks | processed/s | vs minimal | enqueue/s one by one | vs minimal | "
-        "enqueue/s batched | vs minimal | send→result p50 ms | vs minimal | p90 / p99 ms | "
+        "| system | tasks | processed/s | vs baseline | enqueue/s one by one | vs baseline | "
+        "enqueue/s batched | vs baseline | send→result p50 ms | vs baseline | p90 / p99 ms | "
         "after 1 s idle ms |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -132,7 +147,7 @@ def tables(summ: dict[str, dict[str, Any]]) -> str:
             continue
         tasks = f"{2 * e['n']:,}" + (f" \u00d7{e['ok']}" if e["ok"] > 1 else "")
         tasks += " (cut)" if e["timed_out"] else ""
-        is_base = name == BASELINE
+        is_base = is_baseline(name, summ)
         lines.append(
             f"| {label} | {tasks} | {_cell(e['processed_per_s'])} | "
             f"{'=' if is_base else _pct(r.get('processed_per_s', math.nan))} | "
@@ -146,8 +161,9 @@ def tables(summ: dict[str, dict[str, Any]]) -> str:
         )
     lines += [
         "",
-        "| system | worker CPU µs/task | vs minimal | worker peak RSS MB | idle worker CPU % of a core |",
-        "|---|---:|---:|---:|---:|",
+        "| system | worker CPU µs/task | vs baseline | server CPU µs/task | vs baseline | "
+        "worker peak RSS MB | idle worker CPU % of a core |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name in order(summ):
         e = summ[name]
@@ -156,7 +172,9 @@ def tables(summ: dict[str, dict[str, Any]]) -> str:
         r = e["ratio"]
         lines.append(
             f"| {name} | {_cell(e['worker_cpu_us_per_task'])} | "
-            f"{'=' if name == BASELINE else _times(r.get('worker_cpu_us_per_task', math.nan))} | "
+            f"{'=' if is_baseline(name, summ) else _times(r.get('worker_cpu_us_per_task', math.nan))} | "
+            f"{_cell(e['server_cpu_us_per_task'])} | "
+            f"{'=' if is_baseline(name, summ) else _times(r.get('server_cpu_us_per_task', math.nan))} | "
             f"{_num(e['worker_peak_rss_mb']['median'], 1)} | {_num(e['idle_cpu_percent']['median'], 2)} |"
         )
     return "\n".join(lines)
@@ -212,11 +230,18 @@ def targets(summ: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     if sqlite and sqlite["ok"]:
         v = sqlite["processed_per_s"]["median"]
         add("sqlite:// ≥ 2,000 tasks/s processed", v, f"{_num(v)}/s", v >= 2000)
+    for name in order(summ):
+        e = summ[name]
+        if e["baseline"] == BASELINE or is_baseline(name, summ) or not e["ok"]:
+            continue
+        v = e["ratio"].get("processed_per_s", math.nan)
+        text = f"{name} processed/s ≥ 0.5\u00d7 its raw loop (issue 24; below: bench/README.md says why)"
+        add(text, v, _times(v), v >= 0.5)
     return rows
 
 
 def targets_table(rows: Sequence[dict[str, Any]]) -> str:
-    lines = ["| target (issue 10) | measured | met |", "|---|---:|:---:|"]
+    lines = ["| target (issues 10, 24) | measured | met |", "|---|---:|:---:|"]
     for row in rows:
         mark = "\u2013" if row["met"] is None else ("yes" if row["met"] else "**no**")
         lines.append(f"| {row['target']} | {row['shown']} | {mark} |")
@@ -237,7 +262,8 @@ def chart(summ: dict[str, dict[str, Any]], path: str, subtitle: str) -> None:
 
     names = [n for n in order(summ) if summ[n]["ok"]][::-1]
     colours = [
-        "#888888" if n == BASELINE else ("#1f77b4" if n.startswith("machinery") else "#ff7f0e") for n in names
+        "#888888" if is_baseline(n, summ) else ("#1f77b4" if n.startswith("machinery") else "#ff7f0e")
+        for n in names
     ]
     fig, axes = plt.subplots(1, 2, figsize=(12, 0.55 * len(names) + 2.2))
     for ax, metric, title, log in (

@@ -4,10 +4,12 @@ measured in the same run, optionally next to Dramatiq and Celery. See bench/READ
     make bench                                   # = scripts/services run -- .venv/bin/python bench/run.py
     .venv/bin/python bench/run.py [--quick] [--peers] [--n N] [--repeats R] [--only redis/redis,...]
 
-Needs REDIS_URL (and AMQP_URL / MONGODB_URL for the amqp / mongodb combinations) in the environment, as
-``eval "$(scripts/services env)"`` sets them; a combination whose plugin or server is missing is
-skipped with the reason. Writes bench/results/<stamp>.json and .md (and bench/latest.md and
-bench/latest.png after a full run), and prints the tables.
+Needs REDIS_URL (and AMQP_URL for the amqp combinations; PUBSUB_EMULATOR_HOST, SQS_BROKER_URL,
+AWS_ENDPOINT_URL_DYNAMODB, MONGODB_URL, MEMCACHE_URL for the transport rows, each measured next to a
+raw-client loop of bench/rawloop.py) in the environment, as ``eval "$(scripts/services env)"`` sets
+them; a combination whose plugin or server is missing is skipped with the reason. Writes
+bench/results/<stamp>.json and .md (and bench/latest.md and bench/latest.png after a full run), and
+prints the tables.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from bench import harness, report  # noqa: E402
+from bench.rawloop import PUBSUB_PROJECT, raw_label  # noqa: E402
 
 BENCH = os.path.join(ROOT, "bench")
 RESULTS = os.path.join(BENCH, "results")
@@ -49,12 +52,38 @@ GUESS = {
     "redis/redis-prefetch4": (1200, 12000, 6000),
     "sqlite/sqlite": (2500, 20000, 2500),
     "amqp/redis": (800, 800, 1200),
-    "redis/mongodb": (1000, 8000, 1500),
-    "redis/memcache": (1000, 10000, 3000),
     "amqp/amqp": (110, 130, 200),
     "dramatiq": (1800, 1800, 1600),
     "celery": (600, 600, 250),
+    # the newer transports (issue 24), each after its raw-client loop; emulators: small N
+    "raw-pubsub+redis": (150, 1500, 800),
+    "gcppubsub/redis": (100, 300, 150),
+    "raw-sqs+dynamodb": (100, 400, 300),
+    "sqs/dynamodb": (60, 200, 80),
+    "raw-sqs+redis": (100, 400, 400),
+    "sqs/redis": (80, 300, 150),
+    "raw-redis+mongodb": (2000, 3000, 1500),
+    "redis/mongodb": (100, 800, 250),
+    "raw-redis+memcache": (3000, 30000, 20000),
+    "redis/memcache": (250, 10000, 2000),
 }
+#: The transport rows: key -> (queue, store) of the raw loop measured next to it, in the same round.
+TRANSPORTS = {
+    "gcppubsub/redis": ("pubsub", "redis"),
+    "sqs/dynamodb": ("sqs", "dynamodb"),
+    "sqs/redis": ("sqs", "redis"),
+    "redis/mongodb": ("redis", "mongodb"),
+    "redis/memcache": ("redis", "memcache"),
+}
+#: Rows whose server is an emulator written for tests (moto, the Pub/Sub emulator, SecantusDB): N is
+#: --emulator-n and W2 at most 100 round trips, or a run would take most of an hour.
+EMULATED_SERVERS = {
+    "pubsub": "Google's Pub/Sub emulator",
+    "sqs": "moto",
+    "dynamodb": "moto",
+    "mongodb": "SecantusDB (a MongoDB-wire server in Python)",
+}
+EMULATED = tuple(EMULATED_SERVERS)
 FIXED = 9.0  # seconds of W2 + W3 + start-up per step
 
 
@@ -68,6 +97,9 @@ class Step:
     peer: str = ""  # a peer name, run in the peers' virtualenv
     estimate: float = 0.0
     notes: list[str] = field(default_factory=list)
+    baseline: str = report.BASELINE  # the row its ratios are taken against
+    rounds: int = 0  # W2 round trips (0: --rounds)
+    server_pids: list[int] = field(default_factory=list)  # whose CPU per task is reported
 
 
 def _estimate(key: str, n: int) -> float:
@@ -112,7 +144,144 @@ def _amqp_ok(url: str) -> str:
 
 
 def _plugin_ok(module: str, package: str) -> str:
-    return "" if importlib.util.find_spec(module) else f"{package} is not installed"
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a dotted name whose parent is missing
+        found = False
+    return "" if found else f"{package} is not installed"
+
+
+def _tcp_ok(what: str, hostport: str, default_port: int) -> str:
+    """'' when something listens at ``host:port``, else why not (no request: any server will do)."""
+    import socket
+
+    host, _, port = hostport.rpartition(":") if ":" in hostport else (hostport, "", "")
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port or default_port)), 3).close()
+    except (OSError, ValueError) as exc:
+        return f"{what} at {hostport} does not answer ({exc})"
+    return ""
+
+
+def _mongodb_ok(url: str) -> str:
+    try:
+        import pymongo
+
+        client: Any = pymongo.MongoClient(url, serverSelectionTimeoutMS=3000)
+        try:
+            client.admin.command("ping")
+        finally:
+            client.close()
+    except Exception as exc:
+        return f"MongoDB at {urlsplit(url).hostname} does not answer ({type(exc).__name__})"
+    return ""
+
+
+def _endpoint_hostport(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+
+
+def transport_urls(args: argparse.Namespace) -> dict[str, str]:
+    """The servers of the transport rows, from the options (default: scripts/services' environment)."""
+    mongodb = args.mongodb_url
+    return {
+        "redis_url": bench_redis_url(args),
+        "pubsub_host": args.pubsub_emulator,
+        "sqs_url": args.sqs_url,
+        "sqs_endpoint": os.environ.get("AWS_ENDPOINT_URL_SQS") or os.environ.get("SQS_ENDPOINT_URL", ""),
+        "dynamodb_endpoint": args.dynamodb_endpoint,
+        "mongodb_url": mongodb,
+        "mongodb_db": "machinery_bench",
+        "memcache_url": args.memcache_url,
+    }
+
+
+def transport_why_not(part: str, urls: dict[str, str]) -> list[str]:
+    """Why a queue or store of a transport row cannot be measured ([] when it can)."""
+    if part == "redis":
+        url = urls["redis_url"]
+        return ["REDIS_URL is not set" if not url else _redis_ok(url)]
+    if part == "pubsub":
+        host = urls["pubsub_host"]
+        if not host:
+            return ["PUBSUB_EMULATOR_HOST is not set (only the emulator is benchmarked)"]
+        return [
+            _tcp_ok("the Pub/Sub emulator", host, 8085),
+            _plugin_ok("google.cloud.pubsub_v1", "google-cloud-pubsub"),
+        ]
+    if part == "sqs":
+        if not (urls["sqs_url"] and urls["sqs_endpoint"]):
+            return [
+                "SQS_BROKER_URL / AWS_ENDPOINT_URL_SQS are not set (only a local endpoint is benchmarked)"
+            ]
+        return [_tcp_ok("SQS", _endpoint_hostport(urls["sqs_endpoint"]), 80), _plugin_ok("boto3", "boto3")]
+    if part == "dynamodb":
+        if not urls["dynamodb_endpoint"]:
+            return ["AWS_ENDPOINT_URL_DYNAMODB is not set (only a local endpoint is benchmarked)"]
+        return [
+            _tcp_ok("DynamoDB", _endpoint_hostport(urls["dynamodb_endpoint"]), 80),
+            _plugin_ok("boto3", "boto3"),
+        ]
+    if part == "mongodb":
+        if not urls["mongodb_url"]:
+            return ["MONGODB_URL is not set"]
+        reason = _plugin_ok("pymongo", "pymongo")
+        return [reason or _mongodb_ok(urls["mongodb_url"])]
+    if part == "memcache":
+        url = urls["memcache_url"]
+        if not url:
+            return ["MEMCACHE_URL is not set"]
+        hosts = url.split("://", 1)[-1].split("?")[0].strip("/").split(",")
+        return [_tcp_ok("memcached", h, 11211) for h in hosts] + [_plugin_ok("pymemcache", "pymemcache")]
+    raise ValueError(part)
+
+
+def server_ports(part: str, urls: dict[str, str]) -> list[int]:
+    """The local TCP ports of a queue or store of a transport row (for its server's CPU per task)."""
+    local = ("127.0.0.1", "localhost", "::1")
+
+    def port_of(url: str, default: int) -> list[int]:
+        parts = urlsplit(url if "://" in url else f"tcp://{url}")
+        return [parts.port or default] if parts.hostname in local else []
+
+    if part == "redis":
+        return port_of(urls["redis_url"], 6379)
+    if part == "pubsub":
+        return port_of(urls["pubsub_host"], 8085)
+    if part in ("sqs", "dynamodb"):
+        return port_of(urls[f"{part}_endpoint"], 80)
+    if part == "mongodb":
+        return port_of(urls["mongodb_url"], 27017)
+    hosts = urls["memcache_url"].split("://", 1)[-1].split("?")[0].strip("/").split(",")
+    return [p for h in hosts for p in port_of(h, 11211)]
+
+
+#: The plugin each transport row's Machinery side needs, by URL scheme part.
+PLUGINS = {
+    "gcppubsub": ("machinery_gcppubsub", "machinery-gcppubsub"),
+    "sqs": ("machinery_sqs", "machinery-sqs"),
+    "dynamodb": ("machinery_sqs", "machinery-sqs"),
+    "redis": ("machinery_redis", "machinery-redis"),
+    "mongodb": ("machinery_mongodb", "machinery-mongodb"),
+    "memcache": ("machinery_memcache", "machinery-memcache"),
+}
+
+
+def transport_machinery_urls(urls: dict[str, str]) -> dict[str, str]:
+    """Broker/backend URL of each part of a transport row; ``{queue}`` becomes the run's own name."""
+    mongodb = urls["mongodb_url"]
+    if mongodb:
+        parts = urlsplit(mongodb)
+        mongodb = urlunsplit((parts.scheme, parts.netloc, "/" + urls["mongodb_db"], parts.query, ""))
+    return {
+        "gcppubsub": f"gcppubsub://{PUBSUB_PROJECT}/{{queue}}",
+        "sqs": urls["sqs_url"],
+        "dynamodb": "dynamodb://?task_states_table={queue}_states&group_metas_table={queue}_groups",
+        "redis": urls["redis_url"],
+        "mongodb": mongodb,
+        "memcache": urls["memcache_url"],
+    }
 
 
 # --------------------------------------------------------------------------------------------- machine
@@ -237,11 +406,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, help="interleaved repeats on Redis (default 3; 1 with --quick)")
     p.add_argument("--rounds", type=int, default=300, help="W2 round trips (default 300)")
     p.add_argument("--batch", type=int, default=1000, help="send_tasks / pipeline batch size (default 1000)")
-    p.add_argument("--only", default="", help="comma-separated: baseline,redis/redis,sqlite/sqlite,...")
+    p.add_argument(
+        "--only",
+        default="",
+        help="comma-separated: baseline,redis/redis,sqlite/sqlite,...,gcppubsub/redis,sqs/dynamodb,sqs/redis,"
+        "redis/mongodb,redis/memcache (a transport row brings its raw loop)",
+    )
     p.add_argument("--redis-url", default=os.environ.get("REDIS_URL", ""), help="default $REDIS_URL")
     p.add_argument("--redis-db", type=int, default=9, help="Redis database used (default 9; -1: the URL's)")
     p.add_argument("--amqp-url", default=os.environ.get("AMQP_URL", ""), help="default $AMQP_URL")
     p.add_argument("--memcache-url", default=os.environ.get("MEMCACHE_URL", ""), help="default $MEMCACHE_URL")
+    p.add_argument("--mongodb-url", default=os.environ.get("MONGODB_URL", ""), help="default $MONGODB_URL")
+    p.add_argument("--sqs-url", default=os.environ.get("SQS_BROKER_URL", ""), help="default $SQS_BROKER_URL")
+    p.add_argument(
+        "--dynamodb-endpoint",
+        default=os.environ.get("AWS_ENDPOINT_URL_DYNAMODB") or os.environ.get("DYNAMODB_ENDPOINT_URL", ""),
+        help="default $AWS_ENDPOINT_URL_DYNAMODB",
+    )
+    p.add_argument(
+        "--pubsub-emulator",
+        default=os.environ.get("PUBSUB_EMULATOR_HOST", ""),
+        help="host:port, default $PUBSUB_EMULATOR_HOST",
+    )
+    p.add_argument(
+        "--emulator-n",
+        type=int,
+        default=500,
+        help="N of the rows on emulators (Pub/Sub emulator, moto, SecantusDB) and their raw loops "
+        "(default 500; 200 with --quick)",
+    )
     p.add_argument("--limit", type=float, default=240.0, help="seconds a drain may take (default 240)")
     p.add_argument("--budget", type=float, default=19 * 60, help="seconds for the whole run (default 1140)")
     p.add_argument(
@@ -265,9 +458,6 @@ def plan(args: argparse.Namespace, progress: Callable[[str], None]) -> tuple[lis
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     redis_url = bench_redis_url(args)
     amqp_url = args.amqp_url
-    mongodb_url = os.environ.get("MONGODB_URL", "").rstrip("/") + "/machinery_bench"
-    mongodb_url = "" if mongodb_url == "/machinery_bench" else mongodb_url
-    memcache_url = args.memcache_url
     skipped: list[str] = []
 
     def why_not(key: str) -> str:
@@ -281,12 +471,6 @@ def plan(args: argparse.Namespace, progress: Callable[[str], None]) -> tuple[lis
         if needs_amqp:
             reasons.append("AMQP_URL is not set" if not amqp_url else _amqp_ok(amqp_url))
             reasons.append(_plugin_ok("machinery_amqp", "machinery-amqp"))
-        if "mongodb" in key:
-            reasons.append("MONGODB_URL is not set" if not mongodb_url else "")
-            reasons.append(_plugin_ok("machinery_mongodb", "machinery-mongodb"))
-        if "memcache" in key:
-            reasons.append("" if memcache_url else "MEMCACHE_URL is not set")
-            reasons.append(_plugin_ok("machinery_memcache", "machinery-memcache"))
         return "; ".join(r for r in reasons if r)
 
     def wanted(key: str) -> bool:
@@ -304,7 +488,9 @@ def plan(args: argparse.Namespace, progress: Callable[[str], None]) -> tuple[lis
 
     steps: list[Step] = []
     peers = args.peers and not args.quick
-    use = {k: wanted(k) for k in GUESS if k not in ("dramatiq", "celery") or peers}
+    classic = [k for k in GUESS if k not in TRANSPORTS and not k.startswith("raw-")]
+    use = {k: wanted(k) for k in classic if k not in ("dramatiq", "celery") or peers}
+    transports = transport_steps(args, only, repeats, skipped, progress)
     for r in range(repeats):
         if use.get("baseline"):
             steps.append(Step("baseline", "redis-py minimal loop", n, r, lambda: BaselineSystem(redis_url)))
@@ -328,12 +514,6 @@ def plan(args: argparse.Namespace, progress: Callable[[str], None]) -> tuple[lis
         if use.get("amqp/redis"):
             make = machinery("amqp/redis", amqp_url, redis_url)
             steps.append(Step("amqp/redis", "machinery amqp/redis", n, -1, make))
-        if use.get("redis/mongodb"):
-            make = machinery("redis/mongodb", redis_url, mongodb_url)
-            steps.append(Step("redis/mongodb", "machinery redis/mongodb", n, -1, make))
-        if use.get("redis/memcache"):
-            make = machinery("redis/memcache", redis_url, memcache_url)
-            steps.append(Step("redis/memcache", "machinery redis/memcache", n, -1, make))
         if use.get("amqp/amqp"):
             note = f"amqp/amqp ran with N = {amqp_n:,} (each result is a RabbitMQ queue)"
             make = machinery("amqp/amqp", amqp_url, amqp_url)
@@ -342,9 +522,62 @@ def plan(args: argparse.Namespace, progress: Callable[[str], None]) -> tuple[lis
                     "amqp/amqp", "machinery amqp/amqp", amqp_n, -1, make, notes=[note] if amqp_n != n else []
                 )
             )
+    for r in range(repeats):
+        steps += [step for step in transports if step.round == r]
     for step in steps:
         step.estimate = _estimate(step.key, step.n)
     return steps, skipped
+
+
+def transport_steps(
+    args: argparse.Namespace,
+    only: set[str],
+    repeats: int,
+    skipped: list[str],
+    progress: Callable[[str], None],
+) -> list[Step]:
+    """The transport rows asked for (all when --only is empty), each round its raw loop then Machinery."""
+    from bench.rawloop import RawLoopSystem
+    from bench.systems import MachinerySystem
+
+    urls = transport_urls(args)
+    machinery_urls = transport_machinery_urls(urls)
+    n_default = args.n or (2000 if args.quick else 10_000)
+    emulator_n = min(args.emulator_n if args.emulator_n else 500, 200 if args.quick else 10**9)
+    steps: list[Step] = []
+    for key, (queue, store) in TRANSPORTS.items():
+        raw_key = f"raw-{queue}+{store}"
+        if only and key not in only and raw_key not in only:
+            continue
+        broker, backend = key.split("/")
+        reasons = transport_why_not(queue, urls) + transport_why_not(store, urls)
+        reasons += [_plugin_ok(*PLUGINS[broker]), _plugin_ok(*PLUGINS[backend])]
+        reason = "; ".join(dict.fromkeys(r for r in reasons if r))
+        if reason:
+            skipped.append(f"{key}: skipped ({reason})")
+            progress(f"{key}: skipped: {reason}")
+            continue
+        emulated = queue in EMULATED or store in EMULATED
+        n = emulator_n if emulated else n_default
+        rounds = min(args.rounds, 100) if emulated else 0
+        servers = ", ".join(dict.fromkeys(EMULATED_SERVERS[p] for p in (queue, store) if p in EMULATED))
+        note = [f"N = {n:,}: {servers} (an emulator; read the ratio to the raw loop)"] if emulated else []
+        label = raw_label(queue, store)
+        ports = dict.fromkeys(server_ports(queue, urls) + server_ports(store, urls))
+        pids = sorted({pid for port in ports for pid in harness.listening_pids(port)})
+        for r in range(repeats):
+
+            def raw(q: str = queue, st: str = store) -> Any:
+                return RawLoopSystem(q, st, urls)
+
+            def ours(k: str = key, b: str = broker, be: str = backend) -> Any:
+                return MachinerySystem(k, machinery_urls[b], machinery_urls[be])
+
+            common: dict[str, Any] = {"baseline": label, "rounds": rounds, "server_pids": pids}
+            steps.append(Step(raw_key, label, n, r, raw, notes=note[:], **common))
+            if not only or key in only:
+                steps.append(Step(key, f"machinery {key}", n, r, ours, notes=note[:], **common))
+    return steps
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -448,7 +681,12 @@ def _run(
         where = f" round {step.round + 1}" if step.round >= 0 else ""
         progress(f"[{index}/{len(steps)}] {step.label}{where}: N = {step.n:,}")
         opts = harness.Options(
-            n=step.n, batch=args.batch, rounds=args.rounds, drain_limit=args.limit, log_dir=log_dir
+            n=step.n,
+            batch=args.batch,
+            rounds=step.rounds or args.rounds,
+            drain_limit=args.limit,
+            log_dir=log_dir,
+            server_pids=step.server_pids,
         )
         if step.peer:
             outcome = run_peer(python, step.peer, redis_url, opts, progress)
@@ -456,7 +694,7 @@ def _run(
             assert step.make is not None
             outcome = harness.run_workload(step.make(), opts, progress).as_dict()
         outcome["notes"] = outcome.get("notes", []) + step.notes
-        runs.append({"round": step.round, "key": step.key, "outcome": outcome})
+        runs.append({"round": step.round, "key": step.key, "baseline": step.baseline, "outcome": outcome})
         progress(_one_line(outcome))
         progress.step_done(step.estimate)
 
@@ -566,8 +804,9 @@ def render(
         "",
         "Task `add(x, y)`, every result stored; ONE worker process with 8 threads (start-up excluded); "
         "`tasks` is what one drain ran (N one by one + N batched), \u00d7R for interleaved repeats (median, "
-        "range in brackets). Ratios compare with the minimal redis-py loop of the same run (same round "
-        "for the repeats).",
+        "range in brackets). Ratios compare each row with its baseline in the same run (same round for "
+        "the repeats): the minimal redis-py loop, or for a transport row the raw loop of the same client "
+        "libraries listed just above it (bench/rawloop.py).",
         "",
     ]
     if rb and "error" not in rb:

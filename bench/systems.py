@@ -9,9 +9,9 @@ import shutil
 import sys
 import tempfile
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 import redis
@@ -35,6 +35,10 @@ def _delete_keys(client: Any, keys: Sequence[str | bytes]) -> None:
         chunk = keys[start : start + 1000]
         if chunk:
             client.delete(*chunk)
+
+
+def _query(url: str) -> dict[str, str]:
+    return dict(parse_qsl(urlsplit(url).query))
 
 
 def _scan_delete(client: Any, pattern: str) -> None:
@@ -62,12 +66,14 @@ class MachinerySystem:
             url = f"sqlite:///{self.tmp}/bench.db"
             broker = url if broker == "sqlite" else broker
             backend = url if backend == "sqlite" else backend
-        self.broker_url = broker
-        self.backend_url = backend
         self.queue = f"bench_{uuid.uuid4().hex[:10]}"
+        # "{queue}" in a URL: names of this run's own (Pub/Sub subscription, DynamoDB tables)
+        self.broker_url = broker.replace("{queue}", self.queue)
+        self.backend_url = backend.replace("{queue}", self.queue)
         self.expires = expires
         self.app: BenchApp | None = None
         self.raw: Any = None  # a plain redis-py client on a Redis backend, for cheap completion checks
+        self._dynamo: Any = None
         self.sent: list[str] = []
 
     def _config(self) -> Config:
@@ -115,6 +121,8 @@ class MachinerySystem:
         if self.raw is not None:
             values = self.raw.mget(ids)
             return [v is not None and (_FINAL_MARKS[0] in v or _FINAL_MARKS[1] in v) for v in values]
+        if urlsplit(self.backend_url).scheme == "dynamodb":
+            return self._dynamodb_done(ids)
         assert self.app is not None
         backend = self.app.backend
         get_states = getattr(backend, "get_states", None)
@@ -122,6 +130,27 @@ class MachinerySystem:
             get_states(ids) if get_states is not None else [backend.get_state(u) for u in ids]
         )
         return [s is not None and s.state.is_completed for s in states]
+
+    def _dynamodb_done(self, ids: Sequence[str]) -> list[bool]:
+        # The DynamoDB backend reads one item per call: the observer reads 100 per BatchGetItem instead,
+        # so that it does not load the emulator more than the raw loop's observer does.
+        import boto3
+
+        if self._dynamo is None:
+            self._dynamo = boto3.client("dynamodb")
+        table = _query(self.backend_url)["task_states_table"]
+        final: set[str] = set()
+        for start in range(0, len(ids), 100):
+            keys = [{"TaskUUID": {"S": k}} for k in dict.fromkeys(ids[start : start + 100])]
+            request: dict[str, Any] = {table: {"Keys": keys, "ProjectionExpression": "TaskUUID, #s"}}
+            request[table]["ExpressionAttributeNames"] = {"#s": "State"}
+            while request:
+                got = self._dynamo.batch_get_item(RequestItems=request)
+                for item in got["Responses"].get(table, []):
+                    if item.get("State", {}).get("S") in ("SUCCESS", "FAILURE"):
+                        final.add(item["TaskUUID"]["S"])
+                request = got.get("UnprocessedKeys") or {}
+        return [k in final for k in ids]
 
     def roundtrip(self, i: int) -> None:
         assert self.app is not None
@@ -148,19 +177,65 @@ class MachinerySystem:
                 done = [f"{{{u}}}:machinery:done" for u in self.sent[-400:]]
                 waiters = [f"{{{u}}}:machinery:waiter" for u in self.sent[-400:]]
                 _delete_keys(self.raw, done + waiters)
-        if urlsplit(self.backend_url).scheme in ("mongodb", "mongodb+srv"):
-            self._mongodb_cleanup()
         if scheme in ("amqp", "amqps") or urlsplit(self.backend_url).scheme in ("amqp", "amqps"):
             self._amqp_cleanup()
+        for cleanup in self._transport_cleanups():
+            try:
+                cleanup()
+            except Exception as exc:  # a leftover queue or table is not worth failing the run
+                print(f"{self.name}: cleanup: {type(exc).__name__}: {exc}", file=sys.stderr)
         if self.tmp:
             shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _transport_cleanups(self) -> list[Callable[[], None]]:
+        """What deletes this run's queues, topics, tables and documents on the newer transports."""
+        broker, backend = urlsplit(self.broker_url).scheme, urlsplit(self.backend_url).scheme
+        out: list[Callable[[], None]] = []
+        if broker == "gcppubsub":
+            out.append(self._pubsub_cleanup)
+        if broker in ("sqs", "http", "https"):
+            out.append(self._sqs_cleanup)
+        if backend == "dynamodb":
+            out.append(self._dynamodb_cleanup)
+        if backend in ("mongodb", "mongodb+srv"):
+            out.append(self._mongodb_cleanup)
+        return out
+
+    def _pubsub_cleanup(self) -> None:
+        from google.cloud import pubsub_v1
+
+        project = urlsplit(self.broker_url).netloc
+        publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+        for name in (self.queue, f"{self.queue}-dead-letters"):
+            with contextlib.suppress(Exception):
+                subscriber.delete_subscription(subscription=subscriber.subscription_path(project, name))
+            with contextlib.suppress(Exception):
+                publisher.delete_topic(topic=publisher.topic_path(project, name))
+
+    def _sqs_cleanup(self) -> None:
+        import boto3
+
+        client: Any = boto3.client("sqs")
+        for name in (self.queue, f"{self.queue}-dlq"):
+            with contextlib.suppress(Exception):
+                client.delete_queue(QueueUrl=client.get_queue_url(QueueName=name)["QueueUrl"])
+
+    def _dynamodb_cleanup(self) -> None:
+        import boto3
+
+        client: Any = boto3.client("dynamodb")
+        query = _query(self.backend_url)
+        for key in ("task_states_table", "group_metas_table"):
+            with contextlib.suppress(Exception):
+                client.delete_table(TableName=query[key])
 
     def _mongodb_cleanup(self) -> None:
         import pymongo
 
-        with contextlib.suppress(Exception):
-            client: Any = pymongo.MongoClient(self.backend_url, serverSelectionTimeoutMS=3000)
+        client: Any = pymongo.MongoClient(self.backend_url, serverSelectionTimeoutMS=3000)
+        try:
             client.get_database().tasks.delete_many({"_id": {"$in": self.sent}})
+        finally:
             client.close()
 
     def _amqp_cleanup(self) -> None:

@@ -2,7 +2,7 @@
 
 The worker runs it with the real CLI: ``python -m machinery worker -A bench.tasks:app -c 8`` with
 ``BROKER``, ``RESULT_BACKEND`` and ``DEFAULT_QUEUE`` set (``Config.from_env``). When
-``MACHINERY_BENCH_READY`` names a file, the worker writes the wall-clock time into it just before its
+``BENCH_READY_FILE`` names a file, the worker writes the wall-clock time into it just before its
 first fetch, so the benchmark can leave the worker's start-up out of the drain time (the hook is a
 ``pre_consume_handler`` that returns True: one Python call per fetch, nothing per task).
 """
@@ -18,7 +18,8 @@ from typing import Any, Literal
 from machinery import Config, Machinery
 from machinery.worker import Worker
 
-READY_ENV = "MACHINERY_BENCH_READY"
+#: Not MACHINERY_*: the core reads MACHINERY_<SECTION>_<NAME> as plugin settings (and warns of unknown ones).
+READY_ENV = "BENCH_READY_FILE"
 
 
 class BenchApp(Machinery):

@@ -1,6 +1,6 @@
 """Celery's side of the peer benchmark: Redis broker and result backend, ``add(x, y)``.
 
-Environment: ``BENCH_REDIS_URL``, ``BENCH_QUEUE``, ``MACHINERY_BENCH_READY`` (see dramatiq_app.py).
+Environment: ``BENCH_REDIS_URL``, ``BENCH_QUEUE``, ``BENCH_READY_FILE`` (see dramatiq_app.py).
 Worker: ``celery -A bench.peers.celery_app worker --pool threads --concurrency 8``.
 """
 # mypy: ignore-errors
@@ -24,7 +24,7 @@ app.conf.broker_connection_retry_on_startup = True
 
 @worker_ready.connect
 def _ready(**_kwargs):
-    path = os.environ.get("MACHINERY_BENCH_READY", "")
+    path = os.environ.get("BENCH_READY_FILE", "")
     if path:
         with open(path, "w") as f:
             f.write(f"{time.time():.6f}\n")

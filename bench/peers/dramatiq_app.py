@@ -1,6 +1,6 @@
 """Dramatiq's side of the peer benchmark: Redis broker, Redis results, ``add(x, y)``.
 
-Environment: ``BENCH_REDIS_URL``, ``BENCH_QUEUE``, and ``MACHINERY_BENCH_READY`` (a file the worker
+Environment: ``BENCH_REDIS_URL``, ``BENCH_QUEUE``, and ``BENCH_READY_FILE`` (a file the worker
 writes the wall-clock time into once it has booted and consumes). Worker:
 ``dramatiq bench.peers.dramatiq_app --processes 1 --threads 8``.
 """
@@ -22,10 +22,10 @@ QUEUE = os.environ.get("BENCH_QUEUE", "bench")
 
 
 class Ready(Middleware):
-    """Writes the time into ``MACHINERY_BENCH_READY`` once the worker has started its consumers."""
+    """Writes the time into ``BENCH_READY_FILE`` once the worker has started its consumers."""
 
     def after_worker_boot(self, broker, worker):
-        path = os.environ.get("MACHINERY_BENCH_READY", "")
+        path = os.environ.get("BENCH_READY_FILE", "")
         if path:
             with open(path, "w") as f:
                 f.write(f"{time.time():.6f}\n")

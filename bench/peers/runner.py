@@ -59,7 +59,7 @@ class _Peer:
         return {
             "BENCH_REDIS_URL": self.url,
             "BENCH_QUEUE": self.queue,
-            "MACHINERY_BENCH_READY": ready_file,
+            "BENCH_READY_FILE": ready_file,
             "PYTHONPATH": _env_path(),
         }
 
