@@ -94,6 +94,9 @@ RETRY = retry.Retry(predicate=retry.if_transient_error, initial=0.1, maximum=2.0
 CALL = {"retry": RETRY, "timeout": RPC_TIMEOUT}
 #: Seconds a pull waits at most, whatever the caller's timeout (the server may return empty earlier).
 MAX_PULL_WAIT = 10.0
+#: Pauses between empty pulls that came back at once (seconds, doubling up to the maximum).
+MIN_IDLE_PAUSE = 0.05
+MAX_IDLE_PAUSE = 0.5
 
 
 @dataclass(frozen=True)
@@ -206,6 +209,7 @@ class PubSubBroker(BaseBroker):
         self._ready: set[str] = set()  # queues whose topic and subscription exist
         self._ready_lock = threading.Lock()
         self._leases = _LeaseKeeper(self)
+        self._idle = threading.Event()  # never set: an interruptible sleep between empty pulls
         self._closed = False
 
     @classmethod
@@ -403,12 +407,19 @@ class PubSubBroker(BaseBroker):
         _, subscriber = self._clients()
         subscription = self.subscription_path(queue)
         deadline = time.monotonic() + max(timeout, 0.0)
+        pause = MIN_IDLE_PAUSE
         while True:
             remaining = deadline - time.monotonic()
+            asked = time.monotonic()
             received = self._pull(subscriber, subscription, max_messages, remaining)
             deliveries = self._admit(queue, subscription, received)
             if deliveries or time.monotonic() >= deadline:
                 return deliveries
+            if not received and time.monotonic() - asked < MIN_IDLE_PAUSE:
+                # the server answered "nothing" at once (the emulator does): pause, growing, instead
+                # of spinning on empty pulls
+                self._idle.wait(min(pause, max(deadline - time.monotonic(), 0.0)))
+                pause = min(pause * 2, MAX_IDLE_PAUSE)
 
     def _pull(self, subscriber: Any, subscription: str, max_messages: int, wait: float) -> list[Any]:
         wait = min(max(wait, 0.05), MAX_PULL_WAIT)
