@@ -156,16 +156,17 @@ class Machinery:
         return [AsyncResult(self.backend, s.uuid, s.name) for s in sigs]
 
     def _send(self, sigs: list[Signature], concurrency: int = 0) -> None:
-        """Store every PENDING state, then publish: in one round trip when the broker offers
-        ``publish_with_states`` for this backend (e.g. both on one Redis server)."""
+        """Store every PENDING state, then publish: in one round trip when a plugin's
+        ``machinery_publish_with_states`` hook can do so for this broker and backend (e.g. both on one
+        Redis server)."""
         states = [self._pending(s) for s in sigs]
         if tracing.active():
             for sig in sigs:
                 with tracing.publish_span(sig):
                     pass  # the span marks the hand-over; its context rides in the headers
         if self._pre_publish is None and not self.config.eager and concurrency <= 0:
-            together = getattr(self.broker, "publish_with_states", None)
-            if together is not None and together(sigs, states, self.backend):
+            hook = plugins.get_plugin_manager().hook.machinery_publish_with_states
+            if hook(broker=self.broker, backend=self.backend, signatures=sigs, states=states):
                 return
         if len(states) == 1:
             self.backend.set_state(states[0])

@@ -2,61 +2,28 @@
 
 - ``memory://``: broker, backend and lock inside one process (tests, eager mode).
 - ``sqlite:///path.db``: broker, backend and lock on one SQLite file, safe across processes.
+
+The classes are imported on first use, so listing plugins stays cheap.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from .plugins import transport
 
-from .plugins import Kind, SchemeRow, hookimpl, scheme_of
+__all__ = ["memory", "sqlite"]
 
-if TYPE_CHECKING:
-    from .backend import Backend
-    from .broker import Broker
-    from .config import Config
-    from .lock import Lock
+memory = transport(
+    ["memory"],
+    broker="machinery.transports.memory.broker:MemoryBroker",
+    backend="machinery.transports.memory.backend:MemoryBackend",
+    lock="machinery.transports.memory.lock:MemoryLock",
+    distribution="machinery-core",
+)
 
-DISTRIBUTION = "machinery-core"
-
-
-#: (scheme, kind) -> (module, class): imported on first use, so listing plugins stays cheap.
-_CLASSES: dict[tuple[str, Kind], tuple[str, str]] = {
-    ("memory", "broker"): ("machinery.transports.memory.broker", "MemoryBroker"),
-    ("memory", "backend"): ("machinery.transports.memory.backend", "MemoryBackend"),
-    ("memory", "lock"): ("machinery.transports.memory.lock", "MemoryLock"),
-    ("sqlite", "broker"): ("machinery.transports.sqlite.broker", "SQLiteBroker"),
-    ("sqlite", "backend"): ("machinery.transports.sqlite.backend", "SQLiteBackend"),
-    ("sqlite", "lock"): ("machinery.transports.sqlite.lock", "SQLiteLock"),
-}
-
-
-@hookimpl
-def machinery_schemes() -> list[SchemeRow]:
-    return [SchemeRow(scheme, kind, DISTRIBUTION) for scheme, kind in _CLASSES]
-
-
-def _build(kind: Kind, url: str, config: Config) -> Any:
-    target = _CLASSES.get((scheme_of(url), kind))
-    if target is None:
-        return None
-    module, name = target
-    return getattr(importlib.import_module(module), name).from_url(url, config)
-
-
-@hookimpl
-def machinery_broker(url: str, config: Config) -> Broker | None:
-    broker: Broker | None = _build("broker", url, config)
-    return broker
-
-
-@hookimpl
-def machinery_backend(url: str, config: Config) -> Backend | None:
-    backend: Backend | None = _build("backend", url, config)
-    return backend
-
-
-@hookimpl
-def machinery_lock(url: str, config: Config) -> Lock | None:
-    lock: Lock | None = _build("lock", url, config)
-    return lock
+sqlite = transport(
+    ["sqlite"],
+    broker="machinery.transports.sqlite.broker:SQLiteBroker",
+    backend="machinery.transports.sqlite.backend:SQLiteBackend",
+    lock="machinery.transports.sqlite.lock:SQLiteLock",
+    distribution="machinery-core",
+)

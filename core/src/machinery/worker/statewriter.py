@@ -14,6 +14,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..backoff import Backoff
+from ..broker import SupportsAckMany
 from ..log import logger
 from ..signature import TaskState
 
@@ -131,25 +133,25 @@ class StateWriter:
                     item.done()
 
     def _store(self, states: list[TaskState]) -> None:
-        delay = 0.1
+        retry = Backoff(0.1, 5.0)
         while True:
             try:
                 self.app.backend.set_states(states)
                 return
             except Exception as exc:  # keep the batch: its messages stay unacked until stored
+                delay = retry.next()
                 logger.warning(
                     "could not store %d task states (%s); retrying in %.1fs", len(states), exc, delay
                 )
                 threading.Event().wait(delay)
-                delay = min(delay * 2, 5.0)
 
     def _ack(self, deliveries: list[Any]) -> None:
         if not deliveries:
             return
-        ack_many = getattr(self.app.broker, "ack_many", None)
-        if ack_many is not None and len(deliveries) > 1:
+        broker = self.app.broker
+        if isinstance(broker, SupportsAckMany) and len(deliveries) > 1:
             try:
-                ack_many(deliveries)
+                broker.ack_many(deliveries)
                 return
             except Exception as exc:
                 logger.warning("batch ack failed (%s); acking one by one", exc)

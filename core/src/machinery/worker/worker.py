@@ -21,10 +21,11 @@ from datetime import timedelta
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Literal
 
+from .. import backoff
+from ..backoff import Backoff
 from ..broker import Delivery
 from ..log import logger
 from ..redact import redact_url
-from ..retry import Backoff
 from ..signature import Signature, State, TaskState, now_utc
 from .procpool import ProcessPool
 from .runner import ErrorHandler, SignatureHandler, TaskRunner
@@ -320,7 +321,7 @@ class Worker:
             self.app.backend.set_state(TaskState(sig.uuid, State.FAILURE, task_name=sig.name, error=error))
             tracked.settle(delivery.ack)
             return
-        delay = min(0.05 * 2**count, 5.0)
+        delay = backoff.delay(count, 0.1, 5.0)  # jittered: no worker wins the requeue race every time
         logger.debug("task %r is not registered here; requeued (%d) in %.2fs", sig.name, count, delay)
         sig.headers = {**sig.headers, UNREGISTERED_COUNT: str(count), UNREGISTERED_SINCE: repr(since)}
         sig.eta = now_utc() + timedelta(seconds=delay)

@@ -47,24 +47,27 @@ import socket
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
-from machinery import codec
-from machinery.broker import BaseBroker, Delivery
+from machinery import backoff, codec
+from machinery.broker import BaseBroker, DeadLetter, Delivery
 from machinery.capabilities import Capability
 from machinery.config import Config
 from machinery.errors import BrokerError, ConfigError, MachineryError
+from machinery.forking import at_fork
 from machinery.signature import Signature, TaskState
 
 from . import scripts
 from .client import Connection, outage_errors
 from .url import RedisTarget, parse_bool, parse_url, same_server
+
+if TYPE_CHECKING:
+    from .backend import RedisBackend
 
 __all__ = ["RedisBroker", "RedisDelivery", "queue_keys"]
 
@@ -180,7 +183,7 @@ class _Lease:
 class RedisDelivery:
     """One leased message. ``signature`` is None (and ``error`` says why) for a malformed body."""
 
-    __slots__ = ("_broker", "_lease", "body", "error", "redelivered", "settled", "signature")
+    __slots__ = ("_broker", "_lease", "_reason", "body", "error", "redelivered", "settled", "signature")
 
     def __init__(self, broker: RedisBroker, lease: _Lease, body: bytes, redelivered: bool) -> None:
         self._broker = broker
@@ -188,6 +191,7 @@ class RedisDelivery:
         self.body = body
         self.redelivered = redelivered
         self.settled = False
+        self._reason = ""
         self.signature: Signature | None
         self.signature, self.error = _decode(body)
 
@@ -203,10 +207,11 @@ class RedisDelivery:
         """Remove the message for good."""
         self._broker._settle(self, "ack")
 
-    def nack(self, requeue: bool = True, delay: float | None = None) -> None:
+    def nack(self, requeue: bool = True, delay: float | None = None, reason: str = "") -> None:
         """Back to the head of its queue, into ``delayed_tasks`` after ``delay`` seconds, or with
-        ``requeue=False`` onto the dead-letter list ``<queue>.dead``."""
+        ``requeue=False`` onto the dead-letter list ``<queue>.dead`` (``reason`` beside it)."""
         if not requeue:
+            self._reason = reason
             self._broker._settle(self, "dead")
         elif delay is not None and delay > 0:
             self._broker._settle(self, "delay", delay)
@@ -276,7 +281,8 @@ class RedisBroker(BaseBroker):
         self.cluster = self.conn.cluster
         self._keys: dict[str, QueueKeys] = {}
         self._init_process_state()
-        _after_fork.add(self)
+        # after fork() a child must not share its parent's consumer ids or threads
+        at_fork(self, "_init_process_state")
 
     def _init_process_state(self) -> None:
         self._lock = threading.Lock()
@@ -377,16 +383,16 @@ class RedisBroker(BaseBroker):
         self._send(signatures)
 
     def publish_with_states(
-        self, signatures: Sequence[Signature], states: Sequence[TaskState], backend: Any
+        self, signatures: Sequence[Signature], states: Sequence[TaskState], backend: RedisBackend
     ) -> bool:
         """Store ``states`` (the PENDING records) and publish ``signatures`` in one round trip, when
-        ``backend`` is a Redis backend on this broker's server; False otherwise (the core then
-        stores and publishes in two steps). The states go first in the pipeline, so a worker never
-        sees a message whose PENDING state is not written yet."""
-        state_commands = getattr(backend, "state_commands", None)
-        if state_commands is None or not same_server(getattr(backend, "target", None), self.target):
+        ``backend`` is on this broker's server; False otherwise (the core then stores and publishes in
+        two steps). The states go first in the pipeline, so a worker never sees a message whose PENDING
+        state is not written yet. The core reaches it through the plugin's
+        ``machinery_publish_with_states`` hook, which hands it both objects."""
+        if not same_server(backend.target, self.target):
             return False
-        self._send(signatures, state_commands(states))
+        self._send(signatures, backend.state_commands(states))
         return True
 
     def _send(self, signatures: Sequence[Signature], before: Sequence[tuple[Any, ...]] = ()) -> None:
@@ -706,7 +712,7 @@ class RedisBroker(BaseBroker):
         while not stop.is_set():
             self._ack_wake.wait()
             self._ack_wake.clear()
-            if stop.wait(ACK_DELAY * (2**failures)):
+            if stop.wait(backoff.delay(failures + 1, ACK_DELAY, ACK_DELAY * 2**7, jitter=0.0)):
                 return
             try:
                 self.flush_acks()
@@ -744,7 +750,11 @@ class RedisBroker(BaseBroker):
                 [lease.processing, delayed, keys.redelivered, wake], [body, due]
             )
         if action == "dead":
-            return scripts.DEAD.command([lease.processing, keys.dead, keys.redelivered], [body])
+            count = 2 if delivery.redelivered else 1  # a lower bound: Redis counts no deliveries
+            meta = json.dumps({"reason": delivery._reason, "time": time.time(), "delivery_count": count})
+            return scripts.DEAD.command(
+                [lease.processing, keys.dead, keys.redelivered, keys.dead + ":meta"], [body, meta]
+            )
         raise ValueError(action)  # pragma: no cover - internal
 
     def _retry_later(self) -> None:
@@ -864,7 +874,7 @@ class RedisBroker(BaseBroker):
                 failures = 0
             except MachineryError as exc:
                 failures += 1
-                wait = min(0.25 * 2**failures, 5.0)
+                wait = backoff.delay(failures, 0.5, 5.0)
                 logger.debug("delayed-task mover failed: %s", exc)
             except Exception:
                 failures += 1
@@ -1047,15 +1057,56 @@ class RedisBroker(BaseBroker):
 
         self.conn.call("purge", purge)
 
-    def dead_letters(self, queue: str) -> list[bytes]:
-        """Bodies nacked with ``requeue=False`` (the list ``<queue>.dead``; ``{<queue>}.dead`` on a
-        cluster), oldest first."""
-        return list(
-            self.conn.call("dead letters", lambda: self.conn.client.lrange(self.keys(queue).dead, 0, -1))
-        )
+    def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        """Up to ``limit`` messages nacked with ``requeue=False``, oldest first: of ``queue`` (the list
+        ``<queue>.dead``, ``{<queue>}.dead`` on a cluster, with reasons in ``<that>:meta``), or of every
+        queue when None (found with ``SCAN``)."""
+        if queue is not None:
+            return self._dead_letters(queue, limit)
+        letters: list[DeadLetter] = []
+        for name in self._dead_queues():
+            letters += self._dead_letters(name, limit)
+        return sorted(letters, key=lambda letter: letter.time)[: max(0, limit)]
+
+    def _dead_letters(self, queue: str, limit: int) -> list[DeadLetter]:
+        key = self.keys(queue).dead
+
+        def read() -> tuple[list[bytes], list[bytes]]:
+            bodies, metas = self.conn.run([("LRANGE", key, 0, -1), ("LRANGE", key + ":meta", 0, -1)])
+            for reply in (bodies, metas):
+                if isinstance(reply, BaseException):
+                    raise reply
+            return list(bodies), list(metas)
+
+        bodies, metas = self.conn.call("dead letters", read)
+        # Bodies dead-lettered before reasons were kept have no meta entry: align the lists at the tail.
+        offset = len(bodies) - len(metas)
+        out = []
+        for i, body in enumerate(bodies[: max(0, limit)]):
+            meta = _dead_meta(metas[i - offset]) if i >= offset else {}
+            when = datetime.fromtimestamp(float(meta.get("time", 0.0)), UTC)
+            count = int(meta.get("delivery_count", 1))
+            out.append(DeadLetter(bytes(body), str(meta.get("reason", "")), when, count, queue))
+        return out
+
+    def _dead_queues(self) -> list[str]:
+        """Queues with a dead list (the names of the keys ``<queue>.dead`` / ``{<queue>}.dead``)."""
+
+        def scan() -> list[str]:
+            names = []
+            for key in self.conn.client.scan_iter(match="*.dead", _type="list"):
+                name = key.decode() if isinstance(key, bytes) else str(key)
+                name = name[: -len(".dead")]
+                if self.cluster and name.startswith("{") and name.endswith("}"):
+                    name = name[1:-1]
+                names.append(name)
+            return sorted(set(names))
+
+        return list(self.conn.call("dead letters", scan))
 
     def purge_dead_letters(self, queue: str) -> None:
-        self.conn.call("purge dead letters", lambda: self.conn.client.delete(self.keys(queue).dead))
+        key = self.keys(queue).dead
+        self.conn.call("purge dead letters", lambda: self.conn.client.delete(key, key + ":meta"))
 
     def processing(self, queue: str) -> list[bytes]:
         """Messages this process holds from ``queue`` (its processing lists), oldest first."""
@@ -1109,26 +1160,15 @@ class RedisBroker(BaseBroker):
         self.conn.close()
 
 
+def _dead_meta(raw: bytes) -> dict[str, Any]:
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
 def _sha1(body: bytes) -> str:
     import hashlib
 
     return hashlib.sha1(body).hexdigest()
-
-
-class _ForkRegistry:
-    """After ``fork()`` a child must not share its parent's consumer ids or threads."""
-
-    def __init__(self) -> None:
-        self._brokers: weakref.WeakSet[RedisBroker] = weakref.WeakSet()
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=self._after_fork)
-
-    def add(self, broker: RedisBroker) -> None:
-        self._brokers.add(broker)
-
-    def _after_fork(self) -> None:
-        for broker in list(self._brokers):
-            broker._init_process_state()
-
-
-_after_fork = _ForkRegistry()

@@ -27,6 +27,7 @@ import hashlib
 import logging
 import os
 import random
+import sys
 import threading
 import time
 import weakref
@@ -56,8 +57,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPoolProxy, SentinelManagedSSLConnection
 
+from machinery.backoff import delay
 from machinery.config import Config
 from machinery.errors import ConfigError, MachineryError
+from machinery.forking import at_fork
 
 from .url import RedisTarget
 
@@ -100,8 +103,7 @@ def _permanent(exc: BaseException) -> bool:
 
 def backoff(failures: int) -> float:
     """0.05 s doubling to 1 s, each wait between half of that and all of it."""
-    ceiling = min(1.0, 0.05 * float(2 ** max(0, failures - 1)))
-    return ceiling * (0.5 + random.random() / 2)
+    return delay(max(1, failures), 0.05, 1.0, jitter=0.5)
 
 
 class _Health:
@@ -360,8 +362,7 @@ def _forget_topologies() -> None:
     _TOPOLOGIES.clear()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_topologies)
+at_fork(sys.modules[__name__], "_forget_topologies")
 
 
 class _SentinelProxy(SentinelConnectionPoolProxy):

@@ -1,50 +1,43 @@
-"""Entry point (group ``machinery``): the hooks that make ``redis://`` URLs build this package's objects."""
+"""Entry point (group ``machinery``): ``redis://`` URLs (and ``rediss://``, ``redis+socket://``,
+``redis+sentinel://``) build this package's broker, backend and lock; classes are imported on first use.
+
+It also stores PENDING states and publishes in one round trip when the app's broker and backend are
+both this package's, on the same server (``machinery_publish_with_states``).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from machinery.plugins import Kind, SchemeRow, hookimpl, scheme_of
+from machinery.plugins import hookimpl, transport
 
 from .url import SCHEMES
 
 if TYPE_CHECKING:
     from machinery.backend import Backend
     from machinery.broker import Broker
-    from machinery.config import Config
-    from machinery.lock import Lock
+    from machinery.signature import Signature, TaskState
 
-DISTRIBUTION = "machinery-redis"
-KINDS: tuple[Kind, ...] = ("broker", "backend", "lock")
+__all__ = ["machinery_publish_with_states", "plugin"]
+
+plugin = transport(
+    SCHEMES,
+    broker="machinery_redis.broker:RedisBroker",
+    backend="machinery_redis.backend:RedisBackend",
+    lock="machinery_redis.lock:RedisLock",
+)
 
 
 @hookimpl
-def machinery_schemes() -> list[SchemeRow]:
-    return [SchemeRow(scheme, kind, DISTRIBUTION) for scheme in SCHEMES for kind in KINDS]
-
-
-@hookimpl
-def machinery_broker(url: str, config: Config) -> Broker | None:
-    if scheme_of(url) not in SCHEMES:
-        return None
+def machinery_publish_with_states(
+    broker: Broker, backend: Backend, signatures: Sequence[Signature], states: Sequence[TaskState]
+) -> bool | None:
+    """One pipeline for both, states first (a worker never sees a message whose PENDING state is not
+    written yet); None when the pair is not a Redis broker and backend on one server."""
+    from .backend import RedisBackend
     from .broker import RedisBroker
 
-    return RedisBroker.from_url(url, config)
-
-
-@hookimpl
-def machinery_backend(url: str, config: Config) -> Backend | None:
-    if scheme_of(url) not in SCHEMES:
+    if not isinstance(broker, RedisBroker) or not isinstance(backend, RedisBackend):
         return None
-    from .backend import RedisBackend
-
-    return RedisBackend.from_url(url, config)
-
-
-@hookimpl
-def machinery_lock(url: str, config: Config) -> Lock | None:
-    if scheme_of(url) not in SCHEMES:
-        return None
-    from .lock import RedisLock
-
-    return RedisLock.from_url(url, config)
+    return broker.publish_with_states(signatures, states, backend) or None

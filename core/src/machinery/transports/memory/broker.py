@@ -12,9 +12,10 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from ... import codec
-from ...broker import BaseBroker, Delivery, decode_body
+from ...broker import BaseBroker, DeadLetter, Delivery, decode_body
 from ...capabilities import Capability
 from ...config import Config
 from ...signature import Signature
@@ -36,7 +37,7 @@ class _Store:
         self.cond = threading.Condition()
         self.ready: dict[str, list[_Entry]] = {}  # heap per queue: (-priority, seq)
         self.delayed: list[tuple[float, int, _Entry]] = []  # heap by due time
-        self.dead: dict[str, list[bytes]] = {}
+        self.dead: list[DeadLetter] = []
         self.seq = itertools.count()
 
 
@@ -54,15 +55,17 @@ class MemoryDelivery:
     def ack(self) -> None:
         self._settled = True
 
-    def nack(self, requeue: bool = True, delay: float | None = None) -> None:
+    def nack(self, requeue: bool = True, delay: float | None = None, reason: str = "") -> None:
         if self._settled:
             return
         self._settled = True
         if requeue:
             self._broker._put(self._entry, delay or 0.0)
         else:
+            entry = self._entry
+            letter = DeadLetter(entry.body, reason, datetime.now(UTC), entry.deliveries, entry.queue)
             with self._broker._store.cond:
-                self._broker._store.dead.setdefault(self._entry.queue, []).append(self._entry.body)
+                self._broker._store.dead.append(letter)
 
     def extend(self, seconds: float) -> None:
         return None  # leases never expire in one process
@@ -161,10 +164,12 @@ class MemoryBroker(BaseBroker):
             entries = [e for _, _, e in sorted(self._store.delayed, key=lambda t: (t[0], t[1]))]
         return [codec.decode_signature(e.body) for e in entries]
 
-    def dead_letters(self, queue: str) -> list[bytes]:
-        """Bodies that were nacked without requeue."""
+    def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        """Up to ``limit`` messages of ``queue`` (every queue when None) nacked without requeue,
+        oldest first."""
         with self._store.cond:
-            return list(self._store.dead.get(queue, []))
+            letters = [d for d in self._store.dead if queue is None or d.queue == queue]
+        return letters[: max(0, limit)]
 
     def purge(self, queue: str) -> None:
         with self._store.cond:

@@ -22,17 +22,17 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from ... import codec
-from ...broker import BaseBroker, Delivery, decode_body
+from ...broker import BaseBroker, DeadLetter, Delivery, decode_body
 from ...capabilities import Capability
 from ...config import Config
 from ...errors import BrokerError
 from ...signature import Signature
 from .store import SQLiteStore, SQLiteTarget, chunks, on_fork, parse_sqlite_url, placeholders
 
-__all__ = ["DeadLetter", "SQLiteBroker", "SQLiteDelivery"]
+__all__ = ["SQLiteBroker", "SQLiteDelivery"]
 
 logger = logging.getLogger("machinery.sqlite")
 
@@ -88,30 +88,14 @@ class SQLiteDelivery:
         """Delete the message (a no-op when already settled or the lease was lost)."""
         self._broker.ack_many([self])
 
-    def nack(self, requeue: bool = True, delay: float | None = None) -> None:
-        """Make the message visible again (after ``delay`` seconds), or dead-letter it."""
-        self._broker._nack(self, requeue, delay)
+    def nack(self, requeue: bool = True, delay: float | None = None, reason: str = "") -> None:
+        """Make the message visible again (after ``delay`` seconds), or dead-letter it (with
+        ``reason``)."""
+        self._broker._nack(self, requeue, delay, reason)
 
     def extend(self, seconds: float) -> None:
         """Keep the lease at least ``seconds`` more from now."""
         self._broker._extend(self, seconds)
-
-
-@dataclass
-class DeadLetter:
-    """A message nacked with ``requeue=False``."""
-
-    id: int
-    queue: str
-    body: bytes
-    priority: int
-    delivery_count: int
-    created: float
-    died_at: float
-
-    @property
-    def signature(self) -> Signature | None:
-        return decode_body(self.body)[0]
 
 
 class SQLiteBroker(BaseBroker):
@@ -294,7 +278,7 @@ class SQLiteBroker(BaseBroker):
             with self._store.write("ack") as conn:
                 conn.executemany(sql, params)
 
-    def _nack(self, delivery: SQLiteDelivery, requeue: bool, delay: float | None) -> None:
+    def _nack(self, delivery: SQLiteDelivery, requeue: bool, delay: float | None, reason: str = "") -> None:
         if not self._settle([delivery]):
             return
         key = (delivery.id, delivery.owner, delivery.delivery_count)
@@ -311,10 +295,10 @@ class SQLiteBroker(BaseBroker):
             return
         with self._store.write("dead-letter") as conn:
             moved = conn.execute(
-                "INSERT INTO dead_letters (queue, body, priority, delivery_count, created, died_at) "
-                "SELECT queue, body, priority, delivery_count, created, ? FROM messages "
+                "INSERT INTO dead_letters (queue, body, priority, delivery_count, created, died_at, reason) "
+                "SELECT queue, body, priority, delivery_count, created, ?, ? FROM messages "
                 "WHERE id = ? AND lease_owner = ? AND delivery_count = ?",
-                (time.time(), *key),
+                (time.time(), reason, *key),
             ).rowcount
             if moved:
                 conn.execute("DELETE FROM messages WHERE id = ?", (delivery.id,))
@@ -393,15 +377,20 @@ class SQLiteBroker(BaseBroker):
         )
         return [sig for (body,) in cursor.fetchall() if (sig := decode_body(body)[0]) is not None]
 
-    def dead_letters(self, queue: str) -> list[DeadLetter]:
-        """Messages of ``queue`` nacked with ``requeue=False``, oldest first."""
+    def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        """Up to ``limit`` messages of ``queue`` (every queue when None) nacked with
+        ``requeue=False``, oldest first."""
+        where, params = ("WHERE queue = ? ", (queue,)) if queue is not None else ("", ())
         cursor = self._store.execute(
             "dead_letters",
-            "SELECT id, queue, body, priority, delivery_count, created, died_at FROM dead_letters "
-            "WHERE queue = ? ORDER BY id",
-            (queue,),
+            "SELECT queue, body, delivery_count, died_at, reason FROM dead_letters "
+            f"{where}ORDER BY id LIMIT ?",
+            (*params, max(0, limit)),
         )
-        return [DeadLetter(r[0], r[1], bytes(r[2]), r[3], r[4], r[5], r[6]) for r in cursor.fetchall()]
+        return [
+            DeadLetter(bytes(body), reason, datetime.fromtimestamp(died_at, UTC), count, q)
+            for q, body, count, died_at, reason in cursor.fetchall()
+        ]
 
     def count(self, queue: str | None = None) -> int:
         """Messages stored (waiting, delayed or leased) in ``queue``, or in every queue."""
