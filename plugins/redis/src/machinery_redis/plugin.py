@@ -7,6 +7,7 @@ both this package's, on the same server (``machinery_publish_with_states``).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,9 @@ if TYPE_CHECKING:
     from machinery.backend import Backend
     from machinery.broker import Broker
     from machinery.signature import Signature, TaskState
+
+    from .backend import RedisBackend
+    from .broker import RedisBroker
 
 __all__ = ["machinery_publish_with_states", "plugin"]
 
@@ -35,9 +39,16 @@ def machinery_publish_with_states(
 ) -> bool | None:
     """One pipeline for both, states first (a worker never sees a message whose PENDING state is not
     written yet); None when the pair is not a Redis broker and backend on one server."""
+    broker_class, backend_class = _classes()
+    if not isinstance(broker, broker_class) or not isinstance(backend, backend_class):
+        return None
+    return broker.publish_with_states(signatures, states, backend) or None
+
+
+@functools.cache
+def _classes() -> tuple[type[RedisBroker], type[RedisBackend]]:
+    # imported on the first send, not when plugins are listed; cached: this runs on every send_task
     from .backend import RedisBackend
     from .broker import RedisBroker
 
-    if not isinstance(broker, RedisBroker) or not isinstance(backend, RedisBackend):
-        return None
-    return broker.publish_with_states(signatures, states, backend) or None
+    return RedisBroker, RedisBackend
