@@ -63,6 +63,7 @@ from machinery.backoff import Backoff
 from machinery.broker import BaseBroker, DeadLetter, Delivery, decode_body
 from machinery.capabilities import Capability
 from machinery.config import Config
+from machinery.delivery import BaseDelivery
 from machinery.signature import Signature, now_utc
 
 from .connection import (
@@ -127,8 +128,10 @@ class _Outgoing:
     delay_ms: int = 0
 
 
-class AMQPDelivery:
+class AMQPDelivery(BaseDelivery):
     """One message delivered by RabbitMQ and handed to the worker."""
+
+    __slots__ = ("_broker", "_properties", "_serial", "_tag")
 
     def __init__(
         self,
@@ -140,38 +143,29 @@ class AMQPDelivery:
         body: bytes,
         properties: BasicProperties,
     ) -> None:
+        # classic queues count no deliveries; quorum queues send x-delivery-count (0 on the first)
+        count = (properties.headers or {}).get("x-delivery-count")
+        super().__init__(
+            body,
+            queue=queue,
+            redelivered=redelivered,
+            delivery_count=count + 1 if isinstance(count, int) else None,
+        )
         self._broker = broker
-        self.queue = queue
         self._serial = serial
         self._tag = tag
-        self.redelivered = redelivered
-        self.body = body
         self._properties = properties
-        self.signature, self.error = decode_body(body)
-        self._lock = threading.Lock()
-        self._settled = False
 
     def __repr__(self) -> str:
-        what = self.signature or f"malformed: {self.error}"
-        return f"<AMQPDelivery {self.queue}#{self._tag} {what}>"
+        return super().__repr__()[:-1] + f" #{self._tag}>"
 
-    def _claim(self) -> bool:
-        with self._lock:
-            if self._settled:
-                return False
-            self._settled = True
-            return True
+    def _ack(self) -> None:
+        self._broker._settle(self._serial, self._tag, ack=True)
 
-    def ack(self) -> None:
-        if self._claim():
-            self._broker._settle(self._serial, self._tag, ack=True)
-
-    def nack(self, requeue: bool = True, delay: float | None = None, reason: str = "") -> None:
+    def _nack(self, requeue: bool, delay: float | None, reason: str) -> None:
         """Requeue (later: through a delay queue), or dead-letter: to the queue's own dead-letter
         exchange when it has one (RabbitMQ then records why in ``x-death``), else as a copy in
         ``<queue>.dead`` carrying ``reason``."""
-        if not self._claim():
-            return
         broker = self._broker
         if requeue and delay is not None and delay > 0:
             # RabbitMQ cannot requeue "later": send a copy through a delay queue, then ack this one.
@@ -188,15 +182,14 @@ class AMQPDelivery:
             broker._settle(self._serial, self._tag, ack=False, requeue=False)
         else:
             try:
-                count = 2 if self.redelivered else 1  # a lower bound: classic queues count nothing
-                broker._dead_letter(self.queue, self.body, self._properties, reason, count)
+                broker._dead_letter(self.queue, self.body, self._properties, reason, self.delivery_count)
             except Exception as exc:
                 logger.error("could not dead-letter %r (%s); requeued instead", self, exc)
                 broker._settle(self._serial, self._tag, ack=False, requeue=True)
             else:
                 broker._settle(self._serial, self._tag, ack=True)
 
-    def extend(self, seconds: float) -> None:
+    def _extend(self, seconds: float) -> None:
         """Nothing to do: RabbitMQ keeps an unacked message leased as long as the channel lives."""
         return None
 

@@ -10,11 +10,12 @@ Reliability (Go's ``BLPOP`` loses the task when a worker dies, #586/#692): a con
 atomically (``BLMOVE``) from the queue into its own **processing list**
 ``{queue}:machinery:processing:<consumer>``, registered in ``{queue}:machinery:consumers`` and guarded by
 a heartbeat key ``{queue}:machinery:heartbeat:<consumer>`` with a TTL of ``lease`` seconds (default 30),
-which a daemon thread refreshes every ``heartbeat`` seconds (default 10) while the process lives. ``ack``
-removes the message from the processing list (``LREM``). When a heartbeat key expired (its process died),
-any live consumer's recovery step (a Lua script, run on a consume at most every few seconds and by the
-heartbeat thread) moves that consumer's messages back to the head of the queue, exactly once, marked as
-redelivered. Worst case from a SIGKILL to redelivery: ``lease + heartbeat`` (40 s by default).
+which a daemon thread (the broker's LeaseKeeper) refreshes every ``heartbeat`` seconds (default 10) while
+the process lives. ``ack`` removes the message from the processing list (``LREM``). When a heartbeat key
+expired (its process died), any live consumer's recovery step (a Lua script, run on a consume at most
+every few seconds and by the heartbeat thread) moves that consumer's messages back to the head of the
+queue, exactly once, marked as redelivered. Worst case from a SIGKILL to redelivery: ``lease +
+heartbeat`` (40 s by default).
 
 Fetching: one round trip per batch. ``BLMOVE`` blocks for the first message (no polling, #49), and a
 Lua script in the same pipeline moves up to the other free slots (#559): never more than asked.
@@ -55,11 +56,13 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import RedisError
 
 from machinery import backoff, codec
-from machinery.broker import BaseBroker, DeadLetter, Delivery
+from machinery.broker import BaseBroker, DeadLetter, Delivery, decode_body
 from machinery.capabilities import Capability
 from machinery.config import Config
+from machinery.delivery import BaseDelivery
 from machinery.errors import BrokerError, ConfigError, MachineryError
 from machinery.forking import at_fork
+from machinery.lease import LeaseKeeper
 from machinery.signature import Signature, TaskState
 
 from . import scripts
@@ -89,13 +92,6 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 def _eta_ns(eta: datetime) -> int:
     delta = eta - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
-
-
-def _decode(body: bytes) -> tuple[Signature | None, str]:
-    try:
-        return codec.decode_signature(body), ""
-    except Exception as exc:  # MessageError, or whatever a broken body provokes
-        return None, str(exc) or type(exc).__name__
 
 
 @dataclass(frozen=True)
@@ -180,34 +176,23 @@ class _Lease:
     retired: bool = False
 
 
-class RedisDelivery:
-    """One leased message. ``signature`` is None (and ``error`` says why) for a malformed body."""
+class RedisDelivery(BaseDelivery):
+    """One leased message. ``signature`` is None (and ``error`` says why) for a malformed body.
+    Redis counts no deliveries: ``delivery_count`` is 1, ``redelivered`` says whether it came back."""
 
-    __slots__ = ("_broker", "_lease", "_reason", "body", "error", "redelivered", "settled", "signature")
+    __slots__ = ("_broker", "_lease", "_reason")
 
     def __init__(self, broker: RedisBroker, lease: _Lease, body: bytes, redelivered: bool) -> None:
+        super().__init__(body, queue=lease.keys.queue, redelivered=redelivered)
         self._broker = broker
         self._lease = lease
-        self.body = body
-        self.redelivered = redelivered
-        self.settled = False
         self._reason = ""
-        self.signature: Signature | None
-        self.signature, self.error = _decode(body)
 
-    @property
-    def queue(self) -> str:
-        return self._lease.keys.queue
-
-    def __repr__(self) -> str:
-        what = self.signature if self.signature is not None else f"malformed: {self.error}"
-        return f"<RedisDelivery {self.queue} {what}>"
-
-    def ack(self) -> None:
+    def _ack(self) -> None:
         """Remove the message for good."""
         self._broker._settle(self, "ack")
 
-    def nack(self, requeue: bool = True, delay: float | None = None, reason: str = "") -> None:
+    def _nack(self, requeue: bool, delay: float | None, reason: str) -> None:
         """Back to the head of its queue, into ``delayed_tasks`` after ``delay`` seconds, or with
         ``requeue=False`` onto the dead-letter list ``<queue>.dead`` (``reason`` beside it)."""
         if not requeue:
@@ -218,7 +203,7 @@ class RedisDelivery:
         else:
             self._broker._settle(self, "requeue")
 
-    def extend(self, seconds: float) -> None:
+    def _extend(self, seconds: float) -> None:
         """Nothing to do: the broker's heartbeat keeps every message it holds leased while the process
         lives, however long the task runs."""
         return None
@@ -296,7 +281,11 @@ class RedisBroker(BaseBroker):
         self._stop = threading.Event()
         #: per mover ("" = the global mover; a queue name on a cluster): set to wake it up
         self._mover_wakes: dict[str, threading.Event] = {}
-        self._heartbeat_thread: threading.Thread | None = None
+        #: the heartbeat: refreshes this process's consumer leases (per consumer id, not per message, so
+        #: it runs while idle too), retries failed settles and runs recovery, every ``heartbeat`` seconds
+        self._keeper: LeaseKeeper[RedisDelivery] = LeaseKeeper(
+            self._heartbeat, self.heartbeat, name="redis-broker-heartbeat", renew_when_idle=True
+        )
         self._movers: dict[str, threading.Thread] = {}
         self._host = f"{socket.gethostname()}-{os.getpid()}"
         #: cluster mode: this process's id as a mover of Go's global delayed ZSET
@@ -583,7 +572,8 @@ class RedisBroker(BaseBroker):
         mine: list[RedisDelivery] = []
         for delivery in deliveries:
             if isinstance(delivery, RedisDelivery) and delivery._broker is self:
-                mine.append(delivery)
+                if delivery.claim():
+                    mine.append(delivery)
             else:
                 delivery.ack()
         self._settle_many(mine, "ack")
@@ -591,11 +581,9 @@ class RedisBroker(BaseBroker):
     def _settle(self, delivery: RedisDelivery, action: str, delay: float = 0.0) -> None:
         self._settle_many([delivery], action, delay)
 
-    def _settle_many(self, deliveries: list[RedisDelivery], action: str, delay: float = 0.0) -> None:
+    def _settle_many(self, todo: list[RedisDelivery], action: str, delay: float = 0.0) -> None:
+        """Settle deliveries already claimed (``BaseDelivery.claim``): each exactly once."""
         with self._lock:
-            todo = [d for d in deliveries if not d.settled]
-            for delivery in todo:
-                delivery.settled = True
             if action == "ack" and todo:
                 # Sent with the next fetch (no round trip of their own), or by the ack thread within
                 # ACK_DELAY when no fetch comes: the task's final state is already stored; should the
@@ -797,14 +785,7 @@ class RedisBroker(BaseBroker):
 
     def _start_threads(self, queue: str) -> None:
         with self._lock:
-            if self._heartbeat_thread is None or not self._heartbeat_thread.is_alive():
-                self._heartbeat_thread = threading.Thread(
-                    target=self._heartbeat_loop,
-                    args=(self._stop,),
-                    name="redis-broker-heartbeat",
-                    daemon=True,
-                )
-                self._heartbeat_thread.start()
+            self._keeper.start()
             if not self.delayed_tasks_mover:
                 return
             # One mover for Go's global delayed ZSET (""); on a cluster also one per consumed queue
@@ -822,18 +803,13 @@ class RedisBroker(BaseBroker):
                     self._movers[name] = mover
                     mover.start()
 
-    def _heartbeat_loop(self, stop: threading.Event) -> None:
-        while not stop.wait(self.heartbeat):
-            try:
-                self.beat()
-            except MachineryError as exc:
-                logger.debug("heartbeat failed: %s", exc)
-            except Exception:
-                logger.exception("Redis broker heartbeat failed")
+    def _heartbeat(self, _deliveries: list[RedisDelivery]) -> None:
+        # the keeper logs a failure (WARNING once, then DEBUG) and retries sooner, backing off
+        self.beat()
 
     def beat(self) -> None:
         """One heartbeat: refresh this process's leases, retry failed acks, release retired consumer ids,
-        recover dead consumers' messages. The daemon thread calls it every ``heartbeat`` seconds."""
+        recover dead consumers' messages. The broker's LeaseKeeper calls it every ``heartbeat`` seconds."""
         epoch = self.conn.epoch
         with self._lock:
             stale = [lease for lease in self._leases.values() if lease.epoch != epoch]
@@ -999,7 +975,7 @@ class RedisBroker(BaseBroker):
 
     # inspecting ------------------------------------------------------------------------------
     def _signatures(self, bodies: Iterable[bytes]) -> list[Signature]:
-        return [sig for body in bodies if (sig := _decode(body)[0]) is not None]
+        return [sig for body in bodies if (sig := decode_body(body)[0]) is not None]
 
     def pending(self, queue: str) -> list[Signature]:
         """Messages waiting in ``queue`` in consume order (Machinery's ``LRANGE``); malformed ones are
@@ -1127,11 +1103,10 @@ class RedisBroker(BaseBroker):
         Idempotent; the broker may be used again afterwards (it starts afresh)."""
         with self._lock:
             self._stop.set()
-            threads = [
-                t for t in (self._heartbeat_thread, self._ack_thread, *self._movers.values()) if t is not None
-            ]
+            threads = [t for t in (self._ack_thread, *self._movers.values()) if t is not None]
             leases = [lease for lease in [*self._leases.values(), *self._retired] if lease.registered]
             self._leases, self._retired = {}, []
+        self._keeper.close()  # outside self._lock: a heartbeat in progress takes it
         for event in list(self._mover_wakes.values()):
             event.set()
         self._ack_wake.set()

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from ... import codec
-from ...broker import BaseBroker, DeadLetter, Delivery, decode_body
+from ...broker import BaseBroker, DeadLetter, Delivery
 from ...capabilities import Capability
 from ...config import Config
+from ...delivery import BaseDelivery
 from ...signature import Signature
 from .store import shared
 
@@ -41,24 +42,20 @@ class _Store:
         self.seq = itertools.count()
 
 
-class MemoryDelivery:
+class MemoryDelivery(BaseDelivery):
     """A leased in-memory message."""
 
+    __slots__ = ("_broker", "_entry")
+
     def __init__(self, broker: MemoryBroker, entry: _Entry) -> None:
+        super().__init__(entry.body, queue=entry.queue, delivery_count=entry.deliveries)
         self._broker = broker
         self._entry = entry
-        self.body = entry.body
-        self.redelivered = entry.deliveries > 1
-        self.signature, self.error = decode_body(entry.body)
-        self._settled = False
 
-    def ack(self) -> None:
-        self._settled = True
+    def _ack(self) -> None:
+        return None  # taken from the queue at consume: nothing left to delete
 
-    def nack(self, requeue: bool = True, delay: float | None = None, reason: str = "") -> None:
-        if self._settled:
-            return
-        self._settled = True
+    def _nack(self, requeue: bool, delay: float | None, reason: str) -> None:
         if requeue:
             self._broker._put(self._entry, delay or 0.0)
         else:
@@ -66,9 +63,6 @@ class MemoryDelivery:
             letter = DeadLetter(entry.body, reason, datetime.now(UTC), entry.deliveries, entry.queue)
             with self._broker._store.cond:
                 self._broker._store.dead.append(letter)
-
-    def extend(self, seconds: float) -> None:
-        return None  # leases never expire in one process
 
 
 class MemoryBroker(BaseBroker):
