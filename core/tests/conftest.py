@@ -24,3 +24,24 @@ def app(memory_url: str) -> Iterator[Machinery]:
     application = Machinery(config)
     yield application
     application.close()
+
+
+@pytest.fixture
+def uninstalled_scheme() -> Iterator[str]:
+    """``memcache``, with whichever installed plugin serves it unregistered for the test: the error for a
+    first-party scheme whose package is missing, whatever this venv has installed."""
+    from machinery.plugins import get_plugin_manager
+
+    scheme = "memcache"
+    manager = get_plugin_manager()
+    removed = []
+    for plugin in manager.get_plugins():
+        hook = getattr(plugin, "machinery_schemes", None)
+        if hook is not None and any(row[0] == scheme for row in hook()):
+            removed.append((manager.get_name(plugin), plugin))
+            manager.unregister(plugin)
+    try:
+        yield scheme
+    finally:
+        for name, plugin in removed:
+            manager.register(plugin, name)

@@ -400,11 +400,12 @@ def test_unknown_scheme_names_the_installed_ones_and_hides_the_password(
     assert "s3cret" not in result.output
 
 
-def test_first_party_scheme_names_the_package(runner: CliRunner, isolated_path: Path) -> None:
-    from machinery.plugins import FIRST_PARTY, list_schemes
+def test_first_party_scheme_names_the_package(
+    runner: CliRunner, isolated_path: Path, uninstalled_scheme: str
+) -> None:
+    from machinery.plugins import FIRST_PARTY
 
-    installed = {row.scheme for row in list_schemes()}
-    scheme = next(s for s in ("gcppubsub", "memcache", "mongodb") if s not in installed)
+    scheme = uninstalled_scheme
     name = write_app(isolated_path, f"{scheme}://:s3cret@localhost:1234/0")
     result = invoke(runner, "inspect", "pending", "-A", f"{name}:app")
     assert_one_line_error(result, f"pip install {FIRST_PARTY[scheme]}")

@@ -19,13 +19,13 @@ import pytest
 from machinery import config as config_module
 from machinery.config import (
     RELOADABLE_FIELDS,
-    AMQPConfig,
     Config,
     ReloadEvent,
     TLSConfig,
 )
 from machinery.errors import ConfigError
 from machinery.redact import redact_url
+from machinery_amqp.settings import AMQPSettings as AMQPConfig  # moved to its plugin
 
 DATA = Path(__file__).parent / "data" / "config"
 WAIT = 10.0  # generous upper bound for the watcher; tests finish as soon as the event arrives
@@ -99,6 +99,7 @@ def test_every_env_var_round_trips() -> None:
     assert w.prefetch_multiplier == 3
     assert (r.lease, r.heartbeat, r.priority) == (20.5, 5.0, True)
     assert (r.delayed_tasks_mover, r.go_compatible_chords) == (False, False)
+    assert r.retry_window == 4.5
     assert cnf.mongodb.database == "mongo_db"
     assert cnf.gcppubsub.max_extension == 120.0
     assert cnf.tls == TLSConfig()  # loading env never turns TLS on (Go #517)
@@ -110,7 +111,7 @@ def test_test_env_covers_every_field_that_has_an_env_name() -> None:
     loaded = Config.from_env(env)
     untouched = [
         spec.dotted
-        for spec in config_module._SPECS
+        for spec in config_module._table_of(defaults).specs
         if config_module._get_value(loaded, spec.path) == config_module._get_value(defaults, spec.path)
     ]
     # The TLS files need real files (tested below); insecure_skip_verify is set to its default on purpose.
@@ -375,6 +376,7 @@ redis:
   priority: true
   delayed_tasks_mover: false
   go_compatible_chords: false
+  retry_window: 7.5
 dynamodb:
   task_states_table: ts
   group_metas_table: gm
@@ -398,6 +400,13 @@ mongodb:
   database: mdb
 gcppubsub:
   max_extension: 30
+  ack_deadline: 20
+  hold_window: 120
+  create_missing: false
+  max_delivery_attempts: 10
+  message_ordering: true
+  subscription_name: w-{queue}
+  dead_letter_topic: dl-{queue}
 """
 
 
@@ -443,6 +452,7 @@ def test_yaml_round_trip_of_every_key_in_a_file_over_1000_bytes(tmp_path: Path) 
         False,
         False,
     )
+    r.retry_window = 7.5
     expected.dynamodb.task_states_table, expected.dynamodb.group_metas_table = "ts", "gm"
     expected.tls = TLSConfig(str(ca), str(ca), str(ca), True)
     expected.sqlite.lease, expected.sqlite.renew = 12.5, 2.0
@@ -452,7 +462,10 @@ def test_yaml_round_trip_of_every_key_in_a_file_over_1000_bytes(tmp_path: Path) 
     w.poll_timeout = 0.5
     w.prefetch_multiplier = 2
     expected.mongodb.database = "mdb"
-    expected.gcppubsub.max_extension = 30.0
+    g = expected.gcppubsub
+    g.max_extension, g.ack_deadline, g.hold_window, g.create_missing = 30.0, 20, 120.0, False
+    g.max_delivery_attempts, g.message_ordering = 10, True
+    g.subscription_name, g.dead_letter_topic = "w-{queue}", "dl-{queue}"
     assert cnf == expected
     assert isinstance(cnf.sqlite.renew, float) and isinstance(cnf.gcppubsub.max_extension, float)
 
@@ -465,11 +478,12 @@ def test_every_yaml_key_is_exercised_by_the_fixtures() -> None:
         yaml.safe_load((DATA / "testconfig.yml").read_text()),
     ):
         for key, value in doc.items():
-            if isinstance(value, dict) and key in config_module._SECTIONS:
+            if isinstance(value, dict) and key in Config().sections():
                 seen.update((key, sub) for sub in value)
             else:
                 seen.add(("", key))
-    known = {(section, key) for section, keys in config_module._YAML_KEYS.items() for key in keys}
+    table = config_module._table_of(Config())
+    known = {(section, key) for section, keys in table.yaml_keys.items() for key in keys}
     missing = known - seen
     # The Go-only spellings not in testconfig.yml are covered by test_yaml_go_spellings.
     assert missing <= {("sqs", "visibility_hearth_beat"), ("redis", "cluster_mode"), ("redis", "client_name")}

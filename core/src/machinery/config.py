@@ -1,32 +1,40 @@
 """Configuration: Machinery's ``Config`` fields, in snake_case, with its env and YAML names.
 
+Every setting is declared once, with :func:`machinery.settings.setting`, in the section that owns it: the
+top-level fields and the ``tls``, ``sqlite`` and ``worker`` sections here, each transport's section in its
+plugin (``redis`` in machinery-redis, ``amqp`` in machinery-amqp), returned from the plugin's
+``machinery_settings()`` hook. The env and YAML tables, the validation and :data:`RELOADABLE_FIELDS` are
+derived from those declarations (see :mod:`machinery.settings`). ``config.redis`` works as before;
+``RedisSettings.of(config)`` gives the same section typed.
+
 Loading
 -------
-- :meth:`Config.from_env` reads Machinery's environment variables (``BROKER``, ``DEFAULT_QUEUE``,
-  ``AMQP_EXCHANGE``, ``REDIS_MAX_IDLE``, ...). Nested ones are also accepted with the Go struct prefix,
-  as envconfig does (``AMQP_AMQP_EXCHANGE``, ``REDIS_REDIS_MAX_IDLE``, ``DYNAMODB_TASK_STATES_TABLE``); the
-  prefixed name wins when both are set. Go's ``MULTIPLE_BROKEN_SEPARATOR`` typo is accepted next to
-  ``MULTIPLE_BROKER_SEPARATOR`` (which wins), ``REDIS_CLUSTER_ENABLED`` (v2) next to ``REDIS_CLUSTER_MODE``
-  (v1). Settings Machinery never had are read from ``MACHINERY_*`` names (table below). Booleans take
-  ``true/false``, ``1/0``, ``yes/no`` (also ``t/f``, ``on/off``), case-insensitive. An empty value for a
-  number or boolean means "not set" (an empty ``SQS_VISIBILITY_TIMEOUT`` means "the queue's own setting").
-  ``AMQP_QUEUE_DECLARE_ARGS`` / ``AMQP_QUEUE_BINDING_ARGS`` take ``k:v,k:v`` or a JSON object; declare-arg
-  values that look like numbers or booleans are converted (``x-max-priority:10`` gives the int ``10``),
-  binding-arg values stay strings (as in Go). Loading the environment never turns TLS on (Go's #517):
-  TLS is used when a URL scheme asks for it (``rediss://``, ``amqps://``...), the ``tls`` section only
-  supplies the files.
+- :meth:`Config.from_env` reads Machinery's environment variables (``BROKER``, ``DEFAULT_QUEUE``, and, with
+  their plugins installed, ``AMQP_EXCHANGE``, ``REDIS_MAX_IDLE``, ...). Nested ones are also accepted with
+  the Go struct prefix, as envconfig does (``AMQP_AMQP_EXCHANGE``, ``REDIS_REDIS_MAX_IDLE``,
+  ``DYNAMODB_TASK_STATES_TABLE``); the prefixed name wins when both are set. Go's
+  ``MULTIPLE_BROKEN_SEPARATOR`` typo is accepted next to ``MULTIPLE_BROKER_SEPARATOR`` (which wins). Settings
+  Machinery never had are read from ``MACHINERY_*`` names (table below). Booleans take ``true/false``,
+  ``1/0``, ``yes/no`` (also ``t/f``, ``on/off``), case-insensitive. An empty value for a number or boolean
+  means "not set" (an empty ``SQS_VISIBILITY_TIMEOUT`` means "the queue's own setting"). Dict settings
+  (``AMQP_QUEUE_DECLARE_ARGS``) take ``k:v,k:v`` or a JSON object. Loading the environment never turns TLS
+  on (Go's #517): TLS is used when a URL scheme asks for it (``rediss://``, ``amqps://``...), the ``tls``
+  section only supplies the files.
 - :meth:`Config.from_yaml` reads Machinery's YAML keys, of any file size (Go read at most 1000 bytes),
-  including Go's spellings ``max_idle_timeout``, ``receive_wait_time_seconds``,
-  ``receive_visibility_timeout``, ``visibility_hearth_beat`` (sic) and ``cluster_enabled`` next to the
-  sane ones (``idle_timeout``, ``wait_time_seconds``, ``visibility_timeout``, ``visibility_heartbeat``,
-  ``cluster_mode``). A section that is missing keeps its defaults (Go set ``AMQP`` to nil). Unknown keys
-  are logged as warnings, wrong types raise :class:`~machinery.errors.ConfigError` naming the key.
-  Needs PyYAML: ``pip install 'machinery-core[yaml]'``.
+  including Go's spellings (``receive_wait_time_seconds``, ``visibility_hearth_beat`` (sic), and the
+  plugins' own, such as redis's ``max_idle_timeout``). A section that is missing keeps its defaults (Go set
+  ``AMQP`` to nil). Unknown keys are logged as warnings, wrong types raise
+  :class:`~machinery.errors.ConfigError` naming the key. Needs PyYAML:
+  ``pip install 'machinery-core[yaml]'``.
+- A YAML section (or ``MACHINERY_<SECTION>_*`` variables) of a plugin that is not installed is kept as raw
+  values in :attr:`Config.unclaimed` and reported in one warning, with the package to install when it is
+  a first-party one. (Go's bare names such as ``REDIS_MAX_IDLE`` cannot be told apart from other
+  programs' variables, so they are not reported.)
 - Both call :meth:`Config.validate`, which raises one ``ConfigError`` listing every problem and how to fix
   it.
 
-Python additions (no Machinery equivalent)
-------------------------------------------
+Core settings that Machinery never had (plugins list theirs in their README)
+------------------------------------------------------------------------------
 ==================================  ======================================  ==========================
 field                               env (first name wins)                   YAML
 ==================================  ======================================  ==========================
@@ -37,7 +45,7 @@ tls.insecure_skip_verify            MACHINERY_TLS_INSECURE_SKIP_VERIFY,     tls:
 sqlite.lease / renew                MACHINERY_SQLITE_LEASE / _RENEW         sqlite: {lease, renew}
 worker.<name>                       MACHINERY_WORKER_<NAME>                 worker: {<name>: ...}
 mongodb.database                    MACHINERY_MONGODB_DATABASE              mongodb: {database}
-gcppubsub.max_extension             MACHINERY_GCPPUBSUB_MAX_EXTENSION       gcppubsub: {max_extension}
+<plugin section>.<name>             MACHINERY_<SECTION>_<NAME>              <section>: {<name>: ...}
 ==================================  ======================================  ==========================
 
 Live reload
@@ -57,13 +65,13 @@ empty: probably half-written) logs a WARNING and changes nothing. Listeners regi
 :meth:`Config.on_reload` get a :class:`ReloadEvent` after every processed change (also for failures);
 they run outside the lock.
 
-Safe at run time (:data:`RELOADABLE_FIELDS`): the values that brokers, backends and workers read each time
-they use them (plugins must not cache these):
+Safe at run time (:data:`RELOADABLE_FIELDS`, the settings declared with ``reload=True``): the values that
+brokers, backends and workers read each time they use them (plugins must not cache these):
 
 - ``results_expire_in`` (next result written)
 - ``sqs.wait_time_seconds``, ``sqs.visibility_timeout``, ``sqs.visibility_heartbeat`` (next receive /
   next task)
-- ``redis.normal_tasks_poll_period``, ``redis.delayed_tasks_poll_period`` (next poll)
+- ``redis.normal_tasks_poll_period``, ``redis.delayed_tasks_poll_period`` (next poll; machinery-redis)
 - ``sqlite.lease``, ``sqlite.renew`` (next lease taken / renewed)
 - ``worker.*`` (next task; ``default_concurrency`` for workers created afterwards, ``shutdown_grace`` at the
   next stop)
@@ -73,7 +81,7 @@ the server: ``broker``, ``multiple_broker_separator``, ``result_backend``, ``loc
 ``eager``, ``no_unix_signals``, all of ``amqp.*`` (exchange, queues, bindings and QoS are declared on
 connect), ``redis`` pool/connection settings, ``redis.delayed_tasks_key`` (would orphan scheduled tasks),
 ``redis.cluster_mode``, ``redis.master_name``, ``redis.sentinel_password``, ``dynamodb.*`` tables,
-``tls.*``, ``mongodb.database`` and ``gcppubsub.max_extension``.
+``tls.*`` and ``mongodb.database`` (plugins say which of theirs reload).
 
 Secrets
 -------
@@ -85,38 +93,57 @@ and only the type of client objects.
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import importlib
-import json
 import logging
 import math
 import os
-import re
 import ssl
 import threading
+import warnings
 import weakref
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field, fields, replace
 from types import TracebackType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
+from . import plugins
 from .errors import ConfigError
 from .redact import redact_url
+from .settings import (
+    Check,
+    Path,
+    Section,
+    Spec,
+    above,
+    at_least,
+    between,
+    check_section_class,
+    not_empty,
+    plain,
+    safe_items,
+    safe_value,
+    setting,
+    specs_of,
+    type_name,
+)
 
 __all__ = [
     "RELOADABLE_FIELDS",
-    "AMQPConfig",
     "Config",
     "DynamoDBConfig",
-    "GCPPubSubConfig",
     "MongoDBConfig",
-    "RedisConfig",
     "ReloadEvent",
     "ReloadListener",
     "SQLiteConfig",
     "SQSConfig",
+    "Section",
     "TLSConfig",
     "WorkerConfig",
+    "registered_sections",
+    "reloadable_fields",
 ]
 
 logger = logging.getLogger(__name__)
@@ -124,174 +151,25 @@ logger = logging.getLogger(__name__)
 YAML_EXTRA_HINT = "pip install 'machinery-core[yaml]'"
 
 # --------------------------------------------------------------------------------------------------------
-# Safe display (repr, redacted(), log lines)
+# Core sections
 
-_SECRET_FIELD_RE = re.compile(r"password|passwd|secret|token|credential|api_key|access_key", re.IGNORECASE)
-_URL_FIELDS = frozenset({"broker", "result_backend", "lock"})
-
-
-class _Opaque:
-    """Shows as its text, unquoted, in a ``repr`` (used for client objects)."""
-
-    __slots__ = ("text",)
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-    def __repr__(self) -> str:
-        return self.text
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Opaque) and other.text == self.text
-
-    def __hash__(self) -> int:
-        return hash(self.text)
-
-
-def _display(name: str, value: Any) -> Any:
-    """What may be shown for field ``name``: URLs redacted, secrets masked, clients reduced to their type."""
-    if name == "client" or name.endswith("_client"):
-        if value is None:
-            return None
-        kind = type(value)
-        return _Opaque(f"<{kind.__module__}.{kind.__qualname__}>")
-    if isinstance(value, str):
-        if _SECRET_FIELD_RE.search(name):
-            return "***" if value else ""
-        if name in _URL_FIELDS or name.endswith(("_url", "_uri")) or "://" in value or "@" in value:
-            return redact_url(value)
-    return value
-
-
-def _safe_repr(obj: Any) -> str:
-    parts = []
-    for f in fields(obj):
-        if not f.repr:
-            continue
-        value = getattr(obj, f.name)
-        shown = value if is_dataclass(value) else _display(f.name, value)
-        parts.append(f"{f.name}={shown!r}")
-    return f"{type(obj).__name__}({', '.join(parts)})"
-
-
-class _Section:
-    """Base of the sub-configs: a ``repr`` that never shows a secret."""
-
-    def __repr__(self) -> str:
-        return _safe_repr(self)
-
-
-# --------------------------------------------------------------------------------------------------------
-# The dataclasses
+_EXISTING_FILE = Check(lambda v: not v or os.path.isfile(v), "names a file that does not exist")
 
 
 @dataclass(repr=False)
-class AMQPConfig(_Section):
-    """RabbitMQ settings (Machinery's ``AMQPConfig``). All need a restart to change."""
-
-    exchange: str = "machinery_exchange"
-    exchange_type: str = "direct"
-    #: Arguments for ``queue.declare`` of task queues, e.g. ``{"x-max-priority": 10}``.
-    queue_declare_args: dict[str, Any] = field(default_factory=dict)
-    #: Arguments for ``queue.bind``, e.g. ``{"x-match": "any", "image-type": "png"}`` for a headers exchange.
-    queue_binding_args: dict[str, Any] = field(default_factory=dict)
-    binding_key: str = "machinery_task"
-    #: ``basic.qos`` prefetch; 0 means unlimited.
-    prefetch_count: int = 3
-    auto_delete: bool = False
-    delayed_queue: str = ""
-
-
-@dataclass(repr=False)
-class SQSConfig(_Section):
-    """Amazon SQS settings (Machinery's ``SQSConfig``).
-
-    Deviation from Go: ``wait_time_seconds`` defaults to 20 (long polling) rather than 0.
-    """
-
-    #: Long-poll time of ReceiveMessage, 0-20 s. Reloadable.
-    wait_time_seconds: int = 20
-    #: Visibility timeout asked for on receive; ``None`` uses the queue's own setting. Reloadable.
-    visibility_timeout: int | None = None
-    #: Extend the visibility of a running task every ``visibility_timeout / 2`` s. Reloadable.
-    visibility_heartbeat: bool = True
-    client: Any = None
-
-
-@dataclass(repr=False)
-class RedisConfig(_Section):
-    """Redis settings (Machinery's ``RedisConfig``): timeouts in seconds, poll periods in ms, as in Go."""
-
-    max_idle: int = 3
-    max_active: int = 0
-    #: YAML ``max_idle_timeout`` (Go's spelling) or ``idle_timeout``.
-    idle_timeout: int = 240
-    wait: bool = False
-    read_timeout: int = 15
-    write_timeout: int = 15
-    connect_timeout: int = 15
-    #: Reloadable. 0 means the broker's default (1000 ms).
-    normal_tasks_poll_period: int = 1000
-    #: Reloadable. 0 means the broker's default (500 ms).
-    delayed_tasks_poll_period: int = 500
-    delayed_tasks_key: str = "delayed_tasks"
-    client_name: str = ""
-    master_name: str = ""
-    #: v1 ``ClusterMode`` / v2 ``ClusterEnabled``.
-    cluster_mode: bool = False
-    sentinel_password: str = ""
-    # Python additions (machinery-redis):
-    #: Seconds a dead worker's in-flight messages stay leased before they are redelivered.
-    lease: float = 30.0
-    #: Seconds between a live worker's lease renewals (at most half the lease).
-    heartbeat: float = 10.0
-    #: Opt-in priorities: messages with priority > 0 use a sorted set (priority 0 stays Go-compatible).
-    priority: bool = False
-    #: Move due ETA tasks to their queues from this process (off: another process does it, #466).
-    delayed_tasks_mover: bool = True
-    #: Also honour Go Machinery's ``TriggerChordMutex`` so a mixed Go/Python fleet fires a chord once.
-    go_compatible_chords: bool = True
-    client: Any = None
-
-
-@dataclass(repr=False)
-class GCPPubSubConfig(_Section):
-    """Google Pub/Sub settings (code only in Machinery; ``max_extension`` may also come from env/YAML)."""
-
-    client: Any = None
-    #: Seconds the ack deadline of a running message may be extended in total.
-    max_extension: float = 600.0
-
-
-@dataclass(repr=False)
-class MongoDBConfig(_Section):
-    """MongoDB settings (code only in Machinery; ``database`` may also come from env/YAML)."""
-
-    client: Any = None
-    database: str = "machinery"
-
-
-@dataclass(repr=False)
-class DynamoDBConfig(_Section):
-    """DynamoDB settings (Machinery's ``DynamoDBConfig``)."""
-
-    task_states_table: str = "task_states"
-    group_metas_table: str = "group_metas"
-    client: Any = None
-
-
-@dataclass(repr=False)
-class TLSConfig(_Section):
+class TLSConfig(Section):
     """TLS files for ``rediss://``, ``amqps://`` and friends. Empty means "system defaults".
 
     These never turn TLS on by themselves: the URL scheme does. Plugins build their context with
     :meth:`ssl_context`.
     """
 
-    ca_file: str = ""
-    cert_file: str = ""
-    key_file: str = ""
-    insecure_skip_verify: bool = False
+    name = "tls"
+
+    ca_file: str = setting("", env="TLS_CA_FILE", check=_EXISTING_FILE)
+    cert_file: str = setting("", env="TLS_CERT_FILE", check=_EXISTING_FILE)
+    key_file: str = setting("", env="TLS_KEY_FILE", check=_EXISTING_FILE)
+    insecure_skip_verify: bool = setting(False, env="TLS_INSECURE_SKIP_VERIFY")
 
     @property
     def configured(self) -> bool:
@@ -314,34 +192,223 @@ class TLSConfig(_Section):
             ctx.verify_mode = ssl.CERT_NONE
         return ctx
 
+    def problems(self, valid: AbstractSet[str]) -> Iterable[str]:
+        if self.key_file and not self.cert_file:
+            yield (
+                "tls.key_file is set without tls.cert_file (env MACHINERY_TLS_CERT_FILE): set both, or put "
+                "the key in the certificate file"
+            )
+
 
 @dataclass(repr=False)
-class SQLiteConfig(_Section):
+class SQLiteConfig(Section):
     """The built-in ``sqlite://`` broker: lease length and renewal period, in seconds. Reloadable."""
 
-    lease: float = 30.0
-    renew: float = 10.0
+    name = "sqlite"
+
+    lease: float = setting(30.0, reload=True, check=above(0, " seconds"))
+    renew: float = setting(10.0, reload=True, check=above(0, " seconds"))
+
+    def problems(self, valid: AbstractSet[str]) -> Iterable[str]:
+        if {"lease", "renew"} <= valid and self.renew >= self.lease:
+            yield (
+                f"sqlite.renew ({self.renew:g}) must be shorter than sqlite.lease ({self.lease:g}), or "
+                "leases expire before they are renewed"
+            )
 
 
 @dataclass(repr=False)
-class WorkerConfig(_Section):
+class WorkerConfig(Section):
     """Worker defaults (Python additions; Machinery had none of these as settings). All reloadable."""
 
+    name = "worker"
+
     #: Concurrency used when a worker is created with concurrency 0 (Go: unbounded goroutines).
-    default_concurrency: int = 8
+    default_concurrency: int = setting(8, reload=True, check=at_least(1))
     #: Seconds a stopping worker waits for running tasks before returning the rest to the queue.
-    shutdown_grace: float = 30.0
+    shutdown_grace: float = setting(30.0, reload=True, check=at_least(0, " seconds"))
     #: An unregistered task is requeued at least this many times ...
-    unregistered_requeue_limit: int = 20
+    unregistered_requeue_limit: int = setting(20, reload=True, check=at_least(0))
     #: ... and for at least this many seconds, before it fails as "not registered".
-    unregistered_requeue_seconds: float = 60.0
+    unregistered_requeue_seconds: float = setting(60.0, reload=True, check=at_least(0, " seconds"))
     #: A worker holds at most ``concurrency * prefetch_multiplier`` messages. 1 (the default) never
     #: fetches more than free slots (Go #559); more buys throughput with short tasks.
-    prefetch_multiplier: int = 1
+    prefetch_multiplier: int = setting(1, reload=True)
     #: Longest a worker's fetch blocks, so quit() is noticed within this many seconds.
-    poll_timeout: float = 1.0
+    poll_timeout: float = setting(1.0, reload=True)
     #: Write RECEIVED and STARTED states (Machinery does). Off saves two writes per task.
-    store_intermediate_states: bool = True
+    store_intermediate_states: bool = setting(True, reload=True)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Transport sections still in the core, until their plugins take them. Each block is self-contained: to
+# move one, cut it into the plugin's settings.py (rename it FooSettings, import from machinery.settings),
+# return the class from the plugin's machinery_settings() hook, delete its line in _TRANSITIONAL_SECTIONS
+# and add its old name to _MOVED (so "from machinery.config import SQSConfig" keeps working, deprecated).
+
+
+@dataclass(repr=False)
+class SQSConfig(Section):
+    """Amazon SQS settings (Machinery's ``SQSConfig``).
+
+    Deviation from Go: ``wait_time_seconds`` defaults to 20 (long polling) rather than 0.
+    """
+
+    name = "sqs"
+
+    #: Long-poll time of ReceiveMessage, 0-20 s. Reloadable.
+    wait_time_seconds: int = setting(
+        20,
+        go_env="SQS_WAIT_TIME_SECONDS",
+        yaml=("receive_wait_time_seconds", "wait_time_seconds"),
+        reload=True,
+        check=between(0, 20, " seconds (SQS limit)"),
+    )
+    #: Visibility timeout asked for on receive; ``None`` uses the queue's own setting. Reloadable.
+    visibility_timeout: int | None = setting(
+        None,
+        go_env="SQS_VISIBILITY_TIMEOUT",
+        yaml=("receive_visibility_timeout", "visibility_timeout"),
+        reload=True,
+        check=Check(
+            lambda v: v is None or 0 <= v <= 43200,
+            "must be empty/None (the queue's setting) or between 0 and 43200 seconds (SQS limit)",
+        ),
+    )
+    #: Extend the visibility of a running task every ``visibility_timeout / 2`` s. Reloadable.
+    visibility_heartbeat: bool = setting(
+        True,
+        go_env="SQS_VISIBILITY_HEARTBEAT",
+        yaml=("visibility_hearth_beat", "visibility_heartbeat"),
+        reload=True,
+    )
+    client: Any = None
+
+
+@dataclass(repr=False)
+class MongoDBConfig(Section):
+    """MongoDB settings (code only in Machinery; ``database`` may also come from env/YAML)."""
+
+    name = "mongodb"
+
+    client: Any = None
+    database: str = setting("machinery")
+
+
+@dataclass(repr=False)
+class DynamoDBConfig(Section):
+    """DynamoDB settings (Machinery's ``DynamoDBConfig``)."""
+
+    name = "dynamodb"
+
+    task_states_table: str = setting(
+        "task_states", go_env="TASK_STATES_TABLE", check=not_empty("task_states")
+    )
+    group_metas_table: str = setting(
+        "group_metas", go_env="GROUP_METAS_TABLE", check=not_empty("group_metas")
+    )
+    client: Any = None
+
+
+_TRANSITIONAL_SECTIONS: tuple[type[Section], ...] = (
+    SQSConfig,
+    MongoDBConfig,
+    DynamoDBConfig,
+)
+
+#: Section classes that moved to a plugin: old name -> (module, class, distribution).
+_MOVED: dict[str, tuple[str, str, str]] = {
+    "RedisConfig": ("machinery_redis.settings", "RedisSettings", "machinery-redis"),
+    "AMQPConfig": ("machinery_amqp.settings", "AMQPSettings", "machinery-amqp"),
+    "GCPPubSubConfig": ("machinery_gcppubsub.settings", "GCPPubSubSettings", "machinery-gcppubsub"),
+}
+
+
+# --------------------------------------------------------------------------------------------------------
+# Which sections exist: the core's, the transitional ones above, and every plugin's machinery_settings()
+
+_CORE_SECTION_NAMES = ("tls", "sqlite", "worker")
+
+
+def registered_sections() -> dict[str, type[Section]]:
+    """Every settings section class by name: the core's, then those the installed plugins declare.
+
+    Plugins are found through their entry points; their ``machinery_settings()`` hook imports only their
+    settings module, never their broker.
+    """
+    found: dict[str, type[Section]] = {name: _CORE_SECTION_TYPES[name] for name in _CORE_SECTION_NAMES}
+    for cls in _TRANSITIONAL_SECTIONS:
+        found[cls.name] = cls
+    for result in plugins.get_plugin_manager().hook.machinery_settings():
+        for cls in result:
+            _add_section(found, cls)
+    return found
+
+
+def _add_section(found: dict[str, type[Section]], cls: Any) -> None:
+    check_section_class(cls)
+    where = f"{cls.__module__}.{cls.__qualname__}"
+    other = found.get(cls.name)
+    if other is not None and other is not cls:
+        raise ConfigError(
+            f"Two settings sections are named {cls.name!r}: {other.__module__}.{other.__qualname__} and "
+            f"{where}; uninstall one of the plugins or rename a section"
+        )
+    if other is None and hasattr(Config, cls.name):
+        raise ConfigError(f"Settings section {where} is named {cls.name!r}, which Config already uses")
+    found[cls.name] = cls
+
+
+def reloadable_fields() -> frozenset[str]:
+    """Dotted names of the settings a live reload applies at run time, the installed plugins' included."""
+    return _table(_table_key(Config, registered_sections())).reloadable
+
+
+@dataclass(frozen=True)
+class _Table:
+    """The rows derived from a set of section classes: what the loaders and validation iterate."""
+
+    specs: tuple[Spec, ...]
+    by_path: Mapping[Path, Spec]
+    #: section name ("" for the top level) -> YAML key -> row
+    yaml_keys: Mapping[str, Mapping[str, Spec]]
+    env_names: frozenset[str]
+    reloadable: frozenset[str]
+
+
+_TableKey = tuple[type, tuple[tuple[str, type], ...]]
+
+
+def _table_key(config_type: type, sections: Mapping[str, type]) -> _TableKey:
+    return config_type, tuple(sections.items())
+
+
+@functools.cache
+def _table(key: _TableKey) -> _Table:
+    config_type, sections = key
+    specs = list(specs_of(config_type))
+    yaml_keys: dict[str, dict[str, Spec]] = {"": {}}
+    for name, cls in sections:
+        yaml_keys[name] = {}
+        specs.extend(specs_of(cls))
+    for spec in specs:
+        for yaml_key in spec.yaml:
+            yaml_keys[spec.section][yaml_key] = spec
+    return _Table(
+        specs=tuple(specs),
+        by_path={spec.path: spec for spec in specs},
+        yaml_keys=yaml_keys,
+        env_names=frozenset(name for spec in specs for name in spec.env),
+        reloadable=frozenset(spec.dotted for spec in specs if spec.reload),
+    )
+
+
+def _table_of(config: Config) -> _Table:
+    return _table(_table_key(type(config), {n: type(s) for n, s in config.sections().items()}))
+
+
+# --------------------------------------------------------------------------------------------------------
+# ReloadEvent
 
 
 @dataclass(frozen=True)
@@ -367,7 +434,7 @@ class ReloadEvent:
 ReloadListener = Callable[[ReloadEvent], None]
 
 
-@dataclass(repr=False)
+@dataclass(repr=False, eq=False)
 class Config:
     """Everything Machinery needs to know. Defaults run with no server (``sqlite://``).
 
@@ -376,30 +443,56 @@ class Config:
 
     Build one by hand, with :meth:`from_env` or with :meth:`from_yaml` (optionally live-reloading; see the
     module docs for which fields change at run time). ``repr()`` never shows a password.
-    Copies (``copy.copy``/``copy.deepcopy``/:meth:`snapshot`) copy every section but share client objects,
-    and never carry the file watcher or listeners.
+    Plugin sections are keyword arguments too: ``Config(redis=RedisSettings(lease=60))``; every installed
+    plugin's section is present with its defaults otherwise (``config.redis``, typed
+    ``RedisSettings.of(config)``). Copies (``copy.copy``/``copy.deepcopy``/:meth:`snapshot`) copy every
+    section but share client objects, and never carry the file watcher or listeners.
     """
 
-    broker: str = "sqlite:///machinery.db"
+    broker: str = setting("sqlite:///machinery.db", go_env="BROKER")
     #: Splits ``broker`` into several URLs tried in order (AMQP failover). Env ``MULTIPLE_BROKER_SEPARATOR``
     #: (or Go's typo ``MULTIPLE_BROKEN_SEPARATOR``).
-    multiple_broker_separator: str = ""
-    default_queue: str = "machinery_tasks"
-    result_backend: str = "sqlite:///machinery.db"
+    multiple_broker_separator: str = setting(
+        "", go_env=("MULTIPLE_BROKER_SEPARATOR", "MULTIPLE_BROKEN_SEPARATOR")
+    )
+    default_queue: str = setting(
+        "machinery_tasks", go_env="DEFAULT_QUEUE", check=not_empty("machinery_tasks")
+    )
+    result_backend: str = setting("sqlite:///machinery.db", go_env="RESULT_BACKEND")
     #: Seconds results are kept; 0 means the default (3600). Reloadable.
-    results_expire_in: int = 3600
-    lock: str = ""
-    eager: bool = False
-    no_unix_signals: bool = False
-    amqp: AMQPConfig = field(default_factory=AMQPConfig)
-    sqs: SQSConfig = field(default_factory=SQSConfig)
-    redis: RedisConfig = field(default_factory=RedisConfig)
-    gcppubsub: GCPPubSubConfig = field(default_factory=GCPPubSubConfig)
-    mongodb: MongoDBConfig = field(default_factory=MongoDBConfig)
-    dynamodb: DynamoDBConfig = field(default_factory=DynamoDBConfig)
+    results_expire_in: int = setting(
+        3600,
+        go_env="RESULTS_EXPIRE_IN",
+        reload=True,
+        check=at_least(0, " seconds (0 means the default, 3600)"),
+    )
+    lock: str = setting("", go_env="LOCK")
+    eager: bool = setting(False)
+    no_unix_signals: bool = setting(False, go_env="NO_UNIX_SIGNALS")
     tls: TLSConfig = field(default_factory=TLSConfig)
     sqlite: SQLiteConfig = field(default_factory=SQLiteConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
+
+    if TYPE_CHECKING:
+        # What type checkers see; at run time the dataclass's own __init__ runs, wrapped by
+        # _accept_sections (below) to take the plugin sections. test_settings checks the names match.
+        def __init__(
+            self,
+            broker: str = ...,
+            multiple_broker_separator: str = ...,
+            default_queue: str = ...,
+            result_backend: str = ...,
+            results_expire_in: int = ...,
+            lock: str = ...,
+            eager: bool = ...,
+            no_unix_signals: bool = ...,
+            tls: TLSConfig = ...,
+            sqlite: SQLiteConfig = ...,
+            worker: WorkerConfig = ...,
+            **sections: Section,
+        ) -> None: ...
+
+        def __setattr__(self, name: str, value: Any) -> None: ...
 
     # ---- runtime state (not dataclass fields: invisible to eq, fields(), asdict(), replace()) ----
 
@@ -410,17 +503,73 @@ class Config:
         self._mutex = threading.RLock()
         self._listeners: list[ReloadListener] = []
         self._source: str | None = None
-        self._file_values: dict[_Path, Any] = {}
+        self._file_values: dict[Path, Any] = {}
         self._file_digest = b""
         self._reloader: _Reloader | None = None
+        self._unclaimed: dict[str, dict[str, Any]] = {}
+
+    def _install_sections(self, given: dict[str, Any]) -> None:
+        registered = registered_sections()
+        for name, section in given.items():
+            if not isinstance(section, Section) or type(section).name != name:
+                raise TypeError(_bad_keyword(name, section, registered))
+            check_section_class(type(section))
+            self.__dict__[name] = section
+        for name, cls in registered.items():
+            if name not in self.__dict__:
+                self.__dict__[name] = cls()
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called for names not found the normal way: a plugin registered after this config was made
+        # (its section starts with its defaults), or a section no installed plugin declares.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        cls = registered_sections().get(name)
+        if cls is None:
+            raise AttributeError(_missing_section_text(name))
+        return self.__dict__.setdefault(name, cls())
+
+    def sections(self) -> dict[str, Section]:
+        """Every settings section of this config by name: the core's (``tls``, ``sqlite``, ``worker``),
+        then the plugins' (``sqs``, ``redis``, ``amqp``...)."""
+        out: dict[str, Section] = {name: getattr(self, name) for name in _CORE_SECTION_NAMES}
+        for name in registered_sections():
+            out.setdefault(name, getattr(self, name))
+        for name, value in list(vars(self).items()):
+            if isinstance(value, Section) and not name.startswith("_"):
+                out.setdefault(name, value)
+        return out
+
+    @property
+    def unclaimed(self) -> Mapping[str, Mapping[str, Any]]:
+        """Raw values of sections no installed plugin declares (YAML keys, or ``MACHINERY_<SECTION>_*``
+        variables), by section name. Kept so nothing given is lost; they are not used."""
+        return self._unclaimed
+
+    def _scalars(self) -> list[str]:
+        return [f.name for f in fields(self) if f.name not in _CORE_SECTION_NAMES]
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, Config)
+        return self._compared() == other._compared()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like a dataclass with eq
+
+    def _compared(self) -> tuple[list[Any], dict[str, Section]]:
+        return [getattr(self, name) for name in self._scalars()], self.sections()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        state: dict[str, Any] = {name: getattr(self, name) for name in self._scalars()}
+        state.update(self.sections())
+        state["_unclaimed"] = self._unclaimed
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        for name, value in state.items():
-            setattr(self, name, value)
         self._init_runtime()
+        for name, value in state.items():
+            self.__dict__[name] = value
 
     def __copy__(self) -> Config:
         return self.snapshot()
@@ -430,7 +579,9 @@ class Config:
 
     def __repr__(self) -> str:
         with self._mutex:
-            return _safe_repr(self)
+            parts = [f"{name}={value!r}" for name, value in safe_items(self) if name in self._scalars()]
+            parts.extend(f"{name}={section!r}" for name, section in self.sections().items())
+            return f"{type(self).__name__}({', '.join(parts)})"
 
     def __enter__(self) -> Config:
         return self
@@ -449,25 +600,11 @@ class Config:
         Raises :class:`~machinery.errors.ConfigError` naming the variable and the expected form.
         """
         env: Mapping[str, str] = os.environ if environ is None else environ
-        values: dict[_Path, Any] = {}
-        for spec in _SPECS:
-            found: list[tuple[str, Any]] = []
-            for name in spec.env:
-                if name in env:
-                    is_set, value = _env_value(spec, name, env[name])
-                    if is_set:
-                        found.append((name, value))
-            if not found:
-                continue
-            name, value = found[0]
-            for other, other_value in found[1:]:
-                if other_value != value:
-                    logger.warning(
-                        "Environment variables %s and %s are both set and differ; using %s", name, other, name
-                    )
-            values[spec.path] = value
         config = cls()
-        _apply_values(config, values)
+        table = _table_of(config)
+        _apply_values(config, _env_values(table, env))
+        config._unclaimed = _unclaimed_env(table, env)
+        _warn_unclaimed(config._unclaimed, "The environment")
         config.validate()
         return config
 
@@ -484,7 +621,8 @@ class Config:
         source = os.path.abspath(os.fspath(path))
         data = _read_file(source)
         config = cls()
-        _apply_values(config, _parse_yaml(data, source))
+        values, config._unclaimed = _parse_yaml(data, source, _table_of(config))
+        _apply_values(config, values)
         try:
             config.validate()
         except ConfigError as exc:
@@ -507,21 +645,35 @@ class Config:
         if problems:
             raise ConfigError("Invalid configuration:\n  - " + "\n  - ".join(problems))
 
+    def _top_level_problems(self, valid: AbstractSet[str]) -> Iterable[str]:
+        """Problems between top-level fields (the sections' own are in their ``problems``)."""
+        broker = _table_of(self).by_path[("broker",)]
+        if "broker" not in valid:
+            return
+        if not self.eager and not self.broker:
+            yield (
+                f"{broker.label} must be set to a broker URL, e.g. redis://localhost:6379/0 or "
+                f"sqlite:///machinery.db; got {broker.shown(self.broker)}"
+            )
+        separator = self.multiple_broker_separator
+        parts = self.broker.split(separator) if separator and isinstance(separator, str) else []
+        if self.broker and not all(part.strip() for part in parts):
+            yield (
+                f"{broker.label} has an empty URL between the multiple_broker_separator {separator!r} "
+                f"separators; got {broker.shown(self.broker)}"
+            )
+
     # ---- safe views ----
 
     def redacted(self) -> dict[str, Any]:
         """The config as a plain nested dict that is safe to log or print: URLs through ``redact_url``,
         password-like fields as ``***``, clients as their type name."""
         with self._mutex:
-            out: dict[str, Any] = {}
-            for f in fields(self):
-                value = getattr(self, f.name)
-                if is_dataclass(value) and not isinstance(value, type):
-                    out[f.name] = {
-                        sf.name: _plain(_display(sf.name, getattr(value, sf.name))) for sf in fields(value)
-                    }
-                else:
-                    out[f.name] = _plain(_display(f.name, value))
+            out: dict[str, Any] = {
+                name: plain(value) for name, value in safe_items(self) if name in self._scalars()
+            }
+            for name, section in self.sections().items():
+                out[name] = {key: plain(value) for key, value in safe_items(section)}
             return out
 
     def snapshot(self) -> Config:
@@ -530,22 +682,17 @@ class Config:
         Sections and their dicts are copied; client objects are shared. No watcher, no listeners.
         """
         with self._mutex:
-            kwargs: dict[str, Any] = {}
-            for f in fields(self):
-                value = getattr(self, f.name)
-                if is_dataclass(value) and not isinstance(value, type):
-                    value = replace(
-                        value,
-                        **{
-                            sf.name: _copy_value(getattr(value, sf.name))
-                            for sf in fields(value)
-                            if sf.init and sf.name != "client"
-                        },
-                    )
-                else:
-                    value = _copy_value(value)
-                kwargs[f.name] = value
-            return type(self)(**kwargs)
+            kwargs: dict[str, Any] = {name: _copy_value(getattr(self, name)) for name in self._scalars()}
+            for name, section in self.sections().items():
+                kwargs[name] = _copy_section(section)
+            copy: Config = type(self)(**kwargs)
+            copy._unclaimed = _copy_value(self._unclaimed)
+            return copy
+
+    def _blank(self) -> Config:
+        """A default config with the same sections as this one (also sections no plugin registered)."""
+        sections: dict[str, Any] = {name: type(s)() for name, s in self.sections().items()}
+        return type(self)(**sections)
 
     # ---- live reload ----
 
@@ -622,19 +769,20 @@ class Config:
 
     def _merge_file(
         self, data: bytes, source: str, digest: bytes
-    ) -> tuple[dict[_Path, tuple[Any, Any]], dict[_Path, tuple[Any, Any]], list[ReloadListener]]:
+    ) -> tuple[dict[Path, tuple[Any, Any]], dict[Path, tuple[Any, Any]], list[ReloadListener]]:
         """Parse and validate ``data``, then apply its safe changes under the lock (raises ConfigError)."""
         if not data.strip():
             raise ConfigError("the file is empty")
-        fresh = type(self)()
-        _apply_values(fresh, _parse_yaml(data, source))
+        fresh = self._blank()
+        table = _table_of(fresh)
+        _apply_values(fresh, _parse_yaml(data, source, table)[0])
         fresh.validate()
         new_file = _values_of(fresh)
         with self._mutex:
             live = _values_of(self)
-            applied: dict[_Path, tuple[Any, Any]] = {}
-            restart: dict[_Path, tuple[Any, Any]] = {}
-            for spec in _SPECS:
+            applied: dict[Path, tuple[Any, Any]] = {}
+            restart: dict[Path, tuple[Any, Any]] = {}
+            for spec in table.specs:
                 path = spec.path
                 new = new_file[path]
                 if new == self._file_values.get(path, _MISSING) or new == live[path]:
@@ -659,12 +807,23 @@ class Config:
         except ConfigError as exc:
             # Outside the lock: listeners may take time or touch the config from other threads.
             return self._reload_failed(source, str(exc), digest)
+        specs = _table_of(self).by_path
+
+        def safe(path: Path, value: Any) -> Any:
+            return safe_value(path[-1], value, specs[path].secret)
+
         for path, (old, new) in applied.items():
-            logger.info("Config %s changed in %s: %r -> %r (applied)", _dotted(path), source, old, new)
+            logger.info(
+                "Config %s changed in %s: %r -> %r (applied)",
+                _dotted(path),
+                source,
+                safe(path, old),
+                safe(path, new),
+            )
         shown: dict[str, tuple[Any, Any]] = {}
         for path, (old, new) in restart.items():
             name = _dotted(path)
-            shown[name] = (_display(path[-1], old), _display(path[-1], new))
+            shown[name] = (safe(path, old), safe(path, new))
             logger.warning(
                 "field %s changed in %s; restart to apply (running: %r, file: %r)", name, source, *shown[name]
             )
@@ -677,191 +836,126 @@ class Config:
         return event
 
 
-# --------------------------------------------------------------------------------------------------------
-# Field table: one row per leaf field with its env names, YAML keys, type and reload safety.
+_CORE_SECTION_TYPES: dict[str, type[Section]] = {
+    "tls": TLSConfig,
+    "sqlite": SQLiteConfig,
+    "worker": WorkerConfig,
+}
+_CORE_FIELDS = frozenset(f.name for f in fields(Config))
 
-_Path = tuple[str, ...]
-_Kind = Literal["str", "int", "float", "bool", "opt_int", "args", "binding_args"]
+
+def _accept_sections(generated: Callable[..., None]) -> Callable[..., None]:
+    """The dataclass's ``__init__``, also taking plugin sections as keyword arguments."""
+
+    @functools.wraps(generated)
+    def init(self: Config, *args: Any, **kwargs: Any) -> None:
+        given = {name: kwargs.pop(name) for name in list(kwargs) if name not in _CORE_FIELDS}
+        generated(self, *args, **kwargs)
+        self._install_sections(given)
+
+    return init
+
+
+setattr(Config, "__init__", _accept_sections(Config.__init__))  # noqa: B010 - mypy forbids assigning a method
+
+
+def _bad_keyword(name: str, value: Any, registered: Mapping[str, type[Section]]) -> str:
+    cls = registered.get(name)
+    if cls is not None:
+        return (
+            f"Config({name}=...) takes a {cls.__module__}.{cls.__qualname__}, got {type(value).__qualname__}"
+        )
+    if isinstance(value, Section):
+        return (
+            f"Config({name}=...) got a {type(value).__qualname__}, whose section name is {type(value).name!r}"
+        )
+    return _missing_section_text(name).replace(
+        "'Config' object has no attribute", "Config() got an unexpected keyword argument"
+    )
+
+
+def _missing_section_text(name: str) -> str:
+    distribution = plugins.FIRST_PARTY.get(name)
+    if distribution:
+        return f"Config has no {name!r} section: it comes with {distribution} (pip install {distribution})"
+    known = [*_CORE_FIELDS, *registered_sections()]
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else " (and no installed plugin declares such a section)"
+    return f"'Config' object has no attribute {name!r}{hint}"
+
+
+def __getattr__(name: str) -> Any:
+    """``RELOADABLE_FIELDS`` (computed with the installed plugins) and the old names of moved sections."""
+    if name == "RELOADABLE_FIELDS":
+        return reloadable_fields()
+    moved = _MOVED.get(name)
+    if moved is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module_name, class_name, distribution = moved
+    warnings.warn(
+        f"machinery.config.{name} is deprecated: the section moved to {distribution}, use "
+        f"{module_name}.{class_name}",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not module_name.startswith(exc.name):
+            raise
+        raise ImportError(
+            f"{name} is now {module_name}.{class_name}, in the {distribution} package, which is not "
+            f"installed: pip install {distribution}",
+            name=module_name,
+        ) from None
+    return getattr(module, class_name)
+
+
+if TYPE_CHECKING:
+    #: Dotted names of the fields a live reload applies at run time (all others need a restart), the
+    #: installed plugins' included (computed on access).
+    RELOADABLE_FIELDS: frozenset[str]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Reading and writing settings by path
+
 _MISSING: Any = object()
 
 
-@dataclass(frozen=True)
-class _Spec:
-    path: _Path
-    kind: _Kind
-    env: tuple[str, ...]
-    yaml: tuple[str, ...]
-    reload: bool = False
-
-    @property
-    def dotted(self) -> str:
-        return _dotted(self.path)
-
-    @property
-    def section(self) -> str:
-        return self.path[0] if len(self.path) == 2 else ""
-
-    @property
-    def label(self) -> str:
-        """``redis.idle_timeout (YAML redis.max_idle_timeout, env REDIS_IDLE_TIMEOUT)``."""
-        yaml_key = f"{self.section}.{self.yaml[0]}" if self.section else self.yaml[0]
-        env = min(self.env, key=len)
-        hint = f"env {env}" if yaml_key == self.dotted else f"YAML {yaml_key}, env {env}"
-        return f"{self.dotted} ({hint})"
-
-
-def _dotted(path: _Path) -> str:
+def _dotted(path: Path) -> str:
     return ".".join(path)
 
 
-def _top(name: str, kind: _Kind, *env: str, reload: bool = False) -> _Spec:
-    return _Spec((name,), kind, env, (name,), reload)
-
-
-def _go(
-    section: str,
-    name: str,
-    kind: _Kind,
-    *tags: str,
-    prefix: str = "",
-    yaml: tuple[str, ...] = (),
-    reload: bool = False,
-) -> _Spec:
-    """A nested Machinery field: each envconfig tag is accepted with and without the struct prefix."""
-    struct = prefix or section.upper()
-    env = tuple(n for tag in tags for n in (f"{struct}_{tag}", tag))
-    return _Spec((section, name), kind, env, yaml or (name,), reload)
-
-
-def _py(section: str, name: str, kind: _Kind, *aliases: str, reload: bool = False) -> _Spec:
-    """A Python addition: ``MACHINERY_<SECTION>_<NAME>``."""
-    return _Spec((section, name), kind, (f"MACHINERY_{section}_{name}".upper(), *aliases), (name,), reload)
-
-
-_SPECS: tuple[_Spec, ...] = (
-    _top("broker", "str", "BROKER"),
-    _top("multiple_broker_separator", "str", "MULTIPLE_BROKER_SEPARATOR", "MULTIPLE_BROKEN_SEPARATOR"),
-    _top("default_queue", "str", "DEFAULT_QUEUE"),
-    _top("result_backend", "str", "RESULT_BACKEND"),
-    _top("results_expire_in", "int", "RESULTS_EXPIRE_IN", reload=True),
-    _top("lock", "str", "LOCK"),
-    _top("eager", "bool", "MACHINERY_EAGER"),
-    _top("no_unix_signals", "bool", "NO_UNIX_SIGNALS"),
-    # AMQP
-    _go("amqp", "exchange", "str", "AMQP_EXCHANGE"),
-    _go("amqp", "exchange_type", "str", "AMQP_EXCHANGE_TYPE"),
-    _go("amqp", "queue_declare_args", "args", "AMQP_QUEUE_DECLARE_ARGS"),
-    _go("amqp", "queue_binding_args", "binding_args", "AMQP_QUEUE_BINDING_ARGS"),
-    _go("amqp", "binding_key", "str", "AMQP_BINDING_KEY"),
-    _go("amqp", "prefetch_count", "int", "AMQP_PREFETCH_COUNT"),
-    _go("amqp", "auto_delete", "bool", "AMQP_AUTO_DELETE"),
-    _go("amqp", "delayed_queue", "str", "AMQP_DELAYED_QUEUE"),
-    # SQS
-    _go(
-        "sqs",
-        "wait_time_seconds",
-        "int",
-        "SQS_WAIT_TIME_SECONDS",
-        yaml=("receive_wait_time_seconds", "wait_time_seconds"),
-        reload=True,
-    ),
-    _go(
-        "sqs",
-        "visibility_timeout",
-        "opt_int",
-        "SQS_VISIBILITY_TIMEOUT",
-        yaml=("receive_visibility_timeout", "visibility_timeout"),
-        reload=True,
-    ),
-    _go(
-        "sqs",
-        "visibility_heartbeat",
-        "bool",
-        "SQS_VISIBILITY_HEARTBEAT",
-        yaml=("visibility_hearth_beat", "visibility_heartbeat"),
-        reload=True,
-    ),
-    # Redis
-    _go("redis", "max_idle", "int", "REDIS_MAX_IDLE"),
-    _go("redis", "max_active", "int", "REDIS_MAX_ACTIVE"),
-    _go("redis", "idle_timeout", "int", "REDIS_IDLE_TIMEOUT", yaml=("max_idle_timeout", "idle_timeout")),
-    _go("redis", "wait", "bool", "REDIS_WAIT"),
-    _go("redis", "read_timeout", "int", "REDIS_READ_TIMEOUT"),
-    _go("redis", "write_timeout", "int", "REDIS_WRITE_TIMEOUT"),
-    _go("redis", "connect_timeout", "int", "REDIS_CONNECT_TIMEOUT"),
-    _go("redis", "normal_tasks_poll_period", "int", "REDIS_NORMAL_TASKS_POLL_PERIOD", reload=True),
-    _go("redis", "delayed_tasks_poll_period", "int", "REDIS_DELAYED_TASKS_POLL_PERIOD", reload=True),
-    _go("redis", "delayed_tasks_key", "str", "REDIS_DELAYED_TASKS_KEY"),
-    _go("redis", "client_name", "str", "REDIS_CLIENT_NAME"),
-    _go("redis", "master_name", "str", "REDIS_MASTER_NAME"),
-    _go(
-        "redis",
-        "cluster_mode",
-        "bool",
-        "REDIS_CLUSTER_MODE",
-        "REDIS_CLUSTER_ENABLED",
-        yaml=("cluster_mode", "cluster_enabled"),
-    ),
-    _go("redis", "sentinel_password", "str", "REDIS_SENTINEL_PASSWORD"),
-    # DynamoDB
-    _go("dynamodb", "task_states_table", "str", "TASK_STATES_TABLE"),
-    _go("dynamodb", "group_metas_table", "str", "GROUP_METAS_TABLE"),
-    # Python additions
-    _py("tls", "ca_file", "str", "TLS_CA_FILE"),
-    _py("tls", "cert_file", "str", "TLS_CERT_FILE"),
-    _py("tls", "key_file", "str", "TLS_KEY_FILE"),
-    _py("tls", "insecure_skip_verify", "bool", "TLS_INSECURE_SKIP_VERIFY"),
-    _py("redis", "lease", "float"),
-    _py("redis", "heartbeat", "float"),
-    _py("redis", "priority", "bool"),
-    _py("redis", "delayed_tasks_mover", "bool"),
-    _py("redis", "go_compatible_chords", "bool"),
-    _py("sqlite", "lease", "float", reload=True),
-    _py("sqlite", "renew", "float", reload=True),
-    _py("worker", "default_concurrency", "int", reload=True),
-    _py("worker", "shutdown_grace", "float", reload=True),
-    _py("worker", "unregistered_requeue_limit", "int", reload=True),
-    _py("worker", "unregistered_requeue_seconds", "float", reload=True),
-    _py("worker", "store_intermediate_states", "bool", reload=True),
-    _py("worker", "poll_timeout", "float", reload=True),
-    _py("worker", "prefetch_multiplier", "int", reload=True),
-    _py("mongodb", "database", "str"),
-    _py("gcppubsub", "max_extension", "float"),
-)
-
-_SPEC_BY_PATH: dict[_Path, _Spec] = {spec.path: spec for spec in _SPECS}
-_DEFAULTS = Config()
-#: Config fields that are sub-config sections (``amqp``, ``redis``...): YAML mappings of their own.
-_SECTIONS: tuple[str, ...] = tuple(f.name for f in fields(Config) if is_dataclass(getattr(_DEFAULTS, f.name)))
-_YAML_KEYS: dict[str, dict[str, _Spec]] = {section: {} for section in ("", *_SECTIONS)}
-for _spec in _SPECS:
-    for _key in _spec.yaml:
-        _YAML_KEYS[_spec.section][_key] = _spec
-del _spec, _key
-
-#: Dotted names of the fields a live reload applies at run time (all others need a restart).
-RELOADABLE_FIELDS: frozenset[str] = frozenset(spec.dotted for spec in _SPECS if spec.reload)
-
-
-def _get_value(config: Config, path: _Path) -> Any:
+def _get_value(config: Config, path: Path) -> Any:
     target: Any = config
     for name in path:
         target = getattr(target, name)
     return target
 
 
-def _set_value(config: Config, path: _Path, value: Any) -> None:
+def _set_value(config: Config, path: Path, value: Any) -> None:
     target: Any = config if len(path) == 1 else getattr(config, path[0])
     setattr(target, path[-1], _copy_value(value))
 
 
-def _apply_values(config: Config, values: Mapping[_Path, Any]) -> None:
+def _apply_values(config: Config, values: Mapping[Path, Any]) -> None:
     for path, value in values.items():
         _set_value(config, path, value)
 
 
-def _values_of(config: Config) -> dict[_Path, Any]:
-    return {spec.path: _copy_value(_get_value(config, spec.path)) for spec in _SPECS}
+def _values_of(config: Config) -> dict[Path, Any]:
+    return {spec.path: _copy_value(_get_value(config, spec.path)) for spec in _table_of(config).specs}
+
+
+def _copy_section(section: Any) -> Any:
+    """A copy of a section: dicts and lists copied, client objects shared."""
+    copied = {
+        f.name: _copy_value(getattr(section, f.name))
+        for f in fields(section)
+        if f.init and f.name != "client"
+    }
+    return replace(section, **copied)
 
 
 def _copy_value(value: Any) -> Any:
@@ -872,108 +966,61 @@ def _copy_value(value: Any) -> Any:
     return value
 
 
-def _plain(value: Any) -> Any:
-    return repr(value) if isinstance(value, _Opaque) else value
-
-
-def _shown(spec: _Spec, value: Any) -> str:
-    """A value for an error message: secret fields are masked whatever their type."""
-    if _SECRET_FIELD_RE.search(spec.path[-1]):
-        return "'***'"
-    text = repr(_display(spec.path[-1], value))
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _type_name(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
+def _warn_unclaimed(unclaimed: Mapping[str, Mapping[str, Any]], source: str) -> None:
+    """One warning for every section no installed plugin declares (names and counts, never values)."""
+    if not unclaimed:
+        return
+    parts = []
+    for name, raw in unclaimed.items():
+        distribution = plugins.FIRST_PARTY.get(name)
+        hint = f"; pip install {distribution}" if distribution else ""
+        parts.append(f"{name!r} ({len(raw)} setting{'' if len(raw) == 1 else 's'}{hint})")
+    logger.warning(
+        "%s: settings for %s kept but unused: no installed plugin declares %s",
+        source,
+        ", ".join(parts),
+        "this section" if len(parts) == 1 else "these sections",
+    )
 
 
 # --------------------------------------------------------------------------------------------------------
 # Environment
 
-_TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
-_FALSE = frozenset({"0", "false", "f", "no", "n", "off"})
-_INT_RE = re.compile(r"[+-]?\d+")
-_FLOAT_RE = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?")
-
-_ENV_FORMS: dict[_Kind, str] = {
-    "str": "text",
-    "int": "a whole number, e.g. 3600",
-    "float": "a number, e.g. 30 or 2.5",
-    "bool": "true/false, 1/0 or yes/no",
-    "opt_int": "a whole number, or empty for the queue's own setting",
-    "args": "k:v,k:v (e.g. x-max-priority:10) or a JSON object",
-    "binding_args": "k:v,k:v (e.g. image-type:png,x-match:any) or a JSON object",
-}
+_OUR_PREFIX = "MACHINERY_"
 
 
-def _env_value(spec: _Spec, name: str, raw: str) -> tuple[bool, Any]:
-    """``(is_set, value)`` for env var ``name``; an empty number/boolean is "not set"."""
-    if spec.kind == "str":
-        return True, raw
-    text = raw.strip()
-
-    def fail(extra: str = "") -> ConfigError:
-        shown = "'***'" if _SECRET_FIELD_RE.search(spec.path[-1]) else repr(raw)
-        return ConfigError(
-            f"Environment variable {name}={shown} is not valid{extra}: expected {_ENV_FORMS[spec.kind]}"
-        )
-
-    if spec.kind in ("args", "binding_args"):
-        return True, _parse_args(text, name, coerce=spec.kind == "args", fail=fail)
-    if not text:
-        return (True, None) if spec.kind == "opt_int" else (False, None)
-    if spec.kind == "bool":
-        lowered = text.lower()
-        if lowered in _TRUE:
-            return True, True
-        if lowered in _FALSE:
-            return True, False
-        raise fail()
-    if spec.kind in ("int", "opt_int"):
-        if not _INT_RE.fullmatch(text):
-            raise fail()
-        return True, int(text)
-    # float
-    if not _FLOAT_RE.fullmatch(text):
-        raise fail()
-    return True, float(text)
-
-
-def _parse_args(text: str, name: str, *, coerce: bool, fail: Callable[[str], ConfigError]) -> dict[str, Any]:
-    if not text:
-        return {}
-    if text.startswith("{"):
-        try:
-            obj = json.loads(text)
-        except ValueError as exc:
-            raise fail(f" (bad JSON: {exc})") from None
-        if not isinstance(obj, dict):
-            raise fail(" (JSON must be an object)")
-        return obj
-    out: dict[str, Any] = {}
-    for item in text.split(","):
-        item = item.strip()
-        if not item:
+def _env_values(table: _Table, env: Mapping[str, str]) -> dict[Path, Any]:
+    values: dict[Path, Any] = {}
+    for spec in table.specs:
+        found: list[tuple[str, Any]] = []
+        for name in spec.env:
+            if name in env:
+                is_set, value = spec.from_env(name, env[name])
+                if is_set:
+                    found.append((name, value))
+        if not found:
             continue
-        key, sep, value = item.partition(":")
-        if not sep or not key.strip():
-            raise fail(f" (item {item!r} has no 'key:value')")
-        value = value.strip()
-        out[key.strip()] = _scalar(value) if coerce else value
-    return out
+        name, value = found[0]
+        for other, other_value in found[1:]:
+            if other_value != value:
+                logger.warning(
+                    "Environment variables %s and %s are both set and differ; using %s", name, other, name
+                )
+        values[spec.path] = value
+    return values
 
 
-def _scalar(text: str) -> Any:
-    """``"10"`` → 10, ``"0.5"`` → 0.5, ``"true"`` → True; anything else stays a string."""
-    if _INT_RE.fullmatch(text):
-        return int(text)
-    if _FLOAT_RE.fullmatch(text):
-        number = float(text)
-        return number if math.isfinite(number) else text
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    return text
+def _unclaimed_env(table: _Table, env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """``MACHINERY_<SECTION>_<NAME>`` variables of sections no installed plugin declares."""
+    unclaimed: dict[str, dict[str, Any]] = {}
+    for name, raw in env.items():
+        if not name.startswith(_OUR_PREFIX) or name in table.env_names:
+            continue
+        section, sep, rest = name[len(_OUR_PREFIX) :].partition("_")
+        section = section.lower()
+        if sep and rest and section and section not in table.yaml_keys:
+            unclaimed.setdefault(section, {})[name] = raw
+    return unclaimed
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -1001,8 +1048,9 @@ def _digest(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
-def _parse_yaml(data: bytes, source: str) -> dict[_Path, Any]:
-    """The values a YAML document sets, by field path. Unknown keys are logged; bad types raise."""
+def _parse_yaml(data: bytes, source: str, table: _Table) -> tuple[dict[Path, Any], dict[str, dict[str, Any]]]:
+    """The values a YAML document sets, by field path, and the raw mappings of sections no installed
+    plugin declares (reported in one warning). Unknown keys are logged; bad types raise."""
     yaml = _yaml_module()
     try:
         text = data.decode("utf-8-sig")
@@ -1014,29 +1062,36 @@ def _parse_yaml(data: bytes, source: str) -> dict[_Path, Any]:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: invalid YAML: {_yaml_error_text(exc)}") from None
     if doc is None:
-        return {}
+        return {}, {}
     if not isinstance(doc, dict):
         raise ConfigError(
             f"{source}: expected a mapping of settings at the top level (e.g. 'broker: redis://...'), "
-            f"got {_type_name(doc)}"
+            f"got {type_name(doc)}"
         )
-    values: dict[_Path, Any] = {}
-    origin: dict[_Path, str] = {}
+    values: dict[Path, Any] = {}
+    origin: dict[Path, str] = {}
+    unclaimed: dict[str, dict[str, Any]] = {}
+    top_level = table.yaml_keys[""]
     for key, value in doc.items():
         name = str(key)
-        if name in _SECTIONS:
+        if name and name in table.yaml_keys:
             if value is None:
                 continue  # "amqp:" with nothing under it: keep the defaults
             if not isinstance(value, dict):
                 raise ConfigError(
                     f"{source}: '{name}' must be a mapping of settings (indented 'key: value' lines), "
-                    f"got {_type_name(value)}"
+                    f"got {type_name(value)}"
                 )
             for sub_key, sub_value in value.items():
-                _take(values, origin, name, str(sub_key), sub_value, source)
+                _take(table, values, origin, name, str(sub_key), sub_value, source)
+        elif name not in top_level and (
+            isinstance(value, dict) or (value is None and name in plugins.FIRST_PARTY)
+        ):
+            unclaimed[name] = {str(k): v for k, v in (value or {}).items()}  # a plugin that is not installed
         else:
-            _take(values, origin, "", name, value, source)
-    return values
+            _take(table, values, origin, "", name, value, source)
+    _warn_unclaimed(unclaimed, source)
+    return values, unclaimed
 
 
 def _yaml_error_text(exc: Any) -> str:
@@ -1051,17 +1106,23 @@ def _yaml_error_text(exc: Any) -> str:
 
 
 def _take(
-    values: dict[_Path, Any], origin: dict[_Path, str], section: str, key: str, value: Any, source: str
+    table: _Table,
+    values: dict[Path, Any],
+    origin: dict[Path, str],
+    section: str,
+    key: str,
+    value: Any,
+    source: str,
 ) -> None:
-    spec = _YAML_KEYS[section].get(key)
+    spec = table.yaml_keys[section].get(key)
     where = f"{section}.{key}" if section else key
     if spec is None:
-        known = list(_YAML_KEYS[section]) + (list(_SECTIONS) if not section else [])
+        known = list(table.yaml_keys[section]) + ([s for s in table.yaml_keys if s] if not section else [])
         close = difflib.get_close_matches(key, known, n=1)
         hint = f" (did you mean {f'{section}.' if section else ''}{close[0]}?)" if close else ""
         logger.warning("%s: unknown key %r ignored%s", source, where, hint)
         return
-    converted = _yaml_value(spec, value, where, source)
+    converted = spec.from_yaml(value, where, source)
     if spec.path in values and values[spec.path] != converted:
         raise ConfigError(
             f"{source}: {origin[spec.path]} and {where} both set {spec.dotted} to different values; keep one"
@@ -1070,137 +1131,25 @@ def _take(
     origin[spec.path] = where
 
 
-def _yaml_value(spec: _Spec, value: Any, where: str, source: str) -> Any:
-    kind = spec.kind
-    if kind in ("args", "binding_args"):
-        if value is None:
-            return {}
-        if isinstance(value, dict):
-            return {str(k): v for k, v in value.items()}
-        expected = "a mapping, e.g. {x-max-priority: 10}"
-    elif kind == "str":
-        if isinstance(value, str):
-            return value
-        if isinstance(value, int) and not isinstance(value, bool):
-            return str(value)
-        expected = "a string"
-    elif kind == "bool":
-        if isinstance(value, bool):
-            return value
-        expected = "true or false"
-    elif kind in ("int", "opt_int"):
-        if kind == "opt_int" and value is None:
-            return None
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        expected = "a whole number" + (" or null" if kind == "opt_int" else "")
-    else:  # float
-        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-            return float(value)
-        expected = "a number"
-    raise ConfigError(
-        f"{source}: {where} must be {expected}, got {_shown(spec, value)} ({_type_name(value)})"
-    )
-
-
 # --------------------------------------------------------------------------------------------------------
-# Validation
-
-_TYPE_CHECKS: dict[_Kind, tuple[Callable[[Any], bool], str]] = {
-    "str": (lambda v: isinstance(v, str), "a string"),
-    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an int"),
-    "float": (
-        lambda v: isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v),
-        "a finite number",
-    ),
-    "bool": (lambda v: isinstance(v, bool), "a bool"),
-    "opt_int": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)), "an int or None"),
-    "args": (lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v), "a dict with str keys"),
-    "binding_args": (
-        lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
-        "a dict with str keys",
-    ),
-}
+# Validation: each setting's type and check, then each section's problems between settings
 
 
 def _problems(config: Config) -> list[str]:
     problems: list[str] = []
-    typed_ok: set[_Path] = set()
-    for spec in _SPECS:
+    valid: dict[str, set[str]] = {}
+    for spec in _table_of(config).specs:
         value = _get_value(config, spec.path)
-        check, expected = _TYPE_CHECKS[spec.kind]
-        if check(value):
-            typed_ok.add(spec.path)
+        problem = spec.type_problem(value)
+        if problem is None:
+            problem = spec.check_problem(value)
+        if problem is None:
+            valid.setdefault(spec.section, set()).add(spec.name)
         else:
-            problems.append(
-                f"{spec.label} must be {expected}; got {_shown(spec, value)} ({_type_name(value)})"
-            )
-
-    def need(path: _Path, ok: Callable[[Any], bool], requirement: str) -> None:
-        if path in typed_ok and not ok(_get_value(config, path)):
-            spec = _SPEC_BY_PATH[path]
-            problems.append(f"{spec.label} {requirement}; got {_shown(spec, _get_value(config, path))}")
-
-    def at_least(path: _Path, low: float, meaning: str = "") -> None:
-        need(path, lambda v: v >= low, f"must be >= {low:g}{meaning}")
-
-    at_least(("results_expire_in",), 0, " seconds (0 means the default, 3600)")
-    need(("default_queue",), bool, "must not be empty (e.g. machinery_tasks)")
-    if not config.eager:
-        need(
-            ("broker",),
-            bool,
-            "must be set to a broker URL, e.g. redis://localhost:6379/0 or sqlite:///machinery.db",
-        )
-    separator = config.multiple_broker_separator
-    if separator and isinstance(separator, str) and isinstance(config.broker, str):
-        need(
-            ("broker",),
-            lambda v: all(part.strip() for part in v.split(separator)),
-            f"has an empty URL between the multiple_broker_separator {separator!r} separators",
-        )
-    at_least(("amqp", "prefetch_count"), 0, " (0 means unlimited)")
-    need(("sqs", "wait_time_seconds"), lambda v: 0 <= v <= 20, "must be between 0 and 20 seconds (SQS limit)")
-    need(
-        ("sqs", "visibility_timeout"),
-        lambda v: v is None or 0 <= v <= 43200,
-        "must be empty/None (the queue's setting) or between 0 and 43200 seconds (SQS limit)",
-    )
-    for name in (
-        "max_idle",
-        "max_active",
-        "idle_timeout",
-        "read_timeout",
-        "write_timeout",
-        "connect_timeout",
-        "normal_tasks_poll_period",
-        "delayed_tasks_poll_period",
-    ):
-        at_least(("redis", name), 0)
-    need(("redis", "delayed_tasks_key"), bool, "must not be empty (Machinery uses delayed_tasks)")
-    need(("dynamodb", "task_states_table"), bool, "must not be empty (e.g. task_states)")
-    need(("dynamodb", "group_metas_table"), bool, "must not be empty (e.g. group_metas)")
-    for name in ("ca_file", "cert_file", "key_file"):
-        need(("tls", name), lambda v: not v or os.path.isfile(v), "names a file that does not exist")
-    if config.tls.key_file and not config.tls.cert_file:
-        problems.append(
-            "tls.key_file is set without tls.cert_file (env MACHINERY_TLS_CERT_FILE): set both, or put "
-            "the key in the certificate file"
-        )
-    need(("sqlite", "lease"), lambda v: v > 0, "must be > 0 seconds")
-    need(("sqlite", "renew"), lambda v: v > 0, "must be > 0 seconds")
-    if {("sqlite", "lease"), ("sqlite", "renew")} <= typed_ok and config.sqlite.renew >= config.sqlite.lease:
-        problems.append(
-            f"sqlite.renew ({config.sqlite.renew:g}) must be shorter than sqlite.lease "
-            f"({config.sqlite.lease:g}), or leases expire before they are renewed"
-        )
-    need(("worker", "default_concurrency"), lambda v: v >= 1, "must be >= 1")
-    at_least(("worker", "shutdown_grace"), 0, " seconds")
-    at_least(("worker", "unregistered_requeue_limit"), 0)
-    at_least(("worker", "unregistered_requeue_seconds"), 0, " seconds")
-    at_least(("gcppubsub", "max_extension"), 0, " seconds")
+            problems.append(problem)
+    problems.extend(config._top_level_problems(valid.get("", set())))
+    for name, section in config.sections().items():
+        problems.extend(section.problems(frozenset(valid.get(name, ()))))
     return problems
 
 

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from .broker import Broker
     from .config import Config
     from .lock import Lock
+    from .settings import Section
     from .signature import Signature, TaskState
 
 __all__ = [
@@ -105,6 +106,11 @@ class MachinerySpec:
         ``broker`` in one round trip, when this plugin owns both and can (e.g. one Redis server): return
         True when done. None (or False) lets the next plugin try, then the core stores and publishes in
         two steps. The states must be stored before any worker can see a message."""
+
+    @hookspec
+    def machinery_settings(self) -> list[type[Section]]:  # type: ignore[empty-body]
+        """Settings sections (:class:`machinery.settings.Section` subclasses) this plugin declares;
+        collected from every plugin. Import only the settings module here, never the broker."""
 
 
 _manager: pluggy.PluginManager | None = None
@@ -210,6 +216,7 @@ class Transport:
         broker: str | None = None,
         backend: str | None = None,
         lock: str | None = None,
+        settings: str | None = None,
         distribution: str | None = None,
     ) -> None:
         self.schemes = tuple(s.lower() for s in schemes)
@@ -223,6 +230,10 @@ class Transport:
                 self.targets[kind] = target  # type: ignore[index]
         if not self.targets:
             raise ValueError("transport(): give at least one of broker=, backend=, lock=")
+        if settings is not None and ":" not in settings:
+            raise ValueError(f"transport(): settings={settings!r} is not 'package.module:Class'")
+        #: the settings section class, 'package.module:Class' (imported when settings are collected)
+        self.settings = settings
         self._distribution = distribution
         self._classes: dict[Kind, Any] = {}
         #: the top-level import package the classes live in
@@ -242,8 +253,7 @@ class Transport:
         """The class for ``kind``, imported on first use (listing plugins imports nothing)."""
         cls = self._classes.get(kind)
         if cls is None:
-            module, _, name = self.targets[kind].partition(":")
-            cls = self._classes[kind] = getattr(importlib.import_module(module), name)
+            cls = self._classes[kind] = _import(self.targets[kind])
         return cls
 
     def _build(self, kind: Kind, url: str, config: Config) -> Any:
@@ -272,6 +282,11 @@ class Transport:
         lock: Lock | None = self._build("lock", url, config)
         return lock
 
+    @hookimpl
+    def machinery_settings(self) -> list[type[Section]]:
+        # the settings module only: collecting settings never imports the broker
+        return [_import(self.settings)] if self.settings is not None else []
+
 
 def transport(
     schemes: Iterable[str],
@@ -279,6 +294,7 @@ def transport(
     broker: str | None = None,
     backend: str | None = None,
     lock: str | None = None,
+    settings: str | None = None,
     distribution: str | None = None,
 ) -> Transport:
     """The hooks of a transport package in one call. In ``machinery_x/plugin.py``::
@@ -290,10 +306,19 @@ def transport(
     and in ``pyproject.toml``: ``[project.entry-points.machinery] x = "machinery_x.plugin"``.
 
     A URL whose scheme is one of ``schemes`` builds the named class with ``Cls.from_url(url, config)``;
-    classes are imported on first use. ``distribution`` (for ``machinery plugins`` and install hints)
-    is read from the package metadata unless given.
+    classes are imported on first use. ``settings`` names the package's settings section class
+    (:class:`machinery.settings.Section`), returned from ``machinery_settings``. ``distribution`` (for
+    ``machinery plugins`` and install hints) is read from the package metadata unless given.
     """
-    return Transport(schemes, broker=broker, backend=backend, lock=lock, distribution=distribution)
+    return Transport(
+        schemes, broker=broker, backend=backend, lock=lock, settings=settings, distribution=distribution
+    )
+
+
+def _import(target: str) -> Any:
+    """``'package.module:Name'`` → the object."""
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def _distribution_of(package: str) -> str:

@@ -47,6 +47,7 @@ from machinery.errors import UnknownGroupError
 from machinery.signature import GroupMeta, State, TaskState, now_utc
 
 from .connection import Endpoint, Link, UnroutableError, declare_exchange
+from .settings import AMQPSettings
 
 __all__ = ["AMQPBackend"]
 
@@ -114,7 +115,7 @@ class AMQPBackend(Endpoint, BaseBackend):
     ) -> None:
         super().__init__(config)
         self._endpoint(url, retry_timeout, reconnect_timeout)
-        amqp = self.config.amqp
+        amqp = AMQPSettings.of(self.config)
         exchange = amqp.exchange or "machinery_exchange"
         # States are routed by uuid through a direct exchange: the broker's exchange when it is direct
         # (Go's layout), a sibling otherwise (a topic/fanout/headers exchange would route states into

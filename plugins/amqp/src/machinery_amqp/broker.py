@@ -76,6 +76,7 @@ from .connection import (
     connect,
     connection_parameters,
 )
+from .settings import AMQPSettings
 
 __all__ = ["AMQPBroker", "AMQPDelivery"]
 
@@ -211,7 +212,7 @@ class AMQPBroker(Endpoint, BaseBroker):
     ) -> None:
         super().__init__(config)
         self._endpoint(url, retry_timeout, reconnect_timeout)
-        amqp = self.config.amqp
+        amqp = AMQPSettings.of(self.config)
         self.exchange = amqp.exchange
         self.exchange_type = amqp.exchange_type or "direct"
         self.binding_key = amqp.binding_key
@@ -301,7 +302,7 @@ class AMQPBroker(Endpoint, BaseBroker):
         Fixed mode (``amqp.delayed_queue`` set): one queue, per-message ``expiration``; RabbitMQ only
         expires the head of a queue, so a long delay holds back shorter ones behind it.
         """
-        amqp = self.config.amqp
+        amqp = AMQPSettings.of(self.config)
         extra: dict[str, Any] = {}
         if "x-max-priority" in self.queue_args:
             extra["x-max-priority"] = self.queue_args["x-max-priority"]
@@ -628,7 +629,7 @@ class _Consumer(threading.Thread):
     # called from other threads -----------------------------------------------------------------
     def take(self, name: str, max_messages: int, timeout: float) -> list[Delivery]:
         deadline = time.monotonic() + timeout
-        prefetch = self.broker.config.amqp.prefetch_count or _UNLIMITED
+        prefetch = AMQPSettings.of(self.broker.config).prefetch_count or _UNLIMITED
         with self.lock:
             state = self.queues.get(name)
             if state is None:

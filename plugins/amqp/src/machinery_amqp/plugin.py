@@ -17,4 +17,5 @@ plugin = transport(
     SCHEMES,
     broker="machinery_amqp.broker:AMQPBroker",
     backend="machinery_amqp.backend:AMQPBackend",
+    settings="machinery_amqp.settings:AMQPSettings",
 )

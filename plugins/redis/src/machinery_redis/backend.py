@@ -38,6 +38,7 @@ from machinery.signature import GroupMeta, State, TaskState, now_utc
 
 from . import scripts
 from .client import Connection, outage_errors
+from .settings import RedisSettings
 from .url import RedisTarget, parse_bool, parse_url
 
 __all__ = ["RedisBackend"]
@@ -122,7 +123,7 @@ class RedisBackend(BaseBackend):
             if text is not None:
                 go_compatible_chords = parse_bool(text, "go_compatible_chords")
             else:
-                go_compatible_chords = bool(getattr(self.config.redis, "go_compatible_chords", True))
+                go_compatible_chords = RedisSettings.of(self.config).go_compatible_chords
         #: Respect Go Machinery's ``TriggerChordMutex`` (on by default: one EXISTS inside the script).
         self.go_compatible_chords = go_compatible_chords
         self.conn = Connection(self.target, self.config, BackendError)

@@ -67,6 +67,7 @@ from machinery.signature import Signature, TaskState
 
 from . import scripts
 from .client import Connection, outage_errors
+from .settings import RedisSettings
 from .url import RedisTarget, parse_bool, parse_url, same_server
 
 if TYPE_CHECKING:
@@ -76,8 +77,6 @@ __all__ = ["RedisBroker", "RedisDelivery", "queue_keys"]
 
 logger = logging.getLogger("machinery.redis")
 
-DEFAULT_LEASE = 30.0
-DEFAULT_HEARTBEAT = 10.0
 #: Longest interval between two recovery passes started by consume() (the heartbeat thread runs one
 #: every ``heartbeat`` seconds too).
 RECOVERY_INTERVAL = 5.0
@@ -238,18 +237,19 @@ class RedisBroker(BaseBroker):
         super().__init__(config)
         self.target = parse_url(target) if isinstance(target, str) else target
         options = self.target.options
-        redis_cfg = self.config.redis
+        settings = RedisSettings.of(self.config)
 
-        def option(name: str, given: Any, default: Any, kind: type) -> Any:
+        def option(name: str, given: Any, kind: type) -> Any:
+            """A keyword argument wins over the URL's query parameter, which wins over Config.redis."""
             if given is not None:
                 return given
             if name in options:
                 text = options[name]
                 return parse_bool(text, name) if kind is bool else kind(text)
-            return getattr(redis_cfg, name, default)
+            return getattr(settings, name)
 
-        self.lease = float(option("lease", lease, DEFAULT_LEASE, float))
-        self.heartbeat = float(option("heartbeat", heartbeat, DEFAULT_HEARTBEAT, float))
+        self.lease = float(option("lease", lease, float))
+        self.heartbeat = float(option("heartbeat", heartbeat, float))
         if self.lease <= 0 or self.heartbeat <= 0:
             raise ConfigError("Redis broker: lease and heartbeat must be positive numbers of seconds")
         if self.heartbeat > self.lease / 2:
@@ -257,8 +257,8 @@ class RedisBroker(BaseBroker):
                 f"Redis broker: heartbeat ({self.heartbeat:g} s) must be at most half the lease "
                 f"({self.lease:g} s), or a busy process could lose its messages to recovery"
             )
-        self.priority = bool(option("priority", priority, False, bool))
-        self.delayed_tasks_mover = bool(option("delayed_tasks_mover", delayed_tasks_mover, True, bool))
+        self.priority = bool(option("priority", priority, bool))
+        self.delayed_tasks_mover = bool(option("delayed_tasks_mover", delayed_tasks_mover, bool))
         if self.priority:
             self.capabilities = type(self).capabilities | {Capability.PRIORITY}
         self.conn = Connection(self.target, self.config, BrokerError)
@@ -312,7 +312,7 @@ class RedisBroker(BaseBroker):
     @property
     def delayed_key(self) -> str:
         """Go's global delayed ZSET (on a cluster each queue has ``{queue}:<this name>`` instead)."""
-        return self.config.redis.delayed_tasks_key or "delayed_tasks"
+        return RedisSettings.of(self.config).delayed_tasks_key or "delayed_tasks"
 
     def delayed_key_of(self, queue: str) -> str:
         """The ZSET holding ``queue``'s delayed messages."""
@@ -353,13 +353,13 @@ class RedisBroker(BaseBroker):
     @property
     def poll_period(self) -> float:
         """Machinery's ``normal_tasks_poll_period`` in seconds (0 → 1 s)."""
-        ms = self.config.redis.normal_tasks_poll_period
+        ms = RedisSettings.of(self.config).normal_tasks_poll_period
         return (ms if ms and ms > 0 else 1000) / 1000.0
 
     @property
     def delayed_poll_period(self) -> float:
         """Machinery's ``delayed_tasks_poll_period`` in seconds (0 → 0.5 s)."""
-        ms = self.config.redis.delayed_tasks_poll_period
+        ms = RedisSettings.of(self.config).delayed_tasks_poll_period
         return (ms if ms and ms > 0 else 500) / 1000.0
 
     # producing -------------------------------------------------------------------------------

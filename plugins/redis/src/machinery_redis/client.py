@@ -62,7 +62,8 @@ from machinery.config import Config
 from machinery.errors import ConfigError, MachineryError
 from machinery.forking import at_fork
 
-from .url import RedisTarget
+from .settings import RedisSettings
+from .url import RedisTarget, parse_bool
 
 __all__ = ["Connection", "RedisClient", "Script", "outage_errors"]
 
@@ -85,8 +86,6 @@ outage_errors: tuple[type[Exception], ...] = (
     TimeoutError,
 )
 
-#: Seconds the retrying client keeps retrying once the server has answered (a restart, a failover).
-RETRY_WINDOW = 15.0
 #: Retries before the server ever answered (a wrong address fails in well under a second).
 FIRST_CONTACT_RETRIES = 2
 #: Cluster redirections (MOVED/ASK/TRYAGAIN) followed for one command before giving up.
@@ -532,13 +531,13 @@ class Connection:
         self.error_class = error_class
         window: Any = target.options.get("retry_window")
         if window is None:
-            window = getattr(config.redis, "retry_window", RETRY_WINDOW)
+            window = RedisSettings.of(config).retry_window
         self.retry_window = float(window)
         self.health = _Health(target.describe() or "a user-supplied client", self.retry_window)
         self._lock = threading.Lock()
         self._client: RedisClient | None = None
         self._blocking: RedisClient | None = None
-        self.user_client: Any = config.redis.client
+        self.user_client: Any = RedisSettings.of(config).client
         if self.user_client is not None and not isinstance(self.user_client, redis.Redis | RedisCluster):
             raise ConfigError(
                 "Config.redis.client must be a redis.Redis or a redis.cluster.RedisCluster, got "
@@ -546,13 +545,17 @@ class Connection:
             )
         #: Sentinel master: from redis+sentinel://, or Machinery's Config.redis.master_name with the
         #: URL's hosts as the sentinels
-        self.master_name = target.master_name or (config.redis.master_name if target.hosts else "")
+        self.master_name = target.master_name or (
+            RedisSettings.of(config).master_name if target.hosts else ""
+        )
         #: Redis Cluster: Machinery's comma list of nodes, Config.redis.cluster_mode, or a RedisCluster
         #: passed in Config.redis.client
         if self.user_client is not None:
             self.cluster = isinstance(self.user_client, RedisCluster)
         else:
-            self.cluster = not self.master_name and (target.cluster or bool(config.redis.cluster_mode))
+            self.cluster = not self.master_name and (
+                target.cluster or bool(RedisSettings.of(config).cluster_mode)
+            )
         if self.cluster and self.user_client is None:
             if target.socket_path:
                 raise ConfigError(
@@ -601,7 +604,7 @@ class Connection:
         return client
 
     def _kwargs(self, retrying: bool) -> dict[str, Any]:
-        cfg = self.config.redis
+        cfg = RedisSettings.of(self.config)
         target = self.target
         timeout = max(cfg.read_timeout or 0, cfg.write_timeout or 0)
         kwargs: dict[str, Any] = {
@@ -642,8 +645,6 @@ class Connection:
             out["ssl_check_hostname"] = False
         params = dict(self.target.tls_params)
         if "ssl_check_hostname" in params:
-            from .url import parse_bool
-
             out["ssl_check_hostname"] = parse_bool(params.pop("ssl_check_hostname"), "ssl_check_hostname")
         out.update(params)
         if out.get("ssl_cert_reqs") in ("none", "CERT_NONE"):
@@ -651,7 +652,7 @@ class Connection:
         return out
 
     def _pool(self, kwargs: dict[str, Any]) -> redis.ConnectionPool:
-        cfg = self.config.redis
+        cfg = RedisSettings.of(self.config)
         max_active = cfg.max_active if cfg.max_active and cfg.max_active > 0 else None
         if cfg.wait and max_active:
             return redis.BlockingConnectionPool(  # type: ignore[no-untyped-call]
@@ -670,12 +671,13 @@ class Connection:
                 "socket_timeout": kwargs["socket_timeout"],
                 "socket_connect_timeout": kwargs["socket_connect_timeout"],
             }
-            if self.config.redis.sentinel_password:
-                sentinel_kwargs["password"] = self.config.redis.sentinel_password
+            sentinel_password = RedisSettings.of(self.config).sentinel_password
+            if sentinel_password:
+                sentinel_kwargs["password"] = sentinel_password
             if self.target.tls:
                 sentinel_kwargs["connection_class"] = redis.SSLConnection
                 sentinel_kwargs.update(self._tls_kwargs())
-            sentinel: Any = Sentinel(list(self.target.hosts), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+            sentinel: Any = Sentinel(list(self.target.hosts), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call,unused-ignore]
             kwargs.pop("db")
             client = sentinel.master_for(self.master_name, db=self.target.db, **kwargs)
             assert self.topology is not None
@@ -684,7 +686,7 @@ class Connection:
         return redis.Redis(connection_pool=self._pool(kwargs))
 
     def _build_cluster(self, retrying: bool) -> RedisClient:
-        cfg = self.config.redis
+        cfg = RedisSettings.of(self.config)
         target = self.target
         timeout = max(cfg.read_timeout or 0, cfg.write_timeout or 0)
         kwargs: dict[str, Any] = {
@@ -737,7 +739,7 @@ class Connection:
 
     def max_block(self, seconds: float) -> float:
         """``seconds`` capped so that a blocking command returns before the socket timeout fires."""
-        cfg = self.config.redis
+        cfg = RedisSettings.of(self.config)
         timeout = max(cfg.read_timeout or 0, cfg.write_timeout or 0)
         if timeout > 0:
             seconds = min(seconds, max(0.05, timeout * 0.8, timeout - 1.0))

@@ -30,6 +30,7 @@ plugin = transport(
     broker="machinery_redis.broker:RedisBroker",
     backend="machinery_redis.backend:RedisBackend",
     lock="machinery_redis.lock:RedisLock",
+    settings="machinery_redis.settings:RedisSettings",
 )
 
 

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, unquote
 
+from machinery import settings
 from machinery.errors import ConfigError
 from machinery.redact import redact_url
 
@@ -44,18 +45,13 @@ OPTION_PARAMS = frozenset(
 OTHER_PARAMS = frozenset({"db", "client_name", "password"})
 KNOWN_PARAMS = TLS_PARAMS | OPTION_PARAMS | OTHER_PARAMS
 
-_TRUE = frozenset({"1", "true", "t", "yes", "y", "on"})
-_FALSE = frozenset({"0", "false", "f", "no", "n", "off"})
-
 
 def parse_bool(value: str, what: str) -> bool:
     """``true/false``, ``1/0``, ``yes/no``, ``on/off`` (any case); anything else is a ConfigError."""
-    lowered = value.strip().lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise ConfigError(f"{what} must be true or false, got {value!r}")
+    try:
+        return settings.parse_bool(value)
+    except ValueError:
+        raise ConfigError(f"{what} must be true or false, got {value!r}") from None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,105 @@
+"""The ``gcppubsub`` settings section (``Config.gcppubsub``), declared once and handed to the core
+through the ``machinery_settings()`` hook. A URL's query parameters override them for that broker.
+
+============================  =========================  ===========================================
+setting                       default                    meaning
+============================  =========================  ===========================================
+``max_extension``             600 s                      total time a running message's ack deadline
+                                                         is extended (Go's ``MaxExtension``)
+``ack_deadline``              30 s                       the lease a pulled message starts with and
+                                                         keeps while its task runs (renewed); also the
+                                                         ack deadline of created subscriptions (>= 10)
+``hold_window``               600 s                      a not-yet-due message is held (ack deadline
+                                                         set to its ETA) up to this long; past it, it
+                                                         is acked and published again (a fresh message)
+``create_missing``            true                       create missing topics and subscriptions
+``max_delivery_attempts``     100                        the subscriptions' dead-letter policy (5-100)
+``message_ordering``          false                      create subscriptions with ordering keys on
+``subscription_name``         ``{queue}``                the subscription of a queue other than the
+                                                         default one (the URL names that one)
+``dead_letter_topic``         ``{queue}-dead-letters``   where ``nack(requeue=False)`` publishes
+``publisher_client``,         built from the environment ready ``google.cloud.pubsub_v1`` clients
+``subscriber_client``
+                                                         (code only; Go's ``client`` is not used)
+============================  =========================  ===========================================
+
+Environment: ``MACHINERY_GCPPUBSUB_<NAME>``; YAML: ``gcppubsub: {<name>: ...}``. All need a restart
+(a broker reads them once). This module imports nothing from google-cloud-pubsub: listing settings
+never loads the broker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass
+from typing import Any
+
+from machinery.errors import ConfigError
+from machinery.settings import Check, Section, at_least, between, parse_bool, setting
+
+__all__ = ["MAX_ACK_DEADLINE", "GCPPubSubSettings"]
+
+#: Pub/Sub's limit for one ack deadline (seconds).
+MAX_ACK_DEADLINE = 600
+
+_QUEUE_TEMPLATE = Check(lambda v: "{queue}" in v, "must contain {queue}")
+
+
+@dataclass(repr=False)
+class GCPPubSubSettings(Section):
+    """Google Cloud Pub/Sub settings (``Config.gcppubsub``). See the table in the module docs."""
+
+    name = "gcppubsub"
+
+    #: Go's ``Client``; not used by this plugin (Pub/Sub's Python library has two clients: see below).
+    client: Any = None
+    max_extension: float = setting(600.0, check=at_least(0, " seconds"))
+    ack_deadline: int = setting(30, check=between(1, MAX_ACK_DEADLINE, " seconds"))
+    hold_window: float = setting(
+        float(MAX_ACK_DEADLINE), check=between(1, MAX_ACK_DEADLINE, " seconds (Pub/Sub's limit)")
+    )
+    create_missing: bool = setting(True)
+    max_delivery_attempts: int = setting(100, check=between(5, 100, " (Pub/Sub's range)"))
+    message_ordering: bool = setting(False)
+    subscription_name: str = setting("{queue}", check=_QUEUE_TEMPLATE)
+    dead_letter_topic: str = setting("{queue}-dead-letters", check=_QUEUE_TEMPLATE)
+    #: A ready ``google.cloud.pubsub_v1.PublisherClient`` (code only).
+    publisher_client: Any = None
+    #: A ready ``google.cloud.pubsub_v1.SubscriberClient`` (code only).
+    subscriber_client: Any = None
+
+    def overridden(self, options: Mapping[str, str]) -> GCPPubSubSettings:
+        """A copy with a URL's query ``options`` applied, validated."""
+        changes: dict[str, Any] = {}
+        for name, raw in options.items():
+            current = getattr(self, name)
+            changes[name] = _parse(name, raw, type(current))
+        merged = dataclasses.replace(self, **changes)
+        problems = list(merged.problems(frozenset()))
+        for spec in merged.specs():
+            value = getattr(merged, spec.path[-1])
+            if spec.check is not None and not spec.check.ok(value):
+                problems.append(f"gcppubsub {spec.path[-1]} {spec.check.requirement}; got {value!r}")
+        if problems:
+            raise ConfigError("; ".join(problems))
+        return merged
+
+    def problems(self, valid: AbstractSet[str]) -> Iterable[str]:
+        return ()
+
+
+def _parse(name: str, raw: str, kind: type) -> Any:
+    try:
+        if kind is bool:
+            return parse_bool(raw)
+        if kind in (int, float):
+            value = float(raw)
+            if not math.isfinite(value) or (kind is int and not value.is_integer()):
+                raise ValueError(raw)
+            return kind(value)
+    except (ValueError, ConfigError):
+        raise ConfigError(f"gcppubsub URL parameter {name}={raw!r} is not a valid {kind.__name__}") from None
+    return raw
