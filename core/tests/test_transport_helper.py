@@ -142,3 +142,17 @@ def test_distribution_comes_from_the_entry_points_metadata() -> None:
 def test_mistakes_are_explained(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         transport(**kwargs)  # type: ignore[arg-type]
+
+
+def test_settings_are_collected_without_importing_the_broker() -> None:
+    t = transport(
+        ["x"],
+        broker="machinery_no_such_module.broker:Nope",
+        settings="machinery.transports.memory.store:shared",
+    )
+    from machinery.transports.memory.store import shared
+
+    assert t.machinery_settings() == [shared]
+    assert transport(["x"], broker="a.b:C").machinery_settings() == []
+    with pytest.raises(ValueError, match="settings"):
+        transport(["x"], broker="a.b:C", settings="nocolon")

@@ -35,10 +35,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import redis
-from hiredis import pack_command
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
-from redis.crc import key_slot
 from redis.exceptions import (
     AskError,
     AuthenticationError,
@@ -55,13 +53,14 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
-from redis.sentinel import Sentinel, SentinelConnectionPoolProxy, SentinelManagedSSLConnection
+from redis.sentinel import Sentinel, SentinelManagedSSLConnection
 
 from machinery.backoff import delay
 from machinery.config import Config
 from machinery.errors import ConfigError, MachineryError
 from machinery.forking import at_fork
 
+from . import _redispy
 from .settings import RedisSettings
 from .url import RedisTarget, parse_bool
 
@@ -205,18 +204,9 @@ class Script:
             return client.evalsha(self.sha, len(keys), *keys, *args)
 
 
-def _send_scripts(connection: Any) -> None:
-    commands = [("SCRIPT", "LOAD", script.source) for script in _SCRIPTS]
-    if commands:
-        connection.send_packed_command(connection.pack_commands(commands), check_health=False)
-        for _ in commands:
-            connection.read_response()
-
-
 def _load_scripts(connection: Any) -> None:
     """``redis_connect_func`` of our pools: the usual handshake, then every script in one round trip."""
-    connection.on_connect()
-    _send_scripts(connection)
+    _redispy.load_scripts(connection, [script.source for script in _SCRIPTS], handshake=True)
 
 
 def _timeout(value: float) -> float | None:
@@ -364,24 +354,10 @@ def _forget_topologies() -> None:
 at_fork(sys.modules[__name__], "_forget_topologies")
 
 
-class _SentinelProxy(SentinelConnectionPoolProxy):
-    """redis-py's Sentinel pool proxy (what each new connection asks for the master's address) that
-    reports every address it gets: a change is a failover."""
-
-    machinery_topology: _Topology | None = None
-
-    def get_master_address(self) -> Any:
-        address = super().get_master_address()  # type: ignore[no-untyped-call]
-        if self.machinery_topology is not None:
-            self.machinery_topology.switched(address)
-        return address
-
-
 def _watch_failovers(client: Any, topology: _Topology, sentinel_kwargs: dict[str, Any]) -> None:
-    pool = client.connection_pool
-    pool.proxy.__class__ = _SentinelProxy
-    pool.proxy.machinery_topology = topology
-    topology.watch(pool, sentinel_kwargs)
+    # every master address a new connection resolves is reported: a change is a failover
+    _redispy.report_master_addresses(client, topology.switched)
+    topology.watch(client.connection_pool, sentinel_kwargs)
 
 
 # Cluster ---------------------------------------------------------------------------------------
@@ -400,7 +376,7 @@ def _cluster_error(exc: RedisClusterException) -> RedisError:
 
 def _load_scripts_only(connection: Any) -> None:
     """``redis_connect_func`` for RedisCluster (which does the handshake itself first)."""
-    _send_scripts(connection)
+    _redispy.load_scripts(connection, [script.source for script in _SCRIPTS], handshake=False)
 
 
 class _Cluster(RedisCluster):
@@ -448,7 +424,7 @@ def _slot(client: Any, command: tuple[Any, ...]) -> int:
     key = _command_key(command)
     if key is None:
         return random.randrange(16384)
-    return int(key_slot(client.encoder.encode(key)))
+    return _redispy.slot_of(client, key)
 
 
 def _cluster_round(client: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
@@ -462,7 +438,7 @@ def _cluster_round(client: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any
         for i in todo:
             node = asking.get(i)
             if node is None:
-                node = client.nodes_manager.get_node_from_slot(_slot(client, commands[i]))
+                node = _redispy.node_for_slot(client, _slot(client, commands[i]))
             groups.setdefault(node.name, (node, []))[1].append(i)
         taken: list[tuple[Any, Any, list[int]]] = []
         clean = False
@@ -476,15 +452,12 @@ def _cluster_round(client: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any
                     if i in asking:
                         batch.append(("ASKING",))
                     batch.append(commands[i])
-                conn.send_packed_command([b"".join([pack_command(command) for command in batch])])
+                _redispy.send_commands(conn, batch)
             for _pool, conn, indexes in taken:
                 for i in indexes:
                     if i in asking:
-                        conn.read_response()
-                    try:
-                        replies[i] = conn.read_response()
-                    except ResponseError as exc:
-                        replies[i] = exc
+                        _redispy.read_reply(conn)
+                    replies[i] = _redispy.read_reply(conn)
             clean = True
         finally:
             for pool, conn, _indexes in taken:
@@ -511,7 +484,7 @@ def _cluster_round(client: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any
         if not again:
             return replies
         if refresh:
-            client.nodes_manager.initialize()
+            _redispy.refresh_slots(client)
         elif not asking:
             time.sleep(0.05)  # TRYAGAIN: a slot is being migrated
         todo = again
@@ -816,7 +789,7 @@ class Connection:
                 time.sleep(backoff(failures))
                 if self.cluster and self._client is not None:
                     try:
-                        self._client.nodes_manager.initialize()
+                        _redispy.refresh_slots(self._client)
                     except Exception:  # still down: the next round fails and backs off again
                         logger.debug("refreshing the cluster's slot map failed", exc_info=True)
                 continue
@@ -836,15 +809,8 @@ class Connection:
         pool = client.connection_pool
         conn = pool.get_connection()
         try:
-            # hiredis packs a command in C, several times faster than redis-py's encoder (the
-            # values are ours: str, bytes, int and float only).
-            conn.send_packed_command([b"".join([pack_command(command) for command in commands])])
-            replies: list[Any] = []
-            for _ in commands:
-                try:
-                    replies.append(conn.read_response())
-                except ResponseError as exc:
-                    replies.append(exc)
+            _redispy.send_commands(conn, commands)
+            replies = [_redispy.read_reply(conn) for _ in commands]
         except BaseException:
             conn.disconnect()
             raise
