@@ -54,6 +54,8 @@ class Machinery:
         self.broker: Broker = broker or plugins.resolve_broker(self.config.broker, self.config)
         self.backend: Backend = backend or plugins.resolve_backend(self.config.result_backend, self.config)
         self._lock = lock
+        #: True when no configured URL offered a lock and ``lock`` fell back to an in-process one
+        self.lock_is_fallback = False
         self.tasks: dict[str, Task[Any, Any]] = {}
         self._pre_publish: PrePublishHandler | None = None
         self._eager_runner: Any = None
@@ -121,6 +123,7 @@ class Machinery:
             for url in candidates:
                 try:
                     self._lock = plugins.resolve_lock(url, self.config)
+                    self.lock_is_fallback = url not in (self.config.result_backend, self.config.broker)
                     break
                 except PluginNotFoundError:
                     if url == self.config.lock:
