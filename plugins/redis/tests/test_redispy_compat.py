@@ -17,8 +17,8 @@ from machinery_redis import _redispy
 
 def test_installed_redis_py_has_every_internal_we_use() -> None:
     found = _redispy.problems()
-    assert not found, (
-        f"redis-py {redis.__version__} is incompatible with machinery-redis: " + "; ".join(found)
+    assert not found, f"redis-py {redis.__version__} is incompatible with machinery-redis: " + "; ".join(
+        found
     )
 
 
