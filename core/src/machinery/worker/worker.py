@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from .. import backoff
 from ..backoff import Backoff
 from ..broker import Delivery
+from ..delivery import dead_letter
 from ..log import logger
 from ..redact import redact_url
 from ..signature import Signature, State, TaskState, now_utc
@@ -302,7 +303,7 @@ class Worker:
         if uuid:
             self.app.backend.set_state(TaskState(uuid, State.FAILURE, error=error))
         logger.error("%s (uuid %s); moved to the dead-letter store", error, uuid or "unreadable")
-        tracked.settle(lambda: delivery.nack(requeue=False))
+        tracked.settle(lambda: dead_letter(delivery, error))
 
     def _unregistered(self, tracked: _Tracked, sig: Signature) -> None:
         delivery = tracked.delivery
