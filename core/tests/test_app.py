@@ -16,6 +16,7 @@ from machinery import (
     Group,
     Machinery,
     PluginNotFoundError,
+    ResultNotReady,
     ResultTimeoutError,
     Signature,
     State,
@@ -115,15 +116,24 @@ def test_chains(worker: Worker) -> None:
     assert worker.app.send_chain(chain).get(timeout=5) == 68
 
 
-def test_immutable_link_does_not_pass_its_results(worker: Worker) -> None:
+def test_si_link_ignores_its_parents_results_as_in_celery(worker: Worker) -> None:
     t = worker.app.tasks
-    chain = Chain([t["add"].si(2, 2), t["multiply"].s(4, 5)])
+    chain = Chain([t["add"].s(2, 2), t["multiply"].si(4, 5)])
+    assert worker.app.send_chain(chain).get(timeout=5) == 20
+    assert chain.signatures[0].immutable, "sent as Go's flag on the previous link"
+
+
+def test_go_immutable_flag_keeps_its_wire_meaning(worker: Worker) -> None:
+    t = worker.app.tasks
+    first = t["add"].s(2, 2)
+    first.immutable = True  # Go: this task's results are not passed on
+    chain = Chain([first, t["multiply"].s(4, 5)])
     assert worker.app.send_chain(chain).get(timeout=5) == 20
 
 
 def test_chain_raises_at_first_failing_link(worker: Worker) -> None:
     t = worker.app.tasks
-    chain = Chain([t["add"].si(1), t["panic"].s(), t["add"].s(1)])
+    chain = Chain([t["add"].s(1), t["panic"].si(), t["add"].s(1)])
     with pytest.raises(TaskError, match="^oops$"):
         worker.app.send_chain(chain).get(timeout=5)
 
@@ -241,3 +251,91 @@ def test_task_decorator_keeps_function_callable(app: Machinery) -> None:
     assert app.is_registered("double") and double.name == "double"
     app.register_tasks({"triple": lambda x: 3 * x})
     assert app.tasks["triple"](2) == 6
+
+
+@pytest.mark.parametrize(
+    ("links", "wire_flags", "value"),
+    [
+        # Celery reading                 Go wire flags (Immutable per link)  result
+        (("s(2,2)", "s(4,5)"), [False, False], 80),  # multiply(4, 5, 4)
+        (("s(2,2)", "si(4,5)"), [True, False], 20),  # multiply ignores add's 4
+        (("si(2,2)", "s(4,5)"), [False, False], 80),  # .si() on the first link: no parent to ignore
+    ],
+)
+def test_celery_si_and_go_wire_flags_side_by_side(
+    worker: Worker, links: tuple[str, str], wire_flags: list[bool], value: int
+) -> None:
+    t = worker.app.tasks
+    first = t["add"].si(2, 2) if links[0] == "si(2,2)" else t["add"].s(2, 2)
+    second = t["multiply"].si(4, 5) if links[1] == "si(4,5)" else t["multiply"].s(4, 5)
+    chain = Chain([first, second])
+    assert [s.immutable for s in chain.signatures] == wire_flags
+    assert worker.app.send_chain(chain).get(timeout=5) == value
+
+
+def test_chord_callback_si_gets_no_member_results(worker: Worker) -> None:
+    t = worker.app.tasks
+    chord = Chord(Group([t["add"].s(1, 1), t["add"].s(2, 2)]), t["multiply"].si(3, 4))
+    assert chord.callback.immutable, "Go reads the flag on the callback itself"
+    assert worker.app.send_chord(chord).get(timeout=5) == 12
+
+
+def test_touch_never_blocks_and_tells_not_ready_from_none(app: Machinery) -> None:
+    @app.task
+    def nothing() -> None:
+        return None
+
+    @app.task
+    def boom() -> None:
+        raise ValueError("kaput")
+
+    pending = app.send_task(nothing.s())
+    with pytest.raises(ResultNotReady, match="not finished"):
+        pending.touch()
+    with pytest.raises(ResultNotReady, match="unknown"):
+        AsyncResult(app, "task_never_sent").touch()
+    worker = app.worker(concurrency=1)
+    thread = worker.launch_async()
+    try:
+        failed = app.send_task(boom.s())
+        pending.get(timeout=5)
+        assert pending.touch() is None
+        with pytest.raises(TaskError, match="kaput"):
+            failed.get(timeout=5)
+        with pytest.raises(TaskError, match="kaput"):
+            failed.touch()
+    finally:
+        worker.quit()
+        thread.join(5)
+    assert thread.error is None and not thread.is_alive()
+
+
+def test_apply_async_takes_celery_options(app: Machinery) -> None:
+    @app.task
+    def add(*args: int) -> int:
+        return sum(args)
+
+    before = datetime.now(UTC)
+    result = add.apply_async((1, 2), countdown=30, queue="later", priority=3)
+    (sig,) = app.broker.delayed()
+    assert (sig.uuid, sig.routing_key, sig.priority, sig.arg_values) == (result.uuid, "later", 3, [1, 2])
+    assert sig.eta is not None and 29 <= (sig.eta - before).total_seconds() <= 31
+    with pytest.raises(ValueError, match="countdown or eta"):
+        add.apply_async((1,), countdown=1, eta=before)
+
+
+def test_launch_async_reports_what_stopped_the_worker(app: Machinery) -> None:
+    class StartupError(Exception):
+        pass
+
+    def fail() -> None:
+        raise StartupError("the start-up failed")
+
+    worker = app.worker(concurrency=1)
+    worker._log_start = fail  # type: ignore[method-assign]
+    thread = worker.launch_async()
+    thread.join(10)
+    assert isinstance(thread, threading.Thread) and not thread.is_alive()
+    assert isinstance(thread.error, StartupError)
+    with pytest.raises(StartupError):
+        thread.raise_error()

@@ -59,6 +59,7 @@ def test_every_env_var_round_trips() -> None:
     assert cnf.multiple_broker_separator == ";"
     assert cnf.no_unix_signals is True
     assert cnf.eager is True
+    assert cnf.timezone == "Europe/Berlin"
     assert cnf.amqp == AMQPConfig(
         exchange="exchange",
         exchange_type="exchange_type",
@@ -343,6 +344,7 @@ results_expire_in: 60
 lock: redis://redis:6379/2
 eager: true
 no_unix_signals: true
+timezone: Asia/Tokyo
 amqp:
   exchange: ex
   exchange_type: topic
@@ -431,6 +433,7 @@ def test_yaml_round_trip_of_every_key_in_a_file_over_1000_bytes(tmp_path: Path) 
         lock="redis://redis:6379/2",
         eager=True,
         no_unix_signals=True,
+        timezone="Asia/Tokyo",
     )
     declare = {"x-max-priority": 10, "x-queue-mode": "lazy"}
     expected.amqp = AMQPConfig("ex", "topic", declare, {"x-match": "any"}, "bk", 1, True, "dq")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 
 from . import periodic, plugins, tracing
+from .builtin import go_word
 from .config import Config
 from .errors import NotRegisteredError, PluginNotFoundError
 from .periodic import PeriodicEntry
@@ -15,6 +17,7 @@ from .redact import redact_url
 from .result import AsyncResult, ChainResult, ChordResult, GroupResult
 from .signature import Signature, State, TaskState, now_utc
 from .task import Task, TaskOptions
+from .transports.null import NoResultBackendError, NullBackend
 from .workflow import Chain, Chord, Group
 
 if TYPE_CHECKING:
@@ -48,9 +51,13 @@ class Machinery:
         lock: Lock | None = None,
     ) -> None:
         self.config = config or Config()
+        if go_word(self.config.broker) == "eager":
+            self.config.eager = True  # Go's eager broker: the same as Config.eager
         if self.config.eager:
             broker = broker or plugins.resolve_broker("memory://", self.config)
-            backend = backend or plugins.resolve_backend("memory://", self.config)
+            # in memory, unless a Go word (eager, null) names the backend
+            in_process = self.config.result_backend if go_word(self.config.result_backend) else "memory://"
+            backend = backend or plugins.resolve_backend(in_process, self.config)
         self.broker: Broker = broker or plugins.resolve_broker(self.config.broker, self.config)
         self.backend: Backend = backend or plugins.resolve_backend(self.config.result_backend, self.config)
         self._lock = lock
@@ -61,6 +68,8 @@ class Machinery:
         self._eager_runner: Any = None
         #: periodic entries by name (see :mod:`machinery.periodic`)
         self.periodic: dict[str, PeriodicEntry] = {}
+        self.scheduler_watch = periodic.SchedulerWatch(self.periodic)
+        weakref.finalize(self, self.scheduler_watch.check)
 
     # registry --------------------------------------------------------------------------------
     @overload
@@ -210,6 +219,11 @@ class Machinery:
     def send_chain(self, chain: Chain | Iterable[Signature]) -> ChainResult:
         """Send the first task; the rest travel nested in its ``on_success``."""
         chain = chain if isinstance(chain, Chain) else Chain(chain)
+        if isinstance(self.backend, NullBackend):
+            raise NoResultBackendError(
+                "chains need stored results: Config.result_backend is 'null' (Go's discard-everything "
+                "backend): set a real one"
+            )
         self.send_task(chain.signatures[0])
         links = [AsyncResult(self.backend, s.uuid, s.name) for s in chain.signatures]
         return ChainResult(self.backend, links)
@@ -248,7 +262,8 @@ class Machinery:
         return self.periodic.pop(name, None) is not None
 
     def _register_periodic(self, name: str, spec: str, send: Callable[[Machinery], object]) -> None:
-        self.periodic[name] = periodic.PeriodicEntry(name, periodic.Schedule(spec), send)
+        schedule = periodic.Schedule(spec, periodic.zone(self.config.timezone))
+        self.periodic[name] = periodic.PeriodicEntry(name, schedule, send)
 
     def beat(self) -> periodic.Beat:
         """A scheduler for the periodic entries: ``app.beat().start()`` or ``.run()``."""
@@ -271,6 +286,7 @@ class Machinery:
 
     def close(self) -> None:
         """Close the broker, backend and lock connections."""
+        self.scheduler_watch.check()
         self.broker.close()
         self.backend.close()
         if self._lock is not None:

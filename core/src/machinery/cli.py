@@ -40,6 +40,7 @@ import click
 from . import codec
 from .app import Machinery
 from .errors import MachineryError, ResultTimeoutError
+from .periodic import beat_wanted
 from .redact import redact_url
 from .signature import Signature, TaskState
 
@@ -379,11 +380,13 @@ def _quiet_logging(verbose: int) -> None:
 )
 @loglevel_option
 @click.option(
-    "-B",
-    "--beat",
+    "-B/-b",
+    "--beat/--no-beat",
     "with_beat",
-    is_flag=True,
-    help="Also send the app's periodic tasks (see `machinery beat`).",
+    default=None,
+    help="Also send the app's periodic tasks (see `machinery beat`). Default: yes when the app has "
+    "periodic tasks and a lock shared across processes (each tick is then sent once however many "
+    "workers run it).",
 )
 @_friendly
 def worker(
@@ -393,7 +396,7 @@ def worker(
     consumer_tag: str,
     pool: str,
     loglevel: str,
-    with_beat: bool,
+    with_beat: bool | None,
 ) -> None:
     """Run a worker: consume tasks and store their results, until SIGTERM or Ctrl-C.
 
@@ -418,7 +421,7 @@ def worker(
         log.info("registered tasks: %s", ", ".join(sorted(app.tasks)))
     else:
         log.warning("no tasks registered in %s: every message will be requeued for other workers", app_spec)
-    beat = app.beat() if with_beat else None
+    beat = app.beat() if beat_wanted(app, with_beat) else None
     if beat is not None:
         beat.start()
     try:

@@ -39,6 +39,7 @@ Core settings that Machinery never had (plugins list theirs in their README)
 field                               env (first name wins)                   YAML
 ==================================  ======================================  ==========================
 eager                               MACHINERY_EAGER                         eager
+timezone                            MACHINERY_TIMEZONE                      timezone
 tls.ca_file / cert_file / key_file  MACHINERY_TLS_CA_FILE, TLS_CA_FILE ...  tls: {ca_file: ...}
 tls.insecure_skip_verify            MACHINERY_TLS_INSECURE_SKIP_VERIFY,     tls: {insecure_skip_verify}
                                     TLS_INSECURE_SKIP_VERIFY
@@ -434,6 +435,16 @@ class ReloadEvent:
 ReloadListener = Callable[[ReloadEvent], None]
 
 
+def _is_time_zone(name: str) -> bool:
+    from .periodic import zone
+
+    try:
+        zone(name)
+    except ConfigError:
+        return False
+    return True
+
+
 @dataclass(repr=False, eq=False)
 class Config:
     """Everything Machinery needs to know. Defaults run with no server (``sqlite://``).
@@ -469,6 +480,10 @@ class Config:
     lock: str = setting("", go_env="LOCK")
     eager: bool = setting(False)
     no_unix_signals: bool = setting(False, go_env="NO_UNIX_SIGNALS")
+    #: The zone of periodic-task cron specs without a ``CRON_TZ=`` prefix (Go: the machine's local time).
+    timezone: str = setting(
+        "UTC", check=Check(_is_time_zone, "must be an IANA time zone, e.g. UTC or Europe/Berlin")
+    )
     tls: TLSConfig = field(default_factory=TLSConfig)
     sqlite: SQLiteConfig = field(default_factory=SQLiteConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
@@ -486,6 +501,7 @@ class Config:
             lock: str = ...,
             eager: bool = ...,
             no_unix_signals: bool = ...,
+            timezone: str = ...,
             tls: TLSConfig = ...,
             sqlite: SQLiteConfig = ...,
             worker: WorkerConfig = ...,

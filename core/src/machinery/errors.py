@@ -11,6 +11,7 @@ __all__ = [
     "NotRegisteredError",
     "PermanentError",
     "PluginNotFoundError",
+    "ResultNotReady",
     "ResultTimeoutError",
     "Retry",
     "TaskError",
@@ -57,6 +58,11 @@ class UnknownGroupError(BackendError, KeyError):
 
 class ResultTimeoutError(MachineryError, TimeoutError):
     """``AsyncResult.get(timeout=...)`` ran out of time before the task finished."""
+
+
+class ResultNotReady(MachineryError):  # noqa: N818 - Go's "not ready" check, read as a state
+    """``AsyncResult.touch()`` found the task not finished yet (so a ``None`` result is never mistaken
+    for "not ready")."""
 
 
 class NotRegisteredError(MachineryError, LookupError):

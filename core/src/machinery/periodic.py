@@ -5,18 +5,35 @@ process running a :class:`Beat` for the same app competes for a lock named after
 the tick's time, so exactly one sends. Unlike Go Machinery the lock key does not contain the
 program name (#621), and entries can be removed with ``unregister_periodic``.
 
-Needs ``croniter`` (``pip install 'machinery-core[cron]'``). Specs: 5 fields (m h dom mon dow),
-``@hourly``-style descriptors, evaluated in UTC unless ``tz`` is given.
+Specs are Go Machinery's (robfig/cron v3 ``ParseStandard``):
+
+- 5 fields ``m h dom mon dow`` (``?`` as ``*``, names like ``MON-FRI``), parsed by ``croniter``
+  (``pip install 'machinery-core[cron]'``);
+- the descriptors ``@yearly`` (``@annually``), ``@monthly``, ``@weekly``, ``@daily`` (``@midnight``),
+  ``@hourly``;
+- ``@every <Go duration>`` (``@every 1h30m``, ``@every 90s``; under a second rounds up to one, as in Go).
+  Unlike Go, ticks are aligned to the Unix epoch, not to process start, so every process computes the
+  same ticks and the per-tick lock key matches across processes;
+- a ``CRON_TZ=<zone>`` (or ``TZ=<zone>``) prefix: the zone the fields are read in. Without one,
+  ``Config.timezone`` (``UTC`` by default; Go uses the machine's local time).
+
+A mixed Go/Python fleet cannot share one schedule: Go's lock key contains the program's binary name
+(``machinery_lock_<argv0><name><spec>``, #621) and stores a different value, so Go and Python (and two
+different Go binaries) never see each other's locks. Run a schedule on one side only.
 """
 
 from __future__ import annotations
 
+import math
+import re
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .capabilities import Capability
 from .errors import ConfigError
 from .log import logger
 from .redact import redact_url
@@ -26,7 +43,7 @@ from .workflow import Chain, Chord, Group
 if TYPE_CHECKING:
     from .app import Machinery
 
-__all__ = ["Beat", "PeriodicEntry", "Schedule"]
+__all__ = ["Beat", "PeriodicEntry", "Schedule", "SchedulerWatch", "beat_wanted", "shared_lock"]
 
 
 def _croniter() -> Any:
@@ -37,19 +54,73 @@ def _croniter() -> Any:
     return croniter
 
 
+_TZ_PREFIX = re.compile(r"(?:CRON_TZ|TZ)=(\S+)\s+(.+)", re.DOTALL)
+_GO_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def zone(name: str) -> tzinfo:
+    """The time zone ``name`` (IANA, e.g. ``Europe/Berlin``; ``UTC``/``Local``); ConfigError otherwise."""
+    if name in ("UTC", "utc", "Z"):
+        return UTC
+    if name == "Local":
+        local = datetime.now().astimezone().tzinfo
+        assert local is not None
+        return local
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"unknown time zone {name!r}: use an IANA name such as Europe/Berlin or UTC"
+        ) from None
+
+
+def go_duration(text: str) -> float:
+    """Seconds in a Go duration string (``1h30m``, ``90s``, ``1.5h``, ``250ms``)."""
+    pos, total = 0, 0.0
+    for match in _GO_DURATION.finditer(text):
+        if match.start() != pos:
+            break
+        total += float(match[1]) * _GO_UNITS[match[2]]
+        pos = match.end()
+    if not text or pos != len(text):
+        raise ConfigError(f"invalid duration {text!r}: use Go's form, e.g. 90s, 1h30m or 1.5h")
+    return total
+
+
 class Schedule:
-    """A cron spec; ``next_after(t)`` is the first tick strictly after ``t``."""
+    """A spec in Go Machinery's cron dialect (module docs); ``next_after(t)`` is the first tick
+    strictly after ``t``. ``tz`` is the zone of specs without a ``CRON_TZ=`` prefix."""
 
     def __init__(self, spec: str, tz: tzinfo = UTC) -> None:
-        croniter = _croniter()
-        if not croniter.is_valid(spec):
-            raise ConfigError(f"invalid cron spec {spec!r}: use 5 fields 'm h dom mon dow' or @hourly etc.")
         self.spec = spec
+        text = spec.strip()
+        prefix = _TZ_PREFIX.fullmatch(text)
+        if prefix:
+            tz, text = zone(prefix[1]), prefix[2].strip()
         self.tz = tz
+        self.every: float | None = None
+        if text.startswith("@every"):
+            seconds = go_duration(text.removeprefix("@every").strip())
+            if seconds <= 0:
+                raise ConfigError(f"invalid cron spec {spec!r}: @every needs a positive duration")
+            self.every = float(max(1, math.ceil(seconds)))  # Go: under a second rounds up, fractions go
+            return
+        croniter = _croniter()
+        if not croniter.is_valid(text) or len(text.split()) not in (1, 5):
+            raise ConfigError(
+                f"invalid cron spec {spec!r}: use 5 fields 'm h dom mon dow', @hourly etc., or @every 1h30m"
+            )
+        self._text = text
         self._croniter = croniter
 
     def next_after(self, moment: datetime) -> datetime:
-        following: datetime = self._croniter(self.spec, moment.astimezone(self.tz)).get_next(datetime)
+        if self.every is not None:
+            elapsed = (moment.astimezone(UTC) - _EPOCH).total_seconds()
+            ticks = math.floor(elapsed / self.every) + 1
+            return _EPOCH + timedelta(seconds=ticks * self.every)
+        following: datetime = self._croniter(self._text, moment.astimezone(self.tz)).get_next(datetime)
         return following.astimezone(UTC)
 
 
@@ -92,6 +163,55 @@ def chain_sender(signatures: Sequence[Signature]) -> Callable[[Machinery], objec
     return send
 
 
+def shared_lock(app: Machinery) -> bool:
+    """True when the app's lock works across processes (so several beats still send each tick once)."""
+    return Capability.MULTI_PROCESS in frozenset(getattr(app.lock, "capabilities", frozenset()))
+
+
+def beat_wanted(app: Machinery, requested: bool | None) -> bool:
+    """Whether a worker runs the app's schedule: ``requested`` (``--beat``/``--no-beat``) when given;
+    by default when the app has periodic entries and a lock shared across processes. Says why once
+    when entries exist but no schedule runs here."""
+    if not app.periodic:
+        return bool(requested)
+    if requested is None:
+        requested = shared_lock(app)
+        if not requested:
+            logger.warning(
+                "%d periodic entries are registered, but the lock is process-local (%s): every worker would "
+                "send every tick, so this one does not run the schedule. Set Config.lock to a shared store "
+                "(sqlite://, redis://...) or start exactly one worker with --beat (or run `machinery beat`)",
+                len(app.periodic),
+                type(app.lock).__name__,
+            )
+    elif not requested:
+        logger.warning(
+            "%d periodic entries are registered but --no-beat is set: run `machinery beat` (or a worker "
+            "with --beat) somewhere, or they are never sent",
+            len(app.periodic),
+        )
+    return requested
+
+
+class SchedulerWatch:
+    """Tells, once, when a process registered periodic entries but never ran a scheduler for them
+    (checked when the app is closed or garbage-collected, e.g. at exit)."""
+
+    def __init__(self, entries: dict[str, PeriodicEntry]) -> None:
+        self.entries = entries
+        self.started = False
+        self.reported = False
+
+    def check(self) -> None:
+        if self.entries and not self.started and not self.reported:
+            self.reported = True
+            logger.warning(
+                "%d periodic entries were registered in this process but no scheduler ran here: start "
+                "`machinery beat`, a worker (it runs the schedule when the lock is shared), or app.beat()",
+                len(self.entries),
+            )
+
+
 class Beat:
     """Fires the app's periodic entries. Run one per process (or several: each tick is sent once).
 
@@ -114,6 +234,7 @@ class Beat:
             self._thread.join(5)
 
     def run(self) -> None:
+        self.app.scheduler_watch.started = True
         logger.info("beat: %d periodic entries", len(self.app.periodic))
         self._warn_if_lock_is_process_local()
         due: dict[str, datetime] = {}

@@ -6,7 +6,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from . import codec
-from .errors import ResultTimeoutError, TaskError
+from .errors import ResultNotReady, ResultTimeoutError, TaskError
 from .signature import State, TaskState
 
 if TYPE_CHECKING:
@@ -81,6 +81,18 @@ class AsyncResult:
 
     def failed(self) -> bool:
         return self.state is State.FAILURE
+
+    def touch(self) -> Any:
+        """Go's ``Touch()``: never blocks. The value when the task is SUCCESS; raises
+        :class:`~machinery.errors.TaskError` for FAILURE and
+        :class:`~machinery.errors.ResultNotReady` while it is not finished (or unknown)."""
+        current = self._fetch()
+        if current is None or not current.is_completed:
+            state = current.state.value if current is not None else "unknown"
+            raise ResultNotReady(f"task {self.uuid} is not finished (state {state})")
+        if current.is_failure:
+            _raise_failure(current)
+        return codec.values_from_results(current.results)
 
     def wait_state(self, timeout: float | None = None) -> TaskState:
         """Block until the task is completed and return its record (SUCCESS or FAILURE).

@@ -94,6 +94,8 @@ class Signature:
     group_task_count: int = 0
     headers: dict[str, Any] = field(default_factory=dict)
     priority: int = 0
+    #: Go's wire flag: *this* task's results are not passed on (to the next chain link). For a chord
+    #: callback: the callback gets no member results.
     immutable: bool = False
     retry_count: int = 0
     retry_timeout: int = 0
@@ -104,6 +106,10 @@ class Signature:
     sqs_receipt_handle: str = ""
     stop_task_deletion_on_error: bool = False
     ignore_when_task_not_registered: bool = False
+    #: Celery's "immutable" (``task.si()``): this signature ignores its *parent's* results. Never sent:
+    #: :class:`~machinery.workflow.Chain` and :class:`~machinery.workflow.Chord` turn it into Go's
+    #: ``immutable`` flag where Go reads it (the previous link; the chord callback itself).
+    ignore_parent_results: bool = False
 
     def __post_init__(self) -> None:
         self.args = [_to_arg(a) for a in self.args]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextvars
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
-from .signature import Signature
+from .signature import Signature, now_utc
 
 if TYPE_CHECKING:
     from .app import Machinery
@@ -74,14 +75,42 @@ class Task(Generic[P, R]):
         )
 
     def si(self, *args: Any, **kwargs: Any) -> Signature:
-        """An immutable signature: its results are not appended to the next task's arguments."""
+        """An immutable signature, as Celery means it: it ignores its parent's results (in a chain,
+        the previous link's results are not appended to these arguments; as a chord callback it gets
+        no member results). Go's own flag, *this* task's results are not passed on, is
+        ``Signature.immutable``; the workflow builders translate one into the other."""
         sig = self.s(*args, **kwargs)
-        sig.immutable = True
+        sig.ignore_parent_results = True
         return sig
 
     def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
         """Send this task now with these arguments."""
         return self.app.send_task(self.s(*args, **kwargs))
+
+    def apply_async(
+        self,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+    ) -> AsyncResult:
+        """Send this task with options, as in Celery: run it ``countdown`` seconds from now or at
+        ``eta`` (not both), on ``queue`` (default ``Config.default_queue``), with ``priority``."""
+        if countdown is not None and eta is not None:
+            raise ValueError("apply_async takes countdown or eta, not both")
+        sig = self.s(*args, **dict(kwargs or {}))
+        if countdown is not None:
+            sig.eta = now_utc() + timedelta(seconds=countdown)
+        elif eta is not None:
+            sig.set(eta=eta)
+        if queue:
+            sig.routing_key = queue
+        if priority is not None:
+            sig.priority = priority
+        return self.app.send_task(sig)
 
     def __repr__(self) -> str:
         return f"<Task {self.name}>"

@@ -38,6 +38,8 @@ class Chord:
     def __init__(self, group: Group | Iterable[Signature], callback: Signature) -> None:
         self.group = group if isinstance(group, Group) else Group(group)
         self.callback = callback
+        if callback.ignore_parent_results:  # Celery's .si(): Go reads the flag on the callback itself
+            callback.immutable = True
         callback.ensure_uuid("chord")
         for sig in self.group.signatures:
             sig.chord_callback = callback
@@ -48,7 +50,8 @@ class Chord:
 
 class Chain:
     """Tasks run one after another (Machinery's ``NewChain``): each one's results are appended to
-    the next one's arguments unless the finished task is immutable."""
+    the next one's arguments unless the finished task is immutable (Go's flag) or the next one
+    ignores its parent's results (Celery's ``.si()``)."""
 
     def __init__(self, signatures: Iterable[Signature]) -> None:
         self.signatures = list(signatures)
@@ -58,6 +61,8 @@ class Chain:
             sig.ensure_uuid()
         for current, following in zip(self.signatures, self.signatures[1:], strict=False):
             current.on_success = [following]
+            if following.ignore_parent_results:  # Celery's .si(): Go reads the flag on the finished task
+                current.immutable = True
 
     def __repr__(self) -> str:
         return f"<Chain {self.signatures}>"

@@ -7,7 +7,9 @@ import sys
 import threading
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
+import pika
 import pytest
 from amqp_testlib import Admin, Names
 
@@ -255,3 +257,41 @@ def test_expiry_change_replaces_the_queue(make_config, amqp_url: str, names: Nam
 def test_no_password_in_repr(amqp_url: str, config: Config) -> None:
     backend = AMQPBackend("amqp://user:s3cret@localhost:5672/vh", config)
     assert "s3cret" not in repr(backend)
+
+
+# --- Go interop: Go's golden declaration (backends/amqp/amqp.go) ---------------------------------------
+
+
+def _go_declare(admin: Admin, name: str, expires_s: int) -> None:
+    """A result queue exactly as Go Machinery declares it: non-durable, auto-delete, message TTL and
+    queue expiry both ResultsExpireIn in ms (an int32)."""
+    ms = expires_s * 1000
+    admin._ch().queue_declare(
+        name, durable=False, auto_delete=True, arguments={"x-message-ttl": ms, "x-expires": ms}
+    )
+
+
+def test_a_state_written_by_go_is_read_once_then_the_queue_is_ours(
+    backend: AMQPBackend, admin: Admin, names: Names, config: Config
+) -> None:
+    """One way only: a Go-written state is read (the queue is then redeclared our way, keeping it)."""
+    u = uid(names, "from-go")
+    admin.queues.add(u)
+    _go_declare(admin, u, backend.expires_in)
+    golden = (Path(__file__).parents[3] / "core" / "tests" / "golden" / "state_success.json").read_bytes()
+    admin._ch().basic_publish("", u, golden.replace(b"task_0b9f4c3e-5f8a-4b0e-9d1c-2a7e6f3b8c91", u.encode()))
+    state = backend.get_state(u) or backend.get_state(u)  # the first read may replace the queue
+    assert state is not None and state.is_success and state.values == [2] and state.task_name == "add"
+    again = backend.get_state(u)
+    assert again is not None and again.values == [2], "reading must not consume (Go's did)"
+
+
+def test_go_cannot_redeclare_a_result_queue_of_ours(backend: AMQPBackend, admin: Admin, names: Names) -> None:
+    """Why Go and Python workers cannot share amqp:// results (README, "Go interop"): RabbitMQ refuses
+    Go's declaration of a queue this backend made, and Go's worker fails on it."""
+    u = uid(names, "to-go")
+    admin.queues.add(u)
+    backend.set_state(TaskState(u, State.SUCCESS, task_name="add", results=[Arg(2, "int64")]))
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as info:
+        _go_declare(admin, u, backend.expires_in)
+    assert info.value.reply_code == 406  # PRECONDITION_FAILED: inequivalent arg 'durable'

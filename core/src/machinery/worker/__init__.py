@@ -8,6 +8,6 @@
 - :mod:`.timelimit`: soft and hard time limits for thread-run tasks.
 """
 
-from .worker import Worker
+from .worker import Worker, WorkerThread
 
-__all__ = ["Worker"]
+__all__ = ["Worker", "WorkerThread"]

@@ -35,7 +35,7 @@ from .statewriter import StateWriter
 if TYPE_CHECKING:
     from ..app import Machinery
 
-__all__ = ["Worker"]
+__all__ = ["Worker", "WorkerThread"]
 
 UNREGISTERED_COUNT = "machinery-unregistered-count"
 UNREGISTERED_SINCE = "machinery-unregistered-since"
@@ -61,6 +61,28 @@ class _Tracked:
     def settle(self, action: Callable[[], None]) -> None:
         if self.claim():
             action()
+
+
+class WorkerThread(threading.Thread):
+    """The thread of :meth:`Worker.launch_async`: ``is_alive()``/``join()`` as usual, plus ``error``,
+    the exception that stopped the worker (``None`` while it runs or after a clean stop)."""
+
+    def __init__(self, worker: Worker) -> None:
+        super().__init__(name=f"{worker.consumer_tag}-consumer", daemon=True)
+        self.worker = worker
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.worker.launch()
+        except BaseException as exc:  # reported to the caller through .error, never lost
+            self.error = exc
+            logger.error("worker %s stopped: %s", self.worker.consumer_tag, exc)
+
+    def raise_error(self) -> None:
+        """Re-raise the exception that stopped the worker, if any."""
+        if self.error is not None:
+            raise self.error
 
 
 class Worker:
@@ -137,9 +159,10 @@ class Worker:
             self._drain()
             restore()
 
-    def launch_async(self) -> threading.Thread:
-        """Run ``launch()`` in a background thread (no signal handling); returns the thread."""
-        thread = threading.Thread(target=self.launch, name=f"{self.consumer_tag}-consumer", daemon=True)
+    def launch_async(self) -> WorkerThread:
+        """Run ``launch()`` in a background thread (no signal handling); returns the thread, whose
+        ``error`` holds what ended the worker, if anything did (Go's error channel)."""
+        thread = WorkerThread(self)
         thread.start()
         return thread
 
