@@ -156,3 +156,42 @@ def test_settings_are_collected_without_importing_the_broker() -> None:
     assert transport(["x"], broker="a.b:C").machinery_settings() == []
     with pytest.raises(ValueError, match="settings"):
         transport(["x"], broker="a.b:C", settings="nocolon")
+
+
+def test_first_result_calls_implementations_like_pluggy() -> None:
+    import pluggy
+
+    from machinery.plugins import MachinerySpec, first_result, hookimpl
+
+    class Old:
+        @hookimpl
+        def machinery_publish_with_states(self, broker: object, states: object) -> bool | None:
+            return None  # declares a subset of the arguments, as pluggy allows
+
+    class New:
+        seen: list[object] = []
+
+        @hookimpl
+        def machinery_publish_with_states(self, broker: object, backend: object) -> bool | None:
+            New.seen.append((broker, backend))
+            return True
+
+    pm = pluggy.PluginManager("machinery")
+    pm.add_hookspecs(MachinerySpec)
+    hook = pm.hook.machinery_publish_with_states
+    args = {"broker": "b", "backend": "k", "signatures": [], "states": []}
+    assert first_result(hook, **args) is None
+    pm.register(Old())
+    assert first_result(hook, **args) is None
+    pm.register(New())
+    assert first_result(hook, **args) is True and New.seen == [("b", "k")]
+    assert first_result(hook, **args) == hook(**args)
+
+    class Wrapper:
+        @hookimpl(wrapper=True)
+        def machinery_publish_with_states(self) -> object:
+            result = yield
+            return not result
+
+    pm.register(Wrapper())
+    assert first_result(hook, **args) is False, "a hook with wrappers goes through pluggy"

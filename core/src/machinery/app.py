@@ -178,7 +178,9 @@ class Machinery:
                     pass  # the span marks the hand-over; its context rides in the headers
         if self._pre_publish is None and not self.config.eager and concurrency <= 0:
             hook = plugins.get_plugin_manager().hook.machinery_publish_with_states
-            if hook(broker=self.broker, backend=self.backend, signatures=sigs, states=states):
+            if plugins.first_result(
+                hook, broker=self.broker, backend=self.backend, signatures=sigs, states=states
+            ):
                 return
         if len(states) == 1:
             self.backend.set_state(states[0])

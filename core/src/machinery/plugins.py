@@ -35,6 +35,7 @@ __all__ = [
     "Kind",
     "SchemeRow",
     "Transport",
+    "first_result",
     "get_plugin_manager",
     "hookimpl",
     "hookspec",
@@ -138,6 +139,21 @@ def _register_module_transports(pm: pluggy.PluginManager) -> None:
         for attr, value in vars(plugin).items():
             if isinstance(value, Transport) and not pm.is_registered(value):
                 pm.register(value, name=f"{pm.get_name(plugin)}:{attr}")
+
+
+def first_result(hook: pluggy.HookCaller, **kwargs: Any) -> Any:
+    """``hook(**kwargs)`` for a ``firstresult`` hook on a hot path (``send_task`` asks
+    ``machinery_publish_with_states`` for every task): the implementations are called directly, newest
+    first, each with the arguments it declares, which costs ~0.2 µs instead of pluggy's 2-8 µs. A hook
+    with wrappers goes through pluggy."""
+    impls = hook.get_hookimpls()
+    if any(impl.hookwrapper or impl.wrapper for impl in impls):
+        return hook(**kwargs)
+    for impl in reversed(impls):
+        result = impl.function(*[kwargs[name] for name in impl.argnames])
+        if result is not None:
+            return result
+    return None
 
 
 def scheme_of(url: str) -> str:
