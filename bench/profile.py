@@ -30,7 +30,15 @@ AREAS = (
     ("codec", ("machinery/codec.py", "machinery/signature.py", "orjson", "json/")),
     ("worker loop", ("machinery/worker/worker.py",)),
     ("state writer", ("machinery/worker/statewriter.py",)),
-    ("runner", ("machinery/worker/runner.py", "machinery/task.py", "machinery/tracing.py", "machinery/worker/timelimit")),
+    (
+        "runner",
+        (
+            "machinery/worker/runner.py",
+            "machinery/task.py",
+            "machinery/tracing.py",
+            "machinery/worker/timelimit",
+        ),
+    ),
     ("redis plugin", ("machinery_redis/",)),
     ("redis-py", ("redis/", "hiredis")),
     ("socket I/O", ("socket.", "_socket", "select.", "poll")),

@@ -4,7 +4,7 @@ measured in the same run, optionally next to Dramatiq and Celery. See bench/READ
     make bench                                   # = scripts/services run -- .venv/bin/python bench/run.py
     .venv/bin/python bench/run.py [--quick] [--peers] [--n N] [--repeats R] [--only redis/redis,...]
 
-Needs REDIS_URL (and AMQP_URL for the amqp combinations) in the environment, as
+Needs REDIS_URL (and AMQP_URL / MONGODB_URL for the amqp / mongodb combinations) in the environment, as
 ``eval "$(scripts/services env)"`` sets them; a combination whose plugin or server is missing is
 skipped with the reason. Writes bench/results/<stamp>.json and .md (and bench/latest.md and
 bench/latest.png after a full run), and prints the tables.
@@ -49,6 +49,8 @@ GUESS = {
     "redis/redis-prefetch4": (1200, 12000, 6000),
     "sqlite/sqlite": (2500, 20000, 2500),
     "amqp/redis": (800, 800, 1200),
+    "redis/mongodb": (1000, 8000, 1500),
+    "redis/memcache": (1000, 10000, 3000),
     "amqp/amqp": (110, 130, 200),
     "dramatiq": (1800, 1800, 1600),
     "celery": (600, 600, 250),
@@ -239,6 +241,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--redis-url", default=os.environ.get("REDIS_URL", ""), help="default $REDIS_URL")
     p.add_argument("--redis-db", type=int, default=9, help="Redis database used (default 9; -1: the URL's)")
     p.add_argument("--amqp-url", default=os.environ.get("AMQP_URL", ""), help="default $AMQP_URL")
+    p.add_argument("--memcache-url", default=os.environ.get("MEMCACHE_URL", ""), help="default $MEMCACHE_URL")
     p.add_argument("--limit", type=float, default=240.0, help="seconds a drain may take (default 240)")
     p.add_argument("--budget", type=float, default=19 * 60, help="seconds for the whole run (default 1140)")
     p.add_argument(
@@ -262,6 +265,9 @@ def plan(args: argparse.Namespace, progress: Callable[[str], None]) -> tuple[lis
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     redis_url = bench_redis_url(args)
     amqp_url = args.amqp_url
+    mongodb_url = os.environ.get("MONGODB_URL", "").rstrip("/") + "/machinery_bench"
+    mongodb_url = "" if mongodb_url == "/machinery_bench" else mongodb_url
+    memcache_url = args.memcache_url
     skipped: list[str] = []
 
     def why_not(key: str) -> str:
@@ -275,6 +281,12 @@ def plan(args: argparse.Namespace, progress: Callable[[str], None]) -> tuple[lis
         if needs_amqp:
             reasons.append("AMQP_URL is not set" if not amqp_url else _amqp_ok(amqp_url))
             reasons.append(_plugin_ok("machinery_amqp", "machinery-amqp"))
+        if "mongodb" in key:
+            reasons.append("MONGODB_URL is not set" if not mongodb_url else "")
+            reasons.append(_plugin_ok("machinery_mongodb", "machinery-mongodb"))
+        if "memcache" in key:
+            reasons.append("" if memcache_url else "MEMCACHE_URL is not set")
+            reasons.append(_plugin_ok("machinery_memcache", "machinery-memcache"))
         return "; ".join(r for r in reasons if r)
 
     def wanted(key: str) -> bool:
@@ -316,6 +328,12 @@ def plan(args: argparse.Namespace, progress: Callable[[str], None]) -> tuple[lis
         if use.get("amqp/redis"):
             make = machinery("amqp/redis", amqp_url, redis_url)
             steps.append(Step("amqp/redis", "machinery amqp/redis", n, -1, make))
+        if use.get("redis/mongodb"):
+            make = machinery("redis/mongodb", redis_url, mongodb_url)
+            steps.append(Step("redis/mongodb", "machinery redis/mongodb", n, -1, make))
+        if use.get("redis/memcache"):
+            make = machinery("redis/memcache", redis_url, memcache_url)
+            steps.append(Step("redis/memcache", "machinery redis/memcache", n, -1, make))
         if use.get("amqp/amqp"):
             note = f"amqp/amqp ran with N = {amqp_n:,} (each result is a RabbitMQ queue)"
             make = machinery("amqp/amqp", amqp_url, amqp_url)

@@ -148,10 +148,20 @@ class MachinerySystem:
                 done = [f"{{{u}}}:machinery:done" for u in self.sent[-400:]]
                 waiters = [f"{{{u}}}:machinery:waiter" for u in self.sent[-400:]]
                 _delete_keys(self.raw, done + waiters)
+        if urlsplit(self.backend_url).scheme in ("mongodb", "mongodb+srv"):
+            self._mongodb_cleanup()
         if scheme in ("amqp", "amqps") or urlsplit(self.backend_url).scheme in ("amqp", "amqps"):
             self._amqp_cleanup()
         if self.tmp:
             shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _mongodb_cleanup(self) -> None:
+        import pymongo
+
+        with contextlib.suppress(Exception):
+            client: Any = pymongo.MongoClient(self.backend_url, serverSelectionTimeoutMS=3000)
+            client.get_database().tasks.delete_many({"_id": {"$in": self.sent}})
+            client.close()
 
     def _amqp_cleanup(self) -> None:
         import pika

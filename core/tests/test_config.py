@@ -103,6 +103,10 @@ def test_every_env_var_round_trips() -> None:
     assert r.retry_window == 4.5
     assert cnf.mongodb.database == "mongo_db"
     assert cnf.gcppubsub.max_extension == 120.0
+    m = cnf.memcache
+    assert (m.hashing, m.connect_timeout, m.timeout, m.max_item_size) == ("rendezvous", 4.5, 5.5, 2097152)
+    assert (m.poll_min, m.poll_max, m.tls, m.tls_verify, m.go_lock_patience) == (0.01, 0.5, True, False, 20.0)
+    assert (m.tls_ca, m.tls_cert, m.tls_key) == ("/etc/mc/ca.pem", "/etc/mc/client.pem", "/etc/mc/client.key")
     assert cnf.tls == TLSConfig()  # loading env never turns TLS on (Go #517)
 
 
@@ -409,6 +413,19 @@ gcppubsub:
   message_ordering: true
   subscription_name: w-{queue}
   dead_letter_topic: dl-{queue}
+memcache:
+  hashing: rendezvous
+  connect_timeout: 2
+  timeout: 4
+  max_item_size: 4194304
+  poll_min: 0.004
+  poll_max: 1
+  tls: true
+  tls_verify: false
+  tls_ca: /mc/ca.pem
+  tls_cert: /mc/c.pem
+  tls_key: /mc/k.pem
+  go_lock_patience: 5
 """
 
 
@@ -469,6 +486,10 @@ def test_yaml_round_trip_of_every_key_in_a_file_over_1000_bytes(tmp_path: Path) 
     g.max_extension, g.ack_deadline, g.hold_window, g.create_missing = 30.0, 20, 120.0, False
     g.max_delivery_attempts, g.message_ordering = 10, True
     g.subscription_name, g.dead_letter_topic = "w-{queue}", "dl-{queue}"
+    m = expected.memcache
+    m.hashing, m.connect_timeout, m.timeout, m.max_item_size = "rendezvous", 2.0, 4.0, 4194304
+    m.poll_min, m.poll_max, m.tls, m.tls_verify, m.go_lock_patience = 0.004, 1.0, True, False, 5.0
+    m.tls_ca, m.tls_cert, m.tls_key = "/mc/ca.pem", "/mc/c.pem", "/mc/k.pem"
     assert cnf == expected
     assert isinstance(cnf.sqlite.renew, float) and isinstance(cnf.gcppubsub.max_extension, float)
 

@@ -169,7 +169,7 @@ def test_section_registered_after_the_config_was_made() -> None:
 
 
 def test_unclaimed_yaml_sections_are_kept_and_reported_once(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, uninstalled_scheme: str
 ) -> None:
     path = write(tmp_path / "c.yml", "broker: memory://\nbar: {x: 1}\nbaz: {y: hunter2, z: 3}\nmemcache:\n")
     with caplog.at_level(logging.WARNING, logger="machinery.config"):
@@ -191,7 +191,9 @@ def test_unclaimed_env_sections_are_kept_and_reported_once(caplog: pytest.LogCap
     assert caplog.text.count("kept but unused") == 1 and "'bar' (2 settings)" in caplog.text
 
 
-def test_moved_section_without_its_plugin_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_moved_section_without_its_plugin_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, uninstalled_scheme: str
+) -> None:
     with pytest.raises(AttributeError, match=r"machinery-memcache \(pip install machinery-memcache\)"):
         _ = Config().memcache
     monkeypatch.setitem(sys.modules, "machinery_redis.settings", None)  # "not installed"

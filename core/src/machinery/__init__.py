@@ -28,7 +28,7 @@ from .signature import Arg, GroupMeta, Signature, State, TaskState
 from .task import Task, current_signature
 from .workflow import Chain, Chord, Group
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "Arg",

@@ -45,7 +45,6 @@ tls.insecure_skip_verify            MACHINERY_TLS_INSECURE_SKIP_VERIFY,     tls:
                                     TLS_INSECURE_SKIP_VERIFY
 sqlite.lease / renew                MACHINERY_SQLITE_LEASE / _RENEW         sqlite: {lease, renew}
 worker.<name>                       MACHINERY_WORKER_<NAME>                 worker: {<name>: ...}
-mongodb.database                    MACHINERY_MONGODB_DATABASE              mongodb: {database}
 <plugin section>.<name>             MACHINERY_<SECTION>_<NAME>              <section>: {<name>: ...}
 ==================================  ======================================  ==========================
 
@@ -135,7 +134,6 @@ __all__ = [
     "RELOADABLE_FIELDS",
     "Config",
     "DynamoDBConfig",
-    "MongoDBConfig",
     "ReloadEvent",
     "ReloadListener",
     "SQLiteConfig",
@@ -287,16 +285,6 @@ class SQSConfig(Section):
 
 
 @dataclass(repr=False)
-class MongoDBConfig(Section):
-    """MongoDB settings (code only in Machinery; ``database`` may also come from env/YAML)."""
-
-    name = "mongodb"
-
-    client: Any = None
-    database: str = setting("machinery")
-
-
-@dataclass(repr=False)
 class DynamoDBConfig(Section):
     """DynamoDB settings (Machinery's ``DynamoDBConfig``)."""
 
@@ -313,7 +301,6 @@ class DynamoDBConfig(Section):
 
 _TRANSITIONAL_SECTIONS: tuple[type[Section], ...] = (
     SQSConfig,
-    MongoDBConfig,
     DynamoDBConfig,
 )
 
@@ -322,6 +309,7 @@ _MOVED: dict[str, tuple[str, str, str]] = {
     "RedisConfig": ("machinery_redis.settings", "RedisSettings", "machinery-redis"),
     "AMQPConfig": ("machinery_amqp.settings", "AMQPSettings", "machinery-amqp"),
     "GCPPubSubConfig": ("machinery_gcppubsub.settings", "GCPPubSubSettings", "machinery-gcppubsub"),
+    "MongoDBConfig": ("machinery_mongodb.settings", "MongoSettings", "machinery-mongodb"),
 }
 
 

@@ -87,6 +87,41 @@ def test_tls_with_a_wrong_ca_is_a_clear_error() -> None:
     app.close()
 
 
+def _tls_files() -> Config:
+    config = Config()
+    config.tls.ca_file = require_env("REDIS_TLS_CA")
+    config.tls.cert_file = require_env("REDIS_TLS_CERT")
+    config.tls.key_file = require_env("REDIS_TLS_KEY")
+    return config
+
+
+def test_tls_checks_the_servers_host_name(name: str) -> None:
+    """The server certificate of scripts/services names 127.0.0.1 and localhost. ``127.1`` is the same
+    loopback address in inet_aton's short form, so the connection reaches the server, but it is not a
+    name in the certificate: refused with every redis-py (5.x does not check host names by default)."""
+    port = urlsplit(require_env("REDISS_URL")).port
+    by_name = f"rediss://localhost:{port}/{TEST_DB}"
+    assert _roundtrip(Config(broker=by_name, result_backend=by_name, tls=_tls_files().tls), name) == 7
+
+    wrong = f"rediss://127.1:{port}/{TEST_DB}"
+    app = Machinery(Config(broker=wrong, result_backend=wrong, tls=_tls_files().tls))
+    try:
+        with pytest.raises(BrokerError) as info:
+            app.broker.publish(app.register_task("add", lambda: None).s())
+    finally:
+        app.close()
+    text = str(info.value)
+    assert "mismatch" in text and "name or address in the server's certificate" in text, text
+
+
+def test_tls_insecure_skip_verify_accepts_any_host_name(name: str) -> None:
+    port = urlsplit(require_env("REDISS_URL")).port
+    wrong = f"rediss://127.1:{port}/{TEST_DB}"
+    config = Config(broker=wrong, result_backend=wrong, tls=_tls_files().tls)
+    config.tls.insecure_skip_verify = True
+    assert _roundtrip(config, name) == 7
+
+
 def test_sentinel_url(name: str) -> None:
     parts = urlsplit(require_env("REDIS_SENTINEL_URL"))
     master = parts.path.strip("/").split("/")[0]

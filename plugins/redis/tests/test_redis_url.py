@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 import pytest
 import redis
@@ -11,7 +12,7 @@ from machinery import Config, Machinery
 from machinery.errors import BrokerError, ConfigError
 from machinery.plugins import list_schemes, resolve_backend, resolve_broker, resolve_lock
 from machinery_redis import RedisBackend, RedisBroker, RedisLock, parse_url
-from machinery_redis.client import Connection
+from machinery_redis.client import Connection, _Health, _Retry
 
 SECRET = "s3cr3t-Pa55"
 
@@ -195,6 +196,45 @@ def test_config_maps_to_redis_py_settings() -> None:
     assert tls_kwargs["ssl_cert_reqs"] == "none" and tls_kwargs["ssl_check_hostname"] is False
     sock = Connection(parse_url("redis+socket:///tmp/r.sock:/2"), Config(), BrokerError)
     assert sock.client.connection_pool.connection_kwargs["path"] == "/tmp/r.sock"
+
+
+def test_tls_host_name_check_is_explicit() -> None:
+    """redis-py 5.x does not check the host name by default, 6.0+ does: the plugin always says which."""
+
+    def tls_kwargs(url: str, config: Config) -> dict[str, Any]:
+        kwargs: dict[str, Any] = Connection(
+            parse_url(url), config, BrokerError
+        ).client.connection_pool.connection_kwargs
+        return kwargs
+
+    assert tls_kwargs("rediss://host/0", Config())["ssl_check_hostname"] is True
+    insecure = Config()
+    insecure.tls.insecure_skip_verify = True
+    kwargs = tls_kwargs("rediss://host/0", insecure)
+    assert kwargs["ssl_check_hostname"] is False and kwargs["ssl_cert_reqs"] == "none"
+    assert tls_kwargs("rediss://host/0?ssl_check_hostname=false", Config())["ssl_check_hostname"] is False
+    assert "ssl_check_hostname" not in tls_kwargs("redis://host/0", Config())
+
+
+def test_retry_policy_takes_a_failed_health_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """redis-py 8 hands a failed health-check PING to a handler that takes the failure count (5.3 does not):
+    the plugin's retry policy serves both, so the PING is retried instead of a TypeError."""
+    health = _Health("test", window=5.0)
+    health.reached = True
+    conn = redis.Connection(
+        host="127.0.0.1", port=_free_port(), retry=_Retry(health, retrying=True), health_check_interval=1
+    )
+    pings: list[int] = []
+
+    def ping() -> None:
+        pings.append(1)
+        if len(pings) == 1:
+            raise redis.ConnectionError("connection reset by peer")
+
+    monkeypatch.setattr(conn, "_send_ping", ping)
+    conn.next_health_check = -1.0  # due now
+    conn.check_health()
+    assert len(pings) == 2
 
 
 def test_user_client_is_used_and_not_closed() -> None:

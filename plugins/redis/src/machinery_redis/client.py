@@ -158,7 +158,15 @@ class _Retry(Retry):
         # redis-py copies the retry policy into each connection; the outage log stays shared.
         return _Retry(self._health, self._retrying)
 
-    def call_with_retry(self, do: Callable[[], T], fail: Callable[..., Any], *args: Any, **kwargs: Any) -> T:
+    def call_with_retry(
+        self,
+        do: Callable[[], T],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> T:
+        # is_retryable and with_failure_count: redis-py 8 passes them (the handler of a failed health-check
+        # PING takes the failure count); 5.3 passes neither.
         failures = 0
         while True:
             try:
@@ -166,10 +174,13 @@ class _Retry(Retry):
                 self._health.succeeded()
                 return result
             except self._supported_errors as error:
-                if _permanent(error):
+                if _permanent(error) or (is_retryable is not None and not is_retryable(error)):
                     raise
                 failures += 1
-                fail(error)
+                if with_failure_count:
+                    fail(error, failures)
+                else:
+                    fail(error)
                 if not self._retrying:
                     raise error
                 self._health.failed(error)
@@ -370,7 +381,7 @@ def _cluster_error(exc: RedisClusterException) -> RedisError:
     if isinstance(exc, SlotNotCoveredError) or "cannot be connected" in str(exc):
         return RedisConnectionError(str(exc))
     if "not covered" in str(exc):
-        return ClusterDownError(str(exc))
+        return ClusterDownError(str(exc))  # type: ignore[no-untyped-call, unused-ignore]  # untyped in redis-py 5.3
     return RedisError(str(exc))
 
 
@@ -613,9 +624,11 @@ class Connection:
             out["ssl_certfile"] = tls.cert_file
         if tls.key_file:
             out["ssl_keyfile"] = tls.key_file
+        # Always said explicitly: redis-py's default changed (5.x does not check the server's host
+        # name, 6.0 and later do), and whether it is checked must not depend on the installed version.
+        out["ssl_check_hostname"] = not tls.insecure_skip_verify
         if tls.insecure_skip_verify:
             out["ssl_cert_reqs"] = "none"
-            out["ssl_check_hostname"] = False
         params = dict(self.target.tls_params)
         if "ssl_check_hostname" in params:
             out["ssl_check_hostname"] = parse_bool(params.pop("ssl_check_hostname"), "ssl_check_hostname")
@@ -684,7 +697,8 @@ class Connection:
         failures = 0
         while True:
             try:
-                client = _Cluster(self.health, retrying, **kwargs)
+                # redis-py 5.3's type hints make connection_pool abstract (8.x's do not)
+                client = _Cluster(self.health, retrying, **kwargs)  # type: ignore[abstract, unused-ignore]
                 self.health.succeeded()
                 return client
             except outage_errors as error:
@@ -736,10 +750,12 @@ class Connection:
                 "(check the user and password in the URL)"
             )
         elif _permanent(exc):
-            message = (
-                f"TLS with Redis at {where} failed during {operation}: {text} (check Config.tls ca_file / "
-                "cert_file / key_file or the ssl_* URL parameters)"
+            hint = (
+                "the URL's host must be a name or address in the server's certificate"
+                if "mismatch" in text
+                else "check Config.tls ca_file / cert_file / key_file or the ssl_* URL parameters"
             )
+            message = f"TLS with Redis at {where} failed during {operation}: {text} ({hint})"
         elif isinstance(exc, outage_errors):
             self.health.failed(exc)
             message = f"Redis at {where} is unreachable during {operation}: {text}"
