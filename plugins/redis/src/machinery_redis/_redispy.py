@@ -13,6 +13,10 @@ Why internals at all (measurements in bench/README.md and README "Performance"):
 - **Scripts on connect** (``redis_connect_func``, ``Connection.on_connect``): every Lua script is loaded on
   each new connection in the same round trip as the handshake, so a pipeline never meets NOSCRIPT after a
   restart or failover.
+- **Retries** (``Retry.call_with_retry``, the contract between redis-py's connections and their retry
+  policy, and its ``_supported_errors``): our loop never retries a refused password or certificate, rides
+  out a restart for the retry window with our back-off, and reports an outage once. redis-py 8 changed
+  that contract (``is_retryable``, ``with_failure_count``), which is why it is checked below.
 - **Sentinel failovers** (the pool's ``proxy``, a ``SentinelConnectionPoolProxy``): its class is swapped
   for a subclass that reports each master address it resolves, the only place redis-py exposes it; a change
   is a failover (see client.py).
@@ -26,18 +30,22 @@ from __future__ import annotations
 
 import inspect
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
 from hiredis import pack_command
+from redis.backoff import NoBackoff
 from redis.cluster import NodesManager, RedisCluster
 from redis.connection import AbstractConnection
 from redis.crc import key_slot
 from redis.exceptions import ResponseError
+from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelConnectionPoolProxy
 
 __all__ = [
+    "RetryLoop",
     "load_scripts",
     "node_for_slot",
     "problems",
@@ -91,6 +99,57 @@ def refresh_slots(client: RedisCluster) -> None:
     client.nodes_manager.initialize()
 
 
+class RetryLoop(Retry):
+    """redis-py's ``Retry`` with our loop: ``permanent(error)`` errors are raised at once; otherwise, after
+    redis-py's failure handler ran, ``on_error(error, failures)`` returns the seconds to wait before the
+    next try, or None to raise; ``on_success()`` follows each success."""
+
+    def __init__(
+        self,
+        retries: int,
+        *,
+        permanent: Callable[[Exception], bool],
+        on_error: Callable[[Exception, int], float | None],
+        on_success: Callable[[], None],
+    ) -> None:
+        super().__init__(NoBackoff(), retries)
+        self._machinery = (retries, permanent, on_error, on_success)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> RetryLoop:
+        # redis-py copies the retry policy into each connection; the callbacks (the outage log) stay shared
+        retries, permanent, on_error, on_success = self._machinery
+        return RetryLoop(retries, permanent=permanent, on_error=on_error, on_success=on_success)
+
+    def call_with_retry(
+        self,
+        do: Callable[[], Any],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> Any:
+        # is_retryable and with_failure_count: redis-py 8 passes them (the handler of a failed health-check
+        # PING takes the failure count); 5.3 passes neither.
+        _, permanent, on_error, on_success = self._machinery
+        failures = 0
+        while True:
+            try:
+                result = do()
+                on_success()
+                return result
+            except self._supported_errors as error:
+                if permanent(error) or (is_retryable is not None and not is_retryable(error)):
+                    raise
+                failures += 1
+                if with_failure_count:
+                    fail(error, failures)
+                else:
+                    fail(error)
+                wait = on_error(error, failures)
+                if wait is None:
+                    raise error
+                time.sleep(wait)
+
+
 class _ReportingProxy(SentinelConnectionPoolProxy):
     """redis-py's Sentinel pool proxy (what each new connection asks for the master's address) that
     reports every address it gets."""
@@ -113,6 +172,8 @@ def report_master_addresses(client: redis.Redis, on_address: Callable[[Any], Non
 
 # -- the compatibility check ---------------------------------------------------------------------------
 _SEND_PARAMS = ("command", "check_health")
+#: what RetryLoop.call_with_retry accepts (redis-py 5.3 passes do and fail, 8 the last two too)
+_RETRY_PARAMS = ("self", "do", "fail", "is_retryable", "with_failure_count")
 #: (what, object, attribute, parameters it must accept): redis-py internals this module relies on
 _METHODS: tuple[tuple[str, Any, str, tuple[str, ...]], ...] = (
     (
@@ -146,6 +207,11 @@ def problems() -> list[str]:
         missing = [p for p in params if p not in accepted]
         if missing:
             found.append(f"{what} no longer takes {', '.join(missing)}")
+    unknown = set(inspect.signature(Retry.call_with_retry).parameters) - set(_RETRY_PARAMS)
+    if unknown:
+        found.append(f"Retry.call_with_retry takes {', '.join(sorted(unknown))}, which RetryLoop does not")
+    if not isinstance(getattr(Retry(NoBackoff(), 0), "_supported_errors", None), tuple):
+        found.append("Retry no longer keeps _supported_errors")
     if "redis_connect_func" not in inspect.signature(AbstractConnection.__init__).parameters:
         found.append("Connection no longer takes redis_connect_func")
     try:

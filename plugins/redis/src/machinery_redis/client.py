@@ -145,48 +145,19 @@ class _Health:
             self.ok()
 
 
-class _Retry(Retry):
-    """redis-py's Retry (one server, Sentinel) that never retries a wrong password or a TLS failure,
-    retries for up to the connection's retry window, and reports the outage once."""
+def _retry_policy(health: _Health, retrying: bool) -> Retry:
+    """redis-py's retry policy for our pools (one server, Sentinel): never retries a wrong password or a
+    TLS failure, retries for up to the connection's retry window, and reports the outage once."""
 
-    def __init__(self, health: _Health, retrying: bool) -> None:
-        super().__init__(NoBackoff(), 1 if retrying else 0)
-        self._health = health
-        self._retrying = retrying
+    def on_error(error: Exception, failures: int) -> float | None:
+        if not retrying:
+            return None
+        health.failed(error)
+        return None if health.give_up(failures) else backoff(failures)
 
-    def __deepcopy__(self, memo: dict[int, Any]) -> _Retry:
-        # redis-py copies the retry policy into each connection; the outage log stays shared.
-        return _Retry(self._health, self._retrying)
-
-    def call_with_retry(
-        self,
-        do: Callable[[], T],
-        fail: Callable[..., Any],
-        is_retryable: Callable[[Exception], bool] | None = None,
-        with_failure_count: bool = False,
-    ) -> T:
-        # is_retryable and with_failure_count: redis-py 8 passes them (the handler of a failed health-check
-        # PING takes the failure count); 5.3 passes neither.
-        failures = 0
-        while True:
-            try:
-                result = do()
-                self._health.succeeded()
-                return result
-            except self._supported_errors as error:
-                if _permanent(error) or (is_retryable is not None and not is_retryable(error)):
-                    raise
-                failures += 1
-                if with_failure_count:
-                    fail(error, failures)
-                else:
-                    fail(error)
-                if not self._retrying:
-                    raise error
-                self._health.failed(error)
-                if self._health.give_up(failures):
-                    raise error
-                time.sleep(backoff(failures))
+    return _redispy.RetryLoop(
+        1 if retrying else 0, permanent=_permanent, on_error=on_error, on_success=health.succeeded
+    )
 
 
 #: Every script, loaded on each new connection (so a pipeline never meets NOSCRIPT after a restart).
@@ -594,7 +565,7 @@ class Connection:
         kwargs: dict[str, Any] = {
             "socket_timeout": _timeout(timeout),
             "socket_connect_timeout": _timeout(cfg.connect_timeout),
-            "retry": _Retry(self.health, retrying),
+            "retry": _retry_policy(self.health, retrying),
             "redis_connect_func": _load_scripts,
             "health_check_interval": max(0, int(cfg.idle_timeout or 0)),
             "client_name": target.client_name or cfg.client_name or None,
@@ -718,7 +689,7 @@ class Connection:
         if type(pool) is not redis.ConnectionPool:
             return user  # a sentinel or blocking pool: use it as it is
         kwargs = dict(pool.connection_kwargs)
-        kwargs["retry"] = _Retry(self.health, False)
+        kwargs["retry"] = _retry_policy(self.health, False)
         kwargs["redis_connect_func"] = _load_scripts
         return redis.Redis(
             connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
