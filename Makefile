@@ -20,7 +20,7 @@ UV_DIR := .uv/$(UV_VERSION)
 UV := $(UV_DIR)/bin/uv
 PLUGINS := $(sort $(wildcard plugins/*/pyproject.toml))
 PLUGIN_DIRS := $(patsubst %/pyproject.toml,%,$(PLUGINS))
-EXAMPLE_PLUGIN := $(patsubst %/pyproject.toml,%,$(wildcard tests/contract/example_plugin/pyproject.toml))
+EXAMPLE_PLUGIN := $(patsubst %/pyproject.toml,%,$(wildcard examples/plugin/pyproject.toml))
 PYTEST_ARGS ?=
 LOCK_ARGS ?= --upgrade
 CORE_ALL := -e 'core[test,yaml,otel,cron]'
@@ -117,6 +117,14 @@ test-latest: $(UV)
 	$(call check_env,$(CHECK_DIR)/latest,highest,--group dev $(CORE_ALL) \
 		$(foreach d,$(PLUGIN_DIRS),-e '$(d)[test]') $(addprefix -e ,$(EXAMPLE_PLUGIN)),$(XDIST))
 	$(call lint_with,$(CHECK_DIR)/latest)
+
+# Not part of `make test`: N minutes (default 5) of tasks, chords and retries while worker processes
+# are SIGKILLed and the broker restarts; reports lost (must be 0), duplicates, chord callbacks.
+# CHAOS_ARGS="--broker redis --minutes 2" (redis/amqp need: eval "$$(scripts/services env)").
+CHAOS_ARGS ?=
+.PHONY: chaos
+chaos: venv
+	$(PY) bench/chaos.py $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) .uv .pytest_cache .mypy_cache .ruff_cache

@@ -345,6 +345,7 @@ multiple_broker_separator: ';'
 default_queue: q
 result_backend: redis://:pw@redis:6379/1
 results_expire_in: 60
+dead_letter_expire_in: 120
 lock: redis://redis:6379/2
 eager: true
 no_unix_signals: true
@@ -402,6 +403,7 @@ worker:
   store_intermediate_states: false
   poll_timeout: 0.5
   prefetch_multiplier: 2
+  max_deliveries: 3
 mongodb:
   database: mdb
 gcppubsub:
@@ -426,6 +428,9 @@ memcache:
   tls_cert: /mc/c.pem
   tls_key: /mc/k.pem
   go_lock_patience: 5
+example:
+  lease: 12.5
+  renew: 2.5
 """
 
 
@@ -481,7 +486,10 @@ def test_yaml_round_trip_of_every_key_in_a_file_over_1000_bytes(tmp_path: Path) 
     w.unregistered_requeue_seconds, w.store_intermediate_states = 4.5, False
     w.poll_timeout = 0.5
     w.prefetch_multiplier = 2
+    w.max_deliveries = 3
+    expected.dead_letter_expire_in = 120
     expected.mongodb.database = "mdb"
+    expected.example.lease, expected.example.renew = 12.5, 2.5  # the plugin template (examples/plugin)
     g = expected.gcppubsub
     g.max_extension, g.ack_deadline, g.hold_window, g.create_missing = 30.0, 20, 120.0, False
     g.max_delivery_attempts, g.message_ordering = 10, True

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import logging
 import threading
-import warnings
 
 import pytest
 
 from machinery import codec
 from machinery.broker import Delivery
-from machinery.delivery import BaseDelivery, dead_letter
+from machinery.delivery import BaseDelivery
 from machinery.signature import Signature
 
 
@@ -108,40 +107,3 @@ def test_a_subclass_must_implement_ack_and_nack() -> None:
     with pytest.raises(NotImplementedError, match="_nack"):
         BaseDelivery(body()).nack()
     BaseDelivery(body()).extend(1)  # the default: leases that last while the consumer lives
-
-
-class OldStyle:
-    """A delivery written against machinery-core 0.1: nack() takes no reason."""
-
-    signature = None
-    body = b"x"
-    error = "bad"
-    redelivered = False
-
-    def __init__(self) -> None:
-        self.nacks: list[tuple[bool, float | None]] = []
-
-    def ack(self) -> None:
-        return None
-
-    def nack(self, requeue: bool = True, delay: float | None = None) -> None:
-        self.nacks.append((requeue, delay))
-
-    def extend(self, seconds: float) -> None:
-        return None
-
-
-def test_dead_letter_passes_the_reason() -> None:
-    d = Recording(body())
-    dead_letter(d, "malformed message: x")
-    assert d.calls == [("nack", False, None, "malformed message: x")]
-
-
-def test_dead_letter_keeps_deliveries_without_reason_working() -> None:
-    old = OldStyle()
-    with pytest.warns(DeprecationWarning, match="takes no 'reason'"):
-        dead_letter(old, "poison")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # once per class
-        dead_letter(old, "poison")
-    assert old.nacks == [(False, None), (False, None)]

@@ -754,6 +754,7 @@ def test_forked_lock_is_another_owner(url: str) -> None:
 
 def test_a_version_2_database_is_upgraded_and_keeps_its_dead_letters(tmp_path: Path) -> None:
     path = tmp_path / "v2.db"
+    died_at = float(int(time.time()) - 60)  # recent: dead letters expire
     v2 = store.SCHEMA.replace(",\n    reason TEXT NOT NULL DEFAULT ''", "")
     assert v2 != store.SCHEMA
     with sqlite3.connect(path) as db:
@@ -761,8 +762,8 @@ def test_a_version_2_database_is_upgraded_and_keeps_its_dead_letters(tmp_path: P
             db.execute(statement)
         db.execute(
             "INSERT INTO dead_letters (queue, body, priority, delivery_count, created, died_at) "
-            "VALUES (?, ?, 0, 2, 1.0, 2.0)",
-            (Q, b"old"),
+            "VALUES (?, ?, 0, 2, 1.0, ?)",
+            (Q, b"old", died_at),
         )
         db.execute("PRAGMA user_version = 2")
     broker = SQLiteBroker.from_url(f"sqlite:///{path}", Config())
@@ -770,7 +771,7 @@ def test_a_version_2_database_is_upgraded_and_keeps_its_dead_letters(tmp_path: P
     [d] = broker.consume(Q, 1, 1.0)
     d.nack(requeue=False, reason="poison")
     old, new = broker.dead_letters(Q)
-    assert (old.body, old.reason, old.delivery_count, old.time.timestamp()) == (b"old", "", 2, 2.0)
+    assert (old.body, old.reason, old.delivery_count, old.time.timestamp()) == (b"old", "", 2, died_at)
     assert (new.reason, new.delivery_count) == ("poison", 1)
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION

@@ -12,16 +12,25 @@ from pathlib import Path
 import pytest
 from broken_plugins import (
     AckEarlyBroker,
+    CloseKeepsLeasesBroker,
     DoubleChordBackend,
     DroppingBroker,
+    FreshAfterNackBroker,
+    LocalEtaBroker,
     NeverRedeliversBroker,
+    NoopAckBroker,
+    NoRenewalBroker,
     PollingPushBackend,
+    PurgeKeepsEtaBroker,
+    RaisingConsumeBroker,
+    SingleActiveConsumerBroker,
+    UnknownChordFalseBackend,
 )
 
 from machinery.backend import Backend
 from machinery.broker import Broker
 from machinery.config import Config
-from machinery.testing import BackendContract, BrokerContract, FaultContract
+from machinery.testing import BackendContract, BrokerContract, FaultContract, WorkerContract
 
 
 class _Memory:
@@ -81,3 +90,61 @@ class TestStrictMissingFixture(_Memory, FaultContract):
 
 class TestLenientMissingFixture(_Memory, FaultContract):
     contract_name = "lenient"
+
+
+# -- issue 15: one broken transport per new check ----------------------------------------------------
+class _SQLiteFile:
+    """A sqlite file per test (the default contract config: lease 2 s, renewed every 0.5 s)."""
+
+    @pytest.fixture
+    def broker_url(self, tmp_path: Path) -> str:
+        return f"sqlite:///{tmp_path / 'db.sqlite'}"
+
+    @pytest.fixture
+    def backend_url(self, broker_url: str) -> str:
+        return broker_url
+
+
+class TestNoRenewalBroker(_SQLiteFile, WorkerContract):
+    def make_broker(self, url: str | None, config: Config) -> Broker:
+        return NoRenewalBroker.from_url(url or "", config)
+
+
+class TestNoopAckBroker(_SQLiteFile, BrokerContract):
+    def make_broker(self, url: str | None, config: Config) -> Broker:
+        return NoopAckBroker.from_url(url or "", config)
+
+
+class TestCloseKeepsLeasesBroker(_SQLiteFile, BrokerContract):
+    def make_broker(self, url: str | None, config: Config) -> Broker:
+        return CloseKeepsLeasesBroker.from_url(url or "", config)
+
+
+class TestRaisingConsumeBroker(_Memory, BrokerContract):
+    def make_broker(self, url: str | None, config: Config) -> Broker:
+        return RaisingConsumeBroker.from_url(url or "memory://", config)
+
+
+class TestLocalEtaBroker(_Memory, BrokerContract):
+    def make_broker(self, url: str | None, config: Config) -> Broker:
+        return LocalEtaBroker.from_url(url or "memory://", config)
+
+
+class TestSingleActiveConsumerBroker(_Memory, BrokerContract):
+    def make_broker(self, url: str | None, config: Config) -> Broker:
+        return SingleActiveConsumerBroker.from_url(url or "memory://", config)
+
+
+class TestFreshAfterNackBroker(_Memory, BrokerContract):
+    def make_broker(self, url: str | None, config: Config) -> Broker:
+        return FreshAfterNackBroker.from_url(url or "memory://", config)
+
+
+class TestPurgeKeepsEtaBroker(_Memory, BrokerContract):
+    def make_broker(self, url: str | None, config: Config) -> Broker:
+        return PurgeKeepsEtaBroker.from_url(url or "memory://", config)
+
+
+class TestUnknownChordFalseBackend(_Memory, BackendContract):
+    def make_backend(self, url: str | None, config: Config) -> Backend:
+        return UnknownChordFalseBackend.from_url(url or "memory://", config)

@@ -1,44 +1,28 @@
-"""The example plugin of the "Write a plugin" guide: installed, found by its URL scheme, passing the kit."""
+"""The plugin template (examples/plugin): its own tests/test_contract.py, run from here so that the
+repository's test run includes it (examples/ is not among the test paths) and it runs once."""
 
 from __future__ import annotations
 
-import uuid
+import importlib.util
+import sys
 
-import pytest
+from .conftest import REPO, require_module
 
-from machinery import Config, Machinery, plugins
-from machinery.testing import BackendContract, BrokerContract, LockContract, WorkerContract
-
-from .conftest import IN_CI, require_module
-
-require_module("machinery_example", "pip install -e tests/contract/example_plugin (make venv does)")
+require_module("machinery_example", "pip install -e examples/plugin (make venv does)")
 
 
-def test_found_by_its_url_scheme() -> None:
-    from machinery_example import ExampleBackend, ExampleBroker, ExampleLock
-
-    app = Machinery(
-        Config(broker="example://found", result_backend="example://found", lock="example://found")
-    )
-    assert isinstance(app.broker, ExampleBroker)
-    assert isinstance(app.backend, ExampleBackend)
-    assert isinstance(app.lock, ExampleLock)
-    rows = {(row.scheme, row.kind, row.distribution) for row in plugins.list_schemes()}
-    assert {("example", kind, "machinery-example") for kind in ("broker", "backend", "lock")} <= rows
+def _template_tests() -> object:
+    path = REPO / "examples" / "plugin" / "tests" / "test_contract.py"
+    spec = importlib.util.spec_from_file_location("machinery_example_template_tests", path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
-class TestExamplePlugin(BrokerContract, BackendContract, LockContract, WorkerContract):
-    contract_name = "example/example"
-    strict_fixtures = IN_CI
-
-    @pytest.fixture
-    def broker_url(self) -> str:
-        return f"example://{uuid.uuid4().hex}?lease=2"
-
-    @pytest.fixture
-    def backend_url(self, broker_url: str) -> str:
-        return broker_url
-
-    @pytest.fixture
-    def lock_url(self, broker_url: str) -> str:
-        return broker_url
+_template = _template_tests()
+test_found_by_its_url_scheme = _template.test_found_by_its_url_scheme  # type: ignore[attr-defined]
+test_imports_lazily = _template.test_imports_lazily  # type: ignore[attr-defined]
+TestExample = _template.TestExample  # type: ignore[attr-defined]
+TestExampleHostile = _template.TestExampleHostile  # type: ignore[attr-defined]

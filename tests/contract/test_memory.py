@@ -6,12 +6,18 @@ import uuid
 
 import pytest
 
-from machinery.testing import BackendContract, BrokerContract, LockContract, WorkerContract
+from machinery.testing import (
+    BackendContract,
+    BrokerContract,
+    HostileInputContract,
+    LockContract,
+    WorkerContract,
+)
 
 from .conftest import IN_CI
 
 
-class TestMemory(BrokerContract, BackendContract, LockContract, WorkerContract):
+class TestMemory(BrokerContract, BackendContract, LockContract, WorkerContract, HostileInputContract):
     contract_name = "memory/memory"
     strict_fixtures = IN_CI
 

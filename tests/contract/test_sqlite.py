@@ -9,12 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from machinery.testing import FaultContract, NotApplicable, TransportContract, not_applicable
+from machinery.testing import (
+    FaultContract,
+    HostileInputContract,
+    NotApplicable,
+    TransportContract,
+    not_applicable,
+)
 
 from .conftest import IN_CI
 
 
-class TestSQLite(TransportContract, FaultContract):
+class TestSQLite(TransportContract, FaultContract, HostileInputContract):
     contract_name = "sqlite/sqlite"
     strict_fixtures = IN_CI
 

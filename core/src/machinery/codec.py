@@ -33,7 +33,9 @@ from machinery.errors import MessageError
 from machinery.signature import Arg, GroupMeta, Signature, State, TaskState
 
 __all__ = [
+    "MAX_DEPTH",
     "ArgumentError",
+    "check_results",
     "decode_group_meta",
     "decode_signature",
     "decode_state",
@@ -119,21 +121,64 @@ def _dumps(obj: Any) -> bytes:
         raise MessageError(f"cannot encode as JSON: {exc}") from None
 
 
+MAX_DEPTH: Final = 256
+"""Deepest nesting of arrays and objects a decoded document may have (a chain of 128 tasks).
+Deeper input is refused as malformed: it would only exhaust the stack somewhere later."""
+
+
 def _loads(data: bytes | bytearray | memoryview | str) -> Any:
-    if _orjson is not None:
-        raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
-        if _LONG_RUN not in raw.translate(_DIGIT_MAP):
-            try:
-                return _orjson.loads(raw)
-            except _orjson.JSONDecodeError:
-                pass  # stdlib decides: it replaces invalid UTF-8 as Go does, or gives the error
-    if not isinstance(data, str):
-        # Go replaces invalid UTF-8 with U+FFFD instead of failing; so do we.
-        data = bytes(data).decode("utf-8", "replace")
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH:
+        _check_depth(raw)
+    if _orjson is not None and _LONG_RUN not in raw.translate(_DIGIT_MAP):
+        try:
+            # orjson refuses lone surrogates and numbers beyond a double: what decodes here encodes
+            return _orjson.loads(raw)
+        except _orjson.JSONDecodeError:
+            pass  # stdlib decides: it replaces invalid UTF-8 as Go does, or gives the error
+    # Go replaces invalid UTF-8 with U+FFFD instead of failing; so do we.
+    text = data if isinstance(data, str) else raw.decode("utf-8", "replace")
     try:
-        return _STD_DECODER.decode(data)
+        value = _STD_DECODER.decode(text)
     except ValueError as exc:
         raise MessageError(f"invalid JSON: {exc}") from None
+    except RecursionError:
+        raise MessageError("invalid JSON: nested too deeply") from None
+    _check_writable(value)
+    return value
+
+
+def _check_depth(raw: bytes) -> None:
+    """Refuse documents nested deeper than :data:`MAX_DEPTH` (brackets inside strings skipped)."""
+    depth = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise MessageError(f"invalid JSON: nested deeper than {MAX_DEPTH} levels")
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+
+
+def _check_writable(value: Any) -> None:
+    """What the standard library decoded must encode again: it accepts ``1e999`` (infinity) and
+    lone surrogates (``"\\ud800"``), which no encoder writes back. Refused as malformed."""
+    try:
+        _STD_ENCODER.encode(value).encode("utf-8")
+    except UnicodeEncodeError:
+        raise MessageError("invalid JSON: a string holds a lone surrogate (not valid Unicode)") from None
+    except ValueError:
+        raise MessageError("invalid JSON: a number is out of range (infinity)") from None
     except RecursionError:
         raise MessageError("invalid JSON: nested too deeply") from None
 
@@ -729,6 +774,50 @@ def results_from_return(value: Any) -> list[Arg] | None:
     return [Arg(value=value, type=infer_type(value))]
 
 
+def check_results(results: list[Arg] | None, task_name: str) -> None:
+    """Raise :class:`MessageError` naming the culprit when ``results`` cannot be stored as JSON,
+    e.g. ``result of task 'x' is not JSON-serialisable: datetime``. Cheap for plain scalars."""
+    for result in results or ():
+        value = result.value
+        if type(value) in (int, bool) or (type(value) is str and value.isascii()):
+            continue
+        try:
+            _, wire = _typed_to_wire(result)
+            _dumps(wire).decode("utf-8")
+        except (MessageError, UnicodeError, RecursionError):
+            culprit = _unwritable(value)
+            raise MessageError(f"result of task {task_name!r} is not JSON-serialisable: {culprit}") from None
+
+
+def _unwritable(value: Any, depth: int = 0) -> str:
+    """A short name for the first part of ``value`` JSON cannot hold (its type, NaN, ...)."""
+    if depth > MAX_DEPTH:
+        return f"nested deeper than {MAX_DEPTH} levels"
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeError:
+            return "str with a lone surrogate"
+        return ""
+    if value is None or isinstance(value, (int, float, *_BYTES_LIKE)):
+        return ""
+    if isinstance(value, (list, tuple)):
+        items: Any = value
+    elif isinstance(value, dict):
+        for key in value:
+            if not isinstance(key, str):
+                return f"dict key of type {type(key).__name__}"
+        items = value.values()
+    else:
+        return type(value).__name__
+    for item in items:
+        if found := _unwritable(item, depth + 1):
+            return found
+    return ""
+
+
 def values_from_results(results: list[Arg] | None) -> Any:
     """The inverse of :func:`results_from_return`: None/[] → None, one → its value, several → a tuple.
 
@@ -742,6 +831,9 @@ def values_from_results(results: list[Arg] | None) -> Any:
 
 
 def _result_to_dict(result: Arg) -> dict[str, Any]:
+    if result.type and result.type not in _DECODERS:
+        # A type only Go knows (a struct such as "main.Foo"), decoded as raw JSON: written back as is.
+        return {"Type": result.type, "Value": result.value}
     type_, value = _typed_to_wire(result)
     return {"Type": type_, "Value": value}
 

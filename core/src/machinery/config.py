@@ -237,6 +237,9 @@ class WorkerConfig(Section):
     poll_timeout: float = setting(1.0, reload=True)
     #: Write RECEIVED and STARTED states (Machinery does). Off saves two writes per task.
     store_intermediate_states: bool = setting(True, reload=True)
+    #: A message is delivered at most this many times when handling it fails or a worker dies
+    #: holding it; then it ends FAILURE and is dead-lettered, naming the reason.
+    max_deliveries: int = setting(5, reload=True, check=at_least(1))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -465,6 +468,8 @@ class Config:
         reload=True,
         check=at_least(0, " seconds (0 means the default, 3600)"),
     )
+    #: Seconds dead-lettered messages are kept by the built-in brokers (memory://, sqlite://).
+    dead_letter_expire_in: int = setting(7 * 24 * 3600, reload=True, check=at_least(1, " seconds"))
     lock: str = setting("", go_env="LOCK")
     eager: bool = setting(False)
     no_unix_signals: bool = setting(False, go_env="NO_UNIX_SIGNALS")
@@ -486,6 +491,7 @@ class Config:
             default_queue: str = ...,
             result_backend: str = ...,
             results_expire_in: int = ...,
+            dead_letter_expire_in: int = ...,
             lock: str = ...,
             eager: bool = ...,
             no_unix_signals: bool = ...,

@@ -8,15 +8,13 @@ body out of ``repr`` (task arguments may be secret), and settles each delivery o
 
 from __future__ import annotations
 
-import inspect
 import logging
 import threading
-import warnings
 
-from .broker import Delivery, decode_body
+from .broker import decode_body
 from .signature import Signature
 
-__all__ = ["BaseDelivery", "dead_letter"]
+__all__ = ["BaseDelivery"]
 
 logger = logging.getLogger("machinery.delivery")
 
@@ -92,36 +90,3 @@ class BaseDelivery:
     def _extend(self, seconds: float) -> None:
         """Default: nothing (brokers whose leases last while the consumer lives)."""
         return None
-
-
-#: delivery classes whose ``nack`` takes ``reason``, by class (plugins written before it was added do not)
-_takes_reason: dict[type, bool] = {}
-
-
-def dead_letter(delivery: Delivery, reason: str) -> None:
-    """``delivery.nack(requeue=False, reason=reason)``. A delivery class written before ``nack`` took
-    ``reason`` (machinery-core < 0.2) gets ``nack(requeue=False)`` and one DeprecationWarning."""
-    cls = type(delivery)
-    takes = _takes_reason.get(cls)
-    if takes is None:
-        takes = isinstance(delivery, BaseDelivery) or _accepts_reason(delivery)
-        _takes_reason[cls] = takes
-        if not takes:
-            warnings.warn(
-                f"{cls.__module__}.{cls.__qualname__}.nack() takes no 'reason': dead letters lose why they "
-                "died. Add reason: str = '' to it (or subclass machinery.delivery.BaseDelivery).",
-                DeprecationWarning,
-                stacklevel=2,
-            )
-    if takes:
-        delivery.nack(requeue=False, reason=reason)
-    else:
-        delivery.nack(requeue=False)
-
-
-def _accepts_reason(delivery: Delivery) -> bool:
-    try:
-        params = inspect.signature(delivery.nack).parameters
-    except (TypeError, ValueError):  # pragma: no cover - a builtin without a signature
-        return False
-    return "reason" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())

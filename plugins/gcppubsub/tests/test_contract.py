@@ -1,5 +1,5 @@
-"""The contract kit on the Pub/Sub emulator: gcppubsub/sqlite (broker, workers, faults) and
-gcppubsub/redis (workers). Each test has a subscription and a default queue of its own."""
+"""The contract kit on the Pub/Sub emulator: gcppubsub/sqlite (broker, workers, faults, hostile input)
+and gcppubsub/redis (workers). Each test has a subscription and a default queue of its own."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import pubsub_url_for
+from gcppubsub_testlib import pubsub_url_for
 
 from machinery import Config
 from machinery.testing import (
     IN_CI,
     BrokerContract,
     FaultContract,
+    HostileInputContract,
     NotApplicable,
     WorkerContract,
     default_contract_config,
@@ -39,7 +40,9 @@ class _PubSubFixtures:
         return config
 
 
-class TestPubSubWithSQLite(_PubSubFixtures, BrokerContract, WorkerContract, FaultContract):
+class TestPubSubWithSQLite(
+    _PubSubFixtures, BrokerContract, WorkerContract, FaultContract, HostileInputContract
+):
     contract_name = "gcppubsub/sqlite"
 
     @pytest.fixture

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
-from conftest import pubsub_url_for
+from gcppubsub_testlib import pubsub_url_for
 
 from machinery import Config, Machinery, Signature
 from machinery.errors import BrokerError

@@ -209,6 +209,19 @@ def test_nack_requeue_goes_to_the_head_marked_redelivered(broker: RedisBroker, n
     broker.ack_many(again)
 
 
+def test_the_server_counts_each_return_of_a_message(broker: RedisBroker, name: str) -> None:
+    """delivery_count (the worker's delivery budget) rises with every return, on the server."""
+    broker.publish(sig(name, 1, 0))
+    counts = []
+    for _ in range(3):
+        [got] = broker.consume(name, 1, 1.0)
+        counts.append(got.delivery_count)
+        got.nack()
+    [last] = broker.consume(name, 1, 1.0)
+    assert [*counts, last.delivery_count] == [1, 2, 3, 4]
+    last.ack()
+
+
 def test_nack_with_delay_and_dead_letters(broker: RedisBroker, raw: redis.Redis, name: str) -> None:
     broker.publish_many([sig(name, 1, 0), sig(name, 2, 0)])
     one, two = broker.consume(name, 2, 1.0)

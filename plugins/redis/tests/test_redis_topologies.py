@@ -1,6 +1,6 @@
 """The other topologies against scripts/services: rediss:// (TLS), Sentinel (with a failover mid-run)
 and Redis Cluster (the key layout; the contract kit runs on all of them in
-tests/contract/test_redis_topologies.py, the unix socket in test_redis_contract.py).
+test_contract.py, as are the unix socket and redis/redis).
 """
 
 from __future__ import annotations

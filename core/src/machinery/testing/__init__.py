@@ -1,4 +1,4 @@
-"""The contract kit for transport plugins (see core/README.md, "Write a plugin").
+"""The contract kit for transport plugins (the guide: core/PLUGINS.md).
 
 Abstract pytest classes a plugin author subclasses (their names have no ``Test`` prefix, so they are
 not collected themselves)::
@@ -14,6 +14,8 @@ not collected themselves)::
         @pytest.fixture
         def backend_url(self) -> str:
             return "foo://localhost:1234"
+
+Add ``HostileInputContract`` to one class per broker: hostile messages against one worker.
 
 Declared capabilities (:class:`machinery.capabilities.Capability`) decide which tests run: an
 undeclared one is skipped with the reason ``capability X not declared by <Class>``, a declared one
@@ -33,6 +35,7 @@ from ._base import (
 )
 from .backend_contract import RESULT_VALUES, BackendContract
 from .broker_contract import BrokerContract
+from .hostile_contract import HostileInputContract
 from .lock_contract import LockContract
 from .servers import IN_CI, require_env, server_unavailable
 from .tasks import make_app
@@ -50,6 +53,7 @@ __all__ = [
     "BrokerContract",
     "ContractBase",
     "FaultContract",
+    "HostileInputContract",
     "LockContract",
     "NotApplicable",
     "TransportContract",

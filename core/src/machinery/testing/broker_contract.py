@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, ClassVar
 
@@ -12,9 +13,10 @@ import pytest
 
 from ..broker import Broker, Delivery, SupportsDeadLetters
 from ..capabilities import Capability
+from ..errors import BrokerError
 from ..signature import Signature, new_uuid, now_utc
-from ._base import ContractBase, requires
-from ._util import Child, ms, unique
+from ._base import ContractBase, capabilities_of, requires
+from ._util import Child, eventually, ms, unique
 
 __all__ = ["BrokerContract"]
 
@@ -60,7 +62,7 @@ class BrokerContract(ContractBase):
             if remaining <= 0:
                 break
             limit = min(max_messages, count - len(got))
-            batch = broker.consume(queue, limit, min(remaining, 1.0))
+            batch = self.consume(broker, queue, limit, min(remaining, 1.0))
             assert len(batch) <= limit, f"consume returned {len(batch)} > max_messages {limit}"
             for delivery in batch:
                 if ack:
@@ -69,11 +71,24 @@ class BrokerContract(ContractBase):
         return got
 
     @staticmethod
+    def consume(broker: Broker, queue: str, max_messages: int, timeout: float) -> list[Delivery]:
+        """``broker.consume``, failing the test with the likely cause when it raises (the kit's
+        servers are up: any exception is a bug, most often a body that could not be decoded)."""
+        try:
+            return broker.consume(queue, max_messages, timeout)
+        except Exception as exc:
+            pytest.fail(
+                f"consume raised {type(exc).__name__}: {exc}. consume must not raise for a message it "
+                "cannot decode: such a message comes back as a Delivery with signature None and error set "
+                "(decode with machinery.broker.decode_body, as BaseDelivery does)"
+            )
+
+    @staticmethod
     def uuids(deliveries: list[Delivery]) -> list[str]:
         return [d.signature.uuid if d.signature is not None else "<malformed>" for d in deliveries]
 
     def assert_empty(self, broker: Broker, queue: str, wait: float = 0.3) -> None:
-        left = broker.consume(queue, 10, wait)
+        left = self.consume(broker, queue, 10, wait)
         for delivery in left:
             delivery.nack(requeue=True)
         assert not left, f"queue {queue} still delivers {self.uuids(left)}"
@@ -136,9 +151,14 @@ class BrokerContract(ContractBase):
         broker.publish(sent)
         first = self.collect(broker, queue, 1, self.t(5), ack=False)
         assert self.uuids(first) == [sent.uuid]
+        assert not first[0].redelivered, "a message delivered for the first time has redelivered=True"
         first[0].nack(requeue=True)
         again = self.collect(broker, queue, 1, self.t(5), ack=False)
         assert self.uuids(again) == [sent.uuid], "a nacked message (requeue=True) did not come back"
+        assert again[0].redelivered, (
+            "a message given back with nack(requeue=True) came back with redelivered=False: it was "
+            "delivered before, so redelivered must be True (PLUGINS.md, 'Answered questions')"
+        )
         again[0].ack()
         self.assert_empty(broker, queue)
 
@@ -237,12 +257,20 @@ class BrokerContract(ContractBase):
         sent = [self.sig(queue, 1, 2), self.sig(queue, 3, 5), self.sig(queue, 6, 7, 8)]
         for s in sent:
             broker.publish(s)
+        later = self.sig(queue, eta=now_utc() + timedelta(seconds=120))
+        if Capability.DELAY in capabilities_of(broker):
+            broker.publish(later)  # waits for its ETA: in delayed(), not in pending()
         pending = broker.pending(queue)
+        assert later.uuid not in [p.uuid for p in pending], (
+            "pending(queue) lists a message whose ETA is 2 minutes away: pending() lists what a consumer "
+            "would get now; ETA messages belong to delayed() (PLUGINS.md, 'Answered questions')"
+        )
         assert [p.uuid for p in pending] == [s.uuid for s in sent], "pending() is not what was sent, in order"
         assert [p.name for p in pending] == [TASK] * 3
         assert [len(p.args) for p in pending] == [2, 2, 3]
         self.collect(broker, queue, 3, self.t(5))
         assert broker.pending(queue) == []
+        broker.purge(queue)
 
     @requires(Capability.DELAYED_LIST, of="broker")
     def test_broker_delayed_list(self, broker: Broker, queue: str) -> None:
@@ -253,12 +281,23 @@ class BrokerContract(ContractBase):
         broker.purge(queue)
 
     def test_broker_purge(self, broker: Broker, queue: str) -> None:
+        """purge(queue) removes every waiting message of the queue; with ``delayed_list`` (the broker
+        can see its ETA messages) the queue's ETA messages too."""
         other = unique("q")
         broker.publish_many([self.sig(queue, i) for i in range(5)])
+        later = self.sig(queue, "eta", eta=now_utc() + timedelta(seconds=120))
+        lists_delayed = Capability.DELAYED_LIST in capabilities_of(broker)
+        if lists_delayed:
+            broker.publish(later)
         kept = self.sig(other)
         broker.publish(kept)
         broker.purge(queue)
-        self.assert_empty(broker, queue, 0.5)
+        self.assert_empty(broker, queue, 0.2)
+        if lists_delayed:
+            assert later.uuid not in [s.uuid for s in broker.delayed()], (
+                "purge(queue) left the queue's ETA message in delayed(): a broker that lists its ETA "
+                "messages must purge them too (PLUGINS.md, 'Answered questions')"
+            )
         assert self.uuids(self.collect(broker, other, 1, self.t(5))) == [kept.uuid], "purge hit another queue"
         broker.purge(unique("never-used"))
 
@@ -357,7 +396,7 @@ class BrokerContract(ContractBase):
         put(queue, garbage)
         good = self.sig(queue)
         broker.publish(good)
-        got = self.collect(broker, queue, 2, self.t(10), ack=False)
+        got = self.collect(broker, queue, 2, self.t(10), ack=False)  # fails naming consume when it raises
         bad = [d for d in got if d.signature is None]
         fine = [d for d in got if d.signature is not None]
         assert len(bad) == 1, (
@@ -380,6 +419,152 @@ class BrokerContract(ContractBase):
         used.close()
         used.close()
 
+    def test_broker_eta_message_delivered(self, broker: Broker, queue: str) -> None:
+        """Every broker accepts an ETA and hands the message out with its ETA intact, declared
+        ``delay`` or not: the worker never runs a task early (it gives an early message back with
+        ``nack(requeue=True, delay=...)``), so the broker must neither drop nor reject it."""
+        eta = now_utc() + timedelta(seconds=0.3)
+        sent = self.sig(queue, eta=eta)
+        broker.publish(sent)
+        got = self.collect(broker, queue, 1, 0.3 + self.eta_late_allowance + self.t(5), ack=False)
+        assert self.uuids(got) == [sent.uuid], "a message with an ETA was never delivered"
+        signature = got[0].signature
+        assert signature is not None and signature.eta is not None, "the delivered message lost its ETA"
+        drift = abs((signature.eta - eta).total_seconds())
+        assert drift < 0.001, f"the ETA changed on the way by {ms(drift)}"
+        nacked_at = time.monotonic()
+        got[0].nack(requeue=True, delay=0.2)  # what the worker does with a message that came early
+        again = self.collect(broker, queue, 1, self.t(5), ack=True)
+        assert self.uuids(again) == [sent.uuid], (
+            f"a message nacked with requeue=True, delay=0.2 did not come back within "
+            f"{time.monotonic() - nacked_at:.1f}s (a broker without the delay capability may approximate "
+            "the delay, never lose the message)"
+        )
+
+    def test_broker_after_close(self, queue: str) -> None:
+        """After ``close()`` a broker either works again (starting afresh) or refuses with a
+        BrokerError at once; it never hangs and never loses a message it accepted."""
+        closed = self.new_broker()
+        closed.publish(self.sig(queue))
+        self.collect(closed, queue, 1, self.t(5))
+        closed.close()
+        sent = self.sig(queue, "after close")
+        error, elapsed = _run_bounded(lambda: closed.publish(sent), self.t(10))
+        if error is _STILL_RUNNING:
+            pytest.fail(f"publish on a closed broker still blocks after {elapsed:.0f}s: work or raise")
+        if error is not None:
+            assert isinstance(error, BrokerError), (
+                f"publish on a closed broker raised {type(error).__name__}: {error}; expected a BrokerError "
+                "(or success: reuse after close is allowed)"
+            )
+            self.record("after close", f"refused: {type(error).__name__}")
+        else:
+            got = self.collect(self.new_broker(), queue, 1, self.t(5))
+            assert self.uuids(got) == [sent.uuid], "a message published after close() was lost"
+            self.record("after close", "reusable")
+        closed.close()
+
+    # fairness ----------------------------------------------------------------------------------
+    def test_broker_consumers_share_a_queue(self, broker: Broker, queue: str) -> None:
+        """Two consumers of one queue both get a fair share of messages arriving one by one. Each
+        works on a message for 40 ms before asking for the next (a worker with one slot), so a broker
+        that hands messages to a busy consumer (prefetching, buffering) starves the idle one."""
+        total = 24
+        consumers = {"A": self.new_broker(), "B": self.new_broker()}
+        got: Counter[str] = Counter()
+        errors: list[BaseException] = []
+        mutex = threading.Lock()
+        stop = threading.Event()
+        start = threading.Barrier(len(consumers) + 1)
+
+        def consume(name: str, consumer: Broker) -> None:
+            try:
+                consumer.consume(unique("warmup"), 1, 0.01)  # connected before the first message
+                start.wait(self.t(10))
+                while not stop.is_set():
+                    for delivery in consumer.consume(queue, 1, 0.2):
+                        with mutex:
+                            got[name] += 1
+                        stop.wait(0.04)  # the work: this consumer is busy meanwhile
+                        delivery.ack()
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=consume, args=item) for item in consumers.items()]
+        for thread in threads:
+            thread.start()
+        try:
+            start.wait(self.t(10))
+            for i in range(total):
+                broker.publish(self.sig(queue, i))
+                time.sleep(0.02)  # arrivals one by one: the scenario, not a synchronisation
+            eventually(lambda: sum(got.values()) >= total or errors, self.t(10), f"{total} deliveries")
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(self.t(10))
+        assert not errors, f"a consumer failed: {errors[:2]!r}"
+        self.record("share of two consumers", f"{got['A']}/{got['B']} of {total}")
+        assert min(got["A"], got["B"]) >= total // 6, (
+            f"two consumers of one queue got {got['A']} and {got['B']} of {total} messages: one consumer "
+            "starves the other: messages go to a busy consumer while an idle one waits (one active consumer "
+            "per queue, a consumer that hoards, or a poll schedule the other never wins: hand messages to "
+            "whoever asks, add jitter to poll intervals or wait server-side)"
+        )
+
+    def test_broker_requeued_message_reaches_another_consumer(self, broker: Broker, queue: str) -> None:
+        """A worker that does not know a task publishes it again with a short ETA and acks it (see
+        Worker._unregistered); another consumer of the queue must get it within a few tries."""
+        tries = 10
+        requeuer, other = self.new_broker(), self.new_broker()
+        taken = threading.Event()
+        listening = threading.Event()
+        stop = threading.Event()
+        errors: list[BaseException] = []
+
+        def consume_other() -> None:
+            try:
+                other.consume(unique("warmup"), 1, 0.01)  # connected before the first round
+                listening.set()
+                while not stop.is_set() and not taken.is_set():
+                    for delivery in other.consume(queue, 1, 0.2):
+                        delivery.ack()
+                        taken.set()
+            except BaseException as exc:
+                errors.append(exc)
+
+        sent = self.sig(queue)
+        broker.publish(sent)
+        got = self.collect(requeuer, queue, 1, self.t(5), ack=False)  # before the other one listens
+        assert self.uuids(got) == [sent.uuid]
+        thread = threading.Thread(target=consume_other)
+        thread.start()
+        try:
+            assert listening.wait(self.t(10)), "the other consumer did not start"
+            won_back = 0
+            while got and won_back < tries:
+                signature = got[0].signature
+                assert signature is not None
+                signature.eta = now_utc() + timedelta(seconds=0.1)  # the worker's first requeue back-off
+                requeuer.publish(signature)
+                got[0].ack()
+                got = self.consume(requeuer, queue, 1, self.t(1.0))
+                if got:
+                    won_back += 1
+            if not got:
+                assert taken.wait(self.t(5)), "the requeued message was lost: neither consumer got it"
+        finally:
+            stop.set()
+            thread.join(self.t(10))
+        assert not errors, f"the other consumer failed: {errors[:2]!r}"
+        self.record("requeue taken back by its requeuer", f"{won_back} times")
+        assert taken.is_set(), (
+            f"a consumer that published a message again (ETA +0.1 s, as the worker requeues a task it does "
+            f"not know) took it back {tries} times in a row while another consumer waited on the queue. "
+            "Polling consumers need jitter: a poll schedule that lines up with the ETA the consumer just "
+            "set always looks first (randomise poll intervals, or wait server-side with first-come waiters)"
+        )
+
     # redelivery --------------------------------------------------------------------------------
     @requires(Capability.REDELIVERY, of="broker")
     def test_broker_redelivery_after_connection_loss(self, broker: Broker, queue: str) -> None:
@@ -400,6 +585,51 @@ class BrokerContract(ContractBase):
         )
         self.record("redelivery after close", f"{time.monotonic() - started:.2f}s")
         self.assert_empty(broker, queue, 0.5)
+
+    @requires(Capability.REDELIVERY, of="broker")
+    def test_broker_close_gives_back_at_once(self, broker: Broker, queue: str) -> None:
+        """``close()`` hands unsettled messages back at once: another consumer gets them well before
+        their lease would have run out."""
+        sent = self.sig(queue)
+        broker.publish(sent)
+        holder = self.new_broker()
+        got = self.collect(holder, queue, 1, self.t(5), ack=False)
+        assert self.uuids(got) == [sent.uuid]
+        holder.close()
+        closed = time.monotonic()
+        limit = self.t(self.lease_seconds / 2)
+        back = self.collect(broker, queue, 1, limit, ack=False)
+        assert self.uuids(back) == [sent.uuid], (
+            f"a message held by a consumer that closed was not handed to another consumer within "
+            f"{limit:.1f}s (lease_seconds={self.lease_seconds}): close() keeps unsettled messages leased "
+            "until their lease runs out; it must give them back at once (LeaseKeeper.close returns them)"
+        )
+        self.record("given back by close", ms(time.monotonic() - closed))
+        back[0].ack()
+
+    @requires(Capability.REDELIVERY, of="broker")
+    def test_broker_ack_is_final(self, broker: Broker, queue: str) -> None:
+        """An acked message never comes back: not after its lease, not when its consumer closes."""
+        sent = self.sig(queue)
+        broker.publish(sent)
+        consumer = self.new_broker()
+        got = self.collect(consumer, queue, 1, self.t(5), ack=False)
+        assert self.uuids(got) == [sent.uuid]
+        got[0].ack()
+        acked = time.monotonic()
+        wait = self.lease_seconds + self.t(1.5)
+        back = self.collect(broker, queue, 1, wait, ack=False)
+        assert not back, (
+            f"an acked message came back {time.monotonic() - acked:.1f}s after ack() "
+            f"(lease_seconds={self.lease_seconds}): ack() did not remove it, so its lease ran out and it was "
+            "delivered again (ack must delete the message on the server, at the latest ack_grace later)"
+        )
+        consumer.close()
+        back = self.collect(broker, queue, 1, self.t(0.5), ack=False)
+        assert not back, (
+            "an acked message came back when its consumer closed: ack() did not remove it and close() "
+            "gave it back"
+        )
 
     @requires(Capability.REDELIVERY, of="broker")
     @requires(Capability.MULTI_PROCESS, of="broker")
@@ -451,3 +681,26 @@ class BrokerContract(ContractBase):
         assert not stolen, "an extended lease ran out: another consumer got the message"
         got[0].ack()
         self.assert_empty(broker, queue)
+
+
+#: what :func:`_run_bounded` returns for a call that did not return in time
+_STILL_RUNNING = TimeoutError("still running")
+
+
+def _run_bounded(fn: Callable[[], object], timeout: float) -> tuple[BaseException | None, float]:
+    """Run ``fn`` in a daemon thread: the exception it raised (None when it returned, or
+    ``_STILL_RUNNING``) and the seconds it took."""
+    out: list[BaseException | None] = []
+    started = time.monotonic()
+
+    def run() -> None:
+        try:
+            fn()
+            out.append(None)
+        except BaseException as exc:
+            out.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return (out[0] if out else _STILL_RUNNING), time.monotonic() - started

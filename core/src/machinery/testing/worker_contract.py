@@ -302,6 +302,21 @@ class WorkerContract(_WorkerBase):
         assert sorted(self.get(r, self.t(60)) for r in result) == [5, 20]
 
     # Python additions ------------------------------------------------------------------------------
+    @requires(Capability.REDELIVERY, of="broker")
+    def test_worker_task_longer_than_the_lease_runs_once(self) -> None:
+        """A task running past the broker's lease is not delivered again while its worker lives."""
+        app = self.producer()
+        self.start_worker("thread", concurrency=2)  # a free slot would take a redelivered copy
+        key = unique("long")
+        seconds = 2 * self.lease_seconds + 0.5
+        assert self.get(app.send_task(s("sleep_record", key, seconds)), seconds + self.timeout) == key
+        starts = self.runlog.count(key, "start")
+        assert starts == 1, (
+            f"a task running {seconds:.1f}s (lease_seconds={self.lease_seconds}) started {starts} times: the "
+            "lease is not renewed while the task runs, so the broker delivered the message again. Renew "
+            "the leases of live deliveries on a timer (machinery.lease.LeaseKeeper) until they are settled"
+        )
+
     def test_worker_unregistered_task_fails(self) -> None:
         app = self.producer()
         self.start_worker("thread")
@@ -317,7 +332,13 @@ class WorkerContract(_WorkerBase):
         body = {"UUID": readable, "Name": "add", "Args": [{"Type": "int64", "Value": "not a number"}]}
         put(self.task_queue, json.dumps(body).encode())
         put(self.task_queue, b"\xff\xfe garbage")
-        state = AsyncResult(app, readable).wait_state(self.timeout)
+        try:
+            state = AsyncResult(app, readable).wait_state(self.timeout)
+        except ResultTimeoutError:
+            pytest.fail(
+                "the worker did not fail a malformed message: does consume raise on a body it cannot "
+                "decode? (BrokerContract.test_broker_malformed_message says so)"
+            )
         assert state.state == State.FAILURE
         assert state.error.startswith("malformed message"), state.error
         assert self.get(app.send_task(s("add", 1, 1))) == 2, "the worker stopped after a malformed message"

@@ -4,11 +4,14 @@ The worker's threads still fetch, store states and send callbacks; each one hand
 call to an idle child over a pipe and waits. Children are forked from the worker (they inherit the
 registered tasks), talk JSON through the codec (never pickle), apply the soft time limit with
 ``setitimer`` (so :class:`~machinery.errors.TimeLimitExceeded` is raised inside the task) and are
-killed and replaced when the hard limit runs out.
+killed and replaced when the hard limit runs out. A child dies with its parent: Linux kills it
+when the worker dies (``PR_SET_PDEATHSIG``), and elsewhere it ends when its pipe reaches EOF.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import multiprocessing
 import os
@@ -19,7 +22,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from .. import codec
-from ..errors import Retry, TimeLimitExceeded
+from ..errors import MessageError, Retry, TimeLimitExceeded
 from ..log import logger
 from ..signature import Arg, State, TaskState
 
@@ -44,7 +47,22 @@ def _on_alarm(signum: int, frame: FrameType | None) -> None:
     raise TimeLimitExceeded()
 
 
-def _child_main(app: Machinery, conn: Connection) -> None:
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to SIGKILL this process when the worker dies; quit now if it already did."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the pipe's EOF ends the child between tasks
+        pass
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _child_main(app: Machinery, conn: Connection, parent_pid: int) -> None:
+    _die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent worker decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGALRM, _on_alarm)
@@ -63,8 +81,13 @@ def _child_main(app: Machinery, conn: Connection) -> None:
                 signal.setitimer(signal.ITIMER_REAL, soft)
             value = app.get_task(sig.name).fn(*sig.arg_values, **sig.kwargs)
             signal.setitimer(signal.ITIMER_REAL, 0)
-            state = TaskState(sig.uuid, State.SUCCESS, results=codec.results_from_return(value))
+            results = codec.results_from_return(value)
+            codec.check_results(results, sig.name)
+            state = TaskState(sig.uuid, State.SUCCESS, results=results)
             reply: dict[str, Any] = {"state": codec.state_to_dict(state)}
+        except MessageError as exc:  # an unencodable result: FAILURE, never retried
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            reply = {"unencodable": str(exc)}
         except Retry as retry:
             signal.setitimer(signal.ITIMER_REAL, 0)
             reply = {"retry": retry.countdown, "message": retry.message}
@@ -81,7 +104,7 @@ class _Child:
         context = multiprocessing.get_context("fork")
         self.conn, child_conn = context.Pipe()
         self.process: BaseProcess = context.Process(
-            target=_child_main, args=(app, child_conn), name="machinery-child", daemon=True
+            target=_child_main, args=(app, child_conn, os.getpid()), name="machinery-child", daemon=True
         )
         self.process.start()
         child_conn.close()
@@ -122,6 +145,8 @@ class ProcessPool:
             self._checkin(child)
         if "error" in reply:
             raise ChildFailure(reply["error"])
+        if "unencodable" in reply:
+            raise MessageError(reply["unencodable"])
         if "retry" in reply:
             raise Retry(countdown=reply["retry"], message=reply.get("message", ""))
         return Results(codec.state_from_dict(reply["state"]).results or [])

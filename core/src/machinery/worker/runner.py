@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from .. import codec, tracing
-from ..errors import Retry, TimeLimitExceeded
+from ..errors import MessageError, Retry, TimeLimitExceeded, UnknownGroupError
 from ..log import logger
 from ..retry import fibonacci_next
 from ..signature import Arg, Signature, State, TaskState, now_utc
@@ -25,7 +25,13 @@ from .timelimit import TimeLimits, raise_in_thread
 if TYPE_CHECKING:
     from ..app import Machinery
 
-__all__ = ["TaskRunner", "error_text"]
+__all__ = ["MAX_RETRY_DELAY", "TaskRunner", "error_text"]
+
+#: Longest retry countdown in seconds (a week): a hostile RetryTimeout such as 2**62 would
+#: otherwise overflow the ETA.
+MAX_RETRY_DELAY = 7 * 24 * 3600.0
+#: Tries to publish a chord's callback before it is stored as FAILURE instead.
+CHORD_PUBLISH_TRIES = 5
 
 SignatureHandler = Callable[[Signature], None]
 ErrorHandler = Callable[[BaseException], None]
@@ -53,6 +59,12 @@ class _AsyncLoop:
 
         return asyncio.run_coroutine_threadsafe(limited(), self.loop).result()
 
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        if not self.thread.is_alive():
+            self.loop.close()
+
 
 class _Guard:
     """Lets the watchdog interrupt a task only while it is still running."""
@@ -61,6 +73,23 @@ class _Guard:
         self.lock = threading.Lock()
         self.active = True
         self.timed_out = False
+        #: set once the hard limit's FAILURE is stored (the message may be acked only then)
+        self.failed = threading.Event()
+        self.error: BaseException | None = None
+
+
+class _Unencodable:
+    """A child's result that could not be encoded (the error names it): the task fails."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _clamp_delay(seconds: float) -> float:
+    """A countdown within [0, MAX_RETRY_DELAY] (NaN → 0)."""
+    if not seconds > 0:
+        return 0.0
+    return min(float(seconds), MAX_RETRY_DELAY)
 
 
 class TaskRunner:
@@ -72,6 +101,7 @@ class TaskRunner:
         self.pre_task_handler: SignatureHandler | None = None
         self.post_task_handler: SignatureHandler | None = None
         self._limits = TimeLimits()
+        self._local = threading.local()
         self._async: _AsyncLoop | None = None
         self._async_lock = threading.Lock()
         #: set by a worker with ``pool="process"``: task functions run in its children
@@ -93,25 +123,45 @@ class TaskRunner:
     def _write(self, sig: Signature, state: State, **fields: Any) -> None:
         self._store(TaskState(sig.uuid, state, task_name=sig.name, **fields))
 
+    def _call_handler(self, handler: Callable[[Any], None] | None, arg: Any) -> None:
+        """A user handler that raises (even SystemExit) is logged; the task goes on regardless."""
+        if handler is None:
+            return
+        try:
+            handler(arg)
+        except BaseException:
+            logger.exception("a worker handler (%r) raised; ignored", handler)
+
+    def close(self) -> None:
+        """Stop the threads this runner started (the asyncio loop, the time-limit watchdog)."""
+        self._limits.close()
+        with self._async_lock:
+            loop, self._async = self._async, None
+        if loop is not None:
+            loop.close()
+
     # the pipeline ----------------------------------------------------------------------------
-    def run(self, sig: Signature) -> TaskState | None:
+    def run(self, sig: Signature, redelivered: bool = False) -> TaskState | None:
         """Run one registered task to its end state. Raises only when the backend or broker
-        fails (the caller then returns the message to the queue).
+        fails (the caller then returns the message to the queue). ``redelivered``: a worker may
+        have died handling this message before (a chord member then re-checks its callback).
 
         With a :attr:`writer` (the worker's batching state writer) every state goes through it in
         order, and a plain SUCCESS (no callbacks, no chord, no post-task handler) is **returned**
         unwritten, so the caller can store it and ack the message in one batch; otherwise every
         state is stored here and None is returned.
         """
+        self._local.redelivered = redelivered
         task = self.app.get_task(sig.name)
+        if sig.group_uuid and sig.chord_callback is not None and not self._group_known(sig):
+            return None
         if self.app.config.worker.store_intermediate_states:
             started = TaskState(sig.uuid, State.STARTED, task_name=sig.name)
             if self.writer is not None:
                 self.writer.put_state(started)
             else:
                 self.backend.set_state(started)
-        if self.pre_task_handler is not None:
-            self.pre_task_handler(sig)
+        self._call_handler(self.pre_task_handler, sig)
         try:
             guard = _Guard()
             try:
@@ -121,18 +171,41 @@ class TaskRunner:
                 self._retry(sig, retry, countdown=retry.countdown)
             except Exception as exc:  # the task's own failure, any type
                 if guard.timed_out:
-                    return None  # the hard limit already failed it; discard the late outcome
+                    return self._after_hard_limit(guard)
                 logger.debug("task %s[%s] raised", sig.name, sig.uuid, exc_info=True)
                 self._retry(sig, exc)
+            except BaseException as exc:  # SystemExit, KeyboardInterrupt, GeneratorExit: never retried
+                if guard.timed_out:
+                    return self._after_hard_limit(guard)
+                logger.error(
+                    "task %s[%s] raised %s; it failed, the worker keeps its slot",
+                    sig.name,
+                    sig.uuid,
+                    type(exc).__name__,
+                )
+                self._failed(sig, RuntimeError(f"task raised {type(exc).__name__}: {error_text(exc)}"))
             else:
                 if guard.timed_out:
+                    return self._after_hard_limit(guard)
+                try:
+                    state = self._success_state(sig, value)
+                except MessageError as exc:  # a result no store can hold: FAILURE, never retried
+                    self._failed(sig, exc)
                     return None
                 if self.writer is not None and self._deferrable(sig):
-                    return self._success_state(sig, value)
-                self._succeeded(sig, value)
+                    return state
+                self._succeeded(sig, state)
         finally:
-            if self.post_task_handler is not None:
-                self.post_task_handler(sig)
+            self._call_handler(self.post_task_handler, sig)
+        return None
+
+    @staticmethod
+    def _after_hard_limit(guard: _Guard) -> None:
+        """The watchdog failed this task: wait until its FAILURE is stored (so the message is acked
+        only then), and surface the watchdog's error when it could not store it."""
+        guard.failed.wait()
+        if guard.error is not None:
+            raise guard.error
         return None
 
     def _deferrable(self, sig: Signature) -> bool:
@@ -141,7 +214,14 @@ class TaskRunner:
 
     @staticmethod
     def _success_state(sig: Signature, value: Any) -> TaskState:
-        results = value if isinstance(value, Results) else codec.results_from_return(value)
+        """The SUCCESS state; raises MessageError (naming the type) when the result cannot be stored."""
+        if isinstance(value, _Unencodable):
+            raise MessageError(value.message)
+        if isinstance(value, Results):
+            results: list[Arg] | None = value
+        else:
+            results = codec.results_from_return(value)
+            codec.check_results(results, sig.name)
         return TaskState(sig.uuid, State.SUCCESS, task_name=sig.name, results=results)
 
     def _call(self, task: Task[Any, Any], sig: Signature, guard: _Guard) -> Any:
@@ -151,6 +231,8 @@ class TaskRunner:
                 return self.process_pool.call(codec.encode_signature(sig), options)
             except ChildFailure as failure:
                 raise RuntimeError(str(failure)) from None
+            except MessageError as unencodable:
+                return _Unencodable(str(unencodable))
         token = _current.set(sig)
         handles: list[int] = []
         try:
@@ -193,15 +275,20 @@ class TaskRunner:
                 return
             guard.timed_out = True
             raise_in_thread(thread_id, TimeLimitExceeded)
-        logger.error("task %s[%s] exceeded its hard time limit", sig.name, sig.uuid)
-        self._failed(sig, TimeLimitExceeded())
+        try:
+            logger.error("task %s[%s] exceeded its hard time limit", sig.name, sig.uuid)
+            self._failed(sig, TimeLimitExceeded())
+        except BaseException as exc:
+            guard.error = exc
+            raise
+        finally:
+            guard.failed.set()
 
     # outcomes --------------------------------------------------------------------------------
-    def _succeeded(self, sig: Signature, value: Any) -> None:
-        state = self._success_state(sig, value)
+    def _succeeded(self, sig: Signature, state: TaskState) -> None:
         results = state.results
         self._store(state)
-        logger.debug("task %s[%s] succeeded: %r", sig.name, sig.uuid, value)
+        logger.debug("task %s[%s] succeeded: %r", sig.name, sig.uuid, results)
         for callback in sig.on_success:
             callback = callback.copy()
             if not sig.immutable:
@@ -217,8 +304,9 @@ class TaskRunner:
             return
         sig.retry_count -= 1
         if countdown is None:
-            sig.retry_timeout = fibonacci_next(sig.retry_timeout)
+            sig.retry_timeout = min(fibonacci_next(max(0, sig.retry_timeout)), int(MAX_RETRY_DELAY))
             countdown = sig.retry_timeout
+        countdown = _clamp_delay(countdown)
         self._write(sig, State.RETRY, error=error_text(exc))
         logger.info(
             "task %s[%s] failed (%s); retrying in %ss, %d retries left",
@@ -235,7 +323,7 @@ class TaskRunner:
         text = error_text(exc)
         self._write(sig, State.FAILURE, error=text)
         if self.error_handler is not None:
-            self.error_handler(exc)
+            self._call_handler(self.error_handler, exc)
         else:
             logger.error("task %s[%s] failed: %s", sig.name, sig.uuid, text)
         for callback in sig.on_error:
@@ -249,25 +337,86 @@ class TaskRunner:
         succeeded; otherwise fail the callback visibly, naming the failed member."""
         if not sig.group_uuid or sig.chord_callback is None:
             return
-        states = self.backend.group_states(sig.group_uuid)
+        try:
+            states = self.backend.group_states(sig.group_uuid)
+        except UnknownGroupError as exc:
+            self._orphaned(sig, exc)
+            return
         if len(states) < sig.group_task_count or not all(s.is_completed for s in states):
             return
         if not self.backend.trigger_chord(sig.group_uuid):
+            if getattr(self._local, "redelivered", False):
+                self._recover_callback(sig, states)
             return
+        self._fire(sig, states)
+
+    def _recover_callback(self, sig: Signature, states: list[TaskState]) -> None:
+        """A redelivered member finds the chord triggered: if the callback has no state, or only
+        PENDING (stored just before its publish), the worker that triggered it may have died before
+        publishing it, so it is published (again): a rare duplicate rather than a lost callback."""
+        assert sig.chord_callback is not None
+        state = self.backend.get_state(sig.chord_callback.uuid)
+        if state is not None and state.state != State.PENDING:
+            return
+        logger.warning(
+            "chord %s was triggered but its callback never sent (a worker died in between); sending it",
+            sig.group_uuid,
+        )
+        self._fire(sig, states)
+
+    def _fire(self, sig: Signature, states: list[TaskState]) -> None:
+        assert sig.chord_callback is not None
         callback = sig.chord_callback.copy()
         failed = [s for s in states if s.is_failure]
         if failed:
             first = failed[0]
-            self._store(
-                TaskState(
-                    callback.uuid,
-                    State.FAILURE,
-                    task_name=callback.name,
-                    error=f"chord member {first.task_name} ({first.task_uuid}) failed: {first.error}",
-                )
+            self._fail_callback(
+                callback, f"chord member {first.task_name} ({first.task_uuid}) failed: {first.error}"
             )
             return
         if not callback.immutable:
             for state in states:
                 callback.args.extend(Arg(r.value, r.type) for r in state.results or [])
-        self.app.send_task(callback)
+        self._publish_callback(callback)
+
+    def _group_known(self, sig: Signature) -> bool:
+        """A chord member checks its group before it runs: one of an unknown or expired group (a
+        backlog that outlived ``results_expire_in``) ends FAILURE without running."""
+        try:
+            self.backend.group_states(sig.group_uuid)
+        except UnknownGroupError as exc:
+            self._orphaned(sig, exc)
+            return False
+        return True
+
+    def _orphaned(self, sig: Signature, exc: UnknownGroupError) -> None:
+        """A chord member whose group is unknown or expired: it cannot join, so it and the
+        callback end FAILURE with that reason (redelivering would only run it again)."""
+        assert sig.chord_callback is not None
+        reason = f"chord group {sig.group_uuid} is unknown or expired ({exc}); the callback cannot run"
+        logger.error("task %s[%s]: %s", sig.name, sig.uuid, reason)
+        self._fail_callback(sig.chord_callback, reason)  # first: whoever sees the member fail finds it done
+        self._write(sig, State.FAILURE, error=reason)
+
+    def _fail_callback(self, callback: Signature, error: str) -> None:
+        if not callback.uuid:
+            return  # a hand-made message with an anonymous callback: nobody can wait on it
+        self._store(TaskState(callback.uuid, State.FAILURE, task_name=callback.name, error=error))
+
+    def _publish_callback(self, callback: Signature) -> None:
+        """The chord is triggered: publish its callback, retrying a failed publish; when it still
+        fails, store the callback FAILURE so whoever waits on it gets an error, not a hang."""
+        delay = 0.2
+        for attempt in range(1, CHORD_PUBLISH_TRIES + 1):
+            try:
+                self.app.send_task(callback)
+                return
+            except Exception as exc:
+                if attempt == CHORD_PUBLISH_TRIES:
+                    reason = f"chord callback could not be published: {error_text(exc)}"
+                    logger.error("%s (uuid %s)", reason, callback.uuid)
+                    self._fail_callback(callback, reason)
+                    return
+                logger.warning("publishing the chord callback failed (%s); retrying in %.1fs", exc, delay)
+                threading.Event().wait(delay)
+                delay *= 2

@@ -5,6 +5,12 @@ costs a round trip (or a transaction) each. The writer takes whatever has queued
 last flush, stores the states in one ``set_states`` call (every state, in order) and then acks
 the finished messages, in one ``ack_many`` when the broker has it. When idle it flushes each item
 at once, so latency does not grow. A message is acked only after its final state is stored (late ack).
+
+Errors are told apart (:func:`is_permanent`): a **permanent** one (the state cannot be encoded or
+the store refuses it for good) is never retried: the task's state is replaced by a FAILURE naming
+the reason, and when not even that can be stored the message is dead-lettered. A **transient** one
+(connection lost, server busy) is retried with back-off while :attr:`StateWriter.stalled` is set,
+which stops the worker leasing more messages until the store is back.
 """
 
 from __future__ import annotations
@@ -14,15 +20,16 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .. import errors
 from ..backoff import Backoff
 from ..broker import SupportsAckMany
 from ..log import logger
-from ..signature import TaskState
+from ..signature import State, TaskState
 
 if TYPE_CHECKING:
     from ..app import Machinery
 
-__all__ = ["StateWriter"]
+__all__ = ["StateWriter", "is_permanent", "nack"]
 
 #: Most items flushed together.
 MAX_BATCH = 512
@@ -30,13 +37,49 @@ MAX_BATCH = 512
 HOLD = 0.002
 
 
+#: What retrying cannot fix. ``PermanentError`` (plugin platform II) joins when it exists.
+_PERMANENT: tuple[type[BaseException], ...] = (
+    errors.MessageError,
+    TypeError,
+    ValueError,
+    RecursionError,
+    OverflowError,
+    *((errors.PermanentError,) if hasattr(errors, "PermanentError") else ()),
+)
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """True for errors retrying cannot fix (encoding, validation, size limits); False for the
+    rest (connections, timeouts, a busy server), which are worth waiting out."""
+    return isinstance(exc, _PERMANENT) and not isinstance(exc, (errors.BrokerError, errors.BackendError))
+
+
+def nack(delivery: Any, requeue: bool = True, delay: float | None = None, reason: str = "") -> None:
+    """``delivery.nack(...)``, passing ``reason`` to brokers whose deliveries take one."""
+    try:
+        delivery.nack(requeue=requeue, delay=delay, reason=reason)
+    except TypeError as exc:
+        if "reason" not in str(exc):
+            raise
+        delivery.nack(requeue=requeue, delay=delay)
+
+
+class _Abandoned(Exception):  # noqa: N818 - internal signal
+    """The writer was closed while the store was still down: leave the messages unacked."""
+
+
+class _Refused(Exception):  # noqa: N818 - internal signal
+    """The store refused a write for good (a permanent error)."""
+
+
 class _Item:
-    __slots__ = ("ack", "done", "state")
+    __slots__ = ("ack", "dead", "done", "state")
 
     def __init__(self, state: TaskState | None, ack: Any, done: Callable[[], None] | None) -> None:
         self.state = state
         self.ack = ack  # the worker's tracked delivery (``claim()``, ``.delivery``) to ack, or None
         self.done = done  # called once the item is flushed (frees the worker's slot)
+        self.dead = ""  # why the message must be dead-lettered instead of acked
 
 
 class StateWriter:
@@ -57,6 +100,9 @@ class StateWriter:
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="machinery-state-writer", daemon=True)
         self._closed = False
+        self._abandon = threading.Event()
+        #: set while the store fails with transient errors: the worker leases nothing meanwhile
+        self.stalled = threading.Event()
         self._thread.start()
 
     def put_state(self, state: TaskState) -> None:
@@ -79,16 +125,22 @@ class StateWriter:
         self._put(_Item(state, None, stored.set), urgent=True)
         stored.wait()
 
-    def put_final(self, state: TaskState, tracked: Any) -> None:
-        """Store ``state``, then ack ``tracked.delivery`` (if ``tracked.claim()``)."""
-        self._put(_Item(state, tracked, None), urgent=True)
+    def put_final(self, state: TaskState, tracked: Any, done: Callable[[], None] | None = None) -> None:
+        """Store ``state``, then ack ``tracked.delivery`` (if ``tracked.claim()``), then call ``done``
+        (the worker frees the task's slot only then: the prefetch bound counts unstored states)."""
+        self._put(_Item(state, tracked, done), urgent=True)
 
-    def close(self) -> None:
-        """Flush what is queued and stop the thread."""
+    def close(self, timeout: float = 30.0) -> None:
+        """Flush what is queued and stop the thread. A store still down after ``timeout``
+        seconds is given up on: those messages stay unacked and are delivered again."""
         with self._wake:
             self._stopping = True
             self._wake.notify()
-        self._thread.join(30)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            logger.warning("state writer: the result store is still failing; leaving messages unacked")
+            self._abandon.set()
+            self._thread.join(5)
         self._closed = True
 
     def _put(self, item: _Item, urgent: bool) -> None:
@@ -123,27 +175,83 @@ class StateWriter:
     def _flush(self, batch: list[_Item]) -> None:
         # Every state is stored, in order (a task's RECEIVED, STARTED and SUCCESS may share one
         # round trip but none is skipped); then the finished messages are acked.
-        self._store([item.state for item in batch if item.state is not None])
-        deliveries = [item.ack.delivery for item in batch if item.ack is not None and item.ack.claim()]
         try:
-            self._ack(deliveries)
+            try:
+                self._store(batch)
+            except _Abandoned:
+                return  # closing with the store down: unacked messages come back later
+            finished = [item for item in batch if item.ack is not None and item.ack.claim()]
+            for item in finished:
+                if item.dead:
+                    self._dead_letter(item.ack.delivery, item.dead)
+            self._ack([item.ack.delivery for item in finished if not item.dead])
         finally:
             for item in batch:
                 if item.done is not None:
                     item.done()
 
-    def _store(self, states: list[TaskState]) -> None:
-        retry = Backoff(0.1, 5.0)
+    def _store(self, batch: list[_Item]) -> None:
+        states = [item.state for item in batch if item.state is not None]
+        if not states:
+            return
+        try:
+            self._retrying(lambda: self.app.backend.set_states(states), len(states))
+        except _Refused:
+            for item in batch:  # find the culprits: store one by one
+                if item.state is not None:
+                    self._store_one(item)
+
+    def _store_one(self, item: _Item) -> None:
+        state = item.state
+        assert state is not None
+        try:
+            self._retrying(lambda: self.app.backend.set_state(state), 1)
+            return
+        except _Refused as refused:
+            task = f"{state.task_name or '?'}[{state.task_uuid}]"
+            reason = f"state {state.state} of task {task} could not be stored: {refused}"
+        logger.error("%s", reason)
+        if not (state.is_completed or item.ack is not None or item.done is not None):
+            return  # an intermediate state: the final one follows
+        failure = TaskState(state.task_uuid, State.FAILURE, task_name=state.task_name, error=reason)
+        try:
+            self._retrying(lambda: self.app.backend.set_state(failure), 1)
+        except _Refused as again:
+            item.dead = f"{reason}; nor its FAILURE: {again}"
+
+    def _retrying(self, write: Callable[[], None], count: int) -> None:
+        """Run ``write``; transient errors are retried with back-off (the writer is stalled
+        meanwhile); a permanent one raises :class:`_Refused`."""
+        backoff = Backoff(0.1, 5.0)
         while True:
             try:
-                self.app.backend.set_states(states)
-                return
-            except Exception as exc:  # keep the batch: its messages stay unacked until stored
-                delay = retry.next()
-                logger.warning(
-                    "could not store %d task states (%s); retrying in %.1fs", len(states), exc, delay
-                )
-                threading.Event().wait(delay)
+                write()
+            except Exception as exc:
+                if is_permanent(exc):
+                    raise _Refused(str(exc) or type(exc).__name__) from exc
+                if self._abandon.is_set():
+                    raise _Abandoned() from exc
+                delay = backoff.next()
+                if backoff.attempt == 1:
+                    logger.warning(
+                        "could not store %d task states (%s); retrying until the store is back", count, exc
+                    )
+                else:
+                    logger.debug("storing task states still fails (%s); next try in %.1fs", exc, delay)
+                self.stalled.set()
+                self._abandon.wait(delay)
+                continue
+            if self.stalled.is_set():
+                logger.info("result store is reachable again")
+                self.stalled.clear()
+            return
+
+    @staticmethod
+    def _dead_letter(delivery: Any, reason: str) -> None:
+        try:
+            nack(delivery, requeue=False, reason=reason)
+        except Exception as exc:
+            logger.warning("dead-lettering failed (%s); the message will be redelivered", exc)
 
     def _ack(self, deliveries: list[Any]) -> None:
         if not deliveries:

@@ -5,6 +5,14 @@
   RETRY re-sent), so a worker that dies loses nothing.
 - Unknown task names are requeued with back-off (counted in the message headers), then failed;
   malformed messages are failed (when their uuid can be read) and dead-lettered.
+- Every message has a delivery budget (``worker.max_deliveries``): an error in the worker's own
+  handling, or a worker dying while it holds the message, uses one delivery; when none is left the
+  message ends FAILURE and is dead-lettered, naming the reason. Planned hops (an early ETA, an
+  unregistered name) are published afresh and use none. Deliveries are counted by the broker where
+  it can (``delivery_count``: sqlite, redis) and carried across hops in the ``machinery-deliveries`` header;
+  a broker that only flags redeliveries gets its count carried by a fresh copy.
+- A task, or a handler, raising ``SystemExit``/``KeyboardInterrupt`` fails that task; the slot is
+  freed in ``finally`` whatever happens, and only after the task's final state is stored.
 - SIGTERM/SIGINT: stop fetching, let running tasks finish within ``shutdown_grace``, return the
   rest to the queue; a second signal returns them at once and quits.
 """
@@ -12,6 +20,7 @@
 from __future__ import annotations
 
 import json
+import math
 import queue as queue_module
 import signal
 import threading
@@ -21,16 +30,15 @@ from datetime import timedelta
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Literal
 
-from .. import backoff
+from .. import codec
 from ..backoff import Backoff
 from ..broker import Delivery
-from ..delivery import dead_letter
 from ..log import logger
 from ..redact import redact_url
 from ..signature import Signature, State, TaskState, now_utc
 from .procpool import ProcessPool
-from .runner import ErrorHandler, SignatureHandler, TaskRunner
-from .statewriter import StateWriter
+from .runner import ErrorHandler, SignatureHandler, TaskRunner, error_text
+from .statewriter import StateWriter, nack
 
 if TYPE_CHECKING:
     from ..app import Machinery
@@ -39,14 +47,19 @@ __all__ = ["Worker", "WorkerThread"]
 
 UNREGISTERED_COUNT = "machinery-unregistered-count"
 UNREGISTERED_SINCE = "machinery-unregistered-since"
+#: deliveries used by earlier copies of a message (hops publish a fresh copy carrying it)
+DELIVERIES = "machinery-deliveries"
+#: largest header count believed: anything above is a hostile value, not a real count
+_MAX_HEADER_COUNT = 1_000_000
 
 
 class _Tracked:
     """A delivery that can be settled once: later ack/nack calls are ignored (a task that outlives
     the shutdown grace must not ack a message that was already handed back)."""
 
-    def __init__(self, delivery: Delivery) -> None:
+    def __init__(self, delivery: Delivery, queue: str = "") -> None:
         self.delivery = delivery
+        self.queue = queue  # where it was consumed from: a copy published again goes back there
         self._lock = threading.Lock()
         self.settled = False
 
@@ -223,9 +236,13 @@ class Worker:
 
     # consuming ---------------------------------------------------------------------------------
     def _free_slots(self) -> int:
+        """Slots free for new messages; 0 while the state writer cannot store (so a store outage
+        never turns into messages leased, run and kept in memory)."""
         with self._slots:
             limit = self.concurrency * max(1, self.app.config.worker.prefetch_multiplier)
-            while len(self._in_flight) >= limit and not self._stop.is_set():
+            while (
+                len(self._in_flight) >= limit or self._writer.stalled.is_set()
+            ) and not self._stop.is_set():
                 self._slots.wait(self.app.config.worker.poll_timeout)
             return limit - len(self._in_flight)
 
@@ -251,20 +268,19 @@ class Worker:
                 logger.info("broker is reachable again after %d failed fetches", backoff.attempt)
                 backoff.reset()
             if deliveries:
-                self._dispatch(deliveries)
+                self._dispatch(deliveries, queue)
 
     def _broker_error(self, exc: Exception, backoff: Backoff) -> None:
         """Log an outage once (then at DEBUG), back off with jitter, never spin."""
         delay = backoff.next()
-        if self.runner.error_handler is not None:
-            self.runner.error_handler(exc)
+        self.runner._call_handler(self.runner.error_handler, exc)
         if backoff.attempt == 1:
             logger.warning("broker failed with error: %s; retrying with back-off until it is back", exc)
         else:
             logger.debug("broker still failing (%s); next try in %.1fs", exc, delay)
         self._stop.wait(delay)
 
-    def _dispatch(self, deliveries: list[Delivery]) -> None:
+    def _dispatch(self, deliveries: list[Delivery], queue: str = "") -> None:
         if self.app.config.worker.store_intermediate_states:
             received = [
                 TaskState(sig.uuid, State.RECEIVED, task_name=sig.name)
@@ -272,7 +288,7 @@ class Worker:
                 if sig is not None and self.app.is_registered(sig.name) and not _early(sig)
             ]
             self._writer.put_states(received)
-        tracked = [_Tracked(delivery) for delivery in deliveries]
+        tracked = [_Tracked(delivery, queue) for delivery in deliveries]
         with self._slots:
             for one in tracked:
                 self._in_flight[id(one)] = one
@@ -284,35 +300,119 @@ class Worker:
         # returned to the queue) must not keep the process alive.
         while (tracked := self._jobs.get()) is not None:
             if self._stop.is_set():  # fetched but not started: give it back rather than start it
-                tracked.settle(lambda d=tracked.delivery: d.nack(requeue=True))  # type: ignore[misc]
-                self._release(tracked)
+                try:
+                    tracked.settle(lambda d=tracked.delivery: d.nack(requeue=True))  # type: ignore[misc]
+                except Exception as exc:
+                    logger.warning("could not return a message (%s); it comes back after its lease", exc)
+                finally:
+                    self._release(tracked)
             else:
                 self._handle(tracked)
 
     def _handle(self, tracked: _Tracked) -> None:
-        delivery = tracked.delivery
+        """Handle one message; whatever happens (even SystemExit) its slot is freed, by the state
+        writer once the final state is stored, or here."""
+        freed_by_writer = False
         try:
-            sig = delivery.signature
+            freed_by_writer = self._process(tracked)
+        except BaseException as exc:
+            self._handling_failed(tracked, exc)
+        finally:
+            if not freed_by_writer:
+                self._release(tracked)
+
+    def _process(self, tracked: _Tracked) -> bool:
+        """True when the state writer frees the slot (after storing the final state)."""
+        delivery = tracked.delivery
+        sig = delivery.signature
+        if sig is None:
+            self._malformed(tracked)
+            return False
+        count, carry = self._delivery_count(delivery, sig)
+        limit = self._max_deliveries
+        if count > limit:
+            self._give_up(tracked, sig, count, "the worker handling it died or failed every time")
+            return False
+        if carry:  # the broker only flags redeliveries: carry the count in a fresh copy
+            self._hop(tracked, sig, used=count - 1, delay=None)  # keeps its ETA
+        elif not self.app.is_registered(sig.name):
+            self._unregistered(tracked, sig, used=count - 1)
+        elif _early(sig):
+            self._hop(tracked, sig, used=count - 1, delay=None)  # a planned hop: uses no delivery
+        else:
+            final = self.runner.run(sig, redelivered=count > 1)
+            if final is not None:  # the writer stores it, acks, then frees the slot, in a batch
+                self._writer.put_final(final, tracked, done=lambda: self._release(tracked))
+                return True
+            tracked.settle(delivery.ack)
+        return False
+
+    @property
+    def _max_deliveries(self) -> int:
+        return max(1, int(self.app.config.worker.max_deliveries))
+
+    @staticmethod
+    def _delivery_count(delivery: Delivery, sig: Signature) -> tuple[int, bool]:
+        """``(deliveries used including this one, whether the count must be carried in a copy)``.
+
+        The broker's own count where it keeps one (``delivery_count`` > 1 on a redelivery), plus
+        what earlier copies used (header). A redelivery the broker did not count (only its
+        ``redelivered`` flag is set) counts one more here and has to be carried forward.
+        """
+        used_before = _header_count(sig.headers, DELIVERIES)
+        server = getattr(delivery, "delivery_count", 1)
+        server = server if type(server) is int and server >= 1 else 1
+        if delivery.redelivered and server <= 1:
+            return used_before + 2, True
+        return used_before + server, False
+
+    def _hop(self, tracked: _Tracked, sig: Signature, used: int, delay: float | None) -> None:
+        """Publish a fresh copy of the message (after ``delay`` seconds; None keeps its ETA)
+        carrying ``used`` deliveries, then ack this one."""
+        copy = _fresh_copy(tracked, sig)
+        copy.headers = {**copy.headers, DELIVERIES: str(used)}
+        if delay is not None:
+            copy.eta = now_utc() + timedelta(seconds=delay) if delay > 0 else None
+
+        def republish() -> None:
+            self.app.broker.publish(copy)
+            tracked.delivery.ack()
+
+        tracked.settle(republish)
+
+    def _handling_failed(self, tracked: _Tracked, exc: BaseException) -> None:
+        """The worker's own handling of a message raised. It uses one delivery: it is tried again
+        later, or, with its budget used up (or for SystemExit and the like), it ends FAILURE."""
+        delivery = tracked.delivery
+        reason = f"{type(exc).__name__}: {error_text(exc)}"
+        logger.error("could not finish handling a message (%s)", reason, exc_info=exc)
+        self.runner._call_handler(self.runner.error_handler, exc)
+        sig = delivery.signature
+        try:
             if sig is None:
-                self._malformed(tracked)
-            elif not self.app.is_registered(sig.name):
-                self._unregistered(tracked, sig)
-            elif _early(sig):
-                assert sig.eta is not None
-                delay = (sig.eta - now_utc()).total_seconds()
-                tracked.settle(lambda: delivery.nack(requeue=True, delay=delay))
+                tracked.settle(lambda: nack(delivery, requeue=False, reason=reason))
+                return
+            count, _ = self._delivery_count(delivery, sig)
+            if count >= self._max_deliveries or not isinstance(exc, Exception):
+                self._give_up(tracked, sig, count, reason)
             else:
-                final = self.runner.run(sig)
-                if final is not None:  # the writer stores it, then acks, in a batch
-                    self._writer.put_final(final, tracked)
-                else:
-                    tracked.settle(delivery.ack)
+                self._hop(tracked, sig, used=count, delay=min(0.5 * 2.0 ** (count - 1), 60.0))
+        except Exception as again:  # the broker or backend is down too: the lease brings it back
+            logger.warning("could not return the message either (%s); it comes back after its lease", again)
+
+    def _give_up(self, tracked: _Tracked, sig: Signature, count: int, reason: str) -> None:
+        """FAILURE naming ``reason``, then dead-letter the message. When FAILURE cannot be stored
+        the message is returned (the next delivery gives up again) rather than dead-lettered silently."""
+        delivery = tracked.delivery
+        error = f"gave up after {count} deliveries (worker.max_deliveries={self._max_deliveries}): {reason}"
+        logger.error("task %s[%s] %s; moved to the dead-letter store", sig.name, sig.uuid, error)
+        try:
+            self.runner._store(TaskState(sig.uuid, State.FAILURE, task_name=sig.name, error=error))
         except Exception as exc:
-            logger.exception("could not finish handling a message; returning it to the queue")
-            if self.runner.error_handler is not None:
-                self.runner.error_handler(exc)
-            tracked.settle(lambda: delivery.nack(requeue=True, delay=1.0))
-        self._release(tracked)
+            logger.warning("could not store the FAILURE (%s); the message is returned", exc)
+            tracked.settle(lambda: nack(delivery, requeue=True, delay=5.0, reason=error))
+            return
+        tracked.settle(lambda: nack(delivery, requeue=False, reason=error))
 
     def _release(self, tracked: _Tracked) -> None:
         with self._slots:
@@ -324,34 +424,41 @@ class Worker:
         uuid = _uuid_from_body(delivery.body)
         error = f"malformed message: {delivery.error}"
         if uuid:
-            self.app.backend.set_state(TaskState(uuid, State.FAILURE, error=error))
+            self.runner._store(TaskState(uuid, State.FAILURE, error=error))
         logger.error("%s (uuid %s); moved to the dead-letter store", error, uuid or "unreadable")
-        tracked.settle(lambda: dead_letter(delivery, error))
+        tracked.settle(lambda: nack(delivery, requeue=False, reason=error))
 
-    def _unregistered(self, tracked: _Tracked, sig: Signature) -> None:
+    def _unregistered(self, tracked: _Tracked, sig: Signature, used: int) -> None:
         delivery = tracked.delivery
         if sig.ignore_when_task_not_registered:
             logger.info("task %r is not registered here; dropped (ignore_when_task_not_registered)", sig.name)
             tracked.settle(delivery.ack)
             return
         cfg = self.app.config.worker
-        count = int(sig.headers.get(UNREGISTERED_COUNT, "0")) + 1
-        since = float(sig.headers.get(UNREGISTERED_SINCE, time.time()))
-        if count > cfg.unregistered_requeue_limit and time.time() - since >= cfg.unregistered_requeue_seconds:
+        now = time.time()
+        count = _header_count(sig.headers, UNREGISTERED_COUNT) + 1
+        since = _header_time(sig.headers, UNREGISTERED_SINCE, now)
+        if count > cfg.unregistered_requeue_limit and now - since >= cfg.unregistered_requeue_seconds:
             error = f"task {sig.name!r} is not registered"
             logger.error(
                 "%s in any worker that saw it (%d tries); uuid %s failed", error, count - 1, sig.uuid
             )
-            self.app.backend.set_state(TaskState(sig.uuid, State.FAILURE, task_name=sig.name, error=error))
+            self.runner._store(TaskState(sig.uuid, State.FAILURE, task_name=sig.name, error=error))
             tracked.settle(delivery.ack)
             return
-        delay = backoff.delay(count, 0.1, 5.0)  # jittered: no worker wins the requeue race every time
+        delay = min(0.05 * 2 ** min(count, 10), 5.0)
         logger.debug("task %r is not registered here; requeued (%d) in %.2fs", sig.name, count, delay)
-        sig.headers = {**sig.headers, UNREGISTERED_COUNT: str(count), UNREGISTERED_SINCE: repr(since)}
-        sig.eta = now_utc() + timedelta(seconds=delay)
+        copy = _fresh_copy(tracked, sig)
+        copy.headers = {
+            **copy.headers,
+            UNREGISTERED_COUNT: str(count),
+            UNREGISTERED_SINCE: repr(since),
+            DELIVERIES: str(used),
+        }
+        copy.eta = now_utc() + timedelta(seconds=delay)
 
         def requeue() -> None:
-            self.app.broker.publish(sig)
+            self.app.broker.publish(copy)
             delivery.ack()
 
         tracked.settle(requeue)
@@ -370,6 +477,10 @@ class Worker:
             logger.warning("returned %d unfinished tasks to the queue", len(leftovers))
         for _ in self._threads:
             self._jobs.put(None)  # each idle task thread takes one and ends
+        # Idle threads end at once; a task stuck past the grace keeps its (daemon) thread.
+        deadline = time.monotonic() + (0.2 if leftovers else 5.0)
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
         self._threads = []
         if self._writer is not None:
             self._writer.close()
@@ -377,6 +488,7 @@ class Worker:
         if self.runner.process_pool is not None:
             self.runner.process_pool.close()
             self.runner.process_pool = None
+        self.runner.close()
         logger.info("worker %s stopped", self.consumer_tag)
 
 
@@ -387,11 +499,48 @@ def _early(sig: Signature) -> bool:
 def _uuid_from_body(body: bytes) -> str:
     try:
         data: Any = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return ""
     if not isinstance(data, dict):
         return ""
     for key, value in data.items():
         if key.lower() == "uuid" and isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeError:
+                return ""  # a lone surrogate: no store could hold this uuid
             return value
     return ""
+
+
+def _header_count(headers: Any, key: str) -> int:
+    """A count from a header: a non-negative int, 0 when absent or garbage (a hostile header must
+    not crash the worker, and must not be trusted beyond a sane bound)."""
+    raw = headers.get(key) if isinstance(headers, dict) else None
+    try:
+        value = int(raw) if isinstance(raw, (str, int)) and not isinstance(raw, bool) else 0
+    except ValueError:
+        return 0
+    return min(max(value, 0), _MAX_HEADER_COUNT)
+
+
+def _header_time(headers: Any, key: str, now: float) -> float:
+    """A unix time from a header; ``now`` when absent, garbage, non-finite or in the future."""
+    raw = headers.get(key) if isinstance(headers, dict) else None
+    try:
+        value = float(raw) if isinstance(raw, (str, int, float)) and not isinstance(raw, bool) else now
+    except ValueError:
+        return now
+    return value if math.isfinite(value) and value <= now else now
+
+
+def _fresh_copy(tracked: _Tracked, sig: Signature) -> Signature:
+    """The message as it arrived (a run may have changed ``sig``), for publishing again to the
+    queue it came from."""
+    try:
+        copy = codec.decode_signature(tracked.delivery.body)
+    except Exception:
+        copy = sig.copy()
+    if not copy.routing_key and tracked.queue:
+        copy.routing_key = tracked.queue
+    return copy

@@ -347,9 +347,11 @@ class PubSubBroker(BaseBroker):
         self._confirm(pending)
 
     def publish_raw(self, queue: str, body: bytes) -> None:
-        """Publish raw bytes (the contract kit's malformed messages)."""
+        """Publish raw bytes (the contract kit's malformed messages). Pub/Sub refuses a message with
+        neither data nor attributes, so an empty body travels with an attribute saying so."""
         self._ensure(queue)
-        self._confirm([self._send(queue, body, "")])
+        marks = {} if body else {"machinery-empty": "true"}
+        self._confirm([self._send(queue, body, "", **marks)])
 
     def _publish_body(self, queue: str, body: bytes, ordering_key: str) -> None:
         self._confirm([self._send(queue, body, ordering_key)])

@@ -176,13 +176,14 @@ class _Lease:
 
 
 class RedisDelivery(BaseDelivery):
-    """One leased message. ``signature`` is None (and ``error`` says why) for a malformed body.
-    Redis counts no deliveries: ``delivery_count`` is 1, ``redelivered`` says whether it came back."""
+    """One leased message. ``signature`` is None (and ``error`` says why) for a malformed body."""
 
     __slots__ = ("_broker", "_lease", "_reason")
 
-    def __init__(self, broker: RedisBroker, lease: _Lease, body: bytes, redelivered: bool) -> None:
-        super().__init__(body, queue=lease.keys.queue, redelivered=redelivered)
+    def __init__(self, broker: RedisBroker, lease: _Lease, body: bytes, returns: int) -> None:
+        # delivery_count: 1 + the times the message came back (lease recovery after a crash, or a
+        # requeue), counted on the server, so the worker's delivery budget sees crashes (issue 16)
+        super().__init__(body, queue=lease.keys.queue, delivery_count=1 + max(0, returns))
         self._broker = broker
         self._lease = lease
         self._reason = ""
@@ -537,7 +538,7 @@ class RedisBroker(BaseBroker):
             if first is not None:
                 first_flag = 0
                 if marked:
-                    first_flag = int(self.conn.client.hexists(lease.keys.redelivered, _sha1(first)))
+                    first_flag = int(self.conn.client.hget(lease.keys.redelivered, _sha1(first)) or 0)
                 out = [first, *out]
                 flags = [first_flag, *flags] if flags else ([first_flag] if first_flag else [])
         except RedisError as exc:
@@ -549,9 +550,9 @@ class RedisBroker(BaseBroker):
         if not bodies:
             return []
         if flags:
-            out = [RedisDelivery(self, lease, b, bool(f)) for b, f in zip(bodies, flags, strict=False)]
+            out = [RedisDelivery(self, lease, b, int(f)) for b, f in zip(bodies, flags, strict=False)]
         else:
-            out = [RedisDelivery(self, lease, b, False) for b in bodies]
+            out = [RedisDelivery(self, lease, b, 0) for b in bodies]
         with self._lock:
             lease.outstanding += len(out)
         return list(out)
@@ -738,10 +739,13 @@ class RedisBroker(BaseBroker):
                 [lease.processing, delayed, keys.redelivered, wake], [body, due]
             )
         if action == "dead":
-            count = 2 if delivery.redelivered else 1  # a lower bound: Redis counts no deliveries
-            meta = json.dumps({"reason": delivery._reason, "time": time.time(), "delivery_count": count})
+            meta = {
+                "reason": delivery._reason,
+                "time": time.time(),
+                "delivery_count": delivery.delivery_count,
+            }
             return scripts.DEAD.command(
-                [lease.processing, keys.dead, keys.redelivered, keys.dead + ":meta"], [body, meta]
+                [lease.processing, keys.dead, keys.redelivered, keys.dead + ":meta"], [body, json.dumps(meta)]
             )
         raise ValueError(action)  # pragma: no cover - internal
 

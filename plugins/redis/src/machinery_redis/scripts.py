@@ -96,7 +96,7 @@ end
 local flags = {}
 local marked = redis.call('EXISTS', KEYS[3])
 if marked == 1 then
-  for i = 1, #out do flags[i] = redis.call('HEXISTS', KEYS[3], redis.sha1hex(out[i])) end
+  for i = 1, #out do flags[i] = tonumber(redis.call('HGET', KEYS[3], redis.sha1hex(out[i]))) or 0 end
 end
 return {out, flags, marked}
 """,

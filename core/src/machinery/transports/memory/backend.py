@@ -29,6 +29,7 @@ class _Store:
         self.states: dict[str, tuple[TaskState, float]] = {}  # uuid -> (state, expires at, monotonic)
         self.groups: dict[str, tuple[GroupMeta, float]] = {}
         self.waiters: dict[str, list[_Waiter]] = {}  # uuid -> waiters to hand its final state to
+        self.swept = time.monotonic()  # last sweep of expired states and groups
 
 
 class MemoryBackend(BaseBackend):
@@ -56,9 +57,20 @@ class MemoryBackend(BaseBackend):
     def set_state(self, state: TaskState) -> None:
         self.set_states([state])
 
+    def _sweep(self) -> None:
+        """Drop expired states and groups (they are invisible already; this frees the memory),
+        at most once per tenth of the lifetime, so the cost is amortised over many writes."""
+        store, now = self._store, time.monotonic()
+        if now - store.swept < min(60.0, self.expires_in / 10):
+            return
+        store.swept = now
+        store.states = {k: v for k, v in store.states.items() if v[1] > now}
+        store.groups = {k: v for k, v in store.groups.items() if v[1] > now}
+
     def set_states(self, states: Sequence[TaskState]) -> None:
         store = self._store
         with store.cond:
+            self._sweep()
             for state in states:
                 merged = state.merged_over(self._live_state(state.task_uuid))
                 if merged.created_at is None:

@@ -6,6 +6,7 @@ Unacked messages stay leased until acked or nacked; there is no lease expiry (on
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 import threading
@@ -38,14 +39,13 @@ class _Store:
         self.cond = threading.Condition()
         self.ready: dict[str, list[_Entry]] = {}  # heap per queue: (-priority, seq)
         self.delayed: list[tuple[float, int, _Entry]] = []  # heap by due time
-        self.dead: list[DeadLetter] = []
+        self.dead: list[DeadLetter] = []  # oldest first
+        self.dead_at: list[float] = []  # monotonic time of each dead letter, for expiry
         self.seq = itertools.count()
 
 
 class MemoryDelivery(BaseDelivery):
-    """A leased in-memory message."""
-
-    __slots__ = ("_broker", "_entry")
+    """A leased in-memory message (no ``__slots__``: tests wrap a delivery's methods on the instance)."""
 
     def __init__(self, broker: MemoryBroker, entry: _Entry) -> None:
         super().__init__(entry.body, queue=entry.queue, delivery_count=entry.deliveries)
@@ -59,10 +59,7 @@ class MemoryDelivery(BaseDelivery):
         if requeue:
             self._broker._put(self._entry, delay or 0.0)
         else:
-            entry = self._entry
-            letter = DeadLetter(entry.body, reason, datetime.now(UTC), entry.deliveries, entry.queue)
-            with self._broker._store.cond:
-                self._broker._store.dead.append(letter)
+            self._broker._dead_letter(self._entry, reason)
 
 
 class MemoryBroker(BaseBroker):
@@ -115,6 +112,16 @@ class MemoryBroker(BaseBroker):
             else:
                 heapq.heappush(store.ready.setdefault(entry.queue, []), entry)
             store.cond.notify_all()
+
+    def _dead_letter(self, entry: _Entry, reason: str) -> None:
+        store = self._store
+        now = time.monotonic()
+        letter = DeadLetter(entry.body, reason, datetime.now(UTC), entry.deliveries, entry.queue)
+        with store.cond:
+            expired = bisect.bisect_left(store.dead_at, now - self.config.dead_letter_expire_in)
+            del store.dead[:expired], store.dead_at[:expired]
+            store.dead.append(letter)
+            store.dead_at.append(now)
 
     # consuming -------------------------------------------------------------------------------
     def consume(self, queue: str, max_messages: int, timeout: float) -> list[Delivery]:

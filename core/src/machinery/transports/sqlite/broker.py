@@ -291,6 +291,10 @@ class SQLiteBroker(BaseBroker):
             ).rowcount
             if moved:
                 conn.execute("DELETE FROM messages WHERE id = ?", (delivery.id,))
+                conn.execute(  # dead letters expire (rare writes: the scan is cheap enough)
+                    "DELETE FROM dead_letters WHERE died_at < ?",
+                    (time.time() - self.config.dead_letter_expire_in,),
+                )
 
     def _extend(self, delivery: SQLiteDelivery, seconds: float) -> None:
         self._store.execute_write(

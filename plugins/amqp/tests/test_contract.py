@@ -18,7 +18,7 @@ from amqp_testlib import SERVICES, amqp_url_or_skip
 from machinery import Config
 
 testing = pytest.importorskip("machinery.testing")
-if not hasattr(testing, "TransportContract"):
+if not hasattr(testing, "HostileInputContract"):
     pytest.skip("machinery.testing has no contract classes yet", allow_module_level=True)
 
 from machinery.testing import (  # noqa: E402
@@ -26,6 +26,7 @@ from machinery.testing import (  # noqa: E402
     BackendContract,
     BrokerContract,
     FaultContract,
+    HostileInputContract,
     WorkerContract,
     default_contract_config,
     require_env,
@@ -79,7 +80,9 @@ class _AMQPFixtures:
         return "amqp://guest:secret-pw-456@127.0.0.1:1/"
 
 
-class TestAMQPWithAMQPBackend(_AMQPFixtures, BrokerContract, BackendContract, WorkerContract, FaultContract):
+class TestAMQPWithAMQPBackend(
+    _AMQPFixtures, BrokerContract, BackendContract, WorkerContract, FaultContract, HostileInputContract
+):
     contract_name = "amqp/amqp"
     # The waiter is woken by RabbitMQ routing the write (no polling), but a write to a new uuid first
     # declares and binds a durable queue: two Mnesia transactions, 4-10 ms on a busy 2-core machine.

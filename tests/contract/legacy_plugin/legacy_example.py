@@ -1,4 +1,10 @@
-"""``example://NAME``: a complete Machinery transport in one small module, kept in a dict.
+"""The compatibility proof of issue 15: the worked example plugin as it was written against the
+documented hooks and protocols of machinery-core 0.1 (main at 4ec642d), kept verbatim except for its
+scheme and distribution (``legacy://``, so it can sit next to the template) and this paragraph.
+tests/contract/test_legacy_plugin.py runs it through the kit. Do not modernise it: it must keep
+working as third-party plugins written then are written.
+
+``example://NAME``: a complete Machinery transport in one small module, kept in a dict.
 
 Objects built from the same ``example://NAME`` share one store (in this process only). The broker
 leases consumed messages for ``?lease=SECONDS`` (default 30): a message not acked in time, or held by a
@@ -28,8 +34,8 @@ from machinery.signature import GroupMeta, Signature, State, TaskState, now_utc
 
 __all__ = ["ExampleBackend", "ExampleBroker", "ExampleLock"]
 
-SCHEME = "example"
-DISTRIBUTION = "machinery-example"
+SCHEME = "legacy"
+DISTRIBUTION = "machinery-legacy-example"
 
 
 # -- the hooks: the URL scheme picks this plugin ---------------------------------------------------
