@@ -188,3 +188,38 @@ def test_registering_entries_without_any_scheduler_warns_once(
     beat.run()  # marks the schedule as run here, then returns at once (stopped)
     scheduled.close()
     assert "no scheduler ran here" not in caplog.text
+
+
+def _beat_warnings(app: Machinery, caplog: pytest.LogCaptureFixture) -> list[str]:
+    @app.task
+    def noop() -> None:
+        return None
+
+    app.register_periodic_task("*/5 * * * *", "five", noop.s())
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        beat = app.beat()
+        beat.start()
+        beat.stop()
+    return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_a_process_local_lock_fallback_is_one_clear_warning(caplog: pytest.LogCaptureFixture) -> None:
+    from machinery.transports.memory.backend import MemoryBackend
+    from machinery.transports.memory.broker import MemoryBroker
+
+    # URLs no installed plugin offers a lock for (objects given directly, as an app embedding its own)
+    config = Config(broker="nolock://user:secret@host", result_backend="nolock://host")
+    app = Machinery(config, broker=MemoryBroker(config), backend=MemoryBackend(config))
+    [warning] = _beat_warnings(app, caplog)
+    assert "Config.lock" in warning and "every tick" in warning
+    assert "secret" not in warning, "URLs in the warning are redacted"
+    assert app.lock_is_fallback
+
+
+def test_no_warning_when_a_configured_url_offers_a_lock(
+    memory_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = Machinery(Config(broker=memory_url, result_backend=memory_url))
+    assert _beat_warnings(app, caplog) == []
+    assert not app.lock_is_fallback

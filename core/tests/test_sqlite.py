@@ -22,6 +22,7 @@ from machinery.capabilities import Capability
 from machinery.config import Config
 from machinery.errors import BrokerError, ConfigError, UnknownGroupError
 from machinery.signature import Signature, State, TaskState, now_utc
+from machinery.transports.sqlite import store
 from machinery.transports.sqlite.backend import SQLiteBackend
 from machinery.transports.sqlite.broker import SQLiteBroker, SQLiteDelivery
 from machinery.transports.sqlite.lock import SQLiteLock
@@ -749,6 +750,41 @@ def test_forked_lock_is_another_owner(url: str) -> None:
     join_all([p])
     assert lock.holder("k") == lock.owner
     lock.close()
+
+
+def test_a_version_2_database_is_upgraded_and_keeps_its_dead_letters(tmp_path: Path) -> None:
+    path = tmp_path / "v2.db"
+    died_at = float(int(time.time()) - 60)  # recent: dead letters expire
+    v2 = store.SCHEMA.replace(",\n    reason TEXT NOT NULL DEFAULT ''", "")
+    assert v2 != store.SCHEMA
+    with sqlite3.connect(path) as db:
+        for statement in store._statements(v2):
+            db.execute(statement)
+        db.execute(
+            "INSERT INTO dead_letters (queue, body, priority, delivery_count, created, died_at) "
+            "VALUES (?, ?, 0, 2, 1.0, ?)",
+            (Q, b"old", died_at),
+        )
+        db.execute("PRAGMA user_version = 2")
+    broker = SQLiteBroker.from_url(f"sqlite:///{path}", Config())
+    broker.publish(sig("new"))
+    [d] = broker.consume(Q, 1, 1.0)
+    d.nack(requeue=False, reason="poison")
+    old, new = broker.dead_letters(Q)
+    assert (old.body, old.reason, old.delivery_count, old.time.timestamp()) == (b"old", "", 2, died_at)
+    assert (new.reason, new.delivery_count) == ("poison", 1)
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION
+    broker.close()
+
+
+def test_dead_letters_of_every_queue_with_a_limit(broker: SQLiteBroker) -> None:
+    broker.publish_many([sig("a"), sig("b"), Signature("t", [], uuid="c", routing_key="other")])
+    for queue in (Q, "other"):
+        for d in broker.consume(queue, 5, 1.0):
+            d.nack(requeue=False)
+    assert [x.queue for x in broker.dead_letters()] == [Q, Q, "other"]
+    assert len(broker.dead_letters(limit=2)) == 2 and broker.dead_letters(Q, limit=0) == []
 
 
 def test_schema_version_is_checked(tmp_path: Path) -> None:

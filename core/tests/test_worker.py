@@ -231,7 +231,9 @@ def test_malformed_message_fails_and_worker_keeps_running(app: Machinery, starte
     deadline = time.monotonic() + 5
     while len(broker.dead_letters(queue)) < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert len(broker.dead_letters(queue)) == 2
+    letters = broker.dead_letters(queue)
+    assert len(letters) == 2
+    assert all(letter.reason.startswith("malformed message: ") for letter in letters), letters
 
 
 def test_wrong_argument_count_is_a_clear_failure(app: Machinery, started: Worker) -> None:

@@ -200,7 +200,11 @@ def test_a_task_whose_failure_cannot_be_stored_either_is_dead_lettered(
     assert app.send_task(Signature("add", args=[2, 2])).get(timeout=10) == 4
 
     def dead() -> list[bytes]:
-        return [b for b in broker.inner.dead_letters(app.config.default_queue) if doomed.uuid.encode() in b]
+        return [
+            d.body
+            for d in broker.inner.dead_letters(app.config.default_queue)
+            if doomed.uuid.encode() in d.body
+        ]
 
     deadline = time.monotonic() + 10
     while not dead():
@@ -264,7 +268,9 @@ def test_an_error_in_the_worker_s_own_handling_uses_up_the_budget(
         assert state.state == State.FAILURE
         assert "gave up after 3 deliveries" in state.error and "OverflowError" in state.error
         assert len(attempts) == 3
-        assert any(doomed.uuid.encode() in b for b in broker.inner.dead_letters(app.config.default_queue))
+        assert any(
+            doomed.uuid.encode() in d.body for d in broker.inner.dead_letters(app.config.default_queue)
+        )
     finally:
         worker.quit()
         thread.join(15)

@@ -61,6 +61,8 @@ class Machinery:
         self.broker: Broker = broker or plugins.resolve_broker(self.config.broker, self.config)
         self.backend: Backend = backend or plugins.resolve_backend(self.config.result_backend, self.config)
         self._lock = lock
+        #: True when no configured URL offered a lock and ``lock`` fell back to an in-process one
+        self.lock_is_fallback = False
         self.tasks: dict[str, Task[Any, Any]] = {}
         self._pre_publish: PrePublishHandler | None = None
         self._eager_runner: Any = None
@@ -130,6 +132,7 @@ class Machinery:
             for url in candidates:
                 try:
                     self._lock = plugins.resolve_lock(url, self.config)
+                    self.lock_is_fallback = url not in (self.config.result_backend, self.config.broker)
                     break
                 except PluginNotFoundError:
                     if url == self.config.lock:
@@ -165,8 +168,9 @@ class Machinery:
         return [AsyncResult(self.backend, s.uuid, s.name) for s in sigs]
 
     def _send(self, sigs: list[Signature], concurrency: int = 0) -> None:
-        """Store every PENDING state, then publish: in one round trip when the broker offers
-        ``publish_with_states`` for this backend (e.g. both on one Redis server)."""
+        """Store every PENDING state, then publish: in one round trip when a plugin's
+        ``machinery_publish_with_states`` hook can do so for this broker and backend (e.g. both on one
+        Redis server)."""
         states = [self._pending(s) for s in sigs]
         if tracing.active():
             for sig in sigs:
@@ -174,8 +178,10 @@ class Machinery:
                     pass  # the span marks the hand-over; its context rides in the headers
         signing.sign_messages(self.config, sigs)  # after tracing: its headers are covered too
         if self._pre_publish is None and not self.config.eager and concurrency <= 0:
-            together = getattr(self.broker, "publish_with_states", None)
-            if together is not None and together(sigs, states, self.backend):
+            hook = plugins.get_plugin_manager().hook.machinery_publish_with_states
+            if plugins.first_result(
+                hook, broker=self.broker, backend=self.backend, signatures=sigs, states=states
+            ):
                 return
         if len(states) == 1:
             self.backend.set_state(states[0])

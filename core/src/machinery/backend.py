@@ -15,12 +15,20 @@ __all__ = ["Backend", "BaseBackend"]
 class Backend(Protocol):
     """What every result backend implements. ``from_url(url, config)`` builds one without I/O.
 
+    Errors: :class:`~machinery.errors.BackendError` for what may pass (a lost connection),
+    :class:`~machinery.errors.PermanentError` for what retrying cannot fix (a result too large for
+    the store, a record it refuses).
+
     States keep ``task_name`` and ``created_at`` across transitions (use
     :meth:`TaskState.merged_over`). Results expire ``config.results_expire_in`` seconds after
     their last write where the store supports expiry.
     """
 
     capabilities: frozenset[str]
+
+    @classmethod
+    def from_url(cls, url: str, config: Config) -> Backend:
+        """A backend for ``url``; no I/O (connect on first use)."""
 
     def set_state(self, state: TaskState) -> None:
         """Store one task's state (replacing the previous one, keeping name and creation time)."""

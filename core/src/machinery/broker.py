@@ -8,12 +8,24 @@ nothing: the broker hands the message out again after its lease / visibility tim
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from .config import Config
 from .signature import Signature
 
-__all__ = ["BaseBroker", "Broker", "Delivery", "decode_body"]
+__all__ = [
+    "BaseBroker",
+    "Broker",
+    "DeadLetter",
+    "Delivery",
+    "SupportsAckMany",
+    "SupportsDeadLetters",
+    "SupportsDepth",
+    "SupportsRawPublish",
+    "decode_body",
+]
 
 
 def decode_body(body: bytes) -> tuple[Signature | None, str]:
@@ -43,9 +55,10 @@ class Delivery(Protocol):
     def ack(self) -> None:
         """The task is finished: remove the message for good."""
 
-    def nack(self, requeue: bool = True, delay: float | None = None) -> None:
+    def nack(self, requeue: bool = True, delay: float | None = None, reason: str = "") -> None:
         """Give the message back (after ``delay`` seconds when given), or with ``requeue=False``
-        dead-letter it (or drop it, when the broker has no dead-letter store)."""
+        dead-letter it (or drop it, when the broker has no dead-letter store). ``reason`` says why;
+        a broker that keeps dead letters stores it with the dead letter."""
 
     def extend(self, seconds: float) -> None:
         """Keep the message leased ``seconds`` longer (a long task is never redelivered meanwhile)."""
@@ -53,9 +66,19 @@ class Delivery(Protocol):
 
 @runtime_checkable
 class Broker(Protocol):
-    """What every broker implements. ``from_url(url, config)`` builds one without any I/O."""
+    """What every broker implements. ``from_url(url, config)`` builds one without any I/O.
+
+    Optional features are separate protocols, checked with ``isinstance``: :class:`SupportsAckMany`,
+    :class:`SupportsRawPublish`, :class:`SupportsDeadLetters`, :class:`SupportsDepth`. Errors:
+    :class:`~machinery.errors.BrokerError` for what may pass (a lost connection, a timeout),
+    :class:`~machinery.errors.PermanentError` for what retrying cannot fix (a message too large).
+    """
 
     capabilities: frozenset[str]
+
+    @classmethod
+    def from_url(cls, url: str, config: Config) -> Broker:
+        """A broker for ``url``; no I/O (connect on first use)."""
 
     def publish(self, signature: Signature) -> None:
         """Put one task on ``signature.routing_key``; honour ``signature.eta``."""
@@ -80,13 +103,58 @@ class Broker(Protocol):
         """Release connections. Idempotent."""
 
 
-# Optional fast paths a broker may add (the core looks them up with ``getattr``):
-#
-# ``ack_many(deliveries)``: ack several deliveries of this broker in one round trip.
-# ``publish_with_states(signatures, states, backend) -> bool``: store ``states`` (the PENDING
-#     records) through ``backend`` and publish ``signatures`` in one round trip, when this broker
-#     can do so for that backend (e.g. both on one Redis server); return False to let the core do
-#     it in two steps.
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message nacked with ``requeue=False`` (or found unreadable), as a broker keeps it.
+
+    ``reason`` is the one given to ``nack`` ("" when none was, or when the broker cannot store one);
+    ``time`` is when it was dead-lettered (UTC); ``delivery_count`` how often it had been delivered
+    (1 when the broker cannot count).
+    """
+
+    body: bytes
+    reason: str
+    time: datetime
+    delivery_count: int
+    queue: str
+
+    @property
+    def signature(self) -> Signature | None:
+        """The decoded message, or None when the body is malformed."""
+        return decode_body(self.body)[0]
+
+
+@runtime_checkable
+class SupportsAckMany(Protocol):
+    """A broker that acks several of its deliveries in one round trip (the worker batches acks)."""
+
+    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """Ack ``deliveries``; ones of another broker are acked one by one."""
+
+
+@runtime_checkable
+class SupportsRawPublish(Protocol):
+    """A broker that puts a body on a queue as is (tests and interop checks send malformed or
+    foreign messages with it). Brokers may take extra keyword arguments (priority, delay)."""
+
+    def publish_raw(self, queue: str, body: bytes) -> object:
+        """Put ``body`` on ``queue`` unchanged."""
+
+
+@runtime_checkable
+class SupportsDeadLetters(Protocol):
+    """A broker that keeps dead letters where they can be read back."""
+
+    def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        """Up to ``limit`` dead letters of ``queue`` (every queue when None), oldest first."""
+
+
+@runtime_checkable
+class SupportsDepth(Protocol):
+    """A broker that counts waiting messages without receiving them (SQS, Pub/Sub)."""
+
+    def depth(self, queue: str) -> int | None:
+        """Messages waiting in ``queue`` (approximate where the service is), None when unknown."""
 
 
 class BaseBroker:

@@ -2,6 +2,10 @@
 
 - ``memory://``: broker, backend and lock inside one process (tests, eager mode).
 - ``sqlite:///path.db``: broker, backend and lock on one SQLite file, safe across processes.
+- Go Machinery's bare words ``eager`` (broker, backend, lock in this process) and ``null`` (a result
+  backend that discards states), matched by prefix as Go does: not URL schemes, so hooks of their own.
+
+The classes are imported on first use, so listing plugins stays cheap.
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .plugins import Kind, SchemeRow, hookimpl, scheme_of
+from .plugins import Kind, hookimpl, transport
 
 if TYPE_CHECKING:
     from .backend import Backend
@@ -17,18 +21,23 @@ if TYPE_CHECKING:
     from .config import Config
     from .lock import Lock
 
-DISTRIBUTION = "machinery-core"
+__all__ = ["go_word", "memory", "sqlite"]
 
+memory = transport(
+    ["memory"],
+    broker="machinery.transports.memory.broker:MemoryBroker",
+    backend="machinery.transports.memory.backend:MemoryBackend",
+    lock="machinery.transports.memory.lock:MemoryLock",
+    distribution="machinery-core",
+)
 
-#: (scheme, kind) -> (module, class): imported on first use, so listing plugins stays cheap.
-_CLASSES: dict[tuple[str, Kind], tuple[str, str]] = {
-    ("memory", "broker"): ("machinery.transports.memory.broker", "MemoryBroker"),
-    ("memory", "backend"): ("machinery.transports.memory.backend", "MemoryBackend"),
-    ("memory", "lock"): ("machinery.transports.memory.lock", "MemoryLock"),
-    ("sqlite", "broker"): ("machinery.transports.sqlite.broker", "SQLiteBroker"),
-    ("sqlite", "backend"): ("machinery.transports.sqlite.backend", "SQLiteBackend"),
-    ("sqlite", "lock"): ("machinery.transports.sqlite.lock", "SQLiteLock"),
-}
+sqlite = transport(
+    ["sqlite"],
+    broker="machinery.transports.sqlite.broker:SQLiteBroker",
+    backend="machinery.transports.sqlite.backend:SQLiteBackend",
+    lock="machinery.transports.sqlite.lock:SQLiteLock",
+    distribution="machinery-core",
+)
 
 
 #: Go Machinery's bare words (matched by prefix, as Go does): ``eager`` runs everything in this process
@@ -49,40 +58,29 @@ def go_word(url: str) -> str:
     return next((word for word in ("eager", "null") if lowered.startswith(word)), "")
 
 
-@hookimpl
-def machinery_schemes() -> list[SchemeRow]:
-    return [SchemeRow(scheme, kind, DISTRIBUTION) for scheme, kind in _CLASSES]
-
-
-def _build(kind: Kind, url: str, config: Config) -> Any:
+def _build_go_word(kind: Kind, url: str, config: Config) -> Any:
     word = go_word(url)
-    if word:
-        target = _GO_WORDS.get((word, kind))
-        if target is None:
-            return None
-        module, name = target
-        cls = getattr(importlib.import_module(module), name)
-        return cls.from_url("memory://eager" if word == "eager" else url, config)
-    target = _CLASSES.get((scheme_of(url), kind))
+    target = _GO_WORDS.get((word, kind)) if word else None
     if target is None:
         return None
     module, name = target
-    return getattr(importlib.import_module(module), name).from_url(url, config)
+    cls = getattr(importlib.import_module(module), name)
+    return cls.from_url("memory://eager" if word == "eager" else url, config)
 
 
 @hookimpl
 def machinery_broker(url: str, config: Config) -> Broker | None:
-    broker: Broker | None = _build("broker", url, config)
+    broker: Broker | None = _build_go_word("broker", url, config)
     return broker
 
 
 @hookimpl
 def machinery_backend(url: str, config: Config) -> Backend | None:
-    backend: Backend | None = _build("backend", url, config)
+    backend: Backend | None = _build_go_word("backend", url, config)
     return backend
 
 
 @hookimpl
 def machinery_lock(url: str, config: Config) -> Lock | None:
-    lock: Lock | None = _build("lock", url, config)
+    lock: Lock | None = _build_go_word("lock", url, config)
     return lock

@@ -9,6 +9,7 @@ __all__ = [
     "MachineryError",
     "MessageError",
     "NotRegisteredError",
+    "PermanentError",
     "PluginNotFoundError",
     "ResultNotReady",
     "ResultTimeoutError",
@@ -32,11 +33,20 @@ class PluginNotFoundError(ConfigError):
 
 
 class BrokerError(MachineryError):
-    """The broker failed (unreachable, refused, protocol error). URLs in the message are redacted."""
+    """The broker failed in a way that may pass (unreachable, refused, timed out, a protocol error
+    on a lost connection): retrying later can succeed. URLs in the message are redacted."""
 
 
 class BackendError(MachineryError):
-    """The result backend failed. URLs in the message are redacted."""
+    """The result backend failed in a way that may pass (see :class:`BrokerError`). URLs in the
+    message are redacted."""
+
+
+class PermanentError(MachineryError):
+    """What retrying cannot fix: a message or record that cannot be encoded, fails the store's
+    validation, or exceeds a size limit. A broker or backend raises it instead of (never as a
+    subclass of) :class:`BrokerError` / :class:`BackendError`, which stay the transient errors:
+    callers retry those and fail (or dead-letter) on this one at once."""
 
 
 class UnknownGroupError(BackendError, KeyError):
@@ -101,5 +111,6 @@ class TimeLimitExceeded(Exception):  # noqa: N818 - reads as what happened
         super().__init__(message)
 
 
-class MessageError(MachineryError, ValueError):
-    """A message or record could not be decoded (bad JSON, missing field, wrong argument type)."""
+class MessageError(PermanentError, ValueError):
+    """A message or record could not be decoded (bad JSON, missing field, wrong argument type):
+    permanent, since the same bytes decode the same way next time."""

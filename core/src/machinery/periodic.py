@@ -36,6 +36,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from .capabilities import Capability
 from .errors import ConfigError
 from .log import logger
+from .redact import redact_url
 from .signature import Signature
 from .workflow import Chain, Chord, Group
 
@@ -235,6 +236,7 @@ class Beat:
     def run(self) -> None:
         self.app.scheduler_watch.started = True
         logger.info("beat: %d periodic entries", len(self.app.periodic))
+        self._warn_if_lock_is_process_local()
         due: dict[str, datetime] = {}
         while not self._stop.is_set():
             now = datetime.now(UTC)
@@ -250,6 +252,20 @@ class Beat:
             wake = min(due.values(), default=now.replace(microsecond=0)) if due else None
             delay = 1.0 if wake is None else max(0.0, (wake - datetime.now(UTC)).total_seconds())
             self._stop.wait(min(delay, 1.0))
+
+    def _warn_if_lock_is_process_local(self) -> None:
+        """No configured URL offers a lock: each process has its own, so every beat sends every tick."""
+        self.app.lock  # noqa: B018 - resolve it now (no I/O), not at the first tick
+        if self.app.periodic and self.app.lock_is_fallback:
+            config = self.app.config
+            logger.warning(
+                "beat: neither the broker (%s) nor the result backend (%s) offers a lock, so periodic "
+                "tasks use an in-process lock: every process running a beat sends every tick. Set "
+                "Config.lock (env LOCK, YAML 'lock') to a URL with a lock (redis://, sqlite://) "
+                "if more than one process runs periodic tasks.",
+                redact_url(config.broker),
+                redact_url(config.result_backend),
+            )
 
     def _fire(self, entry: PeriodicEntry, tick: datetime) -> None:
         key = f"machinery_periodic:{entry.name}:{tick.isoformat()}"

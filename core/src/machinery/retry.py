@@ -1,8 +1,9 @@
-"""Back-off: Go Machinery's Fibonacci task retries, and jittered reconnect delays for transports."""
+"""Go Machinery's Fibonacci task retries. (``Backoff``, the jittered reconnect delay, lives in
+:mod:`machinery.backoff` and is re-exported here for code that imported it from this module.)"""
 
 from __future__ import annotations
 
-import random
+from .backoff import Backoff
 
 __all__ = ["Backoff", "fibonacci_next"]
 
@@ -13,24 +14,3 @@ def fibonacci_next(current: int) -> int:
     while value <= current:
         previous, value = value, previous + value
     return value
-
-
-class Backoff:
-    """Exponential back-off with jitter for reconnects: ``base`` doubling up to ``cap``.
-
-    Call :meth:`next` after each failure for the delay to wait, and :meth:`reset` after a success
-    (Go Machinery's reconnect back-off never resets: a defect not repeated here).
-    """
-
-    def __init__(self, base: float = 0.1, cap: float = 5.0) -> None:
-        self.base = base
-        self.cap = cap
-        self.attempt = 0
-
-    def next(self) -> float:
-        delay = min(self.cap, self.base * 2**self.attempt)
-        self.attempt = min(self.attempt + 1, 30)
-        return float(delay * random.uniform(0.75, 1.0))
-
-    def reset(self) -> None:
-        self.attempt = 0

@@ -123,10 +123,12 @@ def test_nack_with_delay_is_not_early(broker: AMQPBroker, names: Names) -> None:
 def test_nack_without_requeue_dead_letters(broker: AMQPBroker, names: Names, admin: Admin) -> None:
     broker.publish(sig(1))
     [d] = take(broker, names.queue, 1)
-    d.nack(requeue=False)
+    d.nack(requeue=False, reason="poison")
     assert broker.consume(names.queue, 1, 0.3) == []
-    [body] = broker.dead_letters(names.queue)
-    assert json.loads(body)["UUID"] == "task_1"
+    [dead] = broker.dead_letters(names.queue)
+    assert json.loads(dead.body)["UUID"] == "task_1"
+    assert (dead.reason, dead.queue, dead.delivery_count) == ("poison", names.queue, 1)
+    assert abs((datetime.now(UTC) - dead.time).total_seconds()) < 60
     assert admin.count(names.queue + ".dead") == 1  # dead_letters() leaves it there
 
 

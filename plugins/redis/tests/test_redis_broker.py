@@ -11,7 +11,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -228,8 +228,12 @@ def test_nack_with_delay_and_dead_letters(broker: RedisBroker, raw: redis.Redis,
     start = time.monotonic()
     one.nack(requeue=True, delay=0.5)
     assert raw.zcard(f"{name}:delayed") == 1
-    two.nack(requeue=False)
-    assert broker.dead_letters(name) == [two.body]
+    before = datetime.now(UTC)
+    two.nack(requeue=False, reason="poison")
+    [dead] = broker.dead_letters(name)
+    assert (dead.body, dead.reason, dead.queue, dead.delivery_count) == (two.body, "poison", name, 1)
+    assert before - timedelta(seconds=1) <= dead.time <= datetime.now(UTC)
+    assert dead in broker.dead_letters(None, limit=100_000), "dead_letters() without a queue misses it"
     back = broker.consume(name, 1, 5.0)
     assert len(back) == 1 and back[0].body == one.body and back[0].redelivered
     assert time.monotonic() - start >= 0.45
@@ -241,7 +245,7 @@ def test_malformed_message_is_a_delivery_with_an_error(broker: RedisBroker, name
     (d,) = broker.consume(name, 1, 1.0)
     assert d.signature is None and d.error and d.body == b"{not json"
     d.nack(requeue=False)
-    assert broker.dead_letters(name) == [b"{not json"]
+    assert [x.body for x in broker.dead_letters(name)] == [b"{not json"]
 
 
 def test_delayed_tasks_come_out_in_eta_order_not_early(broker: RedisBroker, name: str) -> None:

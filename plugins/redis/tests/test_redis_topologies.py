@@ -307,7 +307,7 @@ def test_cluster_layout_go_queue_uuid_keys_and_tagged_extras(
         processing = broker.processing(name)
         assert processing == [delivery.body]
         delivery.nack(requeue=False)
-        assert broker.dead_letters(name) == [delivery.body]
+        assert [x.body for x in broker.dead_letters(name)] == [delivery.body]
         assert cluster.llen(f"{{{name}}}.dead") == 1
         # states: Go's bare uuid keys, one slot each; a group's members read across slots
         from machinery.signature import State, TaskState

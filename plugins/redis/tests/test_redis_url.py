@@ -12,7 +12,7 @@ from machinery import Config, Machinery
 from machinery.errors import BrokerError, ConfigError
 from machinery.plugins import list_schemes, resolve_backend, resolve_broker, resolve_lock
 from machinery_redis import RedisBackend, RedisBroker, RedisLock, parse_url
-from machinery_redis.client import Connection, _Health, _Retry
+from machinery_redis.client import Connection, _Health, _retry_policy
 
 SECRET = "s3cr3t-Pa55"
 
@@ -221,9 +221,8 @@ def test_retry_policy_takes_a_failed_health_check(monkeypatch: pytest.MonkeyPatc
     the plugin's retry policy serves both, so the PING is retried instead of a TypeError."""
     health = _Health("test", window=5.0)
     health.reached = True
-    conn = redis.Connection(
-        host="127.0.0.1", port=_free_port(), retry=_Retry(health, retrying=True), health_check_interval=1
-    )
+    retry = _retry_policy(health, retrying=True)
+    conn = redis.Connection(host="127.0.0.1", port=_free_port(), retry=retry, health_check_interval=1)
     pings: list[int] = []
 
     def ping() -> None:

@@ -122,7 +122,9 @@ class ExampleDelivery:
         with self._broker._store.cond:
             self._take()
 
-    def nack(self, requeue: bool = True, delay: float | None = None) -> None:
+    def nack(self, requeue: bool = True, delay: float | None = None, reason: str = "") -> None:
+        """Back to the queue (after ``delay``), or dropped with ``requeue=False``: this transport keeps
+        no dead letters, so ``reason`` is not stored."""
         store = self._broker._store
         with store.cond:
             if self._take() and requeue:

@@ -13,7 +13,7 @@ import pytest
 
 from .. import plugins
 from ..backend import Backend
-from ..broker import Broker
+from ..broker import Broker, SupportsRawPublish
 from ..config import Config
 from ..lock import Lock
 from ._report import REPORT_KEY
@@ -159,7 +159,7 @@ class ContractBase:
         """A callable ``(queue, body)`` putting raw bytes on a queue (malformed messages). The
         default uses the broker's own ``publish_raw(queue, body)`` method when it has one."""
         probe = self._maybe_new("broker")
-        if probe is None or not callable(getattr(probe, "publish_raw", None)):
+        if not isinstance(probe, SupportsRawPublish):
             return None
 
         def publish(queue: str, body: bytes) -> None:

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from ..app import Machinery
+from ..broker import SupportsDeadLetters
 from ..capabilities import Capability
 from ..config import Config
 from ..errors import (
@@ -341,11 +342,12 @@ class WorkerContract(_WorkerBase):
         assert state.state == State.FAILURE
         assert state.error.startswith("malformed message"), state.error
         assert self.get(app.send_task(s("add", 1, 1))) == 2, "the worker stopped after a malformed message"
-        reader = getattr(app.broker, "dead_letters", None)
-        if Capability.DEAD_LETTER in getattr(app.broker, "capabilities", ()) and reader is not None:
+        broker = app.broker
+        if Capability.DEAD_LETTER in broker.capabilities and isinstance(broker, SupportsDeadLetters):
 
             def dead() -> bool:
-                return b"\xff\xfe garbage" in [bytes(getattr(x, "body", x)) for x in reader(self.task_queue)]
+                letters: list[Any] = list(broker.dead_letters(self.task_queue))
+                return b"\xff\xfe garbage" in [bytes(getattr(x, "body", x)) for x in letters]
 
             eventually(dead, self.t(10), "the unreadable message in dead_letters(queue)")
 

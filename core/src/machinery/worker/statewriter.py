@@ -21,8 +21,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import errors
+from ..backoff import Backoff
+from ..broker import SupportsAckMany
 from ..log import logger
-from ..retry import Backoff
 from ..signature import State, TaskState
 
 if TYPE_CHECKING:
@@ -255,10 +256,10 @@ class StateWriter:
     def _ack(self, deliveries: list[Any]) -> None:
         if not deliveries:
             return
-        ack_many = getattr(self.app.broker, "ack_many", None)
-        if ack_many is not None and len(deliveries) > 1:
+        broker = self.app.broker
+        if isinstance(broker, SupportsAckMany) and len(deliveries) > 1:
             try:
-                ack_many(deliveries)
+                broker.ack_many(deliveries)
                 return
             except Exception as exc:
                 logger.warning("batch ack failed (%s); acking one by one", exc)

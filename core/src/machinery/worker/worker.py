@@ -32,10 +32,10 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, Literal
 
 from .. import codec, signing
+from ..backoff import Backoff
 from ..broker import Delivery
 from ..log import logger
 from ..redact import redact_url
-from ..retry import Backoff
 from ..signature import Signature, State, TaskState, now_utc
 from .procpool import ProcessPool
 from .runner import ErrorHandler, SignatureHandler, TaskRunner, error_text

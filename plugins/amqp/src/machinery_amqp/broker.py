@@ -48,7 +48,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from functools import partial
 from typing import Any
@@ -59,10 +59,11 @@ from pika.connection import Parameters
 from pika.spec import Basic, BasicProperties
 
 from machinery import codec
-from machinery.broker import BaseBroker, Delivery, decode_body
+from machinery.backoff import Backoff
+from machinery.broker import BaseBroker, DeadLetter, Delivery, decode_body
 from machinery.capabilities import Capability
 from machinery.config import Config
-from machinery.retry import Backoff
+from machinery.delivery import BaseDelivery
 from machinery.signature import Signature, now_utc
 
 from .connection import (
@@ -87,6 +88,12 @@ IDLE_RELEASE = 10.0
 MAX_DELAY_MS = 2**30
 #: The dead-letter queue of ``<queue>`` when the queue has no server-side dead-letter exchange.
 DEAD_SUFFIX = ".dead"
+#: headers of a dead-letter copy in ``<queue>.dead``: why, when (ISO 8601, UTC), delivery count
+DEAD_REASON, DEAD_TIME, DEAD_COUNT = (
+    "x-machinery-dead-reason",
+    "x-machinery-dead-time",
+    "x-machinery-deliveries",
+)
 _UNLIMITED = 1 << 30
 
 
@@ -122,8 +129,10 @@ class _Outgoing:
     delay_ms: int = 0
 
 
-class AMQPDelivery:
+class AMQPDelivery(BaseDelivery):
     """One message delivered by RabbitMQ and handed to the worker."""
+
+    __slots__ = ("_broker", "_properties", "_serial", "_tag")
 
     def __init__(
         self,
@@ -135,35 +144,29 @@ class AMQPDelivery:
         body: bytes,
         properties: BasicProperties,
     ) -> None:
+        # classic queues count no deliveries; quorum queues send x-delivery-count (0 on the first)
+        count = (properties.headers or {}).get("x-delivery-count")
+        super().__init__(
+            body,
+            queue=queue,
+            redelivered=redelivered,
+            delivery_count=count + 1 if isinstance(count, int) else None,
+        )
         self._broker = broker
-        self.queue = queue
         self._serial = serial
         self._tag = tag
-        self.redelivered = redelivered
-        self.body = body
         self._properties = properties
-        self.signature, self.error = decode_body(body)
-        self._lock = threading.Lock()
-        self._settled = False
 
     def __repr__(self) -> str:
-        what = self.signature or f"malformed: {self.error}"
-        return f"<AMQPDelivery {self.queue}#{self._tag} {what}>"
+        return super().__repr__()[:-1] + f" #{self._tag}>"
 
-    def _claim(self) -> bool:
-        with self._lock:
-            if self._settled:
-                return False
-            self._settled = True
-            return True
+    def _ack(self) -> None:
+        self._broker._settle(self._serial, self._tag, ack=True)
 
-    def ack(self) -> None:
-        if self._claim():
-            self._broker._settle(self._serial, self._tag, ack=True)
-
-    def nack(self, requeue: bool = True, delay: float | None = None) -> None:
-        if not self._claim():
-            return
+    def _nack(self, requeue: bool, delay: float | None, reason: str) -> None:
+        """Requeue (later: through a delay queue), or dead-letter: to the queue's own dead-letter
+        exchange when it has one (RabbitMQ then records why in ``x-death``), else as a copy in
+        ``<queue>.dead`` carrying ``reason``."""
         broker = self._broker
         if requeue and delay is not None and delay > 0:
             # RabbitMQ cannot requeue "later": send a copy through a delay queue, then ack this one.
@@ -180,14 +183,14 @@ class AMQPDelivery:
             broker._settle(self._serial, self._tag, ack=False, requeue=False)
         else:
             try:
-                broker._dead_letter(self.queue, self.body, self._properties)
+                broker._dead_letter(self.queue, self.body, self._properties, reason, self.delivery_count)
             except Exception as exc:
                 logger.error("could not dead-letter %r (%s); requeued instead", self, exc)
                 broker._settle(self._serial, self._tag, ack=False, requeue=True)
             else:
                 broker._settle(self._serial, self._tag, ack=True)
 
-    def extend(self, seconds: float) -> None:
+    def _extend(self, seconds: float) -> None:
         """Nothing to do: RabbitMQ keeps an unacked message leased as long as the channel lives."""
         return None
 
@@ -361,25 +364,35 @@ class AMQPBroker(Endpoint, BaseBroker):
         )
         self._send([_Outgoing(q, key, body, props, delay_ms)])
 
-    def _dead_letter(self, queue: str, body: bytes, properties: BasicProperties) -> None:
-        """Copy the message to ``<queue>.dead`` (durable, never consumed by Machinery)."""
+    def _dead_letter(
+        self, queue: str, body: bytes, properties: BasicProperties, reason: str = "", delivery_count: int = 1
+    ) -> None:
+        """Copy the message to ``<queue>.dead`` (durable, never consumed by Machinery), with the reason,
+        time and delivery count in its headers."""
         name = queue + DEAD_SUFFIX
+        headers = dict(properties.headers or {})
+        headers[DEAD_REASON] = reason
+        headers[DEAD_TIME] = datetime.now(UTC).isoformat()
+        headers[DEAD_COUNT] = delivery_count
 
         def fn(link: Link) -> None:
             if "q:" + name not in link.declared:
                 link.channel.queue_declare(name, durable=True)
                 link.declared.add("q:" + name)
-            props = _properties(
-                dict(properties.headers or {}), properties.priority or 0, properties.message_id or ""
-            )
+            props = _properties(headers, properties.priority or 0, properties.message_id or "")
             link.channel.basic_publish("", name, body, props, mandatory=True)
 
         self._check_open()
         self._producers.run(fn)
 
-    def dead_letters(self, queue: str) -> list[bytes]:
-        """Bodies waiting in ``<queue>.dead`` (oldest first), left in place."""
-        return self._peek(queue + DEAD_SUFFIX)
+    def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        """Up to ``limit`` messages waiting in ``<queue>.dead`` (oldest first), left in place. RabbitMQ
+        cannot list queues over AMQP, so ``queue`` is required."""
+        if queue is None:
+            raise ValueError("AMQPBroker.dead_letters needs a queue name (AMQP cannot list queues)")
+        return [
+            _dead_letter_of(queue, body, props) for body, props in self._peek_messages(queue + DEAD_SUFFIX)
+        ][: max(0, limit)]
 
     def _send(self, messages: list[_Outgoing]) -> None:
         self._check_open()
@@ -439,22 +452,26 @@ class AMQPBroker(Endpoint, BaseBroker):
 
     # inspecting --------------------------------------------------------------------------------
     def _peek(self, queue: str) -> list[bytes]:
-        """Bodies of every ready message of ``queue``, in order, left in the queue.
+        """Bodies of every ready message of ``queue``, in order, left in the queue."""
+        return [body for body, _ in self._peek_messages(queue)]
+
+    def _peek_messages(self, queue: str) -> list[tuple[bytes, BasicProperties]]:
+        """Every ready message of ``queue`` (body, properties), in order, left in the queue.
 
         Gets them one by one without ack on a private channel, then requeues them all at once
         (RabbitMQ puts them back at their original places, marked redelivered). Meanwhile no other
         consumer can take them. A missing queue has no messages.
         """
 
-        def fn(link: Link) -> list[bytes]:
+        def fn(link: Link) -> list[tuple[bytes, BasicProperties]]:
             channel = link.connection.channel()
-            bodies: list[bytes] = []
+            bodies: list[tuple[bytes, BasicProperties]] = []
             try:
                 while True:
-                    method, _props, body = channel.basic_get(queue, auto_ack=False)
+                    method, props, body = channel.basic_get(queue, auto_ack=False)
                     if method is None or body is None:
                         break
-                    bodies.append(body)
+                    bodies.append((body, props or BasicProperties()))
                     if method.message_count == 0:
                         break
                 if bodies:
@@ -525,6 +542,25 @@ class AMQPBroker(Endpoint, BaseBroker):
         if consumer is not None:
             consumer.stop()
         self._producers.close()
+
+
+def _dead_letter_of(queue: str, body: bytes, props: BasicProperties) -> DeadLetter:
+    """A message of ``<queue>.dead``: our own copy's headers, else RabbitMQ's ``x-death`` record (a
+    queue with its own dead-letter exchange), else what is known."""
+    headers: dict[str, Any] = dict(props.headers or {})
+    reason, when, count = str(headers.get(DEAD_REASON, "")), None, int(headers.get(DEAD_COUNT, 1) or 1)
+    try:
+        when = datetime.fromisoformat(str(headers[DEAD_TIME])) if DEAD_TIME in headers else None
+    except ValueError:
+        when = None
+    deaths = headers.get("x-death")
+    if DEAD_REASON not in headers and isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
+        death = deaths[0]
+        reason = str(death.get("reason", "") or "")
+        if isinstance(death.get("time"), datetime):
+            when = death["time"] if death["time"].tzinfo else death["time"].replace(tzinfo=UTC)
+        count = int(death.get("count", 1) or 1)
+    return DeadLetter(body, reason, when or datetime.fromtimestamp(0, UTC), count, queue)
 
 
 def _with_expiration(props: BasicProperties, expiration: str) -> BasicProperties:

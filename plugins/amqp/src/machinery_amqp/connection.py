@@ -24,10 +24,10 @@ import pika.exceptions as pex
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 from pika.connection import Parameters
 
+from machinery.backoff import Backoff
 from machinery.config import Config
 from machinery.errors import BackendError, BrokerError, ConfigError
 from machinery.redact import redact_url
-from machinery.retry import Backoff
 
 __all__ = [
     "AMQPAccessError",

@@ -29,7 +29,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from machinery import codec
+from machinery import backoff, codec
 from machinery.backend import BaseBackend
 from machinery.capabilities import Capability
 from machinery.config import Config
@@ -391,7 +391,7 @@ class RedisBackend(BaseBackend):
                         f"chord of group {group_uuid!r}: Go Machinery's {GO_CHORD_MUTEX} stayed held for "
                         f"{GO_MUTEX_PATIENCE:g} s"
                     )
-                time.sleep(min(0.25, 0.001 * 2**attempt) * random.uniform(0.5, 1.0))
+                time.sleep(backoff.delay(attempt + 1, 0.001, 0.25, jitter=0.5))
             try:
                 result = self.conn.call(
                     "triggering a chord",

@@ -10,11 +10,12 @@ Reliability (Go's ``BLPOP`` loses the task when a worker dies, #586/#692): a con
 atomically (``BLMOVE``) from the queue into its own **processing list**
 ``{queue}:machinery:processing:<consumer>``, registered in ``{queue}:machinery:consumers`` and guarded by
 a heartbeat key ``{queue}:machinery:heartbeat:<consumer>`` with a TTL of ``lease`` seconds (default 30),
-which a daemon thread refreshes every ``heartbeat`` seconds (default 10) while the process lives. ``ack``
-removes the message from the processing list (``LREM``). When a heartbeat key expired (its process died),
-any live consumer's recovery step (a Lua script, run on a consume at most every few seconds and by the
-heartbeat thread) moves that consumer's messages back to the head of the queue, exactly once, marked as
-redelivered. Worst case from a SIGKILL to redelivery: ``lease + heartbeat`` (40 s by default).
+which a daemon thread (the broker's LeaseKeeper) refreshes every ``heartbeat`` seconds (default 10) while
+the process lives. ``ack`` removes the message from the processing list (``LREM``). When a heartbeat key
+expired (its process died), any live consumer's recovery step (a Lua script, run on a consume at most
+every few seconds and by the heartbeat thread) moves that consumer's messages back to the head of the
+queue, exactly once, marked as redelivered. Worst case from a SIGKILL to redelivery: ``lease +
+heartbeat`` (40 s by default).
 
 Fetching: one round trip per batch. ``BLMOVE`` blocks for the first message (no polling, #49), and a
 Lua script in the same pipeline moves up to the other free slots (#559): never more than asked.
@@ -47,25 +48,30 @@ import socket
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
-from machinery import codec
-from machinery.broker import BaseBroker, Delivery
+from machinery import backoff, codec
+from machinery.broker import BaseBroker, DeadLetter, Delivery, decode_body
 from machinery.capabilities import Capability
 from machinery.config import Config
+from machinery.delivery import BaseDelivery
 from machinery.errors import BrokerError, ConfigError, MachineryError
+from machinery.forking import at_fork
+from machinery.lease import LeaseKeeper
 from machinery.signature import Signature, TaskState
 
 from . import scripts
 from .client import Connection, outage_errors
 from .settings import RedisSettings
 from .url import RedisTarget, parse_bool, parse_url, same_server
+
+if TYPE_CHECKING:
+    from .backend import RedisBackend
 
 __all__ = ["RedisBroker", "RedisDelivery", "queue_keys"]
 
@@ -85,13 +91,6 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 def _eta_ns(eta: datetime) -> int:
     delta = eta - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
-
-
-def _decode(body: bytes) -> tuple[Signature | None, str]:
-    try:
-        return codec.decode_signature(body), ""
-    except Exception as exc:  # MessageError, or whatever a broken body provokes
-        return None, str(exc) or type(exc).__name__
 
 
 @dataclass(frozen=True)
@@ -176,55 +175,35 @@ class _Lease:
     retired: bool = False
 
 
-class RedisDelivery:
+class RedisDelivery(BaseDelivery):
     """One leased message. ``signature`` is None (and ``error`` says why) for a malformed body."""
 
-    __slots__ = (
-        "_broker",
-        "_lease",
-        "body",
-        "delivery_count",
-        "error",
-        "redelivered",
-        "settled",
-        "signature",
-    )
+    __slots__ = ("_broker", "_lease", "_reason")
 
     def __init__(self, broker: RedisBroker, lease: _Lease, body: bytes, returns: int) -> None:
+        # delivery_count: 1 + the times the message came back (lease recovery after a crash, or a
+        # requeue), counted on the server, so the worker's delivery budget sees crashes (issue 16)
+        super().__init__(body, queue=lease.keys.queue, delivery_count=1 + max(0, returns))
         self._broker = broker
         self._lease = lease
-        self.body = body
-        #: 1 + the times the message came back (lease recovery after a crash, or a requeue), counted
-        #: on the server, so the worker's delivery budget sees crashes (issue 16)
-        self.delivery_count = 1 + max(0, returns)
-        self.redelivered = returns > 0
-        self.settled = False
-        self.signature: Signature | None
-        self.signature, self.error = _decode(body)
+        self._reason = ""
 
-    @property
-    def queue(self) -> str:
-        return self._lease.keys.queue
-
-    def __repr__(self) -> str:
-        what = self.signature if self.signature is not None else f"malformed: {self.error}"
-        return f"<RedisDelivery {self.queue} {what}>"
-
-    def ack(self) -> None:
+    def _ack(self) -> None:
         """Remove the message for good."""
         self._broker._settle(self, "ack")
 
-    def nack(self, requeue: bool = True, delay: float | None = None) -> None:
+    def _nack(self, requeue: bool, delay: float | None, reason: str) -> None:
         """Back to the head of its queue, into ``delayed_tasks`` after ``delay`` seconds, or with
-        ``requeue=False`` onto the dead-letter list ``<queue>.dead``."""
+        ``requeue=False`` onto the dead-letter list ``<queue>.dead`` (``reason`` beside it)."""
         if not requeue:
+            self._reason = reason
             self._broker._settle(self, "dead")
         elif delay is not None and delay > 0:
             self._broker._settle(self, "delay", delay)
         else:
             self._broker._settle(self, "requeue")
 
-    def extend(self, seconds: float) -> None:
+    def _extend(self, seconds: float) -> None:
         """Nothing to do: the broker's heartbeat keeps every message it holds leased while the process
         lives, however long the task runs."""
         return None
@@ -288,7 +267,8 @@ class RedisBroker(BaseBroker):
         self.cluster = self.conn.cluster
         self._keys: dict[str, QueueKeys] = {}
         self._init_process_state()
-        _after_fork.add(self)
+        # after fork() a child must not share its parent's consumer ids or threads
+        at_fork(self, "_init_process_state")
 
     def _init_process_state(self) -> None:
         self._lock = threading.Lock()
@@ -302,7 +282,11 @@ class RedisBroker(BaseBroker):
         self._stop = threading.Event()
         #: per mover ("" = the global mover; a queue name on a cluster): set to wake it up
         self._mover_wakes: dict[str, threading.Event] = {}
-        self._heartbeat_thread: threading.Thread | None = None
+        #: the heartbeat: refreshes this process's consumer leases (per consumer id, not per message, so
+        #: it runs while idle too), retries failed settles and runs recovery, every ``heartbeat`` seconds
+        self._keeper: LeaseKeeper[RedisDelivery] = LeaseKeeper(
+            self._heartbeat, self.heartbeat, name="redis-broker-heartbeat", renew_when_idle=True
+        )
         self._movers: dict[str, threading.Thread] = {}
         self._host = f"{socket.gethostname()}-{os.getpid()}"
         #: cluster mode: this process's id as a mover of Go's global delayed ZSET
@@ -389,16 +373,16 @@ class RedisBroker(BaseBroker):
         self._send(signatures)
 
     def publish_with_states(
-        self, signatures: Sequence[Signature], states: Sequence[TaskState], backend: Any
+        self, signatures: Sequence[Signature], states: Sequence[TaskState], backend: RedisBackend
     ) -> bool:
         """Store ``states`` (the PENDING records) and publish ``signatures`` in one round trip, when
-        ``backend`` is a Redis backend on this broker's server; False otherwise (the core then
-        stores and publishes in two steps). The states go first in the pipeline, so a worker never
-        sees a message whose PENDING state is not written yet."""
-        state_commands = getattr(backend, "state_commands", None)
-        if state_commands is None or not same_server(getattr(backend, "target", None), self.target):
+        ``backend`` is on this broker's server; False otherwise (the core then stores and publishes in
+        two steps). The states go first in the pipeline, so a worker never sees a message whose PENDING
+        state is not written yet. The core reaches it through the plugin's
+        ``machinery_publish_with_states`` hook, which hands it both objects."""
+        if not same_server(backend.target, self.target):
             return False
-        self._send(signatures, state_commands(states))
+        self._send(signatures, backend.state_commands(states))
         return True
 
     def _send(self, signatures: Sequence[Signature], before: Sequence[tuple[Any, ...]] = ()) -> None:
@@ -589,7 +573,8 @@ class RedisBroker(BaseBroker):
         mine: list[RedisDelivery] = []
         for delivery in deliveries:
             if isinstance(delivery, RedisDelivery) and delivery._broker is self:
-                mine.append(delivery)
+                if delivery.claim():
+                    mine.append(delivery)
             else:
                 delivery.ack()
         self._settle_many(mine, "ack")
@@ -597,11 +582,9 @@ class RedisBroker(BaseBroker):
     def _settle(self, delivery: RedisDelivery, action: str, delay: float = 0.0) -> None:
         self._settle_many([delivery], action, delay)
 
-    def _settle_many(self, deliveries: list[RedisDelivery], action: str, delay: float = 0.0) -> None:
+    def _settle_many(self, todo: list[RedisDelivery], action: str, delay: float = 0.0) -> None:
+        """Settle deliveries already claimed (``BaseDelivery.claim``): each exactly once."""
         with self._lock:
-            todo = [d for d in deliveries if not d.settled]
-            for delivery in todo:
-                delivery.settled = True
             if action == "ack" and todo:
                 # Sent with the next fetch (no round trip of their own), or by the ack thread within
                 # ACK_DELAY when no fetch comes: the task's final state is already stored; should the
@@ -718,7 +701,7 @@ class RedisBroker(BaseBroker):
         while not stop.is_set():
             self._ack_wake.wait()
             self._ack_wake.clear()
-            if stop.wait(ACK_DELAY * (2**failures)):
+            if stop.wait(backoff.delay(failures + 1, ACK_DELAY, ACK_DELAY * 2**7, jitter=0.0)):
                 return
             try:
                 self.flush_acks()
@@ -756,7 +739,14 @@ class RedisBroker(BaseBroker):
                 [lease.processing, delayed, keys.redelivered, wake], [body, due]
             )
         if action == "dead":
-            return scripts.DEAD.command([lease.processing, keys.dead, keys.redelivered], [body])
+            meta = {
+                "reason": delivery._reason,
+                "time": time.time(),
+                "delivery_count": delivery.delivery_count,
+            }
+            return scripts.DEAD.command(
+                [lease.processing, keys.dead, keys.redelivered, keys.dead + ":meta"], [body, json.dumps(meta)]
+            )
         raise ValueError(action)  # pragma: no cover - internal
 
     def _retry_later(self) -> None:
@@ -799,14 +789,7 @@ class RedisBroker(BaseBroker):
 
     def _start_threads(self, queue: str) -> None:
         with self._lock:
-            if self._heartbeat_thread is None or not self._heartbeat_thread.is_alive():
-                self._heartbeat_thread = threading.Thread(
-                    target=self._heartbeat_loop,
-                    args=(self._stop,),
-                    name="redis-broker-heartbeat",
-                    daemon=True,
-                )
-                self._heartbeat_thread.start()
+            self._keeper.start()
             if not self.delayed_tasks_mover:
                 return
             # One mover for Go's global delayed ZSET (""); on a cluster also one per consumed queue
@@ -824,18 +807,13 @@ class RedisBroker(BaseBroker):
                     self._movers[name] = mover
                     mover.start()
 
-    def _heartbeat_loop(self, stop: threading.Event) -> None:
-        while not stop.wait(self.heartbeat):
-            try:
-                self.beat()
-            except MachineryError as exc:
-                logger.debug("heartbeat failed: %s", exc)
-            except Exception:
-                logger.exception("Redis broker heartbeat failed")
+    def _heartbeat(self, _deliveries: list[RedisDelivery]) -> None:
+        # the keeper logs a failure (WARNING once, then DEBUG) and retries sooner, backing off
+        self.beat()
 
     def beat(self) -> None:
         """One heartbeat: refresh this process's leases, retry failed acks, release retired consumer ids,
-        recover dead consumers' messages. The daemon thread calls it every ``heartbeat`` seconds."""
+        recover dead consumers' messages. The broker's LeaseKeeper calls it every ``heartbeat`` seconds."""
         epoch = self.conn.epoch
         with self._lock:
             stale = [lease for lease in self._leases.values() if lease.epoch != epoch]
@@ -876,7 +854,7 @@ class RedisBroker(BaseBroker):
                 failures = 0
             except MachineryError as exc:
                 failures += 1
-                wait = min(0.25 * 2**failures, 5.0)
+                wait = backoff.delay(failures, 0.5, 5.0)
                 logger.debug("delayed-task mover failed: %s", exc)
             except Exception:
                 failures += 1
@@ -1001,7 +979,7 @@ class RedisBroker(BaseBroker):
 
     # inspecting ------------------------------------------------------------------------------
     def _signatures(self, bodies: Iterable[bytes]) -> list[Signature]:
-        return [sig for body in bodies if (sig := _decode(body)[0]) is not None]
+        return [sig for body in bodies if (sig := decode_body(body)[0]) is not None]
 
     def pending(self, queue: str) -> list[Signature]:
         """Messages waiting in ``queue`` in consume order (Machinery's ``LRANGE``); malformed ones are
@@ -1059,15 +1037,56 @@ class RedisBroker(BaseBroker):
 
         self.conn.call("purge", purge)
 
-    def dead_letters(self, queue: str) -> list[bytes]:
-        """Bodies nacked with ``requeue=False`` (the list ``<queue>.dead``; ``{<queue>}.dead`` on a
-        cluster), oldest first."""
-        return list(
-            self.conn.call("dead letters", lambda: self.conn.client.lrange(self.keys(queue).dead, 0, -1))
-        )
+    def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        """Up to ``limit`` messages nacked with ``requeue=False``, oldest first: of ``queue`` (the list
+        ``<queue>.dead``, ``{<queue>}.dead`` on a cluster, with reasons in ``<that>:meta``), or of every
+        queue when None (found with ``SCAN``)."""
+        if queue is not None:
+            return self._dead_letters(queue, limit)
+        letters: list[DeadLetter] = []
+        for name in self._dead_queues():
+            letters += self._dead_letters(name, limit)
+        return sorted(letters, key=lambda letter: letter.time)[: max(0, limit)]
+
+    def _dead_letters(self, queue: str, limit: int) -> list[DeadLetter]:
+        key = self.keys(queue).dead
+
+        def read() -> tuple[list[bytes], list[bytes]]:
+            bodies, metas = self.conn.run([("LRANGE", key, 0, -1), ("LRANGE", key + ":meta", 0, -1)])
+            for reply in (bodies, metas):
+                if isinstance(reply, BaseException):
+                    raise reply
+            return list(bodies), list(metas)
+
+        bodies, metas = self.conn.call("dead letters", read)
+        # Bodies dead-lettered before reasons were kept have no meta entry: align the lists at the tail.
+        offset = len(bodies) - len(metas)
+        out = []
+        for i, body in enumerate(bodies[: max(0, limit)]):
+            meta = _dead_meta(metas[i - offset]) if i >= offset else {}
+            when = datetime.fromtimestamp(float(meta.get("time", 0.0)), UTC)
+            count = int(meta.get("delivery_count", 1))
+            out.append(DeadLetter(bytes(body), str(meta.get("reason", "")), when, count, queue))
+        return out
+
+    def _dead_queues(self) -> list[str]:
+        """Queues with a dead list (the names of the keys ``<queue>.dead`` / ``{<queue>}.dead``)."""
+
+        def scan() -> list[str]:
+            names = []
+            for key in self.conn.client.scan_iter(match="*.dead", _type="list"):
+                name = key.decode() if isinstance(key, bytes) else str(key)
+                name = name[: -len(".dead")]
+                if self.cluster and name.startswith("{") and name.endswith("}"):
+                    name = name[1:-1]
+                names.append(name)
+            return sorted(set(names))
+
+        return list(self.conn.call("dead letters", scan))
 
     def purge_dead_letters(self, queue: str) -> None:
-        self.conn.call("purge dead letters", lambda: self.conn.client.delete(self.keys(queue).dead))
+        key = self.keys(queue).dead
+        self.conn.call("purge dead letters", lambda: self.conn.client.delete(key, key + ":meta"))
 
     def processing(self, queue: str) -> list[bytes]:
         """Messages this process holds from ``queue`` (its processing lists), oldest first."""
@@ -1088,11 +1107,10 @@ class RedisBroker(BaseBroker):
         Idempotent; the broker may be used again afterwards (it starts afresh)."""
         with self._lock:
             self._stop.set()
-            threads = [
-                t for t in (self._heartbeat_thread, self._ack_thread, *self._movers.values()) if t is not None
-            ]
+            threads = [t for t in (self._ack_thread, *self._movers.values()) if t is not None]
             leases = [lease for lease in [*self._leases.values(), *self._retired] if lease.registered]
             self._leases, self._retired = {}, []
+        self._keeper.close()  # outside self._lock: a heartbeat in progress takes it
         for event in list(self._mover_wakes.values()):
             event.set()
         self._ack_wake.set()
@@ -1121,26 +1139,15 @@ class RedisBroker(BaseBroker):
         self.conn.close()
 
 
+def _dead_meta(raw: bytes) -> dict[str, Any]:
+    try:
+        meta = json.loads(raw)
+    except ValueError:
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
 def _sha1(body: bytes) -> str:
     import hashlib
 
     return hashlib.sha1(body).hexdigest()
-
-
-class _ForkRegistry:
-    """After ``fork()`` a child must not share its parent's consumer ids or threads."""
-
-    def __init__(self) -> None:
-        self._brokers: weakref.WeakSet[RedisBroker] = weakref.WeakSet()
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=self._after_fork)
-
-    def add(self, broker: RedisBroker) -> None:
-        self._brokers.add(broker)
-
-    def _after_fork(self) -> None:
-        for broker in list(self._brokers):
-            broker._init_process_state()
-
-
-_after_fork = _ForkRegistry()

@@ -27,6 +27,7 @@ import hashlib
 import logging
 import os
 import random
+import sys
 import threading
 import time
 import weakref
@@ -34,10 +35,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import redis
-from hiredis import pack_command
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
-from redis.crc import key_slot
 from redis.exceptions import (
     AskError,
     AuthenticationError,
@@ -54,11 +53,14 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
-from redis.sentinel import Sentinel, SentinelConnectionPoolProxy, SentinelManagedSSLConnection
+from redis.sentinel import Sentinel, SentinelManagedSSLConnection
 
+from machinery.backoff import delay
 from machinery.config import Config, warn_insecure_tls
 from machinery.errors import ConfigError, MachineryError
+from machinery.forking import at_fork
 
+from . import _redispy
 from .settings import RedisSettings
 from .url import RedisTarget, parse_bool
 
@@ -99,8 +101,7 @@ def _permanent(exc: BaseException) -> bool:
 
 def backoff(failures: int) -> float:
     """0.05 s doubling to 1 s, each wait between half of that and all of it."""
-    ceiling = min(1.0, 0.05 * float(2 ** max(0, failures - 1)))
-    return ceiling * (0.5 + random.random() / 2)
+    return delay(max(1, failures), 0.05, 1.0, jitter=0.5)
 
 
 class _Health:
@@ -144,48 +145,19 @@ class _Health:
             self.ok()
 
 
-class _Retry(Retry):
-    """redis-py's Retry (one server, Sentinel) that never retries a wrong password or a TLS failure,
-    retries for up to the connection's retry window, and reports the outage once."""
+def _retry_policy(health: _Health, retrying: bool) -> Retry:
+    """redis-py's retry policy for our pools (one server, Sentinel): never retries a wrong password or a
+    TLS failure, retries for up to the connection's retry window, and reports the outage once."""
 
-    def __init__(self, health: _Health, retrying: bool) -> None:
-        super().__init__(NoBackoff(), 1 if retrying else 0)
-        self._health = health
-        self._retrying = retrying
+    def on_error(error: Exception, failures: int) -> float | None:
+        if not retrying:
+            return None
+        health.failed(error)
+        return None if health.give_up(failures) else backoff(failures)
 
-    def __deepcopy__(self, memo: dict[int, Any]) -> _Retry:
-        # redis-py copies the retry policy into each connection; the outage log stays shared.
-        return _Retry(self._health, self._retrying)
-
-    def call_with_retry(
-        self,
-        do: Callable[[], T],
-        fail: Callable[..., Any],
-        is_retryable: Callable[[Exception], bool] | None = None,
-        with_failure_count: bool = False,
-    ) -> T:
-        # is_retryable and with_failure_count: redis-py 8 passes them (the handler of a failed health-check
-        # PING takes the failure count); 5.3 passes neither.
-        failures = 0
-        while True:
-            try:
-                result = do()
-                self._health.succeeded()
-                return result
-            except self._supported_errors as error:
-                if _permanent(error) or (is_retryable is not None and not is_retryable(error)):
-                    raise
-                failures += 1
-                if with_failure_count:
-                    fail(error, failures)
-                else:
-                    fail(error)
-                if not self._retrying:
-                    raise error
-                self._health.failed(error)
-                if self._health.give_up(failures):
-                    raise error
-                time.sleep(backoff(failures))
+    return _redispy.RetryLoop(
+        1 if retrying else 0, permanent=_permanent, on_error=on_error, on_success=health.succeeded
+    )
 
 
 #: Every script, loaded on each new connection (so a pipeline never meets NOSCRIPT after a restart).
@@ -214,25 +186,9 @@ class Script:
             return client.evalsha(self.sha, len(keys), *keys, *args)
 
 
-def _send_scripts(connection: Any) -> None:
-    commands = [("SCRIPT", "LOAD", script.source) for script in _SCRIPTS]
-    if commands:
-        connection.send_packed_command(connection.pack_commands(commands), check_health=False)
-        for _ in commands:
-            connection.read_response()
-
-
 def _load_scripts(connection: Any) -> None:
     """``redis_connect_func`` of our pools: the usual handshake, then every script in one round trip."""
-    handshake = getattr(connection, "on_connect_check_health", None)  # redis-py 6+
-    if handshake is not None:
-        # No health-check PING inside the handshake of a fresh connection: when the server drops it at
-        # once (a TLS server refusing our missing client certificate), that PING reconnected, which ran
-        # this handshake again, without end (RecursionError under redis-py 8).
-        handshake(check_health=False)
-    else:
-        connection.on_connect()
-    _send_scripts(connection)
+    _redispy.load_scripts(connection, [script.source for script in _SCRIPTS], handshake=True)
 
 
 def _timeout(value: float) -> float | None:
@@ -377,28 +333,13 @@ def _forget_topologies() -> None:
     _TOPOLOGIES.clear()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_topologies)
-
-
-class _SentinelProxy(SentinelConnectionPoolProxy):
-    """redis-py's Sentinel pool proxy (what each new connection asks for the master's address) that
-    reports every address it gets: a change is a failover."""
-
-    machinery_topology: _Topology | None = None
-
-    def get_master_address(self) -> Any:
-        address = super().get_master_address()  # type: ignore[no-untyped-call]
-        if self.machinery_topology is not None:
-            self.machinery_topology.switched(address)
-        return address
+at_fork(sys.modules[__name__], "_forget_topologies")
 
 
 def _watch_failovers(client: Any, topology: _Topology, sentinel_kwargs: dict[str, Any]) -> None:
-    pool = client.connection_pool
-    pool.proxy.__class__ = _SentinelProxy
-    pool.proxy.machinery_topology = topology
-    topology.watch(pool, sentinel_kwargs)
+    # every master address a new connection resolves is reported: a change is a failover
+    _redispy.report_master_addresses(client, topology.switched)
+    topology.watch(client.connection_pool, sentinel_kwargs)
 
 
 # Cluster ---------------------------------------------------------------------------------------
@@ -417,7 +358,7 @@ def _cluster_error(exc: RedisClusterException) -> RedisError:
 
 def _load_scripts_only(connection: Any) -> None:
     """``redis_connect_func`` for RedisCluster (which does the handshake itself first)."""
-    _send_scripts(connection)
+    _redispy.load_scripts(connection, [script.source for script in _SCRIPTS], handshake=False)
 
 
 class _Cluster(RedisCluster):
@@ -465,7 +406,7 @@ def _slot(client: Any, command: tuple[Any, ...]) -> int:
     key = _command_key(command)
     if key is None:
         return random.randrange(16384)
-    return int(key_slot(client.encoder.encode(key)))
+    return _redispy.slot_of(client, key)
 
 
 def _cluster_round(client: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
@@ -479,7 +420,7 @@ def _cluster_round(client: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any
         for i in todo:
             node = asking.get(i)
             if node is None:
-                node = client.nodes_manager.get_node_from_slot(_slot(client, commands[i]))
+                node = _redispy.node_for_slot(client, _slot(client, commands[i]))
             groups.setdefault(node.name, (node, []))[1].append(i)
         taken: list[tuple[Any, Any, list[int]]] = []
         clean = False
@@ -493,15 +434,12 @@ def _cluster_round(client: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any
                     if i in asking:
                         batch.append(("ASKING",))
                     batch.append(commands[i])
-                conn.send_packed_command([b"".join([pack_command(command) for command in batch])])
+                _redispy.send_commands(conn, batch)
             for _pool, conn, indexes in taken:
                 for i in indexes:
                     if i in asking:
-                        conn.read_response()
-                    try:
-                        replies[i] = conn.read_response()
-                    except ResponseError as exc:
-                        replies[i] = exc
+                        _redispy.read_reply(conn)
+                    replies[i] = _redispy.read_reply(conn)
             clean = True
         finally:
             for pool, conn, _indexes in taken:
@@ -528,7 +466,7 @@ def _cluster_round(client: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any
         if not again:
             return replies
         if refresh:
-            client.nodes_manager.initialize()
+            _redispy.refresh_slots(client)
         elif not asking:
             time.sleep(0.05)  # TRYAGAIN: a slot is being migrated
         todo = again
@@ -627,7 +565,7 @@ class Connection:
         kwargs: dict[str, Any] = {
             "socket_timeout": _timeout(timeout),
             "socket_connect_timeout": _timeout(cfg.connect_timeout),
-            "retry": _Retry(self.health, retrying),
+            "retry": _retry_policy(self.health, retrying),
             "redis_connect_func": _load_scripts,
             "health_check_interval": max(0, int(cfg.idle_timeout or 0)),
             "client_name": target.client_name or cfg.client_name or None,
@@ -753,7 +691,7 @@ class Connection:
         if type(pool) is not redis.ConnectionPool:
             return user  # a sentinel or blocking pool: use it as it is
         kwargs = dict(pool.connection_kwargs)
-        kwargs["retry"] = _Retry(self.health, False)
+        kwargs["retry"] = _retry_policy(self.health, False)
         kwargs["redis_connect_func"] = _load_scripts
         return redis.Redis(
             connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
@@ -840,7 +778,7 @@ class Connection:
                 time.sleep(backoff(failures))
                 if self.cluster and self._client is not None:
                     try:
-                        self._client.nodes_manager.initialize()
+                        _redispy.refresh_slots(self._client)
                     except Exception:  # still down: the next round fails and backs off again
                         logger.debug("refreshing the cluster's slot map failed", exc_info=True)
                 continue
@@ -860,15 +798,8 @@ class Connection:
         pool = client.connection_pool
         conn = pool.get_connection()
         try:
-            # hiredis packs a command in C, several times faster than redis-py's encoder (the
-            # values are ours: str, bytes, int and float only).
-            conn.send_packed_command([b"".join([pack_command(command) for command in commands])])
-            replies: list[Any] = []
-            for _ in commands:
-                try:
-                    replies.append(conn.read_response())
-                except ResponseError as exc:
-                    replies.append(exc)
+            _redispy.send_commands(conn, commands)
+            replies = [_redispy.read_reply(conn) for _ in commands]
         except BaseException:
             conn.disconnect()
             raise

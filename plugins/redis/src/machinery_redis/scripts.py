@@ -185,13 +185,15 @@ return 1
 """.replace("@TTL@", str(REDELIVERED_TTL)),
 )
 
-#: Dead-letter one message: from the processing list to the queue's dead list.
-#: KEYS: processing, dead, redelivered   ARGV: body
+#: Dead-letter one message: from the processing list to the queue's dead list, and its reason, time and
+#: delivery count (JSON) to the parallel list ``<dead>:meta`` (the dead list keeps the bare bodies).
+#: KEYS: processing, dead, redelivered, dead meta   ARGV: body, meta
 DEAD = Script(
     "dead",
     """
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
 redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('RPUSH', KEYS[4], ARGV[2])
 redis.call('HDEL', KEYS[3], redis.sha1hex(ARGV[1]))
 return 1
 """,

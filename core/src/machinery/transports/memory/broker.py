@@ -13,11 +13,13 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from ... import codec
-from ...broker import BaseBroker, Delivery, decode_body
+from ...broker import BaseBroker, DeadLetter, Delivery
 from ...capabilities import Capability
 from ...config import Config
+from ...delivery import BaseDelivery
 from ...signature import Signature
 from .store import shared
 
@@ -37,38 +39,27 @@ class _Store:
         self.cond = threading.Condition()
         self.ready: dict[str, list[_Entry]] = {}  # heap per queue: (-priority, seq)
         self.delayed: list[tuple[float, int, _Entry]] = []  # heap by due time
-        self.dead: dict[str, list[bytes]] = {}
-        self.dead_at: dict[str, list[float]] = {}  # monotonic time of each dead letter, for expiry
+        self.dead: list[DeadLetter] = []  # oldest first
+        self.dead_at: list[float] = []  # monotonic time of each dead letter, for expiry
         self.seq = itertools.count()
 
 
-class MemoryDelivery:
-    """A leased in-memory message."""
+class MemoryDelivery(BaseDelivery):
+    """A leased in-memory message (no ``__slots__``: tests wrap a delivery's methods on the instance)."""
 
     def __init__(self, broker: MemoryBroker, entry: _Entry) -> None:
+        super().__init__(entry.body, queue=entry.queue, delivery_count=entry.deliveries)
         self._broker = broker
         self._entry = entry
-        self.body = entry.body
-        self.delivery_count = entry.deliveries
-        self.redelivered = entry.deliveries > 1
-        self.signature, self.error = decode_body(entry.body)
-        self._settled = False
 
-    def ack(self) -> None:
-        self._settled = True
+    def _ack(self) -> None:
+        return None  # taken from the queue at consume: nothing left to delete
 
-    def nack(self, requeue: bool = True, delay: float | None = None, reason: str = "") -> None:
-        """Requeue (after ``delay`` seconds) or dead-letter."""
-        if self._settled:
-            return
-        self._settled = True
+    def _nack(self, requeue: bool, delay: float | None, reason: str) -> None:
         if requeue:
             self._broker._put(self._entry, delay or 0.0)
         else:
-            self._broker._dead_letter(self._entry)
-
-    def extend(self, seconds: float) -> None:
-        return None  # leases never expire in one process
+            self._broker._dead_letter(self._entry, reason)
 
 
 class MemoryBroker(BaseBroker):
@@ -122,16 +113,15 @@ class MemoryBroker(BaseBroker):
                 heapq.heappush(store.ready.setdefault(entry.queue, []), entry)
             store.cond.notify_all()
 
-    def _dead_letter(self, entry: _Entry) -> None:
+    def _dead_letter(self, entry: _Entry, reason: str) -> None:
         store = self._store
         now = time.monotonic()
+        letter = DeadLetter(entry.body, reason, datetime.now(UTC), entry.deliveries, entry.queue)
         with store.cond:
-            bodies = store.dead.setdefault(entry.queue, [])
-            times = store.dead_at.setdefault(entry.queue, [])
-            expired = bisect.bisect_left(times, now - self.config.dead_letter_expire_in)
-            del bodies[:expired], times[:expired]
-            bodies.append(entry.body)
-            times.append(now)
+            expired = bisect.bisect_left(store.dead_at, now - self.config.dead_letter_expire_in)
+            del store.dead[:expired], store.dead_at[:expired]
+            store.dead.append(letter)
+            store.dead_at.append(now)
 
     # consuming -------------------------------------------------------------------------------
     def consume(self, queue: str, max_messages: int, timeout: float) -> list[Delivery]:
@@ -175,10 +165,12 @@ class MemoryBroker(BaseBroker):
             entries = [e for _, _, e in sorted(self._store.delayed, key=lambda t: (t[0], t[1]))]
         return [codec.decode_signature(e.body) for e in entries]
 
-    def dead_letters(self, queue: str) -> list[bytes]:
-        """Bodies that were nacked without requeue."""
+    def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        """Up to ``limit`` messages of ``queue`` (every queue when None) nacked without requeue,
+        oldest first."""
         with self._store.cond:
-            return list(self._store.dead.get(queue, []))
+            letters = [d for d in self._store.dead if queue is None or d.queue == queue]
+        return letters[: max(0, limit)]
 
     def purge(self, queue: str) -> None:
         with self._store.cond:

@@ -4,10 +4,11 @@ A message is a row of ``messages``, either *ready* (consumable now, indexed by q
 id) or *waiting* until ``visible_at`` (an ETA, a nack delay, or a lease; indexed by queue and time),
 so consuming never scans past delayed or leased messages however many there are. Consuming first
 makes the queue's due waiting messages ready, then leases the first ``max_messages`` ready ones, in
-one transaction: they get this broker's owner id and wait until the lease's end. A daemon thread renews every
-lease this broker still holds every ``sqlite.renew`` seconds (one UPDATE), so a long task is not
-redelivered while its process lives. When the process dies, its leases run out after
-``sqlite.lease`` seconds and the messages are consumed again (``redelivered=True``).
+one transaction: they get this broker's owner id and wait until the lease's end. A daemon thread
+(the broker's :class:`~machinery.lease.LeaseKeeper`) renews every lease this broker still holds
+every ``sqlite.renew`` seconds (one UPDATE), so a long task is not redelivered while its process
+lives. When the process dies, its leases run out after ``sqlite.lease`` seconds and the messages
+are consumed again (``redelivered=True``).
 
 ``ack`` deletes the row, ``nack`` makes it visible again (optionally later), ``nack(requeue=False)``
 moves it to ``dead_letters``. Acks and nacks carry the lease they belong to: after a lease ran out
@@ -18,21 +19,22 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from datetime import UTC, datetime
 
 from ... import codec
-from ...broker import BaseBroker, Delivery, decode_body
+from ...broker import BaseBroker, DeadLetter, Delivery, decode_body
 from ...capabilities import Capability
 from ...config import Config
+from ...delivery import BaseDelivery
 from ...errors import BrokerError
+from ...lease import LeaseKeeper
 from ...signature import Signature
 from .store import SQLiteStore, SQLiteTarget, chunks, on_fork, parse_sqlite_url, placeholders
 
-__all__ = ["DeadLetter", "SQLiteBroker", "SQLiteDelivery"]
+__all__ = ["SQLiteBroker", "SQLiteDelivery"]
 
 logger = logging.getLogger("machinery.sqlite")
 
@@ -56,8 +58,10 @@ _INSERT_SQL = (
 )
 
 
-class SQLiteDelivery:
+class SQLiteDelivery(BaseDelivery):
     """One leased message. ``signature`` is None (and ``error`` says why) when the body is malformed."""
+
+    __slots__ = ("_broker", "id", "owner", "priority")
 
     def __init__(
         self,
@@ -69,49 +73,23 @@ class SQLiteDelivery:
         delivery_count: int,
         owner: str,
     ) -> None:
+        super().__init__(body, queue=queue, delivery_count=delivery_count)
         self._broker = broker
         self.id = id
-        self.queue = queue
-        self.body = body
         self.priority = priority
-        self.delivery_count = delivery_count
-        self.redelivered = delivery_count > 1
         self.owner = owner
-        self.signature, self.error = decode_body(body)
-        self.settled = False
 
-    def __repr__(self) -> str:
-        what = self.signature if self.signature is not None else f"malformed: {self.error}"
-        return f"<SQLiteDelivery #{self.id} {self.queue} {what}>"
+    def _ack(self) -> None:
+        """Delete the message (nothing when the lease was lost meanwhile)."""
+        self._broker._delete([self])
 
-    def ack(self) -> None:
-        """Delete the message (a no-op when already settled or the lease was lost)."""
-        self._broker.ack_many([self])
-
-    def nack(self, requeue: bool = True, delay: float | None = None, reason: str = "") -> None:
-        """Make the message visible again (after ``delay`` seconds), or dead-letter it."""
+    def _nack(self, requeue: bool, delay: float | None, reason: str) -> None:
+        """Make the message visible again (after ``delay`` seconds), or dead-letter it (with ``reason``)."""
         self._broker._nack(self, requeue, delay, reason)
 
-    def extend(self, seconds: float) -> None:
+    def _extend(self, seconds: float) -> None:
         """Keep the lease at least ``seconds`` more from now."""
         self._broker._extend(self, seconds)
-
-
-@dataclass
-class DeadLetter:
-    """A message nacked with ``requeue=False``."""
-
-    id: int
-    queue: str
-    body: bytes
-    priority: int
-    delivery_count: int
-    created: float
-    died_at: float
-
-    @property
-    def signature(self) -> Signature | None:
-        return decode_body(self.body)[0]
 
 
 class SQLiteBroker(BaseBroker):
@@ -157,10 +135,10 @@ class SQLiteBroker(BaseBroker):
 
     def _init_process_state(self) -> None:
         self.owner = uuid.uuid4().hex
-        self._lock = threading.Lock()
-        self._outstanding: set[int] = set()
-        self._renewer: threading.Thread | None = None
-        self._stop = threading.Event()
+        #: renews the leases of this broker's unsettled deliveries every ``renew`` seconds, in one thread
+        self._keeper: LeaseKeeper[SQLiteDelivery] = LeaseKeeper(
+            self._renew_leases, self._renew_interval, name=f"sqlite-lease-renewer-{self.owner[:8]}"
+        )
 
     def _after_fork(self) -> None:
         # The parent's leases stay the parent's: this process starts with none and a new owner id.
@@ -188,6 +166,9 @@ class SQLiteBroker(BaseBroker):
     def renew(self) -> float:
         """Seconds between lease renewals (read each time: reloadable)."""
         return self.target.renew_seconds(self.config)
+
+    def _renew_interval(self) -> float:
+        return self.renew
 
     # producing -------------------------------------------------------------------------------
     def _row(self, signature: Signature, now: float) -> tuple[str, bytes, int, bool, float, float]:
@@ -260,33 +241,27 @@ class SQLiteBroker(BaseBroker):
         if not rows:
             return []
         rows.sort(key=lambda r: (-r[2], r[0]))
-        with self._lock:
-            self._outstanding.update(r[0] for r in rows)
-        self._ensure_renewer()
-        return [SQLiteDelivery(self, r[0], queue, bytes(r[1]), r[2], r[3], owner) for r in rows]
+        deliveries = [SQLiteDelivery(self, r[0], queue, bytes(r[1]), r[2], r[3], owner) for r in rows]
+        self._keeper.add(deliveries)
+        return deliveries
 
     # settling --------------------------------------------------------------------------------
-    def _settle(self, deliveries: Iterable[SQLiteDelivery]) -> list[SQLiteDelivery]:
-        """Mark ``deliveries`` settled; the ones that were not yet."""
-        todo: list[SQLiteDelivery] = []
-        with self._lock:
-            for delivery in deliveries:
-                if not delivery.settled:
-                    delivery.settled = True
-                    self._outstanding.discard(delivery.id)
-                    todo.append(delivery)
-        return todo
-
     def ack_many(self, deliveries: Sequence[Delivery]) -> None:
         """Ack several deliveries of this broker in one transaction (a fast path for workers)."""
-        mine = [d for d in deliveries if isinstance(d, SQLiteDelivery)]
-        for other in deliveries:
-            if not isinstance(other, SQLiteDelivery):
-                other.ack()
-        todo = self._settle(mine)
-        if not todo:
+        mine: list[SQLiteDelivery] = []
+        for delivery in deliveries:
+            if isinstance(delivery, SQLiteDelivery) and delivery._broker is self:
+                if delivery.claim():
+                    mine.append(delivery)
+            else:
+                delivery.ack()
+        self._delete(mine)
+
+    def _delete(self, deliveries: Sequence[SQLiteDelivery]) -> None:
+        """Delete the rows of settled ``deliveries`` whose lease is still theirs."""
+        if not deliveries:
             return
-        params = [(d.id, d.owner, d.delivery_count) for d in todo]
+        params = [(d.id, d.owner, d.delivery_count) for d in deliveries]
         sql = "DELETE FROM messages WHERE id = ? AND lease_owner = ? AND delivery_count = ?"
         if len(params) == 1:
             self._store.execute_write("ack", sql, params[0])
@@ -295,9 +270,6 @@ class SQLiteBroker(BaseBroker):
                 conn.executemany(sql, params)
 
     def _nack(self, delivery: SQLiteDelivery, requeue: bool, delay: float | None, reason: str = "") -> None:
-        # ``reason`` is for the typed dead letters of plugin platform II; the count stays either way
-        if not self._settle([delivery]):
-            return
         key = (delivery.id, delivery.owner, delivery.delivery_count)
         if requeue:
             now = time.time()
@@ -312,10 +284,10 @@ class SQLiteBroker(BaseBroker):
             return
         with self._store.write("dead-letter") as conn:
             moved = conn.execute(
-                "INSERT INTO dead_letters (queue, body, priority, delivery_count, created, died_at) "
-                "SELECT queue, body, priority, delivery_count, created, ? FROM messages "
+                "INSERT INTO dead_letters (queue, body, priority, delivery_count, created, died_at, reason) "
+                "SELECT queue, body, priority, delivery_count, created, ?, ? FROM messages "
                 "WHERE id = ? AND lease_owner = ? AND delivery_count = ?",
-                (time.time(), *key),
+                (time.time(), reason, *key),
             ).rowcount
             if moved:
                 conn.execute("DELETE FROM messages WHERE id = ?", (delivery.id,))
@@ -325,8 +297,6 @@ class SQLiteBroker(BaseBroker):
                 )
 
     def _extend(self, delivery: SQLiteDelivery, seconds: float) -> None:
-        if delivery.settled:
-            return
         self._store.execute_write(
             "extend",
             "UPDATE messages SET ready = 0, visible_at = max(visible_at, ?) "
@@ -334,38 +304,20 @@ class SQLiteBroker(BaseBroker):
             (time.time() + seconds, delivery.id, delivery.owner, delivery.delivery_count),
         )
 
-    # lease renewal ---------------------------------------------------------------------------
-    def _ensure_renewer(self) -> None:
-        with self._lock:
-            if self._renewer is not None and self._renewer.is_alive():
-                return
-            self._stop = threading.Event()
-            self._renewer = threading.Thread(
-                target=self._renew_loop,
-                args=(self._stop,),
-                name=f"sqlite-lease-renewer-{self.owner[:8]}",
-                daemon=True,
-            )
-            self._renewer.start()
-
-    def _renew_loop(self, stop: threading.Event) -> None:
-        while not stop.wait(self.renew):
-            try:
-                self.renew_leases()
-            except Exception:
-                logger.exception("sqlite broker %s: renewing leases failed", self.path)
-
+    # lease renewal (the LeaseKeeper's thread calls _renew_leases) ------------------------------
     def renew_leases(self) -> int:
-        """Push every lease this broker holds to ``now + lease`` (one UPDATE per 900 leases);
-        the number renewed."""
-        with self._lock:
-            outstanding = sorted(self._outstanding)
-        if not outstanding:
+        """Push every lease this broker holds to ``now + lease`` now (the keeper does it every
+        ``renew`` seconds); the number renewed."""
+        return self._renew_leases(self._keeper.live())
+
+    def _renew_leases(self, deliveries: Sequence[SQLiteDelivery]) -> int:
+        """One UPDATE per 900 leases; the number renewed."""
+        if not deliveries:
             return 0
         renewed = 0
         with self._store.write("renew leases") as conn:
             lease_end = time.time() + self.lease
-            for ids in chunks(outstanding):
+            for ids in chunks(sorted(d.id for d in deliveries)):
                 renewed += conn.execute(
                     f"UPDATE messages SET ready = 0, visible_at = max(visible_at, ?) "
                     f"WHERE lease_owner = ? AND id IN ({placeholders(len(ids))})",
@@ -398,15 +350,20 @@ class SQLiteBroker(BaseBroker):
         )
         return [sig for (body,) in cursor.fetchall() if (sig := decode_body(body)[0]) is not None]
 
-    def dead_letters(self, queue: str) -> list[DeadLetter]:
-        """Messages of ``queue`` nacked with ``requeue=False``, oldest first."""
+    def dead_letters(self, queue: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        """Up to ``limit`` messages of ``queue`` (every queue when None) nacked with
+        ``requeue=False``, oldest first."""
+        where, params = ("WHERE queue = ? ", (queue,)) if queue is not None else ("", ())
         cursor = self._store.execute(
             "dead_letters",
-            "SELECT id, queue, body, priority, delivery_count, created, died_at FROM dead_letters "
-            "WHERE queue = ? ORDER BY id",
-            (queue,),
+            "SELECT queue, body, delivery_count, died_at, reason FROM dead_letters "
+            f"{where}ORDER BY id LIMIT ?",
+            (*params, max(0, limit)),
         )
-        return [DeadLetter(r[0], r[1], bytes(r[2]), r[3], r[4], r[5], r[6]) for r in cursor.fetchall()]
+        return [
+            DeadLetter(bytes(body), reason, datetime.fromtimestamp(died_at, UTC), count, q)
+            for q, body, count, died_at, reason in cursor.fetchall()
+        ]
 
     def count(self, queue: str | None = None) -> int:
         """Messages stored (waiting, delayed or leased) in ``queue``, or in every queue."""
@@ -433,13 +390,7 @@ class SQLiteBroker(BaseBroker):
     def close(self) -> None:
         """Stop renewing, give back unsettled leases at once (they are redelivered), close the
         connections. Idempotent."""
-        with self._lock:
-            self._stop.set()
-            renewer, self._renewer = self._renewer, None
-            outstanding = sorted(self._outstanding)
-            self._outstanding.clear()
-        if renewer is not None and renewer is not threading.current_thread():
-            renewer.join(timeout=5.0)
+        outstanding = sorted(d.id for d in self._keeper.close())
         if outstanding:
             try:
                 with self._store.write("returning leases") as conn:

@@ -19,9 +19,9 @@ import logging
 import math
 import os
 import sqlite3
+import sys
 import threading
 import time
-import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +30,7 @@ from urllib.parse import parse_qsl, unquote
 
 from ...config import Config
 from ...errors import ConfigError, MachineryError
+from ...forking import at_fork
 from ...redact import redact_url
 
 __all__ = [
@@ -44,7 +45,7 @@ __all__ = [
 logger = logging.getLogger("machinery.sqlite")
 
 #: 1 was a pre-release layout (no ready/waiting split); there is no upgrade path from it
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: seconds a writer waits for the file lock before failing
 BUSY_TIMEOUT = 30.0
 #: largest number of ``?`` in one ``IN (...)`` list (SQLite's old default limit was 999)
@@ -58,6 +59,10 @@ _URL_FORM = (
 #: permissions of a database file machinery creates (and so of its -wal/-shm files, which SQLite creates
 #: with the database's mode): only the owner may read tasks' arguments and results
 DEFAULT_FILE_MODE = 0o600
+#: schema version -> the statements that upgrade a database of that version by one
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: ("ALTER TABLE dead_letters ADD COLUMN reason TEXT NOT NULL DEFAULT ''",),
+}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -85,7 +90,8 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     priority INTEGER NOT NULL,
     delivery_count INTEGER NOT NULL,
     created REAL NOT NULL,
-    died_at REAL NOT NULL
+    died_at REAL NOT NULL,
+    reason TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS dead_letters_queue ON dead_letters (queue, id);
 
@@ -295,12 +301,12 @@ def _hub_for(path: str) -> Hub:
 #: connections inherited from a parent process: kept alive, never used or closed (closing an
 #: inherited SQLite connection in a child can disturb the parent's locks and WAL)
 _abandoned: list[Any] = []
-_fork_aware: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def on_fork(obj: Any) -> None:
-    """Call ``obj._after_fork()`` in a child process right after ``os.fork``."""
-    _fork_aware.add(obj)
+    """Call ``obj._after_fork()`` in a child process right after ``os.fork`` (after this module's
+    own reset, registered first)."""
+    at_fork(obj, "_after_fork")
 
 
 def _after_fork_in_child() -> None:
@@ -308,15 +314,9 @@ def _after_fork_in_child() -> None:
     _hubs_lock = threading.Lock()
     _opening = threading.Lock()
     _hubs.clear()
-    for obj in list(_fork_aware):
-        try:
-            obj._after_fork()
-        except Exception:  # pragma: no cover - must never break a fork
-            logger.exception("sqlite: resetting %r after fork failed", obj)
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+at_fork(sys.modules[__name__], "_after_fork_in_child")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -468,7 +468,7 @@ class SQLiteStore:
                 f"sqlite database {self.path!r} has schema version {version}, newer than this "
                 f"machinery's ({SCHEMA_VERSION}); upgrade machinery-core"
             )
-        if 0 < version < SCHEMA_VERSION:
+        if 0 < version < SCHEMA_VERSION and version not in MIGRATIONS:
             raise self.error(
                 f"sqlite database {self.path!r} has schema version {version}, written by a pre-release "
                 f"machinery; delete the file (and its -wal/-shm files) to start afresh"
@@ -476,8 +476,15 @@ class SQLiteStore:
         if version < SCHEMA_VERSION:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for statement in _statements(SCHEMA):
-                    conn.execute(statement)
+                # read again inside the write lock: another process may have upgraded meanwhile
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version == 0:
+                    for statement in _statements(SCHEMA):
+                        conn.execute(statement)
+                while 0 < version < SCHEMA_VERSION:
+                    for statement in MIGRATIONS[version]:
+                        conn.execute(statement)
+                    version += 1
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 conn.execute("COMMIT")
             except BaseException:

@@ -1,0 +1,82 @@
+"""The redis-py internals machinery_redis relies on (all in machinery_redis._redispy) are present.
+
+No server needed: this fails loudly, naming what changed, when an installed redis-py is incompatible.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import redis
+from redis.cluster import NodesManager
+from redis.connection import AbstractConnection
+from redis.exceptions import ConnectionError
+from redis.retry import Retry
+
+from machinery_redis import _redispy
+
+
+def test_installed_redis_py_has_every_internal_we_use() -> None:
+    found = _redispy.problems()
+    assert not found, f"redis-py {redis.__version__} is incompatible with machinery-redis: " + "; ".join(
+        found
+    )
+
+
+def test_a_missing_internal_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(NodesManager, "get_node_from_slot")
+    assert "NodesManager.get_node_from_slot is missing" in _redispy.problems()
+
+
+def test_a_changed_signature_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    def send_packed_command(self: object, payload: object) -> None:
+        return None
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", send_packed_command)
+    assert "Connection.send_packed_command no longer takes command, check_health" in _redispy.problems()
+
+
+def test_an_incompatible_redis_py_is_reported_at_import(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delattr(NodesManager, "initialize")
+    with caplog.at_level(logging.WARNING, logger="machinery.redis"):
+        _redispy._check()
+    assert "NodesManager.initialize is missing" in caplog.text and redis.__version__ in caplog.text
+
+
+def test_a_new_retry_parameter_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    def call_with_retry(self: object, do: object, fail: object, deadline: float = 0.0) -> None:
+        return None
+
+    monkeypatch.setattr(Retry, "call_with_retry", call_with_retry)
+    assert "Retry.call_with_retry takes deadline, which RetryLoop does not" in _redispy.problems()
+
+
+def test_retry_loop_follows_both_redis_py_contracts() -> None:
+    calls: list[tuple[object, ...]] = []
+    outcomes: list[BaseException | str] = [ConnectionError("down"), ConnectionError("down"), "ok"]
+
+    def do() -> str:
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def on_error(error: Exception, failures: int) -> float | None:
+        calls.append(("error", failures))
+        return 0.0
+
+    loop = _redispy.RetryLoop(
+        1, permanent=lambda e: False, on_error=on_error, on_success=lambda: calls.append(("ok",))
+    )
+    failed: list[tuple[object, ...]] = []
+    assert loop.call_with_retry(do, lambda *a: failed.append(a), with_failure_count=True) == "ok"
+    assert [a[1] for a in failed] == [1, 2], "redis-py 8 handlers get the failure count"
+    assert calls == [("error", 1), ("error", 2), ("ok",)]
+
+    refused = _redispy.RetryLoop(1, permanent=lambda e: True, on_error=on_error, on_success=lambda: None)
+    with pytest.raises(ConnectionError):
+        refused.call_with_retry(lambda: (_ for _ in ()).throw(ConnectionError("no")), failed.append)
+    assert len(failed) == 2, "a permanent error is raised at once, without the failure handler"
