@@ -179,15 +179,16 @@ def test_registering_entries_without_any_scheduler_warns_once(
 ) -> None:
     app = _app_with_entry(tmp_path, "memory://")
     app.close()
-    app.close()
-    assert caplog.text.count("no scheduler ran here") == 1
+    assert app.scheduler_watch.reported and "no scheduler ran here" in caplog.text
     caplog.clear()
+    app.close()  # once: apps collected by other tests may log their own, so count on this one
+    assert "no scheduler ran here" not in caplog.text
     scheduled = _app_with_entry(tmp_path, "memory://")
     beat = scheduled.beat()
     beat.stop()
     beat.run()  # marks the schedule as run here, then returns at once (stopped)
     scheduled.close()
-    assert "no scheduler ran here" not in caplog.text
+    assert scheduled.scheduler_watch.started and not scheduled.scheduler_watch.reported
 
 
 def _beat_warnings(app: Machinery, caplog: pytest.LogCaptureFixture) -> list[str]:

@@ -745,3 +745,33 @@ def _alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_chord_recovery_sends_a_callback_once_with_a_shared_lock(tmp_path: Path) -> None:
+    """A redelivered member that finds the chord triggered sends the callback only when it was never
+    sent: the sender marks it in the (shared) lock, so a callback queued as PENDING is not sent twice,
+    and of several recoveries of an unsent one, one sends it."""
+    from machinery.worker.runner import TaskRunner
+
+    url = f"sqlite:///{tmp_path / 'chord.db'}"
+    app = Machinery(Config(broker=url, result_backend=url))
+    sent: list[str] = []
+    app.set_pre_publish_handler(lambda sig: sent.append(sig.uuid))
+    runner = TaskRunner(app)
+    member = TaskState("m1", State.SUCCESS, task_name="add", results=[])
+
+    def member_of(group: str, callback: Signature) -> Signature:
+        return Signature("add", uuid="m1", group_uuid=group, group_task_count=1, chord_callback=callback)
+
+    published = Signature("multiply", uuid="cb-published")
+    runner._fire(member_of("g-published", published), [member])  # the trigger winner: publish, mark
+    assert sent == ["cb-published"]
+    runner._recover_callback(member_of("g-published", published), [member])
+    assert sent == ["cb-published"], "a PENDING callback that was published and marked is not sent again"
+
+    lost = Signature("multiply", uuid="cb-lost")
+    app.backend.set_state(TaskState("cb-lost", State.PENDING, task_name="multiply"))  # died before publish
+    runner._recover_callback(member_of("g-lost", lost), [member])
+    runner._recover_callback(member_of("g-lost", lost), [member])
+    assert sent == ["cb-published", "cb-lost"], "an unsent callback is sent by exactly one recovery"
+    app.close()

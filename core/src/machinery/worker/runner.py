@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .. import codec, tracing
 from ..errors import MessageError, Retry, TimeLimitExceeded, UnknownGroupError
 from ..log import logger
+from ..periodic import shared_lock
 from ..retry import fibonacci_next
 from ..signature import Arg, Signature, State, TaskState, now_utc
 from ..task import Task, _current
@@ -84,6 +85,9 @@ class _Unencodable:
     def __init__(self, message: str) -> None:
         self.message = message
 
+
+#: The lock key marking a chord's callback as published (recovery after a worker died checks it).
+CHORD_SENT_KEY = "machinery_chord_sent:{}"
 
 #: How many times a task raised Retry (its retry-later budget is separate from retry_count).
 RETRY_LATER_HEADER = "machinery-retry-later"
@@ -399,6 +403,8 @@ class TaskRunner:
         state = self.backend.get_state(sig.chord_callback.uuid)
         if state is not None and state.state != State.PENDING:
             return
+        if state is not None and not self._claim_chord_send(sig.group_uuid):
+            return  # PENDING, and marked sent: it waits in the queue, it is not lost
         logger.warning(
             "chord %s was triggered but its callback never sent (a worker died in between); sending it",
             sig.group_uuid,
@@ -419,6 +425,20 @@ class TaskRunner:
             for state in states:
                 callback.args.extend(Arg(r.value, r.type) for r in state.results or [])
         self._publish_callback(callback)
+        self._claim_chord_send(sig.group_uuid)  # the mark: a redelivered member will not send it again
+
+    def _claim_chord_send(self, group_uuid: str) -> bool:
+        """Mark the chord's callback as sent; False when it already was. A lock key shared across
+        processes holds the mark (taken once the callback is published, or by the one recovery that
+        sends it again); with a process-local lock nobody can tell, so True: a rare duplicate callback
+        rather than a lost one."""
+        if not shared_lock(self.app):
+            return True
+        try:
+            return self.app.lock.acquire(CHORD_SENT_KEY.format(group_uuid), float(self.backend.expires_in))
+        except Exception as exc:  # the mark is an optimisation: without it, recovery may send twice
+            logger.warning("could not mark chord %s's callback as sent: %s", group_uuid, exc)
+            return True
 
     def _group_known(self, sig: Signature) -> bool:
         """A chord member checks its group before it runs: one of an unknown or expired group (a
