@@ -92,24 +92,22 @@ class UnknownChordFalseBackend(MemoryBackend):
 class NoRenewalBroker(SQLiteBroker):
     """Never renews its leases: a task longer than the lease is delivered again meanwhile."""
 
-    def _ensure_renewer(self) -> None:
-        return None
+    def _renew_leases(self, deliveries: Sequence[SQLiteDelivery]) -> int:
+        return 0
 
 
 class NoopAckBroker(SQLiteBroker):
     """ack() forgets the delivery locally but leaves the message leased on the "server"."""
 
-    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
-        self._settle([d for d in deliveries if isinstance(d, SQLiteDelivery)])
+    def _delete(self, deliveries: Sequence[SQLiteDelivery]) -> None:
+        return None
 
 
 class CloseKeepsLeasesBroker(SQLiteBroker):
     """close() stops renewing but gives nothing back: messages wait for their lease to run out."""
 
     def close(self) -> None:
-        with self._lock:
-            self._stop.set()
-            self._outstanding.clear()
+        self._keeper.close()
         self._store.close()
 
 
