@@ -53,12 +53,8 @@ class ClientHolder:
         boto_config_class: Any = importlib.import_module("botocore.config").Config
 
         target = self.target
-        session = boto3.session.Session(
-            aws_access_key_id=target.access_key,
-            aws_secret_access_key=target.secret_key,
-            region_name=target.region,
-        )
-        region: str | None = session.region_name
+        session = _shared_session(boto3)
+        region: str | None = target.region or session.region_name
         if not region:
             if target.endpoint_url or _endpoint_from_env(target.service):
                 region = "us-east-1"  # a local endpoint ignores it, but botocore needs one to sign
@@ -74,13 +70,16 @@ class ClientHolder:
             max_pool_connections=32,
             user_agent_extra="machinery-python",
         )
-        return session.client(
-            target.service,
-            region_name=region,
-            endpoint_url=target.endpoint_url,
-            verify=self._verify(),
-            config=boto_config,
-        )
+        with _session_lock:  # creating clients from one session is not thread-safe
+            return session.client(
+                target.service,
+                aws_access_key_id=target.access_key,
+                aws_secret_access_key=target.secret_key,
+                region_name=region,
+                endpoint_url=target.endpoint_url,
+                verify=self._verify(),
+                config=boto_config,
+            )
 
     def _verify(self) -> bool | str | None:
         """TLS is verified by default; ``Config.tls`` may name a CA file or (tests only) turn it off."""
@@ -96,6 +95,20 @@ class ClientHolder:
             close = getattr(client, "close", None)
             if close is not None:
                 close()
+
+
+_session_lock = threading.Lock()
+_session: tuple[int, Any] | None = None
+
+
+def _shared_session(boto3: Any) -> Any:
+    """One boto3 session per process: its loaded service models make each further client cheap."""
+    global _session
+    pid = os.getpid()
+    with _session_lock:
+        if _session is None or _session[0] != pid:
+            _session = (pid, boto3.session.Session())
+        return _session[1]
 
 
 def _endpoint_from_env(service: str) -> str:
