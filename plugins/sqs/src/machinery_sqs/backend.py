@@ -53,6 +53,8 @@ FIRST_POLL = 0.05
 #: error text kept when an error message alone would overflow an item
 ERROR_KEEP = 64 * 1024
 
+#: bytes of the attribute names of a task-state item (``_item_size`` counts the values' names instead)
+_NAMES_SIZE = 64
 _NAMES = {"#s": "State", "#e": "Error", "#r": "Results", "#t": "TTL", "#n": "TaskName", "#c": "CreatedAt"}
 
 
@@ -210,9 +212,7 @@ class DynamoDBBackend(BaseBackend):
     def set_state(self, state: TaskState) -> None:
         """Store ``state`` (one UpdateItem: the task name and creation time stay when not given)."""
         values = self._state_values(state)
-        size = _item_size({k: v for k, v in values.items() if not k.startswith(":empty")}) + len(
-            state.task_uuid
-        )
+        size = _item_size(values) + _NAMES_SIZE + len(state.task_uuid)
         if size > ITEM_LIMIT:
             state = self._too_large(state, size)
             values = self._state_values(state)
@@ -250,8 +250,8 @@ class DynamoDBBackend(BaseBackend):
     def _too_large(state: TaskState, size: int) -> TaskState:
         """What is stored instead of a state over the item limit: a FAILURE saying why."""
         error = (
-            f"result too large for DynamoDB: the state is {size} bytes, over the {ITEM_LIMIT}-byte item "
-            "limit (return a reference, e.g. an S3 key, instead)"
+            f"result too large for DynamoDB: the state is {size} bytes, over the 400 KB item limit "
+            "(return a reference, e.g. an S3 key, instead)"
             if state.results
             else state.error[:ERROR_KEEP] + " [error text truncated: over DynamoDB's item limit]"
         )
