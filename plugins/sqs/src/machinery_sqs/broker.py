@@ -23,7 +23,6 @@
 from __future__ import annotations
 
 import base64
-import concurrent.futures
 import json
 import logging
 import math
@@ -203,11 +202,6 @@ class SQSBroker(BaseBroker):
         self._queues_lock = threading.Lock()
         self._keeper: VisibilityKeeper[SQSDelivery] = VisibilityKeeper(self._renew)
         self._closed = False
-        #: background long polls (one per queue) and what they received beyond what was asked
-        self._poll_lock = threading.Lock()
-        self._polls: dict[str, concurrent.futures.Future[list[Delivery]]] = {}
-        self._buffered: dict[str, list[Delivery]] = {}
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
 
     @classmethod
     def from_url(cls, url: str, config: Config, **options: Any) -> SQSBroker:
@@ -420,70 +414,39 @@ class SQSBroker(BaseBroker):
 
     # -- consuming -----------------------------------------------------------------------------------
     def consume(self, queue: str, max_messages: int, timeout: float) -> list[Delivery]:
-        """Receive up to ``max_messages``, waiting up to ``timeout`` for the first (long polling, at
-        most ``wait_time_seconds`` a call). Received messages stay invisible (the heartbeat renews them)
-        until settled.
+        """Receive up to ``max_messages``, waiting up to ``timeout`` for the first. Received messages
+        stay invisible (the heartbeat renews them) until settled.
 
-        SQS long polls last whole seconds. A shorter ``timeout`` (a worker that must notice ``quit()``
-        quickly) starts the poll in the background and returns ``[]`` when it has not answered in
-        time; the next call takes what it received. Nothing is received that no call asked for.
+        SQS long polls last whole seconds (at most ``wait_time_seconds``), so a ``timeout`` under one
+        second is one short poll and a pause for the rest of it: a worker polling every 0.2 s (to
+        notice ``quit()`` quickly) makes 5 requests a second when idle, at 1 s (the default) one.
         """
         if max_messages <= 0:
             return []
         target = self._need_queue(queue)
-        with self._poll_lock:
-            buffered = self._buffered.get(queue, [])
-            if buffered:
-                got, self._buffered[queue] = buffered[:max_messages], buffered[max_messages:]
-                return got
-            poll = self._polls.get(queue)
-            wait = self._wait_seconds(timeout)
-            if poll is None and wait > timeout + 0.1:
-                poll = self._poller().submit(self._poll, target, max_messages, wait, time.monotonic() + wait)
-                self._polls[queue] = poll
-        if poll is None:  # the long poll fits in the caller's timeout: no thread needed
-            return self._poll(target, max_messages, wait, time.monotonic() + timeout)
-        try:
-            got = poll.result(timeout)
-        except concurrent.futures.TimeoutError:
-            return []
-        finally:
-            if poll.done():
-                with self._poll_lock:
-                    if self._polls.get(queue) is poll:
-                        del self._polls[queue]
-        if len(got) > max_messages:  # asked for more by an earlier call: kept for the next one
-            with self._poll_lock:
-                self._buffered.setdefault(queue, []).extend(got[max_messages:])
-            got = got[:max_messages]
-        return got
-
-    def _poller(self) -> concurrent.futures.ThreadPoolExecutor:
-        if self._executor is None:
-            self._executor = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="machinery-sqs-poll")
-        return self._executor
-
-    def _poll(self, target: _Queue, max_messages: int, wait: int, deadline: float) -> list[Delivery]:
-        """Receive calls until something arrived or ``deadline``; more calls while batches come full."""
+        deadline = time.monotonic() + timeout
         got: list[Delivery] = []
-        while len(got) < max_messages:
+        while True:
             ask = min(BATCH, max_messages - len(got))
-            messages = self._receive(target, ask, 0 if got else wait)
+            wait = 0 if got else self._wait_seconds(deadline - time.monotonic())
+            messages = self._receive(target, ask, wait)
             got.extend(self._accept(target, messages))
+            if len(got) >= max_messages:
+                return got
             if messages and len(messages) == ask:
                 continue  # a full batch: more may be waiting
             remaining = deadline - time.monotonic()
             if got or remaining <= 0:
-                break
-            wait = self._wait_seconds(remaining)
-            if not messages and wait == 0:  # short polling (wait_time_seconds=0): no hot loop
-                time.sleep(min(1.0, remaining))
-        return got
+                return got
+            if wait == 0:  # a short poll found nothing: no hot loop
+                time.sleep(min(remaining, 1.0))
+                if time.monotonic() >= deadline:
+                    return got
 
     def _wait_seconds(self, remaining: float) -> int:
-        if self.settings.wait_time_seconds == 0:
-            return 0
-        return max(1, min(self.settings.wait_time_seconds, round(remaining)))
+        """Whole seconds of long polling that fit in ``remaining`` (0: a short poll); 0.1 s of slack so
+        that a 1 s timeout, measured a moment after the call began, is still a 1 s long poll."""
+        return max(0, min(self.settings.wait_time_seconds, math.floor(remaining + 0.1)))
 
     def _receive(self, queue: _Queue, count: int, wait: int) -> list[dict[str, Any]]:
         kwargs: dict[str, Any] = {
@@ -760,20 +723,7 @@ class SQSBroker(BaseBroker):
         if self._closed:
             return
         self._closed = True
-        with self._poll_lock:
-            polls = list(self._polls.values())
-            self._polls.clear()
-        concurrent.futures.wait(polls, timeout=25.0)  # a poll lasts a few seconds at most
-        if self._executor is not None:
-            self._executor.shutdown(wait=False)
-        with self._poll_lock:
-            buffered = [d for pending in self._buffered.values() for d in pending]
-            self._buffered.clear()
-        for poll in polls:
-            if poll.done() and poll.exception() is None:
-                buffered.extend(poll.result())
-        held = self._keeper.close() + [d for d in buffered if isinstance(d, SQSDelivery)]
-        left = [d for d in dict.fromkeys(held) if d._claim()]
+        left = [d for d in self._keeper.close() if d._claim()]
         for delivery in left:
             try:
                 self._change_visibility(delivery, 0)
