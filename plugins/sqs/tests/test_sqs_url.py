@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from machinery import Config
@@ -100,50 +102,81 @@ def test_plugin_hooks_build_without_io() -> None:
     backend.close()
 
 
-def test_settings_sources(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_settings_sources(tmp_path: Path) -> None:
+    """Go's env and YAML names, this plugin's MACHINERY_SQS_* names, and the URL on top."""
+    config = Config.from_env(
+        {
+            "SQS_VISIBILITY_TIMEOUT": "45",
+            "SQS_WAIT_TIME_SECONDS": "5",
+            "MACHINERY_SQS_CREATE_MISSING": "false",
+            "MACHINERY_SQS_MAX_RECEIVE_COUNT": "5",
+            "TASK_STATES_TABLE": "states",
+            "MACHINERY_DYNAMODB_MAX_POLL_INTERVAL": "2.5",
+        }
+    )
+    sqs = SQSSettings.of(config)
+    assert (sqs.visibility_timeout, sqs.wait_time_seconds, sqs.create_missing) == (45, 5, False)
+    broker = SQSBroker.from_url("sqs://?max_receive_count=7", config, delay_hop_seconds=60)
+    assert (broker.settings.max_receive_count, broker.settings.delay_hop_seconds) == (7, 60)
+    assert broker.settings.visibility_timeout == 45
+    dynamodb = DynamoDBSettings.of(config)
+    assert (dynamodb.task_states_table, dynamodb.max_poll_interval) == ("states", 2.5)
+    yaml_file = tmp_path / "machinery.yml"
+    yaml_file.write_text(
+        "broker: sqs://\nsqs:\n  receive_visibility_timeout: 30\n  visibility_hearth_beat: false\n"
+        "dynamodb:\n  group_metas_table: groups\n"
+    )
+    from_yaml = Config.from_yaml(yaml_file)
+    assert (from_yaml.sqs.visibility_timeout, from_yaml.sqs.visibility_heartbeat) == (30, False)
+    assert from_yaml.dynamodb.group_metas_table == "groups"
+
+
+def test_reloadable_settings_are_read_at_each_use() -> None:
     config = Config()
-    config.sqs.visibility_timeout = 45
-    monkeypatch.setenv("MACHINERY_SQS_CREATE_MISSING", "false")
-    monkeypatch.setenv("MACHINERY_SQS_MAX_RECEIVE_COUNT", "5")
-    settings = SQSSettings.of(config, {"max_receive_count": "7"})
-    assert settings.visibility_timeout == 45  # Machinery's field, from Config.sqs
-    assert settings.create_missing is False  # environment
-    assert settings.max_receive_count == 7  # the URL beats the environment
-    assert SQSSettings.of(config, delay_hop_seconds=60).delay_hop_seconds == 60
+    broker = SQSBroker.from_url("sqs://?visibility_timeout=9", config)
+    config.sqs.wait_time_seconds = 3
+    config.sqs.visibility_timeout = 100
+    assert broker._wait_seconds(10.0) == 3, "wait_time_seconds is reloadable"
+    assert broker._live("visibility_timeout") == 9, "a URL parameter wins over the config"
 
 
 @pytest.mark.parametrize(
     ("query", "says"),
     [
-        ({"nonsense": "1"}, "unknown sqs setting"),
-        ({"create_missing": "maybe"}, "true or false"),
-        ({"visibility_timeout": "soon"}, "whole number"),
-        ({"delay_hop_seconds": "901"}, "delay_hop_seconds"),
-        ({"dead_letter_queue": "dlq"}, "{queue}"),
-        ({"max_receive_count": "3", "dead_letter_queue": ""}, "dead_letter_queue"),
-        ({"client": "x"}, "unknown sqs setting"),
+        ("nonsense=1", "unknown sqs setting"),
+        ("create_missing=maybe", "create_missing=.maybe. is not a valid bool"),
+        ("visibility_timeout=soon", "not a valid"),
+        ("delay_hop_seconds=901", "delay_hop_seconds"),
+        ("dead_letter_queue=dlq", "{queue}"),
+        ("max_receive_count=3&dead_letter_queue=", "needs a dead-letter queue"),
+        ("client=x", "unknown sqs setting"),
     ],
 )
-def test_bad_settings(query: dict[str, str], says: str) -> None:
+def test_bad_settings(query: str, says: str) -> None:
     with pytest.raises(ConfigError, match=says):
-        SQSSettings.of(Config(), query)
+        SQSBroker.from_url(f"sqs://?{query}", Config())
+
+
+def test_bad_settings_in_the_environment() -> None:
+    with pytest.raises(ConfigError, match="MACHINERY_SQS_DELAY_HOP_SECONDS"):
+        Config.from_env({"MACHINERY_SQS_DELAY_HOP_SECONDS": "0"})
 
 
 def test_dead_letter_names_keep_fifo_suffix() -> None:
-    settings = SQSSettings.of(Config())
+    settings = SQSSettings()
     assert settings.dead_letter_name("jobs") == "jobs-dlq"
     assert settings.dead_letter_name("jobs.fifo") == "jobs-dlq.fifo"
-    assert SQSSettings.of(Config(), dead_letter_queue="").dead_letter_name("jobs") == ""
+    assert SQSSettings(dead_letter_queue="").dead_letter_name("jobs") == ""
 
 
 def test_dynamodb_settings() -> None:
     config = Config()
     config.dynamodb.task_states_table = "states"
-    settings = DynamoDBSettings.of(config, {"group_metas_table": "groups", "create_missing": "no"})
-    assert (settings.task_states_table, settings.group_metas_table, settings.create_missing) == (
+    backend = DynamoDBBackend.from_url("dynamodb://?group_metas_table=groups&create_missing=no", config)
+    assert (backend.states_table, backend.groups_table, backend.settings.create_missing) == (
         "states",
         "groups",
         False,
     )
     with pytest.raises(ConfigError, match="max_poll_interval"):
-        DynamoDBSettings.of(config, {"max_poll_interval": "0"})
+        DynamoDBBackend.from_url("dynamodb://?max_poll_interval=0", config)

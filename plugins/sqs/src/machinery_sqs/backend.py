@@ -37,7 +37,7 @@ from machinery.errors import BackendError, MessageError, UnknownGroupError
 from machinery.signature import Arg, GroupMeta, State, TaskState, now_utc
 
 from .client import ClientHolder, describe_error, error_code
-from .settings import DynamoDBSettings
+from .settings import DynamoDBSettings, with_overrides
 from .url import AWSTarget, parse_backend_url
 
 __all__ = ["ITEM_LIMIT", "DynamoDBBackend"]
@@ -110,12 +110,13 @@ class DynamoDBBackend(BaseBackend):
 
     capabilities = frozenset({Capability.MULTI_PROCESS, Capability.EXPIRY})
 
-    def __init__(
-        self, target: AWSTarget, config: Config | None = None, settings: DynamoDBSettings | None = None
-    ) -> None:
+    def __init__(self, target: AWSTarget, config: Config | None = None, **options: Any) -> None:
         super().__init__(config)
         self.target = target
-        self.settings = settings or DynamoDBSettings.of(self.config, target.options)
+        #: the URL's query and the keywords override the config's section for this backend
+        self.settings = with_overrides(
+            DynamoDBSettings.of(self.config), target.options, options, target.where
+        )
         self.states_table = self.settings.task_states_table
         self.groups_table = self.settings.group_metas_table
         self._clients = ClientHolder(target, self.config, self.settings.client)
@@ -125,8 +126,7 @@ class DynamoDBBackend(BaseBackend):
     @classmethod
     def from_url(cls, url: str, config: Config, **options: Any) -> DynamoDBBackend:
         """A backend for ``url`` (see :mod:`machinery_sqs.url`); ``options`` are settings."""
-        target = parse_backend_url(url)
-        return cls(target, config, DynamoDBSettings.of(config, target.options, **options))
+        return cls(parse_backend_url(url), config, **options)
 
     def __repr__(self) -> str:
         return f"<DynamoDBBackend {self.target.where} {self.states_table}/{self.groups_table}>"

@@ -45,7 +45,7 @@ from machinery.signature import Signature, now_utc
 
 from .client import ClientHolder, describe_error, error_code
 from .keeper import VisibilityKeeper
-from .settings import MAX_VISIBILITY_SECONDS, SQSSettings
+from .settings import MAX_VISIBILITY_SECONDS, SQSSettings, with_overrides
 from .url import AWSTarget, parse_broker_url
 
 __all__ = ["DeadLetter", "MessageTooLargeError", "SQSBroker", "SQSDelivery"]
@@ -83,7 +83,7 @@ class _Queue:
     name: str
     url: str
     fifo: bool
-    #: seconds a received message stays invisible (the setting, else the queue's own)
+    #: the queue's own visibility timeout (used when the setting is None)
     visibility: int
     max_size: int
     #: the redrive policy's dead-letter queue ARN, when the queue has one
@@ -142,6 +142,8 @@ class SQSDelivery:
         self.receive_count = int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
         self.redelivered = self.receive_count > 1
         self.received_at = time.monotonic()
+        #: seconds this message stays invisible after a receive or a renewal
+        self.visibility = queue.visibility
         self.settled = False
         self._lock = threading.Lock()
         if self.signature is not None:
@@ -191,12 +193,12 @@ class SQSBroker(BaseBroker):
         }
     )
 
-    def __init__(
-        self, target: AWSTarget, config: Config | None = None, settings: SQSSettings | None = None
-    ) -> None:
+    def __init__(self, target: AWSTarget, config: Config | None = None, **options: Any) -> None:
         super().__init__(config)
         self.target = target
-        self.settings = settings or SQSSettings.of(self.config, target.options)
+        #: the URL's query and the keywords override the config's section for this broker
+        self.settings = with_overrides(SQSSettings.of(self.config), target.options, options, target.where)
+        self._overridden = frozenset(target.options) | frozenset(options)
         self._clients = ClientHolder(target, self.config, self.settings.client)
         self._queues: dict[str, _Queue] = {}
         self._queues_lock = threading.Lock()
@@ -206,13 +208,18 @@ class SQSBroker(BaseBroker):
     @classmethod
     def from_url(cls, url: str, config: Config, **options: Any) -> SQSBroker:
         """A broker for ``url`` (see :mod:`machinery_sqs.url`); ``options`` are settings."""
-        target = parse_broker_url(url)
-        return cls(target, config, SQSSettings.of(config, target.options, **options))
+        return cls(parse_broker_url(url), config, **options)
 
     def __repr__(self) -> str:
         return f"<SQSBroker {self.target.where}>"
 
     # -- plumbing ------------------------------------------------------------------------------------
+    def _live(self, name: str) -> Any:
+        """A reloadable setting: read at each use, unless the URL or a keyword fixed it."""
+        if name in self._overridden:
+            return getattr(self.settings, name)
+        return getattr(SQSSettings.of(self.config), name)
+
     @property
     def client(self) -> Any:
         """The boto3 SQS client of this process."""
@@ -276,8 +283,8 @@ class SQSBroker(BaseBroker):
         attributes: dict[str, str] = {}
         if name.endswith(".fifo"):
             attributes["FifoQueue"] = "true"
-        if self.settings.visibility_timeout is not None:
-            attributes["VisibilityTimeout"] = str(self.settings.visibility_timeout)
+        if self._live("visibility_timeout") is not None:
+            attributes["VisibilityTimeout"] = str(self._live("visibility_timeout"))
         dead_letter = self.settings.dead_letter_name(name)
         if self.settings.max_receive_count and dead_letter:
             arn = self._queue_arn(self._lookup(dead_letter) or self._create_plain(dead_letter))
@@ -310,12 +317,11 @@ class SQSBroker(BaseBroker):
                 redrive = str(json.loads(attributes["RedrivePolicy"]).get("deadLetterTargetArn", ""))
             except ValueError:
                 redrive = ""
-        visibility = self.settings.visibility_timeout or int(attributes.get("VisibilityTimeout", 30))
         return _Queue(
             name=name,
             url=url,
             fifo=attributes.get("FifoQueue") == "true" or name.endswith(".fifo"),
-            visibility=visibility,
+            visibility=int(attributes.get("VisibilityTimeout", 30)),
             max_size=int(attributes.get("MaximumMessageSize", _DEFAULT_MAX_SIZE)),
             redrive_target=redrive,
         )
@@ -446,7 +452,8 @@ class SQSBroker(BaseBroker):
     def _wait_seconds(self, remaining: float) -> int:
         """Whole seconds of long polling that fit in ``remaining`` (0: a short poll); 0.1 s of slack so
         that a 1 s timeout, measured a moment after the call began, is still a 1 s long poll."""
-        return max(0, min(self.settings.wait_time_seconds, math.floor(remaining + 0.1)))
+        longest: int = self._live("wait_time_seconds")
+        return max(0, min(longest, math.floor(remaining + 0.1)))
 
     def _receive(self, queue: _Queue, count: int, wait: int) -> list[dict[str, Any]]:
         kwargs: dict[str, Any] = {
@@ -456,8 +463,8 @@ class SQSBroker(BaseBroker):
             "MessageAttributeNames": ["All"],
             "MessageSystemAttributeNames": ["ApproximateReceiveCount", "SentTimestamp"],
         }
-        if self.settings.visibility_timeout is not None:
-            kwargs["VisibilityTimeout"] = self.settings.visibility_timeout
+        if self._live("visibility_timeout") is not None:
+            kwargs["VisibilityTimeout"] = self._live("visibility_timeout")
         messages: list[dict[str, Any]] = self._call("receive_message", queue.name, **kwargs).get(
             "Messages", []
         )
@@ -466,14 +473,17 @@ class SQSBroker(BaseBroker):
     def _accept(self, queue: _Queue, messages: list[dict[str, Any]]) -> list[Delivery]:
         """Deliveries for the due messages; those received before their ETA go back to waiting."""
         accepted: list[Delivery] = []
+        visibility = self._live("visibility_timeout") or queue.visibility
+        heartbeat = self._live("visibility_heartbeat")
         for message in messages:
             delivery = SQSDelivery(self, queue, message, _body_of(message))
+            delivery.visibility = visibility
             signature = delivery.signature
             if signature is not None and signature.eta is not None and signature.eta > now_utc():
                 self._wait_more(delivery, signature)
                 continue
-            if self.settings.visibility_heartbeat:
-                self._keeper.add(delivery, max(0.5, queue.visibility / 2))
+            if heartbeat:
+                self._keeper.add(delivery, max(0.5, visibility / 2))
             accepted.append(delivery)
         return accepted
 
@@ -565,7 +575,7 @@ class SQSBroker(BaseBroker):
             queue = group[0].queue
             for batch in _chunks(group):
                 entries = [
-                    {"Id": str(i), "ReceiptHandle": d.receipt, "VisibilityTimeout": queue.visibility}
+                    {"Id": str(i), "ReceiptHandle": d.receipt, "VisibilityTimeout": d.visibility}
                     for i, d in enumerate(batch)
                 ]
                 response = self._call(

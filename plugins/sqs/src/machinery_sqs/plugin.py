@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from machinery.backend import Backend
     from machinery.broker import Broker
     from machinery.config import Config
+    from machinery.settings import Section
 
 DISTRIBUTION = "machinery-sqs"
 
@@ -24,6 +25,13 @@ def machinery_schemes() -> list[SchemeRow]:
         SchemeRow("dynamodb", "backend", DISTRIBUTION),
         SchemeRow("https://dynamodb", "backend", DISTRIBUTION),
     ]
+
+
+@hookimpl
+def machinery_settings() -> list[type[Section]]:
+    from .settings import DynamoDBSettings, SQSSettings  # imports nothing from boto3
+
+    return [SQSSettings, DynamoDBSettings]
 
 
 @hookimpl
