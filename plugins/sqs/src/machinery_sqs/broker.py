@@ -177,6 +177,7 @@ class SQSDelivery:
     def extend(self, seconds: float) -> None:
         """Keep the message invisible ``seconds`` longer (SQS caps it at 12 h after the receive)."""
         if not self.settled:
+            self.visibility = max(self.visibility, math.ceil(seconds))  # renewals never shorten it
             self.broker._change_visibility(self, math.ceil(seconds))
 
 
