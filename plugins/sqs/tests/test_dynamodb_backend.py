@@ -123,3 +123,17 @@ def test_wait_backs_off(backend: DynamoDBBackend, monkeypatch: pytest.MonkeyPatc
     reads = 0
     assert set(backend.wait([done], 2.0)) == {done}
     assert reads == 1
+
+
+def test_table_deleted_behind_its_back_is_created_again(config: Config) -> None:
+    table = f"states_{new_uuid()[-8:]}"
+    backend = DynamoDBBackend.from_url(f"{dynamodb_url()}?task_states_table={table}", config)
+    first, second = new_uuid(), new_uuid()
+    backend.set_state(TaskState(first, State.PENDING, "t"))
+    backend.client.delete_table(TableName=table)
+    backend.set_state(TaskState(second, State.PENDING, "t"))
+    assert backend.get_state(first) is None, "the first state went with the deleted table"
+    got = backend.get_state(second)
+    assert got is not None and got.task_name == "t"
+    backend.client.delete_table(TableName=table)
+    backend.close()

@@ -140,9 +140,20 @@ class DynamoDBBackend(BaseBackend):
             self._ensure_tables(client)
         return client
 
-    def _call(self, operation: str, table: str, **kwargs: Any) -> Any:
+    def _request(self, operation: str, **kwargs: Any) -> Any:
+        """``client.<operation>(**kwargs)``; a table deleted since it was checked (a reset test server,
+        a cleanup job) is checked again, and created when allowed, before one more try."""
         try:
             return getattr(self.client, operation)(**kwargs)
+        except Exception as exc:
+            if error_code(exc) != "ResourceNotFoundException" or not self.settings.create_missing:
+                raise
+            self._ready = False
+        return getattr(self.client, operation)(**kwargs)
+
+    def _call(self, operation: str, table: str, **kwargs: Any) -> Any:
+        try:
+            return self._request(operation, **kwargs)
         except BackendError:
             raise
         except Exception as exc:
@@ -219,7 +230,8 @@ class DynamoDBBackend(BaseBackend):
         name = "#n = :n" if state.task_name else "#n = if_not_exists(#n, :n)"
         created = "#c = :c" if state.created_at is not None else "#c = if_not_exists(#c, :c)"
         try:
-            self.client.update_item(
+            self._request(
+                "update_item",
                 TableName=self.states_table,
                 Key={"TaskUUID": {"S": state.task_uuid}},
                 UpdateExpression=f"SET #s = :s, #e = :e, #r = :r, #t = :t, {name}, {created}",
@@ -413,7 +425,8 @@ class DynamoDBBackend(BaseBackend):
     def trigger_chord(self, group_uuid: str) -> bool:
         """True exactly once per group: a conditional update of ``ChordTriggered`` from false to true."""
         try:
-            self.client.update_item(
+            self._request(
+                "update_item",
                 TableName=self.groups_table,
                 Key={"GroupUUID": {"S": group_uuid}},
                 UpdateExpression="SET ChordTriggered = :yes",
