@@ -137,3 +137,15 @@ def test_table_deleted_behind_its_back_is_created_again(config: Config) -> None:
     assert got is not None and got.task_name == "t"
     backend.client.delete_table(TableName=table)
     backend.close()
+
+
+def test_set_states_in_parallel_keeps_each_tasks_order(backend: DynamoDBBackend) -> None:
+    tasks = [new_uuid() for _ in range(6)]
+    backend.set_states([TaskState(u, State.PENDING, "t") for u in tasks])
+    batch = [TaskState(u, s) for s in (State.RECEIVED, State.STARTED) for u in tasks]
+    batch += [TaskState(u, State.SUCCESS, results=[Arg(i, "int64")]) for i, u in enumerate(tasks)]
+    backend.set_states(batch)
+    states = [backend.get_state(u) for u in tasks]
+    assert [(s.state, s.values, s.task_name) for s in states if s] == [
+        (State.SUCCESS, [i], "t") for i in range(6)
+    ], "a task's later state was overwritten by an earlier one of the same batch"

@@ -21,9 +21,11 @@ A state over DynamoDB's 400 KB item limit is stored as a FAILURE saying so, neve
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -50,6 +52,8 @@ ITEM_LIMIT = 400 * 1024
 GET_BATCH = 100
 WRITE_BATCH = 25
 FIRST_POLL = 0.05
+#: updates of one set_states call in flight at once (a worker's batch of finished tasks)
+PARALLEL_UPDATES = 8
 #: error text kept when an error message alone would overflow an item
 ERROR_KEEP = 64 * 1024
 
@@ -122,6 +126,8 @@ class DynamoDBBackend(BaseBackend):
         self._clients = ClientHolder(target, self.config, self.settings.client)
         self._ready = False
         self._ready_lock = threading.Lock()
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._executor_pid = 0
 
     @classmethod
     def from_url(cls, url: str, config: Config, **options: Any) -> DynamoDBBackend:
@@ -277,9 +283,31 @@ class DynamoDBBackend(BaseBackend):
         fresh_ids = {id(s) for s in fresh}
         for start in range(0, len(fresh), WRITE_BATCH):
             self._put_batch(fresh[start : start + WRITE_BATCH])
+        by_task: dict[str, list[TaskState]] = {}
         for state in states:
             if id(state) not in fresh_ids:
-                self.set_state(state)
+                by_task.setdefault(state.task_uuid, []).append(state)
+        if len(by_task) <= 1:
+            for same_task in by_task.values():
+                self._set_in_order(same_task)
+            return
+        # one round trip each: in parallel across tasks, in order within a task
+        for future in [self._pool().submit(self._set_in_order, same) for same in by_task.values()]:
+            future.result()
+
+    def _set_in_order(self, states: Sequence[TaskState]) -> None:
+        for state in states:
+            self.set_state(state)
+
+    def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
+        """Threads for parallel updates (one pool per process: a forked child makes its own)."""
+        with self._ready_lock:
+            if self._executor is None or self._executor_pid != os.getpid():
+                self._executor = concurrent.futures.ThreadPoolExecutor(
+                    PARALLEL_UPDATES, thread_name_prefix="machinery-dynamodb"
+                )
+                self._executor_pid = os.getpid()
+            return self._executor
 
     def _put_batch(self, states: Sequence[TaskState]) -> None:
         requests = []
@@ -463,5 +491,8 @@ class DynamoDBBackend(BaseBackend):
         )
 
     def close(self) -> None:
-        """Release the HTTP connections. Idempotent."""
+        """Release the HTTP connections and the update threads. Idempotent."""
+        executor, self._executor = self._executor, None
+        if executor is not None and self._executor_pid == os.getpid():
+            executor.shutdown(wait=True)
         self._clients.close()
