@@ -102,7 +102,7 @@ def test_plugin_hooks_build_without_io() -> None:
     backend.close()
 
 
-def test_settings_sources(tmp_path: Path) -> None:
+def test_settings_sources() -> None:
     """Go's env and YAML names, this plugin's MACHINERY_SQS_* names, and the URL on top."""
     config = Config.from_env(
         {
@@ -121,6 +121,10 @@ def test_settings_sources(tmp_path: Path) -> None:
     assert broker.settings.visibility_timeout == 45
     dynamodb = DynamoDBSettings.of(config)
     assert (dynamodb.task_states_table, dynamodb.max_poll_interval) == ("states", 2.5)
+
+
+def test_settings_from_yaml_with_go_spellings(tmp_path: Path) -> None:
+    pytest.importorskip("yaml")  # machinery-core[yaml]
     yaml_file = tmp_path / "machinery.yml"
     yaml_file.write_text(
         "broker: sqs://\nsqs:\n  receive_visibility_timeout: 30\n  visibility_hearth_beat: false\n"
