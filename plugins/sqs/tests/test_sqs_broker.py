@@ -182,3 +182,28 @@ def test_task_longer_than_visibility_runs_once(config: Config, name: str, tmp_pa
             thread.join(10)
         for app in apps:
             app.close()
+
+
+def test_fifo_eta_holds_the_message_and_its_group(broker: SQSBroker, name: str) -> None:
+    """FIFO queues take no per-message delay: a message received before its ETA is held invisible until
+    due, and the later messages of its group wait behind it (order kept, never early)."""
+    queue = f"{name}.fifo"
+    eta = now_utc() + timedelta(seconds=2)
+    later, after = sig(queue, "eta", eta=eta), sig(queue, "after")
+    broker.publish(later)
+    broker.publish(after)
+    first = drain(broker, queue, 1, 10, max_messages=1)
+    arrived = now_utc()
+    rest = drain(broker, queue, 1, 10, max_messages=1)
+    assert [s.uuid for s in first + rest] == [later.uuid, after.uuid], "FIFO order lost around an ETA"
+    assert arrived >= eta, f"delivered {(eta - arrived).total_seconds():.2f}s before its ETA"
+
+
+def test_reject_keeps_the_reason(broker: SQSBroker, name: str) -> None:
+    sent = sig(name)
+    broker.publish(sent)
+    got = broker.consume(name, 1, 5.0)
+    got[0].nack(requeue=False, reason="bad input")  # type: ignore[call-arg]
+    letters = broker.dead_letters(name)
+    assert [(json.loads(x.body)["UUID"], x.reason) for x in letters] == [(sent.uuid, "bad input")]
+    assert broker.dead_letters(name) == letters, "listing dead letters must leave them in place"
