@@ -207,3 +207,13 @@ def test_reject_keeps_the_reason(broker: SQSBroker, name: str) -> None:
     letters = broker.dead_letters(name)
     assert [(json.loads(x.body)["UUID"], x.reason) for x in letters] == [(sent.uuid, "bad input")]
     assert broker.dead_letters(name) == letters, "listing dead letters must leave them in place"
+
+
+def test_queue_deleted_behind_its_back_is_created_again(broker: SQSBroker, name: str) -> None:
+    broker.publish(sig(name))
+    broker.client.delete_queue(QueueUrl=broker.client.get_queue_url(QueueName=name)["QueueUrl"])
+    again = sig(name)
+    broker.publish(again)
+    broker.publish_many([sig(name), sig(name)])
+    got = drain(broker, name, 3, 10)
+    assert again.uuid in [s.uuid for s in got] and len(got) == 3

@@ -31,7 +31,7 @@ import threading
 import time
 import uuid as uuidlib
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -331,13 +331,27 @@ class SQSBroker(BaseBroker):
         return signature.routing_key or self.config.default_queue
 
     # -- publishing ----------------------------------------------------------------------------------
+    def _on_queue(self, name: str, send: Callable[[_Queue], None]) -> None:
+        """``send(queue)``; when the queue was deleted since it was looked up (a cleanup job, a reset test
+        server), it is looked up again (created when allowed) and ``send`` tried once more."""
+        try:
+            send(self._need_queue(name))
+            return
+        except BrokerError as exc:
+            if error_code(exc.__cause__ or exc) not in _QUEUE_MISSING or not self.settings.create_missing:
+                raise
+        send(self._need_queue(name))  # _call dropped the stale entry
+
     def publish(self, signature: Signature) -> None:
         """Send one task to ``signature.routing_key``; an ETA becomes ``DelaySeconds`` (in hops)."""
-        name = self._queue_name(signature)
-        queue = self._need_queue(name)
-        entry = self._entry(queue, codec.encode_signature(signature), signature)
-        entry.pop("Id")
-        self._send(queue, entry)
+        body = codec.encode_signature(signature)
+
+        def send(queue: _Queue) -> None:
+            entry = self._entry(queue, body, signature)
+            entry.pop("Id")
+            self._send(queue, entry)
+
+        self._on_queue(self._queue_name(signature), send)
 
     def publish_many(self, signatures: Sequence[Signature]) -> None:
         """Send several tasks with ``SendMessageBatch`` (10 a call, per queue)."""
@@ -345,17 +359,25 @@ class SQSBroker(BaseBroker):
         for signature in signatures:
             by_queue[self._queue_name(signature)].append(signature)
         for name, group in by_queue.items():
-            queue = self._need_queue(name)
-            entries = [self._entry(queue, codec.encode_signature(s), s, str(i)) for i, s in enumerate(group)]
-            self._send_batches(queue, entries)
+
+            def send(queue: _Queue, group: list[Signature] = group) -> None:
+                entries = [
+                    self._entry(queue, codec.encode_signature(s), s, str(i)) for i, s in enumerate(group)
+                ]
+                self._send_batches(queue, entries)
+
+            self._on_queue(name, send)
 
     def publish_raw(self, queue: str, body: bytes | str) -> None:
         """Put raw bytes on ``queue`` (tests of malformed messages, bridges from other producers)."""
         data = body.encode("utf-8") if isinstance(body, str) else bytes(body)
-        target = self._need_queue(queue)
-        entry = self._entry(target, data, None)
-        entry.pop("Id")
-        self._send(target, entry)
+
+        def send(target: _Queue) -> None:
+            entry = self._entry(target, data, None)
+            entry.pop("Id")
+            self._send(target, entry)
+
+        self._on_queue(queue, send)
 
     def _entry(
         self, queue: _Queue, body: bytes, signature: Signature | None, entry_id: str = "0", hop: int = 0
