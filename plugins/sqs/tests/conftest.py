@@ -1,5 +1,4 @@
-"""Fixtures of the SQS/DynamoDB plugin's tests: the moto server from ``scripts/services`` (a failure in CI,
-a skip elsewhere when it is not running)."""
+"""Fixtures of the SQS/DynamoDB plugin's tests (helpers that tests import live in sqs_testlib.py)."""
 
 from __future__ import annotations
 
@@ -7,29 +6,11 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from sqs_testlib import dynamodb_url, fast_config, sqs_url
 
 from machinery import Config
-from machinery.testing import require_env, server_unavailable
+from machinery.testing import server_unavailable
 from machinery_sqs import DynamoDBBackend, SQSBroker
-
-#: visibility timeout of the tests' queues: short, so redelivery tests finish quickly
-VISIBILITY = 3
-
-
-def sqs_url() -> str:
-    return require_env("SQS_BROKER_URL", "aws")
-
-
-def dynamodb_url() -> str:
-    require_env("AWS_ENDPOINT_URL_DYNAMODB", "aws")
-    return "dynamodb://"
-
-
-def fast_config() -> Config:
-    config = Config()
-    config.sqs.visibility_timeout = VISIBILITY
-    config.sqs.wait_time_seconds = 20
-    return config
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import VISIBILITY, dynamodb_url, fast_config, sqs_url
+from sqs_testlib import VISIBILITY, dynamodb_url, fast_config, sqs_url
 
 from machinery import Config
 from machinery.testing import (
@@ -18,6 +18,7 @@ from machinery.testing import (
     BackendContract,
     BrokerContract,
     FaultContract,
+    HostileInputContract,
     NotApplicable,
     WorkerContract,
     default_contract_config,
@@ -46,7 +47,9 @@ class _SQSCombination:
         return contract_config()
 
 
-class TestSQSDynamoDB(_SQSCombination, BrokerContract, BackendContract, WorkerContract, FaultContract):
+class TestSQSDynamoDB(
+    _SQSCombination, BrokerContract, BackendContract, WorkerContract, FaultContract, HostileInputContract
+):
     contract_name = "sqs/dynamodb"
     #: moto answers one request at a time per connection: a smaller race keeps the run short
     chord_groups = 50

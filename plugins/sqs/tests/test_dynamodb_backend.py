@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import dynamodb_url
+from sqs_testlib import dynamodb_url
 
 from machinery import Config, codec
 from machinery.errors import BackendError

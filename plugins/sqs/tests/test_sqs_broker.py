@@ -9,7 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from conftest import VISIBILITY, sqs_url
+from sqs_testlib import VISIBILITY, sqs_url
 
 from machinery import Config
 from machinery.errors import BrokerError

@@ -341,8 +341,8 @@ class DynamoDBBackend(BaseBackend):
             ConsistentRead=True,
         )  # fmt: skip
         item = response.get("Item")
-        if item is None or self._expired(item):
-            return None
+        if item is None or self._expired(item) or "State" not in item:
+            return None  # no State: not a state record (e.g. left by a failed write on an emulator)
         return self._state_from_item(item)
 
     def _state_from_item(self, item: dict[str, Any]) -> TaskState:
@@ -384,7 +384,7 @@ class DynamoDBBackend(BaseBackend):
             for attempt in range(8):
                 response = self._call("batch_get_item", table, RequestItems=request)
                 for item in response.get("Responses", {}).get(table, []):
-                    if not self._expired(item):
+                    if not self._expired(item) and (table != self.states_table or "State" in item):
                         found[item[key]["S"]] = item
                 request = response.get("UnprocessedKeys") or {}
                 if not request:
