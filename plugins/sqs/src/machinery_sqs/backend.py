@@ -245,8 +245,9 @@ class DynamoDBBackend(BaseBackend):
                 ExpressionAttributeValues=values,
             )
         except Exception as exc:
-            if error_code(exc) == "ValidationException" and "size" in str(exc).lower() and state.results:
-                self.set_state(self._too_large(state, size))
+            too_big = error_code(exc) == "ValidationException" and "size" in str(exc).lower()
+            if too_big and (state.results or len(state.error) > ERROR_KEEP):
+                self.set_state(self._too_large(state, size))  # the server counts a little differently
                 return
             raise BackendError(
                 f"DynamoDB UpdateItem on table {self.states_table!r} at {self.target.where} failed: "
@@ -273,7 +274,13 @@ class DynamoDBBackend(BaseBackend):
             if state.results
             else state.error[:ERROR_KEEP] + " [error text truncated: over DynamoDB's item limit]"
         )
-        logger.error("task %s: %s", state.task_uuid, error)
+        logger.error(
+            "task %s: its %s state of %d bytes is over DynamoDB's 400 KB item limit: stored as %s",
+            state.task_uuid,
+            state.state.value,
+            size,
+            "a FAILURE saying so" if state.results else "a FAILURE with the error text cut to 64 KB",
+        )
         return TaskState(state.task_uuid, State.FAILURE, state.task_name, None, error, state.created_at)
 
     def set_states(self, states: Sequence[TaskState]) -> None:

@@ -606,9 +606,9 @@ class SQSBroker(BaseBroker):
                 )
                 for failure in response.get("Failed", []):
                     lost = batch[int(failure["Id"])]
-                    logger.warning(
-                        "the visibility of %r could not be renewed: %s", lost, failure.get("Message")
-                    )
+                    if not lost.settled:  # a settled one was just deleted: its receipt is gone, as expected
+                        reason = failure.get("Message")
+                        logger.warning("the visibility of %r could not be renewed: %s", lost, reason)
                     gone.append(lost)
         return gone
 
