@@ -107,6 +107,10 @@ def test_every_env_var_round_trips() -> None:
     assert (m.hashing, m.connect_timeout, m.timeout, m.max_item_size) == ("rendezvous", 4.5, 5.5, 2097152)
     assert (m.poll_min, m.poll_max, m.tls, m.tls_verify, m.go_lock_patience) == (0.01, 0.5, True, False, 20.0)
     assert (m.tls_ca, m.tls_cert, m.tls_key) == ("/etc/mc/ca.pem", "/etc/mc/client.pem", "/etc/mc/client.key")
+    sqs = cnf.sqs
+    assert (sqs.create_missing, sqs.dead_letter_queue, sqs.max_receive_count) == (False, "{queue}_dead", 4)
+    assert (sqs.delay_hop_seconds, sqs.message_group_id) == (300, "group_id")
+    assert (cnf.dynamodb.create_missing, cnf.dynamodb.max_poll_interval) == (False, 1.5)
     assert cnf.tls == TLSConfig()  # loading env never turns TLS on (Go #517)
 
 
@@ -365,6 +369,11 @@ sqs:
   wait_time_seconds: 5
   visibility_timeout: 120
   visibility_heartbeat: false
+  create_missing: false
+  dead_letter_queue: "{queue}.dead"
+  max_receive_count: 3
+  delay_hop_seconds: 600
+  message_group_id: g
 redis:
   max_idle: 1
   max_active: 2
@@ -389,6 +398,8 @@ redis:
 dynamodb:
   task_states_table: ts
   group_metas_table: gm
+  create_missing: false
+  max_poll_interval: 2
 tls:
   ca_file: {ca}
   cert_file: {ca}
@@ -484,6 +495,13 @@ def test_yaml_round_trip_of_every_key_in_a_file_over_1000_bytes(tmp_path: Path) 
     )
     r.retry_window = 7.5
     expected.dynamodb.task_states_table, expected.dynamodb.group_metas_table = "ts", "gm"
+    expected.sqs.create_missing, expected.sqs.dead_letter_queue, expected.sqs.max_receive_count = (
+        False,
+        "{queue}.dead",
+        3,
+    )
+    expected.sqs.delay_hop_seconds, expected.sqs.message_group_id = 600, "g"
+    expected.dynamodb.create_missing, expected.dynamodb.max_poll_interval = False, 2.0
     expected.tls = TLSConfig(str(ca), str(ca), str(ca), True)
     expected.sqlite.lease, expected.sqlite.renew = 12.5, 2.0
     w = expected.worker

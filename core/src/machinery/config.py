@@ -121,7 +121,6 @@ from .settings import (
     Spec,
     above,
     at_least,
-    between,
     check_section_class,
     not_empty,
     plain,
@@ -135,11 +134,9 @@ from .settings import (
 __all__ = [
     "RELOADABLE_FIELDS",
     "Config",
-    "DynamoDBConfig",
     "ReloadEvent",
     "ReloadListener",
     "SQLiteConfig",
-    "SQSConfig",
     "Section",
     "TLSConfig",
     "WorkerConfig",
@@ -292,63 +289,7 @@ class WorkerConfig(Section):
 # and add its old name to _MOVED (so "from machinery.config import SQSConfig" keeps working, deprecated).
 
 
-@dataclass(repr=False)
-class SQSConfig(Section):
-    """Amazon SQS settings (Machinery's ``SQSConfig``).
-
-    Deviation from Go: ``wait_time_seconds`` defaults to 20 (long polling) rather than 0.
-    """
-
-    name = "sqs"
-
-    #: Long-poll time of ReceiveMessage, 0-20 s. Reloadable.
-    wait_time_seconds: int = setting(
-        20,
-        go_env="SQS_WAIT_TIME_SECONDS",
-        yaml=("receive_wait_time_seconds", "wait_time_seconds"),
-        reload=True,
-        check=between(0, 20, " seconds (SQS limit)"),
-    )
-    #: Visibility timeout asked for on receive; ``None`` uses the queue's own setting. Reloadable.
-    visibility_timeout: int | None = setting(
-        None,
-        go_env="SQS_VISIBILITY_TIMEOUT",
-        yaml=("receive_visibility_timeout", "visibility_timeout"),
-        reload=True,
-        check=Check(
-            lambda v: v is None or 0 <= v <= 43200,
-            "must be empty/None (the queue's setting) or between 0 and 43200 seconds (SQS limit)",
-        ),
-    )
-    #: Extend the visibility of a running task every ``visibility_timeout / 2`` s. Reloadable.
-    visibility_heartbeat: bool = setting(
-        True,
-        go_env="SQS_VISIBILITY_HEARTBEAT",
-        yaml=("visibility_hearth_beat", "visibility_heartbeat"),
-        reload=True,
-    )
-    client: Any = None
-
-
-@dataclass(repr=False)
-class DynamoDBConfig(Section):
-    """DynamoDB settings (Machinery's ``DynamoDBConfig``)."""
-
-    name = "dynamodb"
-
-    task_states_table: str = setting(
-        "task_states", go_env="TASK_STATES_TABLE", check=not_empty("task_states")
-    )
-    group_metas_table: str = setting(
-        "group_metas", go_env="GROUP_METAS_TABLE", check=not_empty("group_metas")
-    )
-    client: Any = None
-
-
-_TRANSITIONAL_SECTIONS: tuple[type[Section], ...] = (
-    SQSConfig,
-    DynamoDBConfig,
-)
+_TRANSITIONAL_SECTIONS: tuple[type[Section], ...] = ()
 
 #: Section classes that moved to a plugin: old name -> (module, class, distribution).
 _MOVED: dict[str, tuple[str, str, str]] = {
@@ -356,6 +297,8 @@ _MOVED: dict[str, tuple[str, str, str]] = {
     "AMQPConfig": ("machinery_amqp.settings", "AMQPSettings", "machinery-amqp"),
     "GCPPubSubConfig": ("machinery_gcppubsub.settings", "GCPPubSubSettings", "machinery-gcppubsub"),
     "MongoDBConfig": ("machinery_mongodb.settings", "MongoSettings", "machinery-mongodb"),
+    "SQSConfig": ("machinery_sqs.settings", "SQSSettings", "machinery-sqs"),
+    "DynamoDBConfig": ("machinery_sqs.settings", "DynamoDBSettings", "machinery-sqs"),
 }
 
 
