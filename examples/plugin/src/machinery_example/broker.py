@@ -23,9 +23,10 @@ from machinery import codec
 from machinery.broker import BaseBroker, Delivery
 from machinery.capabilities import Capability
 from machinery.config import Config
+from machinery.delivery import BaseDelivery
+from machinery.lease import LeaseKeeper
 from machinery.signature import Signature
 
-from ._seam import BaseDelivery, LeaseKeeper
 from .store import Message, Store, next_id, store_for
 from .url import parse_url
 
