@@ -71,10 +71,12 @@ from google.api_core import retry
 from google.cloud import pubsub_v1
 
 from machinery import codec
-from machinery.broker import BaseBroker, Delivery, decode_body
+from machinery.broker import BaseBroker, Delivery
 from machinery.capabilities import Capability
 from machinery.config import Config
+from machinery.delivery import BaseDelivery
 from machinery.errors import BrokerError
+from machinery.lease import LeaseKeeper
 from machinery.signature import Signature, now_utc
 
 from .settings import MAX_ACK_DEADLINE, GCPPubSubSettings
@@ -110,52 +112,27 @@ class PubSubDeadLetter:
     time: datetime | None
 
 
-class PubSubDelivery:
+class PubSubDelivery(BaseDelivery):
     """One pulled message, leased until acked, nacked or its lease runs out."""
 
     def __init__(self, broker: PubSubBroker, queue: str, subscription: str, received: Any) -> None:
         message = received.message
+        super().__init__(bytes(message.data), queue=queue, delivery_count=int(received.delivery_attempt))
         self._broker = broker
-        self.queue = queue
         self._subscription = subscription
         self._ack_id: str = received.ack_id
-        self.body: bytes = bytes(message.data)
         self.message_id: str = message.message_id
         #: when this copy was published (a hop publishes a fresh copy)
         self.published_at: datetime = message.publish_time
         self._ordering_key: str = message.ordering_key
-        self.delivery_count = max(1, int(received.delivery_attempt))
-        self.redelivered = self.delivery_count > 1
-        self.signature, self.error = decode_body(self.body)
         self.leased_at = time.monotonic()
-        self._lock = threading.Lock()
-        self._settled = False
 
-    def __repr__(self) -> str:
-        what = self.signature or f"malformed: {self.error}"
-        return f"<PubSubDelivery {self.queue}#{self.message_id} {what}>"
-
-    def _claim(self) -> bool:
-        with self._lock:
-            if self._settled:
-                return False
-            self._settled = True
-        self._broker._leases.discard(self)
-        return True
-
-    @property
-    def settled(self) -> bool:
-        return self._settled
-
-    def ack(self) -> None:
+    def _ack(self) -> None:
         """The task is finished: delete the message."""
-        if self._claim():
-            self._broker._acknowledge(self._subscription, [self._ack_id])
+        self._broker._acknowledge(self._subscription, [self._ack_id])
 
-    def nack(self, requeue: bool = True, delay: float | None = None, reason: str = "") -> None:
+    def _nack(self, requeue: bool, delay: float | None, reason: str) -> None:
         """Give the message back (after ``delay`` s), or dead-letter it with ``requeue=False``."""
-        if not self._claim():
-            return
         broker = self._broker
         if not requeue:
             broker._dead_letter(self, reason or "rejected by the worker")
@@ -168,12 +145,11 @@ class PubSubDelivery:
             seconds = 0 if not delay or delay <= 0 else min(math.ceil(delay), MAX_ACK_DEADLINE)
             broker._modify_deadline(self._subscription, [self._ack_id], seconds)
 
-    def extend(self, seconds: float) -> None:
+    def _extend(self, seconds: float) -> None:
         """Keep the message leased ``seconds`` more (Pub/Sub allows at most 600 at a time)."""
-        if not self._settled:
-            self._broker._modify_deadline(
-                self._subscription, [self._ack_id], min(max(1, math.ceil(seconds)), MAX_ACK_DEADLINE)
-            )
+        self._broker._modify_deadline(
+            self._subscription, [self._ack_id], min(max(1, math.ceil(seconds)), MAX_ACK_DEADLINE)
+        )
 
 
 class PubSubBroker(BaseBroker):
@@ -208,7 +184,9 @@ class PubSubBroker(BaseBroker):
         self._clients_lock = threading.Lock()
         self._ready: set[str] = set()  # queues whose topic and subscription exist
         self._ready_lock = threading.Lock()
-        self._leases = _LeaseKeeper(self)
+        self._leases: LeaseKeeper[PubSubDelivery] = LeaseKeeper(
+            self._renew, lambda: max(self.lease / 3, 0.2), name="machinery-pubsub-lease"
+        )
         self._idle = threading.Event()  # never set: an interruptible sleep between empty pulls
         self._closed = False
 
@@ -446,13 +424,13 @@ class PubSubBroker(BaseBroker):
             if _not_due(sig) and not delivery.redelivered:
                 assert sig is not None and sig.eta is not None
                 wait = (sig.eta - now_utc()).total_seconds()
-                delivery._claim()
+                delivery.claim()
                 self._modify_deadline(
                     subscription, [item.ack_id], _hold_seconds(wait, self.settings.hold_window)
                 )
             elif held_before and delivery.redelivered:
                 # Back from a hold (or still not due): hop as a fresh message so the count stays 1.
-                delivery._claim()
+                delivery.claim()
                 self._publish_body(queue, delivery.body, delivery._ordering_key)
                 self._acknowledge(subscription, [item.ack_id])
             else:
@@ -460,8 +438,7 @@ class PubSubBroker(BaseBroker):
         if out and self.lease < 10:
             # Subscriptions have at least 10 s; a shorter lease (tests) is set per message.
             self._modify_deadline(subscription, [d._ack_id for d in out], self.lease)
-        for admitted in out:
-            self._leases.add(admitted)
+        self._leases.add(out)
         return list(out)
 
     def _acknowledge(self, subscription: str, ack_ids: list[str]) -> None:
@@ -477,10 +454,20 @@ class PubSubBroker(BaseBroker):
                 **CALL,
             )
 
+    def _renew(self, deliveries: list[PubSubDelivery]) -> None:
+        """The lease keeper's call: extend live deliveries by one lease, up to ``max_extension`` each."""
+        now = time.monotonic()
+        by_subscription: dict[str, list[str]] = {}
+        for delivery in deliveries:
+            if now - delivery.leased_at < self.settings.max_extension:
+                by_subscription.setdefault(delivery._subscription, []).append(delivery._ack_id)
+        for subscription, ack_ids in by_subscription.items():
+            self._modify_deadline(subscription, ack_ids, self.lease)
+
     def _give_back(self, deliveries: list[PubSubDelivery]) -> None:
         by_subscription: dict[str, list[str]] = {}
         for delivery in deliveries:
-            if delivery._claim():
+            if delivery.claim():
                 by_subscription.setdefault(delivery._subscription, []).append(delivery._ack_id)
         for subscription, ack_ids in by_subscription.items():
             try:
@@ -552,53 +539,6 @@ class PubSubBroker(BaseBroker):
                     self._subscriber.close()
             except Exception:  # closing must not raise
                 logger.debug("closing the Pub/Sub clients failed", exc_info=True)
-
-
-class _LeaseKeeper:
-    """Extends the ack deadline of live deliveries every third of the lease, up to ``max_extension``."""
-
-    def __init__(self, broker: PubSubBroker) -> None:
-        self._broker = broker
-        self._live: dict[int, PubSubDelivery] = {}
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def add(self, delivery: PubSubDelivery) -> None:
-        with self._lock:
-            self._live[id(delivery)] = delivery
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="machinery-pubsub-lease", daemon=True)
-                self._thread.start()
-
-    def discard(self, delivery: PubSubDelivery) -> None:
-        with self._lock:
-            self._live.pop(id(delivery), None)
-
-    def close(self) -> list[PubSubDelivery]:
-        """Stop renewing; returns the deliveries still unsettled."""
-        self._stop.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(5)
-        with self._lock:
-            return [d for d in self._live.values() if not d.settled]
-
-    def _run(self) -> None:
-        broker = self._broker
-        while not self._stop.wait(max(broker.lease / 3, 0.2)):
-            now = time.monotonic()
-            with self._lock:
-                live = [d for d in self._live.values() if not d.settled]
-            renew = [d for d in live if now - d.leased_at < broker.settings.max_extension]
-            by_subscription: dict[str, list[str]] = {}
-            for delivery in renew:
-                by_subscription.setdefault(delivery._subscription, []).append(delivery._ack_id)
-            for subscription, ack_ids in by_subscription.items():
-                try:
-                    broker._modify_deadline(subscription, ack_ids, broker.lease)
-                except Exception as exc:  # a blip: the next round tries again
-                    logger.warning("could not extend %d Pub/Sub lease(s): %s", len(ack_ids), exc)
 
 
 def _create(call: Any) -> None:
