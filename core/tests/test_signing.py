@@ -248,7 +248,9 @@ def _rejected(app: Machinery, seen: _Seen, uuid: str, check: str) -> None:
     line = seen.wait_for(f"uuid {uuid!r}: signature check failed")
     assert check in line and "dead-lettered" in line
     deadline = time.monotonic() + 5
-    while not any(uuid.encode() in body for body in app.broker.dead_letters(app.config.default_queue)):  # type: ignore[attr-defined]
+    while not any(
+        uuid.encode() in letter.body for letter in app.broker.dead_letters(app.config.default_queue)
+    ):  # type: ignore[attr-defined]
         assert time.monotonic() < deadline, "the rejected message was not dead-lettered"
         time.sleep(0.01)
 

@@ -185,6 +185,7 @@ def wrong_password_urls() -> Iterator[list[str]]:
     yield [_with_password(redis_url, "nobody"), _with_password(amqp_url, "guest")]
 
 
+@pytest.mark.services
 def test_wrong_passwords_against_the_real_servers(app_dir: Path, wrong_password_urls: list[str]) -> None:
     cases = [(args, _env(url), "") for url in wrong_password_urls for args in COMMANDS]
     cases += [(["worker", "-c", "1", "-l", "debug"], _env(url), "retrying") for url in wrong_password_urls]

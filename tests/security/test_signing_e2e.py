@@ -20,6 +20,8 @@ from machinery.signature import Arg, now_utc
 from machinery.testing import require_env
 from machinery.worker import Worker
 
+pytestmark = pytest.mark.services  # real Redis and RabbitMQ from scripts/services
+
 KEYS = ["e2e-signing-key-new-0123456789", "e2e-signing-key-old-0123456789"]
 
 

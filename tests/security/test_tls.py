@@ -23,6 +23,8 @@ from machinery.config import TLSConfig
 from machinery.errors import MachineryError
 from machinery.testing import require_env
 
+pytestmark = pytest.mark.services  # real servers from scripts/services (TLS Redis/RabbitMQ)
+
 QUEUE = "machinery_security_tls"
 
 
