@@ -22,7 +22,7 @@ from machinery import config as config_module
 from machinery.config import Config, reloadable_fields
 from machinery.errors import ConfigError
 from machinery.plugins import get_plugin_manager, hookimpl
-from machinery.settings import Section, above, not_empty, setting
+from machinery.settings import Check, Section, Spec, above, not_empty, setting
 from machinery_amqp.settings import AMQPSettings
 from machinery_redis.settings import RedisSettings
 
@@ -68,6 +68,78 @@ def foo_plugin() -> Iterator[None]:
 def write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+# ------------------------------------------------------------------------------------------ URL query options
+
+
+def test_query_options_apply_over_a_section_read_as_env_values() -> None:
+    base = FooSettings(lease=10.0)
+    updated = base.with_query({"lease": "2.5", "retries": "2", "queue": "q"}, "foo://h/0")
+    assert (updated.lease, updated.retries, updated.queue) == (2.5, 2, "q")
+    assert base.lease == 10.0, "the section itself is left alone"
+    assert base.with_query({}, "foo://h/0") is base
+    assert base.with_query({"retries": ""}, "foo://h/0").retries == 3, "an empty number keeps the value"
+    typed = base.with_query({"lease": "5"}, "foo://h/0", values={"retries": 4, "client": object()})
+    assert (typed.lease, typed.retries) == (5.0, 4)
+
+
+@pytest.mark.parametrize(
+    ("options", "values", "says"),
+    [
+        (
+            {"colour": "blue"},
+            {},
+            "unknown option 'colour' (no foo setting has that name); known options: lease,",
+        ),
+        ({"lease": "soon"}, {}, "option lease='soon' is not a number"),
+        ({"retries": "2.5"}, {}, "option retries='2.5' is not a whole number"),
+        ({"lease": "0"}, {}, "option lease='0': foo.lease (env MACHINERY_FOO_LEASE) must be > 0 seconds"),
+        ({"lease": "1", "retries": "5"}, {}, "foo.retries (5) must not exceed foo.lease (1)"),
+        ({"api_token": "x" * 3, "retries": "many"}, {}, "option retries='many'"),
+        ({}, {"retries": "2"}, "foo.retries (env FOO_RETRIES_ALIAS) must be an int; got '2' (str)"),
+        ({}, {"colour": 1}, "unknown foo setting 'colour'"),
+    ],
+)
+def test_bad_query_options_name_the_option_and_the_url(
+    options: dict[str, str], values: dict[str, Any], says: str
+) -> None:
+    url = "foo://admin:hunter2@h:1/0?" + "&".join(f"{k}={v}" for k, v in options.items())
+    with pytest.raises(ConfigError) as info:
+        FooSettings().with_query(options, url, values=values)
+    message = str(info.value)
+    assert says in message
+    assert message.startswith("URL 'foo://h:1/0"), "the URL is named, redacted"
+    assert "hunter2" not in message
+
+
+def test_secret_query_values_are_never_shown() -> None:
+    @dataclass(repr=False)
+    class Vault(Section):
+        name = "vault"
+        port: int = setting(1)
+        token: str = setting("", check=Check(lambda v: len(v) > 8, "must be longer than 8 characters"))
+
+    with pytest.raises(ConfigError) as info:
+        Vault().with_query({"token": "s3cr3t"}, "vault://h")
+    assert "option token='***'" in str(info.value) and "s3cr3t" not in str(info.value)
+
+
+def test_a_section_may_read_more_text_forms() -> None:
+    @dataclass(repr=False)
+    class Sized(Section):
+        name = "sized"
+        size: int = setting(1024)
+
+        def parse_option(self, spec: Spec, text: str) -> Any:
+            if text.endswith("k"):
+                return int(text[:-1]) * 1024
+            return super().parse_option(spec, text)
+
+    assert Sized().with_query({"size": "2k"}, "sized://h").size == 2048
+    assert Sized().with_query({"size": "7"}, "sized://h").size == 7
+    with pytest.raises(ConfigError, match="option size='2x' is not a whole number"):
+        Sized().with_query({"size": "2x"}, "sized://h")
 
 
 # ------------------------------------------------------------------------------------------ a plugin section

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from machinery import Config, Machinery, builtin
+from machinery.errors import PluginNotFoundError
 from machinery.plugins import (
     SchemeRow,
     Transport,
@@ -119,6 +120,43 @@ def test_other_schemes_and_missing_kinds_are_not_claimed() -> None:
     assert t.machinery_backend("x://a", Config()) is None
     assert t.machinery_lock("x://a", Config()) is None
     assert isinstance(t.machinery_broker("x://a", Config()), MemoryBroker)
+
+
+def test_a_matcher_decides_for_urls_the_scheme_cannot_tell_apart() -> None:
+    def by_host(url: str) -> bool:
+        return url.startswith("https://queue.example.com/")
+
+    t = transport(
+        ["x", "https://queue"],
+        broker="machinery.transports.memory.broker:MemoryBroker",
+        distribution="machinery-x",
+        matches=by_host,
+    )
+    assert isinstance(t.machinery_broker("https://queue.example.com/123", Config()), MemoryBroker)
+    assert t.machinery_broker("https://other.example.com/123", Config()) is None, "same scheme, other host"
+    assert t.machinery_broker("x://a", Config()) is None, "the matcher decides alone once given"
+    assert t.machinery_backend("https://queue.example.com/123", Config()) is None, "no backend declared"
+    assert SchemeRow("https://queue", "broker", "machinery-x") in t.machinery_schemes()
+    with pytest.raises(ValueError, match="matches"):
+        transport(["x"], broker="a.b:C", matches="https://queue")  # type: ignore[arg-type]
+
+
+def test_sqs_urls_resolve_through_its_transports() -> None:
+    pytest.importorskip("machinery_sqs")
+    config = Config()
+    go_form = "https://sqs.eu-west-1.amazonaws.com/123456789012"
+    assert type(resolve_broker(go_form, config)).__name__ == "SQSBroker"
+    assert type(resolve_broker("sqs://", config)).__name__ == "SQSBroker"
+    assert (
+        type(resolve_backend("https://dynamodb.eu-west-1.amazonaws.com", config)).__name__
+        == "DynamoDBBackend"
+    )
+    with pytest.raises(PluginNotFoundError):
+        resolve_broker("https://example.com/not/a/queue", config)
+    rows = list_schemes()
+    assert SchemeRow("https://sqs", "broker", "machinery-sqs") in rows
+    assert SchemeRow("dynamodb", "backend", "machinery-sqs") in rows
+    assert SchemeRow("dynamodb", "broker", "machinery-sqs") not in rows, "each kind lists its own schemes"
 
 
 def test_builtins_use_it_and_name_machinery_core() -> None:

@@ -11,7 +11,7 @@ import importlib
 import importlib.metadata
 import threading
 import types
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
@@ -234,10 +234,15 @@ class Transport:
         lock: str | None = None,
         settings: str | None = None,
         distribution: str | None = None,
+        matches: Callable[[str], bool] | None = None,
     ) -> None:
         self.schemes = tuple(s.lower() for s in schemes)
         if not self.schemes:
             raise ValueError("transport(): name at least one URL scheme")
+        if matches is not None and not callable(matches):
+            raise ValueError(f"transport(): matches={matches!r} is not a callable(url) -> bool")
+        #: decides which URLs are ours when the scheme alone cannot (None: the scheme decides)
+        self.matches = matches
         self.targets: dict[Kind, str] = {}
         for kind, target in (("broker", broker), ("backend", backend), ("lock", lock)):
             if target is not None:
@@ -272,8 +277,15 @@ class Transport:
             cls = self._classes[kind] = _import(self.targets[kind])
         return cls
 
+    def claims(self, url: str) -> bool:
+        """True when ``url`` is this transport's: its scheme is one of ours, or ``matches(url)`` says so
+        when a matcher was given (it then decides alone). No I/O."""
+        if self.matches is not None:
+            return bool(self.matches(url))
+        return scheme_of(url) in self.schemes
+
     def _build(self, kind: Kind, url: str, config: Config) -> Any:
-        if kind not in self.targets or scheme_of(url) not in self.schemes:
+        if kind not in self.targets or not self.claims(url):
             return None
         return self.load(kind).from_url(url, config)
 
@@ -312,6 +324,7 @@ def transport(
     lock: str | None = None,
     settings: str | None = None,
     distribution: str | None = None,
+    matches: Callable[[str], bool] | None = None,
 ) -> Transport:
     """The hooks of a transport package in one call. In ``machinery_x/plugin.py``::
 
@@ -325,9 +338,22 @@ def transport(
     classes are imported on first use. ``settings`` names the package's settings section class
     (:class:`machinery.settings.Section`), returned from ``machinery_settings``. ``distribution`` (for
     ``machinery plugins`` and install hints) is read from the package metadata unless given.
+
+    ``matches`` is for URLs the scheme cannot tell apart: a function ``url -> bool`` (no I/O, never
+    raising) that then decides alone which URLs build these classes, e.g. SQS's
+    ``https://sqs.<region>.amazonaws.com/<account>`` next to other ``https://`` URLs; ``schemes`` are
+    then what ``machinery plugins`` lists (``"https://sqs"`` is fine there). A package whose kinds take
+    different URLs (SQS brokers, DynamoDB backends) makes one ``transport()`` per kind in its plugin
+    module.
     """
     return Transport(
-        schemes, broker=broker, backend=backend, lock=lock, settings=settings, distribution=distribution
+        schemes,
+        broker=broker,
+        backend=backend,
+        lock=lock,
+        settings=settings,
+        distribution=distribution,
+        matches=matches,
     )
 
 

@@ -49,9 +49,9 @@ import json
 import math
 import re
 import typing
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar, overload
 
 from .errors import ConfigError
@@ -239,6 +239,66 @@ class Section:
         """
         return ()
 
+    def with_query(
+        self: S, options: Mapping[str, str], url: str, *, values: Mapping[str, Any] | None = None
+    ) -> S:
+        """A copy of this section with a URL's query ``options`` applied (``?lease=2&create_missing=no``),
+        each read from text as its environment variable is and checked as the config checks it, then the
+        checks across settings (:meth:`problems`). ``values`` are ready Python values applied the same
+        way (a ``from_url(url, config, lease=2)`` keyword); plain fields such as ``client`` are allowed
+        there. An empty numeric option keeps the section's value.
+
+        An unknown option or a bad value raises :class:`~machinery.errors.ConfigError` naming the option,
+        its value (masked for secrets) and ``url`` (redacted: never its password). Returns ``self`` when
+        nothing changes. Override :meth:`parse_option` to accept more text forms for a setting.
+        """
+        where = f"URL {redact_url(url)!r}"
+        specs = {spec.name: spec for spec in self.specs()}
+        changes: dict[str, Any] = {}
+        for name, text in options.items():
+            spec = specs.get(name)
+            if spec is None:
+                raise ConfigError(
+                    f"{where}: unknown option {name!r} (no {self.name} setting has that name); "
+                    f"known options: {', '.join(specs)}"
+                )
+            shown = "'***'" if spec.secret or is_secret_name(name) else repr(text)
+            try:
+                value = self.parse_option(spec, text)
+            except (ValueError, ConfigError):
+                raise ConfigError(
+                    f"{where}: option {name}={shown} is not {_QUERY_FORMS[spec.kind]}"
+                ) from None
+            problem = spec.type_problem(value) or spec.check_problem(value)
+            if problem:
+                raise ConfigError(f"{where}: option {name}={shown}: {problem}")
+            changes[name] = value
+        plain_fields = {f.name for f in fields(self)}  # type: ignore[arg-type]
+        for name, value in (values or {}).items():
+            spec = specs.get(name)
+            if spec is None and name not in plain_fields:
+                raise ConfigError(
+                    f"{where}: unknown {self.name} setting {name!r}; known: {', '.join(sorted(plain_fields))}"
+                )
+            problem = spec.type_problem(value) or spec.check_problem(value) if spec is not None else None
+            if problem:
+                raise ConfigError(f"{where}: {problem}")
+            changes[name] = value
+        if not changes:
+            return self
+        updated = replace(self, **changes)  # type: ignore[type-var]
+        problems = list(updated.problems(frozenset(specs)))
+        if problems:
+            raise ConfigError(f"{where}: " + "; ".join(problems))
+        return updated
+
+    def parse_option(self, spec: Spec, text: str) -> Any:
+        """The value of URL query option ``spec.name`` given as ``text`` (read as its environment
+        variable is; empty numbers keep the current value). Raise ValueError for text that is not
+        valid. A section overrides it to accept more forms (memcache's ``max_item_size=2m``)."""
+        is_set, value = spec.from_env(spec.name, text)
+        return value if is_set else getattr(self, spec.name)
+
 
 # --------------------------------------------------------------------------------------------------------
 # The derived table rows
@@ -253,6 +313,19 @@ _ENV_FORMS: dict[Kind, str] = {
     "args": "k:v,k:v (e.g. x-max-priority:10) or a JSON object",
     "binding_args": "k:v,k:v (e.g. image-type:png,x-match:any) or a JSON object",
     "str_list": "comma-separated text, e.g. first,second",
+}
+
+
+#: What a URL query option of each kind must look like (``with_query``'s errors).
+_QUERY_FORMS: dict[Kind, str] = {
+    "str": "text",
+    "int": "a whole number",
+    "float": "a number",
+    "bool": "a boolean (true/false, 1/0, yes/no, on/off)",
+    "opt_int": "a whole number (or empty)",
+    "args": "k:v,k:v or a JSON object",
+    "binding_args": "k:v,k:v or a JSON object",
+    "str_list": "comma-separated text",
 }
 
 

@@ -38,12 +38,13 @@ def test_bad_urls_say_what_is_wrong(url: str, says: str) -> None:
 def test_query_overrides_settings_and_is_validated() -> None:
     config = Config()
     target = parse_url("gcppubsub://p/sub-one?ack_deadline=45&hold_window=5&create_missing=no")
-    settings = GCPPubSubSettings.of(config).overridden(target.options)
+    settings = GCPPubSubSettings.of(config).with_query(target.options, target.describe())
     assert (settings.ack_deadline, settings.hold_window, settings.create_missing) == (45, 5.0, False)
     assert settings.max_extension == config.gcppubsub.max_extension
     for bad in ("ack_deadline=601", "hold_window=0", "create_missing=maybe", "subscription_name=fixed"):
-        with pytest.raises(ConfigError, match="gcppubsub"):
-            GCPPubSubSettings.of(config).overridden(parse_url(f"gcppubsub://p/sub-one?{bad}").options)
+        target = parse_url(f"gcppubsub://p/sub-one?{bad}")
+        with pytest.raises(ConfigError, match=rf"gcppubsub://p/sub-one.*option {bad.split('=')[0]}="):
+            GCPPubSubSettings.of(config).with_query(target.options, target.describe())
 
 
 def test_settings_come_from_env_and_yaml_as_a_plugin_section() -> None:

@@ -78,7 +78,7 @@ def test_options_override_settings() -> None:
         ("memcache://h?poll_min=2&poll_max=1", "memcache.poll_min (2) must not exceed memcache.poll_max (1)"),
         (
             "memcache://h?timeout=inf",
-            "memcache.timeout (env MACHINERY_MEMCACHE_TIMEOUT) must be a finite number",
+            "URL 'memcache://h?timeout=inf': option timeout='inf' is not a number",
         ),
     ],
 )

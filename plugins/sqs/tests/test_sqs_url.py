@@ -147,13 +147,13 @@ def test_reloadable_settings_are_read_at_each_use() -> None:
 @pytest.mark.parametrize(
     ("query", "says"),
     [
-        ("nonsense=1", "unknown sqs setting"),
-        ("create_missing=maybe", "create_missing=.maybe. is not a valid bool"),
-        ("visibility_timeout=soon", "not a valid"),
+        ("nonsense=1", "unknown option 'nonsense' .no sqs setting"),
+        ("create_missing=maybe", "option create_missing='maybe' is not a boolean"),
+        ("visibility_timeout=soon", "option visibility_timeout='soon' is not a whole number"),
         ("delay_hop_seconds=901", "delay_hop_seconds"),
         ("dead_letter_queue=dlq", "{queue}"),
         ("max_receive_count=3&dead_letter_queue=", "needs a dead-letter queue"),
-        ("client=x", "unknown sqs setting"),
+        ("client=x", "unknown option 'client'"),
     ],
 )
 def test_bad_settings(query: str, says: str) -> None:

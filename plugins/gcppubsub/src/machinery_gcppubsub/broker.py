@@ -177,7 +177,7 @@ class PubSubBroker(BaseBroker):
         Google's usual configuration on first use, and closed by :meth:`close`)."""
         super().__init__(config)
         self.target = target
-        self.settings = GCPPubSubSettings.of(self.config).overridden(target.options)
+        self.settings = GCPPubSubSettings.of(self.config).with_query(target.options, target.describe())
         self._publisher: Any = publisher or self.settings.publisher_client
         self._subscriber: Any = subscriber or self.settings.subscriber_client
         self._own_clients = self._publisher is None and self._subscriber is None

@@ -1,5 +1,6 @@
 """The ``gcppubsub`` settings section (``Config.gcppubsub``), declared once and handed to the core
-through the ``machinery_settings()`` hook. A URL's query parameters override them for that broker.
+through the ``machinery_settings()`` hook. A URL's query parameters override them for that broker
+(``Section.with_query``).
 
 ============================  =========================  ===========================================
 setting                       default                    meaning
@@ -30,15 +31,10 @@ never loads the broker.
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from collections.abc import Iterable, Mapping
-from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
-from machinery.errors import ConfigError
-from machinery.settings import Check, Section, at_least, between, parse_bool, setting
+from machinery.settings import Check, Section, at_least, between, setting
 
 __all__ = ["MAX_ACK_DEADLINE", "GCPPubSubSettings"]
 
@@ -70,36 +66,3 @@ class GCPPubSubSettings(Section):
     publisher_client: Any = None
     #: A ready ``google.cloud.pubsub_v1.SubscriberClient`` (code only).
     subscriber_client: Any = None
-
-    def overridden(self, options: Mapping[str, str]) -> GCPPubSubSettings:
-        """A copy with a URL's query ``options`` applied, validated."""
-        changes: dict[str, Any] = {}
-        for name, raw in options.items():
-            current = getattr(self, name)
-            changes[name] = _parse(name, raw, type(current))
-        merged = dataclasses.replace(self, **changes)
-        problems = list(merged.problems(frozenset()))
-        for spec in merged.specs():
-            value = getattr(merged, spec.path[-1])
-            if spec.check is not None and not spec.check.ok(value):
-                problems.append(f"gcppubsub {spec.path[-1]} {spec.check.requirement}; got {value!r}")
-        if problems:
-            raise ConfigError("; ".join(problems))
-        return merged
-
-    def problems(self, valid: AbstractSet[str]) -> Iterable[str]:
-        return ()
-
-
-def _parse(name: str, raw: str, kind: type) -> Any:
-    try:
-        if kind is bool:
-            return parse_bool(raw)
-        if kind in (int, float):
-            value = float(raw)
-            if not math.isfinite(value) or (kind is int and not value.is_integer()):
-                raise ValueError(raw)
-            return kind(value)
-    except (ValueError, ConfigError):
-        raise ConfigError(f"gcppubsub URL parameter {name}={raw!r} is not a valid {kind.__name__}") from None
-    return raw

@@ -3,20 +3,20 @@
 Declared once here and handed to the core through the ``machinery_settings()`` hook (plugin.py), so
 ``Config.from_env`` reads ``MACHINERY_MEMCACHE_<NAME>``, ``Config.from_yaml`` reads ``memcache:`` and
 ``Config.validate`` checks them. A URL's query (``memcache://h:11211?timeout=5``) overrides them for the
-objects built from that URL (:meth:`MemcacheSettings.with_options`). This module imports nothing from
+objects built from that URL (``Section.with_query``). This module imports nothing from
 pymemcache: listing settings never loads the client.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from machinery.config import Config
 from machinery.errors import ConfigError
-from machinery.settings import Check, Section, above, at_least, parse_bool, setting
+from machinery.settings import Check, Section, Spec, above, at_least, setting
 
 __all__ = ["HASHINGS", "MIB", "MemcacheSettings", "settings_of"]
 
@@ -65,30 +65,11 @@ class MemcacheSettings(Section):
         if self.tls_key and not self.tls_cert:
             yield "memcache.tls_key needs memcache.tls_cert"
 
-    def with_options(self, options: Mapping[str, str], where: str) -> MemcacheSettings:
-        """These settings with URL query ``options`` applied and checked (``where`` names the URL)."""
-        specs = {spec.name: spec for spec in self.specs()}
-        changes: dict[str, Any] = {}
-        for name, text in options.items():
-            spec = specs.get(name)
-            if spec is None:
-                raise ConfigError(f"{where}: unknown option {name!r}; known options: {', '.join(specs)}")
-            parse = _PARSERS[spec.kind]
-            try:
-                value = parse(text)
-            except ValueError:
-                raise ConfigError(f"{where}: option {name}={text!r} is not {_FORMS[spec.kind]}") from None
-            problem = spec.type_problem(value) or spec.check_problem(value)
-            if problem:
-                raise ConfigError(f"{where}: option {name}={text!r}: {problem}")
-            changes[name] = value
-        if not changes:
-            return self
-        updated = replace(self, **changes)
-        problems = list(updated.problems(set(specs)))
-        if problems:
-            raise ConfigError(f"{where}: " + "; ".join(problems))
-        return updated
+    def parse_option(self, spec: Spec, text: str) -> Any:
+        """URL query text for ``spec``; ``max_item_size`` also takes memcached's ``-I`` suffixes (``2m``)."""
+        if spec.name == "max_item_size":
+            return _parse_size(text)
+        return super().parse_option(spec, text)
 
 
 def _parse_size(text: str) -> int:
@@ -96,20 +77,6 @@ def _parse_size(text: str) -> int:
     lowered = text.strip().lower()
     factor = {"k": 1024, "m": MIB}.get(lowered[-1:], 1)
     return int(lowered[:-1] if factor > 1 else lowered) * factor
-
-
-_PARSERS: dict[str, Callable[[str], Any]] = {
-    "bool": parse_bool,
-    "int": _parse_size,
-    "float": float,
-    "str": str,
-}
-_FORMS = {
-    "bool": "a boolean (true/false)",
-    "int": "a whole number (k/m suffixes allowed)",
-    "float": "a number",
-    "str": "text",
-}
 
 
 def settings_of(config: Config) -> MemcacheSettings:

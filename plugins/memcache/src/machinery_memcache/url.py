@@ -93,7 +93,7 @@ def parse_url(url: str, base: MemcacheSettings | None = None) -> MemcacheTarget:
     rest, _, query = rest.partition("?")
     rest = rest.partition("#")[0]
     options = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=False))
-    settings = (base or MemcacheSettings()).with_options(options, where)
+    settings = (base or MemcacheSettings()).with_query(options, url)
     if rest.startswith("/"):
         path = unquote(rest)
         if path == "/" or "," in path:

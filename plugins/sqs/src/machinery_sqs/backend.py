@@ -39,7 +39,7 @@ from machinery.errors import BackendError, MessageError, UnknownGroupError
 from machinery.signature import Arg, GroupMeta, State, TaskState, now_utc
 
 from .client import ClientHolder, describe_error, error_code
-from .settings import DynamoDBSettings, with_overrides
+from .settings import DynamoDBSettings
 from .url import AWSTarget, parse_backend_url
 
 __all__ = ["ITEM_LIMIT", "DynamoDBBackend"]
@@ -118,8 +118,8 @@ class DynamoDBBackend(BaseBackend):
         super().__init__(config)
         self.target = target
         #: the URL's query and the keywords override the config's section for this backend
-        self.settings = with_overrides(
-            DynamoDBSettings.of(self.config), target.options, options, target.where
+        self.settings = DynamoDBSettings.of(self.config).with_query(
+            target.options, target.where, values=options
         )
         self.states_table = self.settings.task_states_table
         self.groups_table = self.settings.group_metas_table

@@ -45,7 +45,7 @@ from machinery.signature import Signature, now_utc
 
 from .client import ClientHolder, describe_error, error_code
 from .keeper import VisibilityKeeper
-from .settings import MAX_VISIBILITY_SECONDS, SQSSettings, with_overrides
+from .settings import MAX_VISIBILITY_SECONDS, SQSSettings
 from .url import AWSTarget, parse_broker_url
 
 __all__ = ["DeadLetter", "MessageTooLargeError", "SQSBroker", "SQSDelivery"]
@@ -198,7 +198,7 @@ class SQSBroker(BaseBroker):
         super().__init__(config)
         self.target = target
         #: the URL's query and the keywords override the config's section for this broker
-        self.settings = with_overrides(SQSSettings.of(self.config), target.options, options, target.where)
+        self.settings = SQSSettings.of(self.config).with_query(target.options, target.where, values=options)
         self._overridden = frozenset(target.options) | frozenset(options)
         self._clients = ClientHolder(target, self.config, self.settings.client)
         self._queues: dict[str, _Queue] = {}

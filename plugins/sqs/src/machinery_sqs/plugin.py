@@ -1,52 +1,28 @@
-"""Entry point (group ``machinery``): the hooks that make SQS and DynamoDB URLs build this package."""
+"""Entry point (group ``machinery``): SQS URLs build this package's broker and DynamoDB URLs its result
+backend; the classes are imported on first use (``transport()``).
+
+SQS's URLs are ``https://`` ones told apart by their host (``sqs.<region>.amazonaws.com``) or their
+account-id path, so each kind gets a matcher from :mod:`machinery_sqs.url` (no I/O, no boto3) rather
+than a scheme alone; the schemes are what ``machinery plugins`` lists.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from machinery.plugins import SchemeRow, hookimpl
+from machinery.plugins import transport
 
 from .url import is_dynamodb_url, is_sqs_url
 
-if TYPE_CHECKING:
-    from machinery.backend import Backend
-    from machinery.broker import Broker
-    from machinery.config import Config
-    from machinery.settings import Section
+__all__ = ["backend", "broker"]
 
-DISTRIBUTION = "machinery-sqs"
-
-
-@hookimpl
-def machinery_schemes() -> list[SchemeRow]:
-    return [
-        SchemeRow("sqs", "broker", DISTRIBUTION),
-        SchemeRow("https://sqs", "broker", DISTRIBUTION),
-        SchemeRow("dynamodb", "backend", DISTRIBUTION),
-        SchemeRow("https://dynamodb", "backend", DISTRIBUTION),
-    ]
-
-
-@hookimpl
-def machinery_settings() -> list[type[Section]]:
-    from .settings import DynamoDBSettings, SQSSettings  # imports nothing from boto3
-
-    return [SQSSettings, DynamoDBSettings]
-
-
-@hookimpl
-def machinery_broker(url: str, config: Config) -> Broker | None:
-    if not is_sqs_url(url):
-        return None
-    from .broker import SQSBroker
-
-    return SQSBroker.from_url(url, config)
-
-
-@hookimpl
-def machinery_backend(url: str, config: Config) -> Backend | None:
-    if not is_dynamodb_url(url):
-        return None
-    from .backend import DynamoDBBackend
-
-    return DynamoDBBackend.from_url(url, config)
+broker = transport(
+    ["sqs", "https://sqs"],
+    broker="machinery_sqs.broker:SQSBroker",
+    settings="machinery_sqs.settings:SQSSettings",
+    matches=is_sqs_url,
+)
+backend = transport(
+    ["dynamodb", "https://dynamodb"],
+    backend="machinery_sqs.backend:DynamoDBBackend",
+    settings="machinery_sqs.settings:DynamoDBSettings",
+    matches=is_dynamodb_url,
+)

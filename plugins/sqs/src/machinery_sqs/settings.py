@@ -5,29 +5,25 @@ Declared once here and handed to the core through the ``machinery_settings()`` h
 ``Config.from_env`` reads ``SQS_*`` / ``TASK_STATES_TABLE`` / ``MACHINERY_SQS_*``, ``Config.from_yaml`` reads
 ``sqs:`` and ``dynamodb:``, and ``Config.validate`` checks them. Code reads them typed with
 ``SQSSettings.of(config)`` (``config.sqs`` works too). A URL's query parameters override them for one
-broker or backend (:func:`with_overrides`). This module imports nothing from boto3: discovering the
+broker or backend (``Section.with_query``). This module imports nothing from boto3: discovering the
 settings never loads it.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
-from machinery.errors import ConfigError
 from machinery.settings import Check, Section, between, not_empty, setting
 
-__all__ = ["DynamoDBSettings", "SQSSettings", "with_overrides"]
+__all__ = ["DynamoDBSettings", "SQSSettings"]
 
 #: SQS limits the settings are checked against
 MAX_WAIT_SECONDS = 20
 MAX_VISIBILITY_SECONDS = 43_200
 MAX_DELAY_SECONDS = 900
-
-S = TypeVar("S", bound=Section)
 
 
 @dataclass(repr=False)
@@ -125,44 +121,3 @@ class DynamoDBSettings(Section):
     create_missing: bool = setting(True)
     #: Longest pause between two reads of a waiting ``wait()`` (it starts at 50 ms and grows). Reloadable.
     max_poll_interval: float = setting(0.5, reload=True, check=between(0.05, 60, " seconds"))
-
-
-def with_overrides(section: S, query: Mapping[str, str], options: Mapping[str, Any], where: str) -> S:
-    """``section`` with URL query parameters (text) and ``from_url`` keywords (values) on top, checked as
-    the config checks its own values. Unknown names are a ConfigError naming the known ones."""
-    specs = {spec.name: spec for spec in section.specs()}
-    changes: dict[str, Any] = {}
-    for name, text in query.items():
-        spec = specs.get(name)
-        if spec is None:
-            raise ConfigError(
-                f"{where}: unknown {section.name} setting {name!r}; known: {', '.join(sorted(specs))}"
-            )
-        try:
-            is_set, value = spec.from_env(name, text)
-        except ConfigError:
-            raise ConfigError(
-                f"{where}: query parameter {name}={text!r} is not a valid {spec.kind}"
-            ) from None
-        if is_set:
-            changes[name] = value
-    for name, value in options.items():
-        if name not in specs and name != "client":
-            raise ConfigError(f"unknown {section.name} setting {name!r}; known: {', '.join(sorted(specs))}")
-        changes[name] = value
-    if not changes:
-        return section
-    updated: S = dataclasses.replace(section, **changes)  # type: ignore[type-var]
-    problems: list[str] = []
-    valid: set[str] = set()
-    for spec in updated.specs():
-        value = getattr(updated, spec.name)
-        problem = spec.type_problem(value) or spec.check_problem(value)
-        if problem:
-            problems.append(problem)
-        else:
-            valid.add(spec.name)
-    problems.extend(updated.problems(valid))
-    if problems:
-        raise ConfigError(f"{where}: " + "; ".join(problems))
-    return updated
