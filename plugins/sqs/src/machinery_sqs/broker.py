@@ -10,8 +10,9 @@
   the later messages of its message group.
 - **Consume**: ``ReceiveMessage`` with long polling, asking for exactly the free slots (10 a call, more
   calls for more). The message stays in the queue, invisible, until ``ack`` deletes it (after the result is
-  stored). While a task runs, the heartbeat renews its visibility every half visibility timeout, so a long
-  task is never handed to a second worker; a killed worker's messages come back after one timeout.
+  stored). While a task runs, the heartbeat (the core's ``LeaseKeeper``) renews its visibility every third
+  of the visibility timeout, so a long task is never handed to a second worker; a killed worker's
+  messages come back after one timeout.
 - **nack**: ``ChangeMessageVisibility`` to 0 (or to the asked delay). ``nack(requeue=False)`` sends the
   message to the dead-letter queue (the queue's redrive target, else the ``dead_letter_queue`` setting)
   and then deletes it: SQS cannot move one message on demand.
@@ -37,14 +38,15 @@ from datetime import timedelta
 from typing import Any
 
 from machinery import codec
-from machinery.broker import BaseBroker, Delivery, decode_body
+from machinery.broker import BaseBroker, Delivery
 from machinery.capabilities import Capability
 from machinery.config import Config
+from machinery.delivery import BaseDelivery
 from machinery.errors import BrokerError
+from machinery.lease import LeaseKeeper
 from machinery.signature import Signature, now_utc
 
 from .client import ClientHolder, describe_error, error_code
-from .keeper import VisibilityKeeper
 from .settings import MAX_VISIBILITY_SECONDS, SQSSettings
 from .url import AWSTarget, parse_broker_url
 
@@ -128,57 +130,40 @@ def _chunks(items: Sequence[Any], size: int = BATCH) -> Iterator[Sequence[Any]]:
         yield items[start : start + size]
 
 
-class SQSDelivery:
-    """One received message. Settling is once only: a second ack/nack does nothing."""
+class SQSDelivery(BaseDelivery):
+    """One received message (the core's :class:`~machinery.delivery.BaseDelivery`: decoded once, body
+    kept out of ``repr``, settled once). ``sqs_queue`` is the queue it came from."""
 
     def __init__(self, broker: SQSBroker, queue: _Queue, message: dict[str, Any], body: bytes) -> None:
+        receive_count = int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
+        super().__init__(body, queue=queue.name, delivery_count=receive_count)
         self.broker = broker
-        self.queue = queue
-        self.body = body
-        self.signature, self.error = decode_body(body)
+        self.sqs_queue = queue
         self.receipt: str = message["ReceiptHandle"]
         self.message_id: str = message.get("MessageId", "")
         self.attributes: dict[str, Any] = message.get("MessageAttributes", {})
-        self.receive_count = int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
-        self.redelivered = self.receive_count > 1
         self.received_at = time.monotonic()
         #: seconds this message stays invisible after a receive or a renewal
         self.visibility = queue.visibility
-        self.settled = False
-        self._lock = threading.Lock()
         if self.signature is not None:
             self.signature.sqs_receipt_handle = self.receipt  # as Go does: a task can read it
 
-    def __repr__(self) -> str:
-        what = self.signature.uuid if self.signature is not None else f"malformed: {self.error}"
-        return f"<SQSDelivery {self.queue.name} {what}>"
-
-    def _claim(self) -> bool:
-        with self._lock:
-            if self.settled:
-                return False
-            self.settled = True
-            return True
-
-    def ack(self) -> None:
+    def _ack(self) -> None:
         """Delete the message: the task is finished and its result stored."""
-        if self._claim():
-            self.broker._ack([self])
+        self.broker._ack([self])
 
-    def nack(self, requeue: bool = True, delay: float | None = None, reason: str = "") -> None:
+    def _nack(self, requeue: bool, delay: float | None, reason: str) -> None:
         """Make the message visible again (after ``delay`` seconds), or with ``requeue=False`` send it
         to the dead-letter queue and delete it."""
-        if self._claim():
-            if requeue:
-                self.broker._requeue(self, delay or 0.0)
-            else:
-                self.broker._dead_letter(self, reason or self.error or "rejected")
+        if requeue:
+            self.broker._requeue(self, delay or 0.0)
+        else:
+            self.broker._dead_letter(self, reason or self.error or "rejected")
 
-    def extend(self, seconds: float) -> None:
+    def _extend(self, seconds: float) -> None:
         """Keep the message invisible ``seconds`` longer (SQS caps it at 12 h after the receive)."""
-        if not self.settled:
-            self.visibility = max(self.visibility, math.ceil(seconds))  # renewals never shorten it
-            self.broker._change_visibility(self, math.ceil(seconds))
+        self.visibility = max(self.visibility, math.ceil(seconds))  # renewals never shorten it
+        self.broker._change_visibility(self, math.ceil(seconds))
 
 
 class SQSBroker(BaseBroker):
@@ -203,7 +188,10 @@ class SQSBroker(BaseBroker):
         self._clients = ClientHolder(target, self.config, self.settings.client)
         self._queues: dict[str, _Queue] = {}
         self._queues_lock = threading.Lock()
-        self._keeper: VisibilityKeeper[SQSDelivery] = VisibilityKeeper(self._renew)
+        #: the visibility heartbeat: renews the held messages of running tasks
+        self._keeper: LeaseKeeper[SQSDelivery] = LeaseKeeper(
+            self._renew, self._renew_interval, name="machinery-sqs-visibility"
+        )
         self._closed = False
 
     @classmethod
@@ -505,16 +493,16 @@ class SQSBroker(BaseBroker):
             if signature is not None and signature.eta is not None and signature.eta > now_utc():
                 self._wait_more(delivery, signature)
                 continue
-            if heartbeat:
-                self._keeper.add(delivery, max(0.5, visibility / 2))
             accepted.append(delivery)
+        if heartbeat:
+            self._keeper.add(d for d in accepted if isinstance(d, SQSDelivery))
         return accepted
 
     def _wait_more(self, delivery: SQSDelivery, signature: Signature) -> None:
         """A message received before its ETA: the next hop (a fresh message), or on FIFO queues kept
         invisible until due."""
-        delivery.settled = True
-        queue = delivery.queue
+        delivery.claim()  # settled here: the worker never sees it
+        queue = delivery.sqs_queue
         try:
             if queue.fifo:
                 assert signature.eta is not None
@@ -532,7 +520,7 @@ class SQSBroker(BaseBroker):
     # -- settling ------------------------------------------------------------------------------------
     def ack_many(self, deliveries: Sequence[Delivery]) -> None:
         """Delete several messages with ``DeleteMessageBatch`` (10 a call, per queue)."""
-        mine = [d for d in deliveries if isinstance(d, SQSDelivery) and d._claim()]
+        mine = [d for d in deliveries if isinstance(d, SQSDelivery) and d.claim()]
         self._ack(mine)
         for delivery in deliveries:
             if not isinstance(delivery, SQSDelivery):
@@ -542,9 +530,9 @@ class SQSBroker(BaseBroker):
         by_queue: dict[str, list[SQSDelivery]] = defaultdict(list)
         for delivery in deliveries:
             self._keeper.discard(delivery)
-            by_queue[delivery.queue.name].append(delivery)
+            by_queue[delivery.sqs_queue.name].append(delivery)
         for group in by_queue.values():
-            self._delete(group[0].queue, group)
+            self._delete(group[0].sqs_queue, group)
 
     def _delete(self, queue: _Queue, deliveries: Sequence[SQSDelivery]) -> None:
         if len(deliveries) == 1:
@@ -572,13 +560,13 @@ class SQSBroker(BaseBroker):
             self._change_visibility(delivery, 0)
             return
         signature.eta = now_utc() + timedelta(seconds=delay)
-        entry = self._entry(delivery.queue, codec.encode_signature(signature), signature, hop=1)
+        entry = self._entry(delivery.sqs_queue, codec.encode_signature(signature), signature, hop=1)
         entry.pop("Id")
-        self._send(delivery.queue, entry)
-        self._delete(delivery.queue, [delivery])
+        self._send(delivery.sqs_queue, entry)
+        self._delete(delivery.sqs_queue, [delivery])
 
     def _change_visibility(self, delivery: SQSDelivery, seconds: int) -> None:
-        queue = delivery.queue
+        queue = delivery.sqs_queue
         self._call(
             "change_message_visibility",
             queue.name,
@@ -587,15 +575,22 @@ class SQSBroker(BaseBroker):
             VisibilityTimeout=max(0, min(seconds, MAX_VISIBILITY_SECONDS)),
         )
 
-    def _renew(self, deliveries: list[SQSDelivery]) -> list[SQSDelivery]:
-        """The heartbeat: push each held message's visibility one full timeout ahead."""
-        gone: list[SQSDelivery] = []
+    def _renew_interval(self) -> float:
+        """Seconds between two heartbeats: a third of the shortest visibility timeout in use (the
+        setting, else the queues' own), at least 0.5 s. Read before each wait (the setting reloads)."""
+        configured = self._live("visibility_timeout")
+        shortest = configured or min((q.visibility for q in list(self._queues.values())), default=30)
+        return max(0.5, shortest / 3)
+
+    def _renew(self, deliveries: list[SQSDelivery]) -> None:
+        """The heartbeat: push each held message's visibility one full timeout ahead, one batch call per
+        10 messages of a queue. A message whose receipt no longer works (deleted, or its visibility ran
+        out and another consumer has it) is dropped from the heartbeat."""
         by_queue: dict[str, list[SQSDelivery]] = defaultdict(list)
         for delivery in deliveries:
-            if not delivery.settled:
-                by_queue[delivery.queue.name].append(delivery)
+            by_queue[delivery.sqs_queue.name].append(delivery)
         for group in by_queue.values():
-            queue = group[0].queue
+            queue = group[0].sqs_queue
             for batch in _chunks(group):
                 entries = [
                     {"Id": str(i), "ReceiptHandle": d.receipt, "VisibilityTimeout": d.visibility}
@@ -606,15 +601,14 @@ class SQSBroker(BaseBroker):
                 )
                 for failure in response.get("Failed", []):
                     lost = batch[int(failure["Id"])]
+                    self._keeper.discard(lost)
                     if not lost.settled:  # a settled one was just deleted: its receipt is gone, as expected
                         reason = failure.get("Message")
                         logger.warning("the visibility of %r could not be renewed: %s", lost, reason)
-                    gone.append(lost)
-        return gone
 
     def _dead_letter(self, delivery: SQSDelivery, reason: str) -> None:
         self._keeper.discard(delivery)
-        queue = delivery.queue
+        queue = delivery.sqs_queue
         url = self._dead_letter_url(queue)
         if url:
             text, attributes = _wire_body(delivery.body)
@@ -756,7 +750,7 @@ class SQSBroker(BaseBroker):
         if self._closed:
             return
         self._closed = True
-        left = [d for d in self._keeper.close() if d._claim()]
+        left = [d for d in self._keeper.close() if d.claim()]
         for delivery in left:
             try:
                 self._change_visibility(delivery, 0)

@@ -56,7 +56,8 @@ class SQSSettings(Section):
             f"must be empty/None (the queue's setting) or between 1 and {MAX_VISIBILITY_SECONDS} seconds",
         ),
     )
-    #: Renew a running task's visibility every half visibility timeout (Go: off by default). Reloadable
+    #: Renew a running task's visibility every third of the visibility timeout (the core's LeaseKeeper; Go:
+    #: off by default). Reloadable
     #: (next task).
     visibility_heartbeat: bool = setting(
         True,
