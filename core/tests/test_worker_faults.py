@@ -775,3 +775,81 @@ def test_chord_recovery_sends_a_callback_once_with_a_shared_lock(tmp_path: Path)
     runner._recover_callback(member_of("g-lost", lost), [member])
     assert sent == ["cb-published", "cb-lost"], "an unsent callback is sent by exactly one recovery"
     app.close()
+
+
+class _KeepsFailures:
+    """A delivery with ``ack_failure`` (``SupportsAckFailure``, as SQS's StopTaskDeletionOnError): records
+    which way the worker settled it."""
+
+    def __init__(self, inner: Delivery, settled: dict[str, str]) -> None:
+        self.inner = inner
+        self.signature = inner.signature
+        self.body = inner.body
+        self.error = inner.error
+        self.redelivered = inner.redelivered
+        self.settled = settled
+
+    def _uuid(self) -> str:
+        return self.signature.uuid if self.signature else ""
+
+    def ack(self) -> None:
+        self.settled[self._uuid()] = "ack"
+        self.inner.ack()
+
+    def ack_failure(self) -> None:
+        self.settled[self._uuid()] = "ack_failure"
+        self.inner.ack()
+
+    def nack(self, requeue: bool = True, delay: float | None = None, reason: str = "") -> None:
+        self.inner.nack(requeue=requeue, delay=delay, reason=reason)
+
+    def extend(self, seconds: float) -> None:
+        self.inner.extend(seconds)
+
+
+class _KeepingBroker:
+    def __init__(self, inner: MemoryBroker) -> None:
+        self.inner = inner
+        self.settled: dict[str, str] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def consume(self, queue: str, max_messages: int, timeout: float) -> list[Delivery]:
+        return [_KeepsFailures(d, self.settled) for d in self.inner.consume(queue, max_messages, timeout)]
+
+    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        for delivery in deliveries:
+            delivery.ack()
+
+
+def test_a_failed_task_is_settled_by_ack_failure_where_the_delivery_has_it(memory_url: str) -> None:
+    """The worker stores FAILURE, then calls ``ack_failure()`` (never ``ack()``) on a delivery that
+    supports it; a task that succeeds is acked as ever."""
+    config = Config(broker=memory_url, result_backend=memory_url)
+    config.worker.poll_timeout = 0.1
+    broker = _KeepingBroker(MemoryBroker(config, memory_url.removeprefix("memory://")))
+    app = Machinery(config, broker=broker)  # type: ignore[arg-type]
+
+    @app.task
+    def fails() -> None:
+        raise ValueError("no")
+
+    @app.task
+    def works() -> int:
+        return 1
+
+    worker, thread = launch(app)
+    try:
+        bad, good = app.send_task(Signature("fails")), app.send_task(Signature("works"))
+        with pytest.raises(TaskError):
+            bad.get(timeout=10)
+        assert good.get(timeout=10) == 1
+        deadline = time.monotonic() + 5
+        while len(broker.settled) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert broker.settled == {bad.uuid: "ack_failure", good.uuid: "ack"}
+    finally:
+        worker.quit()
+        thread.join(10)
+        app.close()

@@ -20,6 +20,7 @@ __all__ = [
     "Broker",
     "DeadLetter",
     "Delivery",
+    "SupportsAckFailure",
     "SupportsAckMany",
     "SupportsDeadLetters",
     "SupportsDepth",
@@ -155,6 +156,18 @@ class SupportsDepth(Protocol):
 
     def depth(self, queue: str) -> int | None:
         """Messages waiting in ``queue`` (approximate where the service is), None when unknown."""
+
+
+@runtime_checkable
+class SupportsAckFailure(Protocol):
+    """A delivery that settles the message of a task that ended FAILURE its own way. The worker calls
+    ``ack_failure()`` instead of ``ack()`` once the FAILURE is stored; SQS uses it for Go's
+    ``StopTaskDeletionOnError`` (Machinery #471): the message is left in the queue, so the queue's
+    redrive policy moves it to the dead-letter queue after ``maxReceiveCount`` receives."""
+
+    def ack_failure(self) -> None:
+        """The task failed and its FAILURE is stored: settle the message (``ack()`` unless the broker's
+        failure policy keeps it). Once, like ``ack``."""
 
 
 class BaseBroker:

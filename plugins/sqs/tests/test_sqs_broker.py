@@ -13,7 +13,7 @@ from sqs_testlib import VISIBILITY, sqs_url
 
 from machinery import Config
 from machinery.errors import BrokerError
-from machinery.signature import Signature, new_uuid, now_utc
+from machinery.signature import Signature, State, new_uuid, now_utc
 from machinery.testing import make_app
 from machinery.testing._util import RunLog, eventually
 from machinery_sqs import DynamoDBBackend, MessageTooLargeError, SQSBroker
@@ -217,3 +217,57 @@ def test_queue_deleted_behind_its_back_is_created_again(broker: SQSBroker, name:
     broker.publish_many([sig(name), sig(name)])
     got = drain(broker, name, 3, 10)
     assert again.uuid in [s.uuid for s in got] and len(got) == 3
+
+
+def test_stop_task_deletion_on_error_leaves_failed_tasks_to_the_redrive_policy(
+    config: Config, name: str, tmp_path: Path
+) -> None:
+    """Machinery #471 on queues with a redrive policy (maxReceiveCount 2). Queue ``kept``: the setting
+    is on, so a failing task's message is not deleted; it runs again after the visibility timeout, and
+    after 2 receives SQS moves it to the DLQ. Queue ``plain``: the setting is off; a task whose signature
+    sets the flag is kept the same way, while one without it is deleted after its only run."""
+    config.no_unix_signals = True
+    config.worker.poll_timeout = 0.5
+    runlog = str(tmp_path / "runs")
+    kept, plain = f"{name}k", f"{name}p"
+    apps = {
+        queue: make_app(
+            config=config,
+            runlog=runlog,
+            only=["flaky"],
+            broker=SQSBroker.from_url(f"{sqs_url()}?{query}&max_receive_count=2", config),
+            backend=DynamoDBBackend.from_url("dynamodb://", config),
+        )
+        for queue, query in ((kept, "stop_task_deletion_on_error=true"), (plain, "create_missing=true"))
+    }
+    workers = [app.worker(f"w-{queue}", concurrency=2, queue=queue) for queue, app in apps.items()]
+    threads = [w.launch_async() for w in workers]
+    try:
+
+        def failing(key: str, queue: str, flag: bool = False) -> Signature:
+            return Signature("flaky", args=[key, 99], routing_key=queue, stop_task_deletion_on_error=flag)
+
+        by_setting = apps[kept].send_task(failing("by_setting", kept))
+        by_flag = apps[plain].send_task(failing("by_flag", plain, flag=True))
+        deleted = apps[plain].send_task(failing("deleted", plain))
+        for result in (by_setting, by_flag, deleted):
+            assert result.wait_state(timeout=20).state is State.FAILURE
+        log = RunLog(runlog)
+        brokers = {queue: app.broker for queue, app in apps.items()}
+
+        def dead_uuids(queue: str) -> set[str]:
+            return {json.loads(x.body)["UUID"] for x in brokers[queue].dead_letters(queue)}  # type: ignore[attr-defined]
+
+        eventually(lambda: dead_uuids(kept) == {by_setting.uuid}, 30, "SQS's redrive to move it to the DLQ")
+        eventually(lambda: dead_uuids(plain) == {by_flag.uuid}, 30, "SQS's redrive to move it to the DLQ")
+        assert log.count("by_setting", "run") == 2, "kept for the redrive: run once per receive"
+        assert log.count("by_flag", "run") == 2
+        assert log.count("deleted", "run") == 1, "without the flag a failed task's message is deleted"
+        assert brokers[plain].counts(plain)["in_flight"] == 0  # type: ignore[attr-defined]
+    finally:
+        for worker in workers:
+            worker.quit()
+        for thread in threads:
+            thread.join(10)
+        for app in apps.values():
+            app.close()

@@ -174,6 +174,7 @@ class TaskRunner:
 
     def _run(self, sig: Signature, redelivered: bool) -> TaskState | None:
         self._local.redelivered = redelivered
+        self._local.failed = False
         task = self.app.get_task(sig.name)
         if sig.group_uuid and sig.chord_callback is not None and not self._group_known(sig):
             return None
@@ -364,9 +365,15 @@ class TaskRunner:
         sig.eta = now_utc() + timedelta(seconds=countdown)
         self.app.send_task(sig)
 
+    def failed_here(self) -> bool:
+        """True when the last :meth:`run` in this thread stored the task's FAILURE (the worker then
+        settles its message with ``ack_failure`` where the delivery has it: SQS's StopTaskDeletionOnError)."""
+        return bool(getattr(self._local, "failed", False))
+
     def _failed(self, sig: Signature, exc: BaseException) -> None:
         text = error_text(exc)
         self._write(sig, State.FAILURE, error=text)
+        self._local.failed = True
         if self.error_handler is not None:
             self._call_handler(self.error_handler, exc)
         else:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .. import codec, signing
 from ..backoff import Backoff
-from ..broker import Delivery
+from ..broker import Delivery, SupportsAckFailure
 from ..log import logger
 from ..redact import redact_url
 from ..signature import Signature, State, TaskState, now_utc
@@ -349,7 +349,10 @@ class Worker:
             if final is not None:  # the writer stores it, acks, then frees the slot, in a batch
                 self._writer.put_final(final, tracked, done=lambda: self._release(tracked))
                 return True
-            tracked.settle(delivery.ack)
+            if self.runner.failed_here() and isinstance(delivery, SupportsAckFailure):
+                tracked.settle(delivery.ack_failure)  # the broker may keep it (StopTaskDeletionOnError)
+            else:
+                tracked.settle(delivery.ack)
         return False
 
     @property

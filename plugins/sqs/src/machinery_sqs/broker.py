@@ -160,6 +160,16 @@ class SQSDelivery(BaseDelivery):
         else:
             self.broker._dead_letter(self, reason or self.error or "rejected")
 
+    def ack_failure(self) -> None:
+        """The task failed and its FAILURE is stored: delete the message, or, with Go's
+        ``StopTaskDeletionOnError`` (the signature's flag or the ``stop_task_deletion_on_error``
+        setting), leave it in the queue for its redrive policy (Machinery #471)."""
+        asked = self.signature is not None and self.signature.stop_task_deletion_on_error
+        if not (asked or self.broker._live("stop_task_deletion_on_error")):
+            self.ack()
+        elif self.claim():
+            self.broker._keep_for_redrive(self)
+
     def _extend(self, seconds: float) -> None:
         """Keep the message invisible ``seconds`` longer (SQS caps it at 12 h after the receive)."""
         self.visibility = max(self.visibility, math.ceil(seconds))  # renewals never shorten it
@@ -564,6 +574,29 @@ class SQSBroker(BaseBroker):
         entry.pop("Id")
         self._send(delivery.sqs_queue, entry)
         self._delete(delivery.sqs_queue, [delivery])
+
+    def _keep_for_redrive(self, delivery: SQSDelivery) -> None:
+        """StopTaskDeletionOnError: stop renewing the failed task's message and leave it. It comes back
+        after its visibility timeout; SQS moves it to the dead-letter queue once its receive count
+        passes the redrive policy's ``maxReceiveCount`` (the worker's ``max_deliveries`` dead-letters it
+        explicitly if that comes first)."""
+        self._keeper.discard(delivery)
+        queue = delivery.sqs_queue
+        if queue.redrive_target:
+            logger.info(
+                "%r failed; its message stays in %s for the redrive policy (StopTaskDeletionOnError, "
+                "receive %d)",
+                delivery,
+                queue.name,
+                delivery.delivery_count,
+            )
+        else:
+            logger.warning(
+                "%r failed; its message stays in %s (StopTaskDeletionOnError) but the queue has no redrive "
+                "policy: it runs again after the visibility timeout until worker.max_deliveries gives up",
+                delivery,
+                queue.name,
+            )
 
     def _change_visibility(self, delivery: SQSDelivery, seconds: int) -> None:
         queue = delivery.sqs_queue

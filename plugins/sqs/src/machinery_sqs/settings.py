@@ -80,6 +80,10 @@ class SQSSettings(Section):
     max_receive_count: int = setting(0, check=between(0, 1000, " (SQS limit)"))
     #: Longest DelaySeconds of one hop (SQS's limit is 900 s); a later ETA is re-delayed hop by hop.
     delay_hop_seconds: int = setting(MAX_DELAY_SECONDS, check=between(1, MAX_DELAY_SECONDS, " seconds"))
+    #: Go's ``StopTaskDeletionOnError`` for every task (a signature may also set it for itself): a failed
+    #: task's message is not deleted, so the queue's redrive policy moves it to the dead-letter queue
+    #: after ``maxReceiveCount`` receives (Machinery #471). Reloadable.
+    stop_task_deletion_on_error: bool = setting(False, reload=True)
     #: MessageGroupId on FIFO queues when the signature has no ``broker_message_group_id``.
     message_group_id: str = setting("machinery", check=not_empty("machinery"))
 
