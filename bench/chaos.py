@@ -2,7 +2,7 @@
 SIGKILLed at random and the broker server restarts; then count what got lost.
 
     make chaos CHAOS_ARGS="--broker redis --minutes 2"
-    python bench/chaos.py --broker sqlite|redis|amqp|gcppubsub [--results memcache] [--minutes 5]
+    python bench/chaos.py --broker sqlite|redis|amqp|gcppubsub|sqs [--results memcache|redis] [--minutes 5]
         [--workers 3] [--restarts N]
 
 Workers are separate processes (``python bench/chaos.py worker ...``), each with a thread pool. A
@@ -121,22 +121,35 @@ def target_for(name: str, workdir: Path) -> Target:
         _env("PUBSUB_EMULATOR_HOST")
         url = f"gcppubsub://{project}/chaos-{os.getpid()}?ack_deadline=10"
         return Target(name, url, f"sqlite:///{workdir / 'results.db'}", NO_RESTART)
+    if name == "sqs":
+        # moto keeps queues and tables in memory: a restart would lose every one of them (and every other
+        # user's), which no AWS outage does, so sqs runs with kills only (--restarts is ignored). A short
+        # visibility timeout brings a killed worker's messages back in 5 s; results in DynamoDB tables of
+        # this run (or --results redis).
+        _env("AWS_ENDPOINT_URL_DYNAMODB")
+        run = os.getpid()
+        broker = f"{_env('SQS_BROKER_URL')}?visibility_timeout=5"
+        results = f"dynamodb://?task_states_table=chaos_states_{run}&group_metas_table=chaos_groups_{run}"
+        return Target(name, broker, results, NO_RESTART)
     if name == "redis+mongodb":
         # the Redis broker with MongoDB results; the restart is the MongoDB server's
         url = _env("REDIS_URL")
         results = _env("MONGODB_URL").rstrip("/") + "/machinery_chaos"
         return Target(name, f"{url}{'&' if '?' in url else '?'}lease=2&heartbeat=0.5", results, "mongodb")
-    raise SystemExit(f"unknown broker {name!r}: use sqlite, redis, amqp, gcppubsub or redis+mongodb")
+    raise SystemExit(f"unknown broker {name!r}: use sqlite, redis, amqp, gcppubsub, sqs or redis+mongodb")
 
 
 def with_results(target: Target, results: str) -> Target:
     """``target`` with its result backend replaced: "" keeps the broker's default; ``memcache`` uses the
-    servers of ``MEMCACHE_URL`` (not restarted: memcached keeps nothing across a restart)."""
+    servers of ``MEMCACHE_URL`` (not restarted: memcached keeps nothing across a restart); ``redis`` the
+    server of ``REDIS_URL``."""
     if not results:
         return target
     if results == "memcache":
         return Target(target.name, target.broker, _env("MEMCACHE_URL"), target.service)
-    raise SystemExit(f"unknown results {results!r}: leave it out, or use memcache")
+    if results == "redis":
+        return Target(target.name, target.broker, _env("REDIS_URL"), target.service)
+    raise SystemExit(f"unknown results {results!r}: leave it out, or use memcache or redis")
 
 
 def _env(name: str) -> str:
@@ -412,9 +425,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--broker",
         default="sqlite",
-        help="sqlite (default), redis, amqp, gcppubsub (kills only) or redis+mongodb (MongoDB results)",
+        help="sqlite (default), redis, amqp, gcppubsub (kills only), sqs (moto; DynamoDB results, kills "
+        "only) or redis+mongodb (MongoDB results)",
     )
-    parser.add_argument("--results", default="", help="result backend: the broker's default, or memcache")
+    parser.add_argument(
+        "--results", default="", help="result backend: the broker's default, or memcache or redis"
+    )
     parser.add_argument("--minutes", type=float, default=5.0, help="how long to send (default 5)")
     parser.add_argument("--rate", type=float, default=20.0, help="messages sent per second (default 20)")
     parser.add_argument("--workers", type=int, default=3, help="worker processes (default 3)")

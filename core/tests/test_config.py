@@ -110,6 +110,7 @@ def test_every_env_var_round_trips() -> None:
     sqs = cnf.sqs
     assert (sqs.create_missing, sqs.dead_letter_queue, sqs.max_receive_count) == (False, "{queue}_dead", 4)
     assert (sqs.delay_hop_seconds, sqs.message_group_id) == (300, "group_id")
+    assert sqs.stop_task_deletion_on_error is True
     assert (cnf.dynamodb.create_missing, cnf.dynamodb.max_poll_interval) == (False, 1.5)
     assert cnf.tls == TLSConfig()  # loading env never turns TLS on (Go #517)
 
@@ -374,6 +375,7 @@ sqs:
   max_receive_count: 3
   delay_hop_seconds: 600
   message_group_id: g
+  stop_task_deletion_on_error: true
 redis:
   max_idle: 1
   max_active: 2
@@ -501,6 +503,7 @@ def test_yaml_round_trip_of_every_key_in_a_file_over_1000_bytes(tmp_path: Path) 
         3,
     )
     expected.sqs.delay_hop_seconds, expected.sqs.message_group_id = 600, "g"
+    expected.sqs.stop_task_deletion_on_error = True
     expected.dynamodb.create_missing, expected.dynamodb.max_poll_interval = False, 2.0
     expected.tls = TLSConfig(str(ca), str(ca), str(ca), True)
     expected.sqlite.lease, expected.sqlite.renew = 12.5, 2.0
