@@ -3,7 +3,7 @@ SIGKILLed at random and the broker server restarts; then count what got lost.
 
     make chaos CHAOS_ARGS="--broker redis --minutes 2"
     python bench/chaos.py --broker sqlite|redis|amqp|gcppubsub|sqs [--results memcache|redis] [--minutes 5]
-        [--workers 3] [--restarts N]
+        [--workers 3] [--restarts N] [--lock redis]
 
 Workers are separate processes (``python bench/chaos.py worker ...``), each with a thread pool. A
 killer thread SIGKILLs a random one every few seconds and starts a replacement; a restarter restarts
@@ -98,6 +98,7 @@ class Target:
     broker: str
     backend: str
     service: str  # scripts/services name to restart, "" for sqlite (file lock outage instead)
+    lock: str = ""  # Config.lock ("": the backend's or broker's lock, else an in-process one)
 
 
 #: ``Target.service`` of a broker whose server is never restarted in a run (kills only)
@@ -163,6 +164,7 @@ def make_config(target: Target) -> Any:
     from machinery import Config
 
     config = Config(broker=target.broker, result_backend=target.backend, default_queue=QUEUE)
+    config.lock = target.lock
     config.results_expire_in = 24 * 3600
     config.worker.poll_timeout = 0.5
     config.worker.shutdown_grace = 5.0
@@ -177,7 +179,7 @@ def make_config(target: Target) -> Any:
 def worker_main(args: argparse.Namespace) -> None:
     from machinery import Machinery
 
-    target = Target(args.target, args.broker_url, args.backend_url, "")
+    target = Target(args.target, args.broker_url, args.backend_url, "", args.lock_url)
     app = Machinery(make_config(target))
     runs = RunLog(args.runs)
     register_tasks(app, runs)
@@ -214,6 +216,10 @@ class Chaos:
         self.args = args
         self.workdir = workdir
         self.target = with_results(target_for(args.broker, workdir), args.results)
+        if args.lock == "redis":  # a lock shared across processes, e.g. for sqs/dynamodb (no lock of its own)
+            self.target.lock = _env("REDIS_URL")
+        elif args.lock:
+            raise SystemExit(f"unknown lock {args.lock!r}: leave it out, or use redis")
         self.runs = RunLog(str(workdir / "runs"))
         self.app = Machinery(make_config(self.target))
         self.sent: list[Sent] = []
@@ -229,6 +235,7 @@ class Chaos:
         log = open(self.workdir / "workers.log", "ab")  # noqa: SIM115 - the child owns it
         cmd = [sys.executable, __file__, "worker", "--target", self.target.name]
         cmd += ["--broker-url", self.target.broker, "--backend-url", self.target.backend]
+        cmd += ["--lock-url", self.target.lock]
         cmd += ["--runs", str(self.runs.dir), "--concurrency", str(self.args.concurrency)]
         self.workers.append(subprocess.Popen(cmd, stdout=log, stderr=log))
 
@@ -368,6 +375,7 @@ class Chaos:
         return {
             "broker": self.target.name,
             "results": self.args.results or "the broker's default",
+            "lock": self.args.lock or "the backend's or broker's own (in-process if none)",
             "minutes": round(seconds / 60, 1),
             "sent": len(self.sent),
             "sent_by_kind": dict(kinds),
@@ -420,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--target", required=True)
     worker.add_argument("--broker-url", required=True)
     worker.add_argument("--backend-url", required=True)
+    worker.add_argument("--lock-url", default="")
     worker.add_argument("--runs", required=True)
     worker.add_argument("--concurrency", type=int, default=4)
     parser.add_argument(
@@ -430,6 +439,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--results", default="", help="result backend: the broker's default, or memcache or redis"
+    )
+    parser.add_argument(
+        "--lock",
+        default="",
+        help="Config.lock: the backend's or broker's own (default; in-process when they have none), or redis",
     )
     parser.add_argument("--minutes", type=float, default=5.0, help="how long to send (default 5)")
     parser.add_argument("--rate", type=float, default=20.0, help="messages sent per second (default 20)")

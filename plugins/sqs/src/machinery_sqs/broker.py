@@ -444,9 +444,10 @@ class SQSBroker(BaseBroker):
         """Receive up to ``max_messages``, waiting up to ``timeout`` for the first. Received messages
         stay invisible (the heartbeat renews them) until settled.
 
-        SQS long polls last whole seconds (at most ``wait_time_seconds``), so a ``timeout`` under one
-        second is one short poll and a pause for the rest of it: a worker polling every 0.2 s (to
-        notice ``quit()`` quickly) makes 5 requests a second when idle, at 1 s (the default) one.
+        SQS long polls last whole seconds (at most ``wait_time_seconds``): ``timeout`` is rounded to the
+        nearest second, and one under half a second is one short poll and a pause for the rest of it
+        (a worker polling every 0.2 s, to notice ``quit()`` quickly, makes 5 requests a second when
+        idle; at 1 s, the default, one).
         """
         if max_messages <= 0:
             return []
@@ -471,10 +472,13 @@ class SQSBroker(BaseBroker):
                     return got
 
     def _wait_seconds(self, remaining: float) -> int:
-        """Whole seconds of long polling that fit in ``remaining`` (0: a short poll); 0.1 s of slack so
-        that a 1 s timeout, measured a moment after the call began, is still a 1 s long poll."""
+        """Whole seconds of long polling nearest to ``remaining`` (0: a short poll), at most
+        ``wait_time_seconds``. Nearest, not rounded down: the worker jitters its 1 s poll to 0.75-1.25 s,
+        and rounding down made a third of its polls a short poll and a blind pause, in which a new
+        message waited up to 0.9 s (p90 of a round trip ~1 s in ``make bench``). A consume may so
+        return up to 0.5 s after its timeout."""
         longest: int = self._live("wait_time_seconds")
-        return max(0, min(longest, math.floor(remaining + 0.1)))
+        return max(0, min(longest, math.floor(remaining + 0.5)))
 
     def _receive(self, queue: _Queue, count: int, wait: int) -> list[dict[str, Any]]:
         kwargs: dict[str, Any] = {
