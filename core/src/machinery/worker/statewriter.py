@@ -6,6 +6,11 @@ last flush, stores the states in one ``set_states`` call (every state, in order)
 the finished messages, in one ``ack_many`` when the broker has it. When idle it flushes each item
 at once, so latency does not grow. A message is acked only after its final state is stored (late ack).
 
+A task's states all live in one record, so when a fast task's RECEIVED, STARTED and final state meet in
+one batch only the last is written (:func:`coalesce`; the record keeps its creation time). An observer
+polling the store can then miss a short-lived RECEIVED or STARTED, never a final or RETRY state, and
+never sees states out of order.
+
 Errors are told apart (:func:`is_permanent`): a **permanent** one (the state cannot be encoded or
 the store refuses it for good) is never retried: the task's state is replaced by a FAILURE naming
 the reason, and when not even that can be stored the message is dead-lettered. A **transient** one
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from dataclasses import replace
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +35,7 @@ from ..signature import State, TaskState
 if TYPE_CHECKING:
     from ..app import Machinery
 
-__all__ = ["StateWriter", "is_permanent", "nack"]
+__all__ = ["StateWriter", "coalesce", "is_permanent", "nack"]
 
 #: Most items flushed together.
 MAX_BATCH = 512
@@ -46,6 +52,39 @@ _PERMANENT: tuple[type[BaseException], ...] = (
     OverflowError,
     *((errors.PermanentError,) if hasattr(errors, "PermanentError") else ()),
 )
+
+
+#: States a later state of the same task in the same batch makes redundant (nobody waits on them).
+_TRANSIENT_STATES = frozenset({State.RECEIVED, State.STARTED})
+
+
+def coalesce(states: list[TaskState]) -> list[TaskState]:
+    """``states`` without the RECEIVED/STARTED states followed by a later state of the same task in the
+    list: one write per task instead of three for a task that ran within one batch. What is written
+    stays in order, and the kept state takes the task name and creation time of a dropped one when it
+    has none of its own (so the record ends as it would after every write)."""
+    last: dict[str, int] = {}
+    for index, state in enumerate(states):
+        last[state.task_uuid] = index
+    if len(last) == len(states):
+        return states
+    kept: list[TaskState] = []
+    dropped: dict[str, TaskState] = {}
+    for index, state in enumerate(states):
+        if last[state.task_uuid] != index and state.state in _TRANSIENT_STATES:
+            dropped.setdefault(state.task_uuid, state)
+            continue
+        earlier = dropped.pop(state.task_uuid, None)
+        if earlier is not None and (
+            (not state.task_name and earlier.task_name) or (state.created_at is None and earlier.created_at)
+        ):
+            state = replace(
+                state,
+                task_name=state.task_name or earlier.task_name,
+                created_at=state.created_at or earlier.created_at,
+            )
+        kept.append(state)
+    return kept
 
 
 def is_permanent(exc: BaseException) -> bool:
@@ -173,8 +212,8 @@ class StateWriter:
             return batch, self._stopping and not self._items
 
     def _flush(self, batch: list[_Item]) -> None:
-        # Every state is stored, in order (a task's RECEIVED, STARTED and SUCCESS may share one
-        # round trip but none is skipped); then the finished messages are acked.
+        # Every task's states are stored in order (a RECEIVED or STARTED followed in this batch by a
+        # later state of the same task is skipped: coalesce()); then the finished messages are acked.
         try:
             try:
                 self._store(batch)
@@ -191,7 +230,7 @@ class StateWriter:
                     item.done()
 
     def _store(self, batch: list[_Item]) -> None:
-        states = [item.state for item in batch if item.state is not None]
+        states = coalesce([item.state for item in batch if item.state is not None])
         if not states:
             return
         try:
