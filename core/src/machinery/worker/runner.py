@@ -70,12 +70,15 @@ class _AsyncLoop:
 class _Guard:
     """Lets the watchdog interrupt a task only while it is still running."""
 
+    __slots__ = ("active", "error", "failed", "lock", "timed_out")
+
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.active = True
         self.timed_out = False
-        #: set once the hard limit's FAILURE is stored (the message may be acked only then)
-        self.failed = threading.Event()
+        #: with a hard time limit: set once the limit's FAILURE is stored (the message may be acked only
+        #: then); made only for tasks that have one (an Event per task is a measurable cost)
+        self.failed: threading.Event | None = None
         self.error: BaseException | None = None
 
 
@@ -225,6 +228,7 @@ class TaskRunner:
     def _after_hard_limit(guard: _Guard) -> None:
         """The watchdog failed this task: wait until its FAILURE is stored (so the message is acked
         only then), and surface the watchdog's error when it could not store it."""
+        assert guard.failed is not None  # timed_out is only set by a scheduled hard limit
         guard.failed.wait()
         if guard.error is not None:
             raise guard.error
@@ -266,6 +270,7 @@ class TaskRunner:
                     self._limits.schedule(options.soft_time_limit, lambda: self._interrupt(guard, thread_id))
                 )
             if options.time_limit:
+                guard.failed = threading.Event()
                 handles.append(
                     self._limits.schedule(options.time_limit, lambda: self._hard_limit(guard, sig, thread_id))
                 )
@@ -304,6 +309,7 @@ class TaskRunner:
             guard.error = exc
             raise
         finally:
+            assert guard.failed is not None
             guard.failed.set()
 
     # outcomes --------------------------------------------------------------------------------

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from dataclasses import replace
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from .. import errors
@@ -112,12 +112,15 @@ class _Refused(Exception):  # noqa: N818 - internal signal
 
 
 class _Item:
-    __slots__ = ("ack", "dead", "done", "state")
+    __slots__ = ("ack", "dead", "done", "release", "state")
 
-    def __init__(self, state: TaskState | None, ack: Any, done: Callable[[], None] | None) -> None:
+    def __init__(
+        self, state: TaskState | None, ack: Any, done: Callable[[], None] | None, release: bool = False
+    ) -> None:
         self.state = state
         self.ack = ack  # the worker's tracked delivery (``claim()``, ``.delivery``) to ack, or None
-        self.done = done  # called once the item is flushed (frees the worker's slot)
+        self.done = done  # called once the item is flushed
+        self.release = release  # ``ack`` goes to the writer's ``release_many`` once flushed (frees its slot)
         self.dead = ""  # why the message must be dead-lettered instead of acked
 
 
@@ -130,8 +133,13 @@ class StateWriter:
     thread switch per state.
     """
 
-    def __init__(self, app: Machinery) -> None:
+    def __init__(self, app: Machinery, release_many: Callable[[list[Any]], None] | None = None) -> None:
         self.app = app
+        #: called once per flush with the tracked deliveries of :meth:`put_final` calls without ``done``
+        #: (the worker frees their slots under one lock, waking its consumer once, not once per task)
+        self._release_many = release_many
+        self._ack_broker: Any = None
+        self._broker_acks_many = False
         self._items: deque[_Item] = deque()
         self._wake = threading.Condition(threading.Lock())
         #: what the thread is doing: "busy" (flushing), "idle" (nothing queued) or "linger"
@@ -165,9 +173,11 @@ class StateWriter:
         stored.wait()
 
     def put_final(self, state: TaskState, tracked: Any, done: Callable[[], None] | None = None) -> None:
-        """Store ``state``, then ack ``tracked.delivery`` (if ``tracked.claim()``), then call ``done``
-        (the worker frees the task's slot only then: the prefetch bound counts unstored states)."""
-        self._put(_Item(state, tracked, done), urgent=True)
+        """Store ``state``, then ack ``tracked.delivery`` (if ``tracked.claim()``), then call ``done``, or
+        without ``done`` hand ``tracked`` to ``release_many`` with the rest of its batch (the worker frees
+        the task's slot only then: the prefetch bound counts unstored states)."""
+        release = done is None and self._release_many is not None
+        self._put(_Item(state, tracked, done, release), urgent=True)
 
     def close(self, timeout: float = 30.0) -> None:
         """Flush what is queued and stop the thread. A store still down after ``timeout``
@@ -225,9 +235,14 @@ class StateWriter:
                     self._dead_letter(item.ack.delivery, item.dead)
             self._ack([item.ack.delivery for item in finished if not item.dead])
         finally:
+            released = []
             for item in batch:
                 if item.done is not None:
                     item.done()
+                elif item.release:
+                    released.append(item.ack)
+            if released and self._release_many is not None:
+                self._release_many(released)
 
     def _store(self, batch: list[_Item]) -> None:
         states = coalesce([item.state for item in batch if item.state is not None])
@@ -296,7 +311,9 @@ class StateWriter:
         if not deliveries:
             return
         broker = self.app.broker
-        if isinstance(broker, SupportsAckMany) and len(deliveries) > 1:
+        if broker is not self._ack_broker:  # a runtime Protocol check is slow: once per broker
+            self._ack_broker, self._broker_acks_many = broker, isinstance(broker, SupportsAckMany)
+        if self._broker_acks_many and len(deliveries) > 1:
             try:
                 broker.ack_many(deliveries)
                 return

@@ -158,7 +158,7 @@ class Worker:
         restore = self._install_signal_handlers()
         try:
             self._log_start()
-            self._writer = self.runner.writer = StateWriter(self.app)
+            self._writer = self.runner.writer = StateWriter(self.app, release_many=self._release_many)
             if self.pool == "process":
                 self.runner.process_pool = ProcessPool(self.app, self.concurrency)
             self._threads = [
@@ -347,7 +347,7 @@ class Worker:
         else:
             final = self.runner.run(sig, redelivered=count > 1)
             if final is not None:  # the writer stores it, acks, then frees the slot, in a batch
-                self._writer.put_final(final, tracked, done=lambda: self._release(tracked))
+                self._writer.put_final(final, tracked)  # released through _release_many
                 return True
             tracked.settle(delivery.ack)
         return False
@@ -423,6 +423,13 @@ class Worker:
     def _release(self, tracked: _Tracked) -> None:
         with self._slots:
             self._in_flight.pop(id(tracked), None)
+            self._slots.notify_all()
+
+    def _release_many(self, tracked: list[_Tracked]) -> None:
+        """Free the slots of a batch the state writer stored: one lock, one wake-up of the consumer."""
+        with self._slots:
+            for one in tracked:
+                self._in_flight.pop(id(one), None)
             self._slots.notify_all()
 
     def _malformed(self, tracked: _Tracked) -> None:
