@@ -24,7 +24,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .. import errors
 from ..backoff import Backoff
@@ -315,7 +315,7 @@ class StateWriter:
             self._ack_broker, self._broker_acks_many = broker, isinstance(broker, SupportsAckMany)
         if self._broker_acks_many and len(deliveries) > 1:
             try:
-                broker.ack_many(deliveries)
+                cast(SupportsAckMany, broker).ack_many(deliveries)
                 return
             except Exception as exc:
                 logger.warning("batch ack failed (%s); acking one by one", exc)
