@@ -23,6 +23,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from ... import codec
 from ...broker import BaseBroker, DeadLetter, Delivery, decode_body
@@ -31,8 +32,11 @@ from ...config import Config
 from ...delivery import BaseDelivery
 from ...errors import BrokerError
 from ...lease import LeaseKeeper
-from ...signature import Signature
+from ...signature import Signature, TaskState
 from .store import SQLiteStore, SQLiteTarget, chunks, on_fork, parse_sqlite_url, placeholders
+
+if TYPE_CHECKING:
+    from .backend import SQLiteBackend
 
 __all__ = ["SQLiteBroker", "SQLiteDelivery"]
 
@@ -191,6 +195,23 @@ class SQLiteBroker(BaseBroker):
         with self._store.write("publish_many") as conn:
             conn.executemany(_INSERT_SQL, rows)
         self._store.hub.notify(MESSAGES)
+
+    def publish_with_states(
+        self, signatures: Sequence[Signature], states: Sequence[TaskState], backend: SQLiteBackend
+    ) -> bool:
+        """Store ``states`` (the PENDING records) and publish ``signatures`` in one transaction when
+        ``backend`` is on this broker's file (one commit instead of two); False otherwise. The core
+        reaches it through the ``machinery_publish_with_states`` hook of the built-in transports."""
+        if backend.path != self._store.path or not signatures:
+            return False
+        now = time.time()
+        rows = [self._row(s, now) for s in signatures]
+        with self._store.write("publish") as conn:
+            backend.write_states(conn, states, refresh_groups=False)  # a group is made before its sends
+            conn.executemany(_INSERT_SQL, rows)
+        backend.notify_states()
+        self._store.hub.notify(MESSAGES)
+        return True
 
     def publish_raw(self, queue: str, body: bytes, *, priority: int = 0, eta: float | None = None) -> int:
         """Put ``body`` on ``queue`` as is (tests use it for malformed messages); returns the row id."""
