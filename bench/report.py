@@ -185,6 +185,7 @@ def targets(summ: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     it is met (None: not measured)."""
     ours = summ.get("machinery redis/redis")
     ours4 = summ.get("machinery redis/redis, prefetch x4")
+    ours2 = summ.get("machinery redis/redis, 2 processes")
     sqlite = summ.get("machinery sqlite/sqlite")
     amqp = summ.get("machinery amqp/redis")
     dramatiq = next((v for k, v in summ.items() if k.startswith("dramatiq (")), None)
@@ -217,6 +218,9 @@ def targets(summ: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             if peer and peer["ok"]:
                 v = ours["processed_per_s"]["median"] / peer["processed_per_s"]["median"]
                 add(f"(reference) Redis processed/s vs {name}'s", v, _times(v), None)
+    if ours and ours["ok"] and ours2 and ours2["ok"]:
+        v = ours2["processed_per_s"]["median"] / ours["processed_per_s"]["median"]
+        add("(reference) Redis, 2 worker processes: processed/s vs one process", v, _times(v), None)
     if ours4 and ours4["ok"]:
         v = ours4["ratio"].get("processed_per_s", math.nan)
         add("Redis, prefetch x4: processed/s ≥ 0.50\u00d7 the minimal loop", v, _times(v), v >= 0.50)

@@ -58,6 +58,7 @@ GUESS = {
     "baseline": (3000, 60000, 30000),
     "redis/redis": (1200, 12000, 4000),
     "redis/redis-prefetch4": (1200, 12000, 6000),
+    "redis/redis-x2": (1200, 12000, 7000),
     "sqlite/sqlite": (2500, 20000, 2500),
     "amqp/redis": (800, 800, 1200),
     "amqp/amqp": (110, 130, 200),
@@ -419,7 +420,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--only",
         default="",
-        help="comma-separated: baseline,redis/redis,sqlite/sqlite,...,gcppubsub/redis,sqs/dynamodb,sqs/redis,"
+        help="comma-separated: baseline,redis/redis,redis/redis-prefetch4,redis/redis-x2,sqlite/sqlite,huey,"
+        "amqp/redis,dramatiq-rabbitmq,...,gcppubsub/redis,sqs/dynamodb,sqs/redis,"
         "redis/mongodb,redis/memcache (a transport row brings its raw loop)",
     )
     p.add_argument("--redis-url", default=os.environ.get("REDIS_URL", ""), help="default $REDIS_URL")
@@ -496,8 +498,8 @@ def plan(args: argparse.Namespace, progress: Callable[[str], None]) -> tuple[lis
             return False
         return True
 
-    def machinery(label: str, broker: str, backend: str, **env: str) -> Callable[[], Any]:
-        return lambda: MachinerySystem(label, broker, backend, worker_env=env)
+    def machinery(label: str, broker: str, backend: str, processes: int = 1, **env: str) -> Callable[[], Any]:
+        return lambda: MachinerySystem(label, broker, backend, worker_env=env, processes=processes)
 
     steps: list[Step] = []
     peers = args.peers and not args.quick
@@ -516,6 +518,11 @@ def plan(args: argparse.Namespace, progress: Callable[[str], None]) -> tuple[lis
             label = "redis/redis, prefetch x4"
             make = machinery(label, redis_url, redis_url, MACHINERY_WORKER_PREFETCH_MULTIPLIER="4")
             steps.append(Step("redis/redis-prefetch4", f"machinery {label}", n, r, make))
+        if use.get("redis/redis-x2"):
+            # the scaling row: two worker processes (8 threads each) on the same queue
+            label = "redis/redis, 2 processes"
+            make = machinery(label, redis_url, redis_url, processes=2)
+            steps.append(Step("redis/redis-x2", f"machinery {label}", n, r, make))
         for peer in ("dramatiq", "celery"):
             if use.get(peer):
                 steps.append(Step(peer, peer, n, r, peer=peer))
