@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from machinery import Chord, Config, Group, Machinery, Signature, State
+from machinery import Config, Group, Machinery, Signature, State
 from machinery.errors import BackendError
 from machinery.events import SupportsEvents, TaskEvent, WorkerHeartbeat, events_store
 from machinery.testing._util import eventually
