@@ -104,11 +104,19 @@ class WorkerHeartbeat:
     sent_at: float
     #: seconds between its heartbeats
     interval: float
+    #: True in the last heartbeat of a worker that stopped cleanly (it is then never "lost")
+    stopped: bool = False
 
     def lost(self, now: float | None = None) -> bool:
-        """True when the worker missed :data:`LOST_AFTER_BEATS` heartbeats (it died or hangs)."""
+        """True when the worker missed :data:`LOST_AFTER_BEATS` heartbeats without having stopped
+        cleanly (it died, hangs or lost its connection)."""
         now = time.time() if now is None else now
-        return now - self.sent_at > LOST_AFTER_BEATS * max(self.interval, 0.001)
+        return not self.stopped and now - self.sent_at > LOST_AFTER_BEATS * max(self.interval, 0.001)
+
+    @property
+    def status(self) -> str:
+        """``live``, ``lost`` or ``stopped``, as of now."""
+        return "stopped" if self.stopped else "lost" if self.lost() else "live"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (``queues`` as a list)."""
@@ -124,6 +132,7 @@ class WorkerHeartbeat:
             values[name] = int(values[name])
         for name in ("started_at", "sent_at", "interval"):
             values[name] = float(values[name])
+        values["stopped"] = bool(values.get("stopped", False))
         return cls(**values)
 
 
