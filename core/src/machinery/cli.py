@@ -769,7 +769,8 @@ def _events_store_of(app: Machinery) -> SupportsEvents:
 def workers(app_spec: str | None, as_json: bool) -> None:
     """List the workers that sent a heartbeat (Config.worker.heartbeat_interval) to the events
     store; a worker that missed three heartbeats is shown as lost (it died, hangs or lost its
-    connection), one that stopped cleanly as stopped. Needs a result backend that keeps events (sqlite, memory, redis, mongodb).
+    connection), one that stopped cleanly as stopped. Needs a result backend that keeps events
+    (sqlite, memory, redis, mongodb).
 
     \b
     Example:
