@@ -167,11 +167,11 @@ class Worker:
         restore = self._install_signal_handlers()
         try:
             self._writer = self.runner.writer = StateWriter(self.app)
-            self._start_metrics()
-            self._log_start()
-            self.events.start()
             if self.pool == "process":
                 self.runner.process_pool = ProcessPool(self.app, self.concurrency)
+            self._start_metrics()  # after the pool's fork: children must not hold the metrics socket
+            self._log_start()
+            self.events.start()
             self._threads = [
                 threading.Thread(target=self._task_loop, name=f"{self.consumer_tag}-task-{n}", daemon=True)
                 for n in range(self.concurrency)

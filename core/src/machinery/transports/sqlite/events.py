@@ -1,6 +1,7 @@
 """The events store of ``sqlite://`` (:class:`machinery.events.SupportsEvents`), mixed into the backend.
 
-Task events are rows of ``events`` (JSON records); each batch is one transaction that also drops the
+Writes use the store's pinned connection (each worker's events thread would otherwise open and
+close one per worker start). Task events are rows of ``events`` (JSON records); each batch is one transaction that also drops the
 rows beyond ``events.max_events`` (ids grow by one per event, so that is one range delete on the
 primary key). Heartbeats replace the worker's row in ``heartbeats``. Rows older than
 ``results_expire_in`` are invisible at once and deleted with the backend's sweep of expired states.
@@ -29,7 +30,7 @@ class SQLiteEvents(BaseBackend):
         if not events:
             return
         rows = [(e.task_uuid, e.at, json.dumps(e.to_dict(), separators=(",", ":"))) for e in events]
-        with self._store.write("record_events") as conn:
+        with self._store.pinned(), self._store.write("record_events") as conn:
             conn.executemany("INSERT INTO events (task_uuid, at, record) VALUES (?, ?, ?)", rows)
             conn.execute(
                 "DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?",
@@ -53,11 +54,12 @@ class SQLiteEvents(BaseBackend):
         return [TaskEvent.from_dict(json.loads(r)) for (r,) in cursor]
 
     def record_heartbeat(self, beat: WorkerHeartbeat) -> None:
-        self._store.execute_write(
-            "record_heartbeat",
-            "INSERT OR REPLACE INTO heartbeats (worker, sent_at, record) VALUES (?, ?, ?)",
-            (beat.worker, beat.sent_at, json.dumps(beat.to_dict(), separators=(",", ":"))),
-        )
+        with self._store.pinned():
+            self._store.execute_write(
+                "record_heartbeat",
+                "INSERT OR REPLACE INTO heartbeats (worker, sent_at, record) VALUES (?, ?, ?)",
+                (beat.worker, beat.sent_at, json.dumps(beat.to_dict(), separators=(",", ":"))),
+            )
 
     def workers(self) -> list[WorkerHeartbeat]:
         cursor = self._store.execute(
