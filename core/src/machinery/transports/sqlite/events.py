@@ -1,10 +1,11 @@
 """The events store of ``sqlite://`` (:class:`machinery.events.SupportsEvents`), mixed into the backend.
 
-Writes use the store's pinned connection (each worker's events thread would otherwise open and
-close one per worker start). Task events are rows of ``events`` (JSON records); each batch is one transaction that also drops the
+Task events are rows of ``events`` (JSON records); each batch is one transaction that also drops the
 rows beyond ``events.max_events`` (ids grow by one per event, so that is one range delete on the
 primary key). Heartbeats replace the worker's row in ``heartbeats``. Rows older than
 ``results_expire_in`` are invisible at once and deleted with the backend's sweep of expired states.
+Writes use the store's pinned connection (a worker's events thread comes and goes with the worker:
+it must not open and close a connection of its own each time).
 """
 
 from __future__ import annotations
