@@ -770,6 +770,11 @@ def plugins(as_json: bool) -> None:
             click.echo(f"  pip install {dist.ljust(width)}  # {', '.join(schemes)}")
 
 
+from .dashboard.command import dashboard  # noqa: E402  # needs the helpers above; no web import
+
+cli.add_command(dashboard)
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """The console script ``machinery`` (and ``python -m machinery``)."""
     cli.main(args=list(argv) if argv is not None else None, prog_name="machinery")
