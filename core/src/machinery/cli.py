@@ -770,9 +770,13 @@ def plugins(as_json: bool) -> None:
             click.echo(f"  pip install {dist.ljust(width)}  # {', '.join(schemes)}")
 
 
-from .dashboard.command import dashboard  # noqa: E402  # needs the helpers above; no web import
+def _add_dashboard() -> None:
+    from .dashboard.command import dashboard  # uses the helpers above; imports no web framework
 
-cli.add_command(dashboard)
+    cli.add_command(dashboard)
+
+
+_add_dashboard()
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

@@ -1,4 +1,4 @@
-"""The web dashboard: ``machinery dashboard -A myapp:app`` (needs ``pip install 'machinery-core[dashboard]'``).
+"""The web dashboard: ``machinery dashboard -A myapp:app`` (``pip install 'machinery-core[dashboard]'``).
 
 Workers (live and lost), queues with pending and delayed counts, recent tasks, a page per task
 (arguments when recorded, result, retries, group/chord progress, trace link) and dead letters; pages

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["SESSION_COOKIE", "TOKEN_HEADER", "PageGuard", "action_allowed", "session_value", "same_token"]
+__all__ = ["SESSION_COOKIE", "TOKEN_HEADER", "PageGuard", "action_allowed", "same_token", "session_value"]
 
 SESSION_COOKIE = "machinery_dashboard"
 TOKEN_HEADER = "x-machinery-token"
@@ -97,7 +97,11 @@ class PageGuard:
 
         request = Request(scope)
         path = request.url.path
-        if self.token is not None and not path.startswith(OPEN_PATHS) and not page_allowed(request, self.token):
+        if (
+            self.token is not None
+            and not path.startswith(OPEN_PATHS)
+            and not page_allowed(request, self.token)
+        ):
             await self._refuse(request)(scope, receive, send_secured)
             return
         await self.app(scope, receive, send_secured)

@@ -287,9 +287,7 @@ class QueueRow:
     delayed: int | None
 
 
-def known_queues(
-    app: Machinery, store: SupportsEvents | None, extra: Iterable[str] = ()
-) -> list[str]:
+def known_queues(app: Machinery, store: SupportsEvents | None, extra: Iterable[str] = ()) -> list[str]:
     """The default queue, the queues live workers consume and those of recent events."""
     names = {app.config.default_queue, *extra}
     if store is not None:
@@ -355,7 +353,10 @@ def dead_letter_rows(
             sig = letter.signature
             args = None
             if sig is not None and record_args:
-                args = ", ".join([codec_text(v) for v in sig.arg_values] + [f"{k}={codec_text(v)}" for k, v in sig.kwargs.items()])
+                args = ", ".join(
+                    [codec_text(v) for v in sig.arg_values]
+                    + [f"{k}={codec_text(v)}" for k, v in sig.kwargs.items()]
+                )
             rows.append(
                 DeadLetterRow(
                     queue=queue,

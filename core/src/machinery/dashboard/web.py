@@ -126,13 +126,12 @@ class Dashboard:
         self.env = Environment(
             loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True)
         )
-        self.env.filters.update(when=_when, ago=_ago, seconds=_seconds)
+        self.env.filters.update(when=_when, ago=_ago, seconds=_seconds, redact=model.redact_text)
         self.env.globals.update(trace_link=self.trace_link, quote=lambda s: quote(s, safe=""))
 
     @property
     def record_args(self) -> bool:
-        events = getattr(self.app.config, "events", None)
-        return bool(getattr(events, "record_args", False))
+        return self.app.config.events.record_args
 
     def trace_link(self, trace_id: str) -> Markup:
         """A link to the trace when a URL template is set, else the plain id."""
@@ -211,7 +210,11 @@ class Dashboard:
             return self.render(request, "login", 403, next_url=next_url, wrong=True)
         response = RedirectResponse(next_url, status_code=303)
         response.set_cookie(
-            SESSION_COOKIE, session_value(token), httponly=True, samesite="strict", secure=request.url.scheme == "https"
+            SESSION_COOKIE,
+            session_value(token),
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
         )
         return response
 
