@@ -5,8 +5,8 @@ The browser tests are in test_dashboard_browser.py."""
 from __future__ import annotations
 
 import re
-import uuid
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
