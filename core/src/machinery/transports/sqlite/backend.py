@@ -24,6 +24,7 @@ from ...capabilities import Capability
 from ...config import Config
 from ...errors import BackendError, UnknownGroupError
 from ...signature import State, TaskState, now_utc
+from .events import SQLiteEvents
 from .store import SQLiteStore, SQLiteTarget, chunks, parse_sqlite_url, placeholders
 
 __all__ = ["SQLiteBackend"]
@@ -32,8 +33,8 @@ STATES = "states"
 _COMPLETED = (State.SUCCESS.value, State.FAILURE.value)
 
 
-class SQLiteBackend(BaseBackend):
-    """Result backend on a SQLite file (WAL)."""
+class SQLiteBackend(SQLiteEvents, BaseBackend):
+    """Result backend on a SQLite file (WAL), with the events store (:mod:`machinery.events`)."""
 
     capabilities = frozenset({Capability.EXPIRY, Capability.MULTI_PROCESS})
     #: a state written by another process wakes ``wait`` within this many seconds
@@ -259,6 +260,7 @@ class SQLiteBackend(BaseBackend):
             (now,),
         )
         conn.execute("DELETE FROM groups WHERE expires_at <= ?", (now,))
+        self._sweep_events(conn, now)
         self._next_sweep = now + min(self.sweep_interval, float(self.expires_in))
 
     def close(self) -> None:

@@ -45,7 +45,7 @@ __all__ = [
 logger = logging.getLogger("machinery.sqlite")
 
 #: 1 was a pre-release layout (no ready/waiting split); there is no upgrade path from it
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: seconds a writer waits for the file lock before failing
 BUSY_TIMEOUT = 30.0
 #: largest number of ``?`` in one ``IN (...)`` list (SQLite's old default limit was 999)
@@ -62,9 +62,29 @@ DEFAULT_FILE_MODE = 0o600
 #: schema version -> the statements that upgrade a database of that version by one
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: ("ALTER TABLE dead_letters ADD COLUMN reason TEXT NOT NULL DEFAULT ''",),
+    3: (),  # the events store's tables, EVENTS_SCHEMA (filled in below)
 }
 
-SCHEMA = """
+#: the events store (machinery.events); ids grow by one per event, so the newest N are ``id > max - N``
+EVENTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    task_uuid TEXT NOT NULL,
+    at REAL NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_task ON events (task_uuid, id);
+
+CREATE TABLE IF NOT EXISTS heartbeats (
+    worker TEXT PRIMARY KEY,
+    sent_at REAL NOT NULL,
+    record TEXT NOT NULL
+) WITHOUT ROWID;
+"""
+
+SCHEMA = (
+    EVENTS_SCHEMA
+    + """
 CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     queue TEXT NOT NULL,
@@ -127,6 +147,7 @@ CREATE TABLE IF NOT EXISTS locks (
     expires_at REAL NOT NULL
 ) WITHOUT ROWID;
 """
+)
 
 T = TypeVar("T")
 
@@ -147,6 +168,9 @@ def _statements(script: str) -> Iterator[str]:
             buffer = ""
     if buffer.strip():
         raise ValueError(f"incomplete SQL statement: {buffer!r}")
+
+
+MIGRATIONS[3] = tuple(_statements(EVENTS_SCHEMA))
 
 
 def placeholders(count: int) -> str:
