@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -351,3 +352,38 @@ def test_command_refuses_a_public_address_without_token(monkeypatch: pytest.Monk
     assert result.exit_code == 2 and "beyond localhost: give a token" in result.output
     bad = CliRunner().invoke(cli, ["dashboard", "-A", "nowhere:app", "--trace-url", "http://x/"])
     assert bad.exit_code == 2 and "{trace_id}" in bad.output
+
+
+# ------------------------------------------------------------------------------------------ a full store
+
+
+def test_pages_stay_responsive_with_100k_events_in_sqlite(tmp_path: Path) -> None:
+    """The store at its default bound (100,000 events): the pages read a window, never the whole store."""
+    config = Config()
+    config.broker = config.result_backend = f"sqlite:///{tmp_path / 'machinery.db'}"
+    app = Machinery(config)
+    store = store_of(app)
+    start = time.time() - 1200  # within results_expire_in (1 h by default)
+    kinds = ("received", "started", "succeeded", "failed")
+    batch: list[TaskEvent] = []
+    for i in range(100_000):
+        kind = kinds[i % 4]
+        batch.append(
+            event(kind, f"task_{i // 4:06d}", start + i * 0.01, runtime=0.002 if i % 4 > 1 else None)
+        )
+        if len(batch) == 5000:
+            store.record_events(batch)
+            batch = []
+    web = client(app, token=TOKEN)
+    timings = {}
+    for path in ("/", "/tasks", "/tasks?page=20", "/tasks?state=FAILURE", "/tasks/task_000007"):
+        began = time.perf_counter()
+        page = web.get(path)
+        timings[path] = time.perf_counter() - began
+        assert page.status_code == 200, path
+    assert "task_024999" in web.get("/tasks").text, "the newest task is on the first page"
+    print(
+        "\n100k events in sqlite://, render times: "
+        + ", ".join(f"{p} {t * 1000:.0f} ms" for p, t in timings.items())
+    )
+    app.close()
