@@ -211,16 +211,6 @@ def test_a_sent_task_appears_and_turns_success_without_a_reload(
     wait_for(browser, "the task succeeded", lambda b: "SUCCESS" in b.execute_script(_text, row))
     assert browser.execute_script("return window.notReloaded === true;"), "the page was reloaded"
     assert result.get(timeout=5) == 40
-    screenshot = os.environ.get("MACHINERY_DASHBOARD_SCREENSHOT")
-    if screenshot:
-        app.send_task(Signature("add", args=[1, 2])).get(timeout=10)
-        wait_for(
-            browser,
-            "a second task",
-            lambda b: len(b.find_elements(By.CSS_SELECTOR, "table.tasks tbody tr")) >= 3,
-        )
-        Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
-        browser.save_screenshot(screenshot)
 
 
 #: the text of the element a CSS selector finds, "" while there is none (the live part is replaced as a whole)
@@ -251,6 +241,22 @@ def test_resend_works_with_the_token_and_is_refused_without(live: tuple[Machiner
         browser, "the re-sent task succeeded", lambda b: "SUCCESS" in b.execute_script(_text, "#task-state")
     )
     assert "7" in text_of(browser, "code.result")
+    screenshot = os.environ.get("MACHINERY_DASHBOARD_SCREENSHOT")
+    if screenshot:
+        save_screenshot(app, url, browser, Path(screenshot))
+
+
+def save_screenshot(app: Machinery, url: str, browser: Any, path: Path) -> None:
+    """The overview after a few more tasks (one failing), as the README shows it."""
+    results = [app.send_task(Signature("add", args=[n, n + 1])) for n in range(3)]
+    failing = app.send_task(Signature("add", args=[1, "two"]))
+    for result in results:
+        result.get(timeout=10)
+    browser.get(url + "/")
+    row = f'tr[data-uuid="{failing.uuid}"]'
+    wait_for(browser, "the failing task", lambda b: "FAILURE" in b.execute_script(_text, row))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(path))
 
 
 def _click_resend(browser: Any) -> None:
