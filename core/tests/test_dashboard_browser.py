@@ -164,6 +164,7 @@ class Tasks:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Machinery, Tasks, str, Any]]:
+    browser_paths()  # before starting anything
     db = tmp_path_factory.mktemp("dashboard") / "machinery.db"
     config = Config()
     config.broker = config.result_backend = f"sqlite:///{db}"
