@@ -99,13 +99,15 @@ class EventsStoreContract(ContractBase):
         config.events.max_events = 40
         store = self.events_backend(config)
         now = time.time()
-        uuids = [unique("task") for _ in range(100)]
-        for start in range(0, 100, 25):
-            store.record_events(
-                [_event(u, at=now + i * 0.001) for i, u in enumerate(uuids[start : start + 25], start)]
-            )
+        count = 100 + self.max_events_slack  # the oldest are beyond max_events + slack
+        uuids = [unique("task") for _ in range(count)]
+        for start in range(0, count, 25):
+            batch = uuids[start : start + 25]
+            store.record_events([_event(u, at=now + i * 0.001) for i, u in enumerate(batch, start)])
         kept = [e.task_uuid for e in store.recent_events(1000)]
-        assert kept[:40] == uuids[:59:-1], "the newest max_events events are not all kept, newest first"
+        assert kept[:40] == uuids[: count - 41 : -1], (
+            "the newest max_events events are not all kept, newest first"
+        )
         assert len(kept) <= 40 + self.max_events_slack, f"{len(kept)} events kept, max_events is 40"
         assert store.task_events(uuids[0]) == [], "an event beyond max_events is still in its task's history"
         assert len(store.task_events(uuids[-1])) == 1

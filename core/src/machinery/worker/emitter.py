@@ -232,7 +232,7 @@ class Emitter:
                 )
             else:
                 logger.debug("the events store still fails (%s: %s)", what, exc)
-            self._stop.wait(min(FLUSH_INTERVAL * 4, 2.0))  # do not hammer a store that is down
+            self._stop.wait(1.0)  # do not hammer a store that is down
             return False
         if self._failing:
             self._failing = False

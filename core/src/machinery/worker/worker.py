@@ -167,8 +167,9 @@ class Worker:
         restore = self._install_signal_handlers()
         try:
             self._writer = self.runner.writer = StateWriter(self.app)
-            self._start_events()
+            self._start_metrics()
             self._log_start()
+            self.events.start()
             if self.pool == "process":
                 self.runner.process_pool = ProcessPool(self.app, self.concurrency)
             self._threads = [
@@ -208,7 +209,7 @@ class Worker:
     def running(self) -> bool:
         return self._started.is_set() and not self._stop.is_set()
 
-    def _start_events(self) -> None:
+    def _start_metrics(self) -> None:
         self.runner.events = self.events
         if self.metrics_port is not None:
             from ..metrics import WorkerMetrics
@@ -218,7 +219,6 @@ class Worker:
             )
             self.metrics_port = metrics.serve(self.metrics_port, self.metrics_host)
             self.events.attach_metrics(metrics)
-        self.events.start()
 
     def _log_start(self) -> None:
         if logger.isEnabledFor(logging.INFO):

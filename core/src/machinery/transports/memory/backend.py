@@ -135,6 +135,14 @@ class MemoryBackend(BaseBackend):
             meta = self._group(group_uuid)
             return [self._live_state(u) or TaskState(u, State.PENDING) for u in meta.task_uuids]
 
+    def group_meta(self, group_uuid: str) -> GroupMeta:
+        """A copy of the group's record (``chord_triggered`` for ``machinery inspect group``)."""
+        with self._store.cond:
+            meta = self._group(group_uuid)
+            return GroupMeta(
+                meta.group_uuid, list(meta.task_uuids), meta.chord_triggered, created_at=meta.created_at
+            )
+
     def trigger_chord(self, group_uuid: str) -> bool:
         with self._store.cond:
             meta = self._group(group_uuid)

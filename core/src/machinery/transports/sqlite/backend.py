@@ -23,7 +23,7 @@ from ...backend import BaseBackend
 from ...capabilities import Capability
 from ...config import Config
 from ...errors import BackendError, UnknownGroupError
-from ...signature import State, TaskState, now_utc
+from ...signature import GroupMeta, State, TaskState, now_utc
 from .events import SQLiteEvents
 from .store import SQLiteStore, SQLiteTarget, chunks, parse_sqlite_url, placeholders
 
@@ -220,6 +220,19 @@ class SQLiteBackend(SQLiteEvents, BaseBackend):
                 )
                 records.update(cursor.fetchall())
         return [self._decode(u, records[u]) if u in records else TaskState(u, State.PENDING) for u in members]
+
+    def group_meta(self, group_uuid: str) -> GroupMeta:
+        """The group's record (``chord_triggered`` for ``machinery inspect group``)."""
+        row = self._store.execute(
+            "group_meta",
+            "SELECT task_uuids, chord_triggered, created_at FROM groups "
+            "WHERE group_uuid = ? AND expires_at > ?",
+            (group_uuid, time.time()),
+        ).fetchone()
+        if row is None:
+            raise self._unknown(group_uuid)
+        created = datetime.fromisoformat(row[2]) if row[2] else None
+        return GroupMeta(group_uuid, json.loads(row[0]), bool(row[1]), created_at=created)
 
     def trigger_chord(self, group_uuid: str) -> bool:
         """True exactly once per group, whoever asks (one conditional UPDATE); keeps the group alive."""
