@@ -332,7 +332,7 @@ def cli(ctx: click.Context, traceback: bool, verbose: int) -> None:
     -A names the app (module:attribute) in every command; MACHINERY_APP=myapp:app sets it once.
     Run `machinery COMMAND --help` for each command's options and an example.
     """
-    if ctx.invoked_subcommand != "worker":  # the worker has its own --loglevel
+    if ctx.invoked_subcommand not in ("worker", "dashboard"):  # they have their own --loglevel
         _quiet_logging(verbose)
 
 
