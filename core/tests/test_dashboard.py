@@ -5,6 +5,7 @@ The browser tests are in test_dashboard_browser.py."""
 from __future__ import annotations
 
 import re
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -387,3 +388,9 @@ def test_pages_stay_responsive_with_100k_events_in_sqlite(tmp_path: Path) -> Non
         + ", ".join(f"{p} {t * 1000:.0f} ms" for p, t in timings.items())
     )
     app.close()
+
+
+def test_command_without_the_extra_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "machinery.dashboard.server", None)  # as if starlette were missing
+    result = CliRunner().invoke(cli, ["dashboard", "-A", "nowhere:app"])
+    assert result.exit_code == 1 and "pip install 'machinery-core[dashboard]'" in result.output

@@ -90,6 +90,8 @@ class TasksPage:
     has_next: bool
     #: True when the next page would read more than :data:`MAX_WINDOW` events
     window_full: bool
+    #: how many of the newest events were read
+    window: int
 
 
 def recent_tasks(
@@ -97,11 +99,12 @@ def recent_tasks(
 ) -> TasksPage:
     """The tasks of ``page`` (1-based), newest event first, optionally only those in ``state``.
 
-    Reads the newest ``page * per_page * EVENTS_PER_TASK`` events (at most :data:`MAX_WINDOW`) and
-    groups them by task: a page far back costs more than the first, the first is always cheap.
+    Reads the newest ``page * per_page * EVENTS_PER_TASK`` events (four times as many with a ``state``
+    filter; at most :data:`MAX_WINDOW`) and groups them by task: a page far back costs more than the
+    first, the first is always cheap.
     """
     page = max(1, page)
-    window = min(page * per_page * EVENTS_PER_TASK, MAX_WINDOW)
+    window = min(page * per_page * EVENTS_PER_TASK * (4 if state else 1), MAX_WINDOW)
     events = store.recent_events(limit=window)
     newest: dict[str, TaskEvent] = {}
     oldest: dict[str, TaskEvent] = {}
@@ -122,6 +125,7 @@ def recent_tasks(
         page=page,
         has_next=len(rows) > start + per_page,
         window_full=len(events) >= window == MAX_WINDOW,
+        window=window,
     )
 
 
