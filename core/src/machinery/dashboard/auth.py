@@ -63,11 +63,13 @@ def page_allowed(request: Request, token: str) -> bool:
 
 
 def same_origin(request: Request) -> bool:
-    """False when the browser says the request comes from a page of another site."""
+    """False when the browser says the request comes from a page of another site (a reverse proxy may
+    rewrite Host: the host it was asked for, X-Forwarded-Host, counts too)."""
     origin = request.headers.get("origin")
     if origin is None or origin == "null":
         return origin is None
-    return urlsplit(origin).netloc == request.headers.get("host", "")
+    hosts = {request.headers.get("host", ""), request.headers.get("x-forwarded-host", "")} - {""}
+    return urlsplit(origin).netloc in hosts
 
 
 def action_allowed(request: Request, form_token: str | None, token: str) -> bool:

@@ -124,7 +124,9 @@ class Dashboard:
         self.store: SupportsEvents | None = events_store(app.backend)
         self.queues = _QueueCache()
         self.env = Environment(
-            loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True)
+            loader=FileSystemLoader(HERE / "templates"),
+            autoescape=select_autoescape(default=True),
+            auto_reload=False,  # templates ship with the package: no stat() per render
         )
         self.env.filters.update(when=_when, ago=_ago, seconds=_seconds, redact=model.redact_text)
         self.env.globals.update(trace_link=self.trace_link, quote=lambda s: quote(s, safe=""))
