@@ -394,3 +394,20 @@ def test_command_without_the_extra_says_what_to_install(monkeypatch: pytest.Monk
     monkeypatch.setitem(sys.modules, "machinery.dashboard.server", None)  # as if starlette were missing
     result = CliRunner().invoke(cli, ["dashboard", "-A", "nowhere:app"])
     assert result.exit_code == 1 and "pip install 'machinery-core[dashboard]'" in result.output
+
+
+@pytest.mark.services
+def test_memcache_results_show_the_sentence_and_still_the_queues() -> None:
+    """The issue's example of a backend without an events store: machinery-memcache on a real memcached."""
+    pytest.importorskip("machinery_memcache", reason="machinery-memcache is not installed")
+    from machinery.testing import require_env
+
+    config = Config()
+    config.broker = f"memory://{uuid.uuid4().hex}"
+    config.result_backend = require_env("MEMCACHE_URL", "memcached")
+    app = Machinery(config)
+    app.send_task(Signature("add", args=[1]))
+    html = client(app).get("/").text
+    assert "keeps no events: no worker heartbeats or task history are available" in html
+    assert '<td class="pending">1</td>' in html
+    app.close()
