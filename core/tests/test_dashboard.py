@@ -4,7 +4,11 @@ The browser tests are in test_dashboard_browser.py."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import socket
+import subprocess
 import sys
 import time
 import uuid
@@ -17,6 +21,7 @@ import pytest
 pytest.importorskip("starlette", reason="needs the dashboard extra: pip install 'machinery-core[dashboard]'")
 pytest.importorskip("httpx", reason="Starlette's TestClient needs httpx")
 
+import httpx
 from click.testing import CliRunner
 from starlette.testclient import TestClient
 
@@ -411,3 +416,36 @@ def test_memcache_results_show_the_sentence_and_still_the_queues() -> None:
     assert "keeps no events: no worker heartbeats or task history are available" in html
     assert '<td class="pending">1</td>' in html
     app.close()
+
+
+def test_the_command_serves_the_dashboard(tmp_path: Path) -> None:
+    """`machinery dashboard` in its own process: it logs where it listens, serves pages, guards actions."""
+    (tmp_path / "dashapp.py").write_text(
+        "from machinery import Machinery\nfrom machinery.config import Config\n"
+        f"app = Machinery(Config(broker='sqlite:///{tmp_path}/m.db', result_backend='sqlite:///{tmp_path}/m.db'))\n"
+    )
+    with socket.socket() as probe:  # a free port (the command takes a number, not a socket)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "MACHINERY_DASHBOARD_TOKEN": TOKEN}
+    command = [sys.executable, "-m", "machinery", "dashboard", "-A", "dashapp:app", "--port", str(port)]
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        lines = []
+        for line in proc.stderr:  # until uvicorn says it listens (or the process ends)
+            lines.append(line)
+            if "Uvicorn running on" in line:
+                break
+        assert any(f"on http://127.0.0.1:{port} (pages open on localhost, actions on" in x for x in lines), (
+            lines
+        )
+        base = f"http://127.0.0.1:{port}"
+        assert "<h2>Queues</h2>" in httpx.get(base + "/").text
+        assert httpx.post(base + "/actions/purge", data={"queue": "q"}).status_code == 403
+        assert httpx.post(base + "/actions/purge", data={"queue": "q", "token": TOKEN}).status_code == 200
+    finally:
+        proc.terminate()
+        rest = proc.communicate(timeout=10)[1]
+    # uvicorn shuts down gracefully on SIGTERM (recent versions then re-raise the signal: exit -15)
+    assert "Finished server process" in rest and proc.returncode in (0, -signal.SIGTERM)
