@@ -135,6 +135,8 @@ def running_worker(app: Machinery, concurrency: int = 2) -> Iterator[None]:
 # ------------------------------------------------------------------------------------------ the tests
 
 TOKEN = "browser-t0ken"
+TRACE_URL = "http://jaeger.example:16686/trace/{trace_id}"
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 WAIT = 20.0  # seconds a page may take to show what the test waits for (refreshes every 0.3 s)
 
 
@@ -173,7 +175,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Machinery, 
     app = Machinery(config)
     tasks = Tasks()
     tasks.register(app)
-    settings = DashboardSettings(token=TOKEN, refresh=0.3)
+    settings = DashboardSettings(token=TOKEN, refresh=0.3, trace_url=TRACE_URL)
     with running_worker(app), serve_dashboard(app, settings) as url, chrome() as browser:
         yield app, tasks, url, browser
     app.close()
@@ -205,13 +207,23 @@ def test_a_sent_task_appears_and_turns_success_without_a_reload(
     app, tasks, url, browser = live
     browser.get(url + "/")
     browser.execute_script("window.notReloaded = true;")
-    result = app.send_task(Signature("hold", args=[4]))
+    # the W3C header a traced producer sets (machinery.tracing); the worker records its trace id
+    traced = {"traceparent": f"00-{TRACE_ID}-00f067aa0ba902b7-01"}
+    result = app.send_task(Signature("hold", args=[4], headers=traced))
     row = f'tr[data-uuid="{result.uuid}"]'
     wait_for(browser, "the task running", lambda b: "STARTED" in b.execute_script(_text, row))
     tasks.release.set()
     wait_for(browser, "the task succeeded", lambda b: "SUCCESS" in b.execute_script(_text, row))
     assert browser.execute_script("return window.notReloaded === true;"), "the page was reloaded"
     assert result.get(timeout=5) == 40
+
+    # clicked in one script: the live part may be replaced between a find and a click
+    browser.execute_script("document.querySelector(arguments[0]).click();", f"{row} a")
+    link = wait_for(
+        browser, "the trace link", lambda b: next(iter(b.find_elements(By.CSS_SELECTOR, "a.trace")), False)
+    )
+    assert link.get_attribute("href") == TRACE_URL.replace("{trace_id}", TRACE_ID)
+    assert "40" in text_of(browser, "code.result")
 
 
 #: the text of the element a CSS selector finds, "" while there is none (the live part is replaced as a whole)
