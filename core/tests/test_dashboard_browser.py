@@ -217,8 +217,7 @@ def test_a_sent_task_appears_and_turns_success_without_a_reload(
     assert browser.execute_script("return window.notReloaded === true;"), "the page was reloaded"
     assert result.get(timeout=5) == 40
 
-    # clicked in one script: the live part may be replaced between a find and a click
-    browser.execute_script("document.querySelector(arguments[0]).click();", f"{row} a")
+    assert browser.execute_script(_click, f"{row} a"), "the task's link"
     link = wait_for(
         browser, "the trace link", lambda b: next(iter(b.find_elements(By.CSS_SELECTOR, "a.trace")), False)
     )
@@ -228,6 +227,7 @@ def test_a_sent_task_appears_and_turns_success_without_a_reload(
 
 #: the text of the element a CSS selector finds, "" while there is none (the live part is replaced as a whole)
 _text = "var e = document.querySelector(arguments[0]); return e ? e.innerText : '';"
+_click = "var e = document.querySelector(arguments[0]); if (e) { e.click(); } return !!e;"
 
 
 def test_resend_works_with_the_token_and_is_refused_without(live: tuple[Machinery, Tasks, str, Any]) -> None:
@@ -273,10 +273,7 @@ def save_screenshot(app: Machinery, url: str, browser: Any, path: Path) -> None:
 
 
 def _click_resend(browser: Any) -> None:
-    button = wait_for(
-        browser,
-        "a Re-send button",
-        lambda b: next(iter(b.find_elements(By.CSS_SELECTOR, "#live form.action button")), False),
-    )
-    button.click()
+    """Click the Re-send button as a user would (the page's script adds the token box's value), in one
+    script: the live part is replaced every refresh, so a found element may be gone by the click."""
+    wait_for(browser, "a Re-send button", lambda b: b.execute_script(_click, "#live form.action button"))
     wait_for(browser, "the action's answer", lambda b: bool(b.find_elements(By.ID, "message")))
