@@ -7,6 +7,7 @@ directly. Every read is bounded: the recent-tasks list reads a window of the new
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterable, Sequence
@@ -23,6 +24,8 @@ from ..signature import Signature, TaskState
 
 __all__ = [
     "MAX_WINDOW",
+    "PER_PAGE",
+    "STATE_AFTER",
     "DeadLetterRow",
     "GroupProgress",
     "QueueRow",
@@ -32,9 +35,12 @@ __all__ = [
     "dead_letter_rows",
     "known_queues",
     "queue_rows",
+    "codec_text",
     "recent_tasks",
+    "recorded_signature",
     "redact_text",
     "task_detail",
+    "worker_rows",
 ]
 
 #: tasks per page of the recent-tasks list
@@ -262,9 +268,7 @@ def _group(app: Machinery, group_uuid: str, sig: Signature | None) -> GroupProgr
 
 
 def codec_text(value: Any) -> str:
-    """A result for humans: several values comma-separated, each as JSON."""
-    import json
-
+    """A value for humans: JSON; several values (a tuple) comma-separated."""
     values = value if isinstance(value, tuple) else (value,)
     return ", ".join(json.dumps(v, ensure_ascii=False, default=str) for v in values)
 
