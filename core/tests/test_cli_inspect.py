@@ -59,9 +59,11 @@ def test_inspect_workers_task_and_group(app: Machinery, tmp_path: Path) -> None:
         assert table.exit_code == 0, table.output
         assert worker.events.worker_id in table.output and " live " in table.output
         assert "2/2" in table.output or "/2 " in table.output
-        assert table.output.rstrip().endswith("1 live, 0 lost")
+        assert table.output.rstrip().endswith("1 live, 0 lost, 0 stopped")
         [row] = json.loads(run("inspect", "workers", "-A", spec, "--json").output)
         assert (row["worker"], row["status"], row["concurrency"]) == (worker.events.worker_id, "live", 2)
+    [row] = json.loads(run("inspect", "workers", "-A", spec, "--json").output)
+    assert row["status"] == "stopped", "a worker that stopped cleanly is not lost"
     lines = run("inspect", "task", "-A", spec, bad.uuid).output.splitlines()
     assert lines[:3] == [f"uuid     {bad.uuid}", "name     boom", "state    FAILURE"]
     assert [line.split()[1] for line in lines if line.startswith("20")] == ["received", "started", "failed"]

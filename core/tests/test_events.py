@@ -40,6 +40,10 @@ def test_heartbeat_round_trips_and_is_lost_after_three_intervals() -> None:
     assert WorkerHeartbeat.from_dict(data) == b
     assert not b.lost(now=1014.9)
     assert b.lost(now=1015.1)
+    stopped = WorkerHeartbeat.from_dict({**data, "stopped": True})
+    assert not stopped.lost(now=2000.0) and stopped.status == "stopped"
+    older = {k: v for k, v in data.items() if k != "stopped"}  # a writer from before the field
+    assert WorkerHeartbeat.from_dict(older) == b
 
 
 def test_events_config_defaults_and_env() -> None:

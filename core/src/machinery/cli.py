@@ -769,7 +769,8 @@ def _events_store_of(app: Machinery) -> SupportsEvents:
 def workers(app_spec: str | None, as_json: bool) -> None:
     """List the workers that sent a heartbeat (Config.worker.heartbeat_interval) to the events
     store; a worker that missed three heartbeats is shown as lost (it died, hangs or lost its
-    connection). Needs a result backend that keeps events (sqlite, memory, redis, mongodb).
+    connection), one that stopped cleanly as stopped. Needs a result backend that keeps events
+    (sqlite, memory, redis, mongodb).
 
     \b
     Example:
@@ -800,8 +801,8 @@ def workers(app_spec: str | None, as_json: bool) -> None:
             for r in rows
         ],
     )
-    live = sum(r["status"] == "live" for r in rows)
-    click.echo(f"{live} live, {len(rows) - live} lost")
+    counts = {status: sum(r["status"] == status for r in rows) for status in ("live", "lost", "stopped")}
+    click.echo(", ".join(f"{n} {status}" for status, n in counts.items()))
 
 
 def _event_dict(event: TaskEvent) -> dict[str, Any]:

@@ -39,9 +39,8 @@ TASK_EVENT_KINDS: tuple[TaskEventKind, ...] = get_args(TaskEventKind)
 LOST_AFTER_BEATS = 3
 
 
-def _known_fields(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
-    """The keys of ``data`` that ``cls`` has (a newer writer may add fields: they are ignored)."""
-    names = {f.name for f in fields(cls)}
+def _known_fields(names: frozenset[str], data: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys of ``data`` in ``names`` (a newer writer may add fields: they are ignored)."""
     return {k: v for k, v in data.items() if k in names}
 
 
@@ -69,20 +68,25 @@ class TaskEvent:
     signature: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (every field, by name)."""
-        return asdict(self)
+        """A JSON-ready dict (every field, by name; ``signature`` is not copied)."""
+        return {name: getattr(self, name) for name in _EVENT_FIELDS}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TaskEvent:
         """The event ``to_dict`` gave; unknown keys are ignored, a missing required one raises KeyError."""
-        values = _known_fields(cls, data)
-        for name in ("kind", "task_uuid", "task_name", "queue", "worker", "at"):
-            if name not in values:
-                raise KeyError(f"task event without {name!r}: {dict(data)!r}")
+        values = _known_fields(_EVENT_NAMES, data)
+        if len(values) < len(_EVENT_FIELDS):
+            for name in ("kind", "task_uuid", "task_name", "queue", "worker", "at"):
+                if name not in values:
+                    raise KeyError(f"task event without {name!r}: {dict(data)!r}")
         values["at"] = float(values["at"])
         if values.get("runtime") is not None:
             values["runtime"] = float(values["runtime"])
         return cls(**values)
+
+
+_EVENT_FIELDS = tuple(f.name for f in fields(TaskEvent))
+_EVENT_NAMES = frozenset(_EVENT_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,11 +108,19 @@ class WorkerHeartbeat:
     sent_at: float
     #: seconds between its heartbeats
     interval: float
+    #: True in the last heartbeat of a worker that stopped cleanly (it is then never "lost")
+    stopped: bool = False
 
     def lost(self, now: float | None = None) -> bool:
-        """True when the worker missed :data:`LOST_AFTER_BEATS` heartbeats (it died or hangs)."""
+        """True when the worker missed :data:`LOST_AFTER_BEATS` heartbeats without having stopped
+        cleanly (it died, hangs or lost its connection)."""
         now = time.time() if now is None else now
-        return now - self.sent_at > LOST_AFTER_BEATS * max(self.interval, 0.001)
+        return not self.stopped and now - self.sent_at > LOST_AFTER_BEATS * max(self.interval, 0.001)
+
+    @property
+    def status(self) -> str:
+        """``live``, ``lost`` or ``stopped``, as of now."""
+        return "stopped" if self.stopped else "lost" if self.lost() else "live"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (``queues`` as a list)."""
@@ -118,12 +130,14 @@ class WorkerHeartbeat:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> WorkerHeartbeat:
-        values = _known_fields(cls, data)
+        """The heartbeat ``to_dict`` gave; unknown keys are ignored."""
+        values = _known_fields(frozenset(f.name for f in fields(cls)), data)
         values["queues"] = tuple(values.get("queues", ()))
         for name in ("pid", "concurrency", "busy", "processed", "failed"):
             values[name] = int(values[name])
         for name in ("started_at", "sent_at", "interval"):
             values[name] = float(values[name])
+        values["stopped"] = bool(values.get("stopped", False))
         return cls(**values)
 
 

@@ -17,14 +17,16 @@ __all__ = ["GroupProgress", "TaskHistory", "group_progress", "task_history", "wo
 
 
 def worker_rows(beats: list[WorkerHeartbeat], now: float | None = None) -> list[dict[str, Any]]:
-    """Each beat as a dict plus ``status`` (``live`` or ``lost``: missed three heartbeats) and
-    ``seen_ago`` (seconds since its last heartbeat); live workers first."""
+    """Each beat as a dict plus ``status`` (``live``; ``lost``: missed three heartbeats; ``stopped``:
+    stopped cleanly) and ``seen_ago`` (seconds since its last heartbeat); live, lost, then stopped."""
     now = time.time() if now is None else now
-    rows = [
-        {**b.to_dict(), "status": "lost" if b.lost(now) else "live", "seen_ago": max(0.0, now - b.sent_at)}
-        for b in beats
-    ]
-    return sorted(rows, key=lambda r: (r["status"] != "live", r["worker"]))
+    rows = [{**b.to_dict(), "status": _status(b, now), "seen_ago": max(0.0, now - b.sent_at)} for b in beats]
+    order = {"live": 0, "lost": 1, "stopped": 2}
+    return sorted(rows, key=lambda r: (order[r["status"]], r["worker"]))
+
+
+def _status(beat: WorkerHeartbeat, now: float) -> str:
+    return "stopped" if beat.stopped else "lost" if beat.lost(now) else "live"
 
 
 @dataclass

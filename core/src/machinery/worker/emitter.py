@@ -194,8 +194,8 @@ class Emitter:
             self.dropped += len(batch)  # retrying would only make a slow store slower
             raise
 
-    def heartbeat(self) -> WorkerHeartbeat:
-        """This worker's heartbeat as of now."""
+    def heartbeat(self, stopped: bool = False) -> WorkerHeartbeat:
+        """This worker's heartbeat as of now (``stopped``: its last, sent when it stops cleanly)."""
         from .. import __version__  # machinery/__init__ imports the worker: not at module level
 
         return WorkerHeartbeat(
@@ -211,11 +211,12 @@ class Emitter:
             started_at=self.started_at,
             sent_at=time.time(),
             interval=float(self.app.config.worker.heartbeat_interval),
+            stopped=stopped,
         )
 
     def _beat(self) -> None:
         assert self.store is not None
-        self.store.record_heartbeat(self.heartbeat())
+        self.store.record_heartbeat(self.heartbeat(stopped=self._stop.is_set()))
 
     def _guard(self, what: str, write: Callable[[], Any]) -> bool:
         """Run one write; a failure is logged once (then at DEBUG until the store is back)."""
