@@ -97,6 +97,11 @@ def test_overview_shows_workers_queues_and_recent_tasks(app: Machinery) -> None:
     store.record_heartbeat(
         WorkerHeartbeat("gone:2:bb", "gone", 2, ("emails",), 2, 0, 3, 0, "0.2", now - 600, now - 100, 5)
     )
+    store.record_heartbeat(
+        WorkerHeartbeat(
+            "done:3:cc", "done", 3, ("emails",), 2, 0, 3, 0, "0.2", now - 900, now - 100, 5, stopped=True
+        )
+    )
     store.record_events(
         [event("started", "task_a", now - 2), event("succeeded", "task_a", now - 1, runtime=0.012)]
     )
@@ -108,6 +113,8 @@ def test_overview_shows_workers_queues_and_recent_tasks(app: Machinery) -> None:
     html = page.text
     assert re.search(r"live:1:aa</code></td>\s*<td><span class=\"state state-LIVE\">live", html)
     assert re.search(r"gone:2:bb</code></td>\s*<td><span class=\"state state-LOST\">lost", html)
+    assert re.search(r"done:3:cc</code></td>\s*<td><span class=\"state state-STOPPED\">stopped", html)
+    assert html.index("live:1:aa") < html.index("gone:2:bb") < html.index("done:3:cc")
     counts = r'<td class="pending">1</td>\s*<td class="delayed">1</td>'
     assert re.search(r'data-queue="machinery_tasks">\s*<td>machinery_tasks</td>\s*' + counts, html)
     assert re.search(r'data-queue="emails">\s*<td>emails</td>\s*<td class="pending">1</td>', html)

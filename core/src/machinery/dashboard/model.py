@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -276,11 +275,11 @@ def codec_text(value: Any) -> str:
 # ------------------------------------------------------------------------------------------ workers
 
 
-def worker_rows(store: SupportsEvents, now: float | None = None) -> list[tuple[WorkerHeartbeat, bool]]:
-    """Every worker with ``lost``: the live ones first, each group by id."""
-    now = time.time() if now is None else now
-    beats = [(beat, beat.lost(now)) for beat in store.workers()]
-    return sorted(beats, key=lambda pair: (pair[1], pair[0].worker))
+def worker_rows(store: SupportsEvents) -> list[tuple[WorkerHeartbeat, str]]:
+    """Every worker with its status (``live``, ``lost``, ``stopped``): live first, then lost, then stopped."""
+    order = {"live": 0, "lost": 1, "stopped": 2}
+    rows = [(beat, beat.status) for beat in store.workers()]
+    return sorted(rows, key=lambda row: (order.get(row[1], 3), row[0].worker))
 
 
 # ------------------------------------------------------------------------------------------ queues
