@@ -456,3 +456,34 @@ def test_the_command_serves_the_dashboard(tmp_path: Path) -> None:
         rest = proc.communicate(timeout=10)[1]
     # uvicorn shuts down gracefully on SIGTERM (recent versions then re-raise the signal: exit -15)
     assert "Finished server process" in rest and proc.returncode in (0, -signal.SIGTERM)
+
+
+@pytest.mark.services
+def test_redis_events_store_feeds_the_pages() -> None:
+    """A second real events store (machinery-redis: a capped stream) behind the same pages."""
+    pytest.importorskip("machinery_redis", reason="machinery-redis is not installed")
+    from redis_testlib import require_env as redis_env
+    from redis_testlib import with_db
+
+    name = uuid.uuid4().hex
+    config = Config()
+    config.broker = f"memory://{name}"
+    config.result_backend = with_db(redis_env("REDIS_URL", "redis"))
+    app = Machinery(config)
+    store = store_of(app)
+    now = time.time()
+    store.record_heartbeat(
+        WorkerHeartbeat(f"r:1:{name[:4]}", "r", 1, (name,), 2, 0, 1, 0, "0.2", now, now, 5)
+    )
+    task = f"task_{name}"
+    store.record_events([event("started", task, now - 1), event("succeeded", task, now, runtime=0.25)])
+    web = client(app)
+    overview = web.get("/").text
+    assert (
+        f"r:1:{name[:4]}" in overview
+        and f'data-uuid="{task}"' in overview
+        and f'data-queue="{name}"' in overview
+    )
+    page = web.get(f"/tasks/{task}").text
+    assert "<td>started</td>" in page and "<td>succeeded</td>" in page and "250 ms" in page
+    app.close()
