@@ -487,3 +487,21 @@ def test_redis_events_store_feeds_the_pages() -> None:
     page = web.get(f"/tasks/{task}").text
     assert "<td>started</td>" in page and "<td>succeeded</td>" in page and "250 ms" in page
     app.close()
+
+
+def test_a_failing_broker_is_a_clear_page_not_a_crash(
+    app: Machinery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def down(*_: object) -> list[Signature]:
+        raise ConnectionError(f"cannot reach amqp://u:{SECRET}@mq:5672/")
+
+    monkeypatch.setattr(app.broker, "delayed", down)
+    monkeypatch.setattr(app.broker, "purge", down)
+    page = client(app).get("/")
+    assert page.status_code == 503
+    assert (
+        "the broker or the result backend failed: ConnectionError: cannot reach amqp://mq:5672/" in page.text
+    )
+    assert SECRET not in page.text
+    action = client(app, token=TOKEN).post("/actions/purge", data={"queue": "q", "token": TOKEN})
+    assert action.status_code == 503 and SECRET not in action.text

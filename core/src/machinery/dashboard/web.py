@@ -7,8 +7,11 @@ Each page renders in full on a plain GET; its live part (``<div id="live">``) is
 
 from __future__ import annotations
 
+import functools
+import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +36,7 @@ from .auth import SESSION_COOKIE, PageGuard, action_allowed, same_token, session
 
 __all__ = ["DashboardSettings", "create_app"]
 
+log = logging.getLogger("machinery.dashboard")
 HERE = Path(__file__).parent
 PARTIAL_HEADER = "x-dashboard-partial"
 #: seconds queue counts are reused (listing a deep queue is not free; several tabs poll)
@@ -162,6 +166,25 @@ class Dashboard:
     def message(self, request: Request, text: str, status: int = 200, back: str = "/") -> HTMLResponse:
         return self.render(request, "message", status, text=text, back=back)
 
+    def failed(self, request: Request, exc: Exception) -> HTMLResponse:
+        """A broker or backend that failed (down, refused): a 503 page saying which error, redacted."""
+        text = model.redact_text(f"the broker or the result backend failed: {type(exc).__name__}: {exc}")
+        log.warning("dashboard: %s %s: %s", request.method, request.url.path, text)
+        log.debug("dashboard: the failure's traceback", exc_info=exc)
+        return self.message(request, text, 503, _local_path(request.url.path))
+
+    def answering(self, page: Callable[[Request], Response]) -> Callable[[Request], Response]:
+        """``page``, with a failing broker or backend shown as :meth:`failed` instead of a bare 500."""
+
+        @functools.wraps(page)
+        def answer(request: Request) -> Response:
+            try:
+                return page(request)
+            except Exception as exc:
+                return self.failed(request, exc)
+
+        return answer
+
     # pages -----------------------------------------------------------------------------------
     def overview(self, request: Request) -> Response:
         store = self.store
@@ -244,6 +267,8 @@ class Dashboard:
                 return self.message(request, f"no action {name!r}", 404, back)
         except actions.ActionError as exc:
             return self.message(request, str(exc), 409, back)
+        except Exception as exc:
+            return self.failed(request, exc)
         return self.message(request, text, 200, back)
 
 
@@ -266,11 +291,11 @@ def create_app(app: Machinery, settings: DashboardSettings | None = None) -> Sta
     settings = settings or DashboardSettings()
     dash = Dashboard(app, settings)
     routes = [
-        Route("/", dash.overview),
-        Route("/tasks", dash.tasks),
-        Route("/tasks/{uuid}", dash.task),
+        Route("/", dash.answering(dash.overview)),
+        Route("/tasks", dash.answering(dash.tasks)),
+        Route("/tasks/{uuid}", dash.answering(dash.task)),
         Route("/find", dash.find),
-        Route("/dead-letters", dash.dead_letters),
+        Route("/dead-letters", dash.answering(dash.dead_letters)),
         Route("/login", dash.login, methods=["GET", "POST"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
