@@ -188,6 +188,11 @@ def test_task_page_shows_group_progress_chord_callback_and_retries(app: Machiner
     assert '<a href="/tasks/task_cb">total</a>' in html and "waits for every member" in html
     assert 'on success: <a href="/tasks/task_next">notify</a>' in html
     assert "Retries</th><td>1" in html
+    app.backend.set_state(TaskState("task_m2", State.SUCCESS, task_name="add"))
+    app.backend.set_state(TaskState("task_m3", State.SUCCESS, task_name="add"))
+    assert app.backend.trigger_chord("group_g")
+    html = client(app).get("/tasks/task_m1").text
+    assert "3 of 3 done (3 succeeded, 0 failed)" in html and "total</a>\n  (sent)" in html
 
 
 def test_unknown_task_is_a_404_page(app: Machinery) -> None:

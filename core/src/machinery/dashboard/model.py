@@ -7,6 +7,7 @@ directly. Every read is bounded: the recent-tasks list reads a window of the new
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Iterable, Sequence
@@ -17,7 +18,8 @@ from .. import codec
 from ..app import Machinery
 from ..broker import SupportsDeadLetters, SupportsDepth
 from ..errors import MachineryError, UnknownGroupError
-from ..events import SupportsEvents, TaskEvent, WorkerHeartbeat
+from ..events import SupportsEvents, TaskEvent
+from ..inspection import GroupProgress, group_progress, task_history
 from ..redact import redact_url
 from ..signature import Signature, TaskState
 
@@ -26,7 +28,6 @@ __all__ = [
     "PER_PAGE",
     "STATE_AFTER",
     "DeadLetterRow",
-    "GroupProgress",
     "QueueRow",
     "TaskDetail",
     "TaskRow",
@@ -39,7 +40,6 @@ __all__ = [
     "recorded_signature",
     "redact_text",
     "task_detail",
-    "worker_rows",
 ]
 
 #: tasks per page of the recent-tasks list
@@ -153,32 +153,6 @@ def _task_row(event: TaskEvent, first: TaskEvent, has_signature: bool) -> TaskRo
 # ------------------------------------------------------------------------------------------ one task
 
 
-@dataclass(frozen=True)
-class GroupProgress:
-    """A group's (or chord's) members and how far they got."""
-
-    group_uuid: str
-    members: list[TaskState]
-    #: the chord callback (name, uuid) when the recorded signature names one
-    chord_callback: tuple[str, str] | None = None
-
-    @property
-    def done(self) -> int:
-        return sum(1 for s in self.members if s.is_completed)
-
-    @property
-    def succeeded(self) -> int:
-        return sum(1 for s in self.members if s.is_success)
-
-    @property
-    def failed(self) -> int:
-        return sum(1 for s in self.members if s.is_failure)
-
-    @property
-    def percent(self) -> int:
-        return round(100 * self.done / len(self.members)) if self.members else 100
-
-
 @dataclass
 class TaskDetail:
     """Everything the task page shows."""
@@ -196,6 +170,8 @@ class TaskDetail:
     retries: int = 0
     trace_id: str | None = None
     group: GroupProgress | None = None
+    #: the chord callback (name, uuid) when the recorded message names one
+    chord_callback: tuple[str, str] | None = None
     #: the tasks that run after this one succeeds or fails: (when, name, uuid)
     callbacks: list[tuple[str, str, str]] = field(default_factory=list)
     can_resend: bool = False
@@ -211,10 +187,10 @@ class TaskDetail:
         return STATE_AFTER[self.events[-1].kind] if self.events else "UNKNOWN"
 
 
-def task_detail(app: Machinery, store: SupportsEvents | None, uuid: str, record_args: bool) -> TaskDetail:
+def task_detail(app: Machinery, uuid: str, record_args: bool) -> TaskDetail:
     """A task's state (backend), history (events store), arguments (when recorded) and workflow."""
-    state = app.backend.get_state(uuid)
-    events = store.task_events(uuid) if store is not None else []
+    history = task_history(app.backend, uuid)
+    state, events = history.state, history.events
     detail = TaskDetail(uuid=uuid, state=state, events=events)
     if state is not None:
         detail.name = state.task_name
@@ -235,10 +211,13 @@ def task_detail(app: Machinery, store: SupportsEvents | None, uuid: str, record_
             detail.args, detail.kwargs = sig.arg_values, dict(sig.kwargs)
         detail.callbacks = [("on success", s.name, s.uuid) for s in sig.on_success]
         detail.callbacks += [("on error", s.name, s.uuid) for s in sig.on_error]
+        if sig.chord_callback is not None:
+            detail.chord_callback = (sig.chord_callback.name, sig.chord_callback.uuid)
         detail.can_resend = detail.state_name in ("FAILURE", "DEAD")
     group_uuid = next((e.group_uuid for e in events if e.group_uuid), None) or (sig.group_uuid if sig else "")
     if group_uuid:
-        detail.group = _group(app, group_uuid, sig)
+        with contextlib.suppress(UnknownGroupError):  # expired, or purged
+            detail.group = group_progress(app.backend, group_uuid)
     return detail
 
 
@@ -257,15 +236,6 @@ def _recorded_signature(events: Sequence[TaskEvent]) -> Signature | None:
     return None
 
 
-def _group(app: Machinery, group_uuid: str, sig: Signature | None) -> GroupProgress | None:
-    try:
-        members = app.backend.group_states(group_uuid)
-    except UnknownGroupError:
-        return None
-    callback = sig.chord_callback if sig is not None else None
-    return GroupProgress(group_uuid, members, (callback.name, callback.uuid) if callback else None)
-
-
 def codec_text(value: Any) -> str:
     """A value for humans: JSON; several values (a tuple) comma-separated."""
     values = value if isinstance(value, tuple) else (value,)
@@ -273,13 +243,6 @@ def codec_text(value: Any) -> str:
 
 
 # ------------------------------------------------------------------------------------------ workers
-
-
-def worker_rows(store: SupportsEvents) -> list[tuple[WorkerHeartbeat, str]]:
-    """Every worker with its status (``live``, ``lost``, ``stopped``): live first, then lost, then stopped."""
-    order = {"live": 0, "lost": 1, "stopped": 2}
-    rows = [(beat, beat.status) for beat in store.workers()]
-    return sorted(rows, key=lambda row: (order.get(row[1], 3), row[0].worker))
 
 
 # ------------------------------------------------------------------------------------------ queues

@@ -30,6 +30,7 @@ from starlette.staticfiles import StaticFiles
 from ..app import Machinery
 from ..broker import SupportsDeadLetters
 from ..events import SupportsEvents, events_store, no_events_text
+from ..inspection import worker_rows
 from ..redact import redact_url
 from . import actions, model
 from .auth import SESSION_COOKIE, PageGuard, action_allowed, same_token, session_value
@@ -192,7 +193,7 @@ class Dashboard:
         return self.render(
             request,
             "overview",
-            workers=model.worker_rows(store) if store is not None else [],
+            workers=worker_rows(store.workers()) if store is not None else [],
             queues=self.queues.rows(self.app, queues),
             tasks=model.recent_tasks(store, 1, per_page=20) if store is not None else None,
             dead_letters=isinstance(self.app.broker, SupportsDeadLetters),
@@ -208,7 +209,7 @@ class Dashboard:
 
     def task(self, request: Request) -> Response:
         uuid = request.path_params["uuid"]
-        detail = model.task_detail(self.app, self.store, uuid, self.record_args)
+        detail = model.task_detail(self.app, uuid, self.record_args)
         return self.render(
             request, "task", 200 if detail.known else 404, task=detail, record_args=self.record_args
         )
