@@ -154,6 +154,8 @@ def test_task_page_links_its_trace_when_a_url_template_is_set(app: Machinery) ->
     assert f"<code>{trace}</code>" in plain and 'class="trace"' not in plain
     linked = client(app, trace_url="http://jaeger:16686/trace/{trace_id}").get("/tasks/task_t").text
     assert f'<a class="trace" href="http://jaeger:16686/trace/{trace}" rel="noreferrer">{trace}</a>' in linked
+    with_password = client(app, trace_url=f"https://u:{SECRET}@tempo.example/trace/{{trace_id}}")
+    assert f'href="https://tempo.example/trace/{trace}"' in with_password.get("/tasks/task_t").text
     with pytest.raises(ValueError, match="trace_id"):
         DashboardSettings(trace_url="http://jaeger/trace/")
     with pytest.raises(ValueError, match="http"):

@@ -145,9 +145,8 @@ class Dashboard:
         template = self.settings.trace_url
         if template is None:
             return Markup("<code>{}</code>").format(trace_id)
-        return Markup('<a class="trace" href="{}" rel="noreferrer">{}</a>').format(
-            template.replace("{trace_id}", quote(trace_id, safe="")), trace_id
-        )
+        href = redact_url(template.replace("{trace_id}", quote(trace_id, safe="")))  # no credentials in pages
+        return Markup('<a class="trace" href="{}" rel="noreferrer">{}</a>').format(href, trace_id)
 
     # rendering -------------------------------------------------------------------------------
     def render(self, request: Request, page: str, status: int = 200, **context: Any) -> HTMLResponse:
