@@ -35,6 +35,7 @@ from selenium.webdriver.support.wait import WebDriverWait
 
 from machinery import Machinery, Signature
 from machinery.config import Config
+from machinery.dashboard.server import settings_for
 from machinery.dashboard.web import DashboardSettings, create_app
 from machinery.testing import server_unavailable
 
@@ -277,3 +278,21 @@ def _click_resend(browser: Any) -> None:
     script: the live part is replaced every refresh, so a found element may be gone by the click."""
     wait_for(browser, "a Re-send button", lambda b: b.execute_script(_click, "#live form.action button"))
     wait_for(browser, "the action's answer", lambda b: bool(b.find_elements(By.ID, "message")))
+
+
+def test_beyond_localhost_the_login_form_opens_the_pages(live: tuple[Machinery, Tasks, str, Any]) -> None:
+    """The settings of a dashboard listening beyond localhost (served on 127.0.0.1 here): every page needs
+    the token; the login form's cookie opens them and the token box is filled for the actions."""
+    app, _, _, browser = live
+    with serve_dashboard(app, settings_for("0.0.0.0", TOKEN, refresh=0.3)) as url:
+        browser.get(url + "/tasks")
+        assert "/login?next=" in browser.current_url
+        assert "sqlite" not in browser.page_source, "the login page tells nothing about the app"
+        browser.find_element(By.CSS_SELECTOR, "form.login input[name=token]").send_keys("wrong")
+        browser.find_element(By.CSS_SELECTOR, "form.login button").click()
+        wait_for(browser, "the wrong-token notice", lambda b: "Wrong token." in b.page_source)
+        browser.find_element(By.CSS_SELECTOR, "form.login input[name=token]").send_keys(TOKEN)
+        browser.find_element(By.CSS_SELECTOR, "form.login button").click()
+        wait_for(browser, "the tasks page", lambda b: b.current_url == url + "/tasks")
+        assert browser.find_element(By.TAG_NAME, "h2").text == "Recent tasks"
+        assert browser.find_element(By.ID, "dashboard-token").get_attribute("value") == TOKEN
