@@ -1,7 +1,7 @@
 """The dashboard in a real browser (headless chromium + Selenium): a real worker in a thread on sqlite://, the
 dashboard served by uvicorn on a free port. The pages render with the worker running, a task sent from
-the test shows up and turns SUCCESS without a reload, and the re-send action works with the token and
-is refused without it.
+the test shows up and turns SUCCESS without a reload (its page links its trace), the re-send action works
+with the token and is refused without it, and beyond localhost the login form opens the pages.
 
 The browser is Debian's ``chromium`` and ``chromium-driver`` (``scripts/services install``), found at
 ``$CHROMIUM`` / ``$CHROMEDRIVER`` or /usr/bin; nothing is downloaded. Without them the tests are skipped,
