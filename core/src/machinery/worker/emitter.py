@@ -77,6 +77,7 @@ class Emitter:
         self._buffer: deque[TaskEvent] = deque(maxlen=BUFFER_SIZE)
         self._running: dict[str, float] = {}  # task uuid -> perf_counter at "started"
         self._wake = threading.Event()
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failing = False
@@ -100,8 +101,9 @@ class Emitter:
             if began is not None and kind in ("succeeded", "failed"):
                 runtime = time.perf_counter() - began
             if kind != "retried":
-                self.processed += 1
-                self.failed += kind != "succeeded"
+                with self._lock:
+                    self.processed += 1
+                    self.failed += kind != "succeeded"
         if self.metrics is not None:
             self.metrics.task(kind, sig.name, queue, runtime)
         if self.store is None:
@@ -109,23 +111,26 @@ class Emitter:
         signature = None
         if self.app.config.events.record_args:
             signature = json.loads(codec.encode_signature(sig))
-        event = TaskEvent(
-            kind=kind,
-            task_uuid=sig.uuid,
-            task_name=sig.name,
-            queue=queue,
-            worker=self.worker_id,
-            at=time.time(),
-            runtime=runtime,
-            error=error,
-            group_uuid=sig.group_uuid or None,
-            trace_id=tracing.trace_id_of(sig),
-            signature=signature,
-        )
+        trace_id = tracing.trace_id_of(sig)
         buffer = self._buffer
-        if len(buffer) >= BUFFER_SIZE:
-            self.dropped += 1  # the deque drops the oldest
-        buffer.append(event)
+        with self._lock:  # the buffer's order is the order of ``at`` (recent_events is newest first)
+            if len(buffer) == buffer.maxlen:
+                self.dropped += 1  # the append drops the oldest
+            buffer.append(
+                TaskEvent(
+                    kind=kind,
+                    task_uuid=sig.uuid,
+                    task_name=sig.name,
+                    queue=queue,
+                    worker=self.worker_id,
+                    at=time.time(),
+                    runtime=runtime,
+                    error=error,
+                    group_uuid=sig.group_uuid or None,
+                    trace_id=trace_id,
+                    signature=signature,
+                )
+            )
         if len(buffer) >= BATCH_SIZE:
             self._wake.set()
 
