@@ -332,7 +332,7 @@ def cli(ctx: click.Context, traceback: bool, verbose: int) -> None:
     -A names the app (module:attribute) in every command; MACHINERY_APP=myapp:app sets it once.
     Run `machinery COMMAND --help` for each command's options and an example.
     """
-    if ctx.invoked_subcommand != "worker":  # the worker has its own --loglevel
+    if ctx.invoked_subcommand not in ("worker", "dashboard"):  # they have their own --loglevel
         _quiet_logging(verbose)
 
 
@@ -1043,6 +1043,15 @@ def plugins(as_json: bool) -> None:
         width = max(len(d) for d in missing)
         for dist, schemes in sorted(missing.items()):
             click.echo(f"  pip install {dist.ljust(width)}  # {', '.join(schemes)}")
+
+
+def _add_dashboard() -> None:
+    from .dashboard.command import dashboard  # uses the helpers above; imports no web framework
+
+    cli.add_command(dashboard)
+
+
+_add_dashboard()
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
