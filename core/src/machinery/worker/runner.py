@@ -19,6 +19,7 @@ from ..periodic import shared_lock
 from ..retry import fibonacci_next
 from ..signature import Arg, Signature, State, TaskState, now_utc
 from ..task import Task, _current
+from .emitter import NO_EVENTS, Emitter, NullEmitter
 from .procpool import ChildFailure, ProcessPool, Results
 from .statewriter import StateWriter
 from .timelimit import TimeLimits, raise_in_thread
@@ -128,6 +129,8 @@ class TaskRunner:
         self.process_pool: ProcessPool | None = None
         #: set by a worker: batches state writes (see :mod:`machinery.worker.statewriter`)
         self.writer: StateWriter | None = None
+        #: set by a worker: task events and metrics (see :mod:`machinery.worker.emitter`)
+        self.events: Emitter | NullEmitter = NO_EVENTS
 
     @property
     def backend(self) -> Any:
@@ -186,6 +189,7 @@ class TaskRunner:
                 self.writer.put_state(started)
             else:
                 self.backend.set_state(started)
+        self.events.emit("started", sig)
         self._call_handler(self.pre_task_handler, sig)
         try:
             guard = _Guard()
@@ -217,6 +221,7 @@ class TaskRunner:
                 except MessageError as exc:  # a result no store can hold: FAILURE, never retried
                     self._failed(sig, exc)
                     return None
+                self.events.emit("succeeded", sig)
                 if self.writer is not None and self._deferrable(sig):
                     return state
                 self._succeeded(sig, state)
@@ -336,6 +341,7 @@ class TaskRunner:
             countdown = sig.retry_timeout
         countdown = _clamp_delay(countdown)
         self._write(sig, State.RETRY, error=error_text(exc))
+        self.events.emit("retried", sig, error=error_text(exc))
         logger.info(
             "task %s[%s] failed (%s); retrying in %ss, %d retries left",
             sig.name,
@@ -359,6 +365,7 @@ class TaskRunner:
         sig.headers = {**sig.headers, RETRY_LATER_HEADER: str(used + 1)}
         countdown = _clamp_delay(retry.countdown)
         self._write(sig, State.RETRY, error=error_text(retry))
+        self.events.emit("retried", sig, error=error_text(retry))
         logger.info(
             "task %s[%s] asked to retry later (%d of %d); in %ss",
             sig.name,
@@ -373,6 +380,7 @@ class TaskRunner:
     def _failed(self, sig: Signature, exc: BaseException) -> None:
         text = error_text(exc)
         self._write(sig, State.FAILURE, error=text)
+        self.events.emit("failed", sig, error=text)
         if self.error_handler is not None:
             self._call_handler(self.error_handler, exc)
         else:

@@ -23,7 +23,8 @@ from ...backend import BaseBackend
 from ...capabilities import Capability
 from ...config import Config
 from ...errors import BackendError, UnknownGroupError
-from ...signature import State, TaskState, now_utc
+from ...signature import GroupMeta, State, TaskState, now_utc
+from .events import SQLiteEvents
 from .store import SQLiteStore, SQLiteTarget, chunks, parse_sqlite_url, placeholders
 
 __all__ = ["SQLiteBackend"]
@@ -32,8 +33,8 @@ STATES = "states"
 _COMPLETED = (State.SUCCESS.value, State.FAILURE.value)
 
 
-class SQLiteBackend(BaseBackend):
-    """Result backend on a SQLite file (WAL)."""
+class SQLiteBackend(SQLiteEvents, BaseBackend):
+    """Result backend on a SQLite file (WAL), with the events store (:mod:`machinery.events`)."""
 
     capabilities = frozenset({Capability.EXPIRY, Capability.MULTI_PROCESS})
     #: a state written by another process wakes ``wait`` within this many seconds
@@ -234,6 +235,19 @@ class SQLiteBackend(BaseBackend):
                 records.update(cursor.fetchall())
         return [self._decode(u, records[u]) if u in records else TaskState(u, State.PENDING) for u in members]
 
+    def group_meta(self, group_uuid: str) -> GroupMeta:
+        """The group's record (``chord_triggered`` for ``machinery inspect group``)."""
+        row = self._store.execute(
+            "group_meta",
+            "SELECT task_uuids, chord_triggered, created_at FROM groups "
+            "WHERE group_uuid = ? AND expires_at > ?",
+            (group_uuid, time.time()),
+        ).fetchone()
+        if row is None:
+            raise self._unknown(group_uuid)
+        created = datetime.fromisoformat(row[2]) if row[2] else None
+        return GroupMeta(group_uuid, json.loads(row[0]), bool(row[1]), created_at=created)
+
     def trigger_chord(self, group_uuid: str) -> bool:
         """True exactly once per group, whoever asks (one conditional UPDATE); keeps the group alive."""
         now = time.time()
@@ -273,6 +287,7 @@ class SQLiteBackend(BaseBackend):
             (now,),
         )
         conn.execute("DELETE FROM groups WHERE expires_at <= ?", (now,))
+        self._sweep_events(conn, now)
         self._next_sweep = now + min(self.sweep_interval, float(self.expires_in))
 
     def close(self) -> None:
