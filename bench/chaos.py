@@ -329,6 +329,7 @@ class Chaos:
         from machinery import codec
 
         completed = failed = wrong = lost = 0
+        lost_detail: list[str] = []
         reasons: collections.Counter[str] = collections.Counter()
         duplicates = 0
         chords_not_once = callbacks_rerun = 0
@@ -336,6 +337,7 @@ class Chaos:
             state = final.get(sent.uuid)
             if state is None:
                 lost += 1
+                lost_detail.append(self._describe_lost(sent))
             elif state.is_failure:
                 failed += 1
                 reasons[state.error[:80]] += 1
@@ -362,6 +364,7 @@ class Chaos:
             "failed": failed,
             "failure_reasons": dict(reasons),
             "lost": lost,
+            "lost_tasks": lost_detail[:20],
             "wrong_values": wrong,
             "duplicate_runs": duplicates,
             "chord_callbacks_not_once": chords_not_once,
@@ -370,6 +373,18 @@ class Chaos:
             "server_restarts": self.restarts,
             "send_retries": self.send_errors,
         }
+
+    def _describe_lost(self, sent: Sent) -> str:
+        """What is known about a lost task: its kind, key, uuid, stored state and body runs."""
+        try:
+            state = self.app.backend.get_state(sent.uuid)
+        except Exception as exc:
+            state = f"unreadable ({exc})"
+        runs = {key: self.runs.count(key) for key in [sent.key, *sent.members]}
+        if sent.kind == "chord":
+            runs[f"{sent.key}.fired"] = self.runs.count(f"{sent.key}.fired")
+        status = getattr(state, "state", state)
+        return f"{sent.kind} {sent.key} {sent.uuid}: state {status}, runs {runs}"
 
     def run(self) -> dict[str, Any]:
         started = time.monotonic()
@@ -430,6 +445,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--outage", type=float, default=3.0, help="sqlite: seconds the file stays locked")
     parser.add_argument("--drain", type=float, default=300.0, help="seconds to wait for the last results")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--keep", type=Path, default=None, help="work in this directory and keep it (workers.log, run logs)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     args = parser.parse_args(argv)
     if args.command == "worker":
@@ -437,8 +455,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.restarts is None:
         args.restarts = 3 if args.broker == "sqlite" else 1
-    with tempfile.TemporaryDirectory(prefix="machinery-chaos-") as tmp:
-        result = Chaos(args, Path(tmp)).run()
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        result = Chaos(args, args.keep).run()
+    else:
+        with tempfile.TemporaryDirectory(prefix="machinery-chaos-") as tmp:
+            result = Chaos(args, Path(tmp)).run()
     print(json.dumps(result, indent=2))
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -2,7 +2,7 @@
 
 States are Go Machinery's TaskState JSON (``record``) plus the columns needed to merge and query
 without decoding (state, task name, creation time). Results expire ``results_expire_in`` seconds
-(0 means 3600) after their last write: expired rows are invisible at once and deleted by a sweep
+(0 means 3600; -1 never: their ``expires_at`` is infinite) after their last write: expired rows are invisible at once and deleted by a sweep
 that runs with later writes. A group lives as long as its members keep writing states, so a long
 workflow does not lose its group (Go Machinery #352). ``trigger_chord`` is one conditional UPDATE:
 true exactly once per group across every process.
@@ -70,7 +70,7 @@ class SQLiteBackend(BaseBackend):
         if not states:
             return
         now = time.time()
-        expires_at = now + self.expires_in
+        expires_at = self.expires_at(now)
         uuids = list(dict.fromkeys(s.task_uuid for s in states))
         with self._store.write("set_states") as conn:
             old: dict[str, tuple[str, str | None]] = {}
@@ -186,7 +186,7 @@ class SQLiteBackend(BaseBackend):
             conn.execute(
                 "INSERT OR REPLACE INTO groups "
                 "(group_uuid, task_uuids, chord_triggered, created_at, expires_at) VALUES (?, ?, 0, ?, ?)",
-                (group_uuid, json.dumps(members), now_utc().isoformat(), now + self.expires_in),
+                (group_uuid, json.dumps(members), now_utc().isoformat(), self.expires_at(now)),
             )
             conn.executemany(
                 "INSERT OR IGNORE INTO group_members (task_uuid, group_uuid) VALUES (?, ?)",
@@ -223,7 +223,7 @@ class SQLiteBackend(BaseBackend):
     def trigger_chord(self, group_uuid: str) -> bool:
         """True exactly once per group, whoever asks (one conditional UPDATE); keeps the group alive."""
         now = time.time()
-        expires_at = now + self.expires_in
+        expires_at = self.expires_at(now)
         with self._store.write("trigger_chord") as conn:
             won = conn.execute(
                 "UPDATE groups SET chord_triggered = 1, expires_at = ? "
