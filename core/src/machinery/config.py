@@ -33,6 +33,12 @@ Loading
 - Both call :meth:`Config.validate`, which raises one ``ConfigError`` listing every problem and how to fix
   it.
 
+Result lifetime
+---------------
+``results_expire_in`` (``RESULTS_EXPIRE_IN``): seconds results and group records stay after their last
+write. 0 means the default of 3600, as in Go; :data:`NEVER_EXPIRE` (-1) keeps them until purged (every
+backend then writes no expiry at all); anything below -1 is refused.
+
 Core settings that Machinery never had (plugins list theirs in their README)
 ------------------------------------------------------------------------------
 ==================================  ======================================  ==========================

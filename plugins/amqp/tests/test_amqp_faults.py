@@ -18,18 +18,22 @@ from amqp_testlib import SERVICES, Admin, Names
 
 from machinery import AsyncResult, State
 from machinery.testing import server_unavailable
+from machinery_amqp import AMQPBroker
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 HERE = Path(__file__).resolve().parent
 
 
-def start_worker(amqp_url: str, names: Names, runlog: Path, concurrency: int) -> subprocess.Popen[str]:
+def start_worker(
+    amqp_url: str, names: Names, runlog: Path, concurrency: int, **more: object
+) -> subprocess.Popen[str]:
     settings = {
         "broker": amqp_url,
         "backend": amqp_url,
         "suffix": names.suffix,
         "runlog": str(runlog),
         "concurrency": concurrency,
+        **more,
     }
     env = {**os.environ, "AMQP_TEST_APP": json.dumps(settings), "PYTHONPATH": str(HERE)}
     proc = subprocess.Popen(
@@ -81,6 +85,56 @@ def test_sigkill_with_tasks_started_redelivers_each_once(
                     proc.wait(15)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+        app.close()
+
+
+@pytest.mark.parametrize("queue_type", ["classic", "quorum"])
+def test_a_message_that_kills_every_worker_is_dead_lettered_after_max_deliveries(
+    amqp_url: str, names: Names, admin: Admin, tmp_path: Path, queue_type: str
+) -> None:
+    """Issue 16: every worker that takes the message dies (os._exit, as an OOM kill would). After
+    worker.max_deliveries (3) crashes the next delivery ends it FAILURE + dead letter, the body having
+    run 3 times. A classic queue only flags redeliveries (the worker carries the count in a header of a
+    fresh copy); a quorum queue counts them itself (x-delivery-count)."""
+    runlog = tmp_path / "runs.log"
+    queue_args = {"x-queue-type": "quorum"} if queue_type == "quorum" else {}
+    app = make_app(amqp_url, amqp_url, names.suffix, queue_args=queue_args, max_deliveries=3)
+    result = app.send_task(app.get_task("crash").s(7))
+    crashes = 0
+    worker: subprocess.Popen[str] | None = None
+    try:
+        while not result.state.is_completed:
+            assert crashes < 6, "six workers died: the message was never given up"
+            worker = start_worker(amqp_url, names, runlog, 1, queue_args=queue_args, max_deliveries=3)
+            running = worker
+            wait_for(
+                lambda: running.poll() is not None or result.state.is_completed,
+                30,
+                "the worker to crash or the message to be given up",
+            )
+            if worker.poll() is not None:
+                assert worker.returncode == 3, f"the worker exited {worker.returncode}, not by the task"
+                crashes += 1
+        state = result.wait_state(10)
+        assert crashes == 3
+        assert state.state is State.FAILURE
+        assert state.error.startswith("gave up after 4 deliveries (worker.max_deliveries=3)"), state.error
+        assert [event for event, _, _ in read_log(str(runlog))] == ["crash"] * 3
+        broker = app.broker
+        assert isinstance(broker, AMQPBroker)
+        # FAILURE is stored first, then the message is dead-lettered
+        wait_for(lambda: broker.dead_letters(names.queue), 10, "the message in the dead-letter queue")
+        [dead] = broker.dead_letters(names.queue)
+        assert "gave up after 4 deliveries" in dead.reason
+        # the count RabbitMQ kept: a quorum queue's; a classic queue keeps none (the copy is new)
+        assert dead.delivery_count == (4 if queue_type == "quorum" else 1)
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(15)
+            except subprocess.TimeoutExpired:
+                worker.kill()
         app.close()
 
 
