@@ -395,3 +395,25 @@ def test_consumer_survives_its_queue_being_deleted(broker: AMQPBroker, names: Na
             got = broker.consume(names.queue, 1, 0.5)
     assert [x.signature.uuid for x in got] == ["task_2"]
     got[0].ack()
+
+
+def test_quorum_queue_counts_redeliveries_and_a_delayed_requeue_starts_afresh(
+    make_config: Callable[..., Config], amqp_url: str, names: Names, admin: Admin
+) -> None:
+    """A quorum queue's x-delivery-count becomes ``delivery_count``; a copy sent round through a delay
+    queue (a planned hop) does not inherit it."""
+    broker = AMQPBroker(amqp_url, make_config(queue_declare_args={"x-queue-type": "quorum"}))
+    try:
+        broker.publish(sig(1))
+        [first] = take(broker, names.queue, 1)
+        assert (first.delivery_count, first.redelivered) == (1, False)
+        first.nack(requeue=True)
+        [again] = take(broker, names.queue, 1)
+        assert (again.delivery_count, again.redelivered) == (2, True)
+        again.nack(requeue=True, delay=0.2)
+        [copy] = take(broker, names.queue, 1)
+        assert (copy.delivery_count, copy.redelivered) == (1, False)
+        assert "x-delivery-count" not in (copy._properties.headers or {})
+        copy.ack()
+    finally:
+        broker.close()

@@ -95,6 +95,8 @@ DEAD_REASON, DEAD_TIME, DEAD_COUNT = (
     "x-machinery-deliveries",
 )
 _UNLIMITED = 1 << 30
+#: headers RabbitMQ sets on a delivered message (delivery count, dead-letter history)
+_SERVER_HEADERS = ("x-delivery-count", "x-death", "x-first-death-", "x-last-death-")
 
 
 def _header_value(value: Any) -> Any:
@@ -359,9 +361,10 @@ class AMQPBroker(Endpoint, BaseBroker):
 
     def _republish(self, queue: str, body: bytes, properties: BasicProperties, delay_ms: int) -> None:
         q, key = self.route(queue)
-        props = _properties(
-            dict(properties.headers or {}), properties.priority or 0, properties.message_id or ""
-        )
+        # what RabbitMQ wrote about the old message (a quorum queue's delivery count, the delay hop's
+        # x-death) is not the copy's: a copy carrying x-delivery-count would count deliveries it never had
+        headers = {k: v for k, v in (properties.headers or {}).items() if not k.startswith(_SERVER_HEADERS)}
+        props = _properties(headers, properties.priority or 0, properties.message_id or "")
         self._send([_Outgoing(q, key, body, props, delay_ms)])
 
     def _dead_letter(
