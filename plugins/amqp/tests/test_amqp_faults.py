@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -106,9 +107,8 @@ def test_a_message_that_kills_every_worker_is_dead_lettered_after_max_deliveries
         while not result.state.is_completed:
             assert crashes < 6, "six workers died: the message was never given up"
             worker = start_worker(amqp_url, names, runlog, 1, queue_args=queue_args, max_deliveries=3)
-            running = worker
             wait_for(
-                lambda: running.poll() is not None or result.state.is_completed,
+                partial(lambda w: w.poll() is not None or result.state.is_completed, worker),
                 30,
                 "the worker to crash or the message to be given up",
             )

@@ -12,8 +12,8 @@ import pytest
 
 from .. import codec
 from ..backend import Backend
-from ..config import NEVER_EXPIRE
 from ..capabilities import Capability
+from ..config import NEVER_EXPIRE
 from ..errors import UnknownGroupError
 from ..signature import Arg, State, TaskState, new_uuid, now_utc
 from ._base import ContractBase, requires

@@ -2,10 +2,10 @@
 
 States are Go Machinery's TaskState JSON (``record``) plus the columns needed to merge and query
 without decoding (state, task name, creation time). Results expire ``results_expire_in`` seconds
-(0 means 3600; -1 never: their ``expires_at`` is infinite) after their last write: expired rows are invisible at once and deleted by a sweep
-that runs with later writes. A group lives as long as its members keep writing states, so a long
-workflow does not lose its group (Go Machinery #352). ``trigger_chord`` is one conditional UPDATE:
-true exactly once per group across every process.
+(0 means 3600; -1 never: their ``expires_at`` is infinite) after their last write: expired rows are
+invisible at once and deleted by a sweep that runs with later writes. A group lives as long as its
+members keep writing states, so a long workflow does not lose its group (Go Machinery #352).
+``trigger_chord`` is one conditional UPDATE: true exactly once per group across every process.
 """
 
 from __future__ import annotations
