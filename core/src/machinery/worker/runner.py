@@ -174,7 +174,6 @@ class TaskRunner:
 
     def _run(self, sig: Signature, redelivered: bool) -> TaskState | None:
         self._local.redelivered = redelivered
-        self._local.finished_before = False  # set by _group_known for a chord member
         task = self.app.get_task(sig.name)
         if sig.group_uuid and sig.chord_callback is not None and not self._group_known(sig):
             return None
@@ -391,12 +390,7 @@ class TaskRunner:
         if len(states) < sig.group_task_count or not all(s.is_completed for s in states):
             return
         if not self.backend.trigger_chord(sig.group_uuid):
-            # Only a delivery after one that finished can follow a trigger whose worker died: the
-            # triggering worker stores its member's final state first. A member delivered again before
-            # it ever finished (its handling failed, its worker died mid-task) is not that, and recovering
-            # there would race the live trigger's publish.
-            local = self._local
-            if getattr(local, "redelivered", False) and getattr(local, "finished_before", False):
+            if getattr(self._local, "redelivered", False):
                 self._recover_callback(sig, states)
             return
         self._fire(sig, states)
@@ -450,13 +444,10 @@ class TaskRunner:
         """A chord member checks its group before it runs: one of an unknown or expired group (a
         backlog that outlived ``results_expire_in``) ends FAILURE without running."""
         try:
-            states = self.backend.group_states(sig.group_uuid)
+            self.backend.group_states(sig.group_uuid)
         except UnknownGroupError as exc:
             self._orphaned(sig, exc)
             return False
-        # a member that had finished before this delivery may be the one whose worker triggered the
-        # chord and died before sending the callback (see _recover_callback)
-        self._local.finished_before = any(s.task_uuid == sig.uuid and s.is_completed for s in states)
         return True
 
     def _orphaned(self, sig: Signature, exc: UnknownGroupError) -> None:

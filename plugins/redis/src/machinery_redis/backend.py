@@ -323,11 +323,7 @@ class RedisBackend(BaseBackend):
         ttl = self._ttl
         raw = self.conn.call(
             "reading a group",
-            lambda: (
-                self.conn.client.getex(group_uuid, ex=ttl)
-                if ttl
-                else self.conn.client.getex(group_uuid, persist=True)
-            ),
+            lambda: self.conn.client.getex(group_uuid, ex=ttl) if ttl else self.conn.client.getex(group_uuid, persist=True),
         )
         if raw is None:
             raise UnknownGroupError(f"group {group_uuid!r} is unknown or expired")
@@ -352,9 +348,7 @@ class RedisBackend(BaseBackend):
             uuids = members
             ttl = self._ttl
             # EXPIRE says whether the group exists; never expiring, PERSIST does not (0 without a TTL)
-            refresh = (
-                [("EXPIRE", group_uuid, ttl)] if ttl else [("PERSIST", group_uuid), ("EXISTS", group_uuid)]
-            )
+            refresh = [("EXPIRE", group_uuid, ttl)] if ttl else [("PERSIST", group_uuid), ("EXISTS", group_uuid)]
             replies = self._run("reading group states", [*refresh, *self._reads(uuids)])
             exists, replies = replies[len(refresh) - 1], replies[len(refresh) :]
             if isinstance(exists, BaseException):
