@@ -23,7 +23,7 @@ from machinery import Config, Machinery, Signature, State, TaskError
 from machinery.backend import Backend
 from machinery.broker import Delivery
 from machinery.errors import BackendError, BrokerError, MessageError
-from machinery.signature import TaskState, new_uuid
+from machinery.signature import TaskState, new_uuid, now_utc
 from machinery.transports.memory.backend import MemoryBackend
 from machinery.transports.memory.broker import MemoryBroker
 from machinery.transports.sqlite.broker import SQLiteBroker
@@ -440,8 +440,10 @@ def test_a_callback_lost_between_trigger_and_publish_is_sent_by_the_redelivered_
     """The worker that triggered the chord fails before publishing (as if it died there, before or
     after the callback's PENDING was stored): the member is delivered again, finds the chord
     triggered and the callback unsent, and sends it."""
+    from machinery.worker import runner as runner_module
     from machinery.workflow import Chord, Group
 
+    monkeypatch.setattr(runner_module, "RECOVERY_GRACE", 1.0)  # the recovery waits out a live trigger
     app, _, _ = flaky
     _chord_tasks(app)
     real = running.runner._publish_callback
@@ -774,4 +776,49 @@ def test_chord_recovery_sends_a_callback_once_with_a_shared_lock(tmp_path: Path)
     runner._recover_callback(member_of("g-lost", lost), [member])
     runner._recover_callback(member_of("g-lost", lost), [member])
     assert sent == ["cb-published", "cb-lost"], "an unsent callback is sent by exactly one recovery"
+    app.close()
+
+
+def test_a_chord_recovery_waits_for_a_live_trigger_before_sending_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A member redelivered while the live trigger is between storing the callback's PENDING and
+    marking it sent must not send it too (make chaos with MongoDB results saw a recovery 75 ms after the
+    trigger's publish). The recovery waits up to RECOVERY_GRACE: the trigger's mark ends it; a PENDING
+    that stays young and unmarked that long (its trigger died) is sent, once."""
+    from machinery.worker import runner as runner_module
+    from machinery.worker.runner import CHORD_SENT_KEY, TaskRunner
+
+    monkeypatch.setattr(runner_module, "RECOVERY_GRACE", 1.0)
+    monkeypatch.setattr(runner_module, "RECOVERY_POLL", 0.05)
+    url = f"sqlite:///{tmp_path / 'chord.db'}"
+    app = Machinery(Config(broker=url, result_backend=url))
+    sent: list[str] = []
+    app.set_pre_publish_handler(lambda sig: sent.append(sig.uuid))
+    runner = TaskRunner(app)
+    member = TaskState("m1", State.SUCCESS, task_name="add", results=[])
+
+    def member_of(group: str, callback: str) -> Signature:
+        app.backend.set_state(TaskState(callback, State.PENDING, task_name="add", created_at=now_utc()))
+        return Signature(
+            "add",
+            uuid="m1",
+            group_uuid=group,
+            group_task_count=1,
+            chord_callback=Signature("add", uuid=callback),
+        )
+
+    live = member_of("g-live", "cb-live")
+    marker = threading.Timer(0.3, lambda: app.lock.acquire(CHORD_SENT_KEY.format("g-live"), 60))
+    marker.start()  # the live trigger publishes, then marks
+    started = time.monotonic()
+    runner._recover_callback(live, [member])
+    marker.join()
+    assert sent == [], "the recovery sent a callback its live trigger was sending"
+    assert time.monotonic() - started >= 0.9, "the recovery did not wait for the PENDING to age"
+
+    dead = member_of("g-dead", "cb-dead")  # its trigger died after storing PENDING
+    runner._recover_callback(dead, [member])
+    runner._recover_callback(dead, [member])
+    assert sent == ["cb-dead"], "an unsent callback is sent by exactly one recovery, after the grace"
     app.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -88,6 +89,19 @@ class _Unencodable:
 
 #: The lock key marking a chord's callback as published (recovery after a worker died checks it).
 CHORD_SENT_KEY = "machinery_chord_sent:{}"
+#: Seconds a recovering member waits for a live trigger to publish and mark a callback whose state is
+#: missing or a young PENDING (the trigger stores PENDING, publishes, then marks, within milliseconds).
+RECOVERY_GRACE = 10.0
+#: Seconds between its looks meanwhile.
+RECOVERY_POLL = 0.5
+
+
+def _young(state: TaskState) -> bool:
+    """A PENDING stored less than RECOVERY_GRACE ago (one without a creation time counts as old)."""
+    if state.created_at is None:
+        return False
+    return (now_utc() - state.created_at).total_seconds() < RECOVERY_GRACE
+
 
 #: How many times a task raised Retry (its retry-later budget is separate from retry_count).
 RETRY_LATER_HEADER = "machinery-retry-later"
@@ -398,11 +412,22 @@ class TaskRunner:
     def _recover_callback(self, sig: Signature, states: list[TaskState]) -> None:
         """A redelivered member finds the chord triggered: if the callback has no state, or only
         PENDING (stored just before its publish), the worker that triggered it may have died before
-        publishing it, so it is published (again): a rare duplicate rather than a lost callback."""
+        publishing it, so it is published (again): a rare duplicate rather than a lost callback.
+
+        A live trigger may be between those steps right now (a member redelivered for another reason
+        runs at the same time): while the callback's state is missing or a PENDING younger than
+        :data:`RECOVERY_GRACE`, this waits (up to that long) for the trigger to publish and mark it."""
         assert sig.chord_callback is not None
-        state = self.backend.get_state(sig.chord_callback.uuid)
-        if state is not None and state.state != State.PENDING:
-            return
+        deadline = time.monotonic() + RECOVERY_GRACE
+        while True:
+            state = self.backend.get_state(sig.chord_callback.uuid)
+            if state is not None and state.state != State.PENDING:
+                return
+            if state is not None and not _young(state):
+                break  # PENDING for a while: the mark below tells whether it was published
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(min(RECOVERY_POLL, max(0.0, deadline - time.monotonic())))
         if state is not None and not self._claim_chord_send(sig.group_uuid):
             return  # PENDING, and marked sent: it waits in the queue, it is not lost
         logger.warning(

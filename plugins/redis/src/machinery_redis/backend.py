@@ -321,10 +321,12 @@ class RedisBackend(BaseBackend):
     def group_meta(self, group_uuid: str) -> GroupMeta:
         """The group's record (refreshing its expiry). Raises UnknownGroupError."""
         ttl = self._ttl
-        raw = self.conn.call(
-            "reading a group",
-            lambda: self.conn.client.getex(group_uuid, ex=ttl) if ttl else self.conn.client.getex(group_uuid, persist=True),
-        )
+
+        def read() -> Any:  # the client may be a new one on a retry
+            client = self.conn.client
+            return client.getex(group_uuid, ex=ttl) if ttl else client.getex(group_uuid, persist=True)
+
+        raw = self.conn.call("reading a group", read)
         if raw is None:
             raise UnknownGroupError(f"group {group_uuid!r} is unknown or expired")
         try:
@@ -348,7 +350,9 @@ class RedisBackend(BaseBackend):
             uuids = members
             ttl = self._ttl
             # EXPIRE says whether the group exists; never expiring, PERSIST does not (0 without a TTL)
-            refresh = [("EXPIRE", group_uuid, ttl)] if ttl else [("PERSIST", group_uuid), ("EXISTS", group_uuid)]
+            refresh: list[tuple[Any, ...]] = (
+                [("EXPIRE", group_uuid, ttl)] if ttl else [("PERSIST", group_uuid), ("EXISTS", group_uuid)]
+            )
             replies = self._run("reading group states", [*refresh, *self._reads(uuids)])
             exists, replies = replies[len(refresh) - 1], replies[len(refresh) :]
             if isinstance(exists, BaseException):
