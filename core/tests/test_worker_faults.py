@@ -749,11 +749,17 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_chord_recovery_sends_a_callback_once_with_a_shared_lock(tmp_path: Path) -> None:
+def test_chord_recovery_sends_a_callback_once_with_a_shared_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A redelivered member that finds the chord triggered sends the callback only when it was never
     sent: the sender marks it in the (shared) lock, so a callback queued as PENDING is not sent twice,
     and of several recoveries of an unsent one, one sends it."""
+    from machinery.worker import runner as runner_module
     from machinery.worker.runner import TaskRunner
+
+    monkeypatch.setattr(runner_module, "RECOVERY_GRACE", 0.2)  # the published PENDING is young
+    monkeypatch.setattr(runner_module, "RECOVERY_POLL", 0.05)
 
     url = f"sqlite:///{tmp_path / 'chord.db'}"
     app = Machinery(Config(broker=url, result_backend=url))
