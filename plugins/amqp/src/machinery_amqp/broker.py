@@ -468,11 +468,10 @@ class AMQPBroker(Endpoint, BaseBroker):
         delivery allows."""
         now = time.monotonic()
         due = self._delays.take(lost_at - SHUTDOWN_MARGIN, now + SHUTDOWN_MARGIN)
-        if not due:
-            return
         logger.warning(
-            "amqp: RabbitMQ shut down; sending again %d delayed message(s) due while it stopped "
-            "(it may have dropped them: dead-lettering is at most once)",
+            "amqp: RabbitMQ shut down and is back after %.0fs; sending again the %d delayed message(s) of "
+            "this process due meanwhile (it may have dropped them: dead-lettering is at most once)",
+            now - lost_at,
             len(due),
         )
         for when, msg in due:
