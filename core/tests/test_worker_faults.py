@@ -828,3 +828,34 @@ def test_a_chord_recovery_waits_for_a_live_trigger_before_sending_again(
     runner._recover_callback(dead, [member])
     assert sent == ["cb-dead"], "an unsent callback is sent by exactly one recovery, after the grace"
     app.close()
+
+
+def test_members_recovering_a_chord_at_once_send_its_callback_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that died holding three members of a chord it had triggered: all three come back at
+    once (make chaos with MongoDB results: three recoveries in one process, 14 ms apart, each sent the
+    callback). They take turns, each looking again on its turn: one sends it."""
+    from machinery.worker import runner as runner_module
+    from machinery.worker.runner import TaskRunner
+
+    monkeypatch.setattr(runner_module, "RECOVERY_GRACE", 0.3)
+    monkeypatch.setattr(runner_module, "RECOVERY_POLL", 0.02)
+    url = f"sqlite:///{tmp_path / 'chord.db'}"
+    app = Machinery(Config(broker=url, result_backend=url))
+    sent: list[str] = []
+    app.set_pre_publish_handler(lambda sig: sent.append(sig.uuid))
+    runner = TaskRunner(app)
+    callback = Signature("add", uuid="cb-orphan")  # its trigger died before storing PENDING
+    members = [
+        Signature("add", uuid=f"m{n}", group_uuid="g-orphan", group_task_count=3, chord_callback=callback)
+        for n in range(3)
+    ]
+    states = [TaskState(m.uuid, State.SUCCESS, task_name="add", results=[]) for m in members]
+    threads = [threading.Thread(target=runner._recover_callback, args=(m, states)) for m in members]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert sent == ["cb-orphan"], f"concurrent recoveries sent the callback {len(sent)} times"
+    app.close()

@@ -94,6 +94,9 @@ CHORD_SENT_KEY = "machinery_chord_sent:{}"
 RECOVERY_GRACE = 10.0
 #: Seconds between its looks meanwhile.
 RECOVERY_POLL = 0.5
+#: The lock key that lets one recovery of a chord's callback at a time look and send, and its lease.
+CHORD_RECOVERY_KEY = "machinery_chord_recovery:{}"
+RECOVERY_LEASE = 30.0
 
 
 def _young(state: TaskState) -> bool:
@@ -428,13 +431,49 @@ class TaskRunner:
             if time.monotonic() >= deadline:
                 break
             time.sleep(min(RECOVERY_POLL, max(0.0, deadline - time.monotonic())))
-        if state is not None and not self._claim_chord_send(sig.group_uuid):
-            return  # PENDING, and marked sent: it waits in the queue, it is not lost
-        logger.warning(
-            "chord %s was triggered but its callback never sent (a worker died in between); sending it",
-            sig.group_uuid,
-        )
-        self._fire(sig, states)
+        # Several members of the chord may be recovering at once (a dead worker held them all): one
+        # at a time, each looking again once it is its turn, so only the first sends the callback.
+        key = CHORD_RECOVERY_KEY.format(sig.group_uuid)
+        if not self._take_turn(key, sig.chord_callback.uuid):
+            return
+        try:
+            state = self.backend.get_state(sig.chord_callback.uuid)
+            if state is not None and state.state != State.PENDING:
+                return
+            if state is not None and not self._claim_chord_send(sig.group_uuid):
+                return  # PENDING, and marked sent: it waits in the queue, it is not lost
+            logger.warning(
+                "chord %s was triggered but its callback never sent (a worker died in between); sending it",
+                sig.group_uuid,
+            )
+            self._fire(sig, states)
+        finally:
+            self._end_turn(key)
+
+    def _take_turn(self, key: str, callback_uuid: str) -> bool:
+        """Hold ``key`` (a lease of RECOVERY_LEASE seconds, so a recovery that dies frees it). False
+        when the callback moved on meanwhile (it runs or ran) or the lease stayed held too long; a
+        lock that fails lets this recovery go ahead (a rare duplicate rather than a lost callback)."""
+        deadline = time.monotonic() + RECOVERY_LEASE + RECOVERY_GRACE
+        while True:
+            try:
+                if self.app.lock.acquire(key, RECOVERY_LEASE):
+                    return True
+            except Exception as exc:
+                logger.warning("could not take the chord recovery lease %s: %s", key, exc)
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(RECOVERY_POLL)
+            state = self.backend.get_state(callback_uuid)
+            if state is not None and state.state != State.PENDING:
+                return False
+
+    def _end_turn(self, key: str) -> None:
+        try:
+            self.app.lock.release(key)
+        except Exception as exc:  # it expires by itself
+            logger.warning("could not release the chord recovery lease %s: %s", key, exc)
 
     def _fire(self, sig: Signature, states: list[TaskState]) -> None:
         assert sig.chord_callback is not None
