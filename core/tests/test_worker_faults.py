@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -859,3 +860,35 @@ def test_members_recovering_a_chord_at_once_send_its_callback_once(
         thread.join(10)
     assert sent == ["cb-orphan"], f"concurrent recoveries sent the callback {len(sent)} times"
     app.close()
+
+
+def test_a_chord_member_that_uses_up_its_budget_fails_the_unsent_callback(
+    flaky: tuple[Machinery, FlakyBroker, FlakyBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A member dead-lettered after its delivery budget never finishes again: the chord's callback
+    ends FAILURE naming it, so get() raises instead of waiting forever (make chaos saw a member whose
+    workers kept dying end in the dead letters and its callback never come)."""
+    from machinery.workflow import Chord, Group
+
+    app, _, _ = flaky
+    _chord_tasks(app)
+    worker, thread = launch(app)
+    real_run = worker.runner.run
+
+    def run(sig: Signature, redelivered: bool = False) -> Any:
+        if sig.args and sig.args[0].value == 666:
+            raise OverflowError("bookkeeping broke (on cue)")
+        return real_run(sig, redelivered)
+
+    monkeypatch.setattr(worker.runner, "run", run)
+    try:
+        chord = Chord(
+            Group([Signature("add", args=[666, 1]), Signature("add", args=[2, 2])]), Signature("multiply")
+        )
+        app.send_chord(chord)
+        callback = state_of(app, chord.callback.uuid, timeout=20)  # the other member finished first
+        assert callback.state == State.FAILURE
+        assert re.match(r"chord member add \(.*\) failed: gave up after 3 deliveries", callback.error)
+    finally:
+        worker.quit()
+        thread.join(15)

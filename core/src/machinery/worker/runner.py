@@ -91,7 +91,7 @@ class _Unencodable:
 CHORD_SENT_KEY = "machinery_chord_sent:{}"
 #: Seconds a recovering member waits for a live trigger to publish and mark a callback whose state is
 #: missing or a young PENDING (the trigger stores PENDING, publishes, then marks, within milliseconds).
-RECOVERY_GRACE = 10.0
+RECOVERY_GRACE = 2.0
 #: Seconds between its looks meanwhile.
 RECOVERY_POLL = 0.5
 #: The lock key that lets one recovery of a chord's callback at a time look and send, and its lease.
@@ -522,6 +522,18 @@ class TaskRunner:
         logger.error("task %s[%s]: %s", sig.name, sig.uuid, reason)
         self._fail_callback(sig.chord_callback, reason)  # first: whoever sees the member fail finds it done
         self._write(sig, State.FAILURE, error=reason)
+
+    def _member_gave_up(self, sig: Signature, error: str) -> None:
+        """A chord member dead-lettered by the worker will never finish again: a callback that was
+        never sent ends FAILURE naming it, so ``get()`` raises instead of waiting forever."""
+        callback = sig.chord_callback
+        if not sig.group_uuid or callback is None or not callback.uuid:
+            return
+        try:
+            if self.backend.get_state(callback.uuid) is None:
+                self._fail_callback(callback, f"chord member {sig.name} ({sig.uuid}) failed: {error}")
+        except Exception as exc:
+            logger.warning("could not fail the callback of chord %s: %s", sig.group_uuid, exc)
 
     def _fail_callback(self, callback: Signature, error: str) -> None:
         if not callback.uuid:
