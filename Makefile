@@ -24,7 +24,7 @@ PLUGIN_DIRS := $(patsubst %/pyproject.toml,%,$(PLUGINS))
 EXAMPLE_PLUGIN := $(patsubst %/pyproject.toml,%,$(wildcard examples/plugin/pyproject.toml))
 PYTEST_ARGS ?=
 LOCK_ARGS ?= --upgrade
-CORE_ALL := -e 'core[test,yaml,otel,cron]'
+CORE_ALL := -e 'core[test,yaml,otel,cron,metrics]'
 # Scratch virtualenvs of test-bounds / test-latest (recreated on every run).
 CHECK_DIR ?= .uv/checks
 

@@ -44,17 +44,28 @@ from bench.rawloop import PUBSUB_PROJECT, raw_label  # noqa: E402
 BENCH = os.path.join(ROOT, "bench")
 RESULTS = os.path.join(BENCH, "results")
 PEERS_VENV = os.environ.get("MACHINERY_BENCH_PEERS_VENV", "/tmp/machinery-bench-peers")
-PEER_REQUIREMENTS = ["dramatiq[redis]==2.2.1", "celery[redis]==5.7.0", "redis==8.1.0", "hiredis==3.5.0"]
+PEER_REQUIREMENTS = [
+    "dramatiq[redis,rabbitmq]==2.2.1",
+    "celery[redis]==5.7.0",
+    "redis==8.1.0",
+    "hiredis==3.5.0",
+]
+#: Peers: key -> whether it runs in the pinned peers' virtualenv (False: this one, the bench group).
+PEERS = {"dramatiq": True, "celery": True, "dramatiq-rabbitmq": True, "huey": False}
+
 #: Rough rates (enqueue one by one, batched, processed per second) for the ETA of each step.
 GUESS = {
     "baseline": (3000, 60000, 30000),
     "redis/redis": (1200, 12000, 4000),
     "redis/redis-prefetch4": (1200, 12000, 6000),
+    "redis/redis-x2": (1200, 12000, 7000),
     "sqlite/sqlite": (2500, 20000, 2500),
     "amqp/redis": (800, 800, 1200),
     "amqp/amqp": (110, 130, 200),
     "dramatiq": (1800, 1800, 1600),
     "celery": (600, 600, 250),
+    "huey": (3000, 3000, 1200),
+    "dramatiq-rabbitmq": (2000, 2000, 1500),
     # the newer transports (issue 24), each after its raw-client loop; emulators: small N
     "raw-pubsub+redis": (150, 1500, 800),
     "gcppubsub/redis": (100, 300, 150),
@@ -409,7 +420,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--only",
         default="",
-        help="comma-separated: baseline,redis/redis,sqlite/sqlite,...,gcppubsub/redis,sqs/dynamodb,sqs/redis,"
+        help="comma-separated: baseline,redis/redis,redis/redis-prefetch4,redis/redis-x2,sqlite/sqlite,huey,"
+        "amqp/redis,dramatiq-rabbitmq,...,gcppubsub/redis,sqs/dynamodb,sqs/redis,"
         "redis/mongodb,redis/memcache (a transport row brings its raw loop)",
     )
     p.add_argument("--redis-url", default=os.environ.get("REDIS_URL", ""), help="default $REDIS_URL")
@@ -462,7 +474,7 @@ def plan(args: argparse.Namespace, progress: Callable[[str], None]) -> tuple[lis
 
     def why_not(key: str) -> str:
         needs_redis = "redis" in key or key in ("baseline", "dramatiq", "celery")
-        needs_amqp = "amqp" in key
+        needs_amqp = "amqp" in key or key == "dramatiq-rabbitmq"
         reasons = []
         if needs_redis:
             reasons.append("REDIS_URL is not set" if not redis_url else _redis_ok(redis_url))
@@ -470,7 +482,10 @@ def plan(args: argparse.Namespace, progress: Callable[[str], None]) -> tuple[lis
                 reasons.append(_plugin_ok("machinery_redis", "machinery-redis"))
         if needs_amqp:
             reasons.append("AMQP_URL is not set" if not amqp_url else _amqp_ok(amqp_url))
-            reasons.append(_plugin_ok("machinery_amqp", "machinery-amqp"))
+            if key != "dramatiq-rabbitmq":
+                reasons.append(_plugin_ok("machinery_amqp", "machinery-amqp"))
+        if key == "huey":
+            reasons.append(_plugin_ok("huey", "huey (the bench dependency group: make bench)"))
         return "; ".join(r for r in reasons if r)
 
     def wanted(key: str) -> bool:
@@ -483,13 +498,13 @@ def plan(args: argparse.Namespace, progress: Callable[[str], None]) -> tuple[lis
             return False
         return True
 
-    def machinery(label: str, broker: str, backend: str, **env: str) -> Callable[[], Any]:
-        return lambda: MachinerySystem(label, broker, backend, worker_env=env)
+    def machinery(label: str, broker: str, backend: str, processes: int = 1, **env: str) -> Callable[[], Any]:
+        return lambda: MachinerySystem(label, broker, backend, worker_env=env, processes=processes)
 
     steps: list[Step] = []
     peers = args.peers and not args.quick
     classic = [k for k in GUESS if k not in TRANSPORTS and not k.startswith("raw-")]
-    use = {k: wanted(k) for k in classic if k not in ("dramatiq", "celery") or peers}
+    use = {k: wanted(k) for k in classic if k not in PEERS or peers}
     transports = transport_steps(args, only, repeats, skipped, progress)
     for r in range(repeats):
         if use.get("baseline"):
@@ -503,6 +518,11 @@ def plan(args: argparse.Namespace, progress: Callable[[str], None]) -> tuple[lis
             label = "redis/redis, prefetch x4"
             make = machinery(label, redis_url, redis_url, MACHINERY_WORKER_PREFETCH_MULTIPLIER="4")
             steps.append(Step("redis/redis-prefetch4", f"machinery {label}", n, r, make))
+        if use.get("redis/redis-x2"):
+            # the scaling row: two worker processes (8 threads each) on the same queue
+            label = "redis/redis, 2 processes"
+            make = machinery(label, redis_url, redis_url, processes=2)
+            steps.append(Step("redis/redis-x2", f"machinery {label}", n, r, make))
         for peer in ("dramatiq", "celery"):
             if use.get(peer):
                 steps.append(Step(peer, peer, n, r, peer=peer))
@@ -511,9 +531,15 @@ def plan(args: argparse.Namespace, progress: Callable[[str], None]) -> tuple[lis
         if use.get("sqlite/sqlite"):
             make = machinery("sqlite/sqlite", "sqlite", "sqlite")
             steps.append(Step("sqlite/sqlite", "machinery sqlite/sqlite", n, -1, make))
+        if use.get("huey"):  # the embedded peer, right after sqlite://
+            steps.append(Step("huey", "huey", n, -1, peer="huey"))
         if use.get("amqp/redis"):
             make = machinery("amqp/redis", amqp_url, redis_url)
             steps.append(Step("amqp/redis", "machinery amqp/redis", n, -1, make))
+        if use.get("dramatiq-rabbitmq"):  # the RabbitMQ peer, right after amqp/redis
+            steps.append(
+                Step("dramatiq-rabbitmq", "dramatiq rabbitmq/redis", n, -1, peer="dramatiq-rabbitmq")
+            )
         if use.get("amqp/amqp"):
             note = f"amqp/amqp ran with N = {amqp_n:,} (each result is a RabbitMQ queue)"
             make = machinery("amqp/amqp", amqp_url, amqp_url)
@@ -653,6 +679,8 @@ def _run(
     redis_url: str,
 ) -> int:
     bench_n = 100_000 if not args.quick else 20_000
+    if args.amqp_url:  # the Dramatiq RabbitMQ peer's runner reads it
+        os.environ["BENCH_AMQP_URL"] = args.amqp_url
     rb: dict[str, Any] = {}
     if redis_url and (not args.only or "baseline" in args.only):
         progress(f"redis-benchmark -q -t set,lpush,rpop -n {bench_n:,} (the server's own limit)")
@@ -661,12 +689,12 @@ def _run(
         rb["persistence"] = FSYNC["server"]
         progress.step_done(6.0, measured=False)
     python = ""
-    if any(s.peer for s in steps):
+    if any(s.peer and PEERS[s.peer] for s in steps):
         try:
             python = peers_python(progress)
         except Exception as exc:
             skipped.append(f"peers: skipped (could not install them: {exc})")
-            steps = [s for s in steps if not s.peer]
+            steps = [s for s in steps if not (s.peer and PEERS[s.peer])]
         progress.step_done(60.0, measured=False)
 
     runs: list[dict[str, Any]] = []
@@ -689,7 +717,9 @@ def _run(
             server_pids=step.server_pids,
         )
         if step.peer:
-            outcome = run_peer(python, step.peer, redis_url, opts, progress)
+            outcome = run_peer(
+                python if PEERS[step.peer] else sys.executable, step.peer, redis_url, opts, progress
+            )
         else:
             assert step.make is not None
             outcome = harness.run_workload(step.make(), opts, progress).as_dict()

@@ -56,9 +56,11 @@ class MachinerySystem:
         *,
         expires: int = 900,
         worker_env: dict[str, str] | None = None,
+        processes: int = 1,
     ) -> None:
         self.name = f"machinery {label}"
         self.worker_env = dict(worker_env or {})  # extra settings for the worker (Config.from_env names)
+        self.processes = processes  # worker processes of concurrency 8 (the scaling row: 2)
         self.label = label
         self.tmp = ""
         if broker == "sqlite" or backend == "sqlite":
@@ -106,6 +108,14 @@ class MachinerySystem:
     def worker_command(self, ready_file: str) -> tuple[list[str], dict[str, str]]:
         argv = [sys.executable, "-m", "machinery", "worker", "-A", "bench.tasks:app", "-c", "8"]
         argv += ["-l", "warning"]
+        if self.processes > 1:  # the scaling row: K worker processes, measured as one tree
+            argv = [
+                sys.executable,
+                os.path.join(ROOT, "bench", "workers.py"),
+                str(self.processes),
+                "--",
+                *argv,
+            ]
         env = {
             "BROKER": self.broker_url,
             "RESULT_BACKEND": self.backend_url,

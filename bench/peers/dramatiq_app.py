@@ -9,26 +9,16 @@ writes the wall-clock time into once it has booted and consumes). Worker:
 from __future__ import annotations
 
 import os
-import time
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.middleware import Middleware
 from dramatiq.results import Results
 from dramatiq.results.backends import RedisBackend
 
+from bench.peers.dramatiq_ready import Ready
+
 URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 QUEUE = os.environ.get("BENCH_QUEUE", "bench")
-
-
-class Ready(Middleware):
-    """Writes the time into ``BENCH_READY_FILE`` once the worker has started its consumers."""
-
-    def after_worker_boot(self, broker, worker):
-        path = os.environ.get("BENCH_READY_FILE", "")
-        if path:
-            with open(path, "w") as f:
-                f.write(f"{time.time():.6f}\n")
 
 
 results = RedisBackend(url=URL)

@@ -15,7 +15,9 @@ import contextlib
 import importlib
 import json
 import os
+import shutil
 import sys
+import tempfile
 import uuid
 from importlib import metadata
 
@@ -96,6 +98,23 @@ class DramatiqPeer(_Peer):
             _delete(self.client, self.client.scan_iter(match=f"*{self.queue}*", count=1000))
 
 
+class DramatiqRabbitmqPeer(DramatiqPeer):
+    """Dramatiq's RabbitMQ broker with Redis results (the peer of ``amqp/redis``): ``BENCH_AMQP_URL``."""
+
+    name = "dramatiq rabbitmq/redis (8 threads)"
+    module = "bench.peers.dramatiq_rabbitmq_app"
+
+    def _env(self, ready_file):
+        return {**super()._env(ready_file), "BENCH_AMQP_URL": os.environ.get("BENCH_AMQP_URL", "")}
+
+    def cleanup(self):
+        super().cleanup()
+        with contextlib.suppress(Exception):
+            channel = self.mod.broker.channel
+            for name in (self.queue, f"{self.queue}.DQ", f"{self.queue}.XQ"):
+                channel.queue_delete(name)
+
+
 class CeleryPeer(_Peer):
     name = "celery (threads, 8)"
     module = "bench.peers.celery_app"
@@ -126,7 +145,60 @@ class CeleryPeer(_Peer):
             _delete(self.client, self.client.scan_iter(match=f"*{self.queue}*", count=1000))
 
 
-PEERS = {"dramatiq": (DramatiqPeer, "dramatiq"), "celery": (CeleryPeer, "celery")}
+class HueyPeer(_Peer):
+    """Huey's ``SqliteHuey`` on its own file (the embedded peer of ``sqlite://``); ``url`` is unused."""
+
+    name = "huey (SqliteHuey, 8 threads)"
+    module = "bench.peers.huey_app"
+
+    def setup(self):
+        self.dir = tempfile.mkdtemp(prefix="machinery-bench-huey-")
+        self.path = os.path.join(self.dir, "huey.db")
+        os.environ["BENCH_SQLITE_PATH"] = self.path
+        os.environ["BENCH_QUEUE"] = self.queue
+        self.mod = importlib.import_module(self.module)
+
+    def enqueue_one(self, i):
+        return self.mod.add(i, i).id
+
+    def worker_command(self, ready_file):
+        # the consumer polls an empty queue with back-off: capped at 50 ms here (default 10 s) so the
+        # round trips of W2 measure Huey, not its idle sleep
+        argv = [
+            sys.executable,
+            "-m",
+            "huey.bin.huey_consumer",
+            f"{self.module}.huey",
+            "-w",
+            "8",
+            "-k",
+            "thread",
+        ]
+        argv += ["-d", "0.001", "-m", "0.05", "-q"]
+        env = self._env(ready_file)
+        env["BENCH_SQLITE_PATH"] = self.path
+        return argv, env
+
+    def done(self, ids):
+        found = set(self.mod.huey.storage.peek_many(list(ids)))
+        return [key in found for key in ids]
+
+    def roundtrip(self, i):
+        value = self.mod.add(i, 1).get(blocking=True, timeout=10)
+        if value != i + 1:
+            raise RuntimeError(f"add({i}, 1) returned {value!r}")
+
+    def cleanup(self):
+        with contextlib.suppress(Exception):
+            shutil.rmtree(self.dir)
+
+
+PEERS = {
+    "dramatiq": (DramatiqPeer, "dramatiq"),
+    "dramatiq-rabbitmq": (DramatiqRabbitmqPeer, "dramatiq"),
+    "celery": (CeleryPeer, "celery"),
+    "huey": (HueyPeer, "huey"),
+}
 
 
 def main():

@@ -472,9 +472,9 @@ def test_worker_process_runs_tasks_and_exits_0_on_sigterm(
             worker.wait()
     assert worker.returncode == 0, output
     assert "Traceback" not in output
-    assert "registered tasks: add, echo, fail, sleepy" in output
-    assert "w-test" in output
-    assert "queues machinery_tasks,other" in output
+    assert "tasks (4)    add, echo, fail, sleepy" in output  # the start-up banner
+    assert "worker w-test (machinery-core" in output
+    assert "queues       machinery_tasks, other" in output
 
 
 def test_sigterm_drains_the_running_task_then_exits_0(

@@ -439,6 +439,11 @@ worker:
   prefetch_multiplier: 2
   max_deliveries: 3
   retry_later_limit: 50
+  heartbeat_interval: 2.5
+events:
+  enabled: false
+  record_args: true
+  max_events: 500
 mongodb:
   database: mdb
 gcppubsub:
@@ -532,6 +537,8 @@ def test_yaml_round_trip_of_every_key_in_a_file_over_1000_bytes(tmp_path: Path) 
     w.prefetch_multiplier = 2
     w.max_deliveries = 3
     w.retry_later_limit = 50
+    w.heartbeat_interval = 2.5
+    expected.events.enabled, expected.events.record_args, expected.events.max_events = False, True, 500
     expected.dead_letter_expire_in = 120
     expected.mongodb.database = "mdb"
     expected.example.lease, expected.example.renew = 12.5, 2.5  # the plugin template (examples/plugin)

@@ -22,6 +22,17 @@ def add(*args):
 assert app.send_task(add.s(1, 1)).get(timeout=5) == 2
 import machinery.plugins as p
 assert {r.scheme for r in p.list_schemes()} >= {"memory", "sqlite"}
+# a worker with events on (the default) and no metrics extra: nothing of prometheus is imported
+import sys, tempfile
+url = "sqlite:///" + tempfile.mkdtemp() + "/w.db"
+app = Machinery(Config(broker=url, result_backend=url))
+app.task(name="add")(lambda a, b: a + b)
+worker = app.worker(concurrency=1)
+thread = worker.launch_async()
+from machinery import Signature
+assert app.send_task(Signature("add", [2, 3])).get(timeout=10) == 5
+worker.quit(); thread.join(10)
+assert "prometheus_client" not in sys.modules
 print("wheel ok")
 """
 

@@ -9,6 +9,7 @@ import pytest
 from machinery.testing import (
     BackendContract,
     BrokerContract,
+    EventsStoreContract,
     HostileInputContract,
     LockContract,
     WorkerContract,
@@ -17,7 +18,9 @@ from machinery.testing import (
 from .conftest import IN_CI
 
 
-class TestMemory(BrokerContract, BackendContract, LockContract, WorkerContract, HostileInputContract):
+class TestMemory(
+    BrokerContract, BackendContract, EventsStoreContract, LockContract, WorkerContract, HostileInputContract
+):
     contract_name = "memory/memory"
     strict_fixtures = IN_CI
 

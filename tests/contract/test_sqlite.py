@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from machinery.testing import (
+    EventsStoreContract,
     FaultContract,
     HostileInputContract,
     NotApplicable,
@@ -20,7 +21,7 @@ from machinery.testing import (
 from .conftest import IN_CI
 
 
-class TestSQLite(TransportContract, FaultContract, HostileInputContract):
+class TestSQLite(TransportContract, EventsStoreContract, FaultContract, HostileInputContract):
     contract_name = "sqlite/sqlite"
     strict_fixtures = IN_CI
 

@@ -283,13 +283,24 @@ class Machinery:
         concurrency: int = 0,
         queue: str | Sequence[str] | None = None,
         pool: Literal["thread", "process"] = "thread",
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
     ) -> Worker:
         """A worker consuming ``queue`` (default: ``Config.default_queue``; a list or a
         comma-separated string for several). ``concurrency`` 0 means
-        ``Config.worker.default_concurrency``."""
+        ``Config.worker.default_concurrency``. ``metrics_port``: serve Prometheus ``/metrics`` there
+        while it runs (0: any free port; needs ``machinery-core[metrics]``)."""
         from .worker import Worker
 
-        return Worker(self, consumer_tag=consumer_tag, concurrency=concurrency, queue=queue, pool=pool)
+        return Worker(
+            self,
+            consumer_tag=consumer_tag,
+            concurrency=concurrency,
+            queue=queue,
+            pool=pool,
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
+        )
 
     def close(self) -> None:
         """Close the broker, backend and lock connections."""

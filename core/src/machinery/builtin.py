@@ -1,7 +1,8 @@
 """The built-in transports, registered through the same hooks as any plugin.
 
 - ``memory://``: broker, backend and lock inside one process (tests, eager mode).
-- ``sqlite:///path.db``: broker, backend and lock on one SQLite file, safe across processes.
+- ``sqlite:///path.db``: broker, backend and lock on one SQLite file, safe across processes; a send
+  stores the PENDING state and the message in one transaction when broker and backend share the file.
 - Go Machinery's bare words ``eager`` (broker, backend, lock in this process) and ``null`` (a result
   backend that discards states), matched by prefix as Go does: not URL schemes, so hooks of their own.
 
@@ -10,7 +11,9 @@ The classes are imported on first use, so listing plugins stays cheap.
 
 from __future__ import annotations
 
+import functools
 import importlib
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .plugins import Kind, hookimpl, transport
@@ -20,6 +23,9 @@ if TYPE_CHECKING:
     from .broker import Broker
     from .config import Config
     from .lock import Lock
+    from .signature import Signature, TaskState
+    from .transports.sqlite.backend import SQLiteBackend
+    from .transports.sqlite.broker import SQLiteBroker
 
 __all__ = ["go_word", "memory", "sqlite"]
 
@@ -84,3 +90,23 @@ def machinery_backend(url: str, config: Config) -> Backend | None:
 def machinery_lock(url: str, config: Config) -> Lock | None:
     lock: Lock | None = _build_go_word("lock", url, config)
     return lock
+
+
+@hookimpl
+def machinery_publish_with_states(
+    broker: Broker, backend: Backend, signatures: Sequence[Signature], states: Sequence[TaskState]
+) -> bool | None:
+    """``sqlite://`` broker and backend on one file: PENDING states and messages in one transaction."""
+    broker_class, backend_class = _sqlite_classes()
+    if not isinstance(broker, broker_class) or not isinstance(backend, backend_class):
+        return None
+    return broker.publish_with_states(signatures, states, backend) or None
+
+
+@functools.cache
+def _sqlite_classes() -> tuple[type[SQLiteBroker], type[SQLiteBackend]]:
+    # imported on the first send, not when plugins are listed; cached: this runs on every send_task
+    from .transports.sqlite.backend import SQLiteBackend
+    from .transports.sqlite.broker import SQLiteBroker
+
+    return SQLiteBroker, SQLiteBackend

@@ -6,6 +6,8 @@
     machinery send    -A myapp:app add 1 2 --wait
     machinery result  -A myapp:app task_0d6f... --json
     machinery inspect pending -A myapp:app
+    machinery inspect workers -A myapp:app
+    machinery inspect task    -A myapp:app task_0d6f...
     machinery purge   -A myapp:app --queue machinery_tasks --yes
     machinery plugins
 
@@ -30,6 +32,8 @@ import logging
 import os
 import re
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,7 +43,10 @@ import click
 
 from . import codec
 from .app import Machinery
-from .errors import MachineryError, ResultTimeoutError
+from .broker import SupportsDepth
+from .errors import MachineryError, ResultTimeoutError, UnknownGroupError
+from .events import SupportsEvents, TaskEvent, events_store, no_events_text
+from .inspection import group_progress, task_history, worker_rows
 from .periodic import beat_wanted
 from .redact import redact_url
 from .signature import Signature, TaskState
@@ -325,7 +332,7 @@ def cli(ctx: click.Context, traceback: bool, verbose: int) -> None:
     -A names the app (module:attribute) in every command; MACHINERY_APP=myapp:app sets it once.
     Run `machinery COMMAND --help` for each command's options and an example.
     """
-    if ctx.invoked_subcommand != "worker":  # the worker has its own --loglevel
+    if ctx.invoked_subcommand not in ("worker", "dashboard"):  # they have their own --loglevel
         _quiet_logging(verbose)
 
 
@@ -388,6 +395,19 @@ def _quiet_logging(verbose: int) -> None:
     "periodic tasks and a lock shared across processes (each tick is then sent once however many "
     "workers run it).",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    metavar="PORT",
+    default=None,
+    help="Serve Prometheus metrics on http://HOST:PORT/metrics (e.g. 9808; needs machinery-core[metrics]).",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the metrics server binds (0.0.0.0: every interface, for a remote Prometheus).",
+)
 @_friendly
 def worker(
     app_spec: str | None,
@@ -397,18 +417,30 @@ def worker(
     pool: str,
     loglevel: str,
     with_beat: bool | None,
+    metrics_port: int | None,
+    metrics_host: str,
 ) -> None:
     """Run a worker: consume tasks and store their results, until SIGTERM or Ctrl-C.
 
     The first signal stops fetching and lets running tasks finish (Config.worker.shutdown_grace);
     a second one returns them to the queue and quits at once (exit code 130).
 
+    At --loglevel info it logs a banner: broker and backend (redacted), queues, concurrency,
+    registered tasks, events and metrics. It sends heartbeats and task events to the result
+    backend when it keeps them (see `machinery inspect workers`; Config.events.enabled).
+
     \b
     Example:
       machinery worker -A myapp:app --concurrency 8 --queue machinery_tasks,emails
+      machinery worker -A myapp:app --metrics-port 9808
     """
     logging.basicConfig(level=loglevel.upper(), format=LOG_FORMAT, stream=sys.stderr)
     log = logging.getLogger("machinery.cli")
+    if metrics_port is not None:
+        from .metrics import METRICS_EXTRA_HINT, available
+
+        if not available():
+            raise CLIError(f"--metrics-port needs prometheus-client: {METRICS_EXTRA_HINT}")
     app = load_app(app_spec)
     queue_list = [q.strip() for item in queues for q in item.split(",") if q.strip()]
     the_worker = app.worker(
@@ -416,10 +448,10 @@ def worker(
         concurrency=concurrency,
         queue=queue_list or None,
         pool="process" if pool == "process" else "thread",
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
     )
-    if app.tasks:
-        log.info("registered tasks: %s", ", ".join(sorted(app.tasks)))
-    else:
+    if not app.tasks:
         log.warning("no tasks registered in %s: every message will be requeued for other workers", app_spec)
     beat = app.beat() if beat_wanted(app, with_beat) else None
     if beat is not None:
@@ -623,14 +655,20 @@ def result(app_spec: str | None, uuid: str, wait: bool, timeout: float, as_json:
         _print_state(state)
 
 
-@cli.group(context_settings=CONTEXT, short_help="List pending or delayed tasks.")
+@cli.group(
+    context_settings=CONTEXT,
+    short_help="List workers, pending or delayed tasks; a task's or group's history.",
+)
 def inspect() -> None:
-    """Look at the tasks waiting in the broker.
+    """Look at the tasks waiting in the broker, the workers, and what happened to a task or group.
 
     \b
     Examples:
       machinery inspect pending -A myapp:app --queue machinery_tasks
       machinery inspect delayed -A myapp:app --json
+      machinery inspect workers -A myapp:app
+      machinery inspect task -A myapp:app TASK_UUID
+      machinery inspect group -A myapp:app GROUP_UUID
     """
 
 
@@ -705,6 +743,178 @@ def delayed(app_spec: str | None, queue: str, as_json: bool) -> None:
     click.echo(f"{len(sigs)} delayed")
 
 
+def _ago(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f}s ago"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.1f}h ago"
+
+
+def _at(unix: float) -> str:
+    return _iso(datetime.fromtimestamp(unix, UTC)) or "-"
+
+
+def _events_store_of(app: Machinery) -> SupportsEvents:
+    store = events_store(app.backend)
+    if store is None:
+        raise CLIError(no_events_text(app.backend))
+    return store
+
+
+@inspect.command(context_settings=CONTEXT, short_help="List the workers (live and lost).")
+@app_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (a list of heartbeats with a status).")
+@_friendly
+def workers(app_spec: str | None, as_json: bool) -> None:
+    """List the workers that sent a heartbeat (Config.worker.heartbeat_interval) to the events
+    store; a worker that missed three heartbeats is shown as lost (it died, hangs or lost its
+    connection), one that stopped cleanly as stopped. Needs a result backend that keeps events
+    (sqlite, memory, redis, mongodb).
+
+    \b
+    Example:
+      machinery inspect workers -A myapp:app
+    """
+    app = load_app(app_spec)
+    rows = worker_rows(_events_store_of(app).workers())
+    if as_json:
+        _emit_json(rows)
+        return
+    if not rows:
+        click.echo("no workers have sent a heartbeat (or events are off: Config.events.enabled)")
+        return
+    _table(
+        ["WORKER", "STATUS", "QUEUES", "BUSY", "PROCESSED", "FAILED", "LAST BEAT", "UP SINCE", "VERSION"],
+        [
+            [
+                r["worker"],
+                r["status"],
+                _clip(",".join(r["queues"]), 30),
+                f"{r['busy']}/{r['concurrency']}",
+                str(r["processed"]),
+                str(r["failed"]),
+                _ago(r["seen_ago"]),
+                _at(r["started_at"]),
+                r["version"],
+            ]
+            for r in rows
+        ],
+    )
+    counts = {status: sum(r["status"] == status for r in rows) for status in ("live", "lost", "stopped")}
+    click.echo(", ".join(f"{n} {status}" for status, n in counts.items()))
+
+
+def _event_dict(event: TaskEvent) -> dict[str, Any]:
+    data = event.to_dict()
+    data["at"] = _at(event.at)
+    return data
+
+
+@inspect.command(context_settings=CONTEXT, short_help="Show a task's state and its history.")
+@app_option
+@click.argument("uuid")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: {state, events (oldest first)}.")
+@_friendly
+def task(app_spec: str | None, uuid: str, as_json: bool) -> None:
+    """Show a task's current state (from the result backend) and its history: every event the
+    workers recorded (received, started, succeeded, failed, retried, dead_lettered), with worker,
+    run time and error.
+
+    \b
+    Example:
+      machinery inspect task -A myapp:app 4f1c...
+    """
+    app = load_app(app_spec)
+    found = task_history(app.backend, uuid)
+    if not found.known:
+        raise CLIError(f"task {uuid} is unknown to the result backend (never sent, purged or expired)")
+    if as_json:
+        _emit_json(
+            {
+                "uuid": uuid,
+                "state": _state_dict(found.state) if found.state is not None else None,
+                "events": [_event_dict(e) for e in found.events] if found.events_kept else None,
+            }
+        )
+        return
+    if found.state is not None:
+        _print_state(found.state)
+    else:
+        click.echo(f"uuid     {uuid}\nstate    - (no state stored: expired, or the backend keeps none)")
+    click.echo("")
+    if not found.events_kept:
+        click.echo(f"no history: {no_events_text(app.backend)}")
+        return
+    if not found.events:
+        click.echo("no events recorded (events off, or expired)")
+        return
+    trace = next((e.trace_id for e in found.events if e.trace_id), None)
+    _table(
+        ["AT", "EVENT", "WORKER", "QUEUE", "RUNTIME", "ERROR"],
+        [
+            [
+                _at(e.at),
+                e.kind,
+                e.worker,
+                e.queue,
+                f"{e.runtime:.3f}s" if e.runtime is not None else "",
+                _clip(e.error or "", 60),
+            ]
+            for e in found.events
+        ],
+    )
+    if trace:
+        click.echo(f"trace id {trace}")
+
+
+@inspect.command(context_settings=CONTEXT, short_help="Show a group's or chord's progress.")
+@app_option
+@click.argument("uuid")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: counts, chord_triggered and members.")
+@_friendly
+def group(app_spec: str | None, uuid: str, as_json: bool) -> None:
+    """Show a group's (or chord's) progress: members done out of total, how many succeeded or
+    failed, whether the chord callback was triggered, and each member's state.
+
+    \b
+    Example:
+      machinery inspect group -A myapp:app group_4f1c...
+    """
+    app = load_app(app_spec)
+    try:
+        progress = group_progress(app.backend, uuid)
+    except UnknownGroupError as exc:
+        raise CLIError(str(exc)) from None
+    if as_json:
+        _emit_json(
+            {
+                "group_uuid": uuid,
+                "total": progress.total,
+                "done": progress.done,
+                "succeeded": progress.succeeded,
+                "failed": progress.failed,
+                "chord_triggered": progress.chord_triggered,
+                "members": [_state_dict(s) for s in progress.members],
+            }
+        )
+        return
+    triggered = {True: "yes", False: "no", None: "unknown (the backend cannot tell)"}[
+        progress.chord_triggered
+    ]
+    click.echo(
+        f"group {uuid}: {progress.done}/{progress.total} done "
+        f"({progress.succeeded} succeeded, {progress.failed} failed); chord triggered: {triggered}"
+    )
+    _table(
+        ["UUID", "NAME", "STATE", "ERROR"],
+        [
+            [s.task_uuid, s.task_name or "-", s.state.value, _clip(s.error or "", 60)]
+            for s in progress.members
+        ],
+    )
+
+
 @cli.command(context_settings=CONTEXT, short_help="Delete every task waiting in a queue.")
 @app_option
 @click.option("-Q", "--queue", required=True, help="The queue to empty.")
@@ -718,17 +928,82 @@ def purge(app_spec: str | None, queue: str, yes: bool) -> None:
       machinery purge -A myapp:app --queue machinery_tasks --yes
     """
     app = load_app(app_spec)
-    try:
-        count: int | None = len(app.broker.pending(queue))
-    except NotImplementedError:
-        count = None
+    count = _queue_depth(app, queue)
     what = f"the {count} waiting tasks" if count is not None else "every waiting task"
     if not yes:
         click.confirm(
             f"Delete {what} of queue {queue!r} on {redact_url(app.config.broker)}?", abort=True, err=True
         )
-    app.broker.purge(queue)
+    _purge_with_progress(app, queue, count)
     click.echo(f"purged queue {queue}" + (f": {count} tasks deleted" if count is not None else ""))
+
+
+def _queue_depth(app: Machinery, queue: str) -> int | None:
+    """Messages waiting in ``queue``: counted by the broker where it can (``depth``), else listed."""
+    broker = app.broker
+    if isinstance(broker, SupportsDepth):
+        return broker.depth(queue)
+    try:
+        return len(broker.pending(queue))
+    except NotImplementedError:
+        return None
+
+
+#: seconds between progress updates of a long purge
+PURGE_PROGRESS_EVERY = 0.5
+
+
+def _purge_with_progress(app: Machinery, queue: str, count: int | None) -> None:
+    """Purge in a thread; while it runs, show how many messages are gone (a bar on a terminal, a
+    line every few seconds otherwise) when the broker can count, or that it is still working."""
+    done = threading.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            app.broker.purge(queue)
+        except BaseException as exc:  # re-raised below, in the command's thread
+            failure.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="machinery-purge", daemon=True).start()
+    if done.wait(PURGE_PROGRESS_EVERY * 2):  # most purges are quick: no progress output at all
+        _raise_first(failure)
+        return
+    countable = count is not None and count > 0 and isinstance(app.broker, SupportsDepth)
+    started = time.monotonic()
+    if countable and sys.stderr.isatty():
+        assert count is not None
+        with click.progressbar(length=count, label=f"purging {queue}", file=sys.stderr) as bar:
+            while not done.wait(PURGE_PROGRESS_EVERY):
+                bar.update(count - _remaining(app, queue, count) - bar.pos)
+            bar.update(count - bar.pos)
+    else:
+        last = 0.0
+        while not done.wait(PURGE_PROGRESS_EVERY):
+            if time.monotonic() - last >= 5 * PURGE_PROGRESS_EVERY:
+                last = time.monotonic()
+                gone = (
+                    f"{count - _remaining(app, queue, count)}/{count} deleted, "
+                    if countable and count
+                    else ""
+                )
+                click.echo(f"purging {queue}: {gone}{time.monotonic() - started:.0f}s", err=True)
+    _raise_first(failure)
+
+
+def _remaining(app: Machinery, queue: str, count: int) -> int:
+    try:
+        depth = app.broker.depth(queue) if isinstance(app.broker, SupportsDepth) else None
+    except Exception:  # a count is only progress: never fail the purge over it
+        depth = None
+    return count if depth is None else min(count, max(0, depth))
+
+
+def _raise_first(failure: list[BaseException]) -> None:
+    if failure:
+        raise failure[0]
 
 
 @cli.command(context_settings=CONTEXT, short_help="List installed transports (URL schemes).")
@@ -768,6 +1043,15 @@ def plugins(as_json: bool) -> None:
         width = max(len(d) for d in missing)
         for dist, schemes in sorted(missing.items()):
             click.echo(f"  pip install {dist.ljust(width)}  # {', '.join(schemes)}")
+
+
+def _add_dashboard() -> None:
+    from .dashboard.command import dashboard  # uses the helpers above; imports no web framework
+
+    cli.add_command(dashboard)
+
+
+_add_dashboard()
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

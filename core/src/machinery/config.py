@@ -53,6 +53,8 @@ tls.insecure_skip_verify            MACHINERY_TLS_INSECURE_SKIP_VERIFY,     tls:
                                     TLS_INSECURE_SKIP_VERIFY
 sqlite.lease / renew                MACHINERY_SQLITE_LEASE / _RENEW         sqlite: {lease, renew}
 worker.<name>                       MACHINERY_WORKER_<NAME>                 worker: {<name>: ...}
+events.enabled / record_args /      MACHINERY_EVENTS_ENABLED ...            events: {enabled: ...}
+max_events (machinery.events)
 <plugin section>.<name>             MACHINERY_<SECTION>_<NAME>              <section>: {<name>: ...}
 ==================================  ======================================  ==========================
 
@@ -81,6 +83,7 @@ brokers, backends and workers read each time they use them (plugins must not cac
   next task)
 - ``redis.normal_tasks_poll_period``, ``redis.delayed_tasks_poll_period`` (next poll; machinery-redis)
 - ``sqlite.lease``, ``sqlite.renew`` (next lease taken / renewed)
+- ``events.record_args`` (next event)
 - ``worker.*`` (next task; ``default_concurrency`` for workers created afterwards, ``shutdown_grace`` at the
   next stop)
 
@@ -141,6 +144,7 @@ __all__ = [
     "NEVER_EXPIRE",
     "RELOADABLE_FIELDS",
     "Config",
+    "EventsConfig",
     "ReloadEvent",
     "ReloadListener",
     "SQLiteConfig",
@@ -291,6 +295,24 @@ class WorkerConfig(Section):
     #: ``raise Retry(...)`` (Go's ErrRetryTaskLater) runs a task again at most this many times, unless
     #: the Retry names its own ``max_retries``; separate from the signature's retry_count.
     retry_later_limit: int = setting(100, reload=True, check=at_least(0))
+    #: Seconds between a worker's heartbeats in the events store (``machinery inspect workers``); a
+    #: worker that missed three is shown as lost.
+    heartbeat_interval: float = setting(5.0, reload=True, check=above(0, " seconds"))
+
+
+@dataclass(repr=False)
+class EventsConfig(Section):
+    """Worker heartbeats and task events (:mod:`machinery.events`), kept by backends that can."""
+
+    name = "events"
+
+    #: Workers send heartbeats and task events (cheap: batched from a background thread).
+    enabled: bool = setting(True)
+    #: Task events carry the whole message, arguments included (they may hold secrets): lets the
+    #: dashboard show arguments and re-send a failed task. Off by default.
+    record_args: bool = setting(False, reload=True)
+    #: The store keeps the newest this many task events (they also expire with ``results_expire_in``).
+    max_events: int = setting(100_000, check=at_least(1))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -316,7 +338,7 @@ _MOVED: dict[str, tuple[str, str, str]] = {
 # --------------------------------------------------------------------------------------------------------
 # Which sections exist: the core's, the transitional ones above, and every plugin's machinery_settings()
 
-_CORE_SECTION_NAMES = ("tls", "sqlite", "worker")
+_CORE_SECTION_NAMES = ("tls", "sqlite", "worker", "events")
 
 
 def registered_sections() -> dict[str, type[Section]]:
@@ -484,6 +506,7 @@ class Config:
     tls: TLSConfig = field(default_factory=TLSConfig)
     sqlite: SQLiteConfig = field(default_factory=SQLiteConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
 
     if TYPE_CHECKING:
         # What type checkers see; at run time the dataclass's own __init__ runs, wrapped by
@@ -505,6 +528,7 @@ class Config:
             tls: TLSConfig = ...,
             sqlite: SQLiteConfig = ...,
             worker: WorkerConfig = ...,
+            events: EventsConfig = ...,
             **sections: Section,
         ) -> None: ...
 
@@ -856,6 +880,7 @@ _CORE_SECTION_TYPES: dict[str, type[Section]] = {
     "tls": TLSConfig,
     "sqlite": SQLiteConfig,
     "worker": WorkerConfig,
+    "events": EventsConfig,
 }
 _CORE_FIELDS = frozenset(f.name for f in fields(Config))
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from .signature import Signature
 
-__all__ = ["ENABLED", "active", "continued", "execute_span", "publish_span", "workflow_span"]
+__all__ = ["ENABLED", "active", "continued", "execute_span", "publish_span", "trace_id_of", "workflow_span"]
 
 try:
     from opentelemetry import context as otel_context
@@ -105,3 +105,19 @@ def execute_span(sig: Signature) -> Iterator[None]:
         sig.name, context=parent, kind=trace.SpanKind.CONSUMER, attributes=_attributes(sig)
     ):
         yield
+
+
+def trace_id_of(sig: Signature) -> str | None:
+    """The trace id (32 hex digits) of the trace ``sig``'s message carries (its W3C ``traceparent``
+    header), or None. Read from the header, so it costs no span and works without the SDK."""
+    header = sig.headers.get("traceparent") if isinstance(sig.headers, dict) else None
+    if not isinstance(header, str):
+        return None
+    parts = header.split("-")
+    if len(parts) < 4 or len(parts[1]) != 32 or parts[1] == "0" * 32:
+        return None
+    try:
+        int(parts[1], 16)
+    except ValueError:
+        return None
+    return parts[1].lower()

@@ -15,7 +15,8 @@ not collected themselves)::
         def backend_url(self) -> str:
             return "foo://localhost:1234"
 
-Add ``HostileInputContract`` to one class per broker: hostile messages against one worker.
+Add ``HostileInputContract`` to one class per broker: hostile messages against one worker, and
+``EventsStoreContract`` to a backend that keeps events (:class:`machinery.events.SupportsEvents`).
 
 Declared capabilities (:class:`machinery.capabilities.Capability`) decide which tests run: an
 undeclared one is skipped with the reason ``capability X not declared by <Class>``, a declared one
@@ -35,6 +36,7 @@ from ._base import (
 )
 from .backend_contract import RESULT_VALUES, BackendContract
 from .broker_contract import BrokerContract
+from .events_contract import EventsStoreContract
 from .hostile_contract import HostileInputContract
 from .lock_contract import LockContract
 from .servers import IN_CI, require_env, server_unavailable
@@ -52,6 +54,7 @@ __all__ = [
     "BackendContract",
     "BrokerContract",
     "ContractBase",
+    "EventsStoreContract",
     "FaultContract",
     "HostileInputContract",
     "LockContract",

@@ -20,6 +20,7 @@ from ..periodic import shared_lock
 from ..retry import fibonacci_next
 from ..signature import Arg, Signature, State, TaskState, now_utc
 from ..task import Task, _current
+from .emitter import NO_EVENTS, Emitter, NullEmitter
 from .procpool import ChildFailure, ProcessPool, Results
 from .statewriter import StateWriter
 from .timelimit import TimeLimits, raise_in_thread
@@ -71,12 +72,15 @@ class _AsyncLoop:
 class _Guard:
     """Lets the watchdog interrupt a task only while it is still running."""
 
+    __slots__ = ("active", "error", "failed", "lock", "timed_out")
+
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.active = True
         self.timed_out = False
-        #: set once the hard limit's FAILURE is stored (the message may be acked only then)
-        self.failed = threading.Event()
+        #: with a hard time limit: set once the limit's FAILURE is stored (the message may be acked only
+        #: then); made only for tasks that have one (an Event per task is a measurable cost)
+        self.failed: threading.Event | None = None
         self.error: BaseException | None = None
 
 
@@ -142,6 +146,8 @@ class TaskRunner:
         self.process_pool: ProcessPool | None = None
         #: set by a worker: batches state writes (see :mod:`machinery.worker.statewriter`)
         self.writer: StateWriter | None = None
+        #: set by a worker: task events and metrics (see :mod:`machinery.worker.emitter`)
+        self.events: Emitter | NullEmitter = NO_EVENTS
 
     @property
     def backend(self) -> Any:
@@ -200,6 +206,7 @@ class TaskRunner:
                 self.writer.put_state(started)
             else:
                 self.backend.set_state(started)
+        self.events.emit("started", sig)
         self._call_handler(self.pre_task_handler, sig)
         try:
             guard = _Guard()
@@ -231,6 +238,7 @@ class TaskRunner:
                 except MessageError as exc:  # a result no store can hold: FAILURE, never retried
                     self._failed(sig, exc)
                     return None
+                self.events.emit("succeeded", sig)
                 if self.writer is not None and self._deferrable(sig):
                     return state
                 self._succeeded(sig, state)
@@ -242,6 +250,7 @@ class TaskRunner:
     def _after_hard_limit(guard: _Guard) -> None:
         """The watchdog failed this task: wait until its FAILURE is stored (so the message is acked
         only then), and surface the watchdog's error when it could not store it."""
+        assert guard.failed is not None  # timed_out is only set by a scheduled hard limit
         guard.failed.wait()
         if guard.error is not None:
             raise guard.error
@@ -283,6 +292,7 @@ class TaskRunner:
                     self._limits.schedule(options.soft_time_limit, lambda: self._interrupt(guard, thread_id))
                 )
             if options.time_limit:
+                guard.failed = threading.Event()
                 handles.append(
                     self._limits.schedule(options.time_limit, lambda: self._hard_limit(guard, sig, thread_id))
                 )
@@ -321,6 +331,7 @@ class TaskRunner:
             guard.error = exc
             raise
         finally:
+            assert guard.failed is not None
             guard.failed.set()
 
     # outcomes --------------------------------------------------------------------------------
@@ -347,6 +358,7 @@ class TaskRunner:
             countdown = sig.retry_timeout
         countdown = _clamp_delay(countdown)
         self._write(sig, State.RETRY, error=error_text(exc))
+        self.events.emit("retried", sig, error=error_text(exc))
         logger.info(
             "task %s[%s] failed (%s); retrying in %ss, %d retries left",
             sig.name,
@@ -370,6 +382,7 @@ class TaskRunner:
         sig.headers = {**sig.headers, RETRY_LATER_HEADER: str(used + 1)}
         countdown = _clamp_delay(retry.countdown)
         self._write(sig, State.RETRY, error=error_text(retry))
+        self.events.emit("retried", sig, error=error_text(retry))
         logger.info(
             "task %s[%s] asked to retry later (%d of %d); in %ss",
             sig.name,
@@ -384,6 +397,7 @@ class TaskRunner:
     def _failed(self, sig: Signature, exc: BaseException) -> None:
         text = error_text(exc)
         self._write(sig, State.FAILURE, error=text)
+        self.events.emit("failed", sig, error=text)
         if self.error_handler is not None:
             self._call_handler(self.error_handler, exc)
         else:

@@ -6,6 +6,11 @@ last flush, stores the states in one ``set_states`` call (every state, in order)
 the finished messages, in one ``ack_many`` when the broker has it. When idle it flushes each item
 at once, so latency does not grow. A message is acked only after its final state is stored (late ack).
 
+A task's states all live in one record, so when a fast task's RECEIVED, STARTED and final state meet in
+one batch only the last is written (:func:`coalesce`; the record keeps its creation time). An observer
+polling the store can then miss a short-lived RECEIVED or STARTED, never a final or RETRY state, and
+never sees states out of order.
+
 Errors are told apart (:func:`is_permanent`): a **permanent** one (the state cannot be encoded or
 the store refuses it for good) is never retried: the task's state is replaced by a FAILURE naming
 the reason, and when not even that can be stored the message is dead-lettered. A **transient** one
@@ -18,7 +23,8 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, cast
 
 from .. import errors
 from ..backoff import Backoff
@@ -29,7 +35,7 @@ from ..signature import State, TaskState
 if TYPE_CHECKING:
     from ..app import Machinery
 
-__all__ = ["StateWriter", "is_permanent", "nack"]
+__all__ = ["StateWriter", "coalesce", "is_permanent", "nack"]
 
 #: Most items flushed together.
 MAX_BATCH = 512
@@ -46,6 +52,39 @@ _PERMANENT: tuple[type[BaseException], ...] = (
     OverflowError,
     *((errors.PermanentError,) if hasattr(errors, "PermanentError") else ()),
 )
+
+
+#: States a later state of the same task in the same batch makes redundant (nobody waits on them).
+_TRANSIENT_STATES = frozenset({State.RECEIVED, State.STARTED})
+
+
+def coalesce(states: list[TaskState]) -> list[TaskState]:
+    """``states`` without the RECEIVED/STARTED states followed by a later state of the same task in the
+    list: one write per task instead of three for a task that ran within one batch. What is written
+    stays in order, and the kept state takes the task name and creation time of a dropped one when it
+    has none of its own (so the record ends as it would after every write)."""
+    last: dict[str, int] = {}
+    for index, state in enumerate(states):
+        last[state.task_uuid] = index
+    if len(last) == len(states):
+        return states
+    kept: list[TaskState] = []
+    dropped: dict[str, TaskState] = {}
+    for index, state in enumerate(states):
+        if last[state.task_uuid] != index and state.state in _TRANSIENT_STATES:
+            dropped.setdefault(state.task_uuid, state)
+            continue
+        earlier = dropped.pop(state.task_uuid, None)
+        if earlier is not None and (
+            (not state.task_name and earlier.task_name) or (state.created_at is None and earlier.created_at)
+        ):
+            state = replace(
+                state,
+                task_name=state.task_name or earlier.task_name,
+                created_at=state.created_at or earlier.created_at,
+            )
+        kept.append(state)
+    return kept
 
 
 def is_permanent(exc: BaseException) -> bool:
@@ -73,12 +112,15 @@ class _Refused(Exception):  # noqa: N818 - internal signal
 
 
 class _Item:
-    __slots__ = ("ack", "dead", "done", "state")
+    __slots__ = ("ack", "dead", "done", "release", "state")
 
-    def __init__(self, state: TaskState | None, ack: Any, done: Callable[[], None] | None) -> None:
+    def __init__(
+        self, state: TaskState | None, ack: Any, done: Callable[[], None] | None, release: bool = False
+    ) -> None:
         self.state = state
         self.ack = ack  # the worker's tracked delivery (``claim()``, ``.delivery``) to ack, or None
-        self.done = done  # called once the item is flushed (frees the worker's slot)
+        self.done = done  # called once the item is flushed
+        self.release = release  # ``ack`` goes to the writer's ``release_many`` once flushed (frees its slot)
         self.dead = ""  # why the message must be dead-lettered instead of acked
 
 
@@ -91,8 +133,13 @@ class StateWriter:
     thread switch per state.
     """
 
-    def __init__(self, app: Machinery) -> None:
+    def __init__(self, app: Machinery, release_many: Callable[[list[Any]], None] | None = None) -> None:
         self.app = app
+        #: called once per flush with the tracked deliveries of :meth:`put_final` calls without ``done``
+        #: (the worker frees their slots under one lock, waking its consumer once, not once per task)
+        self._release_many = release_many
+        self._ack_broker: Any = None
+        self._broker_acks_many = False
         self._items: deque[_Item] = deque()
         self._wake = threading.Condition(threading.Lock())
         #: what the thread is doing: "busy" (flushing), "idle" (nothing queued) or "linger"
@@ -126,9 +173,11 @@ class StateWriter:
         stored.wait()
 
     def put_final(self, state: TaskState, tracked: Any, done: Callable[[], None] | None = None) -> None:
-        """Store ``state``, then ack ``tracked.delivery`` (if ``tracked.claim()``), then call ``done``
-        (the worker frees the task's slot only then: the prefetch bound counts unstored states)."""
-        self._put(_Item(state, tracked, done), urgent=True)
+        """Store ``state``, then ack ``tracked.delivery`` (if ``tracked.claim()``), then call ``done``, or
+        without ``done`` hand ``tracked`` to ``release_many`` with the rest of its batch (the worker frees
+        the task's slot only then: the prefetch bound counts unstored states)."""
+        release = done is None and self._release_many is not None
+        self._put(_Item(state, tracked, done, release), urgent=True)
 
     def close(self, timeout: float = 30.0) -> None:
         """Flush what is queued and stop the thread. A store still down after ``timeout``
@@ -173,8 +222,8 @@ class StateWriter:
             return batch, self._stopping and not self._items
 
     def _flush(self, batch: list[_Item]) -> None:
-        # Every state is stored, in order (a task's RECEIVED, STARTED and SUCCESS may share one
-        # round trip but none is skipped); then the finished messages are acked.
+        # Every task's states are stored in order (a RECEIVED or STARTED followed in this batch by a
+        # later state of the same task is skipped: coalesce()); then the finished messages are acked.
         try:
             try:
                 self._store(batch)
@@ -186,12 +235,17 @@ class StateWriter:
                     self._dead_letter(item.ack.delivery, item.dead)
             self._ack([item.ack.delivery for item in finished if not item.dead])
         finally:
+            released = []
             for item in batch:
                 if item.done is not None:
                     item.done()
+                elif item.release:
+                    released.append(item.ack)
+            if released and self._release_many is not None:
+                self._release_many(released)
 
     def _store(self, batch: list[_Item]) -> None:
-        states = [item.state for item in batch if item.state is not None]
+        states = coalesce([item.state for item in batch if item.state is not None])
         if not states:
             return
         try:
@@ -257,9 +311,11 @@ class StateWriter:
         if not deliveries:
             return
         broker = self.app.broker
-        if isinstance(broker, SupportsAckMany) and len(deliveries) > 1:
+        if broker is not self._ack_broker:  # a runtime Protocol check is slow: once per broker
+            self._ack_broker, self._broker_acks_many = broker, isinstance(broker, SupportsAckMany)
+        if self._broker_acks_many and len(deliveries) > 1:
             try:
-                broker.ack_many(deliveries)
+                cast(SupportsAckMany, broker).ack_many(deliveries)
                 return
             except Exception as exc:
                 logger.warning("batch ack failed (%s); acking one by one", exc)

@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import queue as queue_module
 import random
@@ -35,8 +36,9 @@ from .. import codec, signing
 from ..backoff import Backoff
 from ..broker import Delivery
 from ..log import logger
-from ..redact import redact_url
 from ..signature import Signature, State, TaskState, now_utc
+from .banner import banner
+from .emitter import Emitter
 from .procpool import ProcessPool
 from .runner import ErrorHandler, SignatureHandler, TaskRunner, error_text
 from .statewriter import StateWriter, nack
@@ -112,6 +114,8 @@ class Worker:
         concurrency: int = 0,
         queue: str | Sequence[str] | None = None,
         pool: Literal["thread", "process"] = "thread",
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
     ) -> None:
         if pool not in ("thread", "process"):
             raise ValueError(f"pool must be 'thread' or 'process', not {pool!r}")
@@ -134,6 +138,11 @@ class Worker:
         self._jobs: queue_module.SimpleQueue[_Tracked | None] = queue_module.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._writer: StateWriter = None  # type: ignore[assignment]  # set by launch()
+        #: Prometheus ``/metrics`` on this port while the worker runs (needs machinery-core[metrics])
+        self.metrics_port = metrics_port
+        self.metrics_host = metrics_host
+        #: task events, heartbeats and metrics (machinery.worker.emitter)
+        self.events = Emitter(app, self.queues, self.concurrency, busy=lambda: len(self._in_flight))
 
     # handlers (Machinery's names) --------------------------------------------------------------
     def set_error_handler(self, handler: ErrorHandler | None) -> None:
@@ -157,10 +166,12 @@ class Worker:
         """Consume until ``quit()`` or SIGTERM/SIGINT; then drain and return."""
         restore = self._install_signal_handlers()
         try:
-            self._log_start()
-            self._writer = self.runner.writer = StateWriter(self.app)
+            self._writer = self.runner.writer = StateWriter(self.app, release_many=self._release_many)
             if self.pool == "process":
                 self.runner.process_pool = ProcessPool(self.app, self.concurrency)
+            self._start_metrics()  # after the pool's fork: children must not hold the metrics socket
+            self._log_start()
+            self.events.start()
             self._threads = [
                 threading.Thread(target=self._task_loop, name=f"{self.consumer_tag}-task-{n}", daemon=True)
                 for n in range(self.concurrency)
@@ -198,17 +209,20 @@ class Worker:
     def running(self) -> bool:
         return self._started.is_set() and not self._stop.is_set()
 
+    def _start_metrics(self) -> None:
+        self.runner.events = self.events
+        if self.metrics_port is not None:
+            from ..metrics import WorkerMetrics
+
+            metrics = WorkerMetrics(
+                lambda: len(self._in_flight), self.concurrency, self.app.broker, self.queues
+            )
+            self.metrics_port = metrics.serve(self.metrics_port, self.metrics_host)
+            self.events.attach_metrics(metrics)
+
     def _log_start(self) -> None:
-        cfg = self.app.config
-        logger.info(
-            "worker %s: broker %s, backend %s, queues %s, concurrency %d, %d tasks registered",
-            self.consumer_tag,
-            redact_url(cfg.broker),
-            redact_url(cfg.result_backend),
-            ",".join(self.queues),
-            self.concurrency,
-            len(self.app.tasks),
-        )
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("%s", banner(self))
 
     def _install_signal_handlers(self) -> Callable[[], None]:
         if self.app.config.no_unix_signals or threading.current_thread() is not threading.main_thread():
@@ -286,6 +300,10 @@ class Worker:
 
     def _dispatch(self, deliveries: list[Delivery], queue: str = "") -> None:
         deliveries = list(signing.verified(self.app.config, deliveries))  # rejects: dead-lettered, no state
+        if self.events.active:
+            for sig in (d.signature for d in deliveries):
+                if sig is not None and self.app.is_registered(sig.name) and not _early(sig):
+                    self.events.emit("received", sig, queue)
         if self.app.config.worker.store_intermediate_states:
             received = [
                 TaskState(sig.uuid, State.RECEIVED, task_name=sig.name)
@@ -347,7 +365,7 @@ class Worker:
         else:
             final = self.runner.run(sig, redelivered=count > 1)
             if final is not None:  # the writer stores it, acks, then frees the slot, in a batch
-                self._writer.put_final(final, tracked, done=lambda: self._release(tracked))
+                self._writer.put_final(final, tracked)  # released through _release_many
                 return True
             tracked.settle(delivery.ack)
         return False
@@ -412,6 +430,7 @@ class Worker:
         delivery = tracked.delivery
         error = f"gave up after {count} deliveries (worker.max_deliveries={self._max_deliveries}): {reason}"
         logger.error("task %s[%s] %s; moved to the dead-letter store", sig.name, sig.uuid, error)
+        self.events.emit("dead_lettered", sig, tracked.queue, error=error)
         try:
             self.runner._store(TaskState(sig.uuid, State.FAILURE, task_name=sig.name, error=error))
         except Exception as exc:
@@ -424,6 +443,13 @@ class Worker:
     def _release(self, tracked: _Tracked) -> None:
         with self._slots:
             self._in_flight.pop(id(tracked), None)
+            self._slots.notify_all()
+
+    def _release_many(self, tracked: list[_Tracked]) -> None:
+        """Free the slots of a batch the state writer stored: one lock, one wake-up of the consumer."""
+        with self._slots:
+            for one in tracked:
+                self._in_flight.pop(id(one), None)
             self._slots.notify_all()
 
     def _malformed(self, tracked: _Tracked) -> None:
@@ -498,6 +524,7 @@ class Worker:
             self.runner.process_pool.close()
             self.runner.process_pool = None
         self.runner.close()
+        self.events.close()
         logger.info("worker %s stopped", self.consumer_tag)
 
 

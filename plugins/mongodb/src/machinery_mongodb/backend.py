@@ -18,6 +18,8 @@
   and sharded clusters) and wakes when the state lands; on a standalone server it polls, from 2 ms
   up to 200 ms between looks (x1.3 each time), one query for all the awaited uuids. The URL option
   ``wait=poll`` / ``wait=change_stream`` forces one way (``change_stream`` also declares ``push_wait``).
+- **Events** (worker heartbeats, task events: :mod:`machinery.events`) live in ``task_events`` and
+  ``worker_heartbeats``, see :mod:`machinery_mongodb.events`.
 - **Size**: MongoDB stores at most 16 MiB per document. A state over it raises
   :class:`ResultTooLargeError` naming the task and the size (retrying cannot help).
 """
@@ -43,6 +45,7 @@ from machinery.signature import State, TaskState
 
 from .client import GROUP_METAS, TASKS, Document, MongoConnection, MongoUnavailableError
 from .documents import COMPLETED, state_from_document, state_update
+from .events import MongoEvents
 from .url import MongoTarget, parse_url
 
 __all__ = ["MAX_DOCUMENT_BYTES", "MongoBackend", "ResultTooLargeError"]
@@ -92,8 +95,9 @@ def _not_before(now: datetime) -> Document:
     return {"$not": {"$lte": now}}
 
 
-class MongoBackend(BaseBackend):
-    """The MongoDB result backend. Build it with :meth:`from_url`; it connects on first use."""
+class MongoBackend(MongoEvents, BaseBackend):
+    """The MongoDB result backend, with the events store (:mod:`machinery_mongodb.events`). Build it
+    with :meth:`from_url`; it connects on first use."""
 
     capabilities = frozenset({Capability.EXPIRY, Capability.MULTI_PROCESS})
     poll_interval = POLL_MAX

@@ -41,15 +41,33 @@ from machinery.errors import BackendError, ConfigError
 from .settings import MongoSettings
 from .url import MongoTarget, driver_url
 
-__all__ = ["GROUP_METAS", "LOCKS", "TASKS", "Document", "MongoConnection", "MongoUnavailableError"]
+__all__ = [
+    "GROUP_METAS",
+    "HEARTBEATS",
+    "LOCKS",
+    "TASKS",
+    "TASK_EVENTS",
+    "Document",
+    "MongoConnection",
+    "MongoUnavailableError",
+]
 
 Document = dict[str, Any]
 
 TASKS = "tasks"
 GROUP_METAS = "group_metas"
 LOCKS = "locks"
+#: the events store (machinery_mongodb.events)
+TASK_EVENTS = "task_events"
+HEARTBEATS = "worker_heartbeats"
 #: The date field each collection's TTL index is on.
-TTL_FIELDS = {TASKS: "delete_at", GROUP_METAS: "delete_at", LOCKS: "expires_at"}
+TTL_FIELDS = {
+    TASKS: "delete_at",
+    GROUP_METAS: "delete_at",
+    LOCKS: "expires_at",
+    TASK_EVENTS: "delete_at",
+    HEARTBEATS: "delete_at",
+}
 DEFAULT_TIMEOUTS = {"serverSelectionTimeoutMS": 10_000, "connectTimeoutMS": 5_000}
 #: Driver options the URL may set (names as the parsed options spell them: lower case).
 _URL_NAMES = {

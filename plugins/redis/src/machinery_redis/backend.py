@@ -38,6 +38,7 @@ from machinery.signature import GroupMeta, State, TaskState, now_utc
 
 from . import scripts
 from .client import Connection, outage_errors
+from .events import RedisEvents
 from .settings import RedisSettings
 from .url import RedisTarget, parse_bool, parse_url
 
@@ -104,8 +105,9 @@ def waiter_key(task_uuid: str) -> str:
     return "{" + task_uuid + "}:machinery:waiter"
 
 
-class RedisBackend(BaseBackend):
-    """The Redis result backend. Build it with :meth:`from_url`; it connects on first use."""
+class RedisBackend(RedisEvents, BaseBackend):
+    """The Redis result backend, with the events store (:mod:`machinery_redis.events`). Build it with
+    :meth:`from_url`; it connects on first use."""
 
     capabilities = frozenset({Capability.PUSH_WAIT, Capability.EXPIRY, Capability.MULTI_PROCESS})
 

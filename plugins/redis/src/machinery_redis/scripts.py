@@ -16,6 +16,9 @@ __all__ = [
     "ACK_REDELIVERED",
     "CLAIM_GO_DELAYED",
     "DEAD",
+    "EVENTS_HEARTBEAT",
+    "EVENTS_OF_TASK",
+    "EVENTS_RECORD",
     "MOVE_DUE",
     "MOVE_DUE_QUEUE",
     "NACK_DELAY",
@@ -423,5 +426,58 @@ RELEASE_LOCK = Script(
     """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+""",
+)
+
+
+#: The events store (machinery.events): append a batch to the capped stream, index each event under
+#: its task (a list of stream ids, so an event trimmed from the stream is gone from its history too),
+#: then trim what is older than results_expire_in. Every key has the same hash tag: one slot.
+#: KEYS: stream, then per event its task's index list   ARGV: max events, ttl s, oldest id kept
+#: (ms), then per event its JSON
+EVENTS_RECORD = Script(
+    "events_record",
+    """
+for i = 4, #ARGV do
+  local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[i])
+  local index = KEYS[i - 2]
+  redis.call('RPUSH', index, id)
+  redis.call('LTRIM', index, -1000, -1)
+  redis.call('EXPIRE', index, ARGV[2])
+end
+redis.call('XTRIM', KEYS[1], 'MINID', '~', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return #ARGV - 3
+""",
+)
+
+#: A task's events still in the stream, oldest first.   KEYS: stream, the task's index list
+EVENTS_OF_TASK = Script(
+    "events_of_task",
+    """
+local out = {}
+for _, id in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
+  local entry = redis.call('XRANGE', KEYS[1], id, id)[1]
+  if entry then out[#out + 1] = entry[2][2] end
+end
+return out
+""",
+)
+
+#: A worker's latest heartbeat (a hash field), its time in a ZSET; heartbeats older than the cutoff go.
+#: KEYS: hash, zset   ARGV: worker, JSON, sent at, cutoff, ttl s
+EVENTS_HEARTBEAT = Script(
+    "events_heartbeat",
+    """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
+if #old > 0 then
+  redis.call('HDEL', KEYS[1], unpack(old))
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+return #old
 """,
 )

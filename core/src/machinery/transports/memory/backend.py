@@ -1,4 +1,4 @@
-"""``memory://NAME``: a result backend inside one process, with push-based ``wait``."""
+"""``memory://NAME``: a result backend inside one process, with push-based ``wait`` and an events store."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from ...backend import BaseBackend
 from ...capabilities import Capability
 from ...config import Config
 from ...errors import UnknownGroupError
+from ...events import TaskEvent, WorkerHeartbeat
 from ...signature import GroupMeta, State, TaskState, now_utc
+from .events import EventLog
 from .store import shared, store_name
 
 __all__ = ["MemoryBackend"]
@@ -30,10 +32,12 @@ class _Store:
         self.groups: dict[str, tuple[GroupMeta, float]] = {}
         self.waiters: dict[str, list[_Waiter]] = {}  # uuid -> waiters to hand its final state to
         self.swept = time.monotonic()  # last sweep of expired states and groups
+        self.events = EventLog()
 
 
 class MemoryBackend(BaseBackend):
-    """In-process backend: states, groups, exactly-once chord trigger, expiry, push wait."""
+    """In-process backend: states, groups, exactly-once chord trigger, expiry, push wait, and the
+    events store (:class:`~machinery.events.SupportsEvents`)."""
 
     capabilities = frozenset({Capability.PUSH_WAIT, Capability.EXPIRY})
 
@@ -131,6 +135,14 @@ class MemoryBackend(BaseBackend):
             meta = self._group(group_uuid)
             return [self._live_state(u) or TaskState(u, State.PENDING) for u in meta.task_uuids]
 
+    def group_meta(self, group_uuid: str) -> GroupMeta:
+        """A copy of the group's record (``chord_triggered`` for ``machinery inspect group``)."""
+        with self._store.cond:
+            meta = self._group(group_uuid)
+            return GroupMeta(
+                meta.group_uuid, list(meta.task_uuids), meta.chord_triggered, created_at=meta.created_at
+            )
+
     def trigger_chord(self, group_uuid: str) -> bool:
         with self._store.cond:
             meta = self._group(group_uuid)
@@ -146,3 +158,19 @@ class MemoryBackend(BaseBackend):
     def purge_group(self, group_uuid: str) -> None:
         with self._store.cond:
             self._store.groups.pop(group_uuid, None)
+
+    # events store (machinery.events.SupportsEvents) -------------------------------------------
+    def record_heartbeat(self, beat: WorkerHeartbeat) -> None:
+        self._store.events.beat(beat, self.expires_in)
+
+    def workers(self) -> list[WorkerHeartbeat]:
+        return self._store.events.workers(self.expires_in)
+
+    def record_events(self, events: Sequence[TaskEvent]) -> None:
+        self._store.events.add(events, self.config.events.max_events, self.expires_in)
+
+    def task_events(self, task_uuid: str) -> list[TaskEvent]:
+        return self._store.events.for_task(task_uuid, self.expires_in)
+
+    def recent_events(self, limit: int = 100) -> list[TaskEvent]:
+        return self._store.events.recent(limit, self.expires_in)

@@ -160,6 +160,12 @@ class MemoryBroker(BaseBroker):
             entries = sorted(self._store.ready.get(queue, []))
         return [codec.decode_signature(e.body) for e in entries]
 
+    def depth(self, queue: str) -> int:
+        """How many messages :meth:`pending` would list."""
+        with self._store.cond:
+            self._promote_due()
+            return len(self._store.ready.get(queue, []))
+
     def delayed(self) -> list[Signature]:
         with self._store.cond:
             entries = [e for _, _, e in sorted(self._store.delayed, key=lambda t: (t[0], t[1]))]

@@ -23,7 +23,8 @@ from ...backend import BaseBackend
 from ...capabilities import Capability
 from ...config import Config
 from ...errors import BackendError, UnknownGroupError
-from ...signature import State, TaskState, now_utc
+from ...signature import GroupMeta, State, TaskState, now_utc
+from .events import SQLiteEvents
 from .store import SQLiteStore, SQLiteTarget, chunks, parse_sqlite_url, placeholders
 
 __all__ = ["SQLiteBackend"]
@@ -32,8 +33,8 @@ STATES = "states"
 _COMPLETED = (State.SUCCESS.value, State.FAILURE.value)
 
 
-class SQLiteBackend(BaseBackend):
-    """Result backend on a SQLite file (WAL)."""
+class SQLiteBackend(SQLiteEvents, BaseBackend):
+    """Result backend on a SQLite file (WAL), with the events store (:mod:`machinery.events`)."""
 
     capabilities = frozenset({Capability.EXPIRY, Capability.MULTI_PROCESS})
     #: a state written by another process wakes ``wait`` within this many seconds
@@ -69,11 +70,22 @@ class SQLiteBackend(BaseBackend):
         creation time kept), and keep their groups alive."""
         if not states:
             return
+        with self._store.write("set_states") as conn:
+            self.write_states(conn, states)
+        self._store.hub.notify(STATES)
+
+    def write_states(
+        self, conn: sqlite3.Connection, states: Sequence[TaskState], refresh_groups: bool = True
+    ) -> None:
+        """:meth:`set_states`'s writes, inside the caller's transaction on ``conn`` (the broker's
+        ``publish_with_states`` stores PENDING states and publishes in one transaction).
+        ``refresh_groups=False`` skips extending the tasks' groups (at send time they were just made)."""
         now = time.time()
         expires_at = self.expires_at(now)
         uuids = list(dict.fromkeys(s.task_uuid for s in states))
-        with self._store.write("set_states") as conn:
-            old: dict[str, tuple[str, str | None]] = {}
+        old: dict[str, tuple[str, str | None]] = {}
+        # nothing to merge when every state has its name and creation time (PENDING states at send)
+        if not all(s.task_name and s.created_at is not None for s in states):
             for part in chunks(uuids):
                 cursor = conn.execute(
                     f"SELECT uuid, task_name, created_at FROM states "
@@ -81,41 +93,44 @@ class SQLiteBackend(BaseBackend):
                     (*part, now),
                 )
                 old.update((u, (name, created)) for u, name, created in cursor)
-            rows = []
-            for state in states:
-                merged = copy.copy(state)
-                previous = old.get(merged.task_uuid)
-                if previous is not None:
-                    merged.task_name = merged.task_name or previous[0]
-                    if merged.created_at is None and previous[1]:
-                        merged.created_at = datetime.fromisoformat(previous[1])
-                if merged.created_at is None:
-                    merged.created_at = now_utc()
-                created = merged.created_at.isoformat()
-                old[merged.task_uuid] = (merged.task_name, created)  # a later state in this batch
-                rows.append(
-                    (
-                        merged.task_uuid,
-                        State(merged.state).value,
-                        merged.task_name,
-                        created,
-                        codec.encode_state(merged),
-                        expires_at,
-                    )
+        rows = []
+        for state in states:
+            merged = copy.copy(state)
+            previous = old.get(merged.task_uuid)
+            if previous is not None:
+                merged.task_name = merged.task_name or previous[0]
+                if merged.created_at is None and previous[1]:
+                    merged.created_at = datetime.fromisoformat(previous[1])
+            if merged.created_at is None:
+                merged.created_at = now_utc()
+            created = merged.created_at.isoformat()
+            old[merged.task_uuid] = (merged.task_name, created)  # a later state in this batch
+            rows.append(
+                (
+                    merged.task_uuid,
+                    State(merged.state).value,
+                    merged.task_name,
+                    created,
+                    codec.encode_state(merged),
+                    expires_at,
                 )
-            conn.executemany(
-                "INSERT OR REPLACE INTO states (uuid, state, task_name, created_at, record, expires_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                rows,
             )
-            for part in chunks(uuids):
-                conn.execute(
-                    f"UPDATE groups SET expires_at = ? WHERE expires_at > ? AND group_uuid IN ("
-                    f"SELECT group_uuid FROM group_members WHERE task_uuid IN ({placeholders(len(part))}))",
-                    (expires_at, now, *part),
-                )
-            if now >= self._next_sweep:
-                self._sweep(conn, now)
+        conn.executemany(
+            "INSERT OR REPLACE INTO states (uuid, state, task_name, created_at, record, expires_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        for part in chunks(uuids) if refresh_groups else ():
+            conn.execute(
+                f"UPDATE groups SET expires_at = ? WHERE expires_at > ? AND group_uuid IN ("
+                f"SELECT group_uuid FROM group_members WHERE task_uuid IN ({placeholders(len(part))}))",
+                (expires_at, now, *part),
+            )
+        if now >= self._next_sweep:
+            self._sweep(conn, now)
+
+    def notify_states(self) -> None:
+        """Wake this process's waiters after states were written (also by the broker)."""
         self._store.hub.notify(STATES)
 
     def get_state(self, task_uuid: str) -> TaskState | None:
@@ -220,6 +235,19 @@ class SQLiteBackend(BaseBackend):
                 records.update(cursor.fetchall())
         return [self._decode(u, records[u]) if u in records else TaskState(u, State.PENDING) for u in members]
 
+    def group_meta(self, group_uuid: str) -> GroupMeta:
+        """The group's record (``chord_triggered`` for ``machinery inspect group``)."""
+        row = self._store.execute(
+            "group_meta",
+            "SELECT task_uuids, chord_triggered, created_at FROM groups "
+            "WHERE group_uuid = ? AND expires_at > ?",
+            (group_uuid, time.time()),
+        ).fetchone()
+        if row is None:
+            raise self._unknown(group_uuid)
+        created = datetime.fromisoformat(row[2]) if row[2] else None
+        return GroupMeta(group_uuid, json.loads(row[0]), bool(row[1]), created_at=created)
+
     def trigger_chord(self, group_uuid: str) -> bool:
         """True exactly once per group, whoever asks (one conditional UPDATE); keeps the group alive."""
         now = time.time()
@@ -259,6 +287,7 @@ class SQLiteBackend(BaseBackend):
             (now,),
         )
         conn.execute("DELETE FROM groups WHERE expires_at <= ?", (now,))
+        self._sweep_events(conn, now)
         self._next_sweep = now + min(self.sweep_interval, float(self.expires_in))
 
     def close(self) -> None:

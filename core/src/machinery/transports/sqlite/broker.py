@@ -23,6 +23,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from ... import codec
 from ...broker import BaseBroker, DeadLetter, Delivery, decode_body
@@ -31,8 +32,11 @@ from ...config import Config
 from ...delivery import BaseDelivery
 from ...errors import BrokerError
 from ...lease import LeaseKeeper
-from ...signature import Signature
+from ...signature import Signature, TaskState
 from .store import SQLiteStore, SQLiteTarget, chunks, on_fork, parse_sqlite_url, placeholders
+
+if TYPE_CHECKING:
+    from .backend import SQLiteBackend
 
 __all__ = ["SQLiteBroker", "SQLiteDelivery"]
 
@@ -192,6 +196,23 @@ class SQLiteBroker(BaseBroker):
             conn.executemany(_INSERT_SQL, rows)
         self._store.hub.notify(MESSAGES)
 
+    def publish_with_states(
+        self, signatures: Sequence[Signature], states: Sequence[TaskState], backend: SQLiteBackend
+    ) -> bool:
+        """Store ``states`` (the PENDING records) and publish ``signatures`` in one transaction when
+        ``backend`` is on this broker's file (one commit instead of two); False otherwise. The core
+        reaches it through the ``machinery_publish_with_states`` hook of the built-in transports."""
+        if backend.path != self._store.path or not signatures:
+            return False
+        now = time.time()
+        rows = [self._row(s, now) for s in signatures]
+        with self._store.write("publish") as conn:
+            backend.write_states(conn, states, refresh_groups=False)  # a group is made before its sends
+            conn.executemany(_INSERT_SQL, rows)
+        backend.notify_states()
+        self._store.hub.notify(MESSAGES)
+        return True
+
     def publish_raw(self, queue: str, body: bytes, *, priority: int = 0, eta: float | None = None) -> int:
         """Put ``body`` on ``queue`` as is (tests use it for malformed messages); returns the row id."""
         now = time.time()
@@ -339,6 +360,18 @@ class SQLiteBroker(BaseBroker):
             (queue, time.time()),
         )
         return [sig for (_, _, body) in cursor.fetchall() if (sig := decode_body(body)[0]) is not None]
+
+    def depth(self, queue: str) -> int:
+        """How many messages :meth:`pending` would list (counted by the indexes, nothing decoded)."""
+        row = self._store.execute(
+            "depth",
+            "SELECT (SELECT COUNT(*) FROM messages INDEXED BY messages_ready "
+            "WHERE queue = ?1 AND ready = 1) + "
+            "(SELECT COUNT(*) FROM messages INDEXED BY messages_waiting "
+            "WHERE queue = ?1 AND ready = 0 AND visible_at <= ?2)",
+            (queue, time.time()),
+        ).fetchone()
+        return int(row[0])
 
     def delayed(self) -> list[Signature]:
         """Signatures waiting for their ETA (or a nack delay), every queue, in ETA order."""

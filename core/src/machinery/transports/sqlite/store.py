@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import parse_qsl, unquote
 
 from ...config import Config
@@ -45,7 +45,7 @@ __all__ = [
 logger = logging.getLogger("machinery.sqlite")
 
 #: 1 was a pre-release layout (no ready/waiting split); there is no upgrade path from it
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: seconds a writer waits for the file lock before failing
 BUSY_TIMEOUT = 30.0
 #: largest number of ``?`` in one ``IN (...)`` list (SQLite's old default limit was 999)
@@ -62,9 +62,29 @@ DEFAULT_FILE_MODE = 0o600
 #: schema version -> the statements that upgrade a database of that version by one
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: ("ALTER TABLE dead_letters ADD COLUMN reason TEXT NOT NULL DEFAULT ''",),
+    3: (),  # the events store's tables, EVENTS_SCHEMA (filled in below)
 }
 
-SCHEMA = """
+#: the events store (machinery.events); ids grow by one per event, so the newest N are ``id > max - N``
+EVENTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    task_uuid TEXT NOT NULL,
+    at REAL NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_task ON events (task_uuid, id);
+
+CREATE TABLE IF NOT EXISTS heartbeats (
+    worker TEXT PRIMARY KEY,
+    sent_at REAL NOT NULL,
+    record TEXT NOT NULL
+) WITHOUT ROWID;
+"""
+
+SCHEMA = (
+    EVENTS_SCHEMA
+    + """
 CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     queue TEXT NOT NULL,
@@ -127,6 +147,7 @@ CREATE TABLE IF NOT EXISTS locks (
     expires_at REAL NOT NULL
 ) WITHOUT ROWID;
 """
+)
 
 T = TypeVar("T")
 
@@ -147,6 +168,9 @@ def _statements(script: str) -> Iterator[str]:
             buffer = ""
     if buffer.strip():
         raise ValueError(f"incomplete SQL statement: {buffer!r}")
+
+
+MIGRATIONS[3] = tuple(_statements(EVENTS_SCHEMA))
 
 
 def placeholders(count: int) -> str:
@@ -344,6 +368,21 @@ def _create_private(path: str, mode: int) -> None:
         os.close(fd)
 
 
+class _Owner(Protocol):
+    def is_alive(self) -> bool: ...
+
+
+class _PinnedOwner:
+    """The owner of :meth:`SQLiteStore.pinned`'s connection: never ends (closed by ``close()``)."""
+
+    @staticmethod
+    def is_alive() -> bool:
+        return True
+
+
+_PINNED = _PinnedOwner()
+
+
 class _Local(threading.local):
     conn: sqlite3.Connection | None = None
     generation: int = -1
@@ -365,7 +404,10 @@ class SQLiteStore:
         self.error = error
         self._lock = threading.Lock()
         self._local = _Local()
-        self._conns: list[tuple[threading.Thread, sqlite3.Connection]] = []
+        self._conns: list[tuple[_Owner, sqlite3.Connection]] = []
+        self._pin_lock = threading.Lock()
+        self._pinned: sqlite3.Connection | None = None
+        self._pinned_generation = -1
         self._generation = 0  # bumped by close(): thread-local connections of older generations are stale
         self._schema_ready = False
         self._pid = os.getpid()
@@ -382,6 +424,8 @@ class SQLiteStore:
         self._lock = threading.Lock()
         self._local = _Local()
         self._conns = []
+        self._pin_lock = threading.Lock()
+        self._pinned = None
         self._pid = os.getpid()
         self.hub = _hub_for(self.path)
 
@@ -399,7 +443,7 @@ class SQLiteStore:
         local.conn, local.generation = conn, self._generation
         return conn
 
-    def _open(self) -> sqlite3.Connection:
+    def _open(self, owner: _Owner | None = None) -> sqlite3.Connection:
         directory = os.path.dirname(self.path) or "."
         if not os.path.isdir(directory):
             raise ConfigError(
@@ -430,13 +474,13 @@ class SQLiteStore:
             raise self.error(f"sqlite database {self.path!r}: {exc}") from exc
         with self._lock:
             # close connections of threads that ended (thread pools come and go)
-            alive: list[tuple[threading.Thread, sqlite3.Connection]] = []
+            alive: list[tuple[_Owner, sqlite3.Connection]] = []
             for thread, old in self._conns:
                 if thread.is_alive():
                     alive.append((thread, old))
                 else:
                     old.close()
-            alive.append((threading.current_thread(), conn))
+            alive.append((owner or threading.current_thread(), conn))
             self._conns = alive
         return conn
 
@@ -503,6 +547,25 @@ class SQLiteStore:
                 conn.close()
             except sqlite3.Error:  # pragma: no cover - closing a busy connection from another thread
                 logger.debug("sqlite: closing a connection failed", exc_info=True)
+
+    @contextmanager
+    def pinned(self) -> Iterator[None]:
+        """Run the block on the store's pinned connection, one at a time: opened once, kept until
+        :meth:`close`. For a background role whose threads come and go (a worker's events thread,
+        started and stopped with each worker), so each of them does not open and close a
+        connection of its own."""
+        with self._pin_lock:
+            conn = self._pinned
+            if conn is None or self._pinned_generation != self._generation or self._pid != os.getpid():
+                conn = self._pinned = self._open(owner=_PINNED)
+                self._pinned_generation = self._generation
+            local = self._local
+            saved = local.conn, local.generation
+            local.conn, local.generation = conn, self._generation
+            try:
+                yield
+            finally:
+                local.conn, local.generation = saved
 
     # transactions ------------------------------------------------------------------------------
     @contextmanager

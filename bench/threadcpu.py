@@ -1,0 +1,125 @@
+"""Where a Redis worker's CPU goes, per thread, without a profiler (numbers to compare changes by).
+
+    .venv/bin/python bench/threadcpu.py [--redis-url URL] [--n 10000] [--prefetch 1]
+
+Queues N ``add`` tasks (batched), drains them with ONE in-process worker (concurrency 8), then prints
+the worker's CPU per task by thread (consumer, state writer, task threads; from
+``/proc/self/task/*/stat``), the Redis server's CPU per task and its busiest commands
+(``INFO commandstats``: µs and calls per task), the fetch sizes, and how many states were written
+against how many were queued (the state writer coalesces). Uses database 9 of the URL's server and
+deletes what it wrote; the server's stats are reset (``CONFIG RESETSTAT``): use a private server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+
+def _thread_cpu() -> collections.Counter[str]:
+    """CPU seconds of this process's threads, by thread name (task threads summed)."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK")
+    out: collections.Counter[str] = collections.Counter()
+    for path in glob.glob(f"/proc/{os.getpid()}/task/*"):
+        try:
+            with open(f"{path}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        name = names.get(int(path.rsplit("/", 1)[1]), "other")
+        name = name.split("-task-")[0] + "-tasks" if "-task-" in name else name
+        out[name] += (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    p.add_argument("--n", type=int, default=10_000)
+    p.add_argument("--prefetch", type=int, default=1, help="Config.worker.prefetch_multiplier")
+    args = p.parse_args()
+    url = args.redis_url.rsplit("/", 1)[0] + "/9"
+    os.environ.update(BROKER=url, RESULT_BACKEND=url, DEFAULT_QUEUE="bench_threadcpu")
+    import redis
+
+    from bench.tasks import make_app
+    from machinery import Config
+    from machinery.worker import statewriter
+
+    client = redis.Redis.from_url(url)
+    app = make_app(Config.from_env())
+    app.config.worker.prefetch_multiplier = args.prefetch
+    add = app.tasks["add"]
+    sent: list[str] = []
+    for start in range(0, args.n, 1000):
+        sent += [
+            r.uuid for r in app.send_tasks([add.s(i, i) for i in range(start, min(args.n, start + 1000))])
+        ]
+    counts: collections.Counter[str] = collections.Counter()
+    coalesce = statewriter.coalesce
+
+    def counting_coalesce(states: list[Any]) -> list[Any]:
+        kept = coalesce(states)
+        counts["queued"] += len(states)
+        counts["written"] += len(kept)
+        return kept
+
+    statewriter.coalesce = counting_coalesce  # type: ignore[assignment]
+    consume = app.broker.consume
+    sizes: collections.Counter[int] = collections.Counter()
+
+    def counting_consume(queue: str, count: int, timeout: float) -> list[Any]:
+        got = consume(queue, count, timeout)
+        sizes[len(got)] += 1
+        return got
+
+    app.broker.consume = counting_consume  # type: ignore[method-assign]
+
+    def server_cpu() -> float:
+        info = client.info("cpu")
+        return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+    client.config_resetstat()
+    before, server_before = _thread_cpu(), server_cpu()
+    worker = app.worker(concurrency=8)
+    started = time.monotonic()
+    thread = worker.launch_async()
+    processing = "{bench_threadcpu}:machinery:processing:*"
+    while client.llen("bench_threadcpu") or any(client.llen(k) for k in client.scan_iter(processing)):
+        time.sleep(0.01)
+    elapsed = time.monotonic() - started
+    after, server_after = _thread_cpu(), server_cpu()
+    stats = client.info("commandstats")
+    worker.quit()
+    thread.join(10)
+    n = args.n
+    print(f"{n / elapsed:,.0f} tasks/s (one in-process worker, prefetch x{args.prefetch}, queue pre-filled)")
+    per = {k: (after[k] - before[k]) * 1e6 / n for k in after if k != "MainThread"}
+    print(
+        "worker CPU µs/task by thread:", {k: round(v, 1) for k, v in sorted(per.items(), key=lambda x: -x[1])}
+    )
+    print(
+        f"server CPU µs/task: {(server_after - server_before) * 1e6 / n:.1f}; "
+        "busiest commands (µs, calls per task):"
+    )
+    for name, s in sorted(stats.items(), key=lambda kv: -kv[1]["usec"])[:8]:
+        print(f"  {name.removeprefix('cmdstat_'):10} {s['usec'] / n:6.2f} µs {s['calls'] / n:6.3f}")
+    print("fetch sizes (messages: fetches):", dict(sorted(sizes.items())))
+    print(f"states queued {counts['queued']:,}, written {counts['written']:,}")
+    for start in range(0, len(sent), 1000):
+        client.delete(*sent[start : start + 1000])
+
+
+if __name__ == "__main__":
+    main()

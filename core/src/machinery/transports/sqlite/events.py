@@ -1,0 +1,76 @@
+"""The events store of ``sqlite://`` (:class:`machinery.events.SupportsEvents`), mixed into the backend.
+
+Task events are rows of ``events`` (JSON records); each batch is one transaction that also drops the
+rows beyond ``events.max_events`` (ids grow by one per event, so that is one range delete on the
+primary key). Heartbeats replace the worker's row in ``heartbeats``. Rows older than
+``results_expire_in`` are invisible at once and deleted with the backend's sweep of expired states.
+Writes use the store's pinned connection (a worker's events thread comes and goes with the worker:
+it must not open and close a connection of its own each time).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Sequence
+
+from ...backend import BaseBackend
+from ...events import TaskEvent, WorkerHeartbeat
+from .store import SQLiteStore
+
+__all__ = ["SQLiteEvents"]
+
+
+class SQLiteEvents(BaseBackend):
+    """The events half of :class:`~machinery.transports.sqlite.backend.SQLiteBackend`."""
+
+    _store: SQLiteStore
+
+    def record_events(self, events: Sequence[TaskEvent]) -> None:
+        if not events:
+            return
+        rows = [(e.task_uuid, e.at, json.dumps(e.to_dict(), separators=(",", ":"))) for e in events]
+        with self._store.pinned(), self._store.write("record_events") as conn:
+            conn.executemany("INSERT INTO events (task_uuid, at, record) VALUES (?, ?, ?)", rows)
+            conn.execute(
+                "DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?",
+                (max(1, int(self.config.events.max_events)),),
+            )
+
+    def task_events(self, task_uuid: str) -> list[TaskEvent]:
+        cursor = self._store.execute(
+            "task_events",
+            "SELECT record FROM events WHERE task_uuid = ? AND at > ? ORDER BY id",
+            (task_uuid, time.time() - self.expires_in),
+        )
+        return sorted((TaskEvent.from_dict(json.loads(r)) for (r,) in cursor), key=lambda e: e.at)
+
+    def recent_events(self, limit: int = 100) -> list[TaskEvent]:
+        cursor = self._store.execute(
+            "recent_events",
+            "SELECT record FROM events WHERE at > ? ORDER BY id DESC LIMIT ?",
+            (time.time() - self.expires_in, max(0, limit)),
+        )
+        return [TaskEvent.from_dict(json.loads(r)) for (r,) in cursor]
+
+    def record_heartbeat(self, beat: WorkerHeartbeat) -> None:
+        with self._store.pinned():
+            self._store.execute_write(
+                "record_heartbeat",
+                "INSERT OR REPLACE INTO heartbeats (worker, sent_at, record) VALUES (?, ?, ?)",
+                (beat.worker, beat.sent_at, json.dumps(beat.to_dict(), separators=(",", ":"))),
+            )
+
+    def workers(self) -> list[WorkerHeartbeat]:
+        cursor = self._store.execute(
+            "workers",
+            "SELECT record FROM heartbeats WHERE sent_at > ? ORDER BY worker",
+            (time.time() - self.expires_in,),
+        )
+        return [WorkerHeartbeat.from_dict(json.loads(r)) for (r,) in cursor]
+
+    def _sweep_events(self, conn: sqlite3.Connection, now: float) -> None:
+        cutoff = now - self.expires_in
+        conn.execute("DELETE FROM events WHERE at <= ?", (cutoff,))
+        conn.execute("DELETE FROM heartbeats WHERE sent_at <= ?", (cutoff,))

@@ -1,0 +1,75 @@
+"""The state writer's batching: coalescing a task's states within one batch (issue 24)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from machinery import Config, Machinery, State
+from machinery.signature import TaskState
+from machinery.worker.statewriter import StateWriter, coalesce
+
+
+def _states(*pairs: tuple[str, State]) -> list[TaskState]:
+    return [TaskState(uuid, state, task_name="add") for uuid, state in pairs]
+
+
+def test_a_task_finished_within_one_batch_is_written_once() -> None:
+    batch = _states(("a", State.RECEIVED), ("b", State.RECEIVED), ("a", State.STARTED), ("a", State.SUCCESS))
+    assert [(s.task_uuid, s.state) for s in coalesce(batch)] == [("b", State.RECEIVED), ("a", State.SUCCESS)]
+
+
+def test_final_and_retry_states_are_never_dropped() -> None:
+    batch = _states(("a", State.STARTED), ("a", State.RETRY), ("a", State.RECEIVED), ("a", State.FAILURE))
+    kept = [s.state for s in coalesce(batch)]
+    assert kept == [State.RETRY, State.FAILURE]
+
+
+def test_a_batch_without_repeats_is_returned_as_is() -> None:
+    batch = _states(("a", State.RECEIVED), ("b", State.STARTED), ("c", State.SUCCESS))
+    assert coalesce(batch) is batch
+
+
+def test_the_kept_state_takes_name_and_creation_time_of_a_dropped_one() -> None:
+    created = datetime(2026, 12, 5, 10, 0, tzinfo=UTC)
+    batch = [
+        TaskState("a", State.RECEIVED, task_name="add", created_at=created),
+        TaskState("a", State.SUCCESS),
+    ]
+    (kept,) = coalesce(batch)
+    assert (kept.state, kept.task_name, kept.created_at) == (State.SUCCESS, "add", created)
+
+
+class _Recording:
+    """A backend stand-in that records every batch it is asked to store."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[TaskState]] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def set_states(self, states: Sequence[TaskState]) -> None:
+        self.entered.set()
+        self.release.wait(5)
+        self.batches.append(list(states))
+
+
+def test_the_writer_stores_only_the_last_state_of_a_task_queued_together() -> None:
+    app = Machinery(Config(broker="memory://", result_backend="memory://"))
+    backend = _Recording()
+    app.backend = backend  # type: ignore[assignment]
+    writer = StateWriter(app)
+    try:
+        writer.put_state(TaskState("first", State.RECEIVED, task_name="add"))
+        assert backend.entered.wait(5)  # the writer holds the first batch: the rest queue up behind it
+        writer.put_states(_states(("a", State.RECEIVED), ("b", State.RECEIVED)))
+        writer.put_state(TaskState("a", State.STARTED, task_name="add"))
+        done = threading.Event()
+        writer.put_final(TaskState("a", State.SUCCESS, task_name="add"), None, done.set)
+        backend.release.set()
+        assert done.wait(5)
+    finally:
+        writer.close()
+    written = [(s.task_uuid, s.state) for batch in backend.batches for s in batch]
+    assert written == [("first", State.RECEIVED), ("b", State.RECEIVED), ("a", State.SUCCESS)]
