@@ -11,8 +11,9 @@ from .signature import TaskState
 
 __all__ = ["NEVER_HORIZON", "Backend", "BaseBackend"]
 
-#: ``BaseBackend.expires_in`` when results never expire (30 days): only for marks that need a finite
-#: lifetime, never written as a result's expiry.
+#: ``BaseBackend.expires_in`` when results never expire (30 days): only for what needs a finite
+#: lifetime (the chord "sent" mark; task events and worker heartbeats of the event stores), never
+#: written as a result's expiry.
 NEVER_HORIZON = 30 * 24 * 3600
 
 
