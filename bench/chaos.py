@@ -15,13 +15,16 @@ At the end (after the workers drained the queue) it prints: sent, completed, fai
 **lost** (no final state: must be 0), wrong values, duplicate body runs (at-least-once delivery
 allows them after a kill or a lease that ran out), chord callbacks fired (published) other than
 once, and callback bodies run again (a redelivery, like any task's). Exit status 1 when anything was
-lost, a value was wrong, or a chord callback did not fire exactly once.
+lost, a value was wrong, or a chord callback did not fire exactly once. A callback that ran although no
+publish was recorded (its publisher was SIGKILLed between the publish and the record) is counted apart,
+as ``chord_fires_unrecorded``.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import inspect
 import json
 import os
 import random
@@ -50,10 +53,11 @@ class RunLog:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
 
-    def append(self, key: str) -> int:
+    def append(self, key: str, note: str = "r") -> int:
+        """Append one line (``note``, default ``r``) to ``key``'s file; the number of lines now."""
         fd = os.open(self.dir / key, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
-            os.write(fd, b"r\n")
+            os.write(fd, note.encode() + b"\n")
         finally:
             os.close(fd)
         return self.count(key)
@@ -186,10 +190,12 @@ def worker_main(args: argparse.Namespace) -> None:
     send_task = app.send_task
 
     def counting_send(sig: Any) -> Any:
-        """Counts each publish of a chord callback (the chord firing), apart from its runs."""
+        """Counts each publish of a chord callback (the chord firing), apart from its runs: one line
+        each, saying which process sent it, when, and whether a redelivered member's recovery did."""
         result = send_task(sig)
         if sig.name == "chaos_callback":
-            runs.append(f"{sig.args[0].value}.fired")
+            how = "recovered" if any(f.function == "_recover_callback" for f in inspect.stack(0)) else "fired"
+            runs.append(f"{sig.args[0].value}.fired", f"{how} pid={os.getpid()} t={time.time():.3f}")
         return result
 
     app.send_task = counting_send  # type: ignore[method-assign,assignment]
@@ -349,13 +355,16 @@ class Chaos:
         from machinery import codec
 
         completed = failed = wrong = lost = 0
+        lost_detail: list[str] = []
         reasons: collections.Counter[str] = collections.Counter()
         duplicates = 0
-        chords_not_once = callbacks_rerun = 0
+        chords_not_once = callbacks_rerun = unrecorded = 0
+        not_once_detail: list[str] = []
         for sent in self.sent:
             state = final.get(sent.uuid)
             if state is None:
                 lost += 1
+                lost_detail.append(self._describe_lost(sent))
             elif state.is_failure:
                 failed += 1
                 reasons[state.error[:80]] += 1
@@ -366,7 +375,13 @@ class Chaos:
                 completed += 1
             runs = self.runs.count(sent.key)
             if sent.kind == "chord":
-                chords_not_once += self.runs.count(f"{sent.key}.fired") != 1
+                fired = self.runs.count(f"{sent.key}.fired")
+                if fired == 0 and runs > 0:
+                    # published (it ran), but its publisher was SIGKILLed before it could record that
+                    unrecorded += 1
+                elif fired != 1:
+                    chords_not_once += 1
+                    not_once_detail.append(self._describe_chord(sent, fired))
                 callbacks_rerun += runs > 1
                 duplicates += sum(max(0, self.runs.count(m) - 1) for m in sent.members)
             else:
@@ -383,14 +398,38 @@ class Chaos:
             "failed": failed,
             "failure_reasons": dict(reasons),
             "lost": lost,
+            "lost_tasks": lost_detail[:20],
             "wrong_values": wrong,
             "duplicate_runs": duplicates,
             "chord_callbacks_not_once": chords_not_once,
+            "chords_not_once": not_once_detail[:20],
+            "chord_fires_unrecorded": unrecorded,
             "chord_callback_bodies_run_again": callbacks_rerun,
             "worker_kills": self.kills,
             "server_restarts": self.restarts,
             "send_retries": self.send_errors,
         }
+
+    def _describe_lost(self, sent: Sent) -> str:
+        """What is known about a lost task: its kind, key, uuid, stored state and body runs."""
+        try:
+            state = self.app.backend.get_state(sent.uuid)
+        except Exception as exc:
+            state = f"unreadable ({exc})"
+        runs = {key: self.runs.count(key) for key in [sent.key, *sent.members]}
+        if sent.kind == "chord":
+            runs[f"{sent.key}.fired"] = self.runs.count(f"{sent.key}.fired")
+        status = getattr(state, "state", state)
+        return f"{sent.kind} {sent.key} {sent.uuid}: state {status}, runs {runs}"
+
+    def _describe_chord(self, sent: Sent, fired: int) -> str:
+        """A chord whose callback was published other than once: each publish (who, when, how) and runs."""
+        try:
+            publishes = (self.runs.dir / f"{sent.key}.fired").read_text().split("\n")[:-1]
+        except FileNotFoundError:
+            publishes = []
+        members = {m: self.runs.count(m) for m in sent.members}
+        return f"chord {sent.key} {sent.uuid}: published {fired}x {publishes}, member runs {members}"
 
     def run(self) -> dict[str, Any]:
         started = time.monotonic()
@@ -460,6 +499,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--outage", type=float, default=3.0, help="sqlite: seconds the file stays locked")
     parser.add_argument("--drain", type=float, default=300.0, help="seconds to wait for the last results")
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--keep", type=Path, default=None, help="work in this directory and keep it (workers.log, run logs)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     args = parser.parse_args(argv)
     if args.command == "worker":
@@ -467,8 +509,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.restarts is None:
         args.restarts = 3 if args.broker == "sqlite" else 1
-    with tempfile.TemporaryDirectory(prefix="machinery-chaos-") as tmp:
-        result = Chaos(args, Path(tmp)).run()
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        result = Chaos(args, args.keep).run()
+    else:
+        with tempfile.TemporaryDirectory(prefix="machinery-chaos-") as tmp:
+            result = Chaos(args, Path(tmp)).run()
     print(json.dumps(result, indent=2))
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import pickle
 import queue
@@ -17,7 +18,9 @@ from typing import Any
 import pytest
 
 from machinery import config as config_module
+from machinery.backend import NEVER_HORIZON, BaseBackend
 from machinery.config import (
+    NEVER_EXPIRE,
     RELOADABLE_FIELDS,
     Config,
     ReloadEvent,
@@ -241,7 +244,7 @@ def test_from_env_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -
 @pytest.mark.parametrize(
     ("change", "needle"),
     [
-        ({"results_expire_in": -1}, "RESULTS_EXPIRE_IN"),
+        ({"results_expire_in": -2}, "RESULTS_EXPIRE_IN"),
         ({"default_queue": ""}, "default_queue"),
         ({"broker": ""}, "must be set to a broker URL"),
         ({"broker": "amqp://a;;amqp://b", "multiple_broker_separator": ";"}, "empty URL"),
@@ -282,13 +285,31 @@ def test_validate_sections(section: str, name: str, value: Any, needle: str) -> 
 
 
 def test_validate_lists_every_problem() -> None:
-    cnf = Config(results_expire_in=-1, default_queue="")
+    cnf = Config(results_expire_in=-2, default_queue="")
     cnf.worker.default_concurrency = 0
     with pytest.raises(ConfigError) as info:
         cnf.validate()
     text = str(info.value)
     assert text.count("\n  - ") == 3
     assert "results_expire_in" in text and "default_queue" in text and "worker.default_concurrency" in text
+
+
+def test_results_expire_in_minus_one_means_never_and_zero_the_default() -> None:
+    """-1 (NEVER_EXPIRE) is valid and means no expiry at all; 0 means 3600 s, as in Go; -2 is refused
+    with a message that names both."""
+    never = Config.from_env({"RESULTS_EXPIRE_IN": "-1"})
+    assert never.results_expire_in == NEVER_EXPIRE == -1
+    backend = BaseBackend(never)
+    assert backend.never_expires
+    assert backend.expires_at(100.0) == math.inf
+    assert backend.expires_in == NEVER_HORIZON  # only for marks that need a finite lifetime
+    default = BaseBackend(Config(results_expire_in=0))
+    assert not default.never_expires
+    assert (default.expires_in, default.expires_at(100.0)) == (3600, 3700.0)
+    assert BaseBackend(Config(results_expire_in=5)).expires_at(100.0) == 105.0
+    with pytest.raises(ConfigError, match=r"-1 means never expire") as info:
+        Config.from_env({"RESULTS_EXPIRE_IN": "-2"})
+    assert "0 means the default, 3600" in str(info.value)
 
 
 def test_eager_needs_no_broker() -> None:
@@ -747,7 +768,7 @@ def test_broken_yaml_on_reload_keeps_old_values(
     assert cnf == before
     assert "Could not reload" in caplog.text and "keeping the running configuration" in caplog.text
     # an invalid value is refused the same way
-    write(yaml_file, "results_expire_in: -1\n")
+    write(yaml_file, "results_expire_in: -2\n")
     assert "results_expire_in" in (next_event(events).error or "")
     write(yaml_file, "")
     assert "empty" in (next_event(events).error or "")

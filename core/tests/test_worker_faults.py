@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from machinery import Config, Machinery, Signature, State, TaskError
 from machinery.backend import Backend
 from machinery.broker import Delivery
 from machinery.errors import BackendError, BrokerError, MessageError
-from machinery.signature import TaskState, new_uuid
+from machinery.signature import TaskState, new_uuid, now_utc
 from machinery.transports.memory.backend import MemoryBackend
 from machinery.transports.memory.broker import MemoryBroker
 from machinery.transports.sqlite.broker import SQLiteBroker
@@ -440,8 +441,10 @@ def test_a_callback_lost_between_trigger_and_publish_is_sent_by_the_redelivered_
     """The worker that triggered the chord fails before publishing (as if it died there, before or
     after the callback's PENDING was stored): the member is delivered again, finds the chord
     triggered and the callback unsent, and sends it."""
+    from machinery.worker import runner as runner_module
     from machinery.workflow import Chord, Group
 
+    monkeypatch.setattr(runner_module, "RECOVERY_GRACE", 1.0)  # the recovery waits out a live trigger
     app, _, _ = flaky
     _chord_tasks(app)
     real = running.runner._publish_callback
@@ -747,11 +750,17 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_chord_recovery_sends_a_callback_once_with_a_shared_lock(tmp_path: Path) -> None:
+def test_chord_recovery_sends_a_callback_once_with_a_shared_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A redelivered member that finds the chord triggered sends the callback only when it was never
     sent: the sender marks it in the (shared) lock, so a callback queued as PENDING is not sent twice,
     and of several recoveries of an unsent one, one sends it."""
+    from machinery.worker import runner as runner_module
     from machinery.worker.runner import TaskRunner
+
+    monkeypatch.setattr(runner_module, "RECOVERY_GRACE", 0.2)  # the published PENDING is young
+    monkeypatch.setattr(runner_module, "RECOVERY_POLL", 0.05)
 
     url = f"sqlite:///{tmp_path / 'chord.db'}"
     app = Machinery(Config(broker=url, result_backend=url))
@@ -853,3 +862,111 @@ def test_a_failed_task_is_settled_by_ack_failure_where_the_delivery_has_it(memor
         worker.quit()
         thread.join(10)
         app.close()
+
+
+def test_a_chord_recovery_waits_for_a_live_trigger_before_sending_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A member redelivered while the live trigger is between storing the callback's PENDING and
+    marking it sent must not send it too (make chaos with MongoDB results saw a recovery 75 ms after the
+    trigger's publish). The recovery waits up to RECOVERY_GRACE: the trigger's mark ends it; a PENDING
+    that stays young and unmarked that long (its trigger died) is sent, once."""
+    from machinery.worker import runner as runner_module
+    from machinery.worker.runner import CHORD_SENT_KEY, TaskRunner
+
+    monkeypatch.setattr(runner_module, "RECOVERY_GRACE", 1.0)
+    monkeypatch.setattr(runner_module, "RECOVERY_POLL", 0.05)
+    url = f"sqlite:///{tmp_path / 'chord.db'}"
+    app = Machinery(Config(broker=url, result_backend=url))
+    sent: list[str] = []
+    app.set_pre_publish_handler(lambda sig: sent.append(sig.uuid))
+    runner = TaskRunner(app)
+    member = TaskState("m1", State.SUCCESS, task_name="add", results=[])
+
+    def member_of(group: str, callback: str) -> Signature:
+        app.backend.set_state(TaskState(callback, State.PENDING, task_name="add", created_at=now_utc()))
+        return Signature(
+            "add",
+            uuid="m1",
+            group_uuid=group,
+            group_task_count=1,
+            chord_callback=Signature("add", uuid=callback),
+        )
+
+    live = member_of("g-live", "cb-live")
+    marker = threading.Timer(0.3, lambda: app.lock.acquire(CHORD_SENT_KEY.format("g-live"), 60))
+    marker.start()  # the live trigger publishes, then marks
+    started = time.monotonic()
+    runner._recover_callback(live, [member])
+    marker.join()
+    assert sent == [], "the recovery sent a callback its live trigger was sending"
+    assert time.monotonic() - started >= 0.9, "the recovery did not wait for the PENDING to age"
+
+    dead = member_of("g-dead", "cb-dead")  # its trigger died after storing PENDING
+    runner._recover_callback(dead, [member])
+    runner._recover_callback(dead, [member])
+    assert sent == ["cb-dead"], "an unsent callback is sent by exactly one recovery, after the grace"
+    app.close()
+
+
+def test_members_recovering_a_chord_at_once_send_its_callback_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that died holding three members of a chord it had triggered: all three come back at
+    once (make chaos with MongoDB results: three recoveries in one process, 14 ms apart, each sent the
+    callback). They take turns, each looking again on its turn: one sends it."""
+    from machinery.worker import runner as runner_module
+    from machinery.worker.runner import TaskRunner
+
+    monkeypatch.setattr(runner_module, "RECOVERY_GRACE", 0.3)
+    monkeypatch.setattr(runner_module, "RECOVERY_POLL", 0.02)
+    url = f"sqlite:///{tmp_path / 'chord.db'}"
+    app = Machinery(Config(broker=url, result_backend=url))
+    sent: list[str] = []
+    app.set_pre_publish_handler(lambda sig: sent.append(sig.uuid))
+    runner = TaskRunner(app)
+    callback = Signature("add", uuid="cb-orphan")  # its trigger died before storing PENDING
+    members = [
+        Signature("add", uuid=f"m{n}", group_uuid="g-orphan", group_task_count=3, chord_callback=callback)
+        for n in range(3)
+    ]
+    states = [TaskState(m.uuid, State.SUCCESS, task_name="add", results=[]) for m in members]
+    threads = [threading.Thread(target=runner._recover_callback, args=(m, states)) for m in members]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert sent == ["cb-orphan"], f"concurrent recoveries sent the callback {len(sent)} times"
+    app.close()
+
+
+def test_a_chord_member_that_uses_up_its_budget_fails_the_unsent_callback(
+    flaky: tuple[Machinery, FlakyBroker, FlakyBackend], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A member dead-lettered after its delivery budget never finishes again: the chord's callback
+    ends FAILURE naming it, so get() raises instead of waiting forever (make chaos saw a member whose
+    workers kept dying end in the dead letters and its callback never come)."""
+    from machinery.workflow import Chord, Group
+
+    app, _, _ = flaky
+    _chord_tasks(app)
+    worker, thread = launch(app)
+    real_run = worker.runner.run
+
+    def run(sig: Signature, redelivered: bool = False) -> Any:
+        if sig.args and sig.args[0].value == 666:
+            raise OverflowError("bookkeeping broke (on cue)")
+        return real_run(sig, redelivered)
+
+    monkeypatch.setattr(worker.runner, "run", run)
+    try:
+        chord = Chord(
+            Group([Signature("add", args=[666, 1]), Signature("add", args=[2, 2])]), Signature("multiply")
+        )
+        app.send_chord(chord)
+        callback = state_of(app, chord.callback.uuid, timeout=20)  # the other member finished first
+        assert callback.state == State.FAILURE
+        assert re.match(r"chord member add \(.*\) failed: gave up after 3 deliveries", callback.error)
+    finally:
+        worker.quit()
+        thread.join(15)

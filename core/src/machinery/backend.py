@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from .config import Config
 from .signature import TaskState
 
-__all__ = ["Backend", "BaseBackend"]
+__all__ = ["NEVER_HORIZON", "Backend", "BaseBackend"]
+
+#: ``BaseBackend.expires_in`` when results never expire (30 days): only for what needs a finite
+#: lifetime (the chord "sent" mark; task events and worker heartbeats of the event stores), never
+#: written as a result's expiry.
+NEVER_HORIZON = 30 * 24 * 3600
 
 
 @runtime_checkable
@@ -21,7 +27,7 @@ class Backend(Protocol):
 
     States keep ``task_name`` and ``created_at`` across transitions (use
     :meth:`TaskState.merged_over`). Results expire ``config.results_expire_in`` seconds after
-    their last write where the store supports expiry.
+    their last write where the store supports expiry, and never when it is ``NEVER_EXPIRE`` (-1).
     """
 
     capabilities: frozenset[str]
@@ -76,9 +82,23 @@ class BaseBackend:
         self.config = config or Config()
 
     @property
+    def never_expires(self) -> bool:
+        """True when ``results_expire_in`` is :data:`~machinery.config.NEVER_EXPIRE`: store no expiry."""
+        return self.config.results_expire_in < 0
+
+    @property
     def expires_in(self) -> int:
-        """Result lifetime in seconds; 0 means Machinery's default of 3600."""
-        return self.config.results_expire_in or 3600
+        """Result lifetime in seconds; 0 means Machinery's default of 3600. With :attr:`never_expires`
+        backends write no expiry; this is then :data:`NEVER_HORIZON`, for what needs a finite lifetime
+        (a lock marking a chord's callback as sent)."""
+        seconds = self.config.results_expire_in
+        if seconds < 0:
+            return NEVER_HORIZON
+        return seconds or 3600
+
+    def expires_at(self, now: float) -> float:
+        """When a result written at ``now`` (any clock, in seconds) expires: ``math.inf`` for never."""
+        return math.inf if self.never_expires else now + self.expires_in
 
     def set_state(self, state: TaskState) -> None:
         raise NotImplementedError

@@ -33,6 +33,12 @@ Loading
 - Both call :meth:`Config.validate`, which raises one ``ConfigError`` listing every problem and how to fix
   it.
 
+Result lifetime
+---------------
+``results_expire_in`` (``RESULTS_EXPIRE_IN``): seconds results and group records stay after their last
+write. 0 means the default of 3600, as in Go; :data:`NEVER_EXPIRE` (-1) keeps them until purged (every
+backend then writes no expiry at all); anything below -1 is refused.
+
 Core settings that Machinery never had (plugins list theirs in their README)
 ------------------------------------------------------------------------------
 ==================================  ======================================  ==========================
@@ -135,6 +141,7 @@ from .settings import (
 )
 
 __all__ = [
+    "NEVER_EXPIRE",
     "RELOADABLE_FIELDS",
     "Config",
     "EventsConfig",
@@ -151,6 +158,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 YAML_EXTRA_HINT = "pip install 'machinery-core[yaml]'"
+
+#: ``Config.results_expire_in`` value that keeps results until they are purged: no backend writes an
+#: expiry (no TTL, no ``delete_at``, memcached expiry 0). 0 keeps meaning the default of 3600 s, as in Go.
+NEVER_EXPIRE = -1
 
 # --------------------------------------------------------------------------------------------------------
 # Core sections
@@ -469,12 +480,13 @@ class Config:
         "machinery_tasks", go_env="DEFAULT_QUEUE", check=not_empty("machinery_tasks")
     )
     result_backend: str = setting("sqlite:///machinery.db", go_env="RESULT_BACKEND")
-    #: Seconds results are kept; 0 means the default (3600). Reloadable.
+    #: Seconds results are kept after their last write; 0 means the default (3600, as in Go);
+    #: ``NEVER_EXPIRE`` (-1) keeps them until purged (backends store no expiry at all). Reloadable.
     results_expire_in: int = setting(
         3600,
         go_env="RESULTS_EXPIRE_IN",
         reload=True,
-        check=at_least(0, " seconds (0 means the default, 3600)"),
+        check=at_least(NEVER_EXPIRE, " seconds (0 means the default, 3600; -1 means never expire)"),
     )
     #: Seconds dead-lettered messages are kept by the built-in brokers (memory://, sqlite://).
     dead_letter_expire_in: int = setting(7 * 24 * 3600, reload=True, check=at_least(1, " seconds"))

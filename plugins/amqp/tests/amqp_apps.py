@@ -14,14 +14,24 @@ import time
 from machinery import Config, Machinery
 
 
-def make_app(broker: str, backend: str, suffix: str, runlog: str = "") -> Machinery:
+def make_app(
+    broker: str,
+    backend: str,
+    suffix: str,
+    runlog: str = "",
+    *,
+    queue_args: dict[str, object] | None = None,
+    max_deliveries: int = 5,
+) -> Machinery:
     config = Config(
         broker=broker, result_backend=backend, default_queue=f"mq_{suffix}", results_expire_in=300
     )
     config.amqp.exchange = f"mx_{suffix}"
     config.amqp.binding_key = f"mk_{suffix}"
     config.amqp.prefetch_count = 0
+    config.amqp.queue_declare_args = dict(queue_args or {})
     config.worker.shutdown_grace = 5.0
+    config.worker.max_deliveries = max_deliveries
     app = Machinery(config)
 
     @app.task
@@ -39,6 +49,12 @@ def make_app(broker: str, backend: str, suffix: str, runlog: str = "") -> Machin
         time.sleep(seconds)
         _log(runlog, f"done {n} {os.getpid()}")
         return n
+
+    @app.task
+    def crash(n: int) -> None:
+        """Kills the worker process that runs it, as an OOM kill or a segfault would."""
+        _log(runlog, f"crash {n} {os.getpid()}")
+        os._exit(3)
 
     return app
 
@@ -63,7 +79,14 @@ def read_log(path: str) -> list[tuple[str, int, int]]:
 
 def main() -> None:
     settings = json.loads(os.environ["AMQP_TEST_APP"])
-    app = make_app(settings["broker"], settings["backend"], settings["suffix"], settings.get("runlog", ""))
+    app = make_app(
+        settings["broker"],
+        settings["backend"],
+        settings["suffix"],
+        settings.get("runlog", ""),
+        queue_args=settings.get("queue_args"),
+        max_deliveries=settings.get("max_deliveries", 5),
+    )
     print("ready", flush=True)
     app.worker(concurrency=settings.get("concurrency", 4)).launch()
 

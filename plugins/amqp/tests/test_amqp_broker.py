@@ -395,3 +395,50 @@ def test_consumer_survives_its_queue_being_deleted(broker: AMQPBroker, names: Na
             got = broker.consume(names.queue, 1, 0.5)
     assert [x.signature.uuid for x in got] == ["task_2"]
     got[0].ack()
+
+
+def test_quorum_queue_counts_redeliveries_and_a_delayed_requeue_starts_afresh(
+    make_config: Callable[..., Config], amqp_url: str, names: Names, admin: Admin
+) -> None:
+    """A quorum queue's x-delivery-count becomes ``delivery_count``; a copy sent round through a delay
+    queue (a planned hop) does not inherit it."""
+    broker = AMQPBroker(amqp_url, make_config(queue_declare_args={"x-queue-type": "quorum"}))
+    try:
+        broker.publish(sig(1))
+        [first] = take(broker, names.queue, 1)
+        assert (first.delivery_count, first.redelivered) == (1, False)
+        first.nack(requeue=True)
+        [again] = take(broker, names.queue, 1)
+        assert (again.delivery_count, again.redelivered) == (2, True)
+        again.nack(requeue=True, delay=0.2)
+        [copy] = take(broker, names.queue, 1)
+        assert (copy.delivery_count, copy.redelivered) == (1, False)
+        assert "x-delivery-count" not in (copy._properties.headers or {})
+        copy.ack()
+    finally:
+        broker.close()
+
+
+def test_delayed_messages_due_while_rabbitmq_shut_down_are_sent_again(
+    broker: AMQPBroker, names: Names, admin: Admin
+) -> None:
+    """RabbitMQ dead-letters at most once: a delayed message due while the server stops its queues may
+    be dropped. The broker remembers what it delayed and, after a shutdown, sends again what fell due
+    meanwhile, and nothing that was due long before or is due after."""
+    soon = datetime.now(UTC) + timedelta(seconds=1.0)
+    broker.publish(sig(1, eta=soon))
+    broker.publish(sig(2, eta=datetime.now(UTC) + timedelta(seconds=60)))  # still waits: not at risk
+    [(_, _, dropped), (_, _, later)] = sorted(broker._delays._due)
+    delay_queue = f"delay.{dropped.delay_ms}.{names.exchange}.{names.binding_key}"
+    admin.queues |= {delay_queue, f"delay.{later.delay_ms}.{names.exchange}.{names.binding_key}"}
+    admin._ch().queue_purge(delay_queue)  # what RabbitMQ does to a message due while it stops
+    shutdown = time.monotonic()
+    time.sleep(1.1)  # the server stays "down" past the message's due time (no event to wait for)
+    broker._resend_due(shutdown)
+    [again] = take(broker, names.queue, 1)
+    assert again.signature is not None and again.signature.uuid == "task_1"
+    again.ack()
+    assert broker.consume(names.queue, 1, 0.3) == []  # task_2 stays in its delay queue
+    assert len(broker._delays._due) == 1
+    broker._resend_due(shutdown)  # a second reconnect sends nothing twice
+    assert broker.consume(names.queue, 1, 0.3) == []

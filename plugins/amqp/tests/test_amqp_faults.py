@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
+from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -18,18 +21,22 @@ from amqp_testlib import SERVICES, Admin, Names
 
 from machinery import AsyncResult, State
 from machinery.testing import server_unavailable
+from machinery_amqp import AMQPBroker
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 HERE = Path(__file__).resolve().parent
 
 
-def start_worker(amqp_url: str, names: Names, runlog: Path, concurrency: int) -> subprocess.Popen[str]:
+def start_worker(
+    amqp_url: str, names: Names, runlog: Path, concurrency: int, **more: object
+) -> subprocess.Popen[str]:
     settings = {
         "broker": amqp_url,
         "backend": amqp_url,
         "suffix": names.suffix,
         "runlog": str(runlog),
         "concurrency": concurrency,
+        **more,
     }
     env = {**os.environ, "AMQP_TEST_APP": json.dumps(settings), "PYTHONPATH": str(HERE)}
     proc = subprocess.Popen(
@@ -84,14 +91,67 @@ def test_sigkill_with_tasks_started_redelivers_each_once(
         app.close()
 
 
+@pytest.mark.parametrize("queue_type", ["classic", "quorum"])
+def test_a_message_that_kills_every_worker_is_dead_lettered_after_max_deliveries(
+    amqp_url: str, names: Names, admin: Admin, tmp_path: Path, queue_type: str
+) -> None:
+    """Issue 16: every worker that takes the message dies (os._exit, as an OOM kill would). After
+    worker.max_deliveries (3) crashes the next delivery ends it FAILURE + dead letter, the body having
+    run 3 times. A classic queue only flags redeliveries (the worker carries the count in a header of a
+    fresh copy); a quorum queue counts them itself (x-delivery-count)."""
+    runlog = tmp_path / "runs.log"
+    queue_args = {"x-queue-type": "quorum"} if queue_type == "quorum" else {}
+    app = make_app(amqp_url, amqp_url, names.suffix, queue_args=queue_args, max_deliveries=3)
+    result = app.send_task(app.get_task("crash").s(7))
+    crashes = 0
+    worker: subprocess.Popen[str] | None = None
+    try:
+        while not result.state.is_completed:
+            assert crashes < 6, "six workers died: the message was never given up"
+            worker = start_worker(amqp_url, names, runlog, 1, queue_args=queue_args, max_deliveries=3)
+            wait_for(
+                partial(lambda w: w.poll() is not None or result.state.is_completed, worker),
+                30,
+                "the worker to crash or the message to be given up",
+            )
+            if worker.poll() is not None:
+                assert worker.returncode == 3, f"the worker exited {worker.returncode}, not by the task"
+                crashes += 1
+        state = result.wait_state(10)
+        assert crashes == 3
+        assert state.state is State.FAILURE
+        assert state.error.startswith("gave up after 4 deliveries (worker.max_deliveries=3)"), state.error
+        assert [event for event, _, _ in read_log(str(runlog))] == ["crash"] * 3
+        broker = app.broker
+        assert isinstance(broker, AMQPBroker)
+        # FAILURE is stored first, then the message is dead-lettered
+        wait_for(lambda: broker.dead_letters(names.queue), 10, "the message in the dead-letter queue")
+        [dead] = broker.dead_letters(names.queue)
+        assert "gave up after 4 deliveries" in dead.reason
+        # the count RabbitMQ kept: a quorum queue's; a classic queue keeps none (the copy is new)
+        assert dead.delivery_count == (4 if queue_type == "quorum" else 1)
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(15)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        app.close()
+
+
 def restart_rabbitmq() -> None:
     if "rabbitmq" not in os.environ.get("MACHINERY_SERVICES", "").split():
         server_unavailable("RabbitMQ is not managed by scripts/services here (MACHINERY_SERVICES)")
     subprocess.run([str(SERVICES), "restart", "rabbitmq"], check=True, timeout=180, capture_output=True)
 
 
-def test_rabbitmq_restart_mid_run_every_task_completes(amqp_url: str, names: Names, admin: Admin) -> None:
-    """#150/#411/#427: producer and consumer reconnect by themselves; nothing sent is lost."""
+def test_rabbitmq_restart_mid_run_every_task_completes(
+    amqp_url: str, names: Names, admin: Admin, caplog: pytest.LogCaptureFixture
+) -> None:
+    """#150/#411/#427: producer and consumer reconnect by themselves; nothing sent is lost. A task
+    delayed to fall due while RabbitMQ stops is sent again by the consumer's process once the server
+    is back (RabbitMQ may drop it: dead-lettering is at most once)."""
     if "rabbitmq" not in os.environ.get("MACHINERY_SERVICES", "").split():
         restart_rabbitmq()  # skips (or fails in CI) with the reason
     app = make_app(amqp_url, amqp_url, names.suffix)
@@ -113,13 +173,18 @@ def test_rabbitmq_restart_mid_run_every_task_completes(amqp_url: str, names: Nam
                 errors.append(exc)
 
         sender = threading.Thread(target=send_during_restart)
+        delayed = slow.s(300, 0.1)
+        delayed.eta = datetime.now(UTC) + timedelta(seconds=1.5)  # due while the server stops
+        results.append(app.send_task(delayed))
         sender.start()
         restart_rabbitmq()
         sender.join(60)
         results += [app.send_task(slow.s(n, 0.1)) for n in range(200, 206)]
         assert errors == []
         values = sorted(r.get(timeout=120) for r in results)
-        assert values == sorted([*range(12), *range(100, 106), *range(200, 206)])
+        assert values == sorted([*range(12), *range(100, 106), *range(200, 206), 300])
+        resent = re.findall(r"sending again the (\d+) delayed message", caplog.text)
+        assert resent and int(resent[0]) >= 1, f"the delayed task was not sent again: {resent}"
     finally:
         worker.quit()
         thread.join(30)

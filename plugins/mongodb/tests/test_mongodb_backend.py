@@ -13,6 +13,7 @@ from bson.int64 import Int64
 from mongodb_testlib import TEST_DB, mongodb_url, redis_url, require_env
 
 from machinery import Config, codec
+from machinery.config import NEVER_EXPIRE
 from machinery.errors import BackendError, UnknownGroupError
 from machinery.signature import Arg, State, TaskState, new_uuid
 from machinery.testing._util import eventually
@@ -63,6 +64,25 @@ def test_documents_have_go_machinerys_shape(backend: MongoBackend, raw: Any) -> 
     assert set(meta) == {"_id", "task_uuids", "chord_triggered", "lock", "created_at", "delete_at"}
     assert (meta["task_uuids"], meta["chord_triggered"], meta["lock"]) == ([uuid], False, False)
     zero.close()
+
+
+def test_results_that_never_expire_have_no_delete_at(backend: MongoBackend, raw: Any) -> None:
+    """results_expire_in = -1: no ``delete_at`` (the TTL index never removes them), also removed from
+    a state and a group that had one."""
+    uuid, group, other = new_uuid(), new_uuid("group"), new_uuid("group")
+    backend.set_state(TaskState(uuid, State.STARTED, "add"))
+    backend.init_group(group, [uuid])
+    never = MongoBackend.from_url(mongodb_url(), config_with(results_expire_in=NEVER_EXPIRE))
+    try:
+        never.set_state(TaskState(uuid, State.SUCCESS, results=[Arg(1, "int64")]))
+        never.init_group(other, [uuid])
+        assert [s.state for s in never.group_states(group)] == [State.SUCCESS]
+        assert "delete_at" not in raw.tasks.find_one({"_id": uuid})
+        assert "delete_at" not in raw.group_metas.find_one({"_id": group})
+        assert "delete_at" not in raw.group_metas.find_one({"_id": other})
+        assert never.trigger_chord(other) and not never.trigger_chord(other)
+    finally:
+        never.close()
 
 
 def test_values_bson_cannot_hold_go_as_json_text(backend: MongoBackend, raw: Any) -> None:

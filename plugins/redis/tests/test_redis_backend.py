@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from machinery import Config
+from machinery.config import NEVER_EXPIRE
 from machinery.errors import UnknownGroupError
 from machinery.signature import Arg, State, TaskState, now_utc
 from machinery_redis import RedisBackend, RedisLock
@@ -51,6 +52,34 @@ def test_state_layout_and_merge_like_go(backend: RedisBackend, raw: redis.Redis,
     assert list(stored) == list(golden) and stored == golden
     state = backend.get_state(uuid)
     assert state is not None and state.values == [2] and state.created_at is not None
+
+
+def test_results_that_never_expire_have_no_ttl(redis_url: str, raw: redis.Redis, name: str) -> None:
+    """results_expire_in = -1: states (plain SET and script) and groups get no TTL, and a group read or
+    triggered loses the one an earlier write gave it."""
+    uuid, group, fresh = f"task_{name}", f"group_{name}", f"group_{name}_fresh"
+    expiring = RedisBackend.from_url(redis_url, Config(results_expire_in=600))
+    expiring.init_group(group, [uuid])
+    expiring.close()
+    never = RedisBackend.from_url(redis_url, Config(results_expire_in=NEVER_EXPIRE))
+    try:
+        never.set_state(TaskState(uuid, State.PENDING, "add", created_at=now_utc()))  # plain SET
+        assert raw.ttl(uuid) == -1
+        never.set_state(TaskState(uuid, State.SUCCESS, results=[Arg(1, "int64")]))  # the script
+        assert raw.ttl(uuid) == -1
+        assert [s.state for s in never.group_states(group)] == [State.SUCCESS]  # GETEX PERSIST
+        assert raw.ttl(group) == -1
+        never.init_group(fresh, [uuid])
+        assert raw.ttl(fresh) == -1
+        assert [s.state for s in never.group_states(fresh)] == [State.SUCCESS]  # cached: PERSIST, EXISTS
+        assert never.trigger_chord(fresh) and not never.trigger_chord(fresh)
+        assert raw.ttl(fresh) == -1
+        never.purge_group(fresh)
+        with pytest.raises(UnknownGroupError):
+            never.group_states(fresh)
+    finally:
+        never.close()
+        raw.delete(uuid, group, fresh)
 
 
 def test_a_first_state_gets_a_creation_time(backend: RedisBackend, raw: redis.Redis, name: str) -> None:

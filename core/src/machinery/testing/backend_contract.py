@@ -13,6 +13,7 @@ import pytest
 from .. import codec
 from ..backend import Backend
 from ..capabilities import Capability
+from ..config import NEVER_EXPIRE
 from ..errors import UnknownGroupError
 from ..signature import Arg, State, TaskState, new_uuid, now_utc
 from ._base import ContractBase, requires
@@ -363,8 +364,16 @@ class BackendContract(ContractBase):
     # expiry and purge --------------------------------------------------------------------------
     @requires(Capability.EXPIRY, of="backend")
     def test_backend_expiry(self) -> None:
+        """Results and groups stored with ``results_expire_in=1`` disappear; meanwhile those stored with
+        ``NEVER_EXPIRE`` (-1), also one first written with the 1-second expiry, stay."""
         config = self.config_copy(results_expire_in=1)
         backend = self.new_backend(config)
+        keeper = self.new_backend(self.config_copy(results_expire_in=NEVER_EXPIRE))
+        kept, rewritten, kept_group = new_uuid(), new_uuid(), new_uuid("group")
+        backend.set_state(TaskState(rewritten, State.STARTED, NAME))
+        keeper.init_group(kept_group, [kept, rewritten])
+        keeper.set_state(TaskState(kept, State.SUCCESS, NAME, results=[Arg(2, "int64")]))
+        keeper.set_state(TaskState(rewritten, State.SUCCESS, NAME, results=[Arg(3, "int64")]))
         uuid, group = new_uuid(), new_uuid("group")
         backend.init_group(group, [uuid])
         backend.set_state(TaskState(uuid, State.SUCCESS, NAME, results=[Arg(1, "int64")]))
@@ -384,6 +393,13 @@ class BackendContract(ContractBase):
         eventually(gone, self.t(8), "a result and its group stored with results_expire_in=1 to expire")
         self.record("expiry (results_expire_in=1)", f"gone after {time.monotonic() - stored:.2f}s")
         assert backend.wait([uuid], 0.1) == {}
+        # rewritten's first write had the same 1-second lifetime as uuid's, and came earlier
+        states = keeper.group_states(kept_group)
+        assert [s.state for s in states] == [State.SUCCESS, State.SUCCESS], (
+            f"results stored with results_expire_in=-1 (never) expired: {states}"
+        )
+        assert [codec.values_from_results(s.results) for s in states] == [2, 3]
+        assert keeper.trigger_chord(kept_group), "a group that never expires could not trigger its chord"
 
     def test_backend_purge(self, backend: Backend) -> None:
         uuid, group = new_uuid(), new_uuid("group")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -92,6 +93,22 @@ class _Unencodable:
 
 #: The lock key marking a chord's callback as published (recovery after a worker died checks it).
 CHORD_SENT_KEY = "machinery_chord_sent:{}"
+#: Seconds a recovering member waits for a live trigger to publish and mark a callback whose state is
+#: missing or a young PENDING (the trigger stores PENDING, publishes, then marks, within milliseconds).
+RECOVERY_GRACE = 2.0
+#: Seconds between its looks meanwhile.
+RECOVERY_POLL = 0.5
+#: The lock key that lets one recovery of a chord's callback at a time look and send, and its lease.
+CHORD_RECOVERY_KEY = "machinery_chord_recovery:{}"
+RECOVERY_LEASE = 30.0
+
+
+def _young(state: TaskState) -> bool:
+    """A PENDING stored less than RECOVERY_GRACE ago (one without a creation time counts as old)."""
+    if state.created_at is None:
+        return False
+    return (now_utc() - state.created_at).total_seconds() < RECOVERY_GRACE
+
 
 #: How many times a task raised Retry (its retry-later budget is separate from retry_count).
 RETRY_LATER_HEADER = "machinery-retry-later"
@@ -419,18 +436,65 @@ class TaskRunner:
     def _recover_callback(self, sig: Signature, states: list[TaskState]) -> None:
         """A redelivered member finds the chord triggered: if the callback has no state, or only
         PENDING (stored just before its publish), the worker that triggered it may have died before
-        publishing it, so it is published (again): a rare duplicate rather than a lost callback."""
+        publishing it, so it is published (again): a rare duplicate rather than a lost callback.
+
+        A live trigger may be between those steps right now (a member redelivered for another reason
+        runs at the same time): while the callback's state is missing or a PENDING younger than
+        :data:`RECOVERY_GRACE`, this waits (up to that long) for the trigger to publish and mark it."""
         assert sig.chord_callback is not None
-        state = self.backend.get_state(sig.chord_callback.uuid)
-        if state is not None and state.state != State.PENDING:
+        deadline = time.monotonic() + RECOVERY_GRACE
+        while True:
+            state = self.backend.get_state(sig.chord_callback.uuid)
+            if state is not None and state.state != State.PENDING:
+                return
+            if state is not None and not _young(state):
+                break  # PENDING for a while: the mark below tells whether it was published
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(min(RECOVERY_POLL, max(0.0, deadline - time.monotonic())))
+        # Several members of the chord may be recovering at once (a dead worker held them all): one
+        # at a time, each looking again once it is its turn, so only the first sends the callback.
+        key = CHORD_RECOVERY_KEY.format(sig.group_uuid)
+        if not self._take_turn(key, sig.chord_callback.uuid):
             return
-        if state is not None and not self._claim_chord_send(sig.group_uuid):
-            return  # PENDING, and marked sent: it waits in the queue, it is not lost
-        logger.warning(
-            "chord %s was triggered but its callback never sent (a worker died in between); sending it",
-            sig.group_uuid,
-        )
-        self._fire(sig, states)
+        try:
+            state = self.backend.get_state(sig.chord_callback.uuid)
+            if state is not None and state.state != State.PENDING:
+                return
+            if state is not None and not self._claim_chord_send(sig.group_uuid):
+                return  # PENDING, and marked sent: it waits in the queue, it is not lost
+            logger.warning(
+                "chord %s was triggered but its callback never sent (a worker died in between); sending it",
+                sig.group_uuid,
+            )
+            self._fire(sig, states)
+        finally:
+            self._end_turn(key)
+
+    def _take_turn(self, key: str, callback_uuid: str) -> bool:
+        """Hold ``key`` (a lease of RECOVERY_LEASE seconds, so a recovery that dies frees it). False
+        when the callback moved on meanwhile (it runs or ran) or the lease stayed held too long; a
+        lock that fails lets this recovery go ahead (a rare duplicate rather than a lost callback)."""
+        deadline = time.monotonic() + RECOVERY_LEASE + RECOVERY_GRACE
+        while True:
+            try:
+                if self.app.lock.acquire(key, RECOVERY_LEASE):
+                    return True
+            except Exception as exc:
+                logger.warning("could not take the chord recovery lease %s: %s", key, exc)
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(RECOVERY_POLL)
+            state = self.backend.get_state(callback_uuid)
+            if state is not None and state.state != State.PENDING:
+                return False
+
+    def _end_turn(self, key: str) -> None:
+        try:
+            self.app.lock.release(key)
+        except Exception as exc:  # it expires by itself
+            logger.warning("could not release the chord recovery lease %s: %s", key, exc)
 
     def _fire(self, sig: Signature, states: list[TaskState]) -> None:
         assert sig.chord_callback is not None
@@ -479,6 +543,18 @@ class TaskRunner:
         logger.error("task %s[%s]: %s", sig.name, sig.uuid, reason)
         self._fail_callback(sig.chord_callback, reason)  # first: whoever sees the member fail finds it done
         self._write(sig, State.FAILURE, error=reason)
+
+    def _member_gave_up(self, sig: Signature, error: str) -> None:
+        """A chord member dead-lettered by the worker will never finish again: a callback that was
+        never sent ends FAILURE naming it, so ``get()`` raises instead of waiting forever."""
+        callback = sig.chord_callback
+        if not sig.group_uuid or callback is None or not callback.uuid:
+            return
+        try:
+            if self.backend.get_state(callback.uuid) is None:
+                self._fail_callback(callback, f"chord member {sig.name} ({sig.uuid}) failed: {error}")
+        except Exception as exc:
+            logger.warning("could not fail the callback of chord %s: %s", sig.group_uuid, exc)
 
     def _fail_callback(self, callback: Signature, error: str) -> None:
         if not callback.uuid:

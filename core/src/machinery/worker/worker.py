@@ -440,6 +440,7 @@ class Worker:
             logger.warning("could not store the FAILURE (%s); the message is returned", exc)
             tracked.settle(lambda: nack(delivery, requeue=True, delay=5.0, reason=error))
             return
+        self.runner._member_gave_up(sig, error)
         tracked.settle(lambda: nack(delivery, requeue=False, reason=error))
 
     def _release(self, tracked: _Tracked) -> None:

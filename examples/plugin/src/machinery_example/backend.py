@@ -43,7 +43,7 @@ class ExampleBackend(BaseBackend):
             for state in states:
                 merged = state.merged_over(self._live(state.task_uuid))  # keeps name and created_at
                 merged.created_at = merged.created_at or now_utc()
-                self.store.states[state.task_uuid] = (merged, time.monotonic() + self.expires_in)
+                self.store.states[state.task_uuid] = (merged, self.expires_at(time.monotonic()))
             self.store.cond.notify_all()
 
     def get_state(self, task_uuid: str) -> TaskState | None:
@@ -63,7 +63,7 @@ class ExampleBackend(BaseBackend):
     def init_group(self, group_uuid: str, task_uuids: Sequence[str]) -> None:
         with self.store.cond:
             meta = GroupMeta(group_uuid, list(task_uuids), created_at=now_utc())
-            self.store.groups[group_uuid] = (meta, time.monotonic() + self.expires_in)
+            self.store.groups[group_uuid] = (meta, self.expires_at(time.monotonic()))
 
     def _group(self, group_uuid: str) -> GroupMeta:
         item = self.store.groups.get(group_uuid)

@@ -133,11 +133,14 @@ class AMQPBackend(Endpoint, BaseBackend):
     def _args(self, token: bool = False) -> dict[str, Any]:
         """Arguments of a result queue: expires (unused) and its message expires (since written)
         ``results_expire_in`` after; at most one message. The chord token has no message TTL: only
-        ``trigger_chord`` may remove it."""
+        ``trigger_chord`` may remove it. Results that never expire (-1) get neither expiry."""
         ms = int(self.expires_in * 1000)
+        expiry: dict[str, Any] = {} if self.never_expires else {"x-expires": ms}
         if token:
-            return {"x-expires": ms, "x-max-length": 1}
-        return {"x-expires": ms, "x-message-ttl": ms, "x-max-length": 1, "x-overflow": "drop-head"}
+            return {**expiry, "x-max-length": 1}
+        if not self.never_expires:
+            expiry["x-message-ttl"] = ms
+        return {**expiry, "x-max-length": 1, "x-overflow": "drop-head"}
 
     def _declare(self, link: Link, name: str, *, bind: bool, token: bool = False) -> int:
         """Declare a result queue (renewing its ``x-expires``) and return its ready message count;

@@ -86,8 +86,8 @@ class MemcacheBackend(BaseBackend):
 
     @property
     def expire(self) -> int:
-        """memcached's expiration for a record written now."""
-        return exptime(self.expires_in)
+        """memcached's expiration for a record written now: 0 (never) when results never expire."""
+        return 0 if self.never_expires else exptime(self.expires_in)
 
     # states ----------------------------------------------------------------------------------
     def _body(self, key: bytes, state: TaskState) -> bytes:

@@ -7,7 +7,8 @@
   everywhere in Machinery), and a TTL index removes the document at the server's next sweep (every
   60 s on MongoDB). Reads ignore a document whose ``delete_at`` has passed, so a result is gone for
   Machinery at its expiry even before the sweep. Go v1 put its TTL index on non-date fields (nothing
-  expired) and v2 let 0 mean "at the next sweep"; neither is copied.
+  expired) and v2 let 0 mean "at the next sweep"; neither is copied. ``results_expire_in = -1``
+  (``NEVER_EXPIRE``): no ``delete_at`` is written (an existing one is removed), so nothing expires.
 - **Groups** live in ``group_metas`` in member order; ``group_states`` refreshes the group's
   ``delete_at`` so a long-running group does not vanish under its members (Go's #352).
 - **Chords**: ``trigger_chord`` is one ``find_one_and_update`` from ``chord_triggered: false`` to true:
@@ -126,8 +127,14 @@ class MongoBackend(MongoEvents, BaseBackend):
     def groups(self) -> Collection[Document]:
         return self.conn.collection(GROUP_METAS)
 
-    def _delete_at(self, now: datetime) -> datetime:
-        return now + timedelta(seconds=self.expires_in)
+    def _delete_at(self, now: datetime) -> datetime | None:
+        """``delete_at`` of a document written at ``now``; None when results never expire."""
+        return None if self.never_expires else now + timedelta(seconds=self.expires_in)
+
+    def _expiry_update(self, now: datetime) -> Document:
+        """Push ``delete_at`` forward, or remove it when results never expire (no TTL sweep)."""
+        delete_at = self._delete_at(now)
+        return {"$unset": {"delete_at": ""}} if delete_at is None else {"$set": {"delete_at": delete_at}}
 
     # states ----------------------------------------------------------------------------------
     def set_state(self, state: TaskState) -> None:
@@ -277,13 +284,15 @@ class MongoBackend(MongoEvents, BaseBackend):
     def init_group(self, group_uuid: str, task_uuids: Sequence[str]) -> None:
         """Record the group's members in order (replacing an earlier record of the same uuid)."""
         now = _now()
-        doc = {
+        doc: Document = {
             "task_uuids": list(task_uuids),
             "chord_triggered": False,
             "lock": False,
             "created_at": now,
-            "delete_at": self._delete_at(now),
         }
+        delete_at = self._delete_at(now)
+        if delete_at is not None:
+            doc["delete_at"] = delete_at
         self.conn.call(
             "storing a group", lambda: self.groups.replace_one({"_id": group_uuid}, doc, upsert=True)
         )
@@ -296,7 +305,7 @@ class MongoBackend(MongoEvents, BaseBackend):
             "reading a group",
             lambda: self.groups.find_one_and_update(  # pushing delete_at forward: safe to repeat
                 {"_id": group_uuid, "delete_at": _not_before(now)},
-                {"$set": {"delete_at": self._delete_at(now)}},
+                self._expiry_update(now),
                 projection={"task_uuids": True},
                 return_document=ReturnDocument.AFTER,
             ),

@@ -70,14 +70,14 @@ def results_document(state: TaskState) -> list[dict[str, Any]] | None:
     return [_result_document(r, state.task_uuid) for r in wire]
 
 
-def state_update(state: TaskState, now: datetime, delete_at: datetime) -> dict[str, Any]:
+def state_update(state: TaskState, now: datetime, delete_at: datetime | None) -> dict[str, Any]:
     """The upsert that stores ``state``: everything replaced except a task name or creation time the
-    new state does not have (the stored one is kept; a first state without one gets "" / now)."""
+    new state does not have (the stored one is kept; a first state without one gets "" / now).
+    ``delete_at`` None (results never expire) removes the field, so the TTL index never deletes it."""
     fields: dict[str, Any] = {
         "state": state.state.value,
         "results": results_document(state),
         "error": state.error,
-        "delete_at": delete_at,
     }
     on_insert: dict[str, Any] = {}
     if state.task_name:
@@ -89,6 +89,10 @@ def state_update(state: TaskState, now: datetime, delete_at: datetime) -> dict[s
     else:
         on_insert["created_at"] = now
     update: dict[str, Any] = {"$set": fields}
+    if delete_at is None:
+        update["$unset"] = {"delete_at": ""}
+    else:
+        fields["delete_at"] = delete_at
     if on_insert:
         update["$setOnInsert"] = on_insert
     return update

@@ -140,13 +140,18 @@ class RedisBackend(RedisEvents, BaseBackend):
     def __repr__(self) -> str:
         return f"<RedisBackend {self.target.describe()}>"
 
+    @property
+    def _ttl(self) -> int:
+        """``EX`` seconds of results and groups; 0 when they never expire (no TTL at all)."""
+        return 0 if self.never_expires else self.expires_in
+
     # states ----------------------------------------------------------------------------------
     def state_commands(self, states: Sequence[TaskState]) -> list[tuple[Any, ...]]:
         """The commands storing ``states`` in order (the broker sends them with a publish). A state
         that needs no merge and wakes nobody (a PENDING state) is a plain ``SET``; consecutive states
         that need the script share one call on a single server, and have one each on a cluster (the
         keys of different states are in different slots)."""
-        ttl = self.expires_in
+        ttl = self._ttl
         # the creation time a first state without one gets (PENDING states carry theirs)
         fallback = b"" if all(s.created_at for s in states) else codec.format_time(now_utc()).encode()
         commands: list[tuple[Any, ...]] = []
@@ -168,7 +173,7 @@ class RedisBackend(RedisEvents, BaseBackend):
                     close_script_call()
             else:
                 close_script_call()
-                commands.append(("SET", uuid, body, "EX", ttl))
+                commands.append(("SET", uuid, body, "EX", ttl) if ttl else ("SET", uuid, body))
         close_script_call()
         return commands
 
@@ -304,7 +309,8 @@ class RedisBackend(RedisEvents, BaseBackend):
     def init_group(self, group_uuid: str, task_uuids: Sequence[str]) -> None:
         meta = GroupMeta(group_uuid, list(task_uuids), created_at=now_utc())
         body = codec.encode_group_meta(meta)
-        self.conn.call("storing a group", lambda: self.conn.client.set(group_uuid, body, ex=self.expires_in))
+        ex = self._ttl or None
+        self.conn.call("storing a group", lambda: self.conn.client.set(group_uuid, body, ex=ex))
         self._remember(group_uuid, list(task_uuids))
 
     def _remember(self, group_uuid: str, task_uuids: list[str]) -> None:
@@ -316,9 +322,13 @@ class RedisBackend(RedisEvents, BaseBackend):
 
     def group_meta(self, group_uuid: str) -> GroupMeta:
         """The group's record (refreshing its expiry). Raises UnknownGroupError."""
-        raw = self.conn.call(
-            "reading a group", lambda: self.conn.client.getex(group_uuid, ex=self.expires_in)
-        )
+        ttl = self._ttl
+
+        def read() -> Any:  # the client may be a new one on a retry
+            client = self.conn.client
+            return client.getex(group_uuid, ex=ttl) if ttl else client.getex(group_uuid, persist=True)
+
+        raw = self.conn.call("reading a group", read)
         if raw is None:
             raise UnknownGroupError(f"group {group_uuid!r} is unknown or expired")
         try:
@@ -340,16 +350,20 @@ class RedisBackend(RedisEvents, BaseBackend):
             found = self.get_states(members)
         else:
             uuids = members
-            replies = self._run(
-                "reading group states", [("EXPIRE", group_uuid, self.expires_in), *self._reads(uuids)]
+            ttl = self._ttl
+            # EXPIRE says whether the group exists; never expiring, PERSIST does not (0 without a TTL)
+            refresh: list[tuple[Any, ...]] = (
+                [("EXPIRE", group_uuid, ttl)] if ttl else [("PERSIST", group_uuid), ("EXISTS", group_uuid)]
             )
-            if isinstance(replies[0], BaseException):
-                raise self.conn.error("reading group states", replies[0])
-            if not replies[0]:
+            replies = self._run("reading group states", [*refresh, *self._reads(uuids)])
+            exists, replies = replies[len(refresh) - 1], replies[len(refresh) :]
+            if isinstance(exists, BaseException):
+                raise self.conn.error("reading group states", exists)
+            if not exists:
                 with self._groups_lock:
                     self._groups.pop(group_uuid, None)
                 raise UnknownGroupError(f"group {group_uuid!r} is unknown or expired")
-            raws = self.conn.call("reading group states", lambda: self._read_replies(replies[1:]))
+            raws = self.conn.call("reading group states", lambda: self._read_replies(replies))
             found = [self._decode_state(u, r) for u, r in zip(uuids, raws, strict=True)]
         return [s or TaskState(u, State.PENDING) for u, s in zip(members, found, strict=True)]
 
@@ -361,7 +375,7 @@ class RedisBackend(RedisEvents, BaseBackend):
         for attempt in range(64):
             result = self.conn.call(
                 "triggering a chord",
-                lambda: scripts.TRIGGER_CHORD(self.conn.client, [group_uuid, mutex], [self.expires_in]),
+                lambda: scripts.TRIGGER_CHORD(self.conn.client, [group_uuid, mutex], [self._ttl]),
             )
             if result != -1:
                 return _chord_result(group_uuid, result)
@@ -398,7 +412,7 @@ class RedisBackend(RedisEvents, BaseBackend):
                 result = self.conn.call(
                     "triggering a chord",
                     lambda: scripts.TRIGGER_CHORD(
-                        self.conn.client, [group_uuid, _no_mutex(group_uuid)], [self.expires_in]
+                        self.conn.client, [group_uuid, _no_mutex(group_uuid)], [self._ttl]
                     ),
                 )
             finally:

@@ -359,7 +359,11 @@ local function store(key, notify_key, waiter_key, json, name_pos, created_pos, f
       json = string.sub(json, 1, name_pos + 11) .. name .. string.sub(json, name_pos + 12)
     end
   end
-  redis.call('SET', key, json, 'EX', ttl)
+  if tonumber(ttl) > 0 then
+    redis.call('SET', key, json, 'EX', ttl)
+  else
+    redis.call('SET', key, json)
+  end
   if notify_ttl ~= '0' and redis.call('EXISTS', waiter_key) == 1 then
     redis.call('DEL', notify_key)
     redis.call('RPUSH', notify_key, json)
@@ -375,9 +379,9 @@ end
 #: call (its three keys share the uuid's slot; different states do not).
 #: KEYS: per state: state key, notify key, waiter key (the notify list is written only while
 #:       somebody waits)
-#: ARGV: fallback creation time, ttl s, then per state: json, position of '"TaskName":""' (1-based,
-#:       0 = has a name), position of the zero '"CreatedAt":"0001-01-01T00:00:00Z"' (0 = has a
-#:       time), notify ttl s (0 = not final)
+#: ARGV: fallback creation time, ttl s (0 = never expire), then per state: json, position of
+#:       '"TaskName":""' (1-based, 0 = has a name), position of the zero
+#:       '"CreatedAt":"0001-01-01T00:00:00Z"' (0 = has a time), notify ttl s (0 = not final)
 SET_STATES = Script(
     "set_states",
     _STORE
@@ -393,7 +397,7 @@ return #KEYS / 3
 
 #: Set ChordTriggered on a group record, once: 1 = this caller fired it, 0 = already fired,
 #: -1 = a Go worker holds TriggerChordMutex (try again shortly), -2 = no such group, -3 = malformed.
-#: KEYS: group key, Go's chord mutex key   ARGV: ttl s
+#: KEYS: group key, Go's chord mutex key   ARGV: ttl s (0 = never expire)
 TRIGGER_CHORD = Script(
     "trigger_chord",
     """
@@ -406,7 +410,11 @@ if not s then
   return -3
 end
 meta = string.sub(meta, 1, s - 1) .. '"ChordTriggered":true' .. string.sub(meta, e + 1)
-redis.call('SET', KEYS[1], meta, 'EX', ARGV[1])
+if tonumber(ARGV[1]) > 0 then
+  redis.call('SET', KEYS[1], meta, 'EX', ARGV[1])
+else
+  redis.call('SET', KEYS[1], meta)
+end
 return 1
 """,
 )

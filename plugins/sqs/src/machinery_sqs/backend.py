@@ -9,9 +9,9 @@ Tables (Machinery's names and keys, created on first use unless ``create_missing
 - ``group_metas`` (key ``GroupUUID``): ``TaskUUIDs`` (a list: the group's order), ``ChordTriggered``,
   ``Lock``, ``CreatedAt``, ``TTL``.
 
-``TTL`` is epoch seconds, ``results_expire_in`` after the last write; the tables this package creates have
-DynamoDB's TTL turned on for it. DynamoDB deletes expired items lazily (within days), so reads treat an
-item whose ``TTL`` passed as gone.
+``TTL`` is epoch seconds, ``results_expire_in`` after the last write; the tables this package creates
+have DynamoDB's TTL turned on for it. DynamoDB deletes expired items lazily (within days), so reads treat
+an item whose ``TTL`` passed as gone. ``results_expire_in = -1`` (never expire): items get no ``TTL``.
 
 ``trigger_chord`` is one conditional update (``ChordTriggered = false`` → ``true``): true exactly once per
 group, across processes. ``wait()`` polls with consistent batch reads that start 50 ms apart and slow down
@@ -217,8 +217,14 @@ class DynamoDBBackend(BaseBackend):
                     f"DynamoDB table {table!r} at {self.target.where} is not ready: {describe_error(exc)}"
                 ) from exc
 
-    def _ttl(self) -> int:
-        return math.ceil(time.time() + self.expires_in)
+    def _ttl(self) -> int | None:
+        """``TTL`` of an item written now (epoch seconds); None when results never expire (no ``TTL``)."""
+        return None if self.never_expires else math.ceil(time.time() + self.expires_in)
+
+    def _ttl_attribute(self) -> dict[str, dict[str, str]]:
+        """``{"TTL": ...}`` for a new item, or nothing when results never expire."""
+        ttl = self._ttl()
+        return {} if ttl is None else {"TTL": {"N": str(ttl)}}
 
     @staticmethod
     def _expired(item: dict[str, Any]) -> bool:
@@ -235,12 +241,15 @@ class DynamoDBBackend(BaseBackend):
             values = self._state_values(state)
         name = "#n = :n" if state.task_name else "#n = if_not_exists(#n, :n)"
         created = "#c = :c" if state.created_at is not None else "#c = if_not_exists(#c, :c)"
+        # never expiring: no TTL, and one left by an earlier write is removed
+        expiry = ", #t = :t" if ":t" in values else ""
+        remove = "" if expiry else " REMOVE #t"
         try:
             self._request(
                 "update_item",
                 TableName=self.states_table,
                 Key={"TaskUUID": {"S": state.task_uuid}},
-                UpdateExpression=f"SET #s = :s, #e = :e, #r = :r, #t = :t, {name}, {created}",
+                UpdateExpression=f"SET #s = :s, #e = :e, #r = :r{expiry}, {name}, {created}{remove}",
                 ExpressionAttributeNames=_NAMES,
                 ExpressionAttributeValues=values,
             )
@@ -256,14 +265,17 @@ class DynamoDBBackend(BaseBackend):
 
     def _state_values(self, state: TaskState) -> dict[str, Any]:
         created = state.created_at or now_utc()
-        return {
+        values = {
             ":s": {"S": state.state.value},
             ":e": {"S": state.error},
             ":r": _results_attribute(state),
-            ":t": {"N": str(self._ttl())},
             ":n": {"S": state.task_name},
             ":c": {"S": codec.format_time(created)},
         }
+        ttl = self._ttl()
+        if ttl is not None:
+            values[":t"] = {"N": str(ttl)}
+        return values
 
     @staticmethod
     def _too_large(state: TaskState, size: int) -> TaskState:
@@ -325,10 +337,11 @@ class DynamoDBBackend(BaseBackend):
                 "State": values[":s"],
                 "Error": values[":e"],
                 "Results": values[":r"],
-                "TTL": values[":t"],
                 "TaskName": values[":n"],
                 "CreatedAt": values[":c"],
             }
+            if ":t" in values:
+                item["TTL"] = values[":t"]
             requests.append({"PutRequest": {"Item": item}})
         pending: dict[str, Any] = {self.states_table: requests}
         for attempt in range(8):
@@ -431,7 +444,7 @@ class DynamoDBBackend(BaseBackend):
             "ChordTriggered": {"BOOL": False},
             "Lock": {"BOOL": False},
             "CreatedAt": {"S": codec.format_time(now_utc())},
-            "TTL": {"N": str(self._ttl())},
+            **self._ttl_attribute(),
         }
         size = _item_size(item)
         if size > ITEM_LIMIT:
@@ -465,7 +478,10 @@ class DynamoDBBackend(BaseBackend):
                 TableName=self.groups_table,
                 Key={"GroupUUID": {"S": group_uuid}},
                 UpdateExpression="SET ChordTriggered = :yes",
-                ConditionExpression="attribute_exists(GroupUUID) AND ChordTriggered = :no AND #t > :now",
+                ConditionExpression=(
+                    "attribute_exists(GroupUUID) AND ChordTriggered = :no AND "
+                    "(attribute_not_exists(#t) OR #t > :now)"  # no TTL: results never expire
+                ),
                 ExpressionAttributeNames={"#t": "TTL"},
                 ExpressionAttributeValues={
                     ":yes": {"BOOL": True},

@@ -50,7 +50,7 @@ class MemoryBackend(BaseBackend):
         return cls(config, store_name(url))
 
     def _expiry(self) -> float:
-        return time.monotonic() + self.expires_in
+        return self.expires_at(time.monotonic())
 
     def _live_state(self, task_uuid: str) -> TaskState | None:
         item = self._store.states.get(task_uuid)

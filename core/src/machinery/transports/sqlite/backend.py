@@ -2,10 +2,10 @@
 
 States are Go Machinery's TaskState JSON (``record``) plus the columns needed to merge and query
 without decoding (state, task name, creation time). Results expire ``results_expire_in`` seconds
-(0 means 3600) after their last write: expired rows are invisible at once and deleted by a sweep
-that runs with later writes. A group lives as long as its members keep writing states, so a long
-workflow does not lose its group (Go Machinery #352). ``trigger_chord`` is one conditional UPDATE:
-true exactly once per group across every process.
+(0 means 3600; -1 never: their ``expires_at`` is infinite) after their last write: expired rows are
+invisible at once and deleted by a sweep that runs with later writes. A group lives as long as its
+members keep writing states, so a long workflow does not lose its group (Go Machinery #352).
+``trigger_chord`` is one conditional UPDATE: true exactly once per group across every process.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ class SQLiteBackend(SQLiteEvents, BaseBackend):
         ``publish_with_states`` stores PENDING states and publishes in one transaction).
         ``refresh_groups=False`` skips extending the tasks' groups (at send time they were just made)."""
         now = time.time()
-        expires_at = now + self.expires_in
+        expires_at = self.expires_at(now)
         uuids = list(dict.fromkeys(s.task_uuid for s in states))
         old: dict[str, tuple[str, str | None]] = {}
         # nothing to merge when every state has its name and creation time (PENDING states at send)
@@ -201,7 +201,7 @@ class SQLiteBackend(SQLiteEvents, BaseBackend):
             conn.execute(
                 "INSERT OR REPLACE INTO groups "
                 "(group_uuid, task_uuids, chord_triggered, created_at, expires_at) VALUES (?, ?, 0, ?, ?)",
-                (group_uuid, json.dumps(members), now_utc().isoformat(), now + self.expires_in),
+                (group_uuid, json.dumps(members), now_utc().isoformat(), self.expires_at(now)),
             )
             conn.executemany(
                 "INSERT OR IGNORE INTO group_members (task_uuid, group_uuid) VALUES (?, ?)",
@@ -251,7 +251,7 @@ class SQLiteBackend(SQLiteEvents, BaseBackend):
     def trigger_chord(self, group_uuid: str) -> bool:
         """True exactly once per group, whoever asks (one conditional UPDATE); keeps the group alive."""
         now = time.time()
-        expires_at = now + self.expires_in
+        expires_at = self.expires_at(now)
         with self._store.write("trigger_chord") as conn:
             won = conn.execute(
                 "UPDATE groups SET chord_triggered = 1, expires_at = ? "
