@@ -8,26 +8,9 @@ writes the wall-clock time into once it has booted and consumes). Worker:
 
 from __future__ import annotations
 
-import os
-
-import dramatiq
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.results import Results
-from dramatiq.results.backends import RedisBackend
 
-from bench.peers.dramatiq_ready import Ready
+from bench.peers.dramatiq_ready import REDIS_URL, serve_add
 
-URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
-QUEUE = os.environ.get("BENCH_QUEUE", "bench")
-
-
-results = RedisBackend(url=URL)
-broker = RedisBroker(url=URL)
-broker.add_middleware(Results(backend=results))
-broker.add_middleware(Ready())
-dramatiq.set_broker(broker)
-
-
-@dramatiq.actor(store_results=True, queue_name=QUEUE, max_retries=0)
-def add(x, y):
-    return x + y
+broker = RedisBroker(url=REDIS_URL)
+results, add = serve_add(broker)
