@@ -333,7 +333,7 @@ class BrokerContract(ContractBase):
                         d.ack()
                         with mutex:
                             got[d.signature.uuid if d.signature else "<malformed>"] += 1
-                            if sum(got.values()) >= total:
+                            if len(got) >= total:  # every task seen; a duplicate must not end it early
                                 done.set()
             except BaseException as exc:
                 errors.append(exc)
