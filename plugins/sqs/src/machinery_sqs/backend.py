@@ -406,30 +406,26 @@ class DynamoDBBackend(BaseBackend):
 
     def trigger_chord(self, group_uuid: str) -> bool:
         """True exactly once per group: a conditional update of ``ChordTriggered`` from false to true."""
-        try:
-            self._request(
-                "update_item",
-                TableName=self.groups_table,
-                Key={"GroupUUID": {"S": group_uuid}},
-                UpdateExpression="SET ChordTriggered = :yes",
-                ConditionExpression=(
-                    "attribute_exists(GroupUUID) AND ChordTriggered = :no AND "
-                    "(attribute_not_exists(#t) OR #t > :now)"  # no TTL: results never expire
-                ),
-                ExpressionAttributeNames={"#t": "TTL"},
-                ExpressionAttributeValues={
-                    ":yes": {"BOOL": True},
-                    ":no": {"BOOL": False},
-                    ":now": {"N": str(int(time.time()))},
-                },
-            )
+        triggered = self._tables.conditional(
+            "update_item",
+            self.groups_table,
+            f"chord of {group_uuid}",
+            TableName=self.groups_table,
+            Key={"GroupUUID": {"S": group_uuid}},
+            UpdateExpression="SET ChordTriggered = :yes",
+            ConditionExpression=(
+                "attribute_exists(GroupUUID) AND ChordTriggered = :no AND "
+                "(attribute_not_exists(#t) OR #t > :now)"  # no TTL: results never expire
+            ),
+            ExpressionAttributeNames={"#t": "TTL"},
+            ExpressionAttributeValues={
+                ":yes": {"BOOL": True},
+                ":no": {"BOOL": False},
+                ":now": {"N": str(int(time.time()))},
+            },
+        )
+        if triggered:
             return True
-        except Exception as exc:
-            if error_code(exc) != "ConditionalCheckFailedException":
-                raise BackendError(
-                    f"DynamoDB UpdateItem (chord of {group_uuid}) on {self.groups_table!r} at "
-                    f"{self.target.where} failed: {describe_error(exc)}"
-                ) from exc
         self._group_item(group_uuid)  # raises UnknownGroupError for a missing or expired group
         return False
 

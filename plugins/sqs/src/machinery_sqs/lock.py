@@ -21,9 +21,7 @@ from typing import Any
 
 from machinery.capabilities import Capability
 from machinery.config import Config
-from machinery.errors import BackendError
 
-from .client import describe_error, error_code
 from .settings import DynamoDBSettings
 from .tables import Tables
 from .url import AWSTarget, parse_backend_url
@@ -68,41 +66,29 @@ class DynamoDBLock:
             "ExpiresAt": {"N": f"{expires:.3f}"},
             "TTL": {"N": str(math.ceil(expires) + _SWEEP_AFTER)},
         }
-        try:
-            self._tables.request(
-                "put_item",
-                TableName=self.table,
-                Item=item,
-                ConditionExpression="attribute_not_exists(LockKey) OR ExpiresAt <= :now",
-                ExpressionAttributeValues={":now": {"N": f"{now:.3f}"}},
-            )
-        except Exception as exc:
-            if error_code(exc) == "ConditionalCheckFailedException":
-                return False  # held by someone, and not expired
-            raise self._error(f"taking the lock {key!r}", exc) from exc
-        return True
+        return self._tables.conditional(  # False: held by someone, and not expired
+            "put_item",
+            self.table,
+            f"taking the lock {key!r}",
+            TableName=self.table,
+            Item=item,
+            ConditionExpression="attribute_not_exists(LockKey) OR ExpiresAt <= :now",
+            ExpressionAttributeValues={":now": {"N": f"{now:.3f}"}},
+        )
 
     def release(self, key: str) -> None:
-        """Give ``key`` back if this owner still holds it."""
-        try:
-            self._tables.request(
-                "delete_item",
-                TableName=self.table,
-                Key={"LockKey": {"S": key}},
-                ConditionExpression="#o = :me",
-                ExpressionAttributeNames={"#o": "Owner"},  # a reserved word in expressions
-                ExpressionAttributeValues={":me": {"S": self.token}},
-            )
-        except Exception as exc:
-            if error_code(exc) != "ConditionalCheckFailedException":  # expired and taken by another
-                raise self._error(f"releasing the lock {key!r}", exc) from exc
+        """Give ``key`` back if this owner still holds it (not if it expired and another took it)."""
+        self._tables.conditional(
+            "delete_item",
+            self.table,
+            f"releasing the lock {key!r}",
+            TableName=self.table,
+            Key={"LockKey": {"S": key}},
+            ConditionExpression="#o = :me",
+            ExpressionAttributeNames={"#o": "Owner"},  # a reserved word in expressions
+            ExpressionAttributeValues={":me": {"S": self.token}},
+        )
 
     def close(self) -> None:
         """Release the HTTP connections. Idempotent."""
         self._tables.close()
-
-    def _error(self, what: str, exc: BaseException) -> BackendError:
-        return BackendError(
-            f"DynamoDB lock: {what} in table {self.table!r} at {self.target.where} failed: "
-            f"{describe_error(exc)}"
-        )

@@ -67,6 +67,20 @@ class Tables:
                 f"{describe_error(exc)}"
             ) from exc
 
+    def conditional(self, operation: str, table: str, what: str, **kwargs: Any) -> bool:
+        """A conditional write: True when it was applied, False when its condition did not hold, any
+        other failure a :class:`BackendError` naming ``what`` was being done."""
+        try:
+            self.request(operation, **kwargs)
+        except Exception as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                return False
+            raise BackendError(
+                f"DynamoDB {operation} ({what}) on table {table!r} at {self.target.where} failed: "
+                f"{describe_error(exc)}"
+            ) from exc
+        return True
+
     def close(self) -> None:
         self.clients.close()
 
