@@ -86,6 +86,7 @@ from .connection import (
     AMQPUnavailableError,
     Endpoint,
     Link,
+    Publish,
     UnroutableError,
     connect,
     connection_parameters,
@@ -449,16 +450,43 @@ class AMQPBroker(Endpoint, BaseBroker):
 
     def _send(self, messages: list[_Outgoing]) -> None:
         self._check_open()
-        done = 0
+        if len(messages) > 1:
+            self._producers.run(self._batch_sender(messages))
+        else:
+            self._producers.run(lambda link: self._publish_one(link, messages[0]))
+        self._delays.add([m for m in messages if m.delay_ms > 0])
+
+    def _batch_sender(self, messages: list[_Outgoing]) -> Callable[[Link], None]:
+        """Publish ``messages`` and wait for their confirms once per batch. On a new connection (the pool
+        retries after a broken one) only the messages not confirmed yet are sent again."""
+        confirmed: set[int] = set()
 
         def fn(link: Link) -> None:
-            nonlocal done
-            while done < len(messages):
-                self._publish_one(link, messages[done])
-                done += 1
+            todo = [i for i in range(len(messages)) if i not in confirmed]
+            answer = link.publish_confirmed([self._target(link, messages[i]) for i in todo])
+            confirmed.update(todo[j] for j in answer.acked)
+            if answer.nacked:
+                queues = sorted({messages[todo[j]].queue for j in answer.nacked})
+                raise AMQPError(f"RabbitMQ refused (nacked) {len(answer.nacked)} message(s) for {queues}")
+            if answer.returned:
+                link.declared.clear()  # a queue declared earlier may have been deleted: declare again
+                for j in sorted(answer.returned):
+                    self._publish_one(link, messages[todo[j]])  # raises UnroutableError if still unroutable
+                    confirmed.add(todo[j])
 
-        self._producers.run(fn)
-        self._delays.add([m for m in messages if m.delay_ms > 0])
+        return fn
+
+    def _target(self, link: Link, msg: _Outgoing) -> Publish:
+        """Where ``msg`` goes (its queue declared on ``link``; a delayed one to its delay queue)."""
+        self.declare_queue(link.channel, link.declared, msg.queue)
+        if msg.delay_ms <= 0:
+            return Publish(self.exchange, msg.key, msg.body, msg.properties)
+        hop = min(msg.delay_ms, MAX_DELAY_MS)
+        name, hop, expiration = self._delay_target(link, msg.key, hop)
+        # the default exchange routes straight to the delay queue
+        return Publish(
+            "", name, msg.body, _with_expiration(msg.properties, expiration) if expiration else msg.properties
+        )
 
     def _resend_due(self, lost_at: float) -> None:
         """RabbitMQ shut down at ``lost_at`` (monotonic) and is back: send again, at once or with what
@@ -483,14 +511,7 @@ class AMQPBroker(Endpoint, BaseBroker):
 
     def _publish_one(self, link: Link, msg: _Outgoing) -> None:
         for attempt in (1, 2):
-            self.declare_queue(link.channel, link.declared, msg.queue)
-            exchange, key, props = self.exchange, msg.key, msg.properties
-            if msg.delay_ms > 0:
-                hop = min(msg.delay_ms, MAX_DELAY_MS)
-                name, hop, expiration = self._delay_target(link, msg.key, hop)
-                exchange, key = "", name  # the default exchange routes straight to the delay queue
-                if expiration:
-                    props = _with_expiration(props, expiration)
+            exchange, key, _, props = self._target(link, msg)
             try:
                 link.channel.basic_publish(exchange, key, msg.body, props, mandatory=True)
                 return
