@@ -356,6 +356,28 @@ def test_two_consumers_share_a_queue(amqp_url: str, config: Config, names: Names
         b.close()
 
 
+def test_ack_many_acks_each_once(amqp_url: str, config: Config, names: Names, admin: Admin) -> None:
+    """``ack_many`` (the worker's batched acks): every delivery acked, the ones already settled skipped,
+    a delivery of another broker acked by itself; nothing comes back after a reconnect."""
+    a, b = AMQPBroker(amqp_url, config), AMQPBroker(amqp_url, config)
+    try:
+        a.publish_many([sig(n) for n in range(5)])
+        got = take(a, names.queue, 4)
+        [other] = take(b, names.queue, 1)
+        got[0].ack()  # settled before: ack_many must not ack its tag twice (a channel error)
+        a.ack_many([*got, other])
+        assert all(d.settled for d in [*got, other])
+    finally:
+        a.close()
+        b.close()
+    c = AMQPBroker(amqp_url, config)
+    try:
+        assert take(c, names.queue, 1, timeout=0.5) == [], "an acked message came back"
+        assert admin.count(names.queue) == 0
+    finally:
+        c.close()
+
+
 def test_close_returns_unacked_messages(amqp_url: str, config: Config, names: Names, admin: Admin) -> None:
     a = AMQPBroker(amqp_url, config)
     a.publish_many([sig(n) for n in range(3)])

@@ -546,6 +546,20 @@ class AMQPBroker(Endpoint, BaseBroker):
         if consumer is not None:
             consumer.settle(serial, tag, ack=ack, requeue=requeue)
 
+    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """Ack several deliveries with one hand-over to the I/O thread (the worker's state writer uses
+        it for a flushed batch) instead of one wait per message."""
+        mine: list[tuple[int, int]] = []
+        for delivery in deliveries:
+            if isinstance(delivery, AMQPDelivery) and delivery._broker is self:
+                if delivery.claim():
+                    mine.append((delivery._serial, delivery._tag))
+            else:
+                delivery.ack()
+        consumer = self._consumer
+        if mine and consumer is not None:
+            consumer.settle_many(mine, ack=True)
+
     # inspecting --------------------------------------------------------------------------------
     def _peek(self, queue: str) -> list[bytes]:
         """Bodies of every ready message of ``queue``, in order, left in the queue."""
@@ -791,13 +805,24 @@ class _Consumer(threading.Thread):
             return error
 
     def settle(self, serial: int, tag: int, *, ack: bool, requeue: bool = True) -> None:
+        self.settle_many([(serial, tag)], ack=ack, requeue=requeue)
+
+    def settle_many(self, deliveries: Sequence[tuple[int, int]], *, ack: bool, requeue: bool = True) -> None:
+        """Ack or nack (channel serial, delivery tag) pairs: one hand-over to the I/O thread for all."""
         with self.lock:
-            self.handed.pop((serial, tag), None)
-            if serial not in self.live:
-                logger.debug("ack of delivery %d dropped: its channel is gone (RabbitMQ redelivers it)", tag)
-                return
+            todo = []
+            for serial, tag in deliveries:
+                self.handed.pop((serial, tag), None)
+                if serial in self.live:
+                    todo.append((serial, tag))
+                else:
+                    logger.debug(
+                        "ack of delivery %d dropped: its channel is gone (RabbitMQ redelivers it)", tag
+                    )
+        if not todo:
+            return
         done = threading.Event()
-        self.commands.append(partial(self._run_settle, serial, tag, ack, requeue, done))
+        self.commands.append(partial(self._run_settle, todo, ack, requeue, done))
         if threading.current_thread() is self:
             self._run_commands()
             return
@@ -880,15 +905,18 @@ class _Consumer(threading.Thread):
                 return
             command()
 
-    def _run_settle(self, serial: int, tag: int, ack: bool, requeue: bool, done: threading.Event) -> None:
+    def _run_settle(
+        self, deliveries: list[tuple[int, int]], ack: bool, requeue: bool, done: threading.Event
+    ) -> None:
         try:
-            channel = self.live.get(serial)
-            if channel is None or not channel.is_open:
-                return
-            if ack:
-                channel.basic_ack(tag)
-            else:
-                channel.basic_nack(tag, requeue=requeue)
+            for serial, tag in deliveries:
+                channel = self.live.get(serial)
+                if channel is None or not channel.is_open:
+                    continue  # RabbitMQ redelivers what a closed channel held
+                if ack:
+                    channel.basic_ack(tag)
+                else:
+                    channel.basic_nack(tag, requeue=requeue)
         finally:
             done.set()
 
