@@ -310,7 +310,8 @@ class _BatchChannel:
     pika's ``BlockingChannel`` waits for each message's confirm inside ``basic_publish``, so this drives
     the channel beneath it (``BlockingChannel._impl``, pika's asynchronous channel, in the thread that
     holds the link) and waits as ``BlockingChannel`` does (``BlockingConnection._flush_output``). Both
-    are pika internals (used with pika 1.4.4; the range allows 1.3): the tests of the batch path run on RabbitMQ.
+    are pika internals (used with pika 1.4.4; the range allows 1.3): the tests of the batch path run on
+    RabbitMQ.
     """
 
     def __init__(self, connection: BlockingConnection) -> None:
