@@ -34,6 +34,7 @@ def take(broker: AMQPBroker, queue: str, count: int, timeout: float = 5.0) -> li
 def test_publish_consume_ack_in_order(broker: AMQPBroker, names: Names, admin: Admin) -> None:
     for n in range(5):
         broker.publish(sig(n))
+    broker.flush()  # a producer's publish returns before its confirm: flush waits for them
     assert admin.count(names.queue) == 5
     got = take(broker, names.queue, 5)
     assert [d.signature.uuid for d in got] == [f"task_{n}" for n in range(5)]
@@ -267,6 +268,7 @@ def test_fixed_delayed_queue_mode(
     try:
         start = time.monotonic()
         broker.publish(sig(1, eta=datetime.now(UTC) + timedelta(seconds=0.8)))
+        broker.flush()
         assert admin.count(delayed) == 1
         [d] = take(broker, names.queue, 1)
         assert time.monotonic() - start >= 0.75
@@ -484,6 +486,7 @@ def test_delayed_messages_due_while_rabbitmq_shut_down_are_sent_again(
     soon = datetime.now(UTC) + timedelta(seconds=1.0)
     broker.publish(sig(1, eta=soon))
     broker.publish(sig(2, eta=datetime.now(UTC) + timedelta(seconds=60)))  # still waits: not at risk
+    broker.flush()  # both are in their delay queues
     [(_, _, dropped), (_, _, later)] = sorted(broker._delays._due)
     delay_queue = f"delay.{dropped.delay_ms}.{names.exchange}.{names.binding_key}"
     admin.queues |= {delay_queue, f"delay.{later.delay_ms}.{names.exchange}.{names.binding_key}"}

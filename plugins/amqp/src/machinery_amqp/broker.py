@@ -73,12 +73,14 @@ from pika.connection import Parameters
 from pika.spec import Basic, BasicProperties
 
 from machinery import codec
+from machinery.backend import Backend
 from machinery.backoff import Backoff
 from machinery.broker import BaseBroker, DeadLetter, Delivery, decode_body
 from machinery.capabilities import Capability
 from machinery.config import Config
 from machinery.delivery import BaseDelivery
-from machinery.signature import Signature, now_utc
+from machinery.signature import Signature, TaskState, now_utc
+from machinery.task import current_signature
 
 from .connection import (
     AMQPAccessError,
@@ -91,6 +93,7 @@ from .connection import (
     connect,
     connection_parameters,
 )
+from .outbox import Outbox
 from .settings import AMQPSettings
 
 __all__ = ["AMQPBroker", "AMQPDelivery"]
@@ -146,6 +149,8 @@ class _Outgoing:
     body: bytes
     properties: BasicProperties
     delay_ms: int = 0
+    #: its PENDING state, stored by the outbox's I/O thread before its first publish (a producer's send)
+    pending: tuple[Backend, TaskState] | None = None
 
 
 class _DelayLedger:
@@ -284,6 +289,12 @@ class AMQPBroker(Endpoint, BaseBroker):
         #: nack(requeue=False) lets RabbitMQ dead-letter when the task queues have their own DLX
         self._server_dead_letters = "x-dead-letter-exchange" in self.queue_args
         self._producers = self._link_pool("producer")
+        self._wait_for_confirms = amqp.wait_for_confirms
+        #: AMQP routing keys a confirmed publish of this process reached (see _deferred)
+        self._routed: set[str] = set()
+        self._outbox: Outbox[_Outgoing] | None = None
+        self._outbox_lock = threading.Lock()
+        self._consumed = False
         self._delays = _DelayLedger()
         self._consumer: _Consumer | None = None
         self._consumer_lock = threading.Lock()
@@ -450,11 +461,58 @@ class AMQPBroker(Endpoint, BaseBroker):
 
     def _send(self, messages: list[_Outgoing]) -> None:
         self._check_open()
-        if len(messages) > 1:
-            self._producers.run(self._batch_sender(messages))
+        if self._deferred(messages):
+            self._get_outbox().submit(messages)
         else:
-            self._producers.run(lambda link: self._publish_one(link, messages[0]))
+            if len(messages) > 1:
+                self._producers.run(self._batch_sender(messages))
+            else:
+                self._producers.run(lambda link: self._publish_one(link, messages[0]))
+            self._routed.update(m.key for m in messages if m.delay_ms <= 0)
         self._delays.add([m for m in messages if m.delay_ms > 0])
+
+    def _deferred(self, messages: list[_Outgoing]) -> bool:
+        """Whether ``messages`` go through the outbox (confirmed later) instead of waiting for their
+        confirms here. Not in a worker: this broker consumed (so the worker's retries, callbacks and hops
+        are confirmed before it acks their source), or the caller is a task (its sends are confirmed
+        before the task's message is acked, also in a child of ``pool="process"``). Not for the first
+        message to a routing key either, so a wrong exchange or binding raises ``UnroutableError`` to
+        the caller. Not with ``amqp.wait_for_confirms``."""
+        if self._wait_for_confirms or self._consumed or current_signature() is not None:
+            return False
+        return all(m.delay_ms > 0 or m.key in self._routed for m in messages)
+
+    def _get_outbox(self) -> Outbox[_Outgoing]:
+        with self._outbox_lock:
+            outbox = self._outbox
+            if outbox is None or outbox.pid != os.getpid():  # forked: the parent's thread is not ours
+                outbox = self._outbox = Outbox(self._producers, self._target, prepare=_store_pending)
+            return outbox
+
+    def publish_with_states(
+        self, signatures: Sequence[Signature], states: Sequence[TaskState], backend: Backend
+    ) -> bool:
+        """A producer's send (``machinery_publish_with_states``): hand the messages with their PENDING
+        states to the outbox, whose I/O thread stores the states (one ``set_states`` per batch), then
+        publishes. False (the core stores and publishes itself) where :meth:`_deferred` says no."""
+        messages = [self._outgoing(s) for s in signatures]
+        if not self._deferred(messages):
+            return False
+        self._check_open()
+        for message, state in zip(messages, states, strict=True):
+            message.pending = (backend, state)
+        self._get_outbox().submit(messages)
+        self._delays.add([m for m in messages if m.delay_ms > 0])
+        return True
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until RabbitMQ confirmed every message this broker published (a producer's publish
+        returns before its confirm; see README "Publisher confirms"). Raises :class:`AMQPError`
+        (``UnroutableError`` for an unroutable one) for messages that could not be delivered since the
+        last flush, ``AMQPUnavailableError`` when ``timeout`` seconds were not enough."""
+        outbox = self._outbox
+        if outbox is not None and outbox.pid == os.getpid():
+            outbox.flush(timeout)
 
     def _batch_sender(self, messages: list[_Outgoing]) -> Callable[[Link], None]:
         """Publish ``messages`` and wait for their confirms once per batch. On a new connection (the pool
@@ -532,6 +590,9 @@ class AMQPBroker(Endpoint, BaseBroker):
         if max_messages <= 0:
             return []
         self._check_open()
+        if not self._consumed:
+            self._consumed = True  # from now on every publish waits for its confirm (see _deferred)
+            self.flush(self._producers.reconnect_timeout)
         return self._get_consumer().take(queue, max_messages, timeout)
 
     def _get_consumer(self) -> _Consumer:
@@ -573,6 +634,8 @@ class AMQPBroker(Endpoint, BaseBroker):
         consumer can take them. A missing queue has no messages.
         """
 
+        self.flush(self._producers.reconnect_timeout)
+
         def fn(link: Link) -> list[tuple[bytes, BasicProperties]]:
             channel = link.connection.channel()
             bodies: list[tuple[bytes, BasicProperties]] = []
@@ -611,6 +674,7 @@ class AMQPBroker(Endpoint, BaseBroker):
 
     def purge(self, queue: str) -> None:
         """Delete every ready message of ``queue`` (delay queues are not touched)."""
+        self.flush(self._producers.reconnect_timeout)
 
         def fn(link: Link) -> None:
             try:
@@ -625,6 +689,7 @@ class AMQPBroker(Endpoint, BaseBroker):
 
     def delete_queues(self, *queues: str) -> None:
         """Delete queues (tests clean up with it); missing ones are ignored."""
+        self.flush(self._producers.reconnect_timeout)
 
         def fn(link: Link) -> None:
             for name in queues:
@@ -644,14 +709,37 @@ class AMQPBroker(Endpoint, BaseBroker):
             raise AMQPError("the AMQP broker is closed")
 
     def close(self) -> None:
-        """Stop consuming (unacked messages go back to their queues) and close every connection."""
+        """Wait for the confirms of what was published (up to ``reconnect_timeout`` seconds; raises
+        :class:`AMQPError` for messages that could not be delivered), stop consuming (unacked messages
+        go back to their queues) and close every connection."""
         if self._closed:
             return
         self._closed = True
-        consumer, self._consumer = self._consumer, None
-        if consumer is not None:
-            consumer.stop()
-        self._producers.close()
+        outbox, self._outbox = self._outbox, None
+        try:
+            if outbox is not None:
+                outbox.close(self._producers.reconnect_timeout)
+        finally:
+            consumer, self._consumer = self._consumer, None
+            if consumer is not None:
+                consumer.stop()
+            self._producers.close()
+
+
+def _store_pending(messages: list[_Outgoing]) -> None:
+    """Store the PENDING states of ``messages`` (one write per backend), before their first publish."""
+    by_backend: dict[int, tuple[Backend, list[TaskState]]] = {}
+    for message in messages:
+        if message.pending is not None:
+            backend, state = message.pending
+            by_backend.setdefault(id(backend), (backend, []))[1].append(state)
+    for backend, states in by_backend.values():
+        if len(states) == 1:
+            backend.set_state(states[0])
+        else:
+            backend.set_states(states)
+    for message in messages:
+        message.pending = None
 
 
 def _dead_letter_of(queue: str, body: bytes, props: BasicProperties) -> DeadLetter:

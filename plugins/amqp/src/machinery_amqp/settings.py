@@ -37,3 +37,6 @@ class AMQPSettings(Section):
     prefetch_count: int = setting(3, go_env="AMQP_PREFETCH_COUNT", check=at_least(0, " (0 means unlimited)"))
     auto_delete: bool = setting(False, go_env="AMQP_AUTO_DELETE")
     delayed_queue: str = setting("", go_env="AMQP_DELAYED_QUEUE")
+    #: Every publish waits for its publisher confirm, also a producer's (by default a producer's publish
+    #: returns once the message is handed to the I/O thread; ``flush()``/``close()`` wait: README.md).
+    wait_for_confirms: bool = setting(False)
