@@ -401,6 +401,13 @@ def run_workload(system: System, opts: Options, progress: Callable[[str], None] 
         for i in range(opts.n):
             ids.append(system.enqueue_one(i))
         out.enqueue_one_per_s = opts.n / (time.perf_counter() - t0)
+        settle: Callable[[], bool] | None = getattr(system, "settle", None)
+        if settle is not None and settle():  # a send that returns before the broker's confirm
+            confirmed = opts.n / (time.perf_counter() - t0)
+            out.notes.append(
+                f"one by one: {confirmed:,.0f}/s until the broker confirmed every message (a send returns "
+                "before its confirm: the amqp outbox)"
+            )
         progress(f"{system.name}: W1 enqueue {opts.n:,} in batches of {opts.batch}")
         t0 = time.perf_counter()
         batched: list[str] | None = []

@@ -5,6 +5,10 @@ A raw loop is a *queue* (the broker's client) and a *store* (the result backend'
 
 - redis (redis-py): ``RPUSH`` one, or one pipelined ``RPUSH`` per batch; the consumer ``BLMPOP``s up to
   100; nothing to ack.
+- amqp (pika): ``basic_publish`` of a persistent message to a durable queue through the default
+  exchange, without publisher confirms (one by one and in batches: the cheapest pika allows); the
+  consumer holds up to 100 (``basic_qos``), takes what arrived and acks the batch with one
+  ``basic_ack(multiple=True)`` once its results are stored.
 - sqs (boto3): ``SendMessage``, or ``SendMessageBatch`` (10 per call); the consumer ``ReceiveMessage``s
   up to 10 (long poll 1 s) and ``DeleteMessageBatch``es them once their results are stored.
 - pubsub (google-cloud-pubsub): ``publish().result()``, or all the futures of a batch, then wait; the
@@ -43,6 +47,7 @@ import orjson
 #: How each queue and store is named in row labels.
 LIBRARIES = {
     "redis": "redis-py",
+    "amqp": "pika",
     "sqs": "boto3",
     "pubsub": "google-cloud-pubsub",
     "dynamodb": "boto3",
@@ -85,6 +90,46 @@ class RedisQueue:
 
     def delete(self, _keys: Sequence[str]) -> None:
         self.client.delete(self.name)
+
+
+class AMQPQueue:
+    def __init__(self, spec: dict[str, Any]) -> None:
+        import pika
+
+        self.name = spec["queue"]
+        self.connection: Any = pika.BlockingConnection(pika.URLParameters(spec["amqp_url"]))
+        self.channel: Any = self.connection.channel()
+        self.properties = pika.BasicProperties(content_type="application/json", delivery_mode=2)
+        self.buffer: list[tuple[int, bytes]] = []
+        self.consuming = False
+
+    def create(self) -> None:
+        self.channel.queue_declare(self.name, durable=True)
+
+    def publish(self, bodies: Sequence[bytes]) -> None:
+        for body in bodies:
+            self.channel.basic_publish("", self.name, body, self.properties)
+
+    def _on_message(self, _channel: Any, method: Any, _properties: Any, body: bytes) -> None:
+        self.buffer.append((method.delivery_tag, body))
+
+    def fetch(self) -> tuple[list[bytes], Any]:
+        if not self.consuming:
+            self.channel.basic_qos(prefetch_count=100)
+            self.channel.basic_consume(self.name, self._on_message)
+            self.consuming = True
+        # returns as soon as deliveries arrived (or after 1 s)
+        self.connection.process_data_events(time_limit=0 if self.buffer else 1)
+        batch, self.buffer = self.buffer[:100], self.buffer[100:]
+        return [body for _, body in batch], (batch[-1][0] if batch else None)
+
+    def ack(self, token: Any) -> None:
+        if token is not None:
+            self.channel.basic_ack(token, multiple=True)
+
+    def delete(self, _keys: Sequence[str]) -> None:
+        self.channel.queue_delete(self.name)
+        self.connection.close()
 
 
 class SQSQueue:
@@ -284,7 +329,7 @@ class MemcacheStore:
         self.client.delete_many(list(keys))
 
 
-QUEUES = {"redis": RedisQueue, "sqs": SQSQueue, "pubsub": PubSubQueue}
+QUEUES = {"redis": RedisQueue, "amqp": AMQPQueue, "sqs": SQSQueue, "pubsub": PubSubQueue}
 STORES = {"redis": RedisStore, "dynamodb": DynamoStore, "mongodb": MongoStore, "memcache": MemcacheStore}
 
 

@@ -31,6 +31,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -60,7 +61,8 @@ GUESS = {
     "redis/redis-prefetch4": (1200, 12000, 6000),
     "redis/redis-x2": (1200, 12000, 7000),
     "sqlite/sqlite": (2500, 20000, 2500),
-    "amqp/redis": (800, 800, 1200),
+    "raw-amqp+redis": (5000, 20000, 5000),
+    "amqp/redis": (3000, 5000, 1500),
     "amqp/amqp": (110, 130, 200),
     "dramatiq": (1800, 1800, 1600),
     "celery": (600, 600, 250),
@@ -421,7 +423,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--only",
         default="",
         help="comma-separated: baseline,redis/redis,redis/redis-prefetch4,redis/redis-x2,sqlite/sqlite,huey,"
-        "amqp/redis,dramatiq-rabbitmq,...,gcppubsub/redis,sqs/dynamodb,sqs/redis,"
+        "amqp/redis,raw-amqp+redis,dramatiq-rabbitmq,...,gcppubsub/redis,sqs/dynamodb,sqs/redis,"
         "redis/mongodb,redis/memcache (a transport row brings its raw loop)",
     )
     p.add_argument("--redis-url", default=os.environ.get("REDIS_URL", ""), help="default $REDIS_URL")
@@ -462,6 +464,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def plan(args: argparse.Namespace, progress: Callable[[str], None]) -> tuple[list[Step], list[str]]:
+    from bench.rawloop import RawLoopSystem
     from bench.systems import BaselineSystem, MachinerySystem
 
     n = args.n or (2000 if args.quick else 10_000)
@@ -533,9 +536,17 @@ def plan(args: argparse.Namespace, progress: Callable[[str], None]) -> tuple[lis
             steps.append(Step("sqlite/sqlite", "machinery sqlite/sqlite", n, -1, make))
         if use.get("huey"):  # the embedded peer, right after sqlite://
             steps.append(Step("huey", "huey", n, -1, peer="huey"))
+        # RabbitMQ: the raw pika loop (the baseline of amqp/redis), Machinery, then Dramatiq
+        amqp_raw = raw_label("amqp", "redis")
+        if (use.get("amqp/redis") or "raw-amqp+redis" in only) and not why_not("amqp/redis"):
+            urls = {"amqp_url": amqp_url, "redis_url": redis_url}
+            make_raw = partial(RawLoopSystem, "amqp", "redis", urls)
+            steps.append(Step("raw-amqp+redis", amqp_raw, n, -1, make_raw))
+        else:
+            amqp_raw = report.BASELINE
         if use.get("amqp/redis"):
             make = machinery("amqp/redis", amqp_url, redis_url)
-            steps.append(Step("amqp/redis", "machinery amqp/redis", n, -1, make))
+            steps.append(Step("amqp/redis", "machinery amqp/redis", n, -1, make, baseline=amqp_raw))
         if use.get("dramatiq-rabbitmq"):  # the RabbitMQ peer, right after amqp/redis
             steps.append(
                 Step("dramatiq-rabbitmq", "dramatiq rabbitmq/redis", n, -1, peer="dramatiq-rabbitmq")

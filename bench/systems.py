@@ -98,6 +98,16 @@ class MachinerySystem:
         self.sent.append(uid)
         return uid
 
+    def settle(self) -> bool:
+        """Wait for the broker's confirms of what was sent (amqp: the outbox); False when the broker
+        has nothing of the kind (its sends return confirmed)."""
+        assert self.app is not None
+        flush = getattr(self.app.broker, "flush", None)
+        if flush is None:
+            return False
+        flush(60.0)
+        return True
+
     def enqueue_batch(self, start: int, count: int) -> list[str]:
         assert self.app is not None
         results = self.app.send_tasks([self.add.s(i, i) for i in range(start, start + count)])
