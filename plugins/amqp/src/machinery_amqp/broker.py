@@ -12,9 +12,12 @@ Threading (pika is not thread-safe: a connection and its channels belong to one 
   I/O thread over "a connection per thread" for the consumer because delivery tags belong to the
   channel that received the message: acks must go to that same channel, so the channel must outlive
   any single task thread.
-- **Producing**: publishes use a small pool of separate connections (:class:`~.connection.LinkPool`),
-  each link held by one thread for one publish, with publisher confirms and ``mandatory=True``. A
-  publish therefore never waits behind the consumer and runs in parallel from several threads.
+- **Producing**: a producer's publish (this broker never consumed, the caller is not a task) goes to
+  the :class:`~.outbox.Outbox`: its own I/O thread publishes and keeps each message until RabbitMQ
+  confirms it; ``flush()``/``close()``/interpreter exit wait for the confirms. Every other publish (a
+  worker's, a task's, the first to a routing key, or all with ``amqp.wait_for_confirms``) uses a small
+  pool of separate connections (:class:`~.connection.LinkPool`), each link held by one thread for one
+  publish, and waits for its confirm (``mandatory=True``). A publish never waits behind the consumer.
 
 Prefetch
 --------
@@ -408,11 +411,13 @@ class AMQPBroker(Endpoint, BaseBroker):
         return _Outgoing(queue, key, body, _properties(sig.headers, sig.priority, sig.uuid), delay_ms)
 
     def publish(self, signature: Signature) -> None:
-        """Publish with a publisher confirm; an unroutable message raises :class:`UnroutableError`."""
+        """Publish with a publisher confirm (a producer's: confirmed later, see :meth:`flush`); an
+        unroutable message raises :class:`UnroutableError` (a producer's: from :meth:`flush`, except the
+        first to its routing key)."""
         self._send([self._outgoing(signature)])
 
     def publish_many(self, signatures: Sequence[Signature]) -> None:
-        """Publish several messages on one connection, each confirmed."""
+        """Publish several messages on one connection, each confirmed (as :meth:`publish`)."""
         if signatures:
             self._send([self._outgoing(s) for s in signatures])
 
@@ -1001,10 +1006,13 @@ class _Consumer(threading.Thread):
                 channel = self.live.get(serial)
                 if channel is None or not channel.is_open:
                     continue  # RabbitMQ redelivers what a closed channel held
+                # pika's asynchronous channel beneath: the frame is buffered and sent by this thread's
+                # next poll (BlockingChannel.basic_ack would flush the socket once per message)
+                impl: Any = channel._impl  # type: ignore[attr-defined]
                 if ack:
-                    channel.basic_ack(tag)
+                    impl.basic_ack(tag)
                 else:
-                    channel.basic_nack(tag, requeue=requeue)
+                    impl.basic_nack(tag, requeue=requeue)
         finally:
             done.set()
 
