@@ -40,6 +40,18 @@ def test_a_producers_publish_is_confirmed_by_flush(broker: AMQPBroker, names: Na
     assert admin.count(names.queue) == 301
 
 
+def test_a_full_outbox_makes_the_sender_wait_for_room(broker: AMQPBroker, names: Names, admin: Admin) -> None:
+    """At the limit a send waits for confirms to make room; a batch larger than the limit still goes."""
+    broker.publish(sig(0))
+    broker._outbox = Outbox(broker._producers, broker._target, limit=10)
+    broker.publish_many([sig(n) for n in range(1, 26)])  # 25 > 10: waits for an empty outbox
+    for n in range(26, 46):
+        broker.publish(sig(n))  # past 10 unconfirmed, each waits for room
+        assert broker._outbox.unconfirmed <= 10
+    broker.flush(10)
+    assert admin.count(names.queue) == 46
+
+
 def test_unconfirmed_messages_are_sent_again_after_a_broken_connection(
     broker: AMQPBroker, names: Names, admin: Admin, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -118,9 +118,9 @@ class Outbox(Generic[M]):
         with self._cond:
             if self._stopping:
                 raise AMQPError("the AMQP broker is closed")
-            if len(self._entries) + len(messages) > self.limit and self._entries:
+            if not self._room_for(len(messages)):
                 window = self.pool.reconnect_timeout
-                if not self._cond.wait_for(lambda: len(self._entries) + len(messages) <= self.limit, window):
+                if not self._cond.wait_for(lambda: self._room_for(len(messages)), window):
                     raise AMQPUnavailableError(
                         f"{len(self._entries)} messages wait for RabbitMQ's confirm since {window:.0f}s or "
                         "more (is RabbitMQ reachable?); not accepting more"
@@ -171,6 +171,10 @@ class Outbox(Generic[M]):
             self._wake()
             if threading.current_thread() is not self._thread and os.getpid() == self.pid:
                 self._thread.join(5.0)
+
+    def _room_for(self, count: int) -> bool:
+        """Whether ``count`` more messages fit (a batch larger than the limit fits an empty outbox)."""
+        return not self._entries or len(self._entries) + count <= self.limit
 
     def _oldest(self) -> float:
         return next(iter(self._entries), float("inf"))
