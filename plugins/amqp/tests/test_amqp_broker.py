@@ -8,12 +8,14 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+import pika
 import pytest
 from amqp_testlib import Admin, Names
 
 from machinery import Config, Signature
 from machinery.capabilities import Capability
 from machinery_amqp import AMQPBroker, AMQPError, UnroutableError
+from machinery_amqp.broker import QUORUM_DELAY_ARGS
 
 pytestmark = pytest.mark.services
 
@@ -419,26 +421,36 @@ def test_quorum_queue_counts_redeliveries_and_a_delayed_requeue_starts_afresh(
         broker.close()
 
 
-def test_delayed_messages_due_while_rabbitmq_shut_down_are_sent_again(
+def test_delay_queues_are_quorum_queues_that_dead_letter_at_least_once(
     broker: AMQPBroker, names: Names, admin: Admin
 ) -> None:
-    """RabbitMQ dead-letters at most once: a delayed message due while the server stops its queues may
-    be dropped. The broker remembers what it delayed and, after a shutdown, sends again what fell due
-    meanwhile, and nothing that was due long before or is due after."""
-    soon = datetime.now(UTC) + timedelta(seconds=1.0)
-    broker.publish(sig(1, eta=soon))
-    broker.publish(sig(2, eta=datetime.now(UTC) + timedelta(seconds=60)))  # still waits: not at risk
-    [(_, _, dropped), (_, _, later)] = sorted(broker._delays._due)
-    delay_queue = f"delay.{dropped.delay_ms}.{names.exchange}.{names.binding_key}"
-    admin.queues |= {delay_queue, f"delay.{later.delay_ms}.{names.exchange}.{names.binding_key}"}
-    admin._ch().queue_purge(delay_queue)  # what RabbitMQ does to a message due while it stops
-    shutdown = time.monotonic()
-    time.sleep(1.1)  # the server stays "down" past the message's due time (no event to wait for)
-    broker._resend_due(shutdown)
-    [again] = take(broker, names.queue, 1)
-    assert again.signature is not None and again.signature.uuid == "task_1"
-    again.ack()
-    assert broker.consume(names.queue, 1, 0.3) == []  # task_2 stays in its delay queue
-    assert len(broker._delays._due) == 1
-    broker._resend_due(shutdown)  # a second reconnect sends nothing twice
-    assert broker.consume(names.queue, 1, 0.3) == []
+    """A classic queue dead-letters at most once (a message due while RabbitMQ stops its queues may be
+    dropped), so the automatic delay queue is a quorum queue that dead-letters at least once."""
+    broker.publish_raw(names.queue, b"{}", delay=30.0)
+    name = f"delay.30000.{names.exchange}.{names.binding_key}.quorum"
+    admin.queues.add(name)
+    assert admin.count(name) == 1 and admin.count(names.queue) == 0
+    args = {
+        "x-dead-letter-exchange": names.exchange,
+        "x-dead-letter-routing-key": names.binding_key,
+        "x-message-ttl": 30000,
+        "x-expires": 60000,
+    }
+    ch = admin._ch()
+    ch.queue_declare(name, durable=True, arguments={**args, **QUORUM_DELAY_ARGS})  # the same: accepted
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="x-dead-letter-strategy"):
+        ch.queue_declare(name, durable=True, arguments={**args, "x-queue-type": "quorum"})
+
+
+def test_auto_delete_keeps_gos_classic_delay_queues(
+    make_config: Callable[..., Config], amqp_url: str, names: Names, admin: Admin
+) -> None:
+    """``auto_delete`` is a classic-only property: Go's classic delay queue (at-most-once)."""
+    broker = AMQPBroker(amqp_url, make_config(auto_delete=True))
+    try:
+        broker.publish_raw(names.queue, b"{}", delay=30.0)
+        name = f"delay.30000.{names.exchange}.{names.binding_key}"
+        admin.queues.add(name)
+        assert admin.count(name) == 1 and not admin.exists(name + ".quorum")
+    finally:
+        broker.close()
