@@ -36,11 +36,13 @@ KINDS: dict[str, dict[str, Any]] = {
 }
 
 
-def declare(channel: Any, run: str, ttl_ms: int) -> None:
+def declare(channel: Any, run: str, ttl_ms: int, expires_ms: int) -> None:
     for kind, extra in KINDS.items():
         target = f"probe.{run}.{kind}.target"
         channel.queue_declare(target, durable=True)
         args = {"x-message-ttl": ttl_ms, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": target}
+        if expires_ms:
+            args["x-expires"] = expires_ms
         channel.queue_declare(f"probe.{run}.{kind}.delay", durable=True, arguments={**args, **extra})
 
 
@@ -94,6 +96,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=300, help="messages per kind of delay queue")
     parser.add_argument("--ttl", type=float, default=12.0, help="delay (queue TTL) in seconds")
     parser.add_argument("--spread", type=float, default=6.0, help="seconds over which they are published")
+    parser.add_argument("--expires", type=float, default=0.0, help="x-expires of the delay queues in s (0: none)")
     parser.add_argument("--wait", type=float, default=240.0, help="seconds to watch after the restart")
     args = parser.parse_args()
     url = os.environ["AMQP_URL"]
@@ -101,7 +104,7 @@ def main() -> None:
     with pika.BlockingConnection(pika.URLParameters(url)) as conn:
         channel = conn.channel()
         channel.confirm_delivery()
-        declare(channel, run, int(args.ttl * 1000))
+        declare(channel, run, int(args.ttl * 1000), int(args.expires * 1000))
         began = time.monotonic()
         publish(channel, run, args.messages, args.spread)
     # the first messages fall due at began + ttl: restart a second later, in the middle of the due window

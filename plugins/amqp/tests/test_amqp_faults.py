@@ -18,7 +18,7 @@ import pytest
 from amqp_apps import make_app, read_log
 from amqp_testlib import SERVICES, Admin, Names
 
-from machinery import AsyncResult, Machinery, State
+from machinery import AsyncResult, Machinery, ResultTimeoutError, State
 from machinery.testing import server_unavailable
 from machinery_amqp import AMQPBroker
 
@@ -145,6 +145,19 @@ def restart_rabbitmq() -> None:
     subprocess.run([str(SERVICES), "restart", "rabbitmq"], check=True, timeout=180, capture_output=True)
 
 
+def results_within(results: list[AsyncResult], timeout: float) -> list[int]:
+    """Every result, waiting ``timeout`` seconds in all; fails naming the tasks still unfinished."""
+    deadline = time.monotonic() + timeout
+    values, unfinished = [], []
+    for r in results:
+        try:
+            values.append(r.get(timeout=max(0.5, deadline - time.monotonic())))
+        except ResultTimeoutError:
+            unfinished.append(f"{r.uuid} ({r.state.name})")
+    assert not unfinished, f"{len(unfinished)} not finished: {unfinished}"
+    return values
+
+
 def send_delayed_and_close(amqp_url: str, names: Names, app: Machinery) -> list[AsyncResult]:
     """Send 8 tasks due 0.5 to 4 s from now (while the restart stops RabbitMQ's queues) from a
     producer of their own, closed at once: nobody who remembers them survives the restart."""
@@ -155,6 +168,7 @@ def send_delayed_and_close(amqp_url: str, names: Names, app: Machinery) -> list[
         for i in range(8):
             delayed = producer.get_task("slow").s(300 + i, 0.1)
             delayed.eta = now + timedelta(seconds=0.5 + i / 2)
+            delayed.uuid = f"delayed_{300 + i}_{names.suffix}"
             sent.append(producer.send_task(delayed).uuid)
     finally:
         producer.close()
@@ -193,7 +207,7 @@ def test_rabbitmq_restart_mid_run_every_task_completes(amqp_url: str, names: Nam
         sender.join(60)
         results += [app.send_task(slow.s(n, 0.1)) for n in range(200, 206)]
         assert errors == []
-        values = sorted(r.get(timeout=120) for r in results)
+        values = sorted(results_within(results, 120))
         assert values == sorted([*range(12), *range(100, 106), *range(200, 206), *range(300, 308)])
     finally:
         worker.quit()

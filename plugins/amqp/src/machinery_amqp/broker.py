@@ -100,6 +100,10 @@ logger = logging.getLogger("machinery.amqp")
 IDLE_RELEASE = 10.0
 #: Longest TTL of one delay hop; a longer ETA arrives early and the worker sends it round again.
 MAX_DELAY_MS = 2**30
+#: Milliseconds a quorum delay queue outlives its delay (x-expires): its dead letters must reach the task
+#: queue before it expires, also when RabbitMQ restarted and its classic queues recover slowly
+#: (30 s with 2,000 queues) or a dead letter waits out the re-send timeout (see the module docs).
+QUORUM_DELAY_GRACE_MS = 10 * 60 * 1000
 #: Arguments of an automatic delay queue: dead letters kept until the task queue confirmed them.
 #: at-least-once needs reject-publish (no overflow may drop a message either).
 QUORUM_DELAY_ARGS = {
@@ -334,7 +338,7 @@ class AMQPBroker(Endpoint, BaseBroker):
             return name, delay_ms, str(delay_ms)
         refusal = ""
         for _ in range(5):
-            name, args = self._automatic_delay_queue(key, delay_ms)
+            name, delay_ms, args = self._automatic_delay_queue(key, delay_ms)
             try:
                 link.channel.queue_declare(name, durable=True, auto_delete=amqp.auto_delete, arguments=args)
             except pex.ChannelClosedByBroker as exc:
@@ -351,27 +355,31 @@ class AMQPBroker(Endpoint, BaseBroker):
             "Go's classic ones)"
         )
 
-    def _automatic_delay_queue(self, key: str, delay_ms: int) -> tuple[str, dict[str, Any]]:
-        """Name and arguments of the delay queue for ``delay_ms``.
+    def _automatic_delay_queue(self, key: str, delay_ms: int) -> tuple[str, int, dict[str, Any]]:
+        """Name, delay and arguments of the delay queue for ``delay_ms``.
 
         By default a quorum queue ``delay.<ms>.<exchange>.<key>.quorum`` that dead-letters at least
-        once (see "Delays and server shutdowns" in the module docs); the message keeps its priority
-        property, so priority survives the delay (Go's #824) without a priority on the delay queue
-        (a quorum queue has none). With ``amqp.auto_delete`` (a classic-only property): Go's
-        classic ``delay.<ms>.<exchange>.<key>`` with the task queues' ``x-max-priority``. Either
-        expires ``max(2 * delay, delay + 5 s)`` after its last declare (Go: 2 * delay, which a very
-        short delay could outrun).
+        once (see "Delays and server shutdowns" in the module docs). It expires
+        :data:`QUORUM_DELAY_GRACE_MS` after its delay (after its last declare), so that its dead letters
+        survive a restart; to keep the number of such queues small, the delay is rounded up to 64
+        steps per doubling (at most 1/64 later, never earlier). The message keeps its priority
+        property, so priority survives the delay (Go's #824) without a priority on the delay queue (a
+        quorum queue has none).
+
+        With ``amqp.auto_delete`` (a classic-only property): Go's classic ``delay.<ms>.<exchange>.<key>``
+        with the exact delay and the task queues' ``x-max-priority``, expiring
+        ``max(2 * delay, delay + 5 s)`` after its last declare (Go: 2 * delay, which a very short delay
+        could outrun).
         """
-        args: dict[str, Any] = {
-            "x-dead-letter-exchange": self.exchange,
-            "x-dead-letter-routing-key": key,
-            "x-message-ttl": delay_ms,
-            "x-expires": max(2 * delay_ms, delay_ms + 5000),
-        }
-        name = f"delay.{delay_ms}.{self.exchange}.{key}"
+        args: dict[str, Any] = {"x-dead-letter-exchange": self.exchange, "x-dead-letter-routing-key": key}
         if AMQPSettings.of(self.config).auto_delete:
-            return name, {**args, **self._priority_arg()}
-        return name + ".quorum", {**args, **QUORUM_DELAY_ARGS}
+            expires = max(2 * delay_ms, delay_ms + 5000)
+            args |= {"x-message-ttl": delay_ms, "x-expires": expires, **self._priority_arg()}
+            return f"delay.{delay_ms}.{self.exchange}.{key}", delay_ms, args
+        delay_ms = _round_up(delay_ms)
+        expires = delay_ms + QUORUM_DELAY_GRACE_MS
+        args |= {"x-message-ttl": delay_ms, "x-expires": expires, **QUORUM_DELAY_ARGS}
+        return f"delay.{delay_ms}.{self.exchange}.{key}.quorum", delay_ms, args
 
     def _priority_arg(self) -> dict[str, Any]:
         if "x-max-priority" in self.queue_args:
@@ -606,6 +614,12 @@ def _dead_letter_of(queue: str, body: bytes, props: BasicProperties) -> DeadLett
             when = death["time"] if death["time"].tzinfo else death["time"].replace(tzinfo=UTC)
         count = int(death.get("count", 1) or 1)
     return DeadLetter(body, reason, when or datetime.fromtimestamp(0, UTC), count, queue)
+
+
+def _round_up(delay_ms: int) -> int:
+    """``delay_ms`` rounded up to one of 64 steps per doubling (exact below 128 ms)."""
+    step = 1 << max(0, delay_ms.bit_length() - 7)
+    return -(-delay_ms // step) * step
 
 
 def _with_expiration(props: BasicProperties, expiration: str) -> BasicProperties:
