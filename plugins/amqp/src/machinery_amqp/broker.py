@@ -110,9 +110,13 @@ logger = logging.getLogger("machinery.amqp")
 IDLE_RELEASE = 10.0
 #: Longest TTL of one delay hop; a longer ETA arrives early and the worker sends it round again.
 MAX_DELAY_MS = 2**30
-#: Milliseconds a quorum delay queue outlives its delay (x-expires): its dead letters must reach the task
-#: queue before it expires, also when RabbitMQ restarted and its classic queues recover slowly
-#: (30 s with 2,000 queues) or a dead letter waits out the re-send timeout (see the module docs).
+#: Seconds during which one quorum delay queue takes new messages: RabbitMQ 3.10 expires a quorum queue
+#: (x-expires) counting from its creation, publishes or not, so each window gets its own queue.
+QUORUM_DELAY_WINDOW = 600
+#: Milliseconds a quorum delay queue outlives its last message's due time: its dead letters must reach
+#: the task queue first, also when RabbitMQ restarted (the expiry clock runs on while it is down) and
+#: its classic queues recover slowly (30 s with 2,000 queues), or a dead letter waits out the re-send
+#: timeout (see the module docs).
 QUORUM_DELAY_GRACE_MS = 10 * 60 * 1000
 #: Arguments of an automatic delay queue: dead letters kept until the task queue confirmed them.
 #: at-least-once needs reject-publish (no overflow may drop a message either).
@@ -368,13 +372,14 @@ class AMQPBroker(Endpoint, BaseBroker):
     def _automatic_delay_queue(self, key: str, delay_ms: int) -> tuple[str, int, dict[str, Any]]:
         """Name, delay and arguments of the delay queue for ``delay_ms``.
 
-        By default a quorum queue ``delay.<ms>.<exchange>.<key>.quorum`` that dead-letters at least
-        once (see "Delays and server shutdowns" in the module docs). It expires
-        :data:`QUORUM_DELAY_GRACE_MS` after its delay (after its last declare), so that its dead letters
-        survive a restart; to keep the number of such queues small, the delay is rounded up to 64
-        steps per doubling (at most 1/64 later, never earlier). The message keeps its priority
-        property, so priority survives the delay (Go's #824) without a priority on the delay queue (a
-        quorum queue has none).
+        By default a quorum queue ``delay.<ms>.<exchange>.<key>.quorum.<window>`` that dead-letters at
+        least once (see "Delays and server shutdowns" in the module docs). RabbitMQ 3.10 expires a
+        quorum queue counting from its creation (publishes do not count as use), so a queue takes
+        messages only during one :data:`QUORUM_DELAY_WINDOW` (``<window>`` is the Unix time divided by
+        it) and expires :data:`QUORUM_DELAY_GRACE_MS` after its last message is due. To keep the
+        number of such queues small, the delay is rounded up to 64 steps per doubling (at most 1/64
+        later, never earlier). The message keeps its priority property, so priority survives the
+        delay (Go's #824) without a priority on the delay queue (a quorum queue has none).
 
         With ``amqp.auto_delete`` (a classic-only property): Go's classic ``delay.<ms>.<exchange>.<key>``
         with the exact delay and the task queues' ``x-max-priority``, expiring
@@ -387,9 +392,10 @@ class AMQPBroker(Endpoint, BaseBroker):
             args |= {"x-message-ttl": delay_ms, "x-expires": expires, **self._priority_arg()}
             return f"delay.{delay_ms}.{self.exchange}.{key}", delay_ms, args
         delay_ms = _round_up(delay_ms)
-        expires = delay_ms + QUORUM_DELAY_GRACE_MS
+        window = int(time.time() // QUORUM_DELAY_WINDOW)
+        expires = QUORUM_DELAY_WINDOW * 1000 + delay_ms + QUORUM_DELAY_GRACE_MS
         args |= {"x-message-ttl": delay_ms, "x-expires": expires, **QUORUM_DELAY_ARGS}
-        return f"delay.{delay_ms}.{self.exchange}.{key}.quorum", delay_ms, args
+        return f"delay.{delay_ms}.{self.exchange}.{key}.quorum.{window}", delay_ms, args
 
     def _priority_arg(self) -> dict[str, Any]:
         if "x-max-priority" in self.queue_args:
