@@ -35,20 +35,26 @@ whose TTL runs out while the server stops its queues can be dropped, whoever pub
 after a shutdown, could not cover a process that had died). So the delay queues are **quorum** queues
 with ``x-dead-letter-strategy: at-least-once`` (RabbitMQ 3.10+): the queue keeps each dead letter until
 the task queue confirmed it and sends it again otherwise, also after a restart, with no help from the
-publishing process. A duplicate is possible (at-least-once delivery). Two details make it hold:
+publishing process. A duplicate is possible (at-least-once delivery). Three details make it hold, each
+found by a lost message:
 
 - After a restart the quorum queues come back before the classic task queues (30 s with 2,000 queues
-  here), so their dead letters wait; a delay queue that expired meanwhile (``x-expires``) took them
-  with it (3 of 8 in the restart fault test). So a quorum delay queue expires
-  :data:`QUORUM_DELAY_GRACE_MS` (10 min) after its delay, not 5 s.
-- To keep the number of these longer-lived queues small, a delay is rounded up to 64 steps per
-  doubling (at most 1/64 later; exact below 128 ms).
+  here), so their dead letters wait; a delay queue that expired meanwhile took them with it (3 of 8
+  in the restart fault test with Go's ``x-expires`` of delay + 5 s). So a quorum delay queue lives
+  :data:`QUORUM_DELAY_GRACE_MS` (10 min) past its last message's due time.
+- RabbitMQ 3.10 counts a quorum queue's ``x-expires`` from its creation (or last consumer), not from
+  the last declare or publish, and on through a restart: ``make chaos`` lost 11 retries when
+  ``delay.1000`` and ``delay.2000`` expired, full, 10 min after they were created. So a quorum delay
+  queue takes messages only during one :data:`QUORUM_DELAY_WINDOW` (10 min, named in the queue) and
+  expires after window + delay + grace.
+- To keep the number of these queues small, a delay is rounded up to 64 steps per doubling (at most
+  1/64 later; exact below 128 ms).
 
-Measurements (README.md of the plugin, "Delays"): no delayed message lost across restarts in the probe
-(``bench/amqp_delay_probe.py``), the fault test or ``make chaos``; a new quorum delay queue takes ~14 ms
-to declare (classic ~4 ms), a publish into one is no slower, a quorum TTL may fire a few hundred ms
-late under load. ``auto_delete`` (a classic-only property) and ``delayed_queue`` keep Go's classic
-layout and its at-most-once dead-lettering.
+Costs (README.md of the plugin, "Delays"): a new quorum delay queue takes ~14 ms to declare (classic
+~4 ms), a publish into one is no slower, a quorum TTL may fire a few hundred ms late under load. A
+RabbitMQ outage longer than the grace can still lose what waits in a delay queue. ``auto_delete`` (a
+classic-only property) and ``delayed_queue`` keep Go's classic layout and its at-most-once
+dead-lettering.
 
 Reconnect
 ---------
