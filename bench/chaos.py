@@ -222,7 +222,7 @@ class Chaos:
         self.args = args
         self.workdir = workdir
         self.target = with_results(target_for(args.broker, workdir), args.results)
-        if args.lock == "redis":  # a lock shared across processes, e.g. for sqs/dynamodb (no lock of its own)
+        if args.lock == "redis":  # Config.lock on Redis instead of the backend's or broker's own
             self.target.lock = _env("REDIS_URL")
         elif args.lock:
             raise SystemExit(f"unknown lock {args.lock!r}: leave it out, or use redis")

@@ -31,8 +31,10 @@ class BenchApp(Machinery):
         concurrency: int = 0,
         queue: str | Sequence[str] | None = None,
         pool: Literal["thread", "process"] = "thread",
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
     ) -> Worker:
-        the_worker = super().worker(consumer_tag, concurrency, queue, pool)
+        the_worker = super().worker(consumer_tag, concurrency, queue, pool, metrics_port, metrics_host)
         ready_file = os.environ.get(READY_ENV, "")
         if ready_file:
             announced = False

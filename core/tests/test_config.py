@@ -115,6 +115,7 @@ def test_every_env_var_round_trips() -> None:
     assert (sqs.delay_hop_seconds, sqs.message_group_id) == (300, "group_id")
     assert sqs.stop_task_deletion_on_error is True
     assert (cnf.dynamodb.create_missing, cnf.dynamodb.max_poll_interval) == (False, 1.5)
+    assert cnf.dynamodb.locks_table == "lk"
     assert cnf.tls == TLSConfig()  # loading env never turns TLS on (Go #517)
 
 
@@ -421,6 +422,7 @@ redis:
 dynamodb:
   task_states_table: ts
   group_metas_table: gm
+  locks_table: lk
   create_missing: false
   max_poll_interval: 2
 tls:
@@ -531,6 +533,7 @@ def test_yaml_round_trip_of_every_key_in_a_file_over_1000_bytes(tmp_path: Path) 
     expected.sqs.delay_hop_seconds, expected.sqs.message_group_id = 600, "g"
     expected.sqs.stop_task_deletion_on_error = True
     expected.dynamodb.create_missing, expected.dynamodb.max_poll_interval = False, 2.0
+    expected.dynamodb.locks_table = "lk"
     expected.tls = TLSConfig(str(ca), str(ca), str(ca), True)
     expected.sqlite.lease, expected.sqlite.renew = 12.5, 2.0
     w = expected.worker

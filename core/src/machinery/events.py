@@ -16,10 +16,13 @@ may hold secrets), and an error text is the same text a FAILURE state stores.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, Protocol, get_args, runtime_checkable
+
+import orjson
 
 __all__ = [
     "LOST_AFTER_BEATS",
@@ -70,6 +73,13 @@ class TaskEvent:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (every field, by name; ``signature`` is not copied)."""
         return {name: getattr(self, name) for name in _EVENT_FIELDS}
+
+    def to_json(self) -> bytes:
+        """``to_dict`` as compact UTF-8 JSON (``from_dict(json.loads(...))`` reads it back)."""
+        try:
+            return orjson.dumps(self)  # a dataclass: every field, in order, without building a dict
+        except TypeError:  # what orjson refuses (an int beyond 64 bits, a lone surrogate) json may take
+            return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TaskEvent:

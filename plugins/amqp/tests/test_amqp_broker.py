@@ -308,6 +308,40 @@ def test_pending_in_order_and_purge(broker: AMQPBroker, names: Names, admin: Adm
 def test_publish_many(broker: AMQPBroker, names: Names, admin: Admin) -> None:
     broker.publish_many([sig(n) for n in range(20)])
     assert admin.count(names.queue) == 20
+    broker.publish_many([sig(n) for n in range(20, 50)])  # the same link: confirms numbered on from 21
+    assert [s.uuid for s in broker.pending(names.queue)] == [f"task_{n}" for n in range(50)]
+
+
+def test_publish_many_after_its_queue_was_deleted(broker: AMQPBroker, names: Names, admin: Admin) -> None:
+    """Every message of the batch comes back unroutable (the link thinks the queue is declared): they
+    are sent again after declaring it, none lost or doubled."""
+    broker.publish_many([sig(n) for n in range(3)])
+    admin._ch().queue_delete(names.queue)
+    broker.publish_many([sig(n) for n in range(3, 8)])
+    assert [s.uuid for s in broker.pending(names.queue)] == [f"task_{n}" for n in range(3, 8)]
+
+
+def test_publish_many_with_delays(broker: AMQPBroker, names: Names, admin: Admin) -> None:
+    """A batch mixing delayed and immediate messages: each goes where it should, confirmed."""
+    later = datetime.now(UTC) + timedelta(seconds=0.5)
+    broker.publish_many([sig(1), sig(2, eta=later), sig(3)])
+    assert [s.uuid for s in broker.pending(names.queue)] == ["task_1", "task_3"]
+    got = take(broker, names.queue, 3)
+    assert sorted(d.signature.uuid for d in got) == ["task_1", "task_2", "task_3"]
+    for d in got:
+        d.ack()
+
+
+def test_unroutable_publish_many_raises(
+    make_config: Callable[..., Config], amqp_url: str, names: Names, admin: Admin
+) -> None:
+    broker = AMQPBroker(amqp_url, make_config(exchange_type="topic", binding_key="nothing.matches.this"))
+    try:
+        with pytest.raises(UnroutableError, match="unroutable"):
+            broker.publish_many([sig(n) for n in range(3)])
+        assert admin.count(names.queue) == 0
+    finally:
+        broker.close()
 
 
 def test_two_consumers_share_a_queue(amqp_url: str, config: Config, names: Names, admin: Admin) -> None:
@@ -323,6 +357,28 @@ def test_two_consumers_share_a_queue(amqp_url: str, config: Config, names: Names
     finally:
         a.close()
         b.close()
+
+
+def test_ack_many_acks_each_once(amqp_url: str, config: Config, names: Names, admin: Admin) -> None:
+    """``ack_many`` (the worker's batched acks): every delivery acked, the ones already settled skipped,
+    a delivery of another broker acked by itself; nothing comes back after a reconnect."""
+    a, b = AMQPBroker(amqp_url, config), AMQPBroker(amqp_url, config)
+    try:
+        a.publish_many([sig(n) for n in range(5)])
+        got = take(a, names.queue, 4)
+        [other] = take(b, names.queue, 1)
+        got[0].ack()  # settled before: ack_many must not ack its tag twice (a channel error)
+        a.ack_many([*got, other])
+        assert all(d.settled for d in [*got, other])
+    finally:
+        a.close()
+        b.close()
+    c = AMQPBroker(amqp_url, config)
+    try:
+        assert take(c, names.queue, 1, timeout=0.5) == [], "an acked message came back"
+        assert admin.count(names.queue) == 0
+    finally:
+        c.close()
 
 
 def test_close_returns_unacked_messages(amqp_url: str, config: Config, names: Names, admin: Admin) -> None:

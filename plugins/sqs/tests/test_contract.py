@@ -19,6 +19,7 @@ from machinery.testing import (
     BrokerContract,
     FaultContract,
     HostileInputContract,
+    LockContract,
     NotApplicable,
     WorkerContract,
     default_contract_config,
@@ -48,7 +49,13 @@ class _SQSCombination:
 
 
 class TestSQSDynamoDB(
-    _SQSCombination, BrokerContract, BackendContract, WorkerContract, FaultContract, HostileInputContract
+    _SQSCombination,
+    BrokerContract,
+    BackendContract,
+    LockContract,
+    WorkerContract,
+    FaultContract,
+    HostileInputContract,
 ):
     contract_name = "sqs/dynamodb"
     #: moto answers one request at a time per connection: a smaller race keeps the run short
@@ -60,6 +67,10 @@ class TestSQSDynamoDB(
 
     @pytest.fixture
     def backend_url(self) -> str:
+        return dynamodb_url()
+
+    @pytest.fixture
+    def lock_url(self) -> str:
         return dynamodb_url()
 
     @pytest.fixture

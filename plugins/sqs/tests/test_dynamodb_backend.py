@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from sqs_testlib import dynamodb_url
 
-from machinery import Config, codec
+from machinery import Config, Machinery, codec
 from machinery.errors import BackendError
 from machinery.signature import Arg, State, TaskState, new_uuid
-from machinery_sqs import DynamoDBBackend
+from machinery_sqs import DynamoDBBackend, DynamoDBLock
 
 pytestmark = pytest.mark.services
 
@@ -149,3 +149,46 @@ def test_set_states_in_parallel_keeps_each_tasks_order(backend: DynamoDBBackend)
     assert [(s.state, s.values, s.task_name) for s in states if s] == [
         (State.SUCCESS, [i], "t") for i in range(6)
     ], "a task's later state was overwritten by an earlier one of the same batch"
+
+
+def test_the_app_takes_its_shared_lock_from_the_dynamodb_url(config: Config) -> None:
+    """With a DynamoDB result backend, periodic tasks and chord recovery lock in DynamoDB, not in one
+    process: the lock is shared by every worker on every host."""
+    config.broker, config.result_backend = "memory://", dynamodb_url()
+    app = Machinery(config)
+    try:
+        assert isinstance(app.lock, DynamoDBLock) and not app.lock_is_fallback
+    finally:
+        app.close()
+
+
+def test_lock_item_layout_and_ttl(config: Config) -> None:
+    config.dynamodb.locks_table = f"locks_{new_uuid()[:8]}"  # a table created on first use
+    lock = DynamoDBLock.from_url(dynamodb_url(), config)
+    key = f"k-{new_uuid()}"
+    try:
+        assert lock.acquire(key, 30)
+        item = lock._tables.client.get_item(
+            TableName=config.dynamodb.locks_table, Key={"LockKey": {"S": key}}
+        )
+        item = item["Item"]
+        assert item["Owner"] == {"S": lock.token}
+        assert 29 <= float(item["ExpiresAt"]["N"]) - time.time() <= 31
+        assert int(item["TTL"]["N"]) > float(item["ExpiresAt"]["N"]), "DynamoDB never sweeps a held lock"
+        lock.release(key)
+        gone = lock._tables.client.get_item(
+            TableName=config.dynamodb.locks_table, Key={"LockKey": {"S": key}}
+        )
+        assert "Item" not in gone
+    finally:
+        lock.close()
+
+
+def test_lock_error_names_the_table_not_a_secret(config: Config) -> None:
+    config.dynamodb.create_missing = False
+    config.dynamodb.locks_table = f"missing_{new_uuid()[:8]}"
+    lock = DynamoDBLock.from_url(dynamodb_url(), config)
+    with pytest.raises(BackendError, match="does not exist .* create_missing is off") as caught:
+        lock.acquire("k", 1)
+    assert config.dynamodb.locks_table in str(caught.value)
+    lock.close()

@@ -94,6 +94,25 @@ class EventsStoreContract(ContractBase):
         assert [e.task_uuid for e in recent] == uuids[::-1], "recent_events is not newest first"
         assert [e.task_uuid for e in store.recent_events(2)] == uuids[:2:-1][:2], "limit not honoured"
 
+    def test_events_of_tasks_interleaved_in_one_batch(self) -> None:
+        """Two tasks' events interleaved in one batch (as a worker running both writes them): the newest
+        first across tasks, and each task's history, keep the batch's order (a store may group a batch's
+        writes per task, never reorder them)."""
+        store = self.events_backend()
+        now = time.time()
+        a, b = unique("task"), unique("task")
+        kinds: tuple[TaskEventKind, ...] = ("received", "started", "succeeded")
+        batch = [
+            _event(uuid, kind, at=now + (2 * i + j) * 0.001)
+            for i, kind in enumerate(kinds)
+            for j, uuid in enumerate((a, b))
+        ]
+        store.record_events(batch)
+        recent = [(e.task_uuid, e.kind) for e in store.recent_events(6)]
+        assert recent == [(e.task_uuid, e.kind) for e in reversed(batch)], "not newest first across tasks"
+        assert store.task_events(a) == batch[0::2], "a task's history is not its events in order"
+        assert store.task_events(b) == batch[1::2]
+
     def test_events_bounded_to_max_events(self) -> None:
         config = copy.copy(self.config)
         config.events.max_events = 40

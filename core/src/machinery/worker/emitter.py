@@ -44,6 +44,23 @@ FLUSH_INTERVAL = 0.5
 CLOSE_TIMEOUT = 3.0
 
 
+#: the fields of one buffered TaskEvent, in its order (kind, task_uuid, task_name, queue, worker, at, runtime,
+#: error, group_uuid, trace_id, signature)
+_Fields = tuple[
+    TaskEventKind,
+    str,
+    str,
+    str,
+    str,
+    float,
+    "float | None",
+    "str | None",
+    "str | None",
+    "str | None",
+    "dict[str, Any] | None",
+]
+
+
 def new_worker_id() -> str:
     """``host:pid:4hex``: unique per worker object, readable in tables."""
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
@@ -74,7 +91,8 @@ class Emitter:
         #: events dropped because the buffer was full (the store slow or down)
         self.dropped = 0
         self.started_at = time.time()
-        self._buffer: deque[TaskEvent] = deque(maxlen=BUFFER_SIZE)
+        #: TaskEvent's fields, in its order, per event
+        self._buffer: deque[_Fields] = deque(maxlen=BUFFER_SIZE)
         self._running: dict[str, float] = {}  # task uuid -> perf_counter at "started"
         self._wake = threading.Event()
         self._lock = threading.Lock()
@@ -111,24 +129,26 @@ class Emitter:
         signature = None
         if self.app.config.events.record_args:
             signature = json.loads(codec.encode_signature(sig))
-        trace_id = tracing.trace_id_of(sig)
+        trace_id = tracing.trace_id_of(sig) if sig.headers else None
+        # the task's thread buffers the event's fields; the writer thread makes the TaskEvent (a frozen
+        # dataclass costs several times a tuple to build)
         buffer = self._buffer
         with self._lock:  # the buffer's order is the order of ``at`` (recent_events is newest first)
             if len(buffer) == buffer.maxlen:
                 self.dropped += 1  # the append drops the oldest
             buffer.append(
-                TaskEvent(
-                    kind=kind,
-                    task_uuid=sig.uuid,
-                    task_name=sig.name,
-                    queue=queue,
-                    worker=self.worker_id,
-                    at=time.time(),
-                    runtime=runtime,
-                    error=error,
-                    group_uuid=sig.group_uuid or None,
-                    trace_id=trace_id,
-                    signature=signature,
+                (
+                    kind,
+                    sig.uuid,
+                    sig.name,
+                    queue,
+                    self.worker_id,
+                    time.time(),
+                    runtime,
+                    error,
+                    sig.group_uuid or None,
+                    trace_id,
+                    signature,
                 )
             )
         if len(buffer) >= BATCH_SIZE:
@@ -189,7 +209,7 @@ class Emitter:
         batch: list[TaskEvent] = []
         buffer = self._buffer
         while buffer and len(batch) < BATCH_SIZE:
-            batch.append(buffer.popleft())
+            batch.append(TaskEvent(*buffer.popleft()))
         if not batch:
             return
         assert self.store is not None

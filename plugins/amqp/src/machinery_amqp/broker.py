@@ -102,6 +102,7 @@ from .connection import (
     AMQPUnavailableError,
     Endpoint,
     Link,
+    Publish,
     UnroutableError,
     connect,
     connection_parameters,
@@ -471,26 +472,46 @@ class AMQPBroker(Endpoint, BaseBroker):
 
     def _send(self, messages: list[_Outgoing]) -> None:
         self._check_open()
-        done = 0
+        if len(messages) > 1:
+            self._producers.run(self._batch_sender(messages))
+        else:
+            self._producers.run(lambda link: self._publish_one(link, messages[0]))
+
+    def _batch_sender(self, messages: list[_Outgoing]) -> Callable[[Link], None]:
+        """Publish ``messages`` and wait for their confirms once per batch. On a new connection (the pool
+        retries after a broken one) only the messages not confirmed yet are sent again."""
+        confirmed: set[int] = set()
 
         def fn(link: Link) -> None:
-            nonlocal done
-            while done < len(messages):
-                self._publish_one(link, messages[done])
-                done += 1
+            todo = [i for i in range(len(messages)) if i not in confirmed]
+            answer = link.publish_confirmed([self._target(link, messages[i]) for i in todo])
+            confirmed.update(todo[j] for j in answer.acked)
+            if answer.nacked:
+                queues = sorted({messages[todo[j]].queue for j in answer.nacked})
+                raise AMQPError(f"RabbitMQ refused (nacked) {len(answer.nacked)} message(s) for {queues}")
+            if answer.returned:
+                link.declared.clear()  # a queue declared earlier may have been deleted: declare again
+                for j in sorted(answer.returned):
+                    self._publish_one(link, messages[todo[j]])  # raises UnroutableError if still unroutable
+                    confirmed.add(todo[j])
 
-        self._producers.run(fn)
+        return fn
+
+    def _target(self, link: Link, msg: _Outgoing) -> Publish:
+        """Where ``msg`` goes (its queue declared on ``link``; a delayed one to its delay queue)."""
+        self.declare_queue(link.channel, link.declared, msg.queue)
+        if msg.delay_ms <= 0:
+            return Publish(self.exchange, msg.key, msg.body, msg.properties)
+        hop = min(msg.delay_ms, MAX_DELAY_MS)
+        name, hop, expiration = self._delay_target(link, msg.key, hop)
+        # the default exchange routes straight to the delay queue
+        return Publish(
+            "", name, msg.body, _with_expiration(msg.properties, expiration) if expiration else msg.properties
+        )
 
     def _publish_one(self, link: Link, msg: _Outgoing) -> None:
         for attempt in (1, 2):
-            self.declare_queue(link.channel, link.declared, msg.queue)
-            exchange, key, props = self.exchange, msg.key, msg.properties
-            if msg.delay_ms > 0:
-                hop = min(msg.delay_ms, MAX_DELAY_MS)
-                name, hop, expiration = self._delay_target(link, msg.key, hop)
-                exchange, key = "", name  # the default exchange routes straight to the delay queue
-                if expiration:
-                    props = _with_expiration(props, expiration)
+            exchange, key, _, props = self._target(link, msg)
             try:
                 link.channel.basic_publish(exchange, key, msg.body, props, mandatory=True)
                 return
@@ -524,6 +545,20 @@ class AMQPBroker(Endpoint, BaseBroker):
         consumer = self._consumer
         if consumer is not None:
             consumer.settle(serial, tag, ack=ack, requeue=requeue)
+
+    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """Ack several deliveries with one hand-over to the I/O thread (the worker's state writer uses
+        it for a flushed batch) instead of one wait per message."""
+        mine: list[tuple[int, int]] = []
+        for delivery in deliveries:
+            if isinstance(delivery, AMQPDelivery) and delivery._broker is self:
+                if delivery.claim():
+                    mine.append((delivery._serial, delivery._tag))
+            else:
+                delivery.ack()
+        consumer = self._consumer
+        if mine and consumer is not None:
+            consumer.settle_many(mine, ack=True)
 
     # inspecting --------------------------------------------------------------------------------
     def _peek(self, queue: str) -> list[bytes]:
@@ -771,13 +806,24 @@ class _Consumer(threading.Thread):
             return error
 
     def settle(self, serial: int, tag: int, *, ack: bool, requeue: bool = True) -> None:
+        self.settle_many([(serial, tag)], ack=ack, requeue=requeue)
+
+    def settle_many(self, deliveries: Sequence[tuple[int, int]], *, ack: bool, requeue: bool = True) -> None:
+        """Ack or nack (channel serial, delivery tag) pairs: one hand-over to the I/O thread for all."""
         with self.lock:
-            self.handed.pop((serial, tag), None)
-            if serial not in self.live:
-                logger.debug("ack of delivery %d dropped: its channel is gone (RabbitMQ redelivers it)", tag)
-                return
+            todo = []
+            for serial, tag in deliveries:
+                self.handed.pop((serial, tag), None)
+                if serial in self.live:
+                    todo.append((serial, tag))
+                else:
+                    logger.debug(
+                        "ack of delivery %d dropped: its channel is gone (RabbitMQ redelivers it)", tag
+                    )
+        if not todo:
+            return
         done = threading.Event()
-        self.commands.append(partial(self._run_settle, serial, tag, ack, requeue, done))
+        self.commands.append(partial(self._run_settle, todo, ack, requeue, done))
         if threading.current_thread() is self:
             self._run_commands()
             return
@@ -852,15 +898,18 @@ class _Consumer(threading.Thread):
                 return
             command()
 
-    def _run_settle(self, serial: int, tag: int, ack: bool, requeue: bool, done: threading.Event) -> None:
+    def _run_settle(
+        self, deliveries: list[tuple[int, int]], ack: bool, requeue: bool, done: threading.Event
+    ) -> None:
         try:
-            channel = self.live.get(serial)
-            if channel is None or not channel.is_open:
-                return
-            if ack:
-                channel.basic_ack(tag)
-            else:
-                channel.basic_nack(tag, requeue=requeue)
+            for serial, tag in deliveries:
+                channel = self.live.get(serial)
+                if channel is None or not channel.is_open:
+                    continue  # RabbitMQ redelivers what a closed channel held
+                if ack:
+                    channel.basic_ack(tag)
+                else:
+                    channel.basic_nack(tag, requeue=requeue)
         finally:
             done.set()
 

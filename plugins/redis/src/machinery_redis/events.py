@@ -59,13 +59,19 @@ class RedisEvents(BaseBackend):
     def record_events(self, events: Sequence[TaskEvent]) -> None:
         if not events:
             return
-        keys = [STREAM, *(task_index(e.task_uuid) for e in events)]
-        args = [
+        keys = [STREAM]
+        slots: dict[str, int] = {}  # task uuid -> the position of its index key in KEYS (Lua: 1-based)
+        args: list[object] = [
             max(1, int(self.config.events.max_events)),
             self.expires_in,
             int(self._cutoff() * 1000),
-            *(_json(e.to_dict()) for e in events),
         ]
+        for event in events:
+            slot = slots.get(event.task_uuid)
+            if slot is None:
+                keys.append(task_index(event.task_uuid))
+                slot = slots[event.task_uuid] = len(keys)
+            args += (slot, event.to_json())
         self._run_one("recording task events", scripts.EVENTS_RECORD.command(keys, args))
 
     def task_events(self, task_uuid: str) -> list[TaskEvent]:

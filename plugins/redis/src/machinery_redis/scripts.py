@@ -430,24 +430,35 @@ return 0
 )
 
 
-#: The events store (machinery.events): append a batch to the capped stream, index each event under
-#: its task (a list of stream ids, so an event trimmed from the stream is gone from its history too),
-#: then trim what is older than results_expire_in. Every key has the same hash tag: one slot.
-#: KEYS: stream, then per event its task's index list   ARGV: max events, ttl s, oldest id kept
-#: (ms), then per event its JSON
+#: The events store (machinery.events): append a batch to the capped stream in the batch's order, index
+#: each event under its task (a list of stream ids, so an event trimmed from the stream is gone from its
+#: history too), then trim the stream to max events and what is older than results_expire_in. A task
+#: with several events in the batch (a fast task's received, started and final event) gets one RPUSH of
+#: all its ids and one EXPIRE; its list is trimmed only when it grew past 1,000. Every key has the same
+#: hash tag: one slot.
+#: KEYS: stream, then each task's index list once   ARGV: max events, ttl s, oldest id kept (ms), then
+#: per event the position of its task's key in KEYS and its JSON
 EVENTS_RECORD = Script(
     "events_record",
     """
-for i = 4, #ARGV do
-  local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[i])
-  local index = KEYS[i - 2]
-  redis.call('RPUSH', index, id)
-  redis.call('LTRIM', index, -1000, -1)
+local ids = {}
+for i = 4, #ARGV, 2 do
+  local slot = tonumber(ARGV[i])
+  local id = redis.call('XADD', KEYS[1], '*', 'e', ARGV[i + 1])
+  local list = ids[slot]
+  if list then list[#list + 1] = id else ids[slot] = {id} end
+end
+for slot, list in pairs(ids) do
+  local index = KEYS[slot]
+  local length = 0
+  for i = 1, #list, 1000 do length = redis.call('RPUSH', index, unpack(list, i, math.min(i + 999, #list))) end
+  if length > 1000 then redis.call('LTRIM', index, -1000, -1) end
   redis.call('EXPIRE', index, ARGV[2])
 end
+redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', ARGV[1])
 redis.call('XTRIM', KEYS[1], 'MINID', '~', ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
-return #ARGV - 3
+return (#ARGV - 3) / 2
 """,
 )
 

@@ -1,4 +1,4 @@
-"""Machinery for Python: the Amazon SQS broker and the DynamoDB result backend.
+"""Machinery for Python: the Amazon SQS broker, the DynamoDB result backend and the DynamoDB lock.
 
 ``pip install machinery-sqs``.
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from .backend import DynamoDBBackend
 from .broker import DeadLetter, MessageTooLargeError, SQSBroker, SQSDelivery
+from .lock import DynamoDBLock
 from .settings import DynamoDBSettings, SQSSettings
 from .url import AWSTarget, parse_backend_url, parse_broker_url
 
@@ -17,6 +18,7 @@ __all__ = [
     "AWSTarget",
     "DeadLetter",
     "DynamoDBBackend",
+    "DynamoDBLock",
     "DynamoDBSettings",
     "MessageTooLargeError",
     "SQSBroker",

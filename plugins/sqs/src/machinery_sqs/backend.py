@@ -38,8 +38,9 @@ from machinery.config import Config
 from machinery.errors import BackendError, MessageError, UnknownGroupError
 from machinery.signature import Arg, GroupMeta, State, TaskState, now_utc
 
-from .client import ClientHolder, describe_error, error_code
+from .client import describe_error, error_code
 from .settings import DynamoDBSettings
+from .tables import Tables
 from .url import AWSTarget, parse_backend_url
 
 __all__ = ["ITEM_LIMIT", "DynamoDBBackend"]
@@ -123,9 +124,10 @@ class DynamoDBBackend(BaseBackend):
         )
         self.states_table = self.settings.task_states_table
         self.groups_table = self.settings.group_metas_table
-        self._clients = ClientHolder(target, self.config, self.settings.client)
-        self._ready = False
-        self._ready_lock = threading.Lock()
+        keys = {self.states_table: "TaskUUID", self.groups_table: "GroupUUID"}
+        self._tables = Tables(target, self.config, self.settings, keys)
+        self._clients = self._tables.clients
+        self._pool_lock = threading.Lock()
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._executor_pid = 0
 
@@ -141,81 +143,13 @@ class DynamoDBBackend(BaseBackend):
     @property
     def client(self) -> Any:
         """The boto3 DynamoDB client of this process (tables checked on first use)."""
-        client = self._clients.get()
-        if not self._ready:
-            self._ensure_tables(client)
-        return client
+        return self._tables.client
 
     def _request(self, operation: str, **kwargs: Any) -> Any:
-        """``client.<operation>(**kwargs)``; a table deleted since it was checked (a reset test server,
-        a cleanup job) is checked again, and created when allowed, before one more try."""
-        try:
-            return getattr(self.client, operation)(**kwargs)
-        except Exception as exc:
-            if error_code(exc) != "ResourceNotFoundException" or not self.settings.create_missing:
-                raise
-            self._ready = False
-        return getattr(self.client, operation)(**kwargs)
+        return self._tables.request(operation, **kwargs)
 
     def _call(self, operation: str, table: str, **kwargs: Any) -> Any:
-        try:
-            return self._request(operation, **kwargs)
-        except BackendError:
-            raise
-        except Exception as exc:
-            raise BackendError(
-                f"DynamoDB {operation} on table {table!r} at {self.target.where} failed: "
-                f"{describe_error(exc)}"
-            ) from exc
-
-    def _ensure_tables(self, client: Any) -> None:
-        with self._ready_lock:
-            if self._ready:
-                return
-            for table, key in ((self.states_table, "TaskUUID"), (self.groups_table, "GroupUUID")):
-                self._ensure_table(client, table, key)
-            self._ready = True
-
-    def _ensure_table(self, client: Any, table: str, key: str) -> None:
-        try:
-            client.describe_table(TableName=table)
-            return
-        except Exception as exc:
-            if error_code(exc) != "ResourceNotFoundException":
-                raise BackendError(
-                    f"DynamoDB DescribeTable of {table!r} at {self.target.where} failed: "
-                    f"{describe_error(exc)}"
-                ) from exc
-        if not self.settings.create_missing:
-            raise BackendError(
-                f"DynamoDB table {table!r} does not exist at {self.target.where} and create_missing is off: "
-                f"create it (partition key {key}, type S; TTL attribute TTL)"
-            )
-        try:
-            client.create_table(
-                TableName=table,
-                KeySchema=[{"AttributeName": key, "KeyType": "HASH"}],
-                AttributeDefinitions=[{"AttributeName": key, "AttributeType": "S"}],
-                BillingMode="PAY_PER_REQUEST",
-            )
-            logger.info("created DynamoDB table %s", table)
-        except Exception as exc:
-            if error_code(exc) != "ResourceInUseException":  # another process created it meanwhile
-                raise BackendError(
-                    f"DynamoDB CreateTable {table!r} at {self.target.where} failed: {describe_error(exc)}"
-                ) from exc
-        try:
-            client.get_waiter("table_exists").wait(
-                TableName=table, WaiterConfig={"Delay": 1, "MaxAttempts": 120}
-            )
-            client.update_time_to_live(
-                TableName=table, TimeToLiveSpecification={"Enabled": True, "AttributeName": "TTL"}
-            )
-        except Exception as exc:
-            if "TimeToLive is already enabled" not in str(exc):
-                raise BackendError(
-                    f"DynamoDB table {table!r} at {self.target.where} is not ready: {describe_error(exc)}"
-                ) from exc
+        return self._tables.call(operation, table, **kwargs)
 
     def _ttl(self) -> int | None:
         """``TTL`` of an item written now (epoch seconds); None when results never expire (no ``TTL``)."""
@@ -320,7 +254,7 @@ class DynamoDBBackend(BaseBackend):
 
     def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
         """Threads for parallel updates (one pool per process: a forked child makes its own)."""
-        with self._ready_lock:
+        with self._pool_lock:
             if self._executor is None or self._executor_pid != os.getpid():
                 self._executor = concurrent.futures.ThreadPoolExecutor(
                     PARALLEL_UPDATES, thread_name_prefix="machinery-dynamodb"
@@ -472,30 +406,26 @@ class DynamoDBBackend(BaseBackend):
 
     def trigger_chord(self, group_uuid: str) -> bool:
         """True exactly once per group: a conditional update of ``ChordTriggered`` from false to true."""
-        try:
-            self._request(
-                "update_item",
-                TableName=self.groups_table,
-                Key={"GroupUUID": {"S": group_uuid}},
-                UpdateExpression="SET ChordTriggered = :yes",
-                ConditionExpression=(
-                    "attribute_exists(GroupUUID) AND ChordTriggered = :no AND "
-                    "(attribute_not_exists(#t) OR #t > :now)"  # no TTL: results never expire
-                ),
-                ExpressionAttributeNames={"#t": "TTL"},
-                ExpressionAttributeValues={
-                    ":yes": {"BOOL": True},
-                    ":no": {"BOOL": False},
-                    ":now": {"N": str(int(time.time()))},
-                },
-            )
+        triggered = self._tables.conditional(
+            "update_item",
+            self.groups_table,
+            f"chord of {group_uuid}",
+            TableName=self.groups_table,
+            Key={"GroupUUID": {"S": group_uuid}},
+            UpdateExpression="SET ChordTriggered = :yes",
+            ConditionExpression=(
+                "attribute_exists(GroupUUID) AND ChordTriggered = :no AND "
+                "(attribute_not_exists(#t) OR #t > :now)"  # no TTL: results never expire
+            ),
+            ExpressionAttributeNames={"#t": "TTL"},
+            ExpressionAttributeValues={
+                ":yes": {"BOOL": True},
+                ":no": {"BOOL": False},
+                ":now": {"N": str(int(time.time()))},
+            },
+        )
+        if triggered:
             return True
-        except Exception as exc:
-            if error_code(exc) != "ConditionalCheckFailedException":
-                raise BackendError(
-                    f"DynamoDB UpdateItem (chord of {group_uuid}) on {self.groups_table!r} at "
-                    f"{self.target.where} failed: {describe_error(exc)}"
-                ) from exc
         self._group_item(group_uuid)  # raises UnknownGroupError for a missing or expired group
         return False
 
@@ -518,4 +448,4 @@ class DynamoDBBackend(BaseBackend):
         executor, self._executor = self._executor, None
         if executor is not None and self._executor_pid == os.getpid():
             executor.shutdown(wait=True)
-        self._clients.close()
+        self._tables.close()

@@ -1,5 +1,5 @@
 """Entry point (group ``machinery``): SQS URLs build this package's broker and DynamoDB URLs its result
-backend; the classes are imported on first use (``transport()``).
+backend and lock; the classes are imported on first use (``transport()``).
 
 SQS's URLs are ``https://`` ones told apart by their host (``sqs.<region>.amazonaws.com``) or their
 account-id path, so each kind gets a matcher from :mod:`machinery_sqs.url` (no I/O, no boto3) rather
@@ -23,6 +23,7 @@ broker = transport(
 backend = transport(
     ["dynamodb", "https://dynamodb"],
     backend="machinery_sqs.backend:DynamoDBBackend",
+    lock="machinery_sqs.lock:DynamoDBLock",
     settings="machinery_sqs.settings:DynamoDBSettings",
     matches=is_dynamodb_url,
 )

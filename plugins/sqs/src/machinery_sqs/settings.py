@@ -122,6 +122,8 @@ class DynamoDBSettings(Section):
     #: A ready boto3 DynamoDB client (Machinery's ``DynamoDBConfig.Client``). Code only.
     client: Any = None
     # Python additions (env MACHINERY_DYNAMODB_<NAME>; also URL query parameters, which win):
+    #: The lock's table (key ``LockKey``): periodic tasks and chord recovery take their locks here.
+    locks_table: str = setting("machinery_locks", check=not_empty("machinery_locks"))
     #: Create missing tables (on-demand capacity, TTL on ``TTL``). Off: a missing table is an error.
     create_missing: bool = setting(True)
     #: Longest pause between two reads of a waiting ``wait()`` (it starts at 50 ms and grows). Reloadable.

@@ -30,7 +30,7 @@ class SQLiteEvents(BaseBackend):
     def record_events(self, events: Sequence[TaskEvent]) -> None:
         if not events:
             return
-        rows = [(e.task_uuid, e.at, json.dumps(e.to_dict(), separators=(",", ":"))) for e in events]
+        rows = [(e.task_uuid, e.at, e.to_json().decode()) for e in events]
         with self._store.pinned(), self._store.write("record_events") as conn:
             conn.executemany("INSERT INTO events (task_uuid, at, record) VALUES (?, ?, ?)", rows)
             conn.execute(
