@@ -67,8 +67,9 @@ def test_sigkill_with_tasks_started_redelivers_each_once(
         wait_for(lambda: len(read_log(str(runlog))) >= 4, 30, "4 tasks STARTED in the first worker")
         started = [n for event, n, pid in read_log(str(runlog)) if event == "start" and pid == first.pid]
         assert len(started) == 4  # prefetch = concurrency: nothing more left RabbitMQ
+        # The state writer stores STARTED a moment after the body logs its start: wait for it.
         for n in started:
-            assert results[n].state in (State.STARTED, State.RECEIVED)
+            wait_for(lambda n=n: results[n].state in (State.STARTED, State.RECEIVED), 5, f"task {n} STARTED")
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         second = start_worker(amqp_url, names, runlog, concurrency=8)
