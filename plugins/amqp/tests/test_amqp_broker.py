@@ -8,12 +8,14 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+import pika
 import pytest
 from amqp_testlib import Admin, Names
 
 from machinery import Config, Signature
 from machinery.capabilities import Capability
 from machinery_amqp import AMQPBroker, AMQPError, UnroutableError
+from machinery_amqp.broker import QUORUM_DELAY_ARGS
 
 pytestmark = pytest.mark.services
 
@@ -220,7 +222,7 @@ def test_idle_consumer_releases_its_prefetch(
 def test_eta_not_early_and_priority_kept_through_the_delay(
     make_config: Callable[..., Config], amqp_url: str, names: Names, admin: Admin
 ) -> None:
-    """#824: a delayed message keeps its priority (the delay queue keeps x-max-priority)."""
+    """#824: a delayed message keeps its priority property through the delay."""
     broker = AMQPBroker(amqp_url, make_config(queue_declare_args={"x-max-priority": 10}))
     assert Capability.PRIORITY in broker.capabilities
     try:
@@ -230,10 +232,11 @@ def test_eta_not_early_and_priority_kept_through_the_delay(
         broker.publish(sig(3, eta=eta, priority=5))
         time.sleep(1.0)
         assert admin.count(names.queue) == 0  # still in their delay queues: not early
-        time.sleep(max(0.0, (eta - datetime.now(UTC)).total_seconds()) + 0.3)
-        assert admin.count(names.queue) == 3
-        got = take(broker, names.queue, 3)
+        deadline = time.monotonic() + 4.0  # all three in the task queue (a quorum delay queue may be
+        while admin.count(names.queue) != 3 and time.monotonic() < deadline:  # ~0.5 s late), then take
+            time.sleep(0.05)
         assert datetime.now(UTC) >= eta
+        got = take(broker, names.queue, 3)
         assert [d.signature.uuid for d in got] == ["task_2", "task_3", "task_1"]
         assert [d._properties.priority for d in got] == [9, 5, 1]
         for d in got:
@@ -477,27 +480,47 @@ def test_quorum_queue_counts_redeliveries_and_a_delayed_requeue_starts_afresh(
         broker.close()
 
 
-def test_delayed_messages_due_while_rabbitmq_shut_down_are_sent_again(
+def test_delay_queues_are_quorum_queues_that_dead_letter_at_least_once(
     broker: AMQPBroker, names: Names, admin: Admin
 ) -> None:
-    """RabbitMQ dead-letters at most once: a delayed message due while the server stops its queues may
-    be dropped. The broker remembers what it delayed and, after a shutdown, sends again what fell due
-    meanwhile, and nothing that was due long before or is due after."""
-    soon = datetime.now(UTC) + timedelta(seconds=1.0)
-    broker.publish(sig(1, eta=soon))
-    broker.publish(sig(2, eta=datetime.now(UTC) + timedelta(seconds=60)))  # still waits: not at risk
-    broker.flush()  # both are in their delay queues
-    [(_, _, dropped), (_, _, later)] = sorted(broker._delays._due)
-    delay_queue = f"delay.{dropped.delay_ms}.{names.exchange}.{names.binding_key}"
-    admin.queues |= {delay_queue, f"delay.{later.delay_ms}.{names.exchange}.{names.binding_key}"}
-    admin._ch().queue_purge(delay_queue)  # what RabbitMQ does to a message due while it stops
-    shutdown = time.monotonic()
-    time.sleep(1.1)  # the server stays "down" past the message's due time (no event to wait for)
-    broker._resend_due(shutdown)
-    [again] = take(broker, names.queue, 1)
-    assert again.signature is not None and again.signature.uuid == "task_1"
-    again.ack()
-    assert broker.consume(names.queue, 1, 0.3) == []  # task_2 stays in its delay queue
-    assert len(broker._delays._due) == 1
-    broker._resend_due(shutdown)  # a second reconnect sends nothing twice
-    assert broker.consume(names.queue, 1, 0.3) == []
+    """A classic queue dead-letters at most once (a message due while RabbitMQ stops its queues may be
+    dropped), so the automatic delay queue is a quorum queue that dead-letters at least once."""
+    # 30,000 ms rounded up to 64 steps per doubling (a step is 256 ms here): fewer queues. RabbitMQ
+    # 3.10 expires a quorum queue counting from its creation, so each 10-min window has its own.
+    windows = {int(time.time() // 600)}
+    broker.publish_raw(names.queue, b"{}", delay=30.0)
+    broker.flush()  # a producer's publish returns before its confirm
+    windows.add(int(time.time() // 600))
+    [name] = [
+        n
+        for w in windows
+        if admin.exists(n := f"delay.30208.{names.exchange}.{names.binding_key}.quorum.{w}")
+    ]
+    admin.queues.add(name)
+    assert admin.count(name) == 1 and admin.count(names.queue) == 0
+    args = {
+        "x-dead-letter-exchange": names.exchange,
+        "x-dead-letter-routing-key": names.binding_key,
+        "x-message-ttl": 30208,
+        # its window, then its delay, then 10 min for its dead letters to get out (after a restart)
+        "x-expires": 600_000 + 30208 + 600_000,
+    }
+    ch = admin._ch()
+    ch.queue_declare(name, durable=True, arguments={**args, **QUORUM_DELAY_ARGS})  # the same: accepted
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker, match="x-dead-letter-strategy"):
+        ch.queue_declare(name, durable=True, arguments={**args, "x-queue-type": "quorum"})
+
+
+def test_auto_delete_keeps_gos_classic_delay_queues(
+    make_config: Callable[..., Config], amqp_url: str, names: Names, admin: Admin
+) -> None:
+    """``auto_delete`` is a classic-only property: Go's classic delay queue (at-most-once)."""
+    broker = AMQPBroker(amqp_url, make_config(auto_delete=True))
+    try:
+        broker.publish_raw(names.queue, b"{}", delay=30.0)
+        broker.flush()
+        name = f"delay.30000.{names.exchange}.{names.binding_key}"
+        admin.queues.add(name)
+        assert admin.count(name) == 1 and not admin.exists(name + ".quorum")
+    finally:
+        broker.close()

@@ -32,15 +32,32 @@ to the queue, so a stopped worker does not keep messages hostage.
 Delays and server shutdowns
 ---------------------------
 A delayed message (an ETA, a retry's countdown) waits in a delay queue until its TTL runs out and
-RabbitMQ dead-letters it into the task queue. RabbitMQ dead-letters **at most once**: a message whose
-TTL runs out while the server is stopping its queues is dropped (a probe on 3.10: of 300 delayed
-messages across a restart, the 2 due in the tenth of a second the queues stopped were lost; quorum
-delay queues with at-least-once dead-lettering did worse, a quarter to a third not back 15 s after the
-restart). So each process remembers the delayed messages it published (up to 10 minutes of delay,
-10,000 at most) until they are due, and when its consumer sees RabbitMQ shut down (320
-CONNECTION_FORCED) it sends again, once the server is back, those that fell due from 2 s before the
-shutdown until the reconnect. A duplicate is possible (at-least-once delivery); a delayed message
-published by a process that died before the restart is not covered.
+RabbitMQ dead-letters it into the task queue. A classic queue dead-letters **at most once**: a message
+whose TTL runs out while the server stops its queues can be dropped, whoever published it (the retry
+``make chaos`` lost now and then; an earlier fix, in which each process re-sent what it had delayed
+after a shutdown, could not cover a process that had died). So the delay queues are **quorum** queues
+with ``x-dead-letter-strategy: at-least-once`` (RabbitMQ 3.10+): the queue keeps each dead letter until
+the task queue confirmed it and sends it again otherwise, also after a restart, with no help from the
+publishing process. A duplicate is possible (at-least-once delivery). Three details make it hold, each
+found by a lost message:
+
+- After a restart the quorum queues come back before the classic task queues (30 s with 2,000 queues
+  here), so their dead letters wait; a delay queue that expired meanwhile took them with it (3 of 8
+  in the restart fault test with Go's ``x-expires`` of delay + 5 s). So a quorum delay queue lives
+  :data:`QUORUM_DELAY_GRACE_MS` (10 min) past its last message's due time.
+- RabbitMQ 3.10 counts a quorum queue's ``x-expires`` from its creation (or last consumer), not from
+  the last declare or publish, and on through a restart: ``make chaos`` lost 11 retries when
+  ``delay.1000`` and ``delay.2000`` expired, full, 10 min after they were created. So a quorum delay
+  queue takes messages only during one :data:`QUORUM_DELAY_WINDOW` (10 min, named in the queue) and
+  expires after window + delay + grace.
+- To keep the number of these queues small, a delay is rounded up to 64 steps per doubling (at most
+  1/64 later; exact below 128 ms).
+
+Costs (README.md of the plugin, "Delays"): a new quorum delay queue takes ~14 ms to declare (classic
+~4 ms), a publish into one is no slower, a quorum TTL may fire a few hundred ms late under load. A
+RabbitMQ outage longer than the grace can still lose what waits in a delay queue. ``auto_delete`` (a
+classic-only property) and ``delayed_queue`` keep Go's classic layout and its at-most-once
+dead-lettering.
 
 Reconnect
 ---------
@@ -54,7 +71,6 @@ a new connection for up to ``reconnect_timeout`` seconds (60) once a connection 
 from __future__ import annotations
 
 import contextlib
-import heapq
 import itertools
 import logging
 import math
@@ -107,8 +123,21 @@ logger = logging.getLogger("machinery.amqp")
 IDLE_RELEASE = 10.0
 #: Longest TTL of one delay hop; a longer ETA arrives early and the worker sends it round again.
 MAX_DELAY_MS = 2**30
-#: Seconds around a RabbitMQ shutdown whose delayed messages are sent again (see _resend_due).
-SHUTDOWN_MARGIN = 2.0
+#: Seconds during which one quorum delay queue takes new messages: RabbitMQ 3.10 expires a quorum queue
+#: (x-expires) counting from its creation, publishes or not, so each window gets its own queue.
+QUORUM_DELAY_WINDOW = 600
+#: Milliseconds a quorum delay queue outlives its last message's due time: its dead letters must reach
+#: the task queue first, also when RabbitMQ restarted (the expiry clock runs on while it is down) and
+#: its classic queues recover slowly (30 s with 2,000 queues), or a dead letter waits out the re-send
+#: timeout (see the module docs).
+QUORUM_DELAY_GRACE_MS = 10 * 60 * 1000
+#: Arguments of an automatic delay queue: dead letters kept until the task queue confirmed them.
+#: at-least-once needs reject-publish (no overflow may drop a message either).
+QUORUM_DELAY_ARGS = {
+    "x-queue-type": "quorum",
+    "x-dead-letter-strategy": "at-least-once",
+    "x-overflow": "reject-publish",
+}
 #: The dead-letter queue of ``<queue>`` when the queue has no server-side dead-letter exchange.
 DEAD_SUFFIX = ".dead"
 #: headers of a dead-letter copy in ``<queue>.dead``: why, when (ISO 8601, UTC), delivery count
@@ -154,39 +183,6 @@ class _Outgoing:
     delay_ms: int = 0
     #: its PENDING state, stored by the outbox's I/O thread before its first publish (a producer's send)
     pending: tuple[Backend, TaskState] | None = None
-
-
-class _DelayLedger:
-    """Delayed messages this process published, kept until they are due (see "Delays and server
-    shutdowns" in the module docs). Bounded: delays over ``horizon`` seconds are not kept, and past
-    ``limit`` entries the soonest due are dropped first."""
-
-    def __init__(self, horizon: float = 600.0, limit: int = 10_000) -> None:
-        self.horizon = horizon
-        self.limit = limit
-        self._lock = threading.Lock()
-        self._due: list[tuple[float, int, _Outgoing]] = []  # a heap on the monotonic due time
-        self._seq = itertools.count()
-
-    def add(self, messages: Sequence[_Outgoing]) -> None:
-        now = time.monotonic()
-        with self._lock:
-            for msg in messages:
-                if 0 < msg.delay_ms <= self.horizon * 1000:
-                    heapq.heappush(self._due, (now + msg.delay_ms / 1000, next(self._seq), msg))
-            while len(self._due) > self.limit:
-                heapq.heappop(self._due)
-
-    def take(self, start: float, end: float) -> list[tuple[float, _Outgoing]]:
-        """Remove and return the messages due between ``start`` and ``end`` (monotonic seconds);
-        those due before ``start`` are forgotten."""
-        taken: list[tuple[float, _Outgoing]] = []
-        with self._lock:
-            while self._due and self._due[0][0] <= end:
-                due, _, msg = heapq.heappop(self._due)
-                if due >= start:
-                    taken.append((due, msg))
-        return taken
 
 
 class AMQPDelivery(BaseDelivery):
@@ -298,7 +294,6 @@ class AMQPBroker(Endpoint, BaseBroker):
         self._outbox: Outbox[_Outgoing] | None = None
         self._outbox_lock = threading.Lock()
         self._consumed = False
-        self._delays = _DelayLedger()
         self._consumer: _Consumer | None = None
         self._consumer_lock = threading.Lock()
         self._closed = False
@@ -358,48 +353,75 @@ class AMQPBroker(Endpoint, BaseBroker):
     def _delay_target(self, link: Link, key: str, delay_ms: int) -> tuple[str, int, str]:
         """Declare the delay queue for ``delay_ms`` and return ``(queue name, delay, expiration)``.
 
-        Automatic mode (Go's ``delay.<ms>.<exchange>.<key>``): a durable queue whose
-        ``x-message-ttl`` is the delay and which dead-letters into the exchange with the task's
-        routing key. ``x-max-priority`` of the task queues is kept on the delay queue and the message
-        keeps its priority property, so priority survives the delay (Go's #824). The queue expires
-        ``max(2 * delay, delay + 5 s)`` after its last declare (Go: 2 * delay, which a very short delay
-        could outrun). If a queue of that name exists with other arguments (another producer's), the
-        delay is moved one millisecond later (never earlier) and a fresh name tried.
+        Automatic mode: a durable queue whose ``x-message-ttl`` is the delay and which dead-letters
+        into the exchange with the task's routing key (see :meth:`_automatic_delay_queue`). If a queue
+        of that name exists with other arguments (another producer's), the delay is moved one
+        millisecond later (never earlier) and a fresh name tried.
 
-        Fixed mode (``amqp.delayed_queue`` set): one queue, per-message ``expiration``; RabbitMQ only
-        expires the head of a queue, so a long delay holds back shorter ones behind it.
+        Fixed mode (``amqp.delayed_queue`` set, Go's layout): one classic queue, per-message
+        ``expiration``; RabbitMQ only expires the head of a queue, so a long delay holds back shorter
+        ones behind it.
         """
         amqp = AMQPSettings.of(self.config)
-        extra: dict[str, Any] = {}
-        if "x-max-priority" in self.queue_args:
-            extra["x-max-priority"] = self.queue_args["x-max-priority"]
         if amqp.delayed_queue:
             default_key = self._direct and key == self.binding_key
             name = amqp.delayed_queue if default_key else f"{amqp.delayed_queue}.{key}"
             if "d:" + name not in link.declared:
-                args = {"x-dead-letter-exchange": self.exchange, "x-dead-letter-routing-key": key, **extra}
-                link.channel.queue_declare(name, durable=True, arguments=args)
+                args = {"x-dead-letter-exchange": self.exchange, "x-dead-letter-routing-key": key}
+                link.channel.queue_declare(name, durable=True, arguments={**args, **self._priority_arg()})
                 link.declared.add("d:" + name)
             return name, delay_ms, str(delay_ms)
+        refusal = ""
         for _ in range(5):
-            name = f"delay.{delay_ms}.{self.exchange}.{key}"
-            args = {
-                "x-dead-letter-exchange": self.exchange,
-                "x-dead-letter-routing-key": key,
-                "x-message-ttl": delay_ms,
-                "x-expires": max(2 * delay_ms, delay_ms + 5000),
-                **extra,
-            }
+            name, delay_ms, args = self._automatic_delay_queue(key, delay_ms)
             try:
                 link.channel.queue_declare(name, durable=True, auto_delete=amqp.auto_delete, arguments=args)
             except pex.ChannelClosedByBroker as exc:
                 if exc.reply_code != 406:
                     raise
+                refusal = exc.reply_text
                 link.reset_channel()
                 delay_ms += 1
                 continue
             return name, delay_ms, ""
-        raise AMQPError(f"could not declare a delay queue for routing key {key!r} (argument conflicts)")
+        raise AMQPError(
+            f"could not declare a delay queue for routing key {key!r}: RabbitMQ said {refusal!r} (argument "
+            "conflicts; quorum delay queues need RabbitMQ 3.10 or later, amqp.auto_delete=true keeps "
+            "Go's classic ones)"
+        )
+
+    def _automatic_delay_queue(self, key: str, delay_ms: int) -> tuple[str, int, dict[str, Any]]:
+        """Name, delay and arguments of the delay queue for ``delay_ms``.
+
+        By default a quorum queue ``delay.<ms>.<exchange>.<key>.quorum.<window>`` that dead-letters at
+        least once (see "Delays and server shutdowns" in the module docs). RabbitMQ 3.10 expires a
+        quorum queue counting from its creation (publishes do not count as use), so a queue takes
+        messages only during one :data:`QUORUM_DELAY_WINDOW` (``<window>`` is the Unix time divided by
+        it) and expires :data:`QUORUM_DELAY_GRACE_MS` after its last message is due. To keep the
+        number of such queues small, the delay is rounded up to 64 steps per doubling (at most 1/64
+        later, never earlier). The message keeps its priority property, so priority survives the
+        delay (Go's #824) without a priority on the delay queue (a quorum queue has none).
+
+        With ``amqp.auto_delete`` (a classic-only property): Go's classic ``delay.<ms>.<exchange>.<key>``
+        with the exact delay and the task queues' ``x-max-priority``, expiring
+        ``max(2 * delay, delay + 5 s)`` after its last declare (Go: 2 * delay, which a very short delay
+        could outrun).
+        """
+        args: dict[str, Any] = {"x-dead-letter-exchange": self.exchange, "x-dead-letter-routing-key": key}
+        if AMQPSettings.of(self.config).auto_delete:
+            expires = max(2 * delay_ms, delay_ms + 5000)
+            args |= {"x-message-ttl": delay_ms, "x-expires": expires, **self._priority_arg()}
+            return f"delay.{delay_ms}.{self.exchange}.{key}", delay_ms, args
+        delay_ms = _round_up(delay_ms)
+        window = int(time.time() // QUORUM_DELAY_WINDOW)
+        expires = QUORUM_DELAY_WINDOW * 1000 + delay_ms + QUORUM_DELAY_GRACE_MS
+        args |= {"x-message-ttl": delay_ms, "x-expires": expires, **QUORUM_DELAY_ARGS}
+        return f"delay.{delay_ms}.{self.exchange}.{key}.quorum.{window}", delay_ms, args
+
+    def _priority_arg(self) -> dict[str, Any]:
+        if "x-max-priority" in self.queue_args:
+            return {"x-max-priority": self.queue_args["x-max-priority"]}
+        return {}
 
     # producing ---------------------------------------------------------------------------------
     def _outgoing(self, sig: Signature) -> _Outgoing:
@@ -474,7 +496,6 @@ class AMQPBroker(Endpoint, BaseBroker):
             else:
                 self._producers.run(lambda link: self._publish_one(link, messages[0]))
             self._routed.update(m.key for m in messages if m.delay_ms <= 0)
-        self._delays.add([m for m in messages if m.delay_ms > 0])
 
     def _deferred(self, messages: list[_Outgoing]) -> bool:
         """Whether ``messages`` go through the outbox (confirmed later) instead of waiting for their
@@ -507,7 +528,6 @@ class AMQPBroker(Endpoint, BaseBroker):
         for message, state in zip(messages, states, strict=True):
             message.pending = (backend, state)
         self._get_outbox().submit(messages)
-        self._delays.add([m for m in messages if m.delay_ms > 0])
         return True
 
     def flush(self, timeout: float | None = None) -> None:
@@ -550,27 +570,6 @@ class AMQPBroker(Endpoint, BaseBroker):
         return Publish(
             "", name, msg.body, _with_expiration(msg.properties, expiration) if expiration else msg.properties
         )
-
-    def _resend_due(self, lost_at: float) -> None:
-        """RabbitMQ shut down at ``lost_at`` (monotonic) and is back: send again, at once or with what
-        is left of their delay, the delayed messages of this process that fell due since (shortly
-        before) then. RabbitMQ dead-letters at most once, so one whose delay ran out while the server
-        stopped its queues may be gone; a copy that did arrive makes a duplicate, which at-least-once
-        delivery allows."""
-        now = time.monotonic()
-        due = self._delays.take(lost_at - SHUTDOWN_MARGIN, now + SHUTDOWN_MARGIN)
-        logger.warning(
-            "amqp: RabbitMQ shut down and is back after %.0fs; sending again the %d delayed message(s) of "
-            "this process due meanwhile (it may have dropped them: dead-lettering is at most once)",
-            now - lost_at,
-            len(due),
-        )
-        for when, msg in due:
-            left = max(0, math.ceil((when - time.monotonic()) * 1000))
-            try:
-                self._send([_Outgoing(msg.queue, msg.key, msg.body, msg.properties, left)])
-            except Exception as exc:
-                logger.error("amqp: could not send a delayed message again (%s); it may be lost", exc)
 
     def _publish_one(self, link: Link, msg: _Outgoing) -> None:
         for attempt in (1, 2):
@@ -766,9 +765,10 @@ def _dead_letter_of(queue: str, body: bytes, props: BasicProperties) -> DeadLett
     return DeadLetter(body, reason, when or datetime.fromtimestamp(0, UTC), count, queue)
 
 
-def _is_shutdown(exc: BaseException) -> bool:
-    """RabbitMQ closed the connection because it is shutting down (320 CONNECTION_FORCED)."""
-    return isinstance(exc, pex.ConnectionClosedByBroker) and exc.reply_code == 320
+def _round_up(delay_ms: int) -> int:
+    """``delay_ms`` rounded up to one of 64 steps per doubling (exact below 128 ms)."""
+    step = 1 << max(0, delay_ms.bit_length() - 7)
+    return -(-delay_ms // step) * step
 
 
 def _with_expiration(props: BasicProperties, expiration: str) -> BasicProperties:
@@ -938,7 +938,6 @@ class _Consumer(threading.Thread):
     def run(self) -> None:
         backoff = Backoff(0.2, 5.0)
         broker = self.broker
-        shut_down_at: float | None = None  # when RabbitMQ said it was shutting down
         while not self.stopping.is_set():
             try:
                 if self.params is None:
@@ -956,16 +955,9 @@ class _Consumer(threading.Thread):
             self.attempted.set()
             if backoff.attempt:
                 logger.warning("amqp consumer: connected again to RabbitMQ")
-            if shut_down_at is not None:
-                threading.Thread(
-                    target=broker._resend_due, args=(shut_down_at,), name="machinery-amqp-resend", daemon=True
-                ).start()
-                shut_down_at = None
             try:
                 self._serve(connection)
             except Exception as exc:
-                if _is_shutdown(exc):
-                    shut_down_at = time.monotonic()
                 if not self.stopping.is_set():
                     self._fail(AMQPUnavailableError(f"lost the connection to RabbitMQ ({exc}); reconnecting"))
             finally:
