@@ -63,7 +63,7 @@ GUESS = {
     "sqlite/sqlite": (2500, 20000, 2500),
     "raw-amqp+redis": (5000, 20000, 5000),
     "amqp/redis": (3000, 5000, 1500),
-    "amqp/redis-prefetch0": (3000, 5000, 2500),
+    "amqp/redis-prefetch3": (3000, 5000, 2500),
     "amqp/amqp": (110, 130, 200),
     "dramatiq": (1800, 1800, 1600),
     "celery": (600, 600, 250),
@@ -424,7 +424,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--only",
         default="",
         help="comma-separated: baseline,redis/redis,redis/redis-prefetch4,redis/redis-x2,sqlite/sqlite,huey,"
-        "amqp/redis,amqp/redis-prefetch0,raw-amqp+redis,dramatiq-rabbitmq,...,gcppubsub/redis,sqs/dynamodb,sqs/redis,"
+        "amqp/redis,amqp/redis-prefetch3,raw-amqp+redis,dramatiq-rabbitmq,...,gcppubsub/redis,sqs/dynamodb,sqs/redis,"
         "redis/mongodb,redis/memcache (a transport row brings its raw loop)",
     )
     p.add_argument("--redis-url", default=os.environ.get("REDIS_URL", ""), help="default $REDIS_URL")
@@ -539,7 +539,7 @@ def plan(args: argparse.Namespace, progress: Callable[[str], None]) -> tuple[lis
             steps.append(Step("huey", "huey", n, -1, peer="huey"))
         # RabbitMQ: the raw pika loop (the baseline of amqp/redis), Machinery, then Dramatiq
         amqp_raw = raw_label("amqp", "redis")
-        amqp_rows = use.get("amqp/redis") or use.get("amqp/redis-prefetch0")
+        amqp_rows = use.get("amqp/redis") or use.get("amqp/redis-prefetch3")
         if (amqp_rows or "raw-amqp+redis" in only) and not why_not("amqp/redis"):
             urls = {"amqp_url": amqp_url, "redis_url": redis_url}
             make_raw = partial(RawLoopSystem, "amqp", "redis", urls)
@@ -549,12 +549,12 @@ def plan(args: argparse.Namespace, progress: Callable[[str], None]) -> tuple[lis
         if use.get("amqp/redis"):
             make = machinery("amqp/redis", amqp_url, redis_url)
             steps.append(Step("amqp/redis", "machinery amqp/redis", n, -1, make, baseline=amqp_raw))
-        if use.get("amqp/redis-prefetch0"):
-            # the setting plugins/amqp/README.md recommends: Go's default prefetch_count 3 lets an 8-thread
-            # worker run at most 3 tasks at once; 0 follows the worker's free slots
-            label = "amqp/redis, prefetch_count 0"
-            make = machinery(label, amqp_url, redis_url, AMQP_PREFETCH_COUNT="0")
-            steps.append(Step("amqp/redis-prefetch0", f"machinery {label}", n, -1, make, baseline=amqp_raw))
+        if use.get("amqp/redis-prefetch3"):
+            # Go's default prefetch_count 3 (ours is 0, the worker's free slots): an 8-thread worker then
+            # runs at most 3 tasks at once
+            label = "amqp/redis, Go's prefetch_count 3"
+            make = machinery(label, amqp_url, redis_url, AMQP_PREFETCH_COUNT="3")
+            steps.append(Step("amqp/redis-prefetch3", f"machinery {label}", n, -1, make, baseline=amqp_raw))
         if use.get("dramatiq-rabbitmq"):  # the RabbitMQ peer, right after amqp/redis
             steps.append(
                 Step("dramatiq-rabbitmq", "dramatiq rabbitmq/redis", n, -1, peer="dramatiq-rabbitmq")

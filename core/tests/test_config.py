@@ -72,6 +72,7 @@ def test_every_env_var_round_trips() -> None:
         prefetch_count=123,
         auto_delete=True,
         delayed_queue="delayed_queue",
+        wait_for_confirms=True,
     )
     assert type(cnf.amqp.queue_declare_args["x-max-priority"]) is int
     assert (cnf.sqs.wait_time_seconds, cnf.sqs.visibility_timeout, cnf.sqs.visibility_heartbeat) == (
@@ -266,7 +267,7 @@ def test_validate_top_level(change: dict[str, Any], needle: str) -> None:
         ("worker", "unregistered_requeue_limit", -1, "MACHINERY_WORKER_UNREGISTERED_REQUEUE_LIMIT"),
         ("sqs", "wait_time_seconds", 21, "between 0 and 20"),
         ("sqs", "visibility_timeout", -5, "43200"),
-        ("amqp", "prefetch_count", -1, "0 means unlimited"),
+        ("amqp", "prefetch_count", -1, "follow the worker"),
         ("redis", "max_idle", -1, "REDIS_MAX_IDLE"),
         ("redis", "idle_timeout", -1, "YAML redis.max_idle_timeout"),
         ("redis", "delayed_tasks_key", "", "must not be empty"),
@@ -388,6 +389,7 @@ amqp:
   prefetch_count: 1
   auto_delete: true
   delayed_queue: dq
+  wait_for_confirms: true
 sqs:
   wait_time_seconds: 5
   visibility_timeout: 120
@@ -504,7 +506,7 @@ def test_yaml_round_trip_of_every_key_in_a_file_over_1000_bytes(tmp_path: Path) 
         signing_max_age=90,
     )
     declare = {"x-max-priority": 10, "x-queue-mode": "lazy"}
-    expected.amqp = AMQPConfig("ex", "topic", declare, {"x-match": "any"}, "bk", 1, True, "dq")
+    expected.amqp = AMQPConfig("ex", "topic", declare, {"x-match": "any"}, "bk", 1, True, "dq", True)
     expected.sqs.wait_time_seconds, expected.sqs.visibility_timeout, expected.sqs.visibility_heartbeat = (
         5,
         120,

@@ -33,8 +33,11 @@ class AMQPSettings(Section):
         factory=dict, go_env="AMQP_QUEUE_BINDING_ARGS", kind="binding_args"
     )
     binding_key: str = setting("machinery_task", go_env="AMQP_BINDING_KEY")
-    #: ``basic.qos`` prefetch; 0 means unlimited.
-    prefetch_count: int = setting(3, go_env="AMQP_PREFETCH_COUNT", check=at_least(0, " (0 means unlimited)"))
+    #: Upper bound of ``basic.qos``; 0 (the default) follows the worker's free slots. Go's default is 3,
+    #: which let an 8-thread worker run only 3 tasks at once: the design's prefetch is the free slots.
+    prefetch_count: int = setting(
+        0, go_env="AMQP_PREFETCH_COUNT", check=at_least(0, " (0 means: follow the worker's free slots)")
+    )
     auto_delete: bool = setting(False, go_env="AMQP_AUTO_DELETE")
     delayed_queue: str = setting("", go_env="AMQP_DELAYED_QUEUE")
     #: Every publish waits for its publisher confirm, also a producer's (by default a producer's publish
