@@ -5,8 +5,12 @@ One SQLite file in WAL mode holds everything. Each thread of each process gets i
 or closed). Writes run in ``BEGIN IMMEDIATE`` transactions, so concurrent writers queue up on the
 file lock (``busy_timeout``) instead of failing with a stale snapshot; the writers of one process
 take turns on a :class:`threading.Lock` first, so only other processes wait in SQLite's busy handler
-(which sleeps in steps of milliseconds). ``synchronous=NORMAL``: a commit is not fsynced (WAL keeps
-the file consistent; a power cut may lose the last commits, a process crash loses nothing).
+(which sleeps in steps of milliseconds). Being one at a time anyway, the writers of a process share
+one connection per file (the :class:`Hub`'s): in WAL mode a connection drops its whole page cache when
+another connection committed since its last transaction, so per-thread writers (the consumer's lease,
+the state writer, the events thread) each began with a cold cache and read their pages again.
+``synchronous=NORMAL``: a commit is not fsynced (WAL keeps the file consistent; a power cut may lose
+the last commits, a process crash loses nothing).
 
 Waiting (``consume``, ``wait``) is woken two ways: in-process by a :class:`threading.Condition`
 shared by every store on the same file, and across processes by polling ``PRAGMA data_version``
@@ -287,6 +291,12 @@ class Hub:
         self._generations: dict[str, int] = {}
         #: writers of this process take turns here, so only other processes wait on the file lock
         self.writer = threading.Lock()
+        #: the connection every writer of this process uses (under ``writer``), opened by the first store
+        #: that writes and closed when the last store that used it closes
+        self.write_conn: sqlite3.Connection | None = None
+        #: the stores (by id) that used ``write_conn`` since they last closed
+        self.write_users: set[int] = set()
+        self.write_pid = os.getpid()
 
     def generation(self, topic: str) -> int:
         with self.cond:
@@ -337,6 +347,7 @@ def _after_fork_in_child() -> None:
     global _hubs_lock, _opening
     _hubs_lock = threading.Lock()
     _opening = threading.Lock()
+    _abandoned.extend(hub.write_conn for hub in _hubs.values() if hub.write_conn is not None)
     _hubs.clear()
 
 
@@ -443,7 +454,7 @@ class SQLiteStore:
         local.conn, local.generation = conn, self._generation
         return conn
 
-    def _open(self, owner: _Owner | None = None) -> sqlite3.Connection:
+    def _open(self, owner: _Owner | None = None, track: bool = True) -> sqlite3.Connection:
         directory = os.path.dirname(self.path) or "."
         if not os.path.isdir(directory):
             raise ConfigError(
@@ -472,6 +483,8 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             conn.close()
             raise self.error(f"sqlite database {self.path!r}: {exc}") from exc
+        if not track:  # the hub's write connection: the hub closes it
+            return conn
         with self._lock:
             # close connections of threads that ended (thread pools come and go)
             alive: list[tuple[_Owner, sqlite3.Connection]] = []
@@ -542,6 +555,12 @@ class SQLiteStore:
         with self._lock:
             conns, self._conns = self._conns, []
             self._generation += 1
+        hub = self.hub
+        with hub.writer:
+            hub.write_users.discard(id(self))
+            if not hub.write_users and hub.write_conn is not None:
+                conns.append((_PINNED, hub.write_conn))
+                hub.write_conn = None
         for _, conn in conns:
             try:
                 conn.close()
@@ -579,17 +598,16 @@ class SQLiteStore:
     @contextmanager
     def write(self, what: str) -> Iterator[sqlite3.Connection]:
         """A ``BEGIN IMMEDIATE`` transaction, committed at the end, rolled back on error."""
-        with self.errors(what):
-            conn = self.conn()
-            with self.hub.writer:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield conn
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
+        with self.errors(what), self.hub.writer:
+            conn = self._write_conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     @contextmanager
     def read(self, what: str) -> Iterator[sqlite3.Connection]:
@@ -610,10 +628,23 @@ class SQLiteStore:
 
     def execute_write(self, what: str, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         """One autocommit statement that writes (in turn with this process's other writers)."""
-        with self.errors(what):
-            conn = self.conn()
-            with self.hub.writer:
-                return conn.execute(sql, params)
+        with self.errors(what), self.hub.writer:
+            return self._write_conn().execute(sql, params)
+
+    def _write_conn(self) -> sqlite3.Connection:
+        """This process's connection for writing to the file (the caller holds ``hub.writer``)."""
+        hub = self.hub
+        conn = hub.write_conn
+        if (
+            conn is not None and hub.write_pid != os.getpid()
+        ):  # forked without the fork hooks (should not happen)
+            _abandoned.append(conn)
+            conn = hub.write_conn = None
+        if conn is None:
+            conn = hub.write_conn = self._open(owner=_PINNED, track=False)
+            hub.write_pid = os.getpid()
+        hub.write_users.add(id(self))
+        return conn
 
     # waiting -----------------------------------------------------------------------------------
     def data_version(self) -> int:
