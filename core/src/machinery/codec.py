@@ -277,16 +277,28 @@ _TIME_RE: Final = re.compile(
 _ZERO_DT: Final = datetime(1, 1, 1, tzinfo=UTC)
 
 
+#: the last datetime :func:`format_time` formatted and its text (a batch send's states share one)
+_last_formatted: tuple[datetime, str] = (_ZERO_DT, "0001-01-01T00:00:00Z")
+
+
 def format_time(dt: datetime) -> str:
     """Format ``dt`` as Go does: RFC 3339 in UTC, fraction with trailing zeros trimmed.
 
     A naive datetime is taken as UTC. ``2025-11-15T12:07:02.1Z``, ``2025-11-15T12:07:02Z``.
     """
+    global _last_formatted
+    last = _last_formatted
+    if dt is last[0]:
+        return last[1]
+    key = dt
     if dt.tzinfo is not UTC:
         dt = dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
     if dt.microsecond:
-        return dt.isoformat(timespec="microseconds")[:-6].rstrip("0") + "Z"
-    return dt.isoformat(timespec="seconds")[:-6] + "Z"
+        text = dt.isoformat(timespec="microseconds")[:-6].rstrip("0") + "Z"
+    else:
+        text = dt.isoformat(timespec="seconds")[:-6] + "Z"
+    _last_formatted = (key, text)
+    return text
 
 
 def parse_time(text: str) -> datetime:
