@@ -383,15 +383,15 @@ class _Owner(Protocol):
     def is_alive(self) -> bool: ...
 
 
-class _PinnedOwner:
-    """The owner of :meth:`SQLiteStore.pinned`'s connection: never ends (closed by ``close()``)."""
+class _HubOwner:
+    """The owner of the hub's write connection: never ends (closed with the last store using it)."""
 
     @staticmethod
     def is_alive() -> bool:
         return True
 
 
-_PINNED = _PinnedOwner()
+_HUB_OWNER = _HubOwner()
 
 
 class _Local(threading.local):
@@ -416,9 +416,6 @@ class SQLiteStore:
         self._lock = threading.Lock()
         self._local = _Local()
         self._conns: list[tuple[_Owner, sqlite3.Connection]] = []
-        self._pin_lock = threading.Lock()
-        self._pinned: sqlite3.Connection | None = None
-        self._pinned_generation = -1
         self._generation = 0  # bumped by close(): thread-local connections of older generations are stale
         self._schema_ready = False
         self._pid = os.getpid()
@@ -435,8 +432,6 @@ class SQLiteStore:
         self._lock = threading.Lock()
         self._local = _Local()
         self._conns = []
-        self._pin_lock = threading.Lock()
-        self._pinned = None
         self._pid = os.getpid()
         self.hub = _hub_for(self.path)
 
@@ -559,32 +554,13 @@ class SQLiteStore:
         with hub.writer:
             hub.write_users.discard(id(self))
             if not hub.write_users and hub.write_conn is not None:
-                conns.append((_PINNED, hub.write_conn))
+                conns.append((_HUB_OWNER, hub.write_conn))
                 hub.write_conn = None
         for _, conn in conns:
             try:
                 conn.close()
             except sqlite3.Error:  # pragma: no cover - closing a busy connection from another thread
                 logger.debug("sqlite: closing a connection failed", exc_info=True)
-
-    @contextmanager
-    def pinned(self) -> Iterator[None]:
-        """Run the block on the store's pinned connection, one at a time: opened once, kept until
-        :meth:`close`. For a background role whose threads come and go (a worker's events thread,
-        started and stopped with each worker), so each of them does not open and close a
-        connection of its own."""
-        with self._pin_lock:
-            conn = self._pinned
-            if conn is None or self._pinned_generation != self._generation or self._pid != os.getpid():
-                conn = self._pinned = self._open(owner=_PINNED)
-                self._pinned_generation = self._generation
-            local = self._local
-            saved = local.conn, local.generation
-            local.conn, local.generation = conn, self._generation
-            try:
-                yield
-            finally:
-                local.conn, local.generation = saved
 
     # transactions ------------------------------------------------------------------------------
     @contextmanager
@@ -641,7 +617,7 @@ class SQLiteStore:
             _abandoned.append(conn)
             conn = hub.write_conn = None
         if conn is None:
-            conn = hub.write_conn = self._open(owner=_PINNED, track=False)
+            conn = hub.write_conn = self._open(owner=_HUB_OWNER, track=False)
             hub.write_pid = os.getpid()
         hub.write_users.add(id(self))
         return conn
