@@ -653,6 +653,15 @@ def encode_signature(sig: Signature) -> bytes:
 
 def _arg_from(raw: Any, index: int, where: str, errors: list[str]) -> Arg:
     # The location string is only built on error: this runs for every argument of every message.
+    if type(raw) is dict and len(raw) == 3 and "Type" in raw and "Name" in raw and "Value" in raw:
+        # the usual argument, exactly Go's three keys: one pass, no key folding (the path below decides
+        # everything else, and says what is wrong)
+        type_, name = raw["Type"], raw["Name"]
+        if type(type_) is str and type(name) is str and (decoder := _DECODERS.get(type_)) is not None:
+            try:
+                return Arg(decoder(raw["Value"]), type_, name)
+            except _BadValueError:
+                pass
     if type(raw) is not dict:
         raise MessageError(f"{where}[{index}]: expected an object, got {_kind(raw)}")
     f = _ARG_KEYS.canonical(raw)
