@@ -1,6 +1,6 @@
 """Where a Redis worker's CPU goes, per thread, without a profiler (numbers to compare changes by).
 
-    .venv/bin/python bench/threadcpu.py [--redis-url URL] [--n 10000] [--prefetch 1]
+    .venv/bin/python bench/threadcpu.py [--redis-url URL] [--n 10000] [--prefetch 1] [--sqlite]
 
 Queues N ``add`` tasks (batched), drains them with ONE in-process worker (concurrency 8), then prints
 the worker's CPU per task by thread (consumer, state writer, task threads; from
@@ -8,6 +8,7 @@ the worker's CPU per task by thread (consumer, state writer, task threads; from
 (``INFO commandstats``: µs and calls per task), the fetch sizes, and how many states were written
 against how many were queued (the state writer coalesces). Uses database 9 of the URL's server and
 deletes what it wrote; the server's stats are reset (``CONFIG RESETSTAT``): use a private server.
+``--sqlite`` drains a ``sqlite://`` broker and backend on one temporary file instead (no server figures).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import argparse
 import collections
 import glob
 import os
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from typing import Any
@@ -48,16 +51,26 @@ def main() -> None:
     p.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     p.add_argument("--n", type=int, default=10_000)
     p.add_argument("--prefetch", type=int, default=1, help="Config.worker.prefetch_multiplier")
+    p.add_argument("--sqlite", action="store_true", help="a sqlite:// broker and backend (temporary file)")
     args = p.parse_args()
-    url = args.redis_url.rsplit("/", 1)[0] + "/9"
+    tmp = tempfile.mkdtemp(prefix="machinery-threadcpu-") if args.sqlite else ""
+    url = f"sqlite:///{tmp}/bench.db" if args.sqlite else args.redis_url.rsplit("/", 1)[0] + "/9"
     os.environ.update(BROKER=url, RESULT_BACKEND=url, DEFAULT_QUEUE="bench_threadcpu")
+    try:
+        _run(args, url)
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace, url: str) -> None:
     import redis
 
     from bench.tasks import make_app
     from machinery import Config
     from machinery.worker import statewriter
 
-    client = redis.Redis.from_url(url)
+    client = None if args.sqlite else redis.Redis.from_url(url)
     app = make_app(Config.from_env())
     app.config.worker.prefetch_multiplier = args.prefetch
     add = app.tasks["add"]
@@ -87,20 +100,30 @@ def main() -> None:
     app.broker.consume = counting_consume  # type: ignore[method-assign]
 
     def server_cpu() -> float:
+        if client is None:
+            return 0.0
         info = client.info("cpu")
         return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
-    client.config_resetstat()
+    def busy() -> bool:
+        if client is None:
+            return bool(app.broker.count("bench_threadcpu"))  # type: ignore[attr-defined]
+        processing = "{bench_threadcpu}:machinery:processing:*"
+        return bool(
+            client.llen("bench_threadcpu") or any(client.llen(k) for k in client.scan_iter(processing))
+        )
+
+    if client is not None:
+        client.config_resetstat()
     before, server_before = _thread_cpu(), server_cpu()
     worker = app.worker(concurrency=8)
     started = time.monotonic()
     thread = worker.launch_async()
-    processing = "{bench_threadcpu}:machinery:processing:*"
-    while client.llen("bench_threadcpu") or any(client.llen(k) for k in client.scan_iter(processing)):
+    while busy():
         time.sleep(0.01)
     elapsed = time.monotonic() - started
     after, server_after = _thread_cpu(), server_cpu()
-    stats = client.info("commandstats")
+    stats = {} if client is None else client.info("commandstats")
     worker.quit()
     thread.join(10)
     n = args.n
@@ -109,15 +132,16 @@ def main() -> None:
     print(
         "worker CPU µs/task by thread:", {k: round(v, 1) for k, v in sorted(per.items(), key=lambda x: -x[1])}
     )
-    print(
-        f"server CPU µs/task: {(server_after - server_before) * 1e6 / n:.1f}; "
-        "busiest commands (µs, calls per task):"
-    )
-    for name, s in sorted(stats.items(), key=lambda kv: -kv[1]["usec"])[:8]:
-        print(f"  {name.removeprefix('cmdstat_'):10} {s['usec'] / n:6.2f} µs {s['calls'] / n:6.3f}")
+    if client is not None:
+        print(
+            f"server CPU µs/task: {(server_after - server_before) * 1e6 / n:.1f}; "
+            "busiest commands (µs, calls per task):"
+        )
+        for name, s in sorted(stats.items(), key=lambda kv: -kv[1]["usec"])[:8]:
+            print(f"  {name.removeprefix('cmdstat_'):10} {s['usec'] / n:6.2f} µs {s['calls'] / n:6.3f}")
     print("fetch sizes (messages: fetches):", dict(sorted(sizes.items())))
     print(f"states queued {counts['queued']:,}, written {counts['written']:,}")
-    for start in range(0, len(sent), 1000):
+    for start in range(0, len(sent) if client is not None else 0, 1000):
         client.delete(*sent[start : start + 1000])
 
 

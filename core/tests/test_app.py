@@ -339,3 +339,17 @@ def test_launch_async_reports_what_stopped_the_worker(app: Machinery) -> None:
     assert isinstance(thread.error, StartupError)
     with pytest.raises(StartupError):
         thread.raise_error()
+
+
+def test_new_uuid_is_a_random_uuid4_with_its_prefix() -> None:
+    import uuid
+
+    from machinery.signature import new_uuid
+
+    ids = {new_uuid("group") for _ in range(2000)}
+    assert len(ids) == 2000
+    for value in ids:
+        prefix, _, text = value.partition("_")
+        parsed = uuid.UUID(text)
+        assert prefix == "group"
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, text)

@@ -6,6 +6,7 @@ import logging
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 
 from . import periodic, plugins, signing, tracing
@@ -152,8 +153,8 @@ class Machinery:
         return sig
 
     @staticmethod
-    def _pending(sig: Signature) -> TaskState:
-        return TaskState(sig.uuid, State.PENDING, task_name=sig.name, created_at=now_utc())
+    def _pending(sig: Signature, created_at: datetime | None = None) -> TaskState:
+        return TaskState(sig.uuid, State.PENDING, task_name=sig.name, created_at=created_at or now_utc())
 
     def send_task(self, signature: Signature) -> AsyncResult:
         """Store PENDING, then publish (Machinery's ``SendTask``)."""
@@ -171,7 +172,8 @@ class Machinery:
         """Store every PENDING state, then publish: in one round trip when a plugin's
         ``machinery_publish_with_states`` hook can do so for this broker and backend (e.g. both on one
         Redis server)."""
-        states = [self._pending(s) for s in sigs]
+        created_at = now_utc()  # one creation time per send: encoded once (codec.format_time)
+        states = [self._pending(s, created_at) for s in sigs]
         if tracing.active():
             for sig in sigs:
                 with tracing.publish_span(sig):

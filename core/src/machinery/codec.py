@@ -277,16 +277,28 @@ _TIME_RE: Final = re.compile(
 _ZERO_DT: Final = datetime(1, 1, 1, tzinfo=UTC)
 
 
+#: the last datetime :func:`format_time` formatted and its text (a batch send's states share one)
+_last_formatted: tuple[datetime, str] = (_ZERO_DT, "0001-01-01T00:00:00Z")
+
+
 def format_time(dt: datetime) -> str:
     """Format ``dt`` as Go does: RFC 3339 in UTC, fraction with trailing zeros trimmed.
 
     A naive datetime is taken as UTC. ``2025-11-15T12:07:02.1Z``, ``2025-11-15T12:07:02Z``.
     """
+    global _last_formatted
+    last = _last_formatted
+    if dt is last[0]:
+        return last[1]
+    key = dt
     if dt.tzinfo is not UTC:
         dt = dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
     if dt.microsecond:
-        return dt.isoformat(timespec="microseconds")[:-6].rstrip("0") + "Z"
-    return dt.isoformat(timespec="seconds")[:-6] + "Z"
+        text = dt.isoformat(timespec="microseconds")[:-6].rstrip("0") + "Z"
+    else:
+        text = dt.isoformat(timespec="seconds")[:-6] + "Z"
+    _last_formatted = (key, text)
+    return text
 
 
 def parse_time(text: str) -> datetime:
@@ -641,6 +653,15 @@ def encode_signature(sig: Signature) -> bytes:
 
 def _arg_from(raw: Any, index: int, where: str, errors: list[str]) -> Arg:
     # The location string is only built on error: this runs for every argument of every message.
+    if type(raw) is dict and len(raw) == 3 and "Type" in raw and "Name" in raw and "Value" in raw:
+        # the usual argument, exactly Go's three keys: one pass, no key folding (the path below decides
+        # everything else, and says what is wrong)
+        type_, name = raw["Type"], raw["Name"]
+        if type(type_) is str and type(name) is str and (decoder := _DECODERS.get(type_)) is not None:
+            try:
+                return Arg(decoder(raw["Value"]), type_, name)
+            except _BadValueError:
+                pass
     if type(raw) is not dict:
         raise MessageError(f"{where}[{index}]: expected an object, got {_kind(raw)}")
     f = _ARG_KEYS.canonical(raw)

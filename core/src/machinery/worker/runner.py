@@ -191,11 +191,14 @@ class TaskRunner:
         unwritten, so the caller can store it and ack the message in one batch; otherwise every
         state is stored here and None is returned.
         """
-        # everything this task sends (chain links, chord callbacks, retries, errbacks) joins its trace
-        with tracing.continued(sig):
-            return self._run(sig, redelivered)
+        # everything this task sends (chain links, chord callbacks, retries, errbacks) joins its trace;
+        # asked once per task: without a tracer provider neither span's context manager is entered
+        if tracing.active():
+            with tracing.continued(sig):
+                return self._run(sig, redelivered, traced=True)
+        return self._run(sig, redelivered, traced=False)
 
-    def _run(self, sig: Signature, redelivered: bool) -> TaskState | None:
+    def _run(self, sig: Signature, redelivered: bool, traced: bool) -> TaskState | None:
         self._local.redelivered = redelivered
         self._local.failed = False
         task = self.app.get_task(sig.name)
@@ -212,7 +215,10 @@ class TaskRunner:
         try:
             guard = _Guard()
             try:
-                with tracing.execute_span(sig):
+                if traced:
+                    with tracing.execute_span(sig):
+                        value = self._call(task, sig, guard)
+                else:
                     value = self._call(task, sig, guard)
             except Retry as retry:
                 self._retry_later(sig, retry)

@@ -4,8 +4,8 @@ Task events are rows of ``events`` (JSON records); each batch is one transaction
 rows beyond ``events.max_events`` (ids grow by one per event, so that is one range delete on the
 primary key). Heartbeats replace the worker's row in ``heartbeats``. Rows older than
 ``results_expire_in`` are invisible at once and deleted with the backend's sweep of expired states.
-Writes use the store's pinned connection (a worker's events thread comes and goes with the worker:
-it must not open and close a connection of its own each time).
+Writes use the process's write connection for the file (store.py), so a worker's events thread, which
+comes and goes with the worker, opens no connection of its own.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class SQLiteEvents(BaseBackend):
         if not events:
             return
         rows = [(e.task_uuid, e.at, e.to_json().decode()) for e in events]
-        with self._store.pinned(), self._store.write("record_events") as conn:
+        with self._store.write("record_events") as conn:
             conn.executemany("INSERT INTO events (task_uuid, at, record) VALUES (?, ?, ?)", rows)
             conn.execute(
                 "DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?",
@@ -55,12 +55,11 @@ class SQLiteEvents(BaseBackend):
         return [TaskEvent.from_dict(json.loads(r)) for (r,) in cursor]
 
     def record_heartbeat(self, beat: WorkerHeartbeat) -> None:
-        with self._store.pinned():
-            self._store.execute_write(
-                "record_heartbeat",
-                "INSERT OR REPLACE INTO heartbeats (worker, sent_at, record) VALUES (?, ?, ?)",
-                (beat.worker, beat.sent_at, json.dumps(beat.to_dict(), separators=(",", ":"))),
-            )
+        self._store.execute_write(
+            "record_heartbeat",
+            "INSERT OR REPLACE INTO heartbeats (worker, sent_at, record) VALUES (?, ?, ?)",
+            (beat.worker, beat.sent_at, json.dumps(beat.to_dict(), separators=(",", ":"))),
+        )
 
     def workers(self) -> list[WorkerHeartbeat]:
         cursor = self._store.execute(

@@ -5,8 +5,12 @@ One SQLite file in WAL mode holds everything. Each thread of each process gets i
 or closed). Writes run in ``BEGIN IMMEDIATE`` transactions, so concurrent writers queue up on the
 file lock (``busy_timeout``) instead of failing with a stale snapshot; the writers of one process
 take turns on a :class:`threading.Lock` first, so only other processes wait in SQLite's busy handler
-(which sleeps in steps of milliseconds). ``synchronous=NORMAL``: a commit is not fsynced (WAL keeps
-the file consistent; a power cut may lose the last commits, a process crash loses nothing).
+(which sleeps in steps of milliseconds). Being one at a time anyway, the writers of a process share
+one connection per file (the :class:`Hub`'s): in WAL mode a connection drops its whole page cache when
+another connection committed since its last transaction, so per-thread writers (the consumer's lease,
+the state writer, the events thread) each began with a cold cache and read their pages again.
+``synchronous=NORMAL``: a commit is not fsynced (WAL keeps the file consistent; a power cut may lose
+the last commits, a process crash loses nothing).
 
 Waiting (``consume``, ``wait``) is woken two ways: in-process by a :class:`threading.Condition`
 shared by every store on the same file, and across processes by polling ``PRAGMA data_version``
@@ -287,6 +291,12 @@ class Hub:
         self._generations: dict[str, int] = {}
         #: writers of this process take turns here, so only other processes wait on the file lock
         self.writer = threading.Lock()
+        #: the connection every writer of this process uses (under ``writer``), opened by the first store
+        #: that writes and closed when the last store that used it closes
+        self.write_conn: sqlite3.Connection | None = None
+        #: the stores (by id) that used ``write_conn`` since they last closed
+        self.write_users: set[int] = set()
+        self.write_pid = os.getpid()
 
     def generation(self, topic: str) -> int:
         with self.cond:
@@ -337,6 +347,7 @@ def _after_fork_in_child() -> None:
     global _hubs_lock, _opening
     _hubs_lock = threading.Lock()
     _opening = threading.Lock()
+    _abandoned.extend(hub.write_conn for hub in _hubs.values() if hub.write_conn is not None)
     _hubs.clear()
 
 
@@ -372,15 +383,15 @@ class _Owner(Protocol):
     def is_alive(self) -> bool: ...
 
 
-class _PinnedOwner:
-    """The owner of :meth:`SQLiteStore.pinned`'s connection: never ends (closed by ``close()``)."""
+class _HubOwner:
+    """The owner of the hub's write connection: never ends (closed with the last store using it)."""
 
     @staticmethod
     def is_alive() -> bool:
         return True
 
 
-_PINNED = _PinnedOwner()
+_HUB_OWNER = _HubOwner()
 
 
 class _Local(threading.local):
@@ -405,9 +416,6 @@ class SQLiteStore:
         self._lock = threading.Lock()
         self._local = _Local()
         self._conns: list[tuple[_Owner, sqlite3.Connection]] = []
-        self._pin_lock = threading.Lock()
-        self._pinned: sqlite3.Connection | None = None
-        self._pinned_generation = -1
         self._generation = 0  # bumped by close(): thread-local connections of older generations are stale
         self._schema_ready = False
         self._pid = os.getpid()
@@ -424,8 +432,6 @@ class SQLiteStore:
         self._lock = threading.Lock()
         self._local = _Local()
         self._conns = []
-        self._pin_lock = threading.Lock()
-        self._pinned = None
         self._pid = os.getpid()
         self.hub = _hub_for(self.path)
 
@@ -443,7 +449,7 @@ class SQLiteStore:
         local.conn, local.generation = conn, self._generation
         return conn
 
-    def _open(self, owner: _Owner | None = None) -> sqlite3.Connection:
+    def _open(self, owner: _Owner | None = None, track: bool = True) -> sqlite3.Connection:
         directory = os.path.dirname(self.path) or "."
         if not os.path.isdir(directory):
             raise ConfigError(
@@ -472,6 +478,8 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             conn.close()
             raise self.error(f"sqlite database {self.path!r}: {exc}") from exc
+        if not track:  # the hub's write connection: the hub closes it
+            return conn
         with self._lock:
             # close connections of threads that ended (thread pools come and go)
             alive: list[tuple[_Owner, sqlite3.Connection]] = []
@@ -542,30 +550,17 @@ class SQLiteStore:
         with self._lock:
             conns, self._conns = self._conns, []
             self._generation += 1
+        hub = self.hub
+        with hub.writer:
+            hub.write_users.discard(id(self))
+            if not hub.write_users and hub.write_conn is not None:
+                conns.append((_HUB_OWNER, hub.write_conn))
+                hub.write_conn = None
         for _, conn in conns:
             try:
                 conn.close()
             except sqlite3.Error:  # pragma: no cover - closing a busy connection from another thread
                 logger.debug("sqlite: closing a connection failed", exc_info=True)
-
-    @contextmanager
-    def pinned(self) -> Iterator[None]:
-        """Run the block on the store's pinned connection, one at a time: opened once, kept until
-        :meth:`close`. For a background role whose threads come and go (a worker's events thread,
-        started and stopped with each worker), so each of them does not open and close a
-        connection of its own."""
-        with self._pin_lock:
-            conn = self._pinned
-            if conn is None or self._pinned_generation != self._generation or self._pid != os.getpid():
-                conn = self._pinned = self._open(owner=_PINNED)
-                self._pinned_generation = self._generation
-            local = self._local
-            saved = local.conn, local.generation
-            local.conn, local.generation = conn, self._generation
-            try:
-                yield
-            finally:
-                local.conn, local.generation = saved
 
     # transactions ------------------------------------------------------------------------------
     @contextmanager
@@ -579,17 +574,16 @@ class SQLiteStore:
     @contextmanager
     def write(self, what: str) -> Iterator[sqlite3.Connection]:
         """A ``BEGIN IMMEDIATE`` transaction, committed at the end, rolled back on error."""
-        with self.errors(what):
-            conn = self.conn()
-            with self.hub.writer:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield conn
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
+        with self.errors(what), self.hub.writer:
+            conn = self._write_conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     @contextmanager
     def read(self, what: str) -> Iterator[sqlite3.Connection]:
@@ -610,10 +604,23 @@ class SQLiteStore:
 
     def execute_write(self, what: str, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         """One autocommit statement that writes (in turn with this process's other writers)."""
-        with self.errors(what):
-            conn = self.conn()
-            with self.hub.writer:
-                return conn.execute(sql, params)
+        with self.errors(what), self.hub.writer:
+            return self._write_conn().execute(sql, params)
+
+    def _write_conn(self) -> sqlite3.Connection:
+        """This process's connection for writing to the file (the caller holds ``hub.writer``)."""
+        hub = self.hub
+        conn = hub.write_conn
+        if (
+            conn is not None and hub.write_pid != os.getpid()
+        ):  # forked without the fork hooks (should not happen)
+            _abandoned.append(conn)
+            conn = hub.write_conn = None
+        if conn is None:
+            conn = hub.write_conn = self._open(owner=_HUB_OWNER, track=False)
+            hub.write_pid = os.getpid()
+        hub.write_users.add(id(self))
+        return conn
 
     # waiting -----------------------------------------------------------------------------------
     def data_version(self) -> int:
