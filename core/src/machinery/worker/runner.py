@@ -7,6 +7,7 @@ Fibonacci back-off) or FAILURE (then OnError callbacks and the chord's verdict).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -43,6 +44,10 @@ ErrorHandler = Callable[[BaseException], None]
 def error_text(exc: BaseException) -> str:
     """The text stored as a FAILURE's error: ``str(exc)``, or the exception's name when empty."""
     return str(exc) or type(exc).__name__
+
+
+#: entered instead of the execute span when no tracer provider is set (reusable: it holds nothing)
+_NO_SPAN = contextlib.nullcontext()
 
 
 class _AsyncLoop:
@@ -215,10 +220,7 @@ class TaskRunner:
         try:
             guard = _Guard()
             try:
-                if traced:
-                    with tracing.execute_span(sig):
-                        value = self._call(task, sig, guard)
-                else:
+                with tracing.execute_span(sig) if traced else _NO_SPAN:
                     value = self._call(task, sig, guard)
             except Retry as retry:
                 self._retry_later(sig, retry)
