@@ -445,6 +445,8 @@ class SQLiteStore:
         if self._pid != os.getpid():  # forked without os.register_at_fork (should not happen)
             self._after_fork()
             local = self._local
+        elif conn is not None:  # made stale by close(), which left it to this thread: close it here
+            self._discard(conn)
         conn = self._open()
         local.conn, local.generation = conn, self._generation
         return conn
@@ -545,11 +547,18 @@ class SQLiteStore:
         self._schema_ready = True
 
     def close(self) -> None:
-        """Close every connection this store opened in this process. Idempotent; a later use
-        opens new ones."""
+        """Close the connections this store opened in this process: now those of this thread and of
+        ended threads, those of other live threads at their next use. Idempotent; a later use opens
+        new ones."""
+        me = threading.current_thread()
         with self._lock:
-            conns, self._conns = self._conns, []
             self._generation += 1
+            # Another live thread may be inside a statement on its connection, and closing it under
+            # that thread crashes CPython's sqlite3 (a segfault: a worker still consuming while its app
+            # closed). The new generation makes it stale: that thread closes it on its next use, or
+            # the next open does once the thread has ended.
+            conns = [(o, c) for o, c in self._conns if o is me or not o.is_alive()]
+            self._conns = [(o, c) for o, c in self._conns if o is not me and o.is_alive()]
         hub = self.hub
         with hub.writer:
             hub.write_users.discard(id(self))
@@ -559,8 +568,17 @@ class SQLiteStore:
         for _, conn in conns:
             try:
                 conn.close()
-            except sqlite3.Error:  # pragma: no cover - closing a busy connection from another thread
+            except sqlite3.Error:  # pragma: no cover
                 logger.debug("sqlite: closing a connection failed", exc_info=True)
+
+    def _discard(self, conn: sqlite3.Connection) -> None:
+        """Close this thread's own stale connection and forget it."""
+        with self._lock:
+            self._conns = [(o, c) for o, c in self._conns if c is not conn]
+        try:
+            conn.close()
+        except sqlite3.Error:  # pragma: no cover - already closed
+            logger.debug("sqlite: closing a stale connection failed", exc_info=True)
 
     # transactions ------------------------------------------------------------------------------
     @contextmanager
