@@ -565,3 +565,158 @@ class _WrongTypeBackend:
 
     def state_commands(self, states: Any) -> list[tuple[Any, ...]]:
         return [("RPUSH", self._key, "z")]
+
+
+@pytest.mark.parametrize("parser", ["hiredis", "python"])
+def test_replies_keep_their_order_and_their_errors(raw: redis.Redis, name: str, parser: str) -> None:
+    """A round's replies, read from hiredis's buffer or through redis-py, one per command in order:
+    error replies in their places, and replies larger than one socket read (a GET of 200 KB) between
+    small ones."""
+    from redis._parsers import _HiredisParser, _RESP2Parser
+
+    from machinery_redis import _redispy
+
+    parser_class = _HiredisParser if parser == "hiredis" else _RESP2Parser
+    kwargs = raw.connection_pool.connection_kwargs
+    pool = redis.ConnectionPool(parser_class=parser_class, **kwargs)
+    conn = pool.get_connection()
+    big = os.urandom(100_000).hex().encode()
+    commands: list[tuple[Any, ...]] = [("SET", f"{name}:big", big), ("SET", f"{name}:s", "x")]
+    expected: list[Any] = [True, True]
+    for i in range(2000):
+        if i % 97 == 0:
+            commands.append(("LPUSH", f"{name}:s", "y"))  # WRONGTYPE: a string
+            expected.append(redis.ResponseError)
+        elif i % 101 == 0:
+            commands.append(("GET", f"{name}:big"))
+            expected.append(big)
+        else:
+            commands.append(("INCR", f"{name}:n"))
+            expected.append(sum(1 for c in commands if c[0] == "INCR"))
+    try:
+        _redispy.send_commands(conn, commands)
+        replies = _redispy.read_replies(conn, len(commands))
+        assert _redispy.read_replies(conn, 0) == []
+        assert len(replies) == len(expected)
+        for i, (reply, want) in enumerate(zip(replies, expected, strict=True)):
+            if want is redis.ResponseError:
+                assert isinstance(reply, redis.ResponseError) and "WRONGTYPE" in str(reply), i
+            elif want is True:
+                assert reply in (b"OK", "OK"), i
+            else:
+                assert reply == want, i
+        conn.send_command("PING")  # nothing left unread: the next reply is this command's
+        assert conn.read_response() in (b"PONG", "PONG", True)
+    finally:
+        pool.release(conn)
+        pool.disconnect()
+        raw.delete(f"{name}:big", f"{name}:s", f"{name}:n")
+
+
+def _streams(conn: Any) -> list[int]:
+    """Counts the batches ``conn`` streams (wraps ``run_streamed``)."""
+    calls: list[int] = []
+    streamed = conn.run_streamed
+
+    def run_streamed(chunks: Any) -> Any:
+        calls.append(1)
+        return streamed(chunks)
+
+    conn.run_streamed = run_streamed
+    return calls
+
+
+def test_a_large_batch_streams_its_states_then_publishes_every_message(
+    redis_url: str, raw: redis.Redis, name: str
+) -> None:
+    """More tasks than one chunk of states: one streamed round trip, every PENDING state stored, every
+    message queued in order, an ETA in the delayed set."""
+    from machinery_redis.broker import STATES_PER_CHUNK
+
+    count = STATES_PER_CHUNK * 2 + 5
+    app = _app(redis_url, redis_url, name)
+    streams = _streams(app.broker.conn)  # type: ignore[attr-defined]
+    trips = _RoundTrips(app.broker.conn)  # type: ignore[attr-defined]
+    try:
+        sigs = [Signature("add", [n]) for n in range(count)]
+        sigs[7].eta = now_utc() + timedelta(hours=1)
+        results = app.send_tasks(sigs)
+        assert streams == [1] and trips.count == 0
+        states = raw.mget([r.uuid for r in results])
+        assert all(json.loads(s)["State"] == State.PENDING for s in states)
+        queued = [json.loads(body)["UUID"] for body in raw.lrange(name, 0, -1)]
+        assert queued == [r.uuid for i, r in enumerate(results) if i != 7]
+        delayed = [json.loads(m)["UUID"] for m in raw.zrange(app.config.redis.delayed_tasks_key, 0, -1)]
+        assert delayed == [results[7].uuid]
+    finally:
+        app.close()
+        _clean(raw, name)
+
+
+def test_a_bad_message_in_a_large_batch_publishes_nothing(
+    redis_url: str, raw: redis.Redis, name: str
+) -> None:
+    """A message that cannot be encoded is found before any message of the batch is sent, and the
+    connection is left clean for the next batch."""
+    from machinery.errors import MessageError
+    from machinery_redis.broker import STATES_PER_CHUNK
+
+    count = STATES_PER_CHUNK * 2 + 5
+    app = _app(redis_url, redis_url, name)
+    try:
+        sigs = [Signature("add", [n]) for n in range(count)]
+        sigs[-3].priority = 300  # Go's uint8: refused by the encoder
+        with pytest.raises(MessageError, match="priority"):
+            app.send_tasks(sigs)
+        assert raw.llen(name) == 0
+        results = app.send_tasks([Signature("add", [n]) for n in range(count)])
+        assert [json.loads(b)["UUID"] for b in raw.lrange(name, 0, -1)] == [r.uuid for r in results]
+    finally:
+        app.close()
+        _clean(raw, name)
+
+
+def test_a_streamed_batch_is_sent_again_whole_when_its_connection_drops(
+    redis_url: str, raw: redis.Redis, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection drops after the first chunk of states went out: the rest of the batch is built,
+    and the whole batch sent again on a new connection (states are plain SETs; no message had been
+    sent, so each is queued once)."""
+    import socket
+
+    from machinery_redis.backend import RedisBackend
+    from machinery_redis.broker import STATES_PER_CHUNK
+
+    count = STATES_PER_CHUNK * 3
+    app = _app(redis_url, redis_url, name)
+    pool = app.broker.conn.client.connection_pool  # type: ignore[attr-defined]
+    built = RedisBackend.state_commands
+    calls: list[int] = []
+
+    def dropping(self: RedisBackend, states: Any) -> list[tuple[Any, ...]]:
+        calls.append(len(states))
+        if len(calls) == 2:  # the first chunk was sent on the connection in use: drop it
+            (conn,) = pool._in_use_connections
+            conn._sock.shutdown(socket.SHUT_RDWR)
+        return built(self, states)
+
+    monkeypatch.setattr(RedisBackend, "state_commands", dropping)
+    conn = app.broker.conn  # type: ignore[attr-defined]
+    again: list[int] = []
+    plain_round = conn._round
+
+    def counting_round(client: Any, commands: Any) -> Any:
+        again.append(len(commands))
+        return plain_round(client, commands)
+
+    conn._round = counting_round
+    try:
+        results = app.send_tasks([Signature("add", [n]) for n in range(count)])
+        assert calls == [STATES_PER_CHUNK] * 3, "each chunk is built once"
+        assert again == [count + 1], "the whole batch (its states and one RPUSH) was sent again"
+        states = raw.mget([r.uuid for r in results])
+        assert all(json.loads(s)["State"] == State.PENDING for s in states)
+        assert [json.loads(b)["UUID"] for b in raw.lrange(name, 0, -1)] == [r.uuid for r in results]
+    finally:
+        app.close()
+        _clean(raw, name)

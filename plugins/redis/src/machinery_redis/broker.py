@@ -48,7 +48,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -85,6 +85,9 @@ MAX_BATCH = 1000
 MOVE_BATCH = 100
 #: Seconds an ack may wait for the next fetch to carry it before the ack thread sends it.
 ACK_DELAY = 0.02
+#: PENDING states per chunk of a streamed batch (``send_tasks`` of more: see ``_send_streamed``); a
+#: chunk of 128 ``add`` states is ~30 KB on the wire.
+STATES_PER_CHUNK = 128
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -382,7 +385,10 @@ class RedisBroker(BaseBroker):
         ``machinery_publish_with_states`` hook, which hands it both objects."""
         if not same_server(backend.target, self.target):
             return False
-        self._send(signatures, backend.state_commands(states))
+        if len(states) <= STATES_PER_CHUNK:
+            self._send(signatures, backend.state_commands(states))
+        else:
+            self._send_streamed(signatures, states, backend)
         return True
 
     def _send(self, signatures: Sequence[Signature], before: Sequence[tuple[Any, ...]] = ()) -> None:
@@ -393,6 +399,31 @@ class RedisBroker(BaseBroker):
             replies = self.conn.run([*before, *commands])
         except RedisError as exc:
             raise self.conn.error("publish", exc) from None
+        self._sent(replies, delayed)
+
+    def _send_streamed(
+        self, signatures: Sequence[Signature], states: Sequence[TaskState], backend: RedisBackend
+    ) -> None:
+        """A large batch: the PENDING states go out chunk by chunk as they are encoded, so Redis stores
+        them while the messages are encoded; the messages follow in one last chunk. A message that
+        cannot be encoded is found before any message is sent (some PENDING states are then stored, as
+        when the backend and broker are two servers; they expire with the results)."""
+        delayed: set[str] = set()
+
+        def chunks() -> Iterator[list[tuple[Any, ...]]]:
+            for start in range(0, len(states), STATES_PER_CHUNK):
+                yield backend.state_commands(states[start : start + STATES_PER_CHUNK])
+            commands, woken = self._publish_commands(signatures)
+            delayed.update(woken)
+            yield commands
+
+        try:
+            replies = self.conn.run_streamed(chunks())
+        except RedisError as exc:
+            raise self.conn.error("publish", exc) from None
+        self._sent(replies, delayed)
+
+    def _sent(self, replies: list[Any], delayed: set[str]) -> None:
         for reply in replies:
             if isinstance(reply, BaseException):
                 raise self.conn.error("publish", reply)

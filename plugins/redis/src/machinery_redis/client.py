@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import redis
@@ -422,27 +422,28 @@ def _cluster_round(client: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any
             if node is None:
                 node = _redispy.node_for_slot(client, _slot(client, commands[i]))
             groups.setdefault(node.name, (node, []))[1].append(i)
-        taken: list[tuple[Any, Any, list[int]]] = []
+        taken: list[tuple[Any, Any, list[int], int]] = []
         clean = False
         try:
             for node, indexes in groups.values():
                 pool = client.get_redis_connection(node).connection_pool
                 conn = pool.get_connection()
-                taken.append((pool, conn, indexes))
                 batch: list[tuple[Any, ...]] = []
                 for i in indexes:
                     if i in asking:
                         batch.append(("ASKING",))
                     batch.append(commands[i])
+                taken.append((pool, conn, indexes, len(batch)))
                 _redispy.send_commands(conn, batch)
-            for _pool, conn, indexes in taken:
+            for _pool, conn, indexes, sent in taken:
+                got = iter(_redispy.read_replies(conn, sent))
                 for i in indexes:
                     if i in asking:
-                        _redispy.read_reply(conn)
-                    replies[i] = _redispy.read_reply(conn)
+                        next(got)  # ASKING's +OK
+                    replies[i] = next(got)
             clean = True
         finally:
-            for pool, conn, _indexes in taken:
+            for pool, conn, _indexes, _sent in taken:
                 if not clean:
                     conn.disconnect()
                 pool.release(conn)
@@ -757,6 +758,33 @@ class Connection:
         twice); ``blocking=True`` uses the client without retries (for BLMOVE) and raises at once.
         Raises redis-py's exceptions (RedisErrors only); callers translate them with :meth:`error`.
         """
+        return self._run(commands, blocking, None)
+
+    def run_streamed(self, chunks: Iterable[Sequence[tuple[Any, ...]]]) -> list[Any]:
+        """:meth:`run` for a batch still being built: each chunk of commands is sent as soon as it is
+        built, so the server executes the first chunks while the caller builds the next (a batch's
+        wall time is then the client's work and the server's side by side rather than one after the
+        other); the replies of all the chunks are read at the end, in order.
+
+        The chunks are built once. When the connection fails, the remaining chunks are built and the
+        whole batch goes through :meth:`run`'s retries (safe to send twice, as there). An exception
+        raised while building a chunk is raised as is, and the chunks sent before it stay sent: order
+        the chunks so that this is harmless (PENDING states before the messages). On a cluster the
+        chunks are built first and routed by :meth:`run`.
+        """
+        if self.cluster:
+            return self.run([command for chunk in chunks for command in chunk])
+        built: list[tuple[Any, ...]] = []
+        return self._run(built, False, (built, iter(chunks)))
+
+    def _run(
+        self,
+        commands: Sequence[tuple[Any, ...]],
+        blocking: bool,
+        stream: tuple[list[tuple[Any, ...]], Iterator[Sequence[tuple[Any, ...]]]] | None,
+    ) -> list[Any]:
+        """:meth:`run`; with ``stream`` (``commands``, still empty, and the chunks to build), the first
+        round appends each chunk to ``commands`` as it sends it."""
         failures = 0
         while True:
             try:
@@ -764,6 +792,8 @@ class Connection:
                     client = self.blocking if blocking else self.client
                     if self.cluster:
                         replies = _cluster_round(client, commands)
+                    elif stream is not None:
+                        replies = self._streamed_round(client, *stream)
                     else:
                         replies = self._round(client, commands)
                 except RedisClusterException as exc:
@@ -771,6 +801,10 @@ class Connection:
             except outage_errors as exc:
                 if _permanent(exc) or blocking:
                     raise
+                if stream is not None:  # the rest of the batch is built, then the batch sent whole again
+                    built, more = stream
+                    built.extend(command for chunk in more for command in chunk)
+                    stream = None
                 failures += 1
                 self.health.failed(exc)
                 if self.health.give_up(failures):
@@ -799,9 +833,28 @@ class Connection:
         conn = pool.get_connection()
         try:
             _redispy.send_commands(conn, commands)
-            replies = [_redispy.read_reply(conn) for _ in commands]
+            replies = _redispy.read_replies(conn, len(commands))
         except BaseException:
             conn.disconnect()
+            raise
+        finally:
+            pool.release(conn)
+        return replies
+
+    @staticmethod
+    def _streamed_round(
+        client: RedisClient, commands: list[tuple[Any, ...]], chunks: Iterator[Sequence[tuple[Any, ...]]]
+    ) -> list[Any]:
+        """:meth:`_round` sending each chunk as it comes (``commands`` collects them)."""
+        pool = client.connection_pool
+        conn = pool.get_connection()
+        try:
+            for chunk in chunks:
+                commands.extend(chunk)
+                _redispy.send_commands(conn, chunk)
+            replies = _redispy.read_replies(conn, len(commands))
+        except BaseException:
+            conn.disconnect()  # replies may be left unread on it
             raise
         finally:
             pool.release(conn)
