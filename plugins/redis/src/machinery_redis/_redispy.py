@@ -80,27 +80,32 @@ def read_reply(conn: Any) -> Any:
 
 
 def read_replies(conn: Any, count: int) -> list[Any]:
-    """The next ``count`` replies on ``conn``, error replies as exception objects, as
-    :func:`read_reply` would return them one by one.
+    """The next ``count`` replies on ``conn``, error replies as exception objects, as :func:`read_reply`
+    would return them one by one.
 
     The first goes through ``read_response``, which reads from the socket (and returns a reply redis-py
     5.3's ``can_read`` may have kept aside); the rest are taken from the hiredis reader's buffer while it
     holds complete replies, and through ``read_response`` again whenever it needs more bytes. What
-    redis-py raises instead of returning (a connection error in a reply, such as LOADING) is raised the
-    same way. A connection on another parser, or speaking RESP3 (push messages), reads every reply
-    through ``read_response``."""
+    redis-py's parser does with a reply is done the same way: a RESP3 push message (redis-py 8's default
+    protocol) goes to the parser's push handler and is not counted; a connection error in a reply (such
+    as LOADING) is raised. A connection on another parser, or on RESP3 without hiredis's push type
+    (hiredis < 3.2), reads every reply through ``read_response``."""
     if count <= 0:
         return []
     replies = [read_reply(conn)]
     parser = conn._parser
-    if type(parser) is not _HiredisParser or conn.protocol in (3, "3"):
+    push = getattr(parser, "_hiredis_PushNotificationType", None)
+    if type(parser) is not _HiredisParser or (push is None and conn.protocol in (3, "3")):
         replies.extend(read_reply(conn) for _ in range(count - 1))
         return replies
     gets = parser._reader.gets
-    for _ in range(count - 1):
+    while len(replies) < count:
         reply = gets()
         if reply is NOT_ENOUGH_DATA:
             reply = read_reply(conn)
+        elif push is not None and isinstance(reply, push):
+            parser.handle_push_response(reply)
+            continue
         elif isinstance(reply, RedisConnectionError) or (
             type(reply) is list and reply and isinstance(reply[0], RedisConnectionError)
         ):
