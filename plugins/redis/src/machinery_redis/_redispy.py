@@ -99,12 +99,13 @@ def read_replies(conn: Any, count: int) -> list[Any]:
         replies.extend(read_reply(conn) for _ in range(count - 1))
         return replies
     gets = parser._reader.gets
+    handle_push: Any = parser.handle_push_response
     while len(replies) < count:
         reply = gets()
         if reply is NOT_ENOUGH_DATA:
             reply = read_reply(conn)
         elif push is not None and isinstance(reply, push):
-            parser.handle_push_response(reply)
+            handle_push(reply)
             continue
         elif isinstance(reply, RedisConnectionError) or (
             type(reply) is list and reply and isinstance(reply[0], RedisConnectionError)
