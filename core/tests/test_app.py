@@ -156,8 +156,12 @@ def test_multiple_values_come_back_as_tuple(worker: Worker) -> None:
 
 def test_send_tasks_batch(worker: Worker) -> None:
     add = worker.app.tasks["add"]
-    results = worker.app.send_tasks([add.s(i, i) for i in range(50)])
+    sigs = [add.s(i, i) for i in range(50)]
+    sigs[3].uuid = "task_mine"
+    results = worker.app.send_tasks(sigs)
     assert [r.get(timeout=10) for r in results] == [2 * i for i in range(50)]
+    ids = [r.uuid for r in results]
+    assert ids[3] == "task_mine" and len(set(ids)) == 50, "a given id is kept, the others are fresh"
 
 
 def test_kwargs_and_nested_values(worker: Worker) -> None:
@@ -341,12 +345,13 @@ def test_launch_async_reports_what_stopped_the_worker(app: Machinery) -> None:
         thread.raise_error()
 
 
-def test_new_uuid_is_a_random_uuid4_with_its_prefix() -> None:
+@pytest.mark.parametrize("bulk", [False, True])
+def test_new_uuid_is_a_random_uuid4_with_its_prefix(bulk: bool) -> None:
     import uuid
 
-    from machinery.signature import new_uuid
+    from machinery.signature import new_uuid, new_uuids
 
-    ids = {new_uuid("group") for _ in range(2000)}
+    ids = set(new_uuids(2000, "group")) if bulk else {new_uuid("group") for _ in range(2000)}
     assert len(ids) == 2000
     for value in ids:
         prefix, _, text = value.partition("_")

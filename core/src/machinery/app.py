@@ -16,7 +16,7 @@ from .errors import NotRegisteredError, PluginNotFoundError
 from .periodic import PeriodicEntry
 from .redact import redact_url
 from .result import AsyncResult, ChainResult, ChordResult, GroupResult
-from .signature import Signature, State, TaskState, now_utc
+from .signature import Signature, State, TaskState, new_uuids, now_utc
 from .task import Task, TaskOptions
 from .transports.null import NoResultBackendError, NullBackend
 from .workflow import Chain, Chord, Group
@@ -164,6 +164,10 @@ class Machinery:
 
     def send_tasks(self, signatures: Sequence[Signature]) -> list[AsyncResult]:
         """Send several tasks with one state write and one publish round trip where possible."""
+        fresh = iter(new_uuids(sum(1 for s in signatures if not s.uuid)))
+        for sig in signatures:
+            if not sig.uuid:
+                sig.uuid = next(fresh)
         sigs = [self._prepare(s) for s in signatures]
         self._send(sigs)
         return [AsyncResult(self.backend, s.uuid, s.name) for s in sigs]

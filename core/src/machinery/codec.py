@@ -574,6 +574,13 @@ _ARG_KEYS: Final = _Keys("Name", "Type", "Value")
 
 
 def _arg_to_dict(arg: Arg) -> dict[str, Any]:
+    value = arg.value
+    if not arg.type:  # the usual arguments first, inferred as infer_type does (one call per argument)
+        cls = type(value)
+        if cls is int and _INT64_MIN <= value <= _INT64_MAX:
+            return {"Name": arg.name, "Type": "int64", "Value": value}
+        if cls is str:
+            return {"Name": arg.name, "Type": "string", "Value": value}
     type_, value = _typed_to_wire(arg)
     return {"Name": arg.name, "Type": type_, "Value": value}
 
