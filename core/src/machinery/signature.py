@@ -62,9 +62,9 @@ def new_uuids(count: int, prefix: str = "task") -> list[str]:
     raw[6::16] = bytes([b & 0x0F | 0x40 for b in raw[6::16]])  # version 4
     raw[8::16] = bytes([b & 0x3F | 0x80 for b in raw[8::16]])  # RFC 4122 variant
     h = raw.hex()
-    head = prefix + "_"
+    p = prefix + "_"
     return [
-        f"{head}{h[i : i + 8]}-{h[i + 8 : i + 12]}-{h[i + 12 : i + 16]}-{h[i + 16 : i + 20]}-{h[i + 20 : i + 32]}"
+        f"{p}{h[i : i + 8]}-{h[i + 8 : i + 12]}-{h[i + 12 : i + 16]}-{h[i + 16 : i + 20]}-{h[i + 20 : i + 32]}"
         for i in range(0, 32 * count, 32)
     ]
 
@@ -136,7 +136,8 @@ class Signature:
     ignore_parent_results: bool = False
 
     def __post_init__(self) -> None:
-        self.args = [a if isinstance(a, Arg) else Arg(a) for a in self.args]  # _to_arg, inlined: per task sent
+        # _to_arg, inlined (every signature built)
+        self.args = [a if isinstance(a, Arg) else Arg(a) for a in self.args]
         if self.eta is not None:
             self.eta = utc(self.eta)
 
