@@ -64,8 +64,8 @@ def new_uuids(count: int, prefix: str = "task") -> list[str]:
     h = raw.hex()
     p = prefix + "_"
     return [
-        f"{p}{h[i : i + 8]}-{h[i + 8 : i + 12]}-{h[i + 12 : i + 16]}-{h[i + 16 : i + 20]}-{h[i + 20 : i + 32]}"
-        for i in range(0, 32 * count, 32)
+        f"{p}{h[i : i + 8]}-{h[i + 8 : i + 12]}-{h[i + 12 : i + 16]}-{h[i + 16 : i + 20]}-{h[i + 20 : j]}"
+        for i, j in zip(range(0, 32 * count, 32), range(32, 32 * count + 32, 32), strict=True)
     ]
 
 
