@@ -95,7 +95,11 @@ def read_replies(conn: Any, count: int) -> list[Any]:
     replies = [read_reply(conn)]
     parser = conn._parser
     push = getattr(parser, "_hiredis_PushNotificationType", None)
-    if type(parser) is not _HiredisParser or (push is None and conn.protocol in (3, "3")):
+    if (
+        count < 4  # a send_task's two replies: the set-up below would cost what it saves
+        or type(parser) is not _HiredisParser
+        or (push is None and conn.protocol in (3, "3"))
+    ):
         replies.extend(read_reply(conn) for _ in range(count - 1))
         return replies
     gets = parser._reader.gets
