@@ -343,6 +343,25 @@ def test_cluster_chord_waits_for_go_holding_its_mutex(cluster: redis.cluster.Red
         backend.close()
 
 
+def test_cluster_send_tasks_of_a_large_batch(cluster: redis.cluster.RedisCluster, name: str) -> None:
+    """A batch large enough to be streamed on one server is routed whole on a cluster: every PENDING
+    state on its uuid's node, every message in the queue, in order."""
+    from machinery_redis.broker import STATES_PER_CHUNK
+
+    config = Config(broker=_cluster_url(), result_backend=_cluster_url(), default_queue=name)
+    app = Machinery(config)
+    results = []
+    try:
+        results = app.send_tasks([Signature("add", [n]) for n in range(STATES_PER_CHUNK * 2 + 5)])
+        assert all(json.loads(cluster.get(r.uuid) or b"{}")["State"] == "PENDING" for r in results)
+        assert [json.loads(b)["UUID"] for b in cluster.lrange(name, 0, -1)] == [r.uuid for r in results]
+    finally:
+        app.close()
+        cluster.delete(name)
+        for r in results:
+            cluster.delete(r.uuid)
+
+
 def test_cluster_errors_are_clear(name: str) -> None:
     with pytest.raises(BrokerError, match="unreachable") as info:
         RedisBroker.from_url("redis://:cl-secret-77@127.0.0.1:1,127.0.0.1:2/0", Config()).publish(
