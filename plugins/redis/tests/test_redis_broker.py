@@ -585,7 +585,9 @@ def test_replies_keep_their_order_and_their_errors(
     big = os.urandom(100_000).hex().encode()
     commands: list[tuple[Any, ...]] = [("SET", f"{name}:big", big), ("SET", f"{name}:s", "x")]
     expected: list[Any] = ["OK", "OK"]
-    if protocol == 3:  # each SET of a key this connection read sends it an invalidation push
+    # redis-py < 6 with hiredis < 3.2 cannot tell a push from a reply (its own read_response neither)
+    pushes_known = parser == "python" or hasattr(_HiredisParser, "handle_push_response")
+    if protocol == 3 and pushes_known:  # each SET of a key this connection read sends it an invalidation push
         commands.append(("CLIENT", "TRACKING", "ON"))
         expected.append("OK")
     for i in range(2000):

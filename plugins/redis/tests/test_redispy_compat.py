@@ -80,3 +80,13 @@ def test_retry_loop_follows_both_redis_py_contracts() -> None:
     with pytest.raises(ConnectionError):
         refused.call_with_retry(lambda: (_ for _ in ()).throw(ConnectionError("no")), failed.append)
     assert len(failed) == 2, "a permanent error is raised at once, without the failure handler"
+
+
+def test_a_reader_without_its_sentinel_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    from redis._parsers.hiredis import _HiredisParser
+
+    def on_connect(self: object, connection: object) -> None:
+        self._reader = object()  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(_HiredisParser, "on_connect", on_connect)
+    assert "_HiredisParser no longer keeps a hiredis Reader built with notEnoughData" in _redispy.problems()

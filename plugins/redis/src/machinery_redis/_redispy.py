@@ -103,7 +103,7 @@ def read_replies(conn: Any, count: int) -> list[Any]:
         replies.extend(read_reply(conn) for _ in range(count - 1))
         return replies
     gets = parser._reader.gets
-    handle_push: Any = parser.handle_push_response
+    handle_push: Any = None if push is None else parser.handle_push_response  # redis-py 5.3 has neither
     while len(replies) < count:
         reply = gets()
         if reply is NOT_ENOUGH_DATA:
@@ -270,6 +270,10 @@ def problems() -> list[str]:
         source = inspect.getsource(_HiredisParser.on_connect)
         if "notEnoughData" not in source or "self._reader" not in source:
             found.append("_HiredisParser no longer keeps a hiredis Reader built with notEnoughData")
+        if "_hiredis_PushNotificationType" in source and not callable(
+            getattr(_HiredisParser, "handle_push_response", None)
+        ):
+            found.append("_HiredisParser reads RESP3 pushes but has no handle_push_response")
     except OSError:  # pragma: no cover - installed without sources
         pass
     if "redis_connect_func" not in inspect.signature(AbstractConnection.__init__).parameters:
