@@ -144,6 +144,9 @@ class StateWriter:
         self._wake = threading.Condition(threading.Lock())
         #: what the thread is doing: "busy" (flushing), "idle" (nothing queued) or "linger"
         self._mode = "busy"
+        #: held while a batch is taken and flushed, by the thread or by a caller flushing inline, so
+        #: batches are stored (and acked) in the order they were queued
+        self._flushing = threading.Lock()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="machinery-state-writer", daemon=True)
         self._closed = False
@@ -172,12 +175,28 @@ class StateWriter:
         self._put(_Item(state, None, stored.set), urgent=True)
         stored.wait()
 
-    def put_final(self, state: TaskState, tracked: Any, done: Callable[[], None] | None = None) -> None:
+    def put_final(
+        self, state: TaskState, tracked: Any, done: Callable[[], None] | None = None, inline: bool = False
+    ) -> None:
         """Store ``state``, then ack ``tracked.delivery`` (if ``tracked.claim()``), then call ``done``, or
         without ``done`` hand ``tracked`` to ``release_many`` with the rest of its batch (the worker frees
-        the task's slot only then: the prefetch bound counts unstored states)."""
+        the task's slot only then: the prefetch bound counts unstored states).
+
+        ``inline``: the caller knows no other task is running (nothing to batch with), so when the
+        thread is not flushing the caller stores what is queued itself: one thread switch less between
+        a task's end and its stored result (the latency of an idle worker)."""
         release = done is None and self._release_many is not None
-        self._put(_Item(state, tracked, done, release), urgent=True)
+        item = _Item(state, tracked, done, release)
+        if inline and not self._closed and self._flushing.acquire(blocking=False):
+            try:
+                with self._wake:
+                    self._items.append(item)
+                    batch = self._take(MAX_BATCH)
+                self._flush(batch)
+            finally:
+                self._flushing.release()
+            return
+        self._put(item, urgent=True)
 
     def close(self, timeout: float = 30.0) -> None:
         """Flush what is queued and stop the thread. A store still down after ``timeout``
@@ -200,13 +219,17 @@ class StateWriter:
 
     def _loop(self) -> None:
         while True:
-            batch, stopping = self._next_batch()
-            if batch:
-                self._flush(batch)
+            self._wait_for_work()
+            with self._flushing:  # a caller flushing inline finishes first (batches stay in order)
+                with self._wake:
+                    batch = self._take(MAX_BATCH)
+                    stopping = self._stopping and not self._items
+                if batch:
+                    self._flush(batch)
             if stopping:
                 return
 
-    def _next_batch(self) -> tuple[list[_Item], bool]:
+    def _wait_for_work(self) -> None:
         """Wait for work; while only intermediate states are queued (nobody waits on them), linger up
         to HOLD for the final states (or more tasks) to share the round trip."""
         with self._wake:
@@ -217,9 +240,11 @@ class StateWriter:
                 self._mode = "linger"
                 self._wake.wait(HOLD)
             self._mode = "busy"
-            count = min(len(self._items), MAX_BATCH)
-            batch = [self._items.popleft() for _ in range(count)]
-            return batch, self._stopping and not self._items
+
+    def _take(self, most: int) -> list[_Item]:
+        """Up to ``most`` queued items, oldest first (called with ``_wake`` held)."""
+        count = min(len(self._items), most)
+        return [self._items.popleft() for _ in range(count)]
 
     def _flush(self, batch: list[_Item]) -> None:
         # Every task's states are stored in order (a RECEIVED or STARTED followed in this batch by a

@@ -365,7 +365,8 @@ class Worker:
         else:
             final = self.runner.run(sig, redelivered=count > 1)
             if final is not None:  # the writer stores it, acks, then frees the slot, in a batch
-                self._writer.put_final(final, tracked)  # released through _release_many
+                # released through _release_many; a lone task stores its result in its own thread
+                self._writer.put_final(final, tracked, inline=len(self._in_flight) <= 1)
                 return True
             if self.runner.failed_here() and isinstance(delivery, SupportsAckFailure):
                 tracked.settle(delivery.ack_failure)  # the broker may keep it (StopTaskDeletionOnError)
