@@ -492,6 +492,8 @@ class Connection:
         self._lock = threading.Lock()
         self._client: RedisClient | None = None
         self._blocking: RedisClient | None = None
+        #: connections kept between round trips, per pool (``id(pool)``): see _redispy.HeldConnections
+        self._held: dict[int, _redispy.HeldConnections] = {}
         self.user_client: Any = RedisSettings.of(config).client
         if self.user_client is not None and not isinstance(self.user_client, redis.Redis | RedisCluster):
             raise ConfigError(
@@ -793,25 +795,47 @@ class Connection:
                 replies[i] = reply
         return replies
 
-    @staticmethod
-    def _round(client: RedisClient, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        pool = client.connection_pool
-        conn = pool.get_connection()
+    def _round(self, client: RedisClient, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        if client is self.user_client:  # the user's pool: take and give back as redis-py does
+            pool = client.connection_pool
+            conn = pool.get_connection()
+            try:
+                _redispy.send_commands(conn, commands)
+                return [_redispy.read_reply(conn) for _ in commands]
+            except BaseException:
+                conn.disconnect()
+                raise
+            finally:
+                pool.release(conn)
+        held = self._held_of(client)
+        epoch = self.epoch
+        conn = held.take(epoch)
         try:
             _redispy.send_commands(conn, commands)
             replies = [_redispy.read_reply(conn) for _ in commands]
         except BaseException:
-            conn.disconnect()
+            held.drop(conn)
             raise
-        finally:
-            pool.release(conn)
+        held.keep(conn)
         return replies
+
+    def _held_of(self, client: RedisClient) -> _redispy.HeldConnections:
+        """The connections kept for ``client``'s pool (one set per pool)."""
+        pool = client.connection_pool
+        held = self._held.get(id(pool))
+        if held is None or held.pool is not pool:
+            with self._lock:
+                held = self._held.get(id(pool))
+                if held is None or held.pool is not pool:
+                    held = self._held[id(pool)] = _redispy.HeldConnections(pool, self.epoch)
+        return held
 
     def close(self) -> None:
         """Disconnect the pools this connection built (a user-supplied client is left open)."""
         with self._lock:
             clients = [c for c in (self._client, self._blocking) if c is not None]
             self._client = self._blocking = None
+            self._held = {}
         for client in clients:
             if client is self.user_client:
                 continue
