@@ -45,7 +45,7 @@ import redis
 from hiredis import pack_command
 from redis.backoff import NoBackoff
 from redis.cluster import NodesManager, RedisCluster
-from redis.connection import AbstractConnection
+from redis.connection import AbstractConnection, ConnectionPool
 from redis.crc import key_slot
 from redis.exceptions import ResponseError
 from redis.retry import Retry
@@ -247,6 +247,9 @@ _METHODS: tuple[tuple[str, Any, str, tuple[str, ...]], ...] = (
     ("Connection.pack_commands", AbstractConnection, "pack_commands", ("commands",)),
     ("Connection.read_response", AbstractConnection, "read_response", ()),
     ("Connection.on_connect", AbstractConnection, "on_connect", ()),
+    ("Connection.disconnect", AbstractConnection, "disconnect", ()),
+    ("ConnectionPool.get_connection", ConnectionPool, "get_connection", ()),
+    ("ConnectionPool.release", ConnectionPool, "release", ("connection",)),
     ("NodesManager.get_node_from_slot", NodesManager, "get_node_from_slot", ("slot",)),
     ("NodesManager.initialize", NodesManager, "initialize", ()),
     ("SentinelConnectionPoolProxy.get_master_address", SentinelConnectionPoolProxy, "get_master_address", ()),
