@@ -84,6 +84,7 @@ def _run(args: argparse.Namespace, url: str) -> None:
 
     def counting_coalesce(states: list[Any]) -> list[Any]:
         kept = coalesce(states)
+        counts["flushes"] += 1
         counts["queued"] += len(states)
         counts["written"] += len(kept)
         return kept
@@ -140,7 +141,10 @@ def _run(args: argparse.Namespace, url: str) -> None:
         for name, s in sorted(stats.items(), key=lambda kv: -kv[1]["usec"])[:8]:
             print(f"  {name.removeprefix('cmdstat_'):10} {s['usec'] / n:6.2f} µs {s['calls'] / n:6.3f}")
     print("fetch sizes (messages: fetches):", dict(sorted(sizes.items())))
-    print(f"states queued {counts['queued']:,}, written {counts['written']:,}")
+    print(
+        f"states queued {counts['queued']:,}, written {counts['written']:,} "
+        f"in {counts['flushes']:,} writer flushes ({n / max(1, counts['flushes']):.1f} tasks per flush)"
+    )
     for start in range(0, len(sent) if client is not None else 0, 1000):
         client.delete(*sent[start : start + 1000])
 
