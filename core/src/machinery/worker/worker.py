@@ -300,16 +300,19 @@ class Worker:
 
     def _dispatch(self, deliveries: list[Delivery], queue: str = "") -> None:
         deliveries = list(signing.verified(self.app.config, deliveries))  # rejects: dead-lettered, no state
-        if self.events.active:
-            for sig in (d.signature for d in deliveries):
-                if sig is not None and self.app.is_registered(sig.name) and not _early(sig):
-                    self.events.emit("received", sig, queue)
-        if self.app.config.worker.store_intermediate_states:
-            received = [
-                TaskState(sig.uuid, State.RECEIVED, task_name=sig.name)
-                for sig in (d.signature for d in deliveries)
-                if sig is not None and self.app.is_registered(sig.name) and not _early(sig)
-            ]
+        # the tasks this worker runs now are RECEIVED (event and state); the others are handled later
+        emit = self.events.emit if self.events.active else None
+        states = self.app.config.worker.store_intermediate_states
+        received: list[TaskState] = []
+        registered = self.app.is_registered
+        for sig in (d.signature for d in deliveries):
+            if sig is None or not registered(sig.name) or (sig.eta is not None and _early(sig)):
+                continue
+            if emit is not None:
+                emit("received", sig, queue)
+            if states:
+                received.append(TaskState(sig.uuid, State.RECEIVED, task_name=sig.name))
+        if received:
             self._writer.put_states(received)
         tracked = [_Tracked(delivery, queue) for delivery in deliveries]
         with self._slots:
