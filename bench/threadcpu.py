@@ -149,7 +149,8 @@ def _run(args: argparse.Namespace, url: str) -> None:
         "worker CPU µs/task by thread:", {k: round(v, 1) for k, v in sorted(per.items(), key=lambda x: -x[1])}
     )
     waits = {k: (switches_after[k] - switches_before[k]) / n for k in switches_after if k != "MainThread"}
-    print("waits (voluntary context switches) per task by thread:", {k: round(v, 2) for k, v in waits.items() if v})
+    shown = {k: round(v, 2) for k, v in waits.items() if v}
+    print("waits (voluntary context switches) per task by thread:", shown)
     if client is not None:
         print(
             f"server CPU µs/task: {(server_after - server_before) * 1e6 / n:.1f}; "
