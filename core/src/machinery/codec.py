@@ -533,8 +533,14 @@ def encode_value(type_: str, value: Any) -> Any:
 
 def _typed_to_wire(arg: Arg) -> tuple[str, Any]:
     value = arg.value
-    if arg.type:
-        return arg.type, encode_value(arg.type, value)
+    type_ = arg.type
+    if type_:
+        # the usual results and arguments, valid by their Python type: no validation pass
+        if (type_ == "int64" and type(value) is int and _INT64_MIN <= value <= _INT64_MAX) or (
+            type_ == "string" and type(value) is str
+        ):
+            return type_, value
+        return type_, encode_value(type_, value)
     # An inferred type fits its value by construction; only bytes and non-finite floats need care.
     type_ = infer_type(value)
     if type_ == "[]uint8":
