@@ -46,6 +46,21 @@ def _thread_cpu() -> collections.Counter[str]:
     return out
 
 
+def _thread_switches() -> collections.Counter[str]:
+    """Context switches (voluntary: the thread waited) of this process's threads, by thread name."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out: collections.Counter[str] = collections.Counter()
+    for path in glob.glob(f"/proc/{os.getpid()}/task/*"):
+        try:
+            with open(f"{path}/status") as f:
+                switches = sum(int(line.split()[1]) for line in f if line.startswith("voluntary_ctxt"))
+        except OSError:
+            continue
+        name = names.get(int(path.rsplit("/", 1)[1]), "other")
+        out[name.split("-task-")[0] + "-tasks" if "-task-" in name else name] += switches
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
@@ -84,6 +99,7 @@ def _run(args: argparse.Namespace, url: str) -> None:
 
     def counting_coalesce(states: list[Any]) -> list[Any]:
         kept = coalesce(states)
+        counts["flushes"] += 1
         counts["queued"] += len(states)
         counts["written"] += len(kept)
         return kept
@@ -115,14 +131,14 @@ def _run(args: argparse.Namespace, url: str) -> None:
 
     if client is not None:
         client.config_resetstat()
-    before, server_before = _thread_cpu(), server_cpu()
+    before, server_before, switches_before = _thread_cpu(), server_cpu(), _thread_switches()
     worker = app.worker(concurrency=8)
     started = time.monotonic()
     thread = worker.launch_async()
     while busy():
         time.sleep(0.01)
     elapsed = time.monotonic() - started
-    after, server_after = _thread_cpu(), server_cpu()
+    after, server_after, switches_after = _thread_cpu(), server_cpu(), _thread_switches()
     stats = {} if client is None else client.info("commandstats")
     worker.quit()
     thread.join(10)
@@ -132,6 +148,9 @@ def _run(args: argparse.Namespace, url: str) -> None:
     print(
         "worker CPU µs/task by thread:", {k: round(v, 1) for k, v in sorted(per.items(), key=lambda x: -x[1])}
     )
+    waits = {k: (switches_after[k] - switches_before[k]) / n for k in switches_after if k != "MainThread"}
+    shown = {k: round(v, 2) for k, v in waits.items() if v}
+    print("waits (voluntary context switches) per task by thread:", shown)
     if client is not None:
         print(
             f"server CPU µs/task: {(server_after - server_before) * 1e6 / n:.1f}; "
@@ -140,7 +159,10 @@ def _run(args: argparse.Namespace, url: str) -> None:
         for name, s in sorted(stats.items(), key=lambda kv: -kv[1]["usec"])[:8]:
             print(f"  {name.removeprefix('cmdstat_'):10} {s['usec'] / n:6.2f} µs {s['calls'] / n:6.3f}")
     print("fetch sizes (messages: fetches):", dict(sorted(sizes.items())))
-    print(f"states queued {counts['queued']:,}, written {counts['written']:,}")
+    print(
+        f"states queued {counts['queued']:,}, written {counts['written']:,} "
+        f"in {counts['flushes']:,} writer flushes ({n / max(1, counts['flushes']):.1f} tasks per flush)"
+    )
     for start in range(0, len(sent) if client is not None else 0, 1000):
         client.delete(*sent[start : start + 1000])
 

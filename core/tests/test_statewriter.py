@@ -73,3 +73,52 @@ def test_the_writer_stores_only_the_last_state_of_a_task_queued_together() -> No
         writer.close()
     written = [(s.task_uuid, s.state) for batch in backend.batches for s in batch]
     assert written == [("first", State.RECEIVED), ("b", State.RECEIVED), ("a", State.SUCCESS)]
+
+
+class _Threads(_Recording):
+    """Records which thread stored each batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release.set()
+        self.threads: list[str] = []
+
+    def set_states(self, states: Sequence[TaskState]) -> None:
+        self.threads.append(threading.current_thread().name)
+        super().set_states(states)
+
+
+def test_a_lone_task_stores_its_result_in_its_own_thread_after_what_was_queued() -> None:
+    app = Machinery(Config(broker="memory://", result_backend="memory://"))
+    backend = _Threads()
+    app.backend = backend  # type: ignore[assignment]
+    writer = StateWriter(app)
+    try:
+        writer.put_state(TaskState("a", State.STARTED, task_name="add"))
+        done = threading.Event()
+        writer.put_final(TaskState("a", State.SUCCESS, task_name="add"), None, done.set, inline=True)
+        assert done.is_set()  # stored before put_final returned
+    finally:
+        writer.close()
+    written = [(s.task_uuid, s.state) for batch in backend.batches for s in batch]
+    assert written[-1] == ("a", State.SUCCESS)
+    assert backend.threads[-1] == threading.current_thread().name
+
+
+def test_inline_waits_its_turn_while_the_writer_flushes() -> None:
+    app = Machinery(Config(broker="memory://", result_backend="memory://"))
+    backend = _Recording()
+    app.backend = backend  # type: ignore[assignment]
+    writer = StateWriter(app)
+    try:
+        writer.put_state(TaskState("first", State.RECEIVED, task_name="add"))
+        assert backend.entered.wait(5)  # the writer is flushing: an inline put queues behind it
+        done = threading.Event()
+        writer.put_final(TaskState("a", State.SUCCESS, task_name="add"), None, done.set, inline=True)
+        assert not done.is_set()
+        backend.release.set()
+        assert done.wait(5)
+    finally:
+        writer.close()
+    written = [(s.task_uuid, s.state) for batch in backend.batches for s in batch]
+    assert written == [("first", State.RECEIVED), ("a", State.SUCCESS)]

@@ -203,3 +203,40 @@ def test_banner_names_transports_redacted_queues_and_tasks(memory_url: str) -> N
         f"events       on, without arguments, heartbeat every 5s (worker id {worker.events.worker_id})"
         in text
     )
+
+
+class RowEvents(MemoryBackend):
+    """A memory backend with the rows fast path: records how its events arrived."""
+
+    def __init__(self, config: Config, name: str) -> None:
+        super().__init__(config, name)
+        self.row_batches = 0
+        self.event_batches = 0
+
+    def record_event_rows(self, rows: Sequence[tuple[object, ...]]) -> None:
+        self.row_batches += 1
+        super().record_events([TaskEvent(*row) for row in rows])  # type: ignore[arg-type]
+
+    def record_events(self, events: Sequence[TaskEvent]) -> None:
+        self.event_batches += 1
+        super().record_events(events)
+
+
+def test_a_store_with_the_rows_fast_path_gets_rows_and_the_same_events(memory_url: str) -> None:
+    config = Config(broker=memory_url, result_backend=memory_url)
+    config.worker.poll_timeout = 0.1
+    backend = RowEvents(config, memory_url.removeprefix("memory://"))
+    app = Machinery(config, backend=backend)
+
+    @app.task(name="add")
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    with running(app.worker(concurrency=2)):
+        result = app.send_task(Signature("add", [2, 3]))
+        assert result.get(timeout=10) == 5
+        kinds = eventually(
+            lambda: [e.kind for e in backend.task_events(result.uuid)] or None, 10, "the task's events"
+        )
+    assert kinds == ["received", "started", "succeeded"]
+    assert backend.row_batches > 0 and backend.event_batches == 0  # every batch came as rows

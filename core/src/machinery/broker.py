@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
+from . import codec
 from .config import Config
 from .signature import Signature
 
@@ -32,8 +33,6 @@ __all__ = [
 def decode_body(body: bytes) -> tuple[Signature | None, str]:
     """Decode a message body for a :class:`Delivery`: ``(signature, "")``, or ``(None, reason)``
     when it is malformed, so a bad message never raises out of ``consume``."""
-    from . import codec
-
     try:
         return codec.decode_signature(body), ""
     except Exception as exc:  # MessageError, or whatever else a broken body provokes

@@ -24,6 +24,7 @@ import binascii
 import importlib
 import json
 import math
+import operator
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -532,8 +533,14 @@ def encode_value(type_: str, value: Any) -> Any:
 
 def _typed_to_wire(arg: Arg) -> tuple[str, Any]:
     value = arg.value
-    if arg.type:
-        return arg.type, encode_value(arg.type, value)
+    type_ = arg.type
+    if type_:
+        # the usual results and arguments, valid by their Python type: no validation pass
+        if (type_ == "int64" and type(value) is int and _INT64_MIN <= value <= _INT64_MAX) or (
+            type_ == "string" and type(value) is str
+        ):
+            return type_, value
+        return type_, encode_value(type_, value)
     # An inferred type fits its value by construction; only bytes and non-finite floats need care.
     type_ = infer_type(value)
     if type_ == "[]uint8":
@@ -737,6 +744,14 @@ _SIG_SCALARS: Final[tuple[tuple[str, str, Callable[[Any, str], Any], Any], ...]]
 )
 
 
+#: the scalars a message usually leaves at Go's zero value (all but UUID and RoutingKey), their keys and
+#: zeros: one identity check of them all (in C) skips their loop
+_SIG_USUALLY_ZERO: Final = tuple(entry for entry in _SIG_SCALARS if entry[0] not in ("UUID", "RoutingKey"))
+_SIG_ALWAYS_CHECKED: Final = tuple(entry for entry in _SIG_SCALARS if entry[0] in ("UUID", "RoutingKey"))
+_ZERO_KEYS: Final = tuple(entry[0] for entry in _SIG_USUALLY_ZERO)
+_ZEROS: Final = tuple(entry[3] for entry in _SIG_USUALLY_ZERO)
+
+
 def _sig_from(d: Any, where: str, errors: list[str]) -> Signature:
     if type(d) is not dict:
         raise MessageError(f"{where or 'task message'}: expected an object, got {_kind(d)}")
@@ -746,8 +761,12 @@ def _sig_from(d: Any, where: str, errors: list[str]) -> Signature:
     if type(name) is not str or not name:
         got = "missing" if name is None else f"not a task name: {_kind(name)}"
         raise MessageError(f"{p}Name is {got}")
-    sig = Signature(name=name, args=_args_from(f.get("Args"), p + "Args", errors))
-    for key, attr, check, zero in _SIG_SCALARS:
+    sig = Signature(name=name)
+    sig.args = _args_from(f.get("Args"), p + "Args", errors)  # already Args: no wrapping pass
+    scalars = _SIG_ALWAYS_CHECKED
+    if not all(map(operator.is_, map(f.get, _ZERO_KEYS), _ZEROS)):
+        scalars = _SIG_SCALARS
+    for key, attr, check, zero in scalars:
         value = f.get(key)
         if value is not None and value is not zero:  # Go: null leaves the field at its zero value
             setattr(sig, attr, check(value, p + key))

@@ -712,9 +712,10 @@ def test_a_streamed_batch_is_sent_again_whole_when_its_connection_drops(
     again: list[int] = []
     plain_round = conn._round
 
-    def counting_round(client: Any, commands: Any) -> Any:
-        again.append(len(commands))
-        return plain_round(client, commands)
+    def counting_round(client: Any, commands: Any, stream: Any = None) -> Any:
+        if stream is None:
+            again.append(len(commands))
+        return plain_round(client, commands, stream)
 
     conn._round = counting_round
     try:

@@ -90,3 +90,69 @@ def test_a_reader_without_its_sentinel_is_named(monkeypatch: pytest.MonkeyPatch)
 
     monkeypatch.setattr(_HiredisParser, "on_connect", on_connect)
     assert "_HiredisParser no longer keeps a hiredis Reader built with notEnoughData" in _redispy.problems()
+
+
+class _Pool:
+    """A stand-in pool that hands out numbered connections and records what comes back."""
+
+    def __init__(self) -> None:
+        self.made = 0
+        self.released: list[_Conn] = []
+
+    def get_connection(self) -> _Conn:
+        self.made += 1
+        return _Conn(self.made)
+
+    def release(self, conn: _Conn) -> None:
+        self.released.append(conn)
+
+
+class _Conn:
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.disconnected = False
+
+    def disconnect(self) -> None:
+        self.disconnected = True
+
+
+def test_held_connections_are_reused_without_going_back_to_the_pool() -> None:
+    pool = _Pool()
+    held = _redispy.HeldConnections(pool)
+    first = held.take()
+    held.keep(first)
+    assert held.take() is first and pool.made == 1 and pool.released == []
+    second = held.take()  # the first is in use: a new one
+    assert second is not first and pool.made == 2
+
+
+def test_a_failed_held_connection_is_disconnected_and_given_back() -> None:
+    pool = _Pool()
+    held = _redispy.HeldConnections(pool)
+    conn = held.take()
+    held.drop(conn)
+    assert conn.disconnected and pool.released == [conn]
+    assert held.take() is not conn
+
+
+def test_a_failover_gives_the_idle_held_connections_back_disconnected() -> None:
+    pool = _Pool()
+    held = _redispy.HeldConnections(pool, epoch=0)
+    conn = held.take(0)
+    held.keep(conn)
+    fresh = held.take(1)  # the epoch grew: a Sentinel failover was noticed
+    assert fresh is not conn and conn.disconnected and pool.released == [conn]
+
+
+def test_a_forked_child_never_uses_or_closes_the_parents_held_connections(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import os
+
+    pool = _Pool()
+    held = _redispy.HeldConnections(pool)
+    conn = held.take()
+    held.keep(conn)
+    monkeypatch.setattr(os, "getpid", lambda: -1)  # as in a child
+    fresh = held.take()
+    assert fresh is not conn and not conn.disconnected and pool.released == []

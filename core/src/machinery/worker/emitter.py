@@ -24,7 +24,14 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .. import codec, tracing
-from ..events import SupportsEvents, TaskEvent, TaskEventKind, WorkerHeartbeat, events_store
+from ..events import (
+    SupportsEventRows,
+    SupportsEvents,
+    TaskEvent,
+    TaskEventKind,
+    WorkerHeartbeat,
+    events_store,
+)
 from ..log import logger
 from ..signature import Signature
 
@@ -206,17 +213,19 @@ class Emitter:
             self._wake.clear()
 
     def _flush(self) -> None:
-        batch: list[TaskEvent] = []
         buffer = self._buffer
-        while buffer and len(batch) < BATCH_SIZE:
-            batch.append(TaskEvent(*buffer.popleft()))
-        if not batch:
+        rows = [buffer.popleft() for _ in range(min(len(buffer), BATCH_SIZE))]
+        if not rows:
             return
-        assert self.store is not None
+        store = self.store
+        assert store is not None
         try:
-            self.store.record_events(batch)
+            if isinstance(store, SupportsEventRows):  # no event object per event
+                store.record_event_rows(rows)
+            else:
+                store.record_events([TaskEvent(*row) for row in rows])
         except Exception:
-            self.dropped += len(batch)  # retrying would only make a slow store slower
+            self.dropped += len(rows)  # retrying would only make a slow store slower
             raise
 
     def heartbeat(self, stopped: bool = False) -> WorkerHeartbeat:

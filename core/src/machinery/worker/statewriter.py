@@ -3,8 +3,9 @@
 Under load many tasks finish at once; writing their states and acking their messages one by one
 costs a round trip (or a transaction) each. The writer takes whatever has queued up since its
 last flush, stores the states in one ``set_states`` call (every state, in order) and then acks
-the finished messages, in one ``ack_many`` when the broker has it. When idle it flushes each item
-at once, so latency does not grow. A message is acked only after its final state is stored (late ack).
+the finished messages, in one ``ack_many`` when the broker has it. A final state is written at once,
+so latency does not grow; an intermediate state (RECEIVED, STARTED) goes with the next final state or
+within TICK (50 ms). A message is acked only after its final state is stored (late ack).
 
 A task's states all live in one record, so when a fast task's RECEIVED, STARTED and final state meet in
 one batch only the last is written (:func:`coalesce`; the record keeps its creation time). An observer
@@ -21,6 +22,7 @@ which stops the worker leasing more messages until the store is back.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
@@ -39,8 +41,12 @@ __all__ = ["StateWriter", "coalesce", "is_permanent", "nack"]
 
 #: Most items flushed together.
 MAX_BATCH = 512
-#: Seconds a batch of intermediate states alone waits for company before it is written.
-HOLD = 0.002
+#: Longest an intermediate state (RECEIVED, STARTED) waits for company before it is written: a final
+#: state, which wakes the writer at once, usually comes first and takes it along.
+TICK = 0.05
+#: Seconds without anything queued after which the writer sleeps until the next put wakes it (an idle
+#: worker costs no CPU); until then it looks for intermediate states every TICK, so queuing one wakes nobody.
+DEEP_IDLE = 1.0
 
 
 #: What retrying cannot fix. ``PermanentError`` (plugin platform II) joins when it exists.
@@ -127,10 +133,11 @@ class _Item:
 class StateWriter:
     """One daemon thread that stores queued states, then acks their messages.
 
-    Producers append to a deque and wake the thread only when it must act: when it sleeps with
-    nothing queued, or when an item somebody waits on (a final state, ``write_now``) arrives while
-    it lingers. Intermediate states queued during a linger wake nobody: under load that saves a
-    thread switch per state.
+    Producers append to a deque and wake the thread only when it must act: when an item somebody
+    waits on (a final state, ``write_now``) arrives, or when it sleeps deeply (nothing queued for
+    DEEP_IDLE seconds). Intermediate states wake nobody: the writer, awake every TICK while work comes,
+    takes them along with the next final state or at the next tick. Under load that saves a thread
+    switch per batch, and a lone task's states do not wake a thread that would compete with it.
     """
 
     def __init__(self, app: Machinery, release_many: Callable[[list[Any]], None] | None = None) -> None:
@@ -142,8 +149,12 @@ class StateWriter:
         self._broker_acks_many = False
         self._items: deque[_Item] = deque()
         self._wake = threading.Condition(threading.Lock())
-        #: what the thread is doing: "busy" (flushing), "idle" (nothing queued) or "linger"
+        #: what the thread is doing: "busy" (flushing), "tick" (awake every TICK) or "idle" (sleeping
+        #: until a put wakes it)
         self._mode = "busy"
+        #: held while a batch is taken and flushed, by the thread or by a caller flushing inline, so
+        #: batches are stored (and acked) in the order they were queued
+        self._flushing = threading.Lock()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="machinery-state-writer", daemon=True)
         self._closed = False
@@ -172,12 +183,28 @@ class StateWriter:
         self._put(_Item(state, None, stored.set), urgent=True)
         stored.wait()
 
-    def put_final(self, state: TaskState, tracked: Any, done: Callable[[], None] | None = None) -> None:
+    def put_final(
+        self, state: TaskState, tracked: Any, done: Callable[[], None] | None = None, inline: bool = False
+    ) -> None:
         """Store ``state``, then ack ``tracked.delivery`` (if ``tracked.claim()``), then call ``done``, or
         without ``done`` hand ``tracked`` to ``release_many`` with the rest of its batch (the worker frees
-        the task's slot only then: the prefetch bound counts unstored states)."""
+        the task's slot only then: the prefetch bound counts unstored states).
+
+        ``inline``: the caller knows no other task is running (nothing to batch with), so when the
+        thread is not flushing the caller stores what is queued itself: one thread switch less between
+        a task's end and its stored result (the latency of an idle worker)."""
         release = done is None and self._release_many is not None
-        self._put(_Item(state, tracked, done, release), urgent=True)
+        item = _Item(state, tracked, done, release)
+        if inline and not self._closed and self._flushing.acquire(blocking=False):
+            try:
+                with self._wake:
+                    self._items.append(item)
+                    batch = self._take(MAX_BATCH)
+                self._flush(batch)
+            finally:
+                self._flushing.release()
+            return
+        self._put(item, urgent=True)
 
     def close(self, timeout: float = 30.0) -> None:
         """Flush what is queued and stop the thread. A store still down after ``timeout``
@@ -195,31 +222,49 @@ class StateWriter:
     def _put(self, item: _Item, urgent: bool) -> None:
         with self._wake:
             self._items.append(item)
-            if self._mode == "idle" or (urgent and self._mode == "linger"):
+            if self._mode == "idle" or (urgent and self._mode == "tick"):
                 self._wake.notify()
 
     def _loop(self) -> None:
         while True:
-            batch, stopping = self._next_batch()
-            if batch:
-                self._flush(batch)
+            self._wait_for_work()
+            with self._flushing:  # a caller flushing inline finishes first (batches stay in order)
+                with self._wake:
+                    batch = self._take(MAX_BATCH)
+                    stopping = self._stopping and not self._items
+                if batch:
+                    self._flush(batch)
             if stopping:
                 return
 
-    def _next_batch(self) -> tuple[list[_Item], bool]:
-        """Wait for work; while only intermediate states are queued (nobody waits on them), linger up
-        to HOLD for the final states (or more tasks) to share the round trip."""
+    def _wait_for_work(self) -> None:
+        """Wait until an item somebody waits on is queued, or intermediate states (nobody waits on them)
+        have waited up to TICK for a final state to share the round trip; sleep deeply after DEEP_IDLE
+        seconds with nothing queued."""
         with self._wake:
-            self._mode = "idle"
-            while not self._items and not self._stopping:
-                self._wake.wait()
-            if not self._stopping and all(i.ack is None and i.done is None for i in self._items):
-                self._mode = "linger"
-                self._wake.wait(HOLD)
+            quiet_since = time.monotonic()
+            while not self._stopping:
+                if self._items:
+                    if any(i.ack is not None or i.done is not None for i in self._items):
+                        break
+                    self._mode = "tick"
+                    self._wake.wait(TICK)  # an urgent put wakes it early
+                    if self._items:
+                        break
+                    quiet_since = time.monotonic()  # an inline flush took them
+                elif time.monotonic() - quiet_since >= DEEP_IDLE:
+                    self._mode = "idle"
+                    self._wake.wait()
+                    quiet_since = time.monotonic()
+                else:
+                    self._mode = "tick"
+                    self._wake.wait(TICK)
             self._mode = "busy"
-            count = min(len(self._items), MAX_BATCH)
-            batch = [self._items.popleft() for _ in range(count)]
-            return batch, self._stopping and not self._items
+
+    def _take(self, most: int) -> list[_Item]:
+        """Up to ``most`` queued items, oldest first (called with ``_wake`` held)."""
+        count = min(len(self._items), most)
+        return [self._items.popleft() for _ in range(count)]
 
     def _flush(self, batch: list[_Item]) -> None:
         # Every task's states are stored in order (a RECEIVED or STARTED followed in this batch by a

@@ -300,16 +300,19 @@ class Worker:
 
     def _dispatch(self, deliveries: list[Delivery], queue: str = "") -> None:
         deliveries = list(signing.verified(self.app.config, deliveries))  # rejects: dead-lettered, no state
-        if self.events.active:
-            for sig in (d.signature for d in deliveries):
-                if sig is not None and self.app.is_registered(sig.name) and not _early(sig):
-                    self.events.emit("received", sig, queue)
-        if self.app.config.worker.store_intermediate_states:
-            received = [
-                TaskState(sig.uuid, State.RECEIVED, task_name=sig.name)
-                for sig in (d.signature for d in deliveries)
-                if sig is not None and self.app.is_registered(sig.name) and not _early(sig)
-            ]
+        # the tasks this worker runs now are RECEIVED (event and state); the others are handled later
+        emit = self.events.emit if self.events.active else None
+        states = self.app.config.worker.store_intermediate_states
+        received: list[TaskState] = []
+        registered = self.app.is_registered
+        for sig in (d.signature for d in deliveries):
+            if sig is None or not registered(sig.name) or (sig.eta is not None and _early(sig)):
+                continue
+            if emit is not None:
+                emit("received", sig, queue)
+            if states:
+                received.append(TaskState(sig.uuid, State.RECEIVED, task_name=sig.name))
+        if received:
             self._writer.put_states(received)
         tracked = [_Tracked(delivery, queue) for delivery in deliveries]
         with self._slots:
@@ -365,7 +368,8 @@ class Worker:
         else:
             final = self.runner.run(sig, redelivered=count > 1)
             if final is not None:  # the writer stores it, acks, then frees the slot, in a batch
-                self._writer.put_final(final, tracked)  # released through _release_many
+                # released through _release_many; a lone task stores its result in its own thread
+                self._writer.put_final(final, tracked, inline=len(self._in_flight) <= 1)
                 return True
             if self.runner.failed_here() and isinstance(delivery, SupportsAckFailure):
                 tracked.settle(delivery.ack_failure)  # the broker may keep it (StopTaskDeletionOnError)

@@ -250,6 +250,30 @@ class RedisBackend(RedisEvents, BaseBackend):
         failures = 0
         while True:
             pending = [u for u in wanted if u not in done]
+            if len(pending) == 1 and not stale and time.monotonic() - marked_at > WAITER_TTL / 2:
+                # one task (AsyncResult.get): mark, read and block in one round trip
+                try:
+                    state, pushed = self._mark_read_and_block(pending[0], deadline)
+                except RedisError as exc:
+                    if not isinstance(exc, outage_errors):
+                        raise self.conn.error("waiting for a result", exc) from None
+                    self.conn.health.failed(exc)
+                    failures += 1
+                    if failures > 3 or deadline - time.monotonic() <= 0:
+                        raise self.conn.error("waiting for a result", exc) from None
+                    time.sleep(min(0.25 * failures, max(0.0, deadline - time.monotonic())))
+                    continue
+                failures = 0
+                marked_at = time.monotonic()
+                if state is not None and state.is_completed:
+                    done[pending[0]] = state
+                elif pushed is not None:
+                    stale = self._take_pushed(pending[0], pushed, done)
+                elif deadline - time.monotonic() > 0:
+                    marked_at = -1e9  # a quiet slice (e.g. a Go worker's result, not pushed): read again
+                if deadline - time.monotonic() <= 0 or pending[0] in done:
+                    return done
+                continue
             if time.monotonic() - marked_at > WAITER_TTL / 2:
                 try:
                     found = self._mark_and_read(pending)
@@ -288,16 +312,33 @@ class RedisBackend(RedisEvents, BaseBackend):
             if pushed is None:
                 marked_at = -1e9  # a quiet slice (e.g. a Go worker's result, not pushed): read again
                 continue
-            # The notification is the final state itself: no read needed.
-            try:
-                state = codec.decode_state(pushed)
-            except MessageError:
-                stale = True
-                continue
-            if state.is_completed:
-                done[uuid] = state
-            else:
-                stale = True
+            stale = self._take_pushed(uuid, pushed, done)
+
+    @staticmethod
+    def _take_pushed(uuid: str, pushed: bytes, done: dict[str, TaskState]) -> bool:
+        """Record the final state a done list held (the notification is the state itself: no read
+        needed); True when it was unreadable or not final (a stale notification)."""
+        try:
+            state = codec.decode_state(pushed)
+        except MessageError:
+            return True
+        if not state.is_completed:
+            return True
+        done[uuid] = state
+        return False
+
+    def _mark_read_and_block(self, uuid: str, deadline: float) -> tuple[TaskState | None, bytes | None]:
+        """Mark the waiter, read the state and block on the done list, in one round trip: the script
+        pushes a state already final onto the done list, so the block then returns at once. Returns the
+        state read and what the block returned (None after a quiet slice)."""
+        block = self.conn.max_block(max(0.001, min(deadline - time.monotonic(), FALLBACK_POLL)))
+        key = done_key(uuid)
+        mark = scripts.WAIT_MARK.command([uuid, key, waiter_key(uuid)], [WAITER_TTL, NOTIFY_TTL])
+        raw, pushed = self.conn.run([mark, ("BLMOVE", key, key, "LEFT", "RIGHT", block)], blocking=True)
+        for reply in (raw, pushed):
+            if isinstance(reply, BaseException):
+                raise reply
+        return self._decode_state(uuid, raw), pushed
 
     def _mark_and_read(self, uuids: list[str]) -> list[TaskState | None]:
         marks: list[tuple[Any, ...]] = [("SET", waiter_key(uuid), b"1", "EX", WAITER_TTL) for uuid in uuids]

@@ -493,6 +493,8 @@ class Connection:
         self._lock = threading.Lock()
         self._client: RedisClient | None = None
         self._blocking: RedisClient | None = None
+        #: connections kept between round trips, per pool (``id(pool)``): see _redispy.HeldConnections
+        self._held: dict[int, _redispy.HeldConnections] = {}
         self.user_client: Any = RedisSettings.of(config).client
         if self.user_client is not None and not isinstance(self.user_client, redis.Redis | RedisCluster):
             raise ConfigError(
@@ -792,10 +794,8 @@ class Connection:
                     client = self.blocking if blocking else self.client
                     if self.cluster:
                         replies = _cluster_round(client, commands)
-                    elif stream is not None:
-                        replies = self._streamed_round(client, *stream)
                     else:
-                        replies = self._round(client, commands)
+                        replies = self._round(client, commands, stream)
                 except RedisClusterException as exc:
                     raise _cluster_error(exc) from None
             except outage_errors as exc:
@@ -827,44 +827,67 @@ class Connection:
                 replies[i] = reply
         return replies
 
-    @staticmethod
-    def _round(client: RedisClient, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        pool = client.connection_pool
-        conn = pool.get_connection()
+    def _round(
+        self,
+        client: RedisClient,
+        commands: Sequence[tuple[Any, ...]],
+        stream: tuple[list[tuple[Any, ...]], Iterator[Sequence[tuple[Any, ...]]]] | None = None,
+    ) -> list[Any]:
+        if client is self.user_client:  # the user's pool: take and give back as redis-py does
+            pool = client.connection_pool
+            conn = pool.get_connection()
+            try:
+                return self._exchange(conn, commands, stream)
+            except BaseException:
+                conn.disconnect()
+                raise
+            finally:
+                pool.release(conn)
+        held = self._held_of(client)
+        epoch = self.epoch
+        conn = held.take(epoch)
         try:
-            _redispy.send_commands(conn, commands)
-            replies = _redispy.read_replies(conn, len(commands))
+            replies = self._exchange(conn, commands, stream)
         except BaseException:
-            conn.disconnect()
+            held.drop(conn)  # replies may be left unread on it
             raise
-        finally:
-            pool.release(conn)
+        held.keep(conn)
         return replies
 
     @staticmethod
-    def _streamed_round(
-        client: RedisClient, commands: list[tuple[Any, ...]], chunks: Iterator[Sequence[tuple[Any, ...]]]
+    def _exchange(
+        conn: Any,
+        commands: Sequence[tuple[Any, ...]],
+        stream: tuple[list[tuple[Any, ...]], Iterator[Sequence[tuple[Any, ...]]]] | None,
     ) -> list[Any]:
-        """:meth:`_round` sending each chunk as it comes (``commands`` collects them)."""
+        """Send the round on ``conn`` and read its replies: ``commands`` in one buffer, or with
+        ``stream`` (the list collecting the commands, the chunks) each chunk as it is built."""
+        if stream is None:
+            _redispy.send_commands(conn, commands)
+            return _redispy.read_replies(conn, len(commands))
+        built, chunks = stream
+        for chunk in chunks:
+            built.extend(chunk)
+            _redispy.send_commands(conn, chunk)
+        return _redispy.read_replies(conn, len(built))
+
+    def _held_of(self, client: RedisClient) -> _redispy.HeldConnections:
+        """The connections kept for ``client``'s pool (one set per pool)."""
         pool = client.connection_pool
-        conn = pool.get_connection()
-        try:
-            for chunk in chunks:
-                commands.extend(chunk)
-                _redispy.send_commands(conn, chunk)
-            replies = _redispy.read_replies(conn, len(commands))
-        except BaseException:
-            conn.disconnect()  # replies may be left unread on it
-            raise
-        finally:
-            pool.release(conn)
-        return replies
+        held = self._held.get(id(pool))
+        if held is None or held.pool is not pool:
+            with self._lock:
+                held = self._held.get(id(pool))
+                if held is None or held.pool is not pool:
+                    held = self._held[id(pool)] = _redispy.HeldConnections(pool, self.epoch)
+        return held
 
     def close(self) -> None:
         """Disconnect the pools this connection built (a user-supplied client is left open)."""
         with self._lock:
             clients = [c for c in (self._client, self._blocking) if c is not None]
             self._client = self._blocking = None
+            self._held = {}
         for client in clients:
             if client is self.user_client:
                 continue

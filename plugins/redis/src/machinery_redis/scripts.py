@@ -30,6 +30,7 @@ __all__ = [
     "SET_STATES",
     "TAKE",
     "TRIGGER_CHORD",
+    "WAIT_MARK",
 ]
 
 #: 2^40: the priority band width of a priority ZSET score: ``(255 - priority) * 2^40 + sequence``.
@@ -392,6 +393,28 @@ for i = 0, #KEYS / 3 - 1 do
         tonumber(ARGV[a + 2]), ARGV[1], ARGV[2], ARGV[a + 3])
 end
 return #KEYS / 3
+""",
+)
+
+#: A waiter's first step, before it blocks on the done list: mark the waiter and read the state; a state
+#: already final is pushed onto the (empty) done list too, so the ``BLMOVE`` sent in the same round trip
+#: returns at once instead of blocking (one round trip instead of two for ``AsyncResult.get``).
+#: The top-level ``State`` is the first ``"State":"`` of Go's TaskState JSON (strings before it are escaped).
+#: KEYS: state key, done list, waiter mark   ARGV: waiter ttl s, done list ttl s   Returns: the state or nil
+WAIT_MARK = Script(
+    "wait_mark",
+    """
+redis.call('SET', KEYS[3], '1', 'EX', ARGV[1])
+local state = redis.call('GET', KEYS[1])
+if state then
+  local _, e = string.find(state, '"State":"', 1, true)
+  local name = e and string.sub(state, e + 1, e + 7)
+  if (name == 'SUCCESS' or name == 'FAILURE') and redis.call('EXISTS', KEYS[2]) == 0 then
+    redis.call('RPUSH', KEYS[2], state)
+    redis.call('EXPIRE', KEYS[2], ARGV[2])
+  end
+end
+return state
 """,
 )
 
