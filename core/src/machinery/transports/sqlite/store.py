@@ -52,6 +52,10 @@ logger = logging.getLogger("machinery.sqlite")
 SCHEMA_VERSION = 4
 #: seconds a writer waits for the file lock before failing
 BUSY_TIMEOUT = 30.0
+#: WAL pages after which a commit copies the WAL back into the database file (SQLite's default is
+#: 1,000: under a worker's load, a checkpoint with its two fsyncs every ≈ 20 batches of 8 tasks; this
+#: makes them 10x rarer and each page hot between checkpoints is copied once; the WAL file stays ≤ ≈ 40 MB)
+WAL_CHECKPOINT_PAGES = 10_000
 #: largest number of ``?`` in one ``IN (...)`` list (SQLite's old default limit was 999)
 MAX_PARAMS = 900
 
@@ -475,6 +479,7 @@ class SQLiteStore:
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
             self._enable_wal(conn)
             conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
             if not self._schema_ready:
                 self._create_schema(conn)
         except sqlite3.Error as exc:
