@@ -25,7 +25,15 @@ from ...config import Config
 from ...errors import BackendError, UnknownGroupError
 from ...signature import GroupMeta, State, TaskState, now_utc
 from .events import SQLiteEvents
-from .store import SQLiteStore, SQLiteTarget, chunks, parse_sqlite_url, placeholders
+from .store import (
+    EVENTS,
+    SQLiteStore,
+    SQLiteTarget,
+    chunks,
+    events_target,
+    parse_sqlite_url,
+    placeholders,
+)
 
 __all__ = ["SQLiteBackend"]
 
@@ -67,6 +75,7 @@ class SQLiteBackend(SQLiteEvents, BaseBackend):
         target = path if isinstance(path, SQLiteTarget) else SQLiteTarget(os.path.abspath(os.fspath(path)))
         self.target = target
         self._store = SQLiteStore(target, BackendError)
+        self._events = SQLiteStore(events_target(target), BackendError, EVENTS)
         self._next_sweep = 0.0
 
     @classmethod
@@ -302,6 +311,7 @@ class SQLiteBackend(SQLiteEvents, BaseBackend):
         """Delete expired states and groups now (writes also do it every ``sweep_interval`` s)."""
         with self._store.write("sweep") as conn:
             self._sweep(conn, time.time())
+        self.sweep_events()
 
     def _sweep(self, conn: sqlite3.Connection, now: float) -> None:
         conn.execute("DELETE FROM states WHERE expires_at <= ?", (now,))
@@ -311,9 +321,9 @@ class SQLiteBackend(SQLiteEvents, BaseBackend):
             (now,),
         )
         conn.execute("DELETE FROM groups WHERE expires_at <= ?", (now,))
-        self._sweep_events(conn, now)
         self._next_sweep = now + min(self.sweep_interval, float(self.expires_in))
 
     def close(self) -> None:
         """Close the connections. Idempotent."""
         self._store.close()
+        self._events.close()

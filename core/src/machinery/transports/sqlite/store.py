@@ -1,6 +1,7 @@
 """What the ``sqlite://`` broker, backend and lock share: URL parsing, connections, schema, wake-ups.
 
-One SQLite file in WAL mode holds everything. Each thread of each process gets its own connection
+One SQLite file in WAL mode holds messages, states, groups and locks; the events store has its own file
+next to it (``<file>-events``, events.py says why). Each thread of each process gets its own connection
 (SQLite connections must not cross a ``fork``; those inherited by a child are set aside, never used
 or closed). Writes run in ``BEGIN IMMEDIATE`` transactions, so concurrent writers queue up on the
 file lock (``busy_timeout``) instead of failing with a stale snapshot; the writers of one process
@@ -38,11 +39,15 @@ from ...forking import at_fork
 from ...redact import redact_url
 
 __all__ = [
+    "EVENTS",
+    "MAIN",
     "SCHEMA_VERSION",
     "Hub",
+    "Layout",
     "SQLiteStore",
     "SQLiteTarget",
     "chunks",
+    "events_target",
     "parse_sqlite_url",
 ]
 
@@ -181,6 +186,23 @@ def _statements(script: str) -> Iterator[str]:
 MIGRATIONS[3] = tuple(_statements(EVENTS_SCHEMA))
 
 
+@dataclass(frozen=True)
+class Layout:
+    """The tables of one database file: the script that creates them, its version, the upgrades."""
+
+    script: str
+    version: int
+    migrations: dict[int, tuple[str, ...]]
+
+
+#: the database file the URL names: messages, states, groups, locks (and the events tables of
+#: versions 3-4, no longer written: the events moved to their own file)
+MAIN = Layout(SCHEMA, SCHEMA_VERSION, MIGRATIONS)
+#: the events store's own file next to it, ``<file>-events`` (:func:`events_target`)
+EVENTS = Layout(EVENTS_SCHEMA, 1, {})
+EVENTS_SUFFIX = "-events"
+
+
 def placeholders(count: int) -> str:
     return ",".join("?" * count)
 
@@ -228,6 +250,12 @@ def _file_mode(text: str, url: str) -> int:
             "read and write, e.g. mode=0600 (the default) or mode=0660 (group members too)"
         )
     return value
+
+
+def events_target(target: SQLiteTarget) -> SQLiteTarget:
+    """The events store's file next to ``target``'s (same permissions). Its own file, so the events
+    thread's writes take turns on a lock of their own, not with the worker's leases and states."""
+    return SQLiteTarget(target.path + EVENTS_SUFFIX, mode=target.mode)
 
 
 def parse_sqlite_url(url: str) -> SQLiteTarget:
@@ -413,8 +441,9 @@ class SQLiteStore:
     #: cross-process poll: first interval between ``PRAGMA data_version`` checks (then x1.5 each time)
     poll_min = 0.002
 
-    def __init__(self, target: SQLiteTarget, error: type[MachineryError]) -> None:
+    def __init__(self, target: SQLiteTarget, error: type[MachineryError], layout: Layout = MAIN) -> None:
         self.target = target
+        self.layout = layout
         self.path = target.path
         self.error = error
         self._lock = threading.Lock()
@@ -521,30 +550,32 @@ class SQLiteStore:
             delay = min(delay * 2, 0.05)
 
     def _create_schema(self, conn: sqlite3.Connection) -> None:
+        layout = self.layout
+        latest = layout.version
         version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
+        if version > latest:
             raise self.error(
                 f"sqlite database {self.path!r} has schema version {version}, newer than this "
-                f"machinery's ({SCHEMA_VERSION}); upgrade machinery-core"
+                f"machinery's ({latest}); upgrade machinery-core"
             )
-        if 0 < version < SCHEMA_VERSION and version not in MIGRATIONS:
+        if 0 < version < latest and version not in layout.migrations:
             raise self.error(
                 f"sqlite database {self.path!r} has schema version {version}, written by a pre-release "
-                f"machinery; delete the file (and its -wal/-shm files) to start afresh"
+                f"machinery; delete the file (and its -wal/-shm and -events files) to start afresh"
             )
-        if version < SCHEMA_VERSION:
+        if version < latest:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 # read again inside the write lock: another process may have upgraded meanwhile
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
                 if version == 0:
-                    for statement in _statements(SCHEMA):
+                    for statement in _statements(layout.script):
                         conn.execute(statement)
-                while 0 < version < SCHEMA_VERSION:
-                    for statement in MIGRATIONS[version]:
+                while 0 < version < latest:
+                    for statement in layout.migrations[version]:
                         conn.execute(statement)
                     version += 1
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                conn.execute(f"PRAGMA user_version = {latest}")
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
