@@ -61,6 +61,10 @@ BUSY_TIMEOUT = 30.0
 #: 1,000: under a worker's load, a checkpoint with its two fsyncs every ≈ 20 batches of 8 tasks; this
 #: makes them 10x rarer and each page hot between checkpoints is copied once; the WAL file stays ≤ ≈ 40 MB)
 WAL_CHECKPOINT_PAGES = 10_000
+#: a writing process copies the WAL back into the database file from a thread of its own after this many
+#: commits (a PASSIVE checkpoint: writers go on meanwhile), so the commit that crosses
+#: WAL_CHECKPOINT_PAGES, which would copy the pages itself while holding up every writer, rarely comes
+CHECKPOINT_EVERY = 100
 #: largest number of ``?`` in one ``IN (...)`` list (SQLite's old default limit was 999)
 MAX_PARAMS = 900
 
@@ -329,6 +333,40 @@ class Hub:
         #: the stores (by id) that used ``write_conn`` since they last closed
         self.write_users: set[int] = set()
         self.write_pid = os.getpid()
+        #: commits by this process's writers; every CHECKPOINT_EVERY-th wakes the checkpointer thread
+        self.commits = 0
+        self._checkpoint_due = threading.Event()
+        self._checkpointer: threading.Thread | None = None
+        #: set after each background checkpoint (tests wait on it)
+        self.checkpointed = threading.Event()
+
+    def committed(self, store: SQLiteStore) -> None:
+        """Count a commit (the caller holds ``writer``); wake the checkpointer when one is due."""
+        self.commits += 1
+        if self.commits % CHECKPOINT_EVERY:
+            return
+        if self._checkpointer is None:
+            self._checkpointer = threading.Thread(
+                target=self._checkpoint_loop, args=(store,), name="machinery-sqlite-checkpoint", daemon=True
+            )
+            self._checkpointer.start()
+        self._checkpoint_due.set()
+
+    def _checkpoint_loop(self, store: SQLiteStore) -> None:
+        """Run a PASSIVE checkpoint each time one is due, on a connection of its own opened for it
+        (SQLite does the copying and syncing without the GIL, beside the writers)."""
+        while True:
+            self._checkpoint_due.wait()
+            self._checkpoint_due.clear()
+            try:
+                conn = store._open(owner=_HUB_OWNER, track=False)
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                finally:
+                    conn.close()
+                self.checkpointed.set()
+            except Exception as exc:  # the commits' own checkpoint (WAL_CHECKPOINT_PAGES) still runs
+                logger.debug("sqlite %s: background checkpoint failed: %s", store.path, exc)
 
     def generation(self, topic: str) -> int:
         with self.cond:
@@ -638,6 +676,7 @@ class SQLiteStore:
                     conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+            self.hub.committed(self)
 
     @contextmanager
     def read(self, what: str) -> Iterator[sqlite3.Connection]:
@@ -659,7 +698,9 @@ class SQLiteStore:
     def execute_write(self, what: str, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
         """One autocommit statement that writes (in turn with this process's other writers)."""
         with self.errors(what), self.hub.writer:
-            return self._write_conn().execute(sql, params)
+            cursor = self._write_conn().execute(sql, params)
+            self.hub.committed(self)
+            return cursor
 
     def _write_conn(self) -> sqlite3.Connection:
         """This process's connection for writing to the file (the caller holds ``hub.writer``)."""
