@@ -836,3 +836,11 @@ def test_events_live_in_their_own_file(url: str, backend: SQLiteBackend) -> None
         assert db.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 0
     finally:
         db.close()
+
+
+def test_a_tasks_events_are_found_through_the_index(backend: SQLiteBackend) -> None:
+    """task_events must not scan every event (up to events.max_events rows)."""
+    from machinery.transports.sqlite.events import _TASK_EVENTS_SQL
+
+    plan = backend._events.execute("plan", "EXPLAIN QUERY PLAN " + _TASK_EVENTS_SQL, ("u", 0.0)).fetchall()
+    assert any("USING INDEX events_task" in row[-1] for row in plan), plan

@@ -28,6 +28,13 @@ from .store import SQLiteStore
 
 __all__ = ["SQLiteEvents"]
 
+#: a task's events through the index on its uuid's first 8 characters (store.EVENTS_FILE_SCHEMA); the
+#: unary ``+`` keeps SQLite from putting the uuid into ``substr(...)``, which would miss the index
+_TASK_EVENTS_SQL = (
+    "SELECT record FROM events WHERE substr(task_uuid, 1, 8) = substr(?1, 1, 8) AND +task_uuid = ?1 "
+    "AND at > ?2 ORDER BY id"
+)
+
 
 class SQLiteEvents(BaseBackend):
     """The events half of :class:`~machinery.transports.sqlite.backend.SQLiteBackend`."""
@@ -54,7 +61,7 @@ class SQLiteEvents(BaseBackend):
     def task_events(self, task_uuid: str) -> list[TaskEvent]:
         cursor = self._events.execute(
             "task_events",
-            "SELECT record FROM events WHERE task_uuid = ? AND at > ? ORDER BY id",
+            _TASK_EVENTS_SQL,
             (task_uuid, time.time() - self.expires_in),
         )
         return sorted((TaskEvent.from_dict(json.loads(r)) for (r,) in cursor), key=lambda e: e.at)
