@@ -30,16 +30,21 @@ def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
+SUFFIXES = ("", "-wal", "-shm", "-events", "-events-wal", "-events-shm")
+
+
 def _modes(url: str) -> dict[str, int]:
-    """Open a broker and a backend on ``url``, write, and read the permissions of the database and of its
-    -wal and -shm files while they exist (the last connection to close removes them)."""
+    """Open a broker and a backend on ``url``, write, and read the permissions of the database, of its
+    -wal and -shm files while they exist (the last connection to close removes them), and of the events
+    file next to it."""
     config = Config(broker=url, result_backend=url)
     broker, backend = SQLiteBroker.from_url(url, config), SQLiteBackend.from_url(url, config)
     try:
         broker.publish(Signature(name="t"))
         backend.get_state("none")
+        backend.workers()  # opens the events file
         path = parse_sqlite_url(url).path
-        return {suffix: _mode(Path(path + suffix)) for suffix in ("", "-wal", "-shm")}
+        return {suffix: _mode(Path(path + suffix)) for suffix in SUFFIXES}
     finally:
         broker.close()
         backend.close()
@@ -50,12 +55,12 @@ def test_database_wal_and_shm_are_owner_only_whatever_the_umask(
     tmp_path: Path, umask: object, mask: int
 ) -> None:
     os.umask(mask)
-    assert _modes(f"sqlite:///{tmp_path}/private.db") == {"": 0o600, "-wal": 0o600, "-shm": 0o600}
+    assert _modes(f"sqlite:///{tmp_path}/private.db") == dict.fromkeys(SUFFIXES, 0o600)
 
 
 def test_mode_parameter_widens_on_purpose_even_under_a_strict_umask(tmp_path: Path, umask: object) -> None:
     os.umask(0o077)
-    assert _modes(f"sqlite:///{tmp_path}/shared.db?mode=0660") == {"": 0o660, "-wal": 0o660, "-shm": 0o660}
+    assert _modes(f"sqlite:///{tmp_path}/shared.db?mode=0660") == dict.fromkeys(SUFFIXES, 0o660)
 
 
 def test_an_existing_database_keeps_the_permissions_its_operator_chose(tmp_path: Path) -> None:

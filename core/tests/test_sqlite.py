@@ -21,6 +21,7 @@ import pytest
 from machinery.capabilities import Capability
 from machinery.config import Config
 from machinery.errors import BrokerError, ConfigError, UnknownGroupError
+from machinery.events import TaskEvent
 from machinery.signature import Signature, State, TaskState, now_utc
 from machinery.transports.sqlite import store
 from machinery.transports.sqlite.backend import SQLiteBackend
@@ -802,3 +803,44 @@ def test_errors_name_the_file(tmp_path: Path) -> None:
     broker = SQLiteBroker.from_url(f"sqlite:///{path}", Config())
     with pytest.raises(BrokerError, match="not-a-db.db"):
         broker.publish(sig("a"))
+
+
+def test_a_writing_process_checkpoints_in_the_background(
+    broker: SQLiteBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every CHECKPOINT_EVERY commits a thread copies the WAL back into the file, so no writer's commit
+    has to (the pages land in the database file: a new connection reads them without the WAL)."""
+    monkeypatch.setattr(store, "CHECKPOINT_EVERY", 3)
+    hub = broker._store.hub
+    hub.checkpointed.clear()
+    for _ in range(3):
+        broker.publish(Signature(name="t"))
+    assert hub.checkpointed.wait(10), "no background checkpoint after CHECKPOINT_EVERY commits"
+    # a new file's pages were only in the WAL (the commits' own checkpoint comes at 10,000 pages)
+    assert os.path.getsize(broker.path) > 0, "the checkpoint copied nothing into the database file"
+
+
+def test_events_live_in_their_own_file(url: str, backend: SQLiteBackend) -> None:
+    """The events thread's writes take turns on the events file's lock, not the database's."""
+    backend.get_state("u0")  # opens the database file too
+    backend.record_events([TaskEvent("received", "u1", "add", "q", "w", time.time())])
+    assert backend.task_events("u1")[0].task_uuid == "u1"
+    path = parse_sqlite_url(url).path
+    events = sqlite3.connect(path + "-events")
+    try:
+        assert events.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 1
+    finally:
+        events.close()
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 0
+    finally:
+        db.close()
+
+
+def test_a_tasks_events_are_found_through_the_index(backend: SQLiteBackend) -> None:
+    """task_events must not scan every event (up to events.max_events rows)."""
+    from machinery.transports.sqlite.events import _TASK_EVENTS_SQL
+
+    plan = backend._events.execute("plan", "EXPLAIN QUERY PLAN " + _TASK_EVENTS_SQL, ("u", 0.0)).fetchall()
+    assert any("USING INDEX events_task" in row[-1] for row in plan), plan

@@ -5,9 +5,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
 
 from machinery import Config, Machinery, State
-from machinery.signature import TaskState
+from machinery.errors import BrokerError
+from machinery.signature import Signature, TaskState
 from machinery.worker.statewriter import StateWriter, coalesce
 
 
@@ -122,3 +126,64 @@ def test_inline_waits_its_turn_while_the_writer_flushes() -> None:
         writer.close()
     written = [(s.task_uuid, s.state) for batch in backend.batches for s in batch]
     assert written == [("first", State.RECEIVED), ("a", State.SUCCESS)]
+
+class _Claimable:
+    """The worker's tracked delivery, as the writer sees it: ``claim()`` once, then ``delivery``."""
+
+    def __init__(self, delivery: object) -> None:
+        self.delivery = delivery
+        self.claimed = False
+
+    def claim(self) -> bool:
+        first, self.claimed = not self.claimed, True
+        return first
+
+
+def _sqlite_app(tmp_path: Path) -> Machinery:
+    url = f"sqlite:///{tmp_path}/w.db"
+    return Machinery(Config(broker=url, result_backend=url))
+
+
+def _finish_one(app: Machinery) -> str:
+    """Lease one message, hand its SUCCESS to a writer with the ack, close the writer; the task's uuid."""
+    app.broker.publish(Signature(name="add", uuid="t1"))
+    (delivery,) = app.broker.consume("machinery_tasks", 1, 1.0)
+    writer = StateWriter(app)
+    writer.put_final(TaskState("t1", State.SUCCESS, task_name="add"), _Claimable(delivery), done=lambda: None)
+    writer.close()
+    return "t1"
+
+
+def test_sqlite_stores_the_states_and_acks_in_one_transaction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = _sqlite_app(tmp_path)
+    calls: list[int] = []
+    combined = app.broker.ack_with_states  # type: ignore[attr-defined]
+
+    def counting(deliveries: Sequence[object], states: Sequence[TaskState], backend: object) -> bool:
+        calls.append(len(deliveries))
+        return bool(combined(deliveries, states, backend))
+
+    monkeypatch.setattr(app.broker, "ack_with_states", counting)
+    uuid = _finish_one(app)
+    state = app.backend.get_state(uuid)
+    assert calls == [1] and state is not None and state.state is State.SUCCESS
+    assert app.broker.consume("machinery_tasks", 1, 0.0) == [], "the message was not acked"
+    app.close()
+
+
+def test_a_failed_combined_write_falls_back_to_store_then_ack(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = _sqlite_app(tmp_path)
+
+    def failing(deliveries: Sequence[object], states: Sequence[TaskState], backend: object) -> bool:
+        raise BrokerError("disk I/O error")
+
+    monkeypatch.setattr(app.broker, "ack_with_states", failing)
+    uuid = _finish_one(app)
+    state = app.backend.get_state(uuid)
+    assert state is not None and state.state is State.SUCCESS and state.created_at is not None
+    assert app.broker.consume("machinery_tasks", 1, 0.0) == [], "the message was not acked"
+    app.close()

@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 
 from . import codec
 from .config import Config
-from .signature import Signature
+from .signature import Signature, TaskState
 
 __all__ = [
     "BaseBroker",
@@ -23,6 +23,7 @@ __all__ = [
     "Delivery",
     "SupportsAckFailure",
     "SupportsAckMany",
+    "SupportsAckWithStates",
     "SupportsDeadLetters",
     "SupportsDepth",
     "SupportsRawPublish",
@@ -130,6 +131,19 @@ class SupportsAckMany(Protocol):
 
     def ack_many(self, deliveries: Sequence[Delivery]) -> None:
         """Ack ``deliveries``; ones of another broker are acked one by one."""
+
+
+@runtime_checkable
+class SupportsAckWithStates(Protocol):
+    """A broker that can store task states through a backend and ack deliveries in one write (the
+    ``sqlite://`` broker, with a backend on the same file: one transaction instead of two). The worker's
+    state writer tries it first; False means nothing was done and it stores, then acks, as usual."""
+
+    def ack_with_states(
+        self, deliveries: Sequence[Delivery], states: Sequence[TaskState], backend: object
+    ) -> bool:
+        """Store ``states`` through ``backend`` and ack ``deliveries``, all or nothing: True when done;
+        False (nothing done) when this broker cannot with that backend or those deliveries."""
 
 
 @runtime_checkable

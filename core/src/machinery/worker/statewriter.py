@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from .. import errors
 from ..backoff import Backoff
-from ..broker import SupportsAckMany
+from ..broker import SupportsAckMany, SupportsAckWithStates
 from ..log import logger
 from ..signature import State, TaskState
 
@@ -147,6 +147,7 @@ class StateWriter:
         self._release_many = release_many
         self._ack_broker: Any = None
         self._broker_acks_many = False
+        self._broker_acks_with_states = False
         self._items: deque[_Item] = deque()
         self._wake = threading.Condition(threading.Lock())
         #: what the thread is doing: "busy" (flushing), "tick" (awake every TICK) or "idle" (sleeping
@@ -270,11 +271,18 @@ class StateWriter:
         # Every task's states are stored in order (a RECEIVED or STARTED followed in this batch by a
         # later state of the same task is skipped: coalesce()); then the finished messages are acked.
         try:
+            states = coalesce([item.state for item in batch if item.state is not None])
+            finished: list[_Item] | None = None
+            if states and self._acks_with_states():
+                finished = [item for item in batch if item.ack is not None and item.ack.claim()]
+                if self._stored_and_acked(states, finished):
+                    return
             try:
-                self._store(batch)
+                self._store(batch, states)
             except _Abandoned:
                 return  # closing with the store down: unacked messages come back later
-            finished = [item for item in batch if item.ack is not None and item.ack.claim()]
+            if finished is None:
+                finished = [item for item in batch if item.ack is not None and item.ack.claim()]
             for item in finished:
                 if item.dead:
                     self._dead_letter(item.ack.delivery, item.dead)
@@ -289,8 +297,27 @@ class StateWriter:
             if released and self._release_many is not None:
                 self._release_many(released)
 
-    def _store(self, batch: list[_Item]) -> None:
-        states = coalesce([item.state for item in batch if item.state is not None])
+    def _acks_with_states(self) -> bool:
+        """True when the broker may store states and ack in one write (``SupportsAckWithStates``)."""
+        broker = self.app.broker
+        if broker is not self._ack_broker:  # a runtime Protocol check is slow: once per broker
+            self._ack_broker = broker
+            self._broker_acks_many = isinstance(broker, SupportsAckMany)
+            self._broker_acks_with_states = isinstance(broker, SupportsAckWithStates)
+        return self._broker_acks_with_states
+
+    def _stored_and_acked(self, states: list[TaskState], finished: list[_Item]) -> bool:
+        """Store ``states`` and ack ``finished`` in one write (e.g. one sqlite transaction): True when
+        done. False when the broker cannot with this backend, or the write failed: the usual path then
+        stores (retrying, finding the culprits) and acks."""
+        broker = cast(SupportsAckWithStates, self.app.broker)
+        try:
+            return broker.ack_with_states([item.ack.delivery for item in finished], states, self.app.backend)
+        except Exception as exc:
+            logger.debug("storing states with their acks failed (%s); storing, then acking", exc)
+            return False
+
+    def _store(self, batch: list[_Item], states: list[TaskState]) -> None:
         if not states:
             return
         try:
@@ -356,8 +383,7 @@ class StateWriter:
         if not deliveries:
             return
         broker = self.app.broker
-        if broker is not self._ack_broker:  # a runtime Protocol check is slow: once per broker
-            self._ack_broker, self._broker_acks_many = broker, isinstance(broker, SupportsAckMany)
+        self._acks_with_states()  # (re)reads what the broker supports
         if self._broker_acks_many and len(deliveries) > 1:
             try:
                 cast(SupportsAckMany, broker).ack_many(deliveries)

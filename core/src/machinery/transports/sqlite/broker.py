@@ -57,6 +57,8 @@ _PROBE_SQL = """
 SELECT EXISTS (SELECT 1 FROM messages INDEXED BY messages_ready WHERE queue = ?1 AND ready = 1),
        (SELECT MIN(visible_at) FROM messages INDEXED BY messages_waiting WHERE queue = ?1 AND ready = 0)
 """
+#: an ack: the row goes only while the lease is still this delivery's
+_DELETE_SQL = "DELETE FROM messages WHERE id = ? AND lease_owner = ? AND delivery_count = ?"
 _INSERT_SQL = (
     "INSERT INTO messages (queue, body, priority, ready, visible_at, created) VALUES (?, ?, ?, ?, ?, ?)"
 )
@@ -286,17 +288,39 @@ class SQLiteBroker(BaseBroker):
                 delivery.ack()
         self._delete(mine)
 
+    def ack_with_states(
+        self, deliveries: Sequence[Delivery], states: Sequence[TaskState], backend: object
+    ) -> bool:
+        """Store ``states`` and ack ``deliveries`` in one transaction when ``backend`` is a sqlite
+        backend on this broker's file and every delivery is this broker's and unsettled (one commit
+        instead of two for the worker's state writer); False, having done nothing, otherwise."""
+        from .backend import SQLiteBackend  # the backend module imports nothing of the broker's
+
+        if not isinstance(backend, SQLiteBackend) or backend.path != self._store.path or not states:
+            return False
+        mine = [
+            d for d in deliveries if isinstance(d, SQLiteDelivery) and d._broker is self and not d.settled
+        ]
+        if len(mine) != len(deliveries):
+            return False
+        with self._store.write("store states and ack") as conn:
+            backend.write_states(conn, states)
+            conn.executemany(_DELETE_SQL, [(d.id, d.owner, d.delivery_count) for d in mine])
+        for delivery in mine:  # settled only once the transaction committed
+            delivery.claim()
+        backend.notify_states()
+        return True
+
     def _delete(self, deliveries: Sequence[SQLiteDelivery]) -> None:
         """Delete the rows of settled ``deliveries`` whose lease is still theirs."""
         if not deliveries:
             return
         params = [(d.id, d.owner, d.delivery_count) for d in deliveries]
-        sql = "DELETE FROM messages WHERE id = ? AND lease_owner = ? AND delivery_count = ?"
         if len(params) == 1:
-            self._store.execute_write("ack", sql, params[0])
+            self._store.execute_write("ack", _DELETE_SQL, params[0])
         else:
             with self._store.write("ack") as conn:
-                conn.executemany(sql, params)
+                conn.executemany(_DELETE_SQL, params)
 
     def _nack(self, delivery: SQLiteDelivery, requeue: bool, delay: float | None, reason: str = "") -> None:
         key = (delivery.id, delivery.owner, delivery.delivery_count)
