@@ -127,6 +127,7 @@ def test_inline_waits_its_turn_while_the_writer_flushes() -> None:
     written = [(s.task_uuid, s.state) for batch in backend.batches for s in batch]
     assert written == [("first", State.RECEIVED), ("a", State.SUCCESS)]
 
+
 class _Claimable:
     """The worker's tracked delivery, as the writer sees it: ``claim()`` once, then ``delivery``."""
 
