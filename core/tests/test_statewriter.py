@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -59,12 +60,25 @@ class _Recording:
         self.batches.append(list(states))
 
 
-def test_the_writer_stores_only_the_last_state_of_a_task_queued_together() -> None:
+@contextmanager
+def _writing(backend: _Recording) -> Iterator[StateWriter]:
+    """A state writer over ``backend``, closed at the end."""
     app = Machinery(Config(broker="memory://", result_backend="memory://"))
-    backend = _Recording()
     app.backend = backend  # type: ignore[assignment]
     writer = StateWriter(app)
     try:
+        yield writer
+    finally:
+        writer.close()
+
+
+def _written(backend: _Recording) -> list[tuple[str, State]]:
+    return [(s.task_uuid, s.state) for batch in backend.batches for s in batch]
+
+
+def test_the_writer_stores_only_the_last_state_of_a_task_queued_together() -> None:
+    backend = _Recording()
+    with _writing(backend) as writer:
         writer.put_state(TaskState("first", State.RECEIVED, task_name="add"))
         assert backend.entered.wait(5)  # the writer holds the first batch: the rest queue up behind it
         writer.put_states(_states(("a", State.RECEIVED), ("b", State.RECEIVED)))
@@ -73,10 +87,7 @@ def test_the_writer_stores_only_the_last_state_of_a_task_queued_together() -> No
         writer.put_final(TaskState("a", State.SUCCESS, task_name="add"), None, done.set)
         backend.release.set()
         assert done.wait(5)
-    finally:
-        writer.close()
-    written = [(s.task_uuid, s.state) for batch in backend.batches for s in batch]
-    assert written == [("first", State.RECEIVED), ("b", State.RECEIVED), ("a", State.SUCCESS)]
+    assert _written(backend) == [("first", State.RECEIVED), ("b", State.RECEIVED), ("a", State.SUCCESS)]
 
 
 class _Threads(_Recording):
@@ -93,28 +104,19 @@ class _Threads(_Recording):
 
 
 def test_a_lone_task_stores_its_result_in_its_own_thread_after_what_was_queued() -> None:
-    app = Machinery(Config(broker="memory://", result_backend="memory://"))
     backend = _Threads()
-    app.backend = backend  # type: ignore[assignment]
-    writer = StateWriter(app)
-    try:
+    with _writing(backend) as writer:
         writer.put_state(TaskState("a", State.STARTED, task_name="add"))
         done = threading.Event()
         writer.put_final(TaskState("a", State.SUCCESS, task_name="add"), None, done.set, inline=True)
         assert done.is_set()  # stored before put_final returned
-    finally:
-        writer.close()
-    written = [(s.task_uuid, s.state) for batch in backend.batches for s in batch]
-    assert written[-1] == ("a", State.SUCCESS)
+    assert _written(backend)[-1] == ("a", State.SUCCESS)
     assert backend.threads[-1] == threading.current_thread().name
 
 
 def test_inline_waits_its_turn_while_the_writer_flushes() -> None:
-    app = Machinery(Config(broker="memory://", result_backend="memory://"))
     backend = _Recording()
-    app.backend = backend  # type: ignore[assignment]
-    writer = StateWriter(app)
-    try:
+    with _writing(backend) as writer:
         writer.put_state(TaskState("first", State.RECEIVED, task_name="add"))
         assert backend.entered.wait(5)  # the writer is flushing: an inline put queues behind it
         done = threading.Event()
@@ -122,10 +124,7 @@ def test_inline_waits_its_turn_while_the_writer_flushes() -> None:
         assert not done.is_set()
         backend.release.set()
         assert done.wait(5)
-    finally:
-        writer.close()
-    written = [(s.task_uuid, s.state) for batch in backend.batches for s in batch]
-    assert written == [("first", State.RECEIVED), ("a", State.SUCCESS)]
+    assert _written(backend) == [("first", State.RECEIVED), ("a", State.SUCCESS)]
 
 
 class _Claimable:

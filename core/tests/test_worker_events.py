@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -20,6 +21,8 @@ from machinery.worker import emitter as emitter_module
 from machinery.worker.banner import banner
 
 from .events_testlib import running, sqlite_app
+
+_Backend = TypeVar("_Backend", bound=MemoryBackend)
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 TRACEPARENT = f"00-{TRACE}-b7ad6b7169203331-01"
@@ -133,11 +136,12 @@ class SlowEvents(MemoryBackend):
         super().record_heartbeat(beat)
 
 
-def slow_app(memory_url: str) -> tuple[Machinery, SlowEvents]:
+def app_with(memory_url: str, backend_class: type[_Backend]) -> tuple[Machinery, _Backend]:
+    """An app with an ``add`` task whose backend is a ``backend_class`` on ``memory_url``."""
     config = Config(broker=memory_url, result_backend=memory_url)
     config.worker.poll_timeout = 0.1
     config.worker.heartbeat_interval = 0.1
-    backend = SlowEvents(config, memory_url.removeprefix("memory://"))
+    backend = backend_class(config, memory_url.removeprefix("memory://"))
     app = Machinery(config, backend=backend)
 
     @app.task(name="add")
@@ -145,6 +149,10 @@ def slow_app(memory_url: str) -> tuple[Machinery, SlowEvents]:
         return a + b
 
     return app, backend
+
+
+def slow_app(memory_url: str) -> tuple[Machinery, SlowEvents]:
+    return app_with(memory_url, SlowEvents)
 
 
 def test_a_hanging_events_store_blocks_no_task_and_drops_the_oldest(
@@ -223,15 +231,7 @@ class RowEvents(MemoryBackend):
 
 
 def test_a_store_with_the_rows_fast_path_gets_rows_and_the_same_events(memory_url: str) -> None:
-    config = Config(broker=memory_url, result_backend=memory_url)
-    config.worker.poll_timeout = 0.1
-    backend = RowEvents(config, memory_url.removeprefix("memory://"))
-    app = Machinery(config, backend=backend)
-
-    @app.task(name="add")
-    def add(a: int, b: int) -> int:
-        return a + b
-
+    app, backend = app_with(memory_url, RowEvents)
     with running(app.worker(concurrency=2)):
         result = app.send_task(Signature("add", [2, 3]))
         assert result.get(timeout=10) == 5
