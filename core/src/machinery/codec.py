@@ -534,12 +534,14 @@ def encode_value(type_: str, value: Any) -> Any:
 def _typed_to_wire(arg: Arg) -> tuple[str, Any]:
     value = arg.value
     type_ = arg.type
+    # the usual results and arguments first (untyped, or typed as their Python type says): no inference
+    # or validation pass
+    cls = type(value)
+    if cls is int and type_ in ("int64", "") and _INT64_MIN <= value <= _INT64_MAX:
+        return "int64", value
+    if cls is str and type_ in ("string", ""):
+        return "string", value
     if type_:
-        # the usual results and arguments, valid by their Python type: no validation pass
-        if (type_ == "int64" and type(value) is int and _INT64_MIN <= value <= _INT64_MAX) or (
-            type_ == "string" and type(value) is str
-        ):
-            return type_, value
         return type_, encode_value(type_, value)
     # An inferred type fits its value by construction; only bytes and non-finite floats need care.
     type_ = infer_type(value)
@@ -581,13 +583,6 @@ _ARG_KEYS: Final = _Keys("Name", "Type", "Value")
 
 
 def _arg_to_dict(arg: Arg) -> dict[str, Any]:
-    value = arg.value
-    if not arg.type:  # the usual arguments first, inferred as infer_type does (one call per argument)
-        cls = type(value)
-        if cls is int and _INT64_MIN <= value <= _INT64_MAX:
-            return {"Name": arg.name, "Type": "int64", "Value": value}
-        if cls is str:
-            return {"Name": arg.name, "Type": "string", "Value": value}
     type_, value = _typed_to_wire(arg)
     return {"Name": arg.name, "Type": type_, "Value": value}
 
