@@ -21,7 +21,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .. import codec, tracing
 from ..events import (
@@ -91,6 +91,8 @@ class Emitter:
         self.busy = busy
         self.metrics = metrics
         self.store: SupportsEvents | None = events_store(app.backend) if app.config.events.enabled else None
+        #: the store takes rows (no event object per event): asked once, a runtime Protocol check is slow
+        self._rows = isinstance(self.store, SupportsEventRows)
         #: False: emit() returns at once (no store and no metrics)
         self.active = self.store is not None or metrics is not None
         self.processed = 0
@@ -220,8 +222,8 @@ class Emitter:
         store = self.store
         assert store is not None
         try:
-            if isinstance(store, SupportsEventRows):  # no event object per event
-                store.record_event_rows(rows)
+            if self._rows:
+                cast(SupportsEventRows, store).record_event_rows(rows)
             else:
                 store.record_events([TaskEvent(*row) for row in rows])
         except Exception:

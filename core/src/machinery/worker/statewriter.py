@@ -273,7 +273,8 @@ class StateWriter:
         try:
             states = coalesce([item.state for item in batch if item.state is not None])
             finished: list[_Item] | None = None
-            if states and self._acks_with_states():
+            self._know_broker()
+            if states and self._broker_acks_with_states:
                 finished = [item for item in batch if item.ack is not None and item.ack.claim()]
                 if self._stored_and_acked(states, finished):
                     return
@@ -297,14 +298,14 @@ class StateWriter:
             if released and self._release_many is not None:
                 self._release_many(released)
 
-    def _acks_with_states(self) -> bool:
-        """True when the broker may store states and ack in one write (``SupportsAckWithStates``)."""
+    def _know_broker(self) -> None:
+        """Note what the broker supports (``ack_many``; storing states and acking in one write), once
+        per broker: a runtime Protocol check is slow."""
         broker = self.app.broker
-        if broker is not self._ack_broker:  # a runtime Protocol check is slow: once per broker
+        if broker is not self._ack_broker:
             self._ack_broker = broker
             self._broker_acks_many = isinstance(broker, SupportsAckMany)
             self._broker_acks_with_states = isinstance(broker, SupportsAckWithStates)
-        return self._broker_acks_with_states
 
     def _stored_and_acked(self, states: list[TaskState], finished: list[_Item]) -> bool:
         """Store ``states`` and ack ``finished`` in one write (e.g. one sqlite transaction): True when
@@ -383,7 +384,7 @@ class StateWriter:
         if not deliveries:
             return
         broker = self.app.broker
-        self._acks_with_states()  # (re)reads what the broker supports
+        self._know_broker()
         if self._broker_acks_many and len(deliveries) > 1:
             try:
                 cast(SupportsAckMany, broker).ack_many(deliveries)
