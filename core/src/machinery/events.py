@@ -32,7 +32,6 @@ __all__ = [
     "TaskEvent",
     "TaskEventKind",
     "WorkerHeartbeat",
-    "event_row_dict",
     "event_row_json",
     "events_store",
     "no_events_text",
@@ -187,11 +186,6 @@ class SupportsEventRows(Protocol):
 
     def record_event_rows(self, rows: Sequence[tuple[Any, ...]]) -> None:
         """Store the events ``rows`` stand for, as :meth:`SupportsEvents.record_events` would."""
-
-
-def event_row_dict(row: Sequence[Any]) -> dict[str, Any]:
-    """What ``TaskEvent(*row).to_dict()`` gives, without building the event."""
-    return dict(zip(_EVENT_FIELDS, row, strict=True))
 
 
 def event_row_json(row: Sequence[Any]) -> bytes:
