@@ -156,3 +156,14 @@ def test_a_forked_child_never_uses_or_closes_the_parents_held_connections(
     monkeypatch.setattr(os, "getpid", lambda: -1)  # as in a child
     fresh = held.take()
     assert fresh is not conn and not conn.disconnected and pool.released == []
+
+
+def test_a_borrowed_connection_goes_back_to_the_users_pool_after_each_round() -> None:
+    pool = _Pool()
+    borrowed = _redispy.BorrowedConnections(pool)
+    conn = borrowed.take()
+    borrowed.keep(conn)
+    assert pool.released == [conn] and not conn.disconnected
+    failed = borrowed.take()
+    borrowed.drop(failed)
+    assert failed is not conn and failed.disconnected and pool.released == [conn, failed]

@@ -58,6 +58,7 @@ from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelConnectionPoolProxy
 
 __all__ = [
+    "BorrowedConnections",
     "HeldConnections",
     "RetryLoop",
     "load_scripts",
@@ -125,6 +126,27 @@ def read_replies(conn: Any, count: int) -> list[Any]:
             raise reply if isinstance(reply, RedisConnectionError) else reply[0]
         replies.append(reply)
     return replies
+
+
+class BorrowedConnections:
+    """A pool used as redis-py uses it: a connection taken for each round trip and given back after it
+    (a user-supplied client's pool, which this package must not hold on to). Same calls as
+    :class:`HeldConnections`."""
+
+    __slots__ = ("pool",)
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+
+    def take(self, epoch: int = 0) -> Any:
+        return self.pool.get_connection()
+
+    def keep(self, conn: Any) -> None:
+        self.pool.release(conn)
+
+    def drop(self, conn: Any) -> None:
+        conn.disconnect()
+        self.pool.release(conn)
 
 
 class HeldConnections:

@@ -833,25 +833,14 @@ class Connection:
         commands: Sequence[tuple[Any, ...]],
         stream: tuple[list[tuple[Any, ...]], Iterator[Sequence[tuple[Any, ...]]]] | None = None,
     ) -> list[Any]:
-        if client is self.user_client:  # the user's pool: take and give back as redis-py does
-            pool = client.connection_pool
-            conn = pool.get_connection()
-            try:
-                return self._exchange(conn, commands, stream)
-            except BaseException:
-                conn.disconnect()
-                raise
-            finally:
-                pool.release(conn)
-        held = self._held_of(client)
-        epoch = self.epoch
-        conn = held.take(epoch)
+        connections = self._connections_of(client)
+        conn = connections.take(self.epoch)
         try:
             replies = self._exchange(conn, commands, stream)
         except BaseException:
-            held.drop(conn)  # replies may be left unread on it
+            connections.drop(conn)  # replies may be left unread on it
             raise
-        held.keep(conn)
+        connections.keep(conn)
         return replies
 
     @staticmethod
@@ -871,9 +860,12 @@ class Connection:
             _redispy.send_commands(conn, chunk)
         return _redispy.read_replies(conn, len(built))
 
-    def _held_of(self, client: RedisClient) -> _redispy.HeldConnections:
-        """The connections kept for ``client``'s pool (one set per pool)."""
+    def _connections_of(self, client: RedisClient) -> _redispy.HeldConnections | _redispy.BorrowedConnections:
+        """Where ``client``'s round trips get their connection: the user's pool as redis-py uses it, or
+        the connections this package keeps for its own pools (one set per pool)."""
         pool = client.connection_pool
+        if client is self.user_client:
+            return _redispy.BorrowedConnections(pool)
         held = self._held.get(id(pool))
         if held is None or held.pool is not pool:
             with self._lock:
