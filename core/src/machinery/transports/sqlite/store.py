@@ -378,11 +378,12 @@ class Hub:
             self._checkpoint_due.wait()
             self._checkpoint_due.clear()
             try:
-                conn = store._open(owner=_HUB_OWNER, track=False)
-                try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                finally:
-                    conn.close()
+                with _CHECKPOINTING:  # a fork waits for it: a child must not inherit SQLite mid-call
+                    conn = store._open(owner=_HUB_OWNER, track=False)
+                    try:
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    finally:
+                        conn.close()
                 self.checkpointed.set()
             except Exception as exc:  # the commits' own checkpoint (WAL_CHECKPOINT_PAGES) still runs
                 logger.debug("sqlite %s: background checkpoint failed: %s", store.path, exc)
@@ -408,6 +409,15 @@ class Hub:
 
 _hubs: dict[str, Hub] = {}
 _hubs_lock = threading.Lock()
+#: held while a background checkpoint is inside SQLite, and by ``os.fork`` around the fork: a thread
+#: caught inside SQLite at the fork holds SQLite's own mutexes in the child for good (a child of a
+#: process that had just checkpointed hung on its first query)
+_CHECKPOINTING = threading.Lock()
+os.register_at_fork(
+    before=_CHECKPOINTING.acquire,
+    after_in_parent=_CHECKPOINTING.release,
+    after_in_child=_CHECKPOINTING.release,
+)
 
 
 def _hub_for(path: str) -> Hub:
