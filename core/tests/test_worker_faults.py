@@ -25,6 +25,7 @@ from machinery.backend import Backend
 from machinery.broker import Delivery
 from machinery.errors import BackendError, BrokerError, MessageError
 from machinery.signature import TaskState, new_uuid, now_utc
+from machinery.testing._util import eventually
 from machinery.transports.memory.backend import MemoryBackend
 from machinery.transports.memory.broker import MemoryBroker
 from machinery.transports.sqlite.broker import SQLiteBroker
@@ -131,6 +132,16 @@ def running(flaky: tuple[Machinery, FlakyBroker, FlakyBackend]) -> Iterator[Work
     assert not thread.is_alive()
 
 
+def dead_lettered(broker: Any, queue: str, uuid: str, timeout: float = 10.0) -> list[Any]:
+    """The dead letters of ``uuid`` on ``queue``, once there are any. The worker stores FAILURE
+    before it settles the message (a failed store keeps it), so the letter can come a moment later."""
+
+    def letters() -> list[Any]:
+        return [d for d in broker.dead_letters(queue) if uuid.encode() in d.body]
+
+    return eventually(letters, timeout, f"task {uuid} in the dead-letter store")
+
+
 def state_of(app: Machinery, uuid: str, timeout: float = 10.0) -> TaskState:
     deadline = time.monotonic() + timeout
     while True:
@@ -200,17 +211,7 @@ def test_a_task_whose_failure_cannot_be_stored_either_is_dead_lettered(
     app.send_task(doomed)
     assert app.send_task(Signature("add", args=[2, 2])).get(timeout=10) == 4
 
-    def dead() -> list[bytes]:
-        return [
-            d.body
-            for d in broker.inner.dead_letters(app.config.default_queue)
-            if doomed.uuid.encode() in d.body
-        ]
-
-    deadline = time.monotonic() + 10
-    while not dead():
-        assert time.monotonic() < deadline, "the message was not dead-lettered"
-        time.sleep(0.02)
+    dead_lettered(broker.inner, app.config.default_queue, doomed.uuid)
 
 
 def test_a_store_outage_stops_leasing_and_loses_nothing(
@@ -269,9 +270,7 @@ def test_an_error_in_the_worker_s_own_handling_uses_up_the_budget(
         assert state.state == State.FAILURE
         assert "gave up after 3 deliveries" in state.error and "OverflowError" in state.error
         assert len(attempts) == 3
-        assert any(
-            doomed.uuid.encode() in d.body for d in broker.inner.dead_letters(app.config.default_queue)
-        )
+        assert dead_lettered(broker.inner, app.config.default_queue, doomed.uuid)
     finally:
         worker.quit()
         thread.join(15)
@@ -309,11 +308,7 @@ def test_crashes_while_holding_a_message_are_counted_by_sqlite_and_end_it(tmp_pa
         assert ran == []
         broker = app.broker
         assert isinstance(broker, SQLiteBroker)
-        deadline = time.monotonic() + 10
-        while not broker.dead_letters(config.default_queue):
-            assert time.monotonic() < deadline, "not dead-lettered"
-            time.sleep(0.02)
-        [dead] = broker.dead_letters(config.default_queue)
+        [dead] = dead_lettered(broker, config.default_queue, result.uuid)
         assert dead.delivery_count == 6
     finally:
         worker.quit()
