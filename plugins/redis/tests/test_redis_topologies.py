@@ -344,8 +344,8 @@ def test_cluster_chord_waits_for_go_holding_its_mutex(cluster: redis.cluster.Red
 
 
 def test_cluster_send_tasks_of_a_large_batch(cluster: redis.cluster.RedisCluster, name: str) -> None:
-    """A batch large enough to be streamed on one server is routed whole on a cluster: every PENDING
-    state on its uuid's node, every message in the queue, in order."""
+    """A batch large enough to be streamed on one server: on a cluster every PENDING state on its uuid's
+    node, every message in the queue, in order."""
     from machinery_redis.broker import STATES_PER_CHUNK
 
     config = Config(broker=_cluster_url(), result_backend=_cluster_url(), default_queue=name)
@@ -427,3 +427,44 @@ def test_cluster_a_dead_movers_claims_go_back(cluster: redis.cluster.RedisCluste
         assert cluster.smembers(f"{tag}:machinery:movers") == set()
     finally:
         broker.close()
+
+
+def test_cluster_a_fast_workers_result_is_not_overwritten_by_pending(
+    cluster: redis.cluster.RedisCluster, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """send_tasks stores the PENDING states before the messages are visible, on a cluster too: a worker
+    that takes a message the moment it is pushed and stores its result at once must not have that result
+    overwritten by a PENDING state still on its way to another node (the result then stayed PENDING
+    until the waiter's timeout). Deterministic: the first task's state is on the queue's node and the
+    second's on another, and the "worker" stores its result right after the message is sent."""
+    from machinery.signature import State, TaskState
+    from machinery_redis import _redispy
+
+    def node_of(key: str) -> str:
+        return str(cluster.nodes_manager.get_node_from_slot(key_slot(key.encode())).name)
+
+    uuids = [f"{name}-{i}" for i in range(200)]
+    first = next(u for u in uuids if node_of(u) == node_of(name))
+    second = next(u for u in uuids if node_of(u) != node_of(name))
+    config = Config(broker=_cluster_url(), result_backend=_cluster_url(), default_queue=name)
+    app = Machinery(config)
+    worker_backend = RedisBackend.from_url(_cluster_url(), config)
+    send = _redispy.send_commands
+    pushed: list[bool] = []
+
+    def send_then_finish_at_once(conn: Any, commands: Any) -> None:
+        send(conn, commands)
+        if not pushed and any(c[0] == "RPUSH" and c[1] == name for c in commands):
+            pushed.append(True)  # (set before: the worker's own write comes through here too)
+            worker_backend.set_state(TaskState(second, State.SUCCESS, "add", results=[]))
+
+    monkeypatch.setattr(_redispy, "send_commands", send_then_finish_at_once)
+    try:
+        app.send_tasks([Signature("add", [1], uuid=first), Signature("add", [2], uuid=second)])
+        assert pushed
+        stored = worker_backend.get_state(second)
+        assert stored is not None and stored.state is State.SUCCESS, stored
+    finally:
+        app.close()
+        worker_backend.close()
+        cluster.delete(name, first, second)

@@ -756,6 +756,11 @@ class Connection:
         error replies as exception objects (the caller decides). Skips redis-py's pipeline machinery:
         this is the hot path.
 
+        The server runs the commands in order on one server, and on a cluster the commands of one node
+        (one slot, one node: a key and its ``{key}`` tagged keys). Commands on different nodes of a
+        cluster are **not** ordered: a caller that needs a write applied before another node's is sent
+        makes two calls.
+
         The retrying client retries connection errors with back-off (the commands must be safe to send
         twice); ``blocking=True`` uses the client without retries (for BLMOVE) and raises at once.
         Raises redis-py's exceptions (RedisErrors only); callers translate them with :meth:`error`.
@@ -772,7 +777,7 @@ class Connection:
         whole batch goes through :meth:`run`'s retries (safe to send twice, as there). An exception
         raised while building a chunk is raised as is, and the chunks sent before it stay sent: order
         the chunks so that this is harmless (PENDING states before the messages). On a cluster the
-        chunks are built first and routed by :meth:`run`.
+        chunks are built first and routed by :meth:`run` (whose order across nodes is not kept).
         """
         if self.cluster:
             return self.run([command for chunk in chunks for command in chunk])
