@@ -24,7 +24,7 @@ from redis_testlib import TEST_DB, require_env, server_unavailable
 from machinery import Config, Machinery
 from machinery.errors import BackendError, BrokerError
 from machinery.signature import Signature, now_utc
-from machinery_redis import RedisBackend, RedisBroker
+from machinery_redis import RedisBackend, RedisBroker, scripts
 
 pytestmark = pytest.mark.services
 
@@ -468,3 +468,56 @@ def test_cluster_a_fast_workers_result_is_not_overwritten_by_pending(
         app.close()
         worker_backend.close()
         cluster.delete(name, first, second)
+
+
+def test_cluster_a_uuid_with_braces_is_refused_and_never_wedges_a_worker(
+    cluster: redis.cluster.RedisCluster, name: str
+) -> None:
+    """A brace in a uuid is a hash tag to Redis Cluster, so the state key and the keys built beside it
+    would be in different slots. Sending one is refused with a clear error; one that arrives anyway (a
+    producer that skipped the check) is dead-lettered, and the worker goes on with the next task."""
+    from machinery.errors import MessageError, PermanentError
+
+    config = Config(broker=_cluster_url(), result_backend=_cluster_url(), default_queue=name)
+    config.no_unix_signals = True
+    app = Machinery(config)
+
+    @app.task
+    def add(*values: int) -> int:
+        return sum(values)
+
+    bad = f"task_{{{name}}}x"
+    with pytest.raises(MessageError, match="contains a brace"):
+        app.send_task(Signature("add", [1, 2], uuid=bad))
+    with pytest.raises(MessageError, match="contains a brace"):
+        app.backend.wait([bad], 0.1)
+    with pytest.raises(MessageError, match="group uuid"):
+        app.backend.init_group("{g}", [name])
+    app.broker.publish(Signature("add", [1, 2], uuid=bad))  # the message reaches the queue anyway
+    worker = app.worker(concurrency=2)
+    thread = worker.launch_async()
+    try:
+        assert app.send_task(Signature("add", [2, 2])).get(timeout=15) == 4
+        letters = app.broker.dead_letters(name)  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 10
+        while not letters and time.monotonic() < deadline:
+            time.sleep(0.05)
+            letters = app.broker.dead_letters(name)  # type: ignore[attr-defined]
+        assert [json.loads(x.body)["UUID"] for x in letters] == [bad]
+        assert "contains a brace" in letters[0].reason
+    finally:
+        worker.quit()
+        thread.join(10)
+        app.close()
+        cluster.delete(name, f"{{{name}}}:machinery:dead")
+    # any command whose keys a cluster puts in different slots is a permanent error (never retried)
+    backend = RedisBackend.from_url(_cluster_url(), config)
+    try:
+        with pytest.raises(PermanentError, match="same key slot"):  # redis-py's check, before sending
+            backend.conn.call("a cross-slot read", lambda: backend.conn.client.mget(["a", "b", "c"]))
+        [reply] = backend.conn.run([scripts.WAIT_MARK.command(["a", "b", "c"], [5, 10])])  # the server's
+        assert isinstance(reply, Exception)
+        refused = backend.conn.error("a cross-slot script", reply)
+        assert isinstance(refused, PermanentError) and "same slot" in str(refused)
+    finally:
+        backend.close()
