@@ -214,6 +214,36 @@ def test_a_task_whose_failure_cannot_be_stored_either_is_dead_lettered(
     dead_lettered(broker.inner, app.config.default_queue, doomed.uuid)
 
 
+def test_a_non_deferred_state_refused_for_good_is_dead_lettered_not_acked(
+    flaky: tuple[Machinery, FlakyBroker, FlakyBackend],
+) -> None:
+    """A task whose SUCCESS is stored at once (it has a post-task handler, so it is not batched with its
+    ack): when the store refuses that state and its FAILURE for good, the message is dead-lettered after
+    one run, never acked as if stored (it was, silently, before)."""
+    app, broker, backend = flaky
+    ran: list[int] = []
+
+    @app.task
+    def add(a: int, b: int) -> int:
+        ran.append(a)
+        return a + b
+
+    worker, thread = launch(app)
+    worker.set_post_task_handler(lambda sig: None)
+    try:
+        doomed = Signature("add", args=[7, 1])
+        backend.refuse = lambda s: s.task_uuid == doomed.uuid and s.state in (State.SUCCESS, State.FAILURE)
+        app.send_task(doomed)
+        assert app.send_task(Signature("add", args=[2, 2])).get(timeout=10) == 4
+        [letter] = dead_lettered(broker.inner, app.config.default_queue, doomed.uuid)
+        assert "could not be stored" in letter.reason, letter.reason
+        assert doomed.uuid not in broker.acked
+        assert ran.count(7) == 1
+    finally:
+        worker.quit()
+        thread.join(15)
+
+
 def test_a_store_outage_stops_leasing_and_loses_nothing(
     flaky: tuple[Machinery, FlakyBroker, FlakyBackend],
 ) -> None:

@@ -4,7 +4,8 @@ Every case puts one hostile message on the queue (raw bytes, through the ``publi
 and checks three things:
 
 1. the hostile message ends within seconds: FAILURE (or the outcome its case names: a huge but
-   valid message may succeed) stored under its uuid, or, with no readable uuid, dead-lettered;
+   valid message may succeed) stored under its uuid, or dead-lettered when it has no readable uuid
+   (or, for the hostile-uuid cases, one the result store cannot take as a key);
 2. the task body ran at most once;
 3. the worker still serves a canary ``add(1, 1)`` sent right after it.
 
@@ -31,6 +32,7 @@ import pytest
 
 from ..app import Machinery
 from ..capabilities import Capability
+from ..errors import MessageError
 from ..signature import Signature, new_uuid
 from ._util import RunLog, unique
 from .tasks import make_app
@@ -56,6 +58,8 @@ class HostileCase:
     body: Callable[[str, str], bytes]
     outcomes: tuple[str, ...] = (FAILURE,)
     error: str = ""
+    #: the message's uuid made from a fresh one (a hostile uuid); None keeps it
+    uuid: Callable[[str], str] | None = None
 
 
 def _message(uuid: str, key: str, **fields: Any) -> dict[str, Any]:
@@ -348,6 +352,24 @@ HOSTILE_CASES: tuple[HostileCase, ...] = (
         "error handler raises SystemExit", "bad tasks", _task("hostile_handler"), error="handler bomb"
     ),
     HostileCase("post-task handler raises", "bad tasks", _task("hostile_post"), (SUCCESS,)),
+    # uuids a store may not take as a key: it stores the result, or the message is dead-lettered
+    HostileCase(
+        "UUID with braces", "hostile uuids", _json(), (SUCCESS, DEAD), uuid=lambda u: f"{u[:5]}{{{u[5:]}}}"
+    ),
+    HostileCase(
+        "UUID with a space and a newline",
+        "hostile uuids",
+        _json(),
+        (SUCCESS, DEAD),
+        uuid=lambda u: u + " a\nb",
+    ),
+    HostileCase(
+        "UUID of 1,000 characters",
+        "hostile uuids",
+        _json(),
+        (SUCCESS, DEAD),
+        uuid=lambda u: u.ljust(1000, "x"),
+    ),
 )
 
 #: hostile tasks registered on the contract's worker (each records its run under its key)
@@ -460,6 +482,8 @@ class HostileInputContract(_WorkerBase):
 
     def _check_case(self, case: HostileCase, producer: Machinery, verdict: _Verdict) -> None:
         uuid, key = new_uuid(), unique("hostile")
+        if case.uuid is not None:
+            uuid = case.uuid(uuid)
         body = case.body(uuid, key)
         started = time.monotonic()
         self.need("publish_raw", self._publish_raw)(self.task_queue, body)
@@ -498,7 +522,12 @@ class HostileInputContract(_WorkerBase):
             return "not dead-lettered within the timeout"
         state = None
         while time.monotonic() < deadline:
-            state = producer.backend.get_state(uuid)
+            if DEAD in case.outcomes and self._dead_lettered(producer, body):
+                return ""  # a readable uuid the store could not take
+            try:
+                state = producer.backend.get_state(uuid)
+            except MessageError:
+                state = None  # a uuid this store refuses: only the dead letter can end it
             if state is not None and state.state.value in case.outcomes:  # PENDING: re-sent by a retry
                 break
             time.sleep(0.02)

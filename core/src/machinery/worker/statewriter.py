@@ -176,13 +176,18 @@ class StateWriter:
                 self._wake.notify()
 
     def write_now(self, state: TaskState) -> None:
-        """Store ``state`` after everything queued before it, and return once it is stored."""
+        """Store ``state`` after everything queued before it, and return once it is stored. Raises
+        MessageError when the store refused it for good and refused a FAILURE in its place too (as
+        ``backend.set_state`` would raise): the caller must not ack the message as if it were stored."""
         if self._closed:
             self.app.backend.set_state(state)
             return
         stored = threading.Event()
-        self._put(_Item(state, None, stored.set), urgent=True)
+        item = _Item(state, None, stored.set)
+        self._put(item, urgent=True)
         stored.wait()
+        if item.dead:
+            raise errors.MessageError(item.dead)
 
     def put_final(
         self, state: TaskState, tracked: Any, done: Callable[[], None] | None = None, inline: bool = False

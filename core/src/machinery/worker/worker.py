@@ -35,13 +35,14 @@ from typing import TYPE_CHECKING, Any, Literal
 from .. import codec, signing
 from ..backoff import Backoff
 from ..broker import Delivery, SupportsAckFailure
+from ..errors import PermanentError
 from ..log import logger
 from ..signature import Signature, State, TaskState, now_utc
 from .banner import banner
 from .emitter import Emitter
 from .procpool import ProcessPool
 from .runner import ErrorHandler, SignatureHandler, TaskRunner, error_text
-from .statewriter import StateWriter, nack
+from .statewriter import StateWriter, is_permanent, nack
 
 if TYPE_CHECKING:
     from ..app import Machinery
@@ -424,7 +425,12 @@ class Worker:
                 tracked.settle(lambda: nack(delivery, requeue=False, reason=reason))
                 return
             count, _ = self._delivery_count(delivery, sig)
-            if count >= self._max_deliveries or not isinstance(exc, Exception):
+            # a PermanentError (e.g. the store refuses this task's state for good) is not tried again
+            if (
+                count >= self._max_deliveries
+                or not isinstance(exc, Exception)
+                or isinstance(exc, PermanentError)
+            ):
                 self._give_up(tracked, sig, count, reason)
             else:
                 self._hop(tracked, sig, used=count, delay=min(0.5 * 2.0 ** (count - 1), 60.0))
@@ -432,8 +438,9 @@ class Worker:
             logger.warning("could not return the message either (%s); it comes back after its lease", again)
 
     def _give_up(self, tracked: _Tracked, sig: Signature, count: int, reason: str) -> None:
-        """FAILURE naming ``reason``, then dead-letter the message. When FAILURE cannot be stored
-        the message is returned (the next delivery gives up again) rather than dead-lettered silently."""
+        """FAILURE naming ``reason``, then dead-letter the message. When the store is down the message
+        is returned instead (the next delivery gives up again) rather than dead-lettered silently; when it
+        refuses this task's FAILURE for good (a permanent error), the dead letter alone keeps it."""
         delivery = tracked.delivery
         error = f"gave up after {count} deliveries (worker.max_deliveries={self._max_deliveries}): {reason}"
         logger.error("task %s[%s] %s; moved to the dead-letter store", sig.name, sig.uuid, error)
@@ -441,9 +448,12 @@ class Worker:
         try:
             self.runner._store(TaskState(sig.uuid, State.FAILURE, task_name=sig.name, error=error))
         except Exception as exc:
-            logger.warning("could not store the FAILURE (%s); the message is returned", exc)
-            tracked.settle(lambda: nack(delivery, requeue=True, delay=5.0, reason=error))
-            return
+            if is_permanent(exc):  # the store refuses this task for good: the dead letter keeps it
+                error = f"{error}; its FAILURE could not be stored either: {exc}"
+            else:
+                logger.warning("could not store the FAILURE (%s); the message is returned", exc)
+                tracked.settle(lambda: nack(delivery, requeue=True, delay=5.0, reason=error))
+                return
         self.runner._member_gave_up(sig, error)
         tracked.settle(lambda: nack(delivery, requeue=False, reason=error))
 

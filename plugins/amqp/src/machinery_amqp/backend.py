@@ -43,7 +43,7 @@ from machinery import codec
 from machinery.backend import BaseBackend
 from machinery.capabilities import Capability
 from machinery.config import Config
-from machinery.errors import UnknownGroupError
+from machinery.errors import MessageError, UnknownGroupError
 from machinery.signature import GroupMeta, State, TaskState, now_utc
 
 from .connection import Endpoint, Link, UnroutableError, declare_exchange
@@ -59,6 +59,28 @@ HELD_WAIT = 2.0
 #: How long a writer looks for a previous state its own connection just gave back.
 NEW_QUEUE_WAIT = 0.2
 _TOKEN = b"chord-token"
+#: The longest queue name AMQP carries (a short string).
+MAX_QUEUE_NAME = 255
+
+
+def check_uuid(uuid: str, what: str = "task", suffix: str = "") -> None:
+    """Refuse a uuid that cannot name its result queue (``uuid + suffix``): empty, over 255 bytes,
+    with a control character (RabbitMQ drops those, so the queue it declares is not the one asked
+    for, and pika would wait for the reply forever), or in the ``amq.`` names the server reserves."""
+    name = uuid + suffix
+    problem = ""
+    if not uuid:
+        problem = "it is empty"
+    elif len(name.encode("utf-8", "surrogatepass")) > MAX_QUEUE_NAME:
+        problem = f"its result queue name would be longer than {MAX_QUEUE_NAME} bytes"
+    elif any(ord(c) < 0x20 or ord(c) == 0x7F for c in uuid):
+        problem = "it contains a control character"
+    elif uuid.startswith("amq."):
+        problem = "RabbitMQ reserves names starting with 'amq.'"
+    if problem:
+        raise MessageError(
+            f"{what} uuid {uuid[:80]!r} cannot name a result queue of the AMQP result backend: {problem}"
+        )
 
 
 class _Inbox:
@@ -221,6 +243,8 @@ class AMQPBackend(Endpoint, BaseBackend):
     def set_states(self, states: Sequence[TaskState]) -> None:
         if not states:
             return
+        for state in states:
+            check_uuid(state.task_uuid)
 
         def fn(link: Link) -> None:
             for state in states:
@@ -244,6 +268,8 @@ class AMQPBackend(Endpoint, BaseBackend):
         self._pool.run(fn)
 
     def get_state(self, task_uuid: str) -> TaskState | None:
+        check_uuid(task_uuid)
+
         def fn(link: Link) -> TaskState | None:
             body, _exists = self._read(link, task_uuid)
             return codec.decode_state(body) if body else None
@@ -259,6 +285,8 @@ class AMQPBackend(Endpoint, BaseBackend):
         (not on the way out, which would delay the wake-up), and with the connection.
         """
         wanted = list(dict.fromkeys(task_uuids))
+        for uuid in wanted:
+            check_uuid(uuid)
         deadline = time.monotonic() + max(0.0, timeout)
         done: dict[str, TaskState] = {}
 
@@ -298,6 +326,7 @@ class AMQPBackend(Endpoint, BaseBackend):
 
     # groups ------------------------------------------------------------------------------------
     def init_group(self, group_uuid: str, task_uuids: Sequence[str]) -> None:
+        check_uuid(group_uuid, "group", TOKEN_SUFFIX)
         meta = GroupMeta(group_uuid, list(task_uuids), created_at=now_utc())
         token = group_uuid + TOKEN_SUFFIX
 
@@ -321,6 +350,8 @@ class AMQPBackend(Endpoint, BaseBackend):
         return codec.decode_group_meta(body)
 
     def group_states(self, group_uuid: str) -> list[TaskState]:
+        check_uuid(group_uuid, "group", TOKEN_SUFFIX)
+
         def fn(link: Link) -> list[TaskState]:
             meta = self._meta(link, group_uuid, refresh=True)
             try:  # renew the token's x-expires while the group is in use (a declare renews it)
@@ -349,6 +380,7 @@ class AMQPBackend(Endpoint, BaseBackend):
 
     def trigger_chord(self, group_uuid: str) -> bool:
         """True for exactly one caller: the one whose ``basic.get`` receives the group's token."""
+        check_uuid(group_uuid, "group", TOKEN_SUFFIX)
 
         def fn(link: Link) -> bool:
             try:

@@ -2,15 +2,15 @@
 
 Transient ones (a server unreachable, full) are :class:`~machinery.errors.BackendError`: the worker waits
 them out. :class:`MemcachePermanentError` is the one seam for "retrying cannot fix this" (a record over the
-item size limit, a key memcached cannot store): like the core's planned ``machinery.errors.PermanentError``
-it is deliberately **not** a BackendError, and it is a ``ValueError``, which the worker's state writer
-already counts as permanent: the task ends FAILURE with this error's text and the worker carries on. When
-``PermanentError`` exists in the core, it becomes this class's base.
+item size limit, a key memcached cannot store): a core :class:`~machinery.errors.PermanentError`, so
+deliberately **not** a BackendError, and a ``ValueError`` as before. The worker's state writer ends the
+task FAILURE with this error's text (or dead-letters the message when not even that can be stored) and
+carries on.
 """
 
 from __future__ import annotations
 
-from machinery.errors import BackendError, MachineryError
+from machinery.errors import BackendError, PermanentError
 
 __all__ = [
     "InvalidKeyError",
@@ -25,7 +25,7 @@ class MemcacheConnectionError(BackendError):
     """A server could not be reached or dropped the connection (transient: a retry may succeed)."""
 
 
-class MemcachePermanentError(MachineryError, ValueError):
+class MemcachePermanentError(PermanentError, ValueError):
     """The request can never succeed as it is; retrying the same write is pointless (not a
     BackendError: callers that retry backend errors must not retry this)."""
 
