@@ -94,6 +94,9 @@ RPC_TIMEOUT = 15.0
 RETRY = retry.Retry(predicate=retry.if_transient_error, initial=0.1, maximum=2.0, timeout=RPC_TIMEOUT)
 #: What every call but pull and seek passes: bounded, so an unreachable server fails within seconds.
 CALL = {"retry": RETRY, "timeout": RPC_TIMEOUT}
+#: Ack ids per ``Acknowledge`` or ``ModifyAckDeadline`` call at most (a request must stay under
+#: Pub/Sub's 512 KB; Google's own subscriber sends at most 2,500 a call too).
+MAX_ACK_IDS = 2500
 #: Seconds a pull waits at most, whatever the caller's timeout (the server may return empty earlier).
 MAX_PULL_WAIT = 10.0
 #: Pauses between empty pulls that came back at once (seconds, doubling up to the maximum).
@@ -441,18 +444,63 @@ class PubSubBroker(BaseBroker):
         self._leases.add(out)
         return list(out)
 
+    # settling ----------------------------------------------------------------------------------
+    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        """Ack several deliveries with one ``Acknowledge`` call per subscription (the worker's batched
+        acks); deliveries of another broker are acked one by one. Each is settled once, as by
+        ``ack()``: one settled before is skipped, and the lease keeper no longer renews them. A failure
+        is a :class:`~machinery.errors.BrokerError` naming the subscription or delivery (those messages
+        come back after their ack deadline), raised once every ack was tried."""
+        by_subscription: dict[str, list[str]] = {}
+        others: list[Delivery] = []
+        for delivery in deliveries:
+            if isinstance(delivery, PubSubDelivery) and delivery._broker is self:
+                if delivery.claim():
+                    by_subscription.setdefault(delivery._subscription, []).append(delivery._ack_id)
+            else:
+                others.append(delivery)
+        failures: list[str] = []
+        for subscription, ack_ids in by_subscription.items():
+            try:
+                self._acknowledge(subscription, ack_ids)
+            except BrokerError as exc:
+                failures.append(str(exc))
+        for delivery in others:  # after ours: their failure must not leave ours claimed but unacked
+            try:
+                delivery.ack()
+            except Exception as exc:
+                failures.append(f"ack of {delivery!r} failed: {exc}")
+        if failures:
+            raise BrokerError("; ".join(failures))
+
     def _acknowledge(self, subscription: str, ack_ids: list[str]) -> None:
         _, subscriber = self._clients()
-        with self._translating(f"ack on {subscription}"):
-            subscriber.acknowledge(request={"subscription": subscription, "ack_ids": ack_ids}, **CALL)
+        what = (
+            f"ack {len(ack_ids)} messages on {subscription}" if len(ack_ids) > 1 else f"ack on {subscription}"
+        )
+        with self._translating(what):
+            for chunk in _chunks(ack_ids):
+                try:
+                    subscriber.acknowledge(request={"subscription": subscription, "ack_ids": chunk}, **CALL)
+                except gexc.InvalidArgument:
+                    if len(chunk) == 1:
+                        raise
+                    # Pub/Sub refuses the whole call for one ack id it does not know: ack one by one,
+                    # so that one cannot send the others back
+                    if refused := _acknowledge_one_by_one(subscriber, subscription, chunk):
+                        raise BrokerError(
+                            f"Pub/Sub refused {len(refused)} of {len(chunk)} acks on {subscription}, "
+                            f"the first: {refused[0]}"
+                        ) from None
 
     def _modify_deadline(self, subscription: str, ack_ids: list[str], seconds: int) -> None:
         _, subscriber = self._clients()
         with self._translating(f"change an ack deadline on {subscription}"):
-            subscriber.modify_ack_deadline(
-                request={"subscription": subscription, "ack_ids": ack_ids, "ack_deadline_seconds": seconds},
-                **CALL,
-            )
+            for chunk in _chunks(ack_ids):
+                subscriber.modify_ack_deadline(
+                    request={"subscription": subscription, "ack_ids": chunk, "ack_deadline_seconds": seconds},
+                    **CALL,
+                )
 
     def _renew(self, deliveries: list[PubSubDelivery]) -> None:
         """The lease keeper's call: extend live deliveries by one lease, up to ``max_extension`` each."""
@@ -539,6 +587,22 @@ class PubSubBroker(BaseBroker):
                     self._subscriber.close()
             except Exception:  # closing must not raise
                 logger.debug("closing the Pub/Sub clients failed", exc_info=True)
+
+
+def _chunks(ack_ids: list[str]) -> Iterator[list[str]]:
+    for start in range(0, len(ack_ids), MAX_ACK_IDS):
+        yield ack_ids[start : start + MAX_ACK_IDS]
+
+
+def _acknowledge_one_by_one(subscriber: Any, subscription: str, ack_ids: list[str]) -> list[str]:
+    """Ack each of ``ack_ids`` on its own call: Pub/Sub's reasons for the ones it refused."""
+    refused: list[str] = []
+    for ack_id in ack_ids:
+        try:
+            subscriber.acknowledge(request={"subscription": subscription, "ack_ids": [ack_id]}, **CALL)
+        except gexc.InvalidArgument as exc:
+            refused.append(str(exc.message))
+    return refused
 
 
 def _create(call: Any) -> None:
