@@ -25,7 +25,10 @@ Consuming (flow control = free slots)
 ``Pull``. Google's client libraries are thread-safe, so task threads ack, nack and renew directly.
 A live delivery's ack deadline is extended by a lease thread every third of the lease, for at most
 ``max_extension`` seconds in total (then Pub/Sub may redeliver it). Acks happen after the result is
-stored (the worker acks late); a nack sets the ack deadline to 0 (redelivered at once).
+stored (the worker acks late), a batch at a time: :meth:`PubSubBroker.ack_many` sends one
+``Acknowledge`` per subscription. A nack sets the ack deadline to 0 (redelivered at once). A pull
+returns as many messages as it asks for when they are there (measured on the emulator): the worker's
+free slots bound it, not the server.
 
 ETA without holding a slot
 --------------------------
