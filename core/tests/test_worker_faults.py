@@ -136,8 +136,8 @@ def dead_lettered(broker: Any, queue: str, uuid: str, timeout: float = 10.0) -> 
     """The dead letters of ``uuid`` on ``queue``, once there are any. The worker stores FAILURE
     before it settles the message (a failed store keeps it), so the letter can come a moment later."""
 
-    def letters() -> list[Any]:
-        return [d for d in broker.dead_letters(queue) if uuid.encode() in d.body]
+    def letters() -> list[Any] | None:
+        return [d for d in broker.dead_letters(queue) if uuid.encode() in d.body] or None
 
     return eventually(letters, timeout, f"task {uuid} in the dead-letter store")
 

@@ -106,7 +106,9 @@ class MachinerySpec:
         """Store ``states`` (the PENDING records) through ``backend`` and publish ``signatures`` through
         ``broker`` in one round trip, when this plugin owns both and can (e.g. one Redis server): return
         True when done. None (or False) lets the next plugin try, then the core stores and publishes in
-        two steps. The states must be stored before any worker can see a message."""
+        two steps. The states must be stored before any worker can see a message: sent first is not
+        enough when they travel on another connection or to another server than the messages (nothing
+        orders those writes, and a PENDING that lands late overwrites the worker's result)."""
 
     @hookspec
     def machinery_settings(self) -> list[type[Section]]:  # type: ignore[empty-body]

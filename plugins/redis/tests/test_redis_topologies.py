@@ -24,7 +24,7 @@ from redis_testlib import TEST_DB, require_env, server_unavailable
 from machinery import Config, Machinery
 from machinery.errors import BackendError, BrokerError
 from machinery.signature import Signature, now_utc
-from machinery_redis import RedisBackend, RedisBroker
+from machinery_redis import RedisBackend, RedisBroker, scripts
 
 pytestmark = pytest.mark.services
 
@@ -344,8 +344,8 @@ def test_cluster_chord_waits_for_go_holding_its_mutex(cluster: redis.cluster.Red
 
 
 def test_cluster_send_tasks_of_a_large_batch(cluster: redis.cluster.RedisCluster, name: str) -> None:
-    """A batch large enough to be streamed on one server is routed whole on a cluster: every PENDING
-    state on its uuid's node, every message in the queue, in order."""
+    """A batch large enough to be streamed on one server: on a cluster every PENDING state on its uuid's
+    node, every message in the queue, in order."""
     from machinery_redis.broker import STATES_PER_CHUNK
 
     config = Config(broker=_cluster_url(), result_backend=_cluster_url(), default_queue=name)
@@ -427,3 +427,97 @@ def test_cluster_a_dead_movers_claims_go_back(cluster: redis.cluster.RedisCluste
         assert cluster.smembers(f"{tag}:machinery:movers") == set()
     finally:
         broker.close()
+
+
+def test_cluster_a_fast_workers_result_is_not_overwritten_by_pending(
+    cluster: redis.cluster.RedisCluster, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """send_tasks stores the PENDING states before the messages are visible, on a cluster too: a worker
+    that takes a message the moment it is pushed and stores its result at once must not have that result
+    overwritten by a PENDING state still on its way to another node (the result then stayed PENDING
+    until the waiter's timeout). Deterministic: the first task's state is on the queue's node and the
+    second's on another, and the "worker" stores its result right after the message is sent."""
+    from machinery.signature import State, TaskState
+    from machinery_redis import _redispy
+
+    def node_of(key: str) -> str:
+        return str(cluster.nodes_manager.get_node_from_slot(key_slot(key.encode())).name)
+
+    uuids = [f"{name}-{i}" for i in range(200)]
+    first = next(u for u in uuids if node_of(u) == node_of(name))
+    second = next(u for u in uuids if node_of(u) != node_of(name))
+    config = Config(broker=_cluster_url(), result_backend=_cluster_url(), default_queue=name)
+    app = Machinery(config)
+    worker_backend = RedisBackend.from_url(_cluster_url(), config)
+    send = _redispy.send_commands
+    pushed: list[bool] = []
+
+    def send_then_finish_at_once(conn: Any, commands: Any) -> None:
+        send(conn, commands)
+        if not pushed and any(c[0] == "RPUSH" and c[1] == name for c in commands):
+            pushed.append(True)  # (set before: the worker's own write comes through here too)
+            worker_backend.set_state(TaskState(second, State.SUCCESS, "add", results=[]))
+
+    monkeypatch.setattr(_redispy, "send_commands", send_then_finish_at_once)
+    try:
+        app.send_tasks([Signature("add", [1], uuid=first), Signature("add", [2], uuid=second)])
+        assert pushed
+        stored = worker_backend.get_state(second)
+        assert stored is not None and stored.state is State.SUCCESS, stored
+    finally:
+        app.close()
+        worker_backend.close()
+        cluster.delete(name, first, second)
+
+
+def test_cluster_a_uuid_with_braces_is_refused_and_never_wedges_a_worker(
+    cluster: redis.cluster.RedisCluster, name: str
+) -> None:
+    """A brace in a uuid is a hash tag to Redis Cluster, so the state key and the keys built beside it
+    would be in different slots. Sending one is refused with a clear error; one that arrives anyway (a
+    producer that skipped the check) is dead-lettered, and the worker goes on with the next task."""
+    from machinery.errors import MessageError, PermanentError
+
+    config = Config(broker=_cluster_url(), result_backend=_cluster_url(), default_queue=name)
+    config.no_unix_signals = True
+    app = Machinery(config)
+
+    @app.task
+    def add(*values: int) -> int:
+        return sum(values)
+
+    bad = f"task_{{{name}}}x"
+    with pytest.raises(MessageError, match="contains a brace"):
+        app.send_task(Signature("add", [1, 2], uuid=bad))
+    with pytest.raises(MessageError, match="contains a brace"):
+        app.backend.wait([bad], 0.1)
+    with pytest.raises(MessageError, match="group uuid"):
+        app.backend.init_group("{g}", [name])
+    app.broker.publish(Signature("add", [1, 2], uuid=bad))  # the message reaches the queue anyway
+    worker = app.worker(concurrency=2)
+    thread = worker.launch_async()
+    try:
+        assert app.send_task(Signature("add", [2, 2])).get(timeout=15) == 4
+        letters = app.broker.dead_letters(name)  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 10
+        while not letters and time.monotonic() < deadline:
+            time.sleep(0.05)
+            letters = app.broker.dead_letters(name)  # type: ignore[attr-defined]
+        assert [json.loads(x.body)["UUID"] for x in letters] == [bad]
+        assert "contains a brace" in letters[0].reason
+    finally:
+        worker.quit()
+        thread.join(10)
+        app.close()
+        cluster.delete(name, f"{{{name}}}:machinery:dead")
+    # any command whose keys a cluster puts in different slots is a permanent error (never retried)
+    backend = RedisBackend.from_url(_cluster_url(), config)
+    try:
+        with pytest.raises(PermanentError, match="same key slot"):  # redis-py's check, before sending
+            backend.conn.call("a cross-slot read", lambda: backend.conn.client.mget(["a", "b", "c"]))
+        [reply] = backend.conn.run([scripts.WAIT_MARK.command(["a", "b", "c"], [5, 10])])  # the server's
+        assert isinstance(reply, Exception)
+        refused = backend.conn.error("a cross-slot script", reply)
+        assert isinstance(refused, PermanentError) and "same slot" in str(refused)
+    finally:
+        backend.close()

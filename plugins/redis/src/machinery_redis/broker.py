@@ -382,8 +382,14 @@ class RedisBroker(BaseBroker):
         ``backend`` is on this broker's server; False otherwise (the core then stores and publishes in
         two steps). The states go first in the pipeline, so a worker never sees a message whose PENDING
         state is not written yet. The core reaches it through the plugin's
-        ``machinery_publish_with_states`` hook, which hands it both objects."""
-        if not same_server(backend.target, self.target):
+        ``machinery_publish_with_states`` hook, which hands it both objects.
+
+        Always False on a Redis Cluster: there the states and the messages are on different nodes,
+        sent over different connections, and nothing orders one node's writes after another's. A worker
+        could take a message, run it and store its result before the PENDING state reached its node;
+        that PENDING (a plain ``SET``) then overwrote the result, and the task looked PENDING forever.
+        The core's two steps store every state (acknowledged) before the first message is sent."""
+        if self.cluster or not same_server(backend.target, self.target):
             return False
         if len(states) <= STATES_PER_CHUNK:
             self._send(signatures, backend.state_commands(states))

@@ -57,7 +57,7 @@ from redis.sentinel import Sentinel, SentinelManagedSSLConnection
 
 from machinery.backoff import delay
 from machinery.config import Config, warn_insecure_tls
-from machinery.errors import ConfigError, MachineryError
+from machinery.errors import ConfigError, MachineryError, PermanentError
 from machinery.forking import at_fork
 
 from . import _redispy
@@ -97,6 +97,11 @@ def _permanent(exc: BaseException) -> bool:
         return True
     text = str(exc)
     return "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text
+
+
+def _cross_slot(text: str) -> bool:
+    """A cluster's refusal (or redis-py's, before sending) of one command over keys in several slots."""
+    return "CROSSSLOT" in text or "hash to the same slot" in text or "map to the same key slot" in text
 
 
 def backoff(failures: int) -> float:
@@ -715,6 +720,7 @@ class Connection:
             exc = _cluster_error(exc)
         where = self.target.describe() or "the user-supplied Redis client"
         text = str(exc) or type(exc).__name__
+        error_class: type[MachineryError] = self.error_class
         password = self.target.password
         if password:
             text = text.replace(password, "***")
@@ -735,9 +741,13 @@ class Connection:
         elif isinstance(exc, outage_errors):
             self.health.failed(exc)
             message = f"Redis at {where} is unreachable during {operation}: {text}"
+        elif _cross_slot(text):
+            # the keys of one command are in different cluster slots: it fails the same way every time
+            error_class = PermanentError
+            message = f"Redis Cluster at {where}: {operation} failed: {text}"
         else:
             message = f"Redis at {where}: {operation} failed: {text}"
-        err = self.error_class(message)
+        err = error_class(message)
         err.__cause__ = None
         return err
 
@@ -756,6 +766,11 @@ class Connection:
         error replies as exception objects (the caller decides). Skips redis-py's pipeline machinery:
         this is the hot path.
 
+        The server runs the commands in order on one server, and on a cluster the commands of one node
+        (one slot, one node: a key and its ``{key}`` tagged keys). Commands on different nodes of a
+        cluster are **not** ordered: a caller that needs a write applied before another node's is sent
+        makes two calls.
+
         The retrying client retries connection errors with back-off (the commands must be safe to send
         twice); ``blocking=True`` uses the client without retries (for BLMOVE) and raises at once.
         Raises redis-py's exceptions (RedisErrors only); callers translate them with :meth:`error`.
@@ -772,7 +787,7 @@ class Connection:
         whole batch goes through :meth:`run`'s retries (safe to send twice, as there). An exception
         raised while building a chunk is raised as is, and the chunks sent before it stay sent: order
         the chunks so that this is harmless (PENDING states before the messages). On a cluster the
-        chunks are built first and routed by :meth:`run`.
+        chunks are built first and routed by :meth:`run` (whose order across nodes is not kept).
         """
         if self.cluster:
             return self.run([command for chunk in chunks for command in chunk])
