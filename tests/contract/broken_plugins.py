@@ -103,6 +103,15 @@ class NoopAckBroker(SQLiteBroker):
         return None
 
 
+class NoopAckManyBroker(SQLiteBroker):
+    """ack_many() settles the deliveries locally but leaves the messages leased (ack() works)."""
+
+    def ack_many(self, deliveries: Sequence[Delivery]) -> None:
+        for delivery in deliveries:
+            if isinstance(delivery, SQLiteDelivery):
+                delivery.claim()
+
+
 class CloseKeepsLeasesBroker(SQLiteBroker):
     """close() stops renewing but gives nothing back: messages wait for their lease to run out."""
 

@@ -19,6 +19,7 @@ from broken_plugins import (
     LocalEtaBroker,
     NeverRedeliversBroker,
     NoopAckBroker,
+    NoopAckManyBroker,
     NoRenewalBroker,
     PollingPushBackend,
     PurgeKeepsEtaBroker,
@@ -113,6 +114,11 @@ class TestNoRenewalBroker(_SQLiteFile, WorkerContract):
 class TestNoopAckBroker(_SQLiteFile, BrokerContract):
     def make_broker(self, url: str | None, config: Config) -> Broker:
         return NoopAckBroker.from_url(url or "", config)
+
+
+class TestNoopAckManyBroker(_SQLiteFile, BrokerContract):
+    def make_broker(self, url: str | None, config: Config) -> Broker:
+        return NoopAckManyBroker.from_url(url or "", config)
 
 
 class TestCloseKeepsLeasesBroker(_SQLiteFile, BrokerContract):

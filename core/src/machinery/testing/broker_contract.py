@@ -7,11 +7,11 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import pytest
 
-from ..broker import Broker, Delivery, SupportsDeadLetters
+from ..broker import Broker, Delivery, SupportsAckMany, SupportsDeadLetters
 from ..capabilities import Capability
 from ..errors import BrokerError
 from ..signature import Signature, new_uuid, now_utc
@@ -629,6 +629,37 @@ class BrokerContract(ContractBase):
         assert not back, (
             "an acked message came back when its consumer closed: ack() did not remove it and close() "
             "gave it back"
+        )
+
+    def test_broker_ack_many_is_final(self, broker: Broker, queue: str) -> None:
+        """``ack_many`` (``SupportsAckMany``, the worker's batched acks) settles each delivery once, as
+        ``ack()`` does: one acked before is skipped, one of another broker object is acked by its own,
+        a later ``ack()`` does nothing, and none comes back after its lease or when its consumer closes."""
+        if not isinstance(broker, SupportsAckMany):
+            pytest.skip(f"{type(broker).__name__} has no ack_many (SupportsAckMany)")
+        elsewhere = unique("q")  # the other broker's queue: no consumer can take the other's messages
+        broker.publish_many([self.sig(queue, n) for n in range(3)])
+        broker.publish(self.sig(elsewhere))
+        consumer, other = self.new_broker(), self.new_broker()
+        got = self.collect(consumer, queue, 3, self.t(5), ack=False)
+        foreign = self.collect(other, elsewhere, 1, self.t(5), ack=False)
+        assert (len(got), len(foreign)) == (3, 1), "the published messages were not consumed"
+        got[0].ack()  # settled before: ack_many must skip it (a second ack can be an error on the server)
+        cast(SupportsAckMany, consumer).ack_many([*got, *foreign])
+        for delivery in [*got, *foreign]:
+            delivery.ack()  # settled by ack_many: nothing happens
+        if Capability.REDELIVERY in capabilities_of(broker):
+            wait = self.lease_seconds + self.t(1.5)
+            back = self.collect(broker, queue, 1, wait, ack=False)
+            back += self.collect(broker, elsewhere, 1, self.t(0.3), ack=False)
+            assert not back, f"acked by ack_many, yet delivered again after the lease: {self.uuids(back)}"
+        consumer.close()
+        other.close()
+        back = self.collect(broker, queue, 1, self.t(0.5), ack=False)
+        back += self.collect(broker, elsewhere, 1, self.t(0.3), ack=False)
+        assert not back, (
+            f"acked by ack_many, yet given back when the consumers closed: {self.uuids(back)} (ack_many "
+            "must remove the messages and settle the deliveries, so close() does not give them back)"
         )
 
     @requires(Capability.REDELIVERY, of="broker")
