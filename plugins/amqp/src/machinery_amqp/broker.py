@@ -163,6 +163,10 @@ def _header_value(value: Any) -> Any:
 
 
 def _properties(headers: dict[str, Any] | None, priority: int, message_id: str = "") -> BasicProperties:
+    # message_id is an AMQP short string: a longer uuid (the body still carries it) is left out rather
+    # than make the publish fail
+    if len(message_id.encode("utf-8", "surrogatepass")) > 255:
+        message_id = ""
     return BasicProperties(
         content_type="application/json",
         delivery_mode=2,
