@@ -272,6 +272,18 @@ def _cluster_url(query: str = "") -> str:
     return f"redis://{require_env('REDIS_CLUSTER_NODES')}/0" + (f"?{query}" if query else "")
 
 
+def _adding_app(config: Config) -> Machinery:
+    """An app on ``config`` (no signal handlers) with the task ``add(*values)``."""
+    config.no_unix_signals = True
+    app = Machinery(config)
+
+    @app.task
+    def add(*values: int) -> int:
+        return sum(values)
+
+    return app
+
+
 @pytest.fixture
 def cluster() -> Iterator[redis.cluster.RedisCluster]:
     host, _, port = require_env("REDIS_CLUSTER_NODES").split(",")[0].rpartition(":")
@@ -383,13 +395,7 @@ def test_cluster_worker_runs_a_go_producers_eta_task(cluster: redis.cluster.Redi
     config = Config(broker=url, result_backend=url, default_queue=name)
     config.redis.delayed_tasks_key = delayed_key
     config.redis.delayed_tasks_poll_period = 100
-    config.no_unix_signals = True
-    app = Machinery(config)
-
-    @app.task
-    def add(*values: int) -> int:
-        return sum(values)
-
+    app = _adding_app(config)
     uuid = f"task_go_{name}"
     eta = now_utc() + timedelta(seconds=0.5)
     body = (golden / "go_message.json").read_text().strip().replace("@UUID@", uuid).replace("@QUEUE@", name)
@@ -478,14 +484,7 @@ def test_cluster_a_uuid_with_braces_is_refused_and_never_wedges_a_worker(
     producer that skipped the check) is dead-lettered, and the worker goes on with the next task."""
     from machinery.errors import MessageError, PermanentError
 
-    config = Config(broker=_cluster_url(), result_backend=_cluster_url(), default_queue=name)
-    config.no_unix_signals = True
-    app = Machinery(config)
-
-    @app.task
-    def add(*values: int) -> int:
-        return sum(values)
-
+    app = _adding_app(Config(broker=_cluster_url(), result_backend=_cluster_url(), default_queue=name))
     bad = f"task_{{{name}}}x"
     with pytest.raises(MessageError, match="contains a brace"):
         app.send_task(Signature("add", [1, 2], uuid=bad))
@@ -511,7 +510,7 @@ def test_cluster_a_uuid_with_braces_is_refused_and_never_wedges_a_worker(
         app.close()
         cluster.delete(name, f"{{{name}}}:machinery:dead")
     # any command whose keys a cluster puts in different slots is a permanent error (never retried)
-    backend = RedisBackend.from_url(_cluster_url(), config)
+    backend = RedisBackend.from_url(_cluster_url(), app.config)
     try:
         with pytest.raises(PermanentError, match="same key slot"):  # redis-py's check, before sending
             backend.conn.call("a cross-slot read", lambda: backend.conn.client.mget(["a", "b", "c"]))
