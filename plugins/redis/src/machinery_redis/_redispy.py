@@ -130,8 +130,8 @@ def read_replies(conn: Any, count: int) -> list[Any]:
 
 class BorrowedConnections:
     """A pool used as redis-py uses it: a connection taken for each round trip and given back after it
-    (a user-supplied client's pool, which this package must not hold on to). Same calls as
-    :class:`HeldConnections`."""
+    (a user-supplied client's pool, which this package must not hold on to). :class:`HeldConnections`
+    has the same calls."""
 
     __slots__ = ("pool",)
 
@@ -145,11 +145,12 @@ class BorrowedConnections:
         self.pool.release(conn)
 
     def drop(self, conn: Any) -> None:
+        """``conn`` failed mid-round (replies may be left unread): disconnect it, give it back."""
         conn.disconnect()
         self.pool.release(conn)
 
 
-class HeldConnections:
+class HeldConnections(BorrowedConnections):
     """Connections taken from one redis-py pool and kept between round trips (a LIFO of idle ones).
 
     The pool counts them as in use, so ``pool.disconnect()`` (closing) still closes them. A connection
@@ -158,10 +159,10 @@ class HeldConnections:
     idle ones are given back to the pool disconnected, as redis-py does with its own idle connections.
     """
 
-    __slots__ = ("_epoch", "_idle", "_lock", "_pid", "pool")
+    __slots__ = ("_epoch", "_idle", "_lock", "_pid")
 
     def __init__(self, pool: Any, epoch: int = 0) -> None:
-        self.pool = pool
+        super().__init__(pool)
         self._idle: list[Any] = []
         self._pid = os.getpid()
         self._epoch = epoch
@@ -179,11 +180,6 @@ class HeldConnections:
     def keep(self, conn: Any) -> None:
         """``conn`` finished a round trip cleanly: keep it for the next one."""
         self._idle.append(conn)
-
-    def drop(self, conn: Any) -> None:
-        """``conn`` failed mid-round: disconnect it and give it back to the pool."""
-        conn.disconnect()
-        self.pool.release(conn)
 
     def _forget(self, epoch: int) -> None:
         with self._lock:

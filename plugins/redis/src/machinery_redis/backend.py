@@ -24,7 +24,7 @@ import threading
 import time
 import uuid as uuid_module
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -97,18 +97,6 @@ def _state_args(state: TaskState) -> tuple[str, bytes, int, int, int]:
     return state.task_uuid, body, name_pos, created_pos, NOTIFY_TTL if final else 0
 
 
-def check_cluster_uuid(uuid: str, what: str = "task") -> None:
-    """Refuse a uuid with ``{`` or ``}`` on Redis Cluster: the cluster reads a brace pair as a hash tag,
-    so the uuid's own key and the keys built beside it (``{uuid}:machinery:...``) would land in different
-    slots, and every script over them would fail (MessageError: retrying cannot help)."""
-    if "{" in uuid or "}" in uuid:
-        raise MessageError(
-            f"{what} uuid {uuid!r} cannot be used with a Redis Cluster result backend: it contains a brace, "
-            "which Redis Cluster reads as a hash tag (its keys would be in different slots); use a uuid "
-            "without '{' and '}'"
-        )
-
-
 def done_key(task_uuid: str) -> str:
     return "{" + task_uuid + "}:machinery:done"
 
@@ -152,6 +140,20 @@ class RedisBackend(RedisEvents, BaseBackend):
     def __repr__(self) -> str:
         return f"<RedisBackend {self.target.describe()}>"
 
+    def _check_uuids(self, uuids: Iterable[str], what: str = "task") -> None:
+        """On Redis Cluster, refuse a uuid with ``{`` or ``}``: the cluster reads a brace pair as a hash
+        tag, so the uuid's own key and the keys built beside it (``{uuid}:machinery:...``) would land in
+        different slots, and every script over them would fail (MessageError: retrying cannot help)."""
+        if not self.conn.cluster:
+            return
+        for uuid in uuids:
+            if "{" in uuid or "}" in uuid:
+                raise MessageError(
+                    f"{what} uuid {uuid!r} cannot be used with a Redis Cluster result backend: it contains "
+                    "a brace, which Redis Cluster reads as a hash tag (its keys would be in different "
+                    "slots); use a uuid without '{' and '}'"
+                )
+
     @property
     def _ttl(self) -> int:
         """``EX`` seconds of results and groups; 0 when they never expire (no TTL at all)."""
@@ -163,9 +165,7 @@ class RedisBackend(RedisEvents, BaseBackend):
         that needs no merge and wakes nobody (a PENDING state) is a plain ``SET``; consecutive states
         that need the script share one call on a single server, and have one each on a cluster (the
         keys of different states are in different slots)."""
-        if self.conn.cluster:
-            for state in states:
-                check_cluster_uuid(state.task_uuid)
+        self._check_uuids(state.task_uuid for state in states)
         ttl = self._ttl
         # the creation time a first state without one gets (PENDING states carry theirs)
         fallback = b"" if all(s.created_at for s in states) else codec.format_time(now_utc()).encode()
@@ -259,9 +259,7 @@ class RedisBackend(RedisEvents, BaseBackend):
         done: dict[str, TaskState] = {}
         if not wanted:
             return done
-        if self.conn.cluster:
-            for uuid in wanted:
-                check_cluster_uuid(uuid)
+        self._check_uuids(wanted)
         deadline = time.monotonic() + max(0.0, timeout)
         marked_at = -1e9  # when the waiter marks were last set (they live WAITER_TTL seconds)
         stale = False
@@ -366,8 +364,7 @@ class RedisBackend(RedisEvents, BaseBackend):
 
     # groups ----------------------------------------------------------------------------------
     def init_group(self, group_uuid: str, task_uuids: Sequence[str]) -> None:
-        if self.conn.cluster:
-            check_cluster_uuid(group_uuid, "group")
+        self._check_uuids([group_uuid], "group")
         meta = GroupMeta(group_uuid, list(task_uuids), created_at=now_utc())
         body = codec.encode_group_meta(meta)
         ex = self._ttl or None
@@ -430,8 +427,7 @@ class RedisBackend(RedisEvents, BaseBackend):
 
     def trigger_chord(self, group_uuid: str) -> bool:
         """True exactly once per group, whoever asks (atomic compare-and-set of ``ChordTriggered``)."""
-        if self.conn.cluster:
-            check_cluster_uuid(group_uuid, "group")
+        self._check_uuids([group_uuid], "group")
         if self.conn.cluster and self.go_compatible_chords:
             return self._trigger_chord_holding_go_mutex(group_uuid)
         mutex = GO_CHORD_MUTEX if self.go_compatible_chords else _no_mutex(group_uuid)

@@ -875,7 +875,7 @@ class Connection:
             _redispy.send_commands(conn, chunk)
         return _redispy.read_replies(conn, len(built))
 
-    def _connections_of(self, client: RedisClient) -> _redispy.HeldConnections | _redispy.BorrowedConnections:
+    def _connections_of(self, client: RedisClient) -> _redispy.BorrowedConnections:
         """Where ``client``'s round trips get their connection: the user's pool as redis-py uses it, or
         the connections this package keeps for its own pools (one set per pool)."""
         pool = client.connection_pool
