@@ -30,10 +30,11 @@ See the README for where this backend is weaker than Redis.
 from __future__ import annotations
 
 import logging
+import re
 import time
 import weakref
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 import pika.exceptions as pex
 from pika.adapters.blocking_connection import BlockingChannel
@@ -46,7 +47,7 @@ from machinery.config import Config
 from machinery.errors import MessageError, UnknownGroupError
 from machinery.signature import GroupMeta, State, TaskState, now_utc
 
-from .connection import Endpoint, Link, UnroutableError, declare_exchange
+from .connection import MAX_SHORT_STRING, Endpoint, Link, UnroutableError, declare_exchange
 from .settings import AMQPSettings
 
 __all__ = ["AMQPBackend"]
@@ -59,8 +60,8 @@ HELD_WAIT = 2.0
 #: How long a writer looks for a previous state its own connection just gave back.
 NEW_QUEUE_WAIT = 0.2
 _TOKEN = b"chord-token"
-#: The longest queue name AMQP carries (a short string).
-MAX_QUEUE_NAME = 255
+#: A character RabbitMQ drops from a queue name: the control characters (one C-level scan).
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def check_uuid(uuid: str, what: str = "task", suffix: str = "") -> None:
@@ -71,9 +72,9 @@ def check_uuid(uuid: str, what: str = "task", suffix: str = "") -> None:
     problem = ""
     if not uuid:
         problem = "it is empty"
-    elif len(name.encode("utf-8", "surrogatepass")) > MAX_QUEUE_NAME:
-        problem = f"its result queue name would be longer than {MAX_QUEUE_NAME} bytes"
-    elif any(ord(c) < 0x20 or ord(c) == 0x7F for c in uuid):
+    elif len(name.encode("utf-8", "surrogatepass")) > MAX_SHORT_STRING:
+        problem = f"its result queue name would be longer than {MAX_SHORT_STRING} bytes"
+    elif _CONTROL.search(uuid):
         problem = "it contains a control character"
     elif uuid.startswith("amq."):
         problem = "RabbitMQ reserves names starting with 'amq.'"

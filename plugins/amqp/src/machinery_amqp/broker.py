@@ -102,6 +102,7 @@ from machinery.signature import Signature, TaskState, now_utc
 from machinery.task import current_signature
 
 from .connection import (
+    MAX_SHORT_STRING,
     AMQPAccessError,
     AMQPError,
     AMQPUnavailableError,
@@ -165,7 +166,7 @@ def _header_value(value: Any) -> Any:
 def _properties(headers: dict[str, Any] | None, priority: int, message_id: str = "") -> BasicProperties:
     # message_id is an AMQP short string: a longer uuid (the body still carries it) is left out rather
     # than make the publish fail
-    if len(message_id.encode("utf-8", "surrogatepass")) > 255:
+    if len(message_id.encode("utf-8", "surrogatepass")) > MAX_SHORT_STRING:
         message_id = ""
     return BasicProperties(
         content_type="application/json",

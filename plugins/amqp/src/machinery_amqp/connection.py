@@ -31,6 +31,7 @@ from machinery.errors import BackendError, BrokerError, ConfigError
 from machinery.redact import redact_url
 
 __all__ = [
+    "MAX_SHORT_STRING",
     "AMQPAccessError",
     "AMQPError",
     "AMQPTLSError",
@@ -67,6 +68,8 @@ DEFAULT_HEARTBEAT = 30  # seconds; pika answers heartbeats inside process_data_e
 DEFAULT_SOCKET_TIMEOUT = 5.0
 DEFAULT_STACK_TIMEOUT = 10.0  # whole connection set-up (TCP + TLS + AMQP handshake)
 DEFAULT_BLOCKED_TIMEOUT = 60.0  # a connection blocked by a RabbitMQ alarm fails instead of hanging
+#: The most bytes of an AMQP short string (a queue name, a message_id).
+MAX_SHORT_STRING = 255
 
 
 class AMQPError(BrokerError, BackendError):
