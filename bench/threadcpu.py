@@ -4,11 +4,12 @@
 
 Queues N ``add`` tasks (batched), drains them with ONE in-process worker (concurrency 8), then prints
 the worker's CPU per task by thread (consumer, state writer, task threads; from
-``/proc/self/task/*/stat``), the Redis server's CPU per task and its busiest commands
-(``INFO commandstats``: µs and calls per task), the fetch sizes, and how many states were written
-against how many were queued (the state writer coalesces). Uses database 9 of the URL's server and
-deletes what it wrote; the server's stats are reset (``CONFIG RESETSTAT``): use a private server.
-``--sqlite`` drains a ``sqlite://`` broker and backend on one temporary file instead (no server figures).
+``/proc/self/task/*/stat``) and how much of it was spent in the kernel, the Redis server's CPU per
+task and its busiest commands (``INFO commandstats``: µs and calls per task), the fetch sizes, and how
+many states were written against how many were queued (the state writer coalesces). Uses database 9
+of the URL's server and deletes what it wrote; the server's stats are reset (``CONFIG RESETSTAT``):
+use a private server. ``--sqlite`` drains a ``sqlite://`` broker and backend on one temporary file
+instead (no server figures).
 """
 
 from __future__ import annotations
@@ -29,8 +30,10 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 
-def _thread_cpu() -> collections.Counter[str]:
-    """CPU seconds of this process's threads, by thread name (task threads summed)."""
+def _thread_cpu(field: int | None = None) -> collections.Counter[str]:
+    """CPU seconds of this process's threads, by thread name (task threads summed).
+
+    ``field`` 11 counts user time only, 12 system time only; None both."""
     names = {t.native_id: t.name for t in threading.enumerate()}
     tick = os.sysconf("SC_CLK_TCK")
     out: collections.Counter[str] = collections.Counter()
@@ -42,7 +45,8 @@ def _thread_cpu() -> collections.Counter[str]:
             continue
         name = names.get(int(path.rsplit("/", 1)[1]), "other")
         name = name.split("-task-")[0] + "-tasks" if "-task-" in name else name
-        out[name] += (int(fields[11]) + int(fields[12])) / tick
+        ticks = int(fields[field]) if field is not None else int(fields[11]) + int(fields[12])
+        out[name] += ticks / tick
     return out
 
 
@@ -132,6 +136,7 @@ def _run(args: argparse.Namespace, url: str) -> None:
     if client is not None:
         client.config_resetstat()
     before, server_before, switches_before = _thread_cpu(), server_cpu(), _thread_switches()
+    sys_before = _thread_cpu(12)
     worker = app.worker(concurrency=8)
     started = time.monotonic()
     thread = worker.launch_async()
@@ -139,6 +144,7 @@ def _run(args: argparse.Namespace, url: str) -> None:
         time.sleep(0.01)
     elapsed = time.monotonic() - started
     after, server_after, switches_after = _thread_cpu(), server_cpu(), _thread_switches()
+    sys_after = _thread_cpu(12)
     stats = {} if client is None else client.info("commandstats")
     worker.quit()
     thread.join(10)
@@ -148,6 +154,9 @@ def _run(args: argparse.Namespace, url: str) -> None:
     print(
         "worker CPU µs/task by thread:", {k: round(v, 1) for k, v in sorted(per.items(), key=lambda x: -x[1])}
     )
+    kernel = {k: (sys_after[k] - sys_before[k]) * 1e6 / n for k in sys_after if k != "MainThread"}
+    in_kernel = {k: round(v, 1) for k, v in sorted(kernel.items(), key=lambda x: -x[1])}
+    print("  of which in the kernel:", in_kernel)
     waits = {k: (switches_after[k] - switches_before[k]) / n for k in switches_after if k != "MainThread"}
     shown = {k: round(v, 2) for k, v in waits.items() if v}
     print("waits (voluntary context switches) per task by thread:", shown)

@@ -454,45 +454,78 @@ return 0
 
 
 #: The events store (machinery.events): append a batch to the capped stream in the batch's order, index
-#: each event under its task (a list of stream ids, so an event trimmed from the stream is gone from its
-#: history too), then trim the stream to max events and what is older than results_expire_in. A task
-#: with several events in the batch (a fast task's received, started and final event) gets one RPUSH of
-#: all its ids and one EXPIRE; its list is trimmed only when it grew past 1,000. Every key has the same
-#: hash tag: one slot.
-#: KEYS: stream, then each task's index list once   ARGV: max events, ttl s, oldest id kept (ms), then
-#: per event the position of its task's key in KEYS and its JSON
+#: each task's stream ids (so an event trimmed from the stream is gone from its history too), trim the
+#: stream to max events and what is older than results_expire_in, then drop the index buckets whose
+#: newest id is older than the stream's oldest entry: the index is bounded like the stream.
+#: The index is a series of hashes (task uuid -> its ids, space-separated), a new one once the current
+#: one holds ARGV[5] tasks; the ZSET holds each bucket's number scored by the newest id written into it
+#: (``ms * 4096 + seq``: exact in a double; a sequence past 4,095 in one ms only keeps a bucket longer).
+#: A task's field keeps its last ~1,000 ids. Every key has the same hash tag: one slot.
+#: KEYS: stream, bucket ZSET, current bucket number   ARGV: max events, ttl s, oldest id kept (ms),
+#: bucket key prefix, tasks per bucket, then per event its task uuid and its JSON
 EVENTS_RECORD = Script(
     "events_record",
     """
-local ids = {}
-for i = 4, #ARGV, 2 do
-  local slot = tonumber(ARGV[i])
-  local id = redis.call('XADD', KEYS[1], '*', 'e', ARGV[i + 1])
-  local list = ids[slot]
-  if list then list[#list + 1] = id else ids[slot] = {id} end
+local function score(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return string.format('%.0f', tonumber(ms) * 4096 + math.min(tonumber(seq), 4095))
 end
-for slot, list in pairs(ids) do
-  local index = KEYS[slot]
-  local length = 0
-  for i = 1, #list, 1000 do length = redis.call('RPUSH', index, unpack(list, i, math.min(i + 999, #list))) end
-  if length > 1000 then redis.call('LTRIM', index, -1000, -1) end
-  redis.call('EXPIRE', index, ARGV[2])
+local ids, order, last = {}, {}, nil
+for i = 6, #ARGV, 2 do
+  local task = ARGV[i]
+  last = redis.call('XADD', KEYS[1], '*', 'e', ARGV[i + 1])
+  local list = ids[task]
+  if list then list[#list + 1] = last else ids[task] = {last}; order[#order + 1] = task end
 end
+if not last then return 0 end
+local ttl = ARGV[2]
+local bucket = tonumber(redis.call('GET', KEYS[3]) or '1')
+local index = ARGV[4] .. bucket
+if redis.call('HLEN', index) >= tonumber(ARGV[5]) then
+  bucket = bucket + 1
+  index = ARGV[4] .. bucket
+end
+redis.call('SET', KEYS[3], bucket, 'EX', ttl)
+for _, task in ipairs(order) do
+  local value = table.concat(ids[task], ' ')
+  local old = redis.call('HGET', index, task)
+  if old then
+    if #old > 16000 then old = string.sub(old, string.find(old, ' ', #old - 16000, true) + 1) end
+    value = old .. ' ' .. value
+  end
+  redis.call('HSET', index, task, value)
+end
+redis.call('EXPIRE', index, ttl)
+redis.call('ZADD', KEYS[2], 'GT', score(last), bucket)
 redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', ARGV[1])
 redis.call('XTRIM', KEYS[1], 'MINID', '~', ARGV[3])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-return (#ARGV - 3) / 2
+local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
+local oldest = first and score(first[1]) or '+inf'
+local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. oldest)
+if #gone > 0 then
+  for _, b in ipairs(gone) do redis.call('DEL', ARGV[4] .. b) end
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. oldest)
+end
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('EXPIRE', KEYS[2], ttl)
+return (#ARGV - 5) / 2
 """,
 )
 
-#: A task's events still in the stream, oldest first.   KEYS: stream, the task's index list
+#: A task's events still in the stream, oldest first.   KEYS: stream, bucket ZSET   ARGV: task uuid,
+#: bucket key prefix
 EVENTS_OF_TASK = Script(
     "events_of_task",
     """
 local out = {}
-for _, id in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
-  local entry = redis.call('XRANGE', KEYS[1], id, id)[1]
-  if entry then out[#out + 1] = entry[2][2] end
+for _, b in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  local ids = redis.call('HGET', ARGV[2] .. b, ARGV[1])
+  if ids then
+    for id in string.gmatch(ids, '%S+') do
+      local entry = redis.call('XRANGE', KEYS[1], id, id)[1]
+      if entry then out[#out + 1] = entry[2][2] end
+    end
+  end
 end
 return out
 """,
