@@ -5,10 +5,10 @@
   reads its ids back from the stream, so an event trimmed from the stream is gone from the history too.
 - The ids are indexed by task in buckets: hashes ``{machinery:events}:tasks:<n>`` (task uuid -> its
   ids), a new one once the current one holds :func:`tasks_per_bucket` tasks, listed in the ZSET
-  ``{machinery:events}:buckets`` with the time of the newest id in each. A bucket goes once all its ids
-  are trimmed from the stream, so the index is bounded like the stream (a key per task, as before
-  2026-12-06, kept one key per task for ``results_expire_in`` whatever the stream kept: 83,000 keys
-  after a 20,000-task drain; and writing it cost the server ~5 µs per task more).
+  ``{machinery:events}:buckets`` with the newest id in each. A bucket goes once all its ids are
+  trimmed from the stream, so the index is bounded like the stream (until 2026-12-06 each task had an
+  index key of its own for ``results_expire_in``, whatever the stream kept: 83,000 keys after a few
+  20,000-task drains).
 - Heartbeats are fields of the hash ``{machinery:events}:workers`` (the worker's latest JSON) with their
   times in the ZSET ``{machinery:events}:beats``, which drops the expired ones.
 - Every key carries the hash tag ``{machinery:events}``: one slot, so the scripts work on a cluster.
@@ -32,13 +32,13 @@ from . import scripts
 if TYPE_CHECKING:
     from .client import Connection
 
-__all__ = ["BEATS", "BUCKETS", "STREAM", "WORKERS", "RedisEvents", "tasks_per_bucket"]
+__all__ = ["BEATS", "BUCKETS", "BUCKET_PREFIX", "STREAM", "WORKERS", "RedisEvents", "tasks_per_bucket"]
 
 TAG = "{machinery:events}"
 STREAM = f"{TAG}:stream"
 WORKERS = f"{TAG}:workers"
 BEATS = f"{TAG}:beats"
-#: the index buckets' numbers, scored by the time (ms) of the newest stream id in each
+#: the index buckets' numbers, each scored by the newest stream id in it (``ms * 4096 + seq``)
 BUCKETS = f"{TAG}:buckets"
 #: the number of the bucket being filled
 CURRENT_BUCKET = f"{TAG}:bucket"
