@@ -113,22 +113,19 @@ def main() -> None:
     import redis
 
     from bench.tasks import make_app
+    from bench.threadcpu import queue_adds, redis_busy
     from machinery import Config
 
     client = redis.Redis.from_url(url)
     client.flushdb()
     app = make_app(Config.from_env())
     app.config.worker.prefetch_multiplier = args.prefetch
-    add = app.tasks["add"]
-    for start in range(0, args.n, 1000):
-        app.send_tasks([add.s(i, i) for i in range(start, min(args.n, start + 1000))])
+    queue_adds(app, args.n)
     _instrument(app)
     worker = app.worker(concurrency=8)
     started = time.monotonic()
     thread = worker.launch_async()
-    while client.llen("bench_cycle") or any(
-        client.llen(key) for key in client.scan_iter("{bench_cycle}:machinery:processing:*")
-    ):
+    while redis_busy(client, "bench_cycle"):
         time.sleep(0.01)
     elapsed = time.monotonic() - started
     worker.quit()

@@ -30,13 +30,13 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 
-def _thread_cpu(field: int | None = None) -> collections.Counter[str]:
-    """CPU seconds of this process's threads, by thread name (task threads summed).
-
-    ``field`` 11 counts user time only, 12 system time only; None both."""
+def _thread_cpu() -> tuple[collections.Counter[str], collections.Counter[str]]:
+    """CPU seconds of this process's threads by thread name (task threads summed): all of it, and the
+    part spent in the kernel."""
     names = {t.native_id: t.name for t in threading.enumerate()}
     tick = os.sysconf("SC_CLK_TCK")
-    out: collections.Counter[str] = collections.Counter()
+    total: collections.Counter[str] = collections.Counter()
+    kernel: collections.Counter[str] = collections.Counter()
     for path in glob.glob(f"/proc/{os.getpid()}/task/*"):
         try:
             with open(f"{path}/stat") as f:
@@ -45,9 +45,24 @@ def _thread_cpu(field: int | None = None) -> collections.Counter[str]:
             continue
         name = names.get(int(path.rsplit("/", 1)[1]), "other")
         name = name.split("-task-")[0] + "-tasks" if "-task-" in name else name
-        ticks = int(fields[field]) if field is not None else int(fields[11]) + int(fields[12])
-        out[name] += ticks / tick
-    return out
+        total[name] += (int(fields[11]) + int(fields[12])) / tick
+        kernel[name] += int(fields[12]) / tick
+    return total, kernel
+
+
+def queue_adds(app: Any, n: int) -> list[str]:
+    """Queue ``n`` ``add`` tasks in batches of 1,000; their uuids."""
+    add = app.tasks["add"]
+    sent: list[str] = []
+    for start in range(0, n, 1000):
+        sent += [r.uuid for r in app.send_tasks([add.s(i, i) for i in range(start, min(n, start + 1000))])]
+    return sent
+
+
+def redis_busy(client: Any, queue: str) -> bool:
+    """Whether ``queue`` still has messages waiting or leased (its processing lists)."""
+    processing = "{" + queue + "}:machinery:processing:*"
+    return bool(client.llen(queue) or any(client.llen(k) for k in client.scan_iter(processing)))
 
 
 def _thread_switches() -> collections.Counter[str]:
@@ -92,12 +107,7 @@ def _run(args: argparse.Namespace, url: str) -> None:
     client = None if args.sqlite else redis.Redis.from_url(url)
     app = make_app(Config.from_env())
     app.config.worker.prefetch_multiplier = args.prefetch
-    add = app.tasks["add"]
-    sent: list[str] = []
-    for start in range(0, args.n, 1000):
-        sent += [
-            r.uuid for r in app.send_tasks([add.s(i, i) for i in range(start, min(args.n, start + 1000))])
-        ]
+    sent = queue_adds(app, args.n)
     counts: collections.Counter[str] = collections.Counter()
     coalesce = statewriter.coalesce
 
@@ -128,23 +138,18 @@ def _run(args: argparse.Namespace, url: str) -> None:
     def busy() -> bool:
         if client is None:
             return bool(app.broker.count("bench_threadcpu"))  # type: ignore[attr-defined]
-        processing = "{bench_threadcpu}:machinery:processing:*"
-        return bool(
-            client.llen("bench_threadcpu") or any(client.llen(k) for k in client.scan_iter(processing))
-        )
+        return redis_busy(client, "bench_threadcpu")
 
     if client is not None:
         client.config_resetstat()
-    before, server_before, switches_before = _thread_cpu(), server_cpu(), _thread_switches()
-    sys_before = _thread_cpu(12)
+    (before, sys_before), server_before, switches_before = _thread_cpu(), server_cpu(), _thread_switches()
     worker = app.worker(concurrency=8)
     started = time.monotonic()
     thread = worker.launch_async()
     while busy():
         time.sleep(0.01)
     elapsed = time.monotonic() - started
-    after, server_after, switches_after = _thread_cpu(), server_cpu(), _thread_switches()
-    sys_after = _thread_cpu(12)
+    (after, sys_after), server_after, switches_after = _thread_cpu(), server_cpu(), _thread_switches()
     stats = {} if client is None else client.info("commandstats")
     worker.quit()
     thread.join(10)

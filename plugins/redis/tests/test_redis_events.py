@@ -10,8 +10,8 @@ from typing import Any, ClassVar
 import pytest
 from redis_testlib import IN_CI, require_env, with_db
 
-from machinery.events import TaskEvent
 from machinery.testing import EventsStoreContract
+from machinery.testing.events_contract import _event
 from machinery_redis.events import BUCKET_PREFIX, BUCKETS, tasks_per_bucket
 
 pytestmark = pytest.mark.services
@@ -37,7 +37,7 @@ class TestRedisEvents(EventsStoreContract):
         tasks = [f"bounded_{uuid.uuid4().hex}" for _ in range(1000)]
         now = time.time()
         for start in range(0, len(tasks), 50):
-            store.record_events([_succeeded(t, now) for t in tasks[start : start + 50]])
+            store.record_events([_event(t, at=now) for t in tasks[start : start + 50]])
         [buckets] = store.conn.run([("ZRANGE", BUCKETS, 0, -1)])
         fields = store.conn.run([("HKEYS", BUCKET_PREFIX + b.decode()) for b in buckets])
         indexed = {f.decode() for names in fields for f in names} & set(tasks)
@@ -54,9 +54,3 @@ class TestRedisClusterEvents(TestRedisEvents):
     @pytest.fixture
     def backend_url(self) -> str:
         return f"redis://{require_env('REDIS_CLUSTER_NODES')}/0"
-
-
-def _succeeded(task_uuid: str, at: float) -> TaskEvent:
-    return TaskEvent(
-        kind="succeeded", task_uuid=task_uuid, task_name="t", queue="q", worker="host:1:abcd", at=at
-    )
